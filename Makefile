@@ -1,0 +1,39 @@
+# snapcell — see README.md. Every target does its own set-up (apt packages, .venv, guests).
+PY      := .venv/bin/python
+GUESTS  := build/guests/simpleguest.elf build/guests/hello.elf
+SDK     := $(wildcard snapcell/guest/sdk/*)
+
+.PHONY: all setup guests demo test test-fast bench lint typecheck clean
+
+all: demo
+
+setup: .venv/.snapcell-installed
+
+.venv/.snapcell-installed: pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh
+
+guests: setup $(GUESTS)
+
+build/guests/%.elf: guests/%.c $(SDK) | setup
+	$(PY) -m snapcell guest build $< -o $@
+
+demo: guests
+	$(PY) -m snapcell demo build/guests/simpleguest.elf
+
+test: guests benchmarks/c_floor
+	$(PY) -m pytest -q tests
+
+bench: guests benchmarks/c_floor
+	$(PY) -m snapcell bench
+
+benchmarks/c_floor: benchmarks/c_floor.c
+	cc -O2 -Wall -o $@ $<
+
+typecheck: setup
+	$(PY) -m mypy
+
+lint: setup
+	$(PY) -m ruff check snapcell tests benchmarks
+
+clean:
+	rm -rf build benchmarks/c_floor

@@ -1,0 +1,11 @@
+"""snapcell: hypervisor-isolated micro-VM sandboxes on Linux KVM, built around snapshots."""
+
+from . import errors, types
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+from .sandbox import (HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus,
+                      UninitializedSandbox)
+
+__version__ = "0.1.0"
+__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxConfiguration", "SandboxStatus",
+           "UninitializedSandbox", "errors", "types", *_errors_all]

@@ -1,0 +1,5 @@
+"""`python -m snapcell` runs the CLI."""
+
+from .cli import main
+
+main()

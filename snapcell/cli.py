@@ -1,0 +1,162 @@
+"""`snapcell` command line: build guests, call them, run the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SnapcellError
+from .guest.build import build_guest
+from .guest.values import ValueType
+from .sandbox import HostFunctions, SandboxConfiguration, UninitializedSandbox
+from .types import I32
+
+console = Console()
+
+
+@click.group()
+@click.version_option(package_name="snapcell")
+def main() -> None:
+    """snapcell: hypervisor-isolated micro-VM sandboxes on KVM."""
+
+
+@main.group()
+def guest() -> None:
+    """Guest binaries."""
+
+
+@guest.command("build")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output ELF.")
+@click.option("--debug", is_flag=True, help="Build with full debug info and no optimisation (for gdb).")
+def guest_build(sources: tuple[str, ...], output: str, debug: bool) -> None:
+    """Compile C SOURCES with the guest SDK and musl into a static guest ELF."""
+    try:
+        build_guest(list(sources), output, debug=debug)
+    except SnapcellError as e:
+        raise click.ClickException(str(e)) from None
+    console.print(f"built [bold]{output}[/bold]")
+
+
+@guest.command("functions")
+@click.argument("elf", type=click.Path(exists=True, dir_okay=False))
+def guest_functions(elf: str) -> None:
+    """Initialise ELF and list the functions it exports."""
+    try:
+        with UninitializedSandbox(elf).evolve() as sb:
+            for name, sig in sorted(sb.functions.items()):
+                console.print(sig.describe(name))
+    except SnapcellError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _parse_arg(t: ValueType, text: str) -> Any:
+    if t in (ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64):
+        return int(text, 0)
+    if t in (ValueType.F32, ValueType.F64):
+        return float(text)
+    if t is ValueType.BOOL:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise click.BadParameter(f"{text!r} is not a bool")
+        return text.lower() in ("true", "1")
+    if t is ValueType.BYTES:
+        return bytes.fromhex(text)
+    return text
+
+
+@main.command("call")
+@click.argument("elf", type=click.Path(exists=True, dir_okay=False))
+@click.argument("function")
+@click.argument("args", nargs=-1)
+def call(elf: str, function: str, args: tuple[str, ...]) -> None:
+    """Initialise ELF and call FUNCTION with ARGS (parsed by the function's signature)."""
+    try:
+        with UninitializedSandbox(elf).evolve() as sb:
+            sig = sb.functions.get(function)
+            if sig is None:
+                raise click.ClickException(f"the guest exports no function {function!r}")
+            if len(args) != len(sig.params):
+                raise click.ClickException(f"{sig.describe(function)} takes {len(sig.params)} "
+                                           f"argument(s)")
+            values = [_parse_arg(t, a) for t, a in zip(sig.params, args)]
+            result = sb.call(function, *values)
+    except SnapcellError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    console.print(repr(result))
+
+
+def _median_us(fn: Any, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - t)
+    return statistics.median(times) / 1000
+
+
+@main.command("demo")
+@click.argument("elf", type=click.Path(exists=True, dir_okay=False),
+                default="build/guests/simpleguest.elf")
+def demo(elf: str) -> None:
+    """The main job: evolve a sandbox from ELF, make typed calls and host round trips, and
+    print results and per-call latency."""
+    printed: list[str] = []
+
+    def host_add(a: I32, b: I32) -> I32:
+        return a + b
+
+    def capture(msg: str) -> I32:
+        printed.append(msg)
+        return len(msg)
+
+    funcs = HostFunctions().register("HostAdd", host_add).register("HostPrint", capture)
+    t0 = time.perf_counter()
+    with UninitializedSandbox(elf, SandboxConfiguration(), funcs).evolve() as sb:
+        evolve_ms = (time.perf_counter() - t0) * 1000
+        console.print(f"[bold]evolved[/bold] {elf} in {evolve_ms:.2f} ms; "
+                      f"{len(sb.functions)} guest functions")
+        results = Table(title="calls")
+        results.add_column("call")
+        results.add_column("result")
+        for name, args in (("Echo", ("hello, world",)), ("EchoI32", (-(2**31),)),
+                           ("EchoF64", (3.25,)), ("EchoBytes", (b"\x00\x01\xff",)),
+                           ("AddToStatic", (5,)), ("Add", (40, 2)),
+                           ("PrintOutput", ("printed by the guest through HostPrint\n",)),
+                           ("NextRandom", ())):
+            results.add_row(f"{name}{args!r}", repr(sb.call(name, *args)))
+        console.print(results)
+        console.print(f"captured guest output: {printed!r}")
+        lat = Table(title="per-call latency (median of 2000)")
+        lat.add_column("call")
+        lat.add_column("µs", justify="right")
+        lat.add_row("NoOp()", f"{_median_us(lambda: sb.call('NoOp'), 2000):.1f}")
+        lat.add_row("EchoI32(7)", f"{_median_us(lambda: sb.call('EchoI32', 7), 2000):.1f}")
+        lat.add_row("Add(1, 2) (host round trip)", f"{_median_us(lambda: sb.call('Add', 1, 2), 2000):.1f}")
+        console.print(lat)
+
+
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="Fewer iterations (about a minute).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--out", default="benchmarks/results", show_default=True,
+              help="Directory for the table, JSON and PNG plot.")
+def bench(quick: bool, as_json: bool, out: str) -> None:
+    """Measure snapcell on this machine against the C KVM_RUN floor (see docs/benchmarks.md)."""
+    from .benchmark import run_benchmarks
+    try:
+        report = run_benchmarks(quick=quick, out_dir=out, console=None if as_json else console)
+    except SnapcellError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,138 @@
+"""The snapcell error hierarchy. Every error raised by the library derives from `SnapcellError`.
+
+Errors whose class has `poisons = True` leave the sandbox Poisoned: its guest state may be
+inconsistent, so further calls are refused until it is restored from a snapshot."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SnapcellError(Exception):
+    """Base class of all snapcell errors."""
+
+    poisons: ClassVar[bool] = False
+
+
+class KvmUnavailableError(SnapcellError):
+    """/dev/kvm cannot be used on this host."""
+
+
+class ConfigurationError(SnapcellError, ValueError):
+    """Invalid SandboxConfiguration or builder settings."""
+
+
+class GuestLoadError(SnapcellError):
+    """The guest binary is malformed or does not follow the guest ABI."""
+
+
+class GuestBuildError(SnapcellError):
+    """Compiling a guest with the SDK failed."""
+
+
+class HostFunctionError(SnapcellError):
+    """A host function cannot be registered (bad name, unsupported annotation, ...)."""
+
+
+class ArgumentError(SnapcellError, TypeError):
+    """A call's arguments do not match the guest function's signature. Checked before the guest
+    runs; does not poison."""
+
+
+class UnknownFunctionError(ArgumentError):
+    """The guest exports no function of that name."""
+
+
+class GuestError(SnapcellError):
+    """The guest function returned an error. The guest is consistent; does not poison."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"guest error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class SandboxStateError(SnapcellError):
+    """The sandbox cannot do this in its current state."""
+
+
+class SandboxClosedError(SandboxStateError):
+    """The sandbox was closed."""
+
+
+class SandboxPoisonedError(SandboxStateError):
+    """A previous call poisoned the sandbox; restore it from a snapshot first."""
+
+
+class PoisoningError(SnapcellError):
+    """Base of errors after which the sandbox is Poisoned."""
+
+    poisons: ClassVar[bool] = True
+
+
+class GuestAbort(PoisoningError):
+    """The guest aborted (sc_abort, exit) with a code and a message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"guest aborted with code {code}" + (f": {message}" if message else ""))
+        self.code = code
+        self.message = message
+
+
+class GuestFault(PoisoningError):
+    """A CPU exception in the guest. `rip` is where it happened; `address` is the faulting
+    address for page faults."""
+
+    def __init__(self, message: str, *, vector: int, exception: str, rip: int,
+                 address: int | None = None, access: str | None = None,
+                 error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.vector = vector
+        self.exception = exception
+        self.rip = rip
+        self.address = address
+        self.access = access
+        self.error_code = error_code
+
+
+class InvalidOpcode(GuestFault):
+    """#UD: the guest executed an undefined or unsupported instruction."""
+
+
+class DivideError(GuestFault):
+    """#DE: integer division by zero or overflow."""
+
+
+class PageFault(GuestFault):
+    """#PF: access to unmapped memory or a permission violation (read/write/execute)."""
+
+
+class StackOverflow(PageFault):
+    """The guest ran into the guard page below its stack."""
+
+
+class GeneralProtection(GuestFault):
+    """#GP: a privileged instruction or a protection violation at CPL3."""
+
+
+class PortViolation(GeneralProtection):
+    """The guest used an I/O port outside the ABI."""
+
+
+class GuestOutputError(PoisoningError):
+    """The guest wrote malformed output (bad length, bad MessagePack, wrong type, too large)."""
+
+
+class MachineError(PoisoningError):
+    """The vCPU stopped unexpectedly (shutdown, internal error)."""
+
+
+class ExecutionCancelled(PoisoningError):
+    """The call was cancelled by an interrupt handle."""
+
+
+class ExecutionTimeout(ExecutionCancelled):
+    """The call exceeded its time limit."""
+
+
+__all__ = ['SnapcellError', 'KvmUnavailableError', 'ConfigurationError', 'GuestLoadError', 'GuestBuildError', 'HostFunctionError', 'ArgumentError', 'UnknownFunctionError', 'GuestError', 'SandboxStateError', 'SandboxClosedError', 'SandboxPoisonedError', 'PoisoningError', 'GuestAbort', 'GuestFault', 'InvalidOpcode', 'DivideError', 'PageFault', 'StackOverflow', 'GeneralProtection', 'PortViolation', 'GuestOutputError', 'MachineError', 'ExecutionCancelled', 'ExecutionTimeout']

@@ -1,0 +1,59 @@
+"""Function signatures and the guest's published function table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .values import ValueType, parse_type
+
+MAX_NAME = 256
+MAX_PARAMS = 16
+MAX_FUNCTIONS = 256
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Parameter and return types of a guest or host function."""
+
+    params: tuple[ValueType, ...]
+    ret: ValueType
+
+    def describe(self, name: str) -> str:
+        """`Name(i32, str) -> i32`."""
+        return f"{name}({', '.join(p.value for p in self.params)}) -> {self.ret.value}"
+
+    def to_wire(self) -> list[object]:
+        """[[param names], ret name]."""
+        return [[p.value for p in self.params], self.ret.value]
+
+    @classmethod
+    def from_wire(cls, params: object, ret: object) -> "Signature":
+        """Parse and validate; ValueError on anything malformed."""
+        if not isinstance(params, list) or len(params) > MAX_PARAMS:
+            raise ValueError("parameter list malformed or too long")
+        ps = tuple(parse_type(p) for p in params)
+        if ValueType.VOID in ps:
+            raise ValueError("void is not a parameter type")
+        return cls(ps, parse_type(ret))
+
+
+def check_name(name: object) -> str:
+    """A function name: non-empty str of at most MAX_NAME UTF-8 bytes."""
+    if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_NAME:
+        raise ValueError(f"invalid function name {name!r}")
+    return name
+
+
+def parse_function_table(entries: object) -> dict[str, Signature]:
+    """Validate `[[name, [params], ret], ...]` into a dict; ValueError when malformed."""
+    if not isinstance(entries, list) or len(entries) > MAX_FUNCTIONS:
+        raise ValueError("function table malformed or too long")
+    table: dict[str, Signature] = {}
+    for e in entries:
+        if not isinstance(e, list) or len(e) != 3:
+            raise ValueError("function table entry malformed")
+        name = check_name(e[0])
+        if name in table:
+            raise ValueError(f"function {name!r} exported twice")
+        table[name] = Signature.from_wire(e[1], e[2])
+    return table

@@ -1,0 +1,9 @@
+"""One micro-VM: guest memory, host-built privileged CPU state, the vCPU run loop."""
+
+from .exits import MachineFailure, TrapFrame, exception_name
+from .layout import MemoryLayout, Perm, Region, Segment
+from .memory import GuestMapping, MemoryImage
+from .vmachine import Machine
+
+__all__ = ["GuestMapping", "Machine", "MachineFailure", "MemoryImage", "MemoryLayout", "Perm",
+           "Region", "Segment", "TrapFrame", "exception_name"]

@@ -1,0 +1,48 @@
+"""4-level x86-64 page tables with 4 KiB pages, built by the host into guest memory."""
+
+from __future__ import annotations
+
+import struct
+
+from .layout import MAX_MEMORY, PAGE, PAGE_TABLES_ADDR, Perm, Region
+
+# Page-table entry bits (Intel SDM Vol. 3A, 4.5): P, R/W, U/S, and XD (bit 63, needs EFER.NXE).
+PTE_P, PTE_RW, PTE_US, PTE_NX = 1 << 0, 1 << 1, 1 << 2, 1 << 63
+
+PML4_ADDR = PAGE_TABLES_ADDR
+PDPT_ADDR = PAGE_TABLES_ADDR + PAGE
+PD_ADDR = PAGE_TABLES_ADDR + 2 * PAGE
+PT_BASE = PAGE_TABLES_ADDR + 3 * PAGE
+
+
+def pte_for(addr: int, perm: Perm) -> int:
+    """The leaf entry for one page with the given permissions (not present when NONE)."""
+    if not perm & (Perm.R | Perm.W | Perm.X):
+        return 0
+    e = addr | PTE_P
+    if perm & Perm.W:
+        e |= PTE_RW
+    if perm & Perm.USER:
+        e |= PTE_US
+    if not perm & Perm.X:
+        e |= PTE_NX
+    return e
+
+
+def build_page_tables(regions: list[Region], memory_size: int) -> list[tuple[int, bytes]]:
+    """Return (guest address, bytes) chunks to write: PML4, PDPT, PD and the PTs. Upper levels
+    grant U/S and R/W to everything below (permissions AND across levels), leaves decide."""
+    if memory_size > MAX_MEMORY:
+        raise ValueError("memory too large for one page directory")
+    n_pt = (memory_size + (512 * PAGE) - 1) // (512 * PAGE)
+    upper = PTE_P | PTE_RW | PTE_US
+    pml4 = struct.pack("<Q", PDPT_ADDR | upper)
+    pdpt = struct.pack("<Q", PD_ADDR | upper)
+    pd = b"".join(struct.pack("<Q", (PT_BASE + i * PAGE) | upper) for i in range(n_pt))
+    pts = bytearray(n_pt * PAGE)
+    for r in regions:
+        for a in range(r.start, r.end, PAGE):
+            if a >= n_pt * 512 * PAGE:
+                raise ValueError(f"region {r.name} beyond the mapped memory")
+            struct.pack_into("<Q", pts, (a // PAGE) * 8, pte_for(a, r.perm))
+    return [(PML4_ADDR, pml4), (PDPT_ADDR, pdpt), (PD_ADDR, pd), (PT_BASE, bytes(pts))]

@@ -1,0 +1,66 @@
+"""`SandboxConfiguration`: memory layout sizes and runtime limits of a sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from dataclasses import dataclass
+
+from ..errors import ConfigurationError
+from ..machine.layout import MAX_MEMORY, PAGE
+
+KIB, MIB = 1 << 10, 1 << 20
+LAYOUT_FIELDS = ("input_size", "output_size", "heap_size", "stack_size")
+RUNTIME_FIELDS = ("max_execution_time", "interrupt_retry_delay", "interrupt_signal", "debug_port")
+
+
+@dataclass(frozen=True)
+class SandboxConfiguration:
+    """Sizes (bytes, multiples of 4 KiB) of the guest's input and output buffers, heap arena and
+    stack — the *layout* fields, fixed once a guest is initialised — and the *runtime* fields,
+    which every sandbox may choose for itself: a per-call time limit in seconds (None = none), the
+    delay between interrupt retries, the signal offset above SIGRTMIN used to interrupt a vCPU,
+    and a TCP port on 127.0.0.1 for gdb (None = no debugging)."""
+
+    input_size: int = 256 * KIB
+    output_size: int = 256 * KIB
+    heap_size: int = 8 * MIB
+    stack_size: int = 512 * KIB
+    max_execution_time: float | None = None
+    interrupt_retry_delay: float = 0.0005
+    interrupt_signal: int = 0
+    debug_port: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in LAYOUT_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigurationError(f"{name} must be an int, got {type(v).__name__}")
+            if v < PAGE or v % PAGE or v > MAX_MEMORY // 2:
+                raise ConfigurationError(f"{name} must be a multiple of {PAGE} between {PAGE} "
+                                         f"and {MAX_MEMORY // 2} bytes, got {v}")
+        if self.stack_size < 16 * KIB:
+            raise ConfigurationError("stack_size must be at least 16 KiB")
+        if self.input_size < 4 * KIB or self.output_size < 4 * KIB:
+            raise ConfigurationError("input_size and output_size must be at least 4 KiB")
+        t = self.max_execution_time
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+            raise ConfigurationError(f"max_execution_time must be a positive number or None, got {t!r}")
+        d = self.interrupt_retry_delay
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
+            raise ConfigurationError(f"interrupt_retry_delay must be in (0, 1] seconds, got {d!r}")
+        s = self.interrupt_signal
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= signal.SIGRTMAX - signal.SIGRTMIN:
+            raise ConfigurationError(f"interrupt_signal must be an offset in [0, "
+                                     f"{signal.SIGRTMAX - signal.SIGRTMIN}], got {s!r}")
+        p = self.debug_port
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535):
+            raise ConfigurationError(f"debug_port must be a TCP port or None, got {p!r}")
+
+    def layout_values(self) -> dict[str, int]:
+        """The layout fields by name."""
+        return {f: getattr(self, f) for f in LAYOUT_FIELDS}
+
+    def replace(self, **changes: object) -> "SandboxConfiguration":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""Host functions: Python callables the guest may call, with signatures taken from annotations."""
+
+from __future__ import annotations
+
+import sys
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import HostFunctionError
+from ..guest.functions import Signature, check_name
+from ..guest.values import ValueType
+from ..types import I32
+
+_PLAIN = {int: ValueType.I64, float: ValueType.F64, str: ValueType.STR, bool: ValueType.BOOL,
+          bytes: ValueType.BYTES, type(None): ValueType.VOID, None: ValueType.VOID}
+
+
+def _annotation_type(ann: Any, where: str) -> ValueType:
+    if typing.get_origin(ann) is typing.Annotated:
+        for meta in typing.get_args(ann)[1:]:
+            if isinstance(meta, ValueType):
+                return meta
+    if ann in _PLAIN:
+        return _PLAIN[ann]
+    raise HostFunctionError(f"{where}: unsupported annotation {ann!r}; use int, float, str, bool, "
+                            "bytes, None or snapcell.types.I32/U32/I64/U64/F32/F64")
+
+
+def signature_of(fn: Callable[..., Any]) -> Signature:
+    """Derive a Signature from a callable's annotations (every parameter and the return)."""
+    import inspect
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError, NameError) as e:
+        raise HostFunctionError(f"cannot read the signature of {fn!r}: {e}") from None
+    types = []
+    for p in params.values():
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            raise HostFunctionError(f"parameter {p.name!r}: only positional parameters are supported")
+        if p.name not in hints:
+            raise HostFunctionError(f"parameter {p.name!r} has no type annotation")
+        t = _annotation_type(hints[p.name], f"parameter {p.name!r}")
+        if t is ValueType.VOID:
+            raise HostFunctionError(f"parameter {p.name!r} cannot be None")
+        types.append(t)
+    if "return" not in hints:
+        raise HostFunctionError("the return type is not annotated (use -> None for void)")
+    return Signature(tuple(types), _annotation_type(hints["return"], "return"))
+
+
+@dataclass(frozen=True)
+class HostFunction:
+    """A registered host function."""
+
+    name: str
+    fn: Callable[..., Any]
+    signature: Signature
+
+
+def _host_print(message: str) -> I32:
+    sys.stdout.write(message)
+    sys.stdout.flush()
+    return len(message)
+
+
+class HostFunctions:
+    """The host functions a sandbox offers its guest. `HostFunctions()` has `HostPrint`
+    (which receives the guest's stdout/stderr) pre-registered; `HostFunctions.empty()` has none."""
+
+    def __init__(self) -> None:
+        self._functions: dict[str, HostFunction] = {}
+        self.version = 0
+        self.register("HostPrint", _host_print)
+
+    @classmethod
+    def empty(cls) -> "HostFunctions":
+        """A registry with no functions at all."""
+        self = cls.__new__(cls)
+        self._functions = {}
+        self.version = 0
+        return self
+
+    def register(self, name: str, fn: Callable[..., Any], signature: Signature | None = None) -> "HostFunctions":
+        """Register (or replace) `name`. The signature comes from `fn`'s annotations unless given."""
+        try:
+            check_name(name)
+        except ValueError as e:
+            raise HostFunctionError(str(e)) from None
+        if not callable(fn):
+            raise HostFunctionError(f"{name}: {fn!r} is not callable")
+        sig = signature if signature is not None else signature_of(fn)
+        self._functions[name] = HostFunction(name, fn, sig)
+        self.version += 1
+        return self
+
+    def get(self, name: str) -> HostFunction | None:
+        """The function registered under `name`, if any."""
+        return self._functions.get(name)
+
+    def signatures(self) -> dict[str, Signature]:
+        """Name → signature of every registered function."""
+        return {n: f.signature for n, f in self._functions.items()}
+
+    def copy(self) -> "HostFunctions":
+        """An independent copy."""
+        other = HostFunctions.empty()
+        other._functions = dict(self._functions)
+        return other
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._functions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._functions)
+
+    def __len__(self) -> int:
+        return len(self._functions)

@@ -1,0 +1,113 @@
+"""Shared fixtures. The suite needs a working /dev/kvm: without one it fails (never skips),
+because a run that passes by skipping would be a lie."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapcell import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
+from snapcell.guest.build import build_guest
+from snapcell.kvm import Kvm
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST_DIR = ROOT / "build" / "guests"
+
+
+def _kvm_problem() -> str | None:
+    try:
+        kvm = Kvm()
+        vm = kvm.create_vm()
+        vcpu = vm.create_vcpu(0)
+        vcpu.close()
+        vm.close()
+        kvm.close()
+    except OSError as e:
+        return f"/dev/kvm is unusable: {e}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kvm_ok() -> None:
+    """Fails every KVM test (as an error, not a skip) when /dev/kvm does not work."""
+    problem = _kvm_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+def guest_path(name: str) -> str:
+    """Path of a test guest, built on demand when `make guests` has not run."""
+    elf = GUEST_DIR / f"{name}.elf"
+    src = ROOT / "guests" / f"{name}.c"
+    if not elf.exists() or elf.stat().st_mtime < src.stat().st_mtime:
+        build_guest([str(src)], str(elf))
+    return str(elf)
+
+
+@pytest.fixture(scope="session")
+def simpleguest() -> str:
+    """Path of build/guests/simpleguest.elf."""
+    return guest_path("simpleguest")
+
+
+def make_host_functions() -> HostFunctions:
+    """Host functions every simpleguest test can use (HostAdd, HostEcho*, Spin)."""
+    from snapcell.types import F32, F64, I32, I64, U32, U64
+
+    hf = HostFunctions()
+
+    def host_add(a: I32, b: I32) -> I32:
+        return a + b
+
+    def echo_i32(v: I32) -> I32:
+        return v
+
+    def echo_u32(v: U32) -> U32:
+        return v
+
+    def echo_i64(v: I64) -> I64:
+        return v
+
+    def echo_u64(v: U64) -> U64:
+        return v
+
+    def echo_f32(v: F32) -> F32:
+        return v
+
+    def echo_f64(v: F64) -> F64:
+        return v
+
+    def echo_str(v: str) -> str:
+        return v
+
+    def echo_bool(v: bool) -> bool:
+        return v
+
+    def echo_bytes(v: bytes) -> bytes:
+        return v
+
+    hf.register("HostAdd", host_add)
+    for name, fn in (("I32", echo_i32), ("U32", echo_u32), ("I64", echo_i64), ("U64", echo_u64),
+                     ("F32", echo_f32), ("F64", echo_f64), ("Str", echo_str),
+                     ("Bool", echo_bool), ("Bytes", echo_bytes)):
+        hf.register(f"HostEcho{name}", fn)
+    return hf
+
+
+BIG = SandboxConfiguration(input_size=4 << 20, output_size=4 << 20, heap_size=16 << 20)
+
+
+@pytest.fixture
+def sandbox(kvm_ok: None, simpleguest: str) -> Iterator[MultiUseSandbox]:
+    """A fresh evolved simpleguest sandbox with the standard host functions and big buffers."""
+    sb = UninitializedSandbox(simpleguest, BIG, make_host_functions()).evolve()
+    yield sb
+    sb.close()
+
+
+def open_fds() -> int:
+    """Number of open file descriptors of this process."""
+    return len(os.listdir("/proc/self/fd"))
