@@ -1,6 +1,6 @@
 # snapcell — see README.md. Every target does its own set-up (apt packages, .venv, guests).
 PY      := .venv/bin/python
-GUESTS  := build/guests/simpleguest.elf build/guests/hello.elf
+GUESTS  := build/guests/simpleguest.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
 
 .PHONY: all setup guests demo test test-fast bench lint typecheck clean

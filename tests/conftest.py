@@ -12,6 +12,7 @@ import pytest
 from snapcell import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from snapcell.guest.build import build_guest
 from snapcell.kvm import Kvm
+from snapcell.types import F32, F64, I32, I64, U32, U64
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_DIR = ROOT / "build" / "guests"
@@ -55,8 +56,6 @@ def simpleguest() -> str:
 
 def make_host_functions() -> HostFunctions:
     """Host functions every simpleguest test can use (HostAdd, HostEcho*, Spin)."""
-    from snapcell.types import F32, F64, I32, I64, U32, U64
-
     hf = HostFunctions()
 
     def host_add(a: I32, b: I32) -> I32:

@@ -35,6 +35,8 @@ def compiler_command(sources: list[str], output: str, debug: bool = False,
                               "`apt-get install musl-tools musl-dev`")
     sdk = sdk_dir()
     opt = ["-O0", "-g3", "-fno-omit-frame-pointer"] if debug else ["-O2", "-g"]
+    # Probe every page of large stack frames so no frame can jump over the guard page.
+    opt.append("-fstack-clash-protection")
     return [cc, "-static", "-no-pie", *opt, "-Wall", "-Wextra", "-iquote", _msgpuck_dir(),
             "-I", str(sdk), "-o", output, *sources, *(str(sdk / s) for s in SDK_SOURCES),
             *extra, "-lm"]

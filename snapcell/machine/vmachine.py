@@ -127,8 +127,9 @@ class Machine:
         regs = self.vcpu.get_regs(self._regs)
         sp = int(regs.rsp)
         err = None
-        in_kstack = KSTACK_BOTTOM <= sp and sp + 48 <= KSTACK_TOP
-        in_ist = IST1_BOTTOM <= sp and sp + 48 <= IST1_TOP
+        frame_size = _FRAME.size + (8 if vector in ERROR_CODE_VECTORS else 0)
+        in_kstack = KSTACK_BOTTOM <= sp and sp + frame_size <= KSTACK_TOP
+        in_ist = IST1_BOTTOM <= sp and sp + frame_size <= IST1_TOP
         if not (in_kstack or in_ist):
             raise MachineFailure("TRAP", f"exception {vector} with a corrupt kernel stack {sp:#x}")
         if vector in ERROR_CODE_VECTORS:
