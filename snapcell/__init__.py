@@ -3,8 +3,7 @@
 from . import errors, types
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
-from .sandbox import (HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus,
-                      UninitializedSandbox)
+from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus, UninitializedSandbox
 
 __version__ = "0.1.0"
 __all__ = ["HostFunctions", "MultiUseSandbox", "SandboxConfiguration", "SandboxStatus",

@@ -135,4 +135,30 @@ class ExecutionTimeout(ExecutionCancelled):
     """The call exceeded its time limit."""
 
 
-__all__ = ['SnapcellError', 'KvmUnavailableError', 'ConfigurationError', 'GuestLoadError', 'GuestBuildError', 'HostFunctionError', 'ArgumentError', 'UnknownFunctionError', 'GuestError', 'SandboxStateError', 'SandboxClosedError', 'SandboxPoisonedError', 'PoisoningError', 'GuestAbort', 'GuestFault', 'InvalidOpcode', 'DivideError', 'PageFault', 'StackOverflow', 'GeneralProtection', 'PortViolation', 'GuestOutputError', 'MachineError', 'ExecutionCancelled', 'ExecutionTimeout']
+__all__ = [
+    "SnapcellError",
+    "KvmUnavailableError",
+    "ConfigurationError",
+    "GuestLoadError",
+    "GuestBuildError",
+    "HostFunctionError",
+    "ArgumentError",
+    "UnknownFunctionError",
+    "GuestError",
+    "SandboxStateError",
+    "SandboxClosedError",
+    "SandboxPoisonedError",
+    "PoisoningError",
+    "GuestAbort",
+    "GuestFault",
+    "InvalidOpcode",
+    "DivideError",
+    "PageFault",
+    "StackOverflow",
+    "GeneralProtection",
+    "PortViolation",
+    "GuestOutputError",
+    "MachineError",
+    "ExecutionCancelled",
+    "ExecutionTimeout",
+]

@@ -8,8 +8,7 @@ import struct
 
 import pytest
 
-from snapcell import (ArgumentError, GuestError, MultiUseSandbox, SandboxStatus,
-                      UnknownFunctionError)
+from snapcell import ArgumentError, GuestError, MultiUseSandbox, SandboxStatus, UnknownFunctionError
 
 I32 = (-(2**31), -1, 0, 1, 2**31 - 1)
 U32 = (0, 1, 2**32 - 1)

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from snapcell import (DivideError, GeneralProtection, GuestAbort, GuestError, InvalidOpcode,
-                      MultiUseSandbox, PageFault, PortViolation, SandboxPoisonedError,
-                      SandboxStatus, StackOverflow)
+from snapcell import (
+    DivideError,
+    GeneralProtection,
+    GuestAbort,
+    GuestError,
+    InvalidOpcode,
+    MultiUseSandbox,
+    PageFault,
+    PortViolation,
+    SandboxPoisonedError,
+    SandboxStatus,
+    StackOverflow,
+)
 
 
 def assert_poisoned(sb: MultiUseSandbox) -> None:

@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from snapcell import (GuestError, HostFunctionError, HostFunctions, MultiUseSandbox,
-                      SandboxStatus, UninitializedSandbox)
+from snapcell import (
+    GuestError,
+    HostFunctionError,
+    HostFunctions,
+    MultiUseSandbox,
+    SandboxStatus,
+    UninitializedSandbox,
+)
 from snapcell.types import I32
 
 from .conftest import BIG, make_host_functions

@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from ..machine import cpu
-from ..machine.layout import (MemoryLayout, PAGE, segment_regions, system_regions)
+from ..machine.layout import PAGE, MemoryLayout, segment_regions, system_regions
 from ..machine.memory import MemoryImage
 from ..machine.paging import build_page_tables
 from . import abi

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import struct
-from enum import Enum
+from enum import StrEnum
 
 
-class ValueType(str, Enum):
+class ValueType(StrEnum):
     """A parameter or return type. The value is its name on the wire."""
 
     I32 = "i32"

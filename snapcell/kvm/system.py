@@ -7,7 +7,7 @@ import fcntl
 import os
 
 from . import ioctls
-from .structs import kvm_cpuid2, CPUID_MAX_ENTRIES
+from .structs import CPUID_MAX_ENTRIES, kvm_cpuid2
 from .vm import Vm
 
 DEV_KVM = "/dev/kvm"

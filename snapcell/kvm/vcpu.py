@@ -8,8 +8,7 @@ import os
 
 from . import ioctls
 from .libc import MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
-from .structs import (kvm_cpuid2, kvm_debugregs, kvm_msrs, kvm_regs, kvm_run, kvm_sregs,
-                      kvm_xsave)
+from .structs import kvm_cpuid2, kvm_debugregs, kvm_msrs, kvm_regs, kvm_run, kvm_sregs, kvm_xsave
 
 
 class Vcpu:

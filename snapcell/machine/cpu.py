@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 from ..kvm.structs import kvm_segment, kvm_sregs
-from .layout import (GDT_ADDR, IDT_ADDR, IST1_TOP, KSTACK_TOP, STUBS_ADDR, TSS_ADDR)
+from .layout import GDT_ADDR, IDT_ADDR, IST1_TOP, KSTACK_TOP, STUBS_ADDR, TSS_ADDR
 from .paging import PML4_ADDR
 
 # Selectors. GDT order kernel code, kernel data, user code32, user data, user code64, TSS makes

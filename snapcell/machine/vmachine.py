@@ -10,8 +10,14 @@ import struct
 
 from ..kvm import Kvm, ioctls
 from ..kvm.structs import kvm_regs, kvm_sregs, kvm_xsave
-from .cpu import (ERROR_CODE_VECTORS, RFLAGS_RESERVED1, TRAP_PORT_BASE, TRAP_VECTORS,
-                  configure_sregs, syscall_msrs)
+from .cpu import (
+    ERROR_CODE_VECTORS,
+    RFLAGS_RESERVED1,
+    TRAP_PORT_BASE,
+    TRAP_VECTORS,
+    configure_sregs,
+    syscall_msrs,
+)
 from .exits import MachineFailure, TrapFrame
 from .layout import IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP
 from .memory import GuestMapping, MemoryImage

@@ -4,14 +4,21 @@ results, turn faults into errors and keep the sandbox's status."""
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, NoReturn
 
-from ..errors import (GuestAbort, GuestError, GuestOutputError, MachineError, PoisoningError,
-                      SandboxClosedError, SandboxPoisonedError, SnapcellError)
+from ..errors import (
+    GuestAbort,
+    GuestError,
+    GuestOutputError,
+    MachineError,
+    PoisoningError,
+    SandboxClosedError,
+    SandboxPoisonedError,
+    SnapcellError,
+)
 from ..guest import abi, codec
 from ..guest.codec import CodecError
 from ..guest.functions import Signature, parse_function_table
-from ..guest.values import ValueType
 from ..machine import Machine, MachineFailure
 from ..machine.layout import AddressSpace, MemoryLayout
 from ..machine.memory import GuestMapping
@@ -128,7 +135,7 @@ class Core:
                     self._poison(MachineError(str(e)))
                 self._poison(fault_error(frame, self.layout, self.memory, self.space))
 
-    def _poison(self, error: SnapcellError | Exception) -> Any:
+    def _poison(self, error: SnapcellError | Exception) -> NoReturn:
         if isinstance(error, SnapcellError) and error.poisons:
             self.status = SandboxStatus.POISONED
             self.poison_reason = error
@@ -173,8 +180,7 @@ class Core:
             return codec.encode_reply_error(f"host function {name!r} raised "
                                             f"{type(e).__name__}: {e}")
         try:
-            result = codec.decode_typed(sig.ret, result) if sig.ret is not ValueType.VOID \
-                else codec.decode_typed(sig.ret, result)
+            result = codec.decode_typed(sig.ret, result)
         except CodecError as e:
             return codec.encode_reply_error(f"host function {name!r} returned a bad value: {e}")
         return codec.encode_reply_ok(sig.ret, result)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from ..errors import (DivideError, GeneralProtection, GuestFault, InvalidOpcode, MachineError,
-                      PageFault, PortViolation, StackOverflow)
+from ..errors import (
+    DivideError,
+    GeneralProtection,
+    GuestFault,
+    InvalidOpcode,
+    MachineError,
+    PageFault,
+    PortViolation,
+    StackOverflow,
+)
 from ..machine.exits import TrapFrame, exception_name
 from ..machine.layout import PAGE, AddressSpace, MemoryLayout
 from ..machine.memory import GuestMapping

@@ -83,7 +83,8 @@ class HostFunctions:
         self.version = 0
         return self
 
-    def register(self, name: str, fn: Callable[..., Any], signature: Signature | None = None) -> "HostFunctions":
+    def register(self, name: str, fn: Callable[..., Any],
+                 signature: Signature | None = None) -> "HostFunctions":
         """Register (or replace) `name`. The signature comes from `fn`'s annotations unless given."""
         try:
             check_name(name)

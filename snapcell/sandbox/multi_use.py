@@ -21,6 +21,8 @@ class MultiUseSandbox:
     `PoisoningError` (fault, abort, cancellation...) after which the sandbox is Poisoned."""
 
     _core: Core
+    guest: GuestBinary
+    config: SandboxConfiguration
 
     def __init__(self) -> None:
         raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve()")

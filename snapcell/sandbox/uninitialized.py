@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GuestLoadError, KvmUnavailableError, SandboxStateError
 from ..guest.elf import GuestBinary
 from ..guest.loader import InitialImage, build_initial_image
 from ..kvm import KvmUnavailable, shared_kvm
 from ..machine import Machine
-from ..machine.layout import (AddressSpace, LayoutError, MemoryLayout, segment_regions,
-                              system_regions)
+from ..machine.layout import AddressSpace, LayoutError, MemoryLayout, segment_regions, system_regions
 from .config import SandboxConfiguration
 from .core import Core
 from .host_functions import HostFunctions
+
+if TYPE_CHECKING:
+    from .multi_use import MultiUseSandbox
 
 GuestSource = str | bytes | os.PathLike[str]
 

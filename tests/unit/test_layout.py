@@ -9,10 +9,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snapcell.machine import cpu
-from snapcell.machine.layout import (GUEST_BASE, MAX_MEMORY, PAGE, AddressSpace, LayoutError,
-                                     MemoryLayout, Perm, Region, Segment, segment_regions,
-                                     system_regions)
-from snapcell.machine.paging import PTE_NX, PTE_P, PTE_RW, PTE_US, PT_BASE, build_page_tables
+from snapcell.machine.layout import (
+    GUEST_BASE,
+    MAX_MEMORY,
+    PAGE,
+    AddressSpace,
+    LayoutError,
+    MemoryLayout,
+    Perm,
+    Region,
+    Segment,
+    segment_regions,
+    system_regions,
+)
+from snapcell.machine.paging import PT_BASE, PTE_NX, PTE_P, PTE_RW, PTE_US, build_page_tables
 
 pages = st.integers(1, 512).map(lambda n: n * PAGE)
 
