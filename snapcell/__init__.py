@@ -3,8 +3,16 @@
 from . import errors, types
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
-from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus, UninitializedSandbox
+from .sandbox import (
+    HostFunctions,
+    MultiUseSandbox,
+    SandboxBuilder,
+    SandboxConfiguration,
+    SandboxStatus,
+    Snapshot,
+    UninitializedSandbox,
+)
 
 __version__ = "0.1.0"
-__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxConfiguration", "SandboxStatus",
-           "UninitializedSandbox", "errors", "types", *_errors_all]
+__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
+           "SandboxStatus", "Snapshot", "UninitializedSandbox", "errors", "types", *_errors_all]

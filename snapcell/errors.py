@@ -135,6 +135,50 @@ class ExecutionTimeout(ExecutionCancelled):
     """The call exceeded its time limit."""
 
 
+
+class SnapshotError(SnapcellError):
+    """Base of snapshot errors: the snapshot cannot be used as asked. Nothing was changed."""
+
+
+class SnapshotStateError(SnapshotError):
+    """The operation does not apply to this snapshot (e.g. restoring a pre-init snapshot)."""
+
+
+class SnapshotLayoutMismatch(SnapshotError):
+    """The snapshot's memory layout differs from the sandbox's, so it cannot be restored into it."""
+
+
+class SnapshotHostFunctionMismatch(SnapshotError):
+    """The host functions offered do not cover those the snapshot was taken with. `missing`
+    lists absent names; `signature_mismatches` maps names to (expected, offered) descriptions."""
+
+    def __init__(self, missing: list[str], signature_mismatches: dict[str, tuple[str, str]]) -> None:
+        parts = []
+        if missing:
+            parts.append("missing: " + ", ".join(missing))
+        if signature_mismatches:
+            parts.append("signature mismatches: " + "; ".join(
+                f"{n}: snapshot has {a}, offered {b}" for n, (a, b) in signature_mismatches.items()))
+        super().__init__("host functions do not match the snapshot (" + "; ".join(parts) + ")")
+        self.missing = missing
+        self.signature_mismatches = signature_mismatches
+
+
+class SnapshotIncompatibleHost(SnapshotError):
+    """The snapshot was taken on a CPU, hypervisor, architecture or ABI this host lacks."""
+
+
+class SnapshotFormatError(SnapshotError):
+    """A snapshot file or registry artifact is malformed, truncated, tampered with or unsafe."""
+
+
+class SnapshotNotFound(SnapshotError):
+    """No snapshot under that tag or digest."""
+
+
+class SnapshotLayoutWarning(UserWarning):
+    """A configuration layout field differs from the snapshot's; the snapshot's value is used."""
+
 __all__ = [
     "SnapcellError",
     "KvmUnavailableError",
@@ -161,4 +205,12 @@ __all__ = [
     "MachineError",
     "ExecutionCancelled",
     "ExecutionTimeout",
+    "SnapshotError",
+    "SnapshotStateError",
+    "SnapshotLayoutMismatch",
+    "SnapshotHostFunctionMismatch",
+    "SnapshotIncompatibleHost",
+    "SnapshotFormatError",
+    "SnapshotNotFound",
+    "SnapshotLayoutWarning",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from snapcell.guest import GuestBinary
+
 from snapcell import (
     DivideError,
     GeneralProtection,
@@ -25,14 +27,15 @@ def assert_poisoned(sb: MultiUseSandbox) -> None:
         sb.call("NoOp")
 
 
-def test_invalid_opcode_at_the_right_rip(sandbox: MultiUseSandbox) -> None:
+def test_invalid_opcode_at_the_right_rip(sandbox: MultiUseSandbox, simpleguest: str) -> None:
+    binary = GuestBinary.from_file(simpleguest)
     with pytest.raises(InvalidOpcode) as e:
         sandbox.call("TriggerException")
-    start = sandbox.guest.symbols.get("TriggerException")
+    start = binary.symbols.get("TriggerException")
     rip = e.value.rip
     # the faulting instruction is a ud2 (0F 0B) inside the guest's code
     assert e.value.vector == 6 and "#UD" in e.value.exception
-    seg = next(s for s in sandbox.guest.segments if s.vaddr <= rip < s.vaddr + len(s.data))
+    seg = next(s for s in binary.segments if s.vaddr <= rip < s.vaddr + len(s.data))
     assert seg.data[rip - seg.vaddr:rip - seg.vaddr + 2] == b"\x0f\x0b"
     if start is not None:
         assert start <= rip < start + 64
@@ -60,8 +63,8 @@ def test_read_privileged_page(sandbox: MultiUseSandbox) -> None:
     assert e.value.address == 0x100000 and e.value.access == "read"
 
 
-def test_write_code(sandbox: MultiUseSandbox) -> None:
-    target = sandbox.guest.entry
+def test_write_code(sandbox: MultiUseSandbox, simpleguest: str) -> None:
+    target = GuestBinary.from_file(simpleguest).entry
     with pytest.raises(PageFault) as e:
         sandbox.call("WriteAddress", target, 0)
     assert e.value.address == target and e.value.access == "write"

@@ -3,7 +3,7 @@
 from .exits import MachineFailure, TrapFrame, exception_name
 from .layout import MemoryLayout, Perm, Region, Segment
 from .memory import GuestMapping, MemoryImage
-from .vmachine import Machine
+from .vmachine import Machine, MachinePool
 
-__all__ = ["GuestMapping", "Machine", "MachineFailure", "MemoryImage", "MemoryLayout", "Perm",
+__all__ = ["GuestMapping", "Machine", "MachineFailure", "MachinePool", "MemoryImage", "MemoryLayout", "Perm",
            "Region", "Segment", "TrapFrame", "exception_name"]

@@ -1,8 +1,9 @@
 """Guest memory: a memfd image and the host mappings of it.
 
-A `MemoryImage` is a memfd holding a guest's physical memory. Sandboxes map it MAP_PRIVATE, so
-pages are shared until a guest (or the host on its behalf) writes them: copy-on-write. A
-`GuestMapping` is one such mapping plus typed accessors used by the host."""
+A `MemoryImage` is a memfd holding part of a guest's physical memory. Sandboxes map it
+MAP_PRIVATE, so pages are shared until a guest (or the host on its behalf) writes them:
+copy-on-write. A `GuestMapping` is one VM's memory: a system image below GUEST_BASE and a guest
+image above it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import struct
 
 from ..kvm import libc
-from .layout import PAGE
+from .layout import GUEST_BASE, PAGE
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -49,6 +50,26 @@ class MemoryImage:
                 n = os.pwrite(self.fd, view, off)
                 view, off = view[n:], off + n
 
+    def copy_data_from(self, parent: "MemoryImage") -> None:
+        """Copy the data extents of `parent` (same size) into this image, keeping holes as holes
+        (SEEK_DATA/SEEK_HOLE; tmpfs supports both), so zero pages cost nothing."""
+        if parent.size != self.size:
+            raise ValueError("images differ in size")
+        off = 0
+        while off < parent.size:
+            try:
+                start = os.lseek(parent.fd, off, os.SEEK_DATA)
+            except OSError:         # ENXIO: no data after `off`
+                break
+            end = min(os.lseek(parent.fd, start, os.SEEK_HOLE), parent.size)
+            pos = start
+            while pos < end:
+                n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
+                if n <= 0:
+                    raise OSError("copy_file_range made no progress")
+                pos += n
+            off = end
+
     def seal(self) -> None:
         """Make the image immutable (F_SEAL_WRITE|SHRINK|GROW|SEAL): snapshots share it safely."""
         if not self.sealed:
@@ -71,21 +92,65 @@ class MemoryImage:
 
 
 class GuestMapping:
-    """A private (copy-on-write) mapping of a `MemoryImage`, used as a VM's memory slot."""
+    """Host view of one VM's guest-physical memory: a contiguous host range of `size` bytes whose
+    low part [0, GUEST_BASE) privately maps the host-built *system image* and whose high part
+    [GUEST_BASE, size) privately maps a *guest image* (copy-on-write, MAP_PRIVATE). KVM sees the
+    whole range as one memory slot; re-mapping either part with MAP_FIXED swaps contents without
+    re-registering the slot."""
 
-    def __init__(self, image: MemoryImage) -> None:
-        self.size = image.size
-        self.addr = libc.mmap(self.size, libc.PROT_READ | libc.PROT_WRITE,
-                              libc.MAP_PRIVATE | libc.MAP_NORESERVE, image.fd)
-        self.view = memoryview((ctypes.c_ubyte * self.size).from_address(self.addr)).cast("B")
+    def __init__(self, size: int) -> None:
+        if size <= GUEST_BASE or size % PAGE:
+            raise ValueError(f"guest memory size {size:#x} too small or unaligned")
+        self.size = size
+        self.addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE,
+                              libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
+        self.view = memoryview((ctypes.c_ubyte * size).from_address(self.addr)).cast("B")
 
-    def remap(self, image: MemoryImage) -> None:
-        """Replace the contents with a fresh private view of `image` (MAP_FIXED at the same address:
-        KVM sees the new pages without re-registering the slot)."""
-        if image.size != self.size:
-            raise ValueError("image size differs from the mapping")
+    def _map(self, gpa: int, length: int, fd: int) -> None:
+        libc.mmap(length, libc.PROT_READ | libc.PROT_WRITE,
+                  libc.MAP_PRIVATE | libc.MAP_NORESERVE | libc.MAP_FIXED, fd, 0, self.addr + gpa)
+
+    def map_system(self, image: MemoryImage) -> None:
+        """Privately map the system image at guest address 0."""
+        if image.size != GUEST_BASE:
+            raise ValueError("system image must cover exactly [0, GUEST_BASE)")
+        self._map(0, GUEST_BASE, image.fd)
+
+    def map_guest(self, image: MemoryImage) -> None:
+        """Privately map a guest image at GUEST_BASE, discarding every private page there."""
+        if image.size != self.size - GUEST_BASE:
+            raise ValueError(f"guest image of {image.size:#x} bytes does not fit a "
+                             f"{self.size - GUEST_BASE:#x}-byte guest range")
+        self._map(GUEST_BASE, image.size, image.fd)
+
+    def release(self) -> None:
+        """Drop every mapping's pages and file references (anonymous zero memory again)."""
         libc.mmap(self.size, libc.PROT_READ | libc.PROT_WRITE,
-                  libc.MAP_PRIVATE | libc.MAP_NORESERVE | libc.MAP_FIXED, image.fd, 0, self.addr)
+                  libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE | libc.MAP_FIXED,
+                  -1, 0, self.addr)
+
+    def dirty_guest_pages(self) -> list[tuple[int, int]]:
+        """Runs (guest address, length) of guest-range pages that hold private (copy-on-write)
+        data, read from /proc/self/pagemap: present (bit 63) and not file-backed (bit 61)."""
+        first = (self.addr + GUEST_BASE) // PAGE
+        count = (self.size - GUEST_BASE) // PAGE
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            raw = os.pread(f.fileno(), count * 8, first * 8)
+        runs: list[tuple[int, int]] = []
+        entries = memoryview(raw).cast("Q")
+        present, file_page = 1 << 63, 1 << 61
+        start = -1
+        for i in range(count):
+            e = entries[i]
+            private = (e & present) and not (e & file_page)
+            if private and start < 0:
+                start = i
+            elif not private and start >= 0:
+                runs.append((GUEST_BASE + start * PAGE, (i - start) * PAGE))
+                start = -1
+        if start >= 0:
+            runs.append((GUEST_BASE + start * PAGE, (count - start) * PAGE))
+        return runs
 
     def read(self, addr: int, n: int) -> bytes:
         """Copy `n` bytes at guest address `addr` (caller bounds-checks untrusted addresses)."""

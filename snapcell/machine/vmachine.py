@@ -1,63 +1,79 @@
 """`Machine`: one micro-VM — a VM with one memory slot and one vCPU configured for a CPL3 guest.
 
 The machine knows nothing of calls or messages: it runs the vCPU until the guest writes a byte
-to a port, and decodes exceptions caught by the CPL0 stubs into `TrapFrame`s."""
+to a port, and decodes exceptions caught by the CPL0 stubs into `TrapFrame`s. Its memory is a
+`GuestMapping` whose contents are swapped by re-mapping images, so a machine can be reused for
+another guest of the same memory size (see `MachinePool`)."""
 
 from __future__ import annotations
 
-import ctypes
 import struct
+import threading
 
 from ..kvm import Kvm, ioctls
 from ..kvm.structs import kvm_regs, kvm_sregs, kvm_xsave
-from .cpu import (
-    ERROR_CODE_VECTORS,
-    RFLAGS_RESERVED1,
-    TRAP_PORT_BASE,
-    TRAP_VECTORS,
-    configure_sregs,
-    syscall_msrs,
-)
+from .cpu import (ERROR_CODE_VECTORS, MSR_LSTAR, RFLAGS_RESERVED1, TRAP_PORT_BASE, TRAP_VECTORS,
+                  configure_sregs, syscall_msrs)
 from .exits import MachineFailure, TrapFrame
 from .layout import IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP
-from .memory import GuestMapping, MemoryImage
+from .memory import GuestMapping
 
 _FRAME = struct.Struct("<5Q")
 
 
 class Machine:
-    """A VM + vCPU whose memory is a private mapping of `image`."""
+    """A VM + vCPU with `memory_size` bytes of guest memory (one KVM slot at guest address 0)."""
 
-    def __init__(self, kvm: Kvm, image: MemoryImage, lstar: int) -> None:
+    def __init__(self, kvm: Kvm, memory_size: int) -> None:
         self.kvm = kvm
+        self.memory_size = memory_size
         self.vm = kvm.create_vm()
         self.vcpu = None
         self.memory: GuestMapping | None = None
         try:
-            self.memory = GuestMapping(image)
-            self.vm.set_user_memory_region(0, 0, image.size, self.memory.addr)
+            self.memory = GuestMapping(memory_size)
+            self.vm.set_user_memory_region(0, 0, memory_size, self.memory.addr)
             self.vcpu = self.vm.create_vcpu(0)
             self.vcpu.set_cpuid2(kvm.supported_cpuid())
             self.base_sregs = configure_sregs(self.vcpu.get_sregs())
             self.vcpu.set_sregs(self.base_sregs)
-            self.vcpu.set_msrs(syscall_msrs(lstar))
+            self.vcpu.set_msrs(syscall_msrs(0))
             self.initial_xsave = self.vcpu.get_xsave()
         except BaseException:
             self.close()
             raise
+        self.lstar = 0
         self.run_struct = self.vcpu.run
+        self.thread_id: int | None = None
         self._regs = kvm_regs()
         self._sregs = kvm_sregs()
 
     # ---------------------------------------------------------------- registers
-    def set_entry(self, rip: int, rsp: int, **gprs: int) -> None:
-        """Reset all GPRs to 0 (or `gprs`), and set RIP, RSP and RFLAGS = 0x2."""
+    def set_syscall_entry(self, lstar: int) -> None:
+        """Point MSR_LSTAR at the guest's syscall entry (skipped when unchanged)."""
+        if lstar != self.lstar:
+            assert self.vcpu is not None
+            self.vcpu.set_msrs([(MSR_LSTAR, lstar)])
+            self.lstar = lstar
+
+    def set_user_state(self, regs: kvm_regs, fs_base: int, gs_base: int,
+                       xsave: kvm_xsave | None) -> None:
+        """Put the vCPU in a CPL3 state: host-built segment/control registers (nothing
+        privileged comes from the caller), the given GPRs/RIP/RSP/RFLAGS, FS/GS base and FPU."""
+        vcpu = self.vcpu
+        assert vcpu is not None
+        s = self._sregs
+        kvm_sregs_copy(s, self.base_sregs)
+        s.fs.base, s.gs.base = fs_base, gs_base
+        vcpu.set_sregs(s)
+        vcpu.set_regs(regs)
+        vcpu.set_xsave(xsave if xsave is not None else self.initial_xsave)
+
+    def entry_regs(self, rip: int, rsp: int) -> kvm_regs:
+        """GPRs all 0, RIP, RSP, RFLAGS = 0x2 (reserved bit 1)."""
         r = kvm_regs()
-        for name, value in gprs.items():
-            setattr(r, name, value)
         r.rip, r.rsp, r.rflags = rip, rsp, RFLAGS_RESERVED1
-        assert self.vcpu is not None
-        self.vcpu.set_regs(r)
+        return r
 
     def get_regs(self) -> kvm_regs:
         """KVM_GET_REGS into a fresh structure."""
@@ -80,13 +96,6 @@ class Machine:
         s = self.vcpu.get_sregs(self._sregs)
         s.fs.base = base
         self.vcpu.set_sregs(s)
-
-    def reset_cpu(self) -> None:
-        """Restore the host-built privileged state and clean FPU/SSE state (after a fault the
-        vCPU may be anywhere, even at CPL0 in a stub)."""
-        assert self.vcpu is not None
-        self.vcpu.set_sregs(self.base_sregs)
-        self.vcpu.set_xsave(self.initial_xsave)
 
     def get_xsave(self) -> kvm_xsave:
         """KVM_GET_XSAVE."""
@@ -156,4 +165,61 @@ class Machine:
             self.memory = None
 
 
-_ = ctypes
+def kvm_sregs_copy(dst: kvm_sregs, src: kvm_sregs) -> None:
+    """Copy one kvm_sregs into another in place."""
+    import ctypes
+    ctypes.memmove(ctypes.addressof(dst), ctypes.addressof(src), ctypes.sizeof(kvm_sregs))
+
+
+class MachinePool:
+    """Idle machines kept warm per memory size, so that creating a sandbox from a snapshot does
+    not pay for KVM_CREATE_VM/VCPU (~0.5 ms) and teardown. Bounded; thread-safe."""
+
+    def __init__(self, kvm: Kvm, max_idle_per_size: int = 8, max_idle_total: int = 64) -> None:
+        self.kvm = kvm
+        self.max_idle_per_size = max_idle_per_size
+        self.max_idle_total = max_idle_total
+        self._idle: dict[int, list[Machine]] = {}
+        self._lock = threading.Lock()
+        self.created = 0
+        self.reused = 0
+
+    def acquire(self, memory_size: int) -> Machine:
+        """An idle machine of that size, or a new one."""
+        with self._lock:
+            idle = self._idle.get(memory_size)
+            if idle:
+                self.reused += 1
+                return idle.pop()
+            self.created += 1
+        return Machine(self.kvm, memory_size)
+
+    def release(self, machine: Machine) -> None:
+        """Return a machine: its memory is dropped now; it is kept if the pool has room."""
+        if machine.memory is None or machine.vcpu is None:
+            return
+        try:
+            machine.memory.release()
+        except OSError:
+            machine.close()
+            return
+        with self._lock:
+            idle = self._idle.setdefault(machine.memory_size, [])
+            total = sum(len(v) for v in self._idle.values())
+            if len(idle) < self.max_idle_per_size and total < self.max_idle_total:
+                idle.append(machine)
+                return
+        machine.close()
+
+    def idle_count(self) -> int:
+        """Machines waiting in the pool."""
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def clear(self) -> None:
+        """Close every idle machine."""
+        with self._lock:
+            machines = [m for v in self._idle.values() for m in v]
+            self._idle.clear()
+        for m in machines:
+            m.close()

@@ -1,10 +1,12 @@
-"""Sandboxes: configuration, host functions, UninitializedSandbox → MultiUseSandbox."""
+"""Sandboxes: configuration, host functions, UninitializedSandbox → MultiUseSandbox, snapshots."""
 
+from .builder import SandboxBuilder
 from .config import SandboxConfiguration
 from .core import SandboxStatus
 from .host_functions import HostFunctions
 from .multi_use import MultiUseSandbox
+from .snapshot import CpuState, Snapshot
 from .uninitialized import UninitializedSandbox
 
-__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxConfiguration", "SandboxStatus",
-           "UninitializedSandbox"]
+__all__ = ["CpuState", "HostFunctions", "MultiUseSandbox", "SandboxBuilder",
+           "SandboxConfiguration", "SandboxStatus", "Snapshot", "UninitializedSandbox"]

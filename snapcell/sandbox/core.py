@@ -19,7 +19,7 @@ from ..errors import (
 from ..guest import abi, codec
 from ..guest.codec import CodecError
 from ..guest.functions import Signature, parse_function_table
-from ..machine import Machine, MachineFailure
+from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.layout import AddressSpace, MemoryLayout
 from ..machine.memory import GuestMapping
 from .entropy import Entropy
@@ -43,8 +43,9 @@ class Core:
     """One running guest: a machine plus the call protocol."""
 
     def __init__(self, machine: Machine, layout: MemoryLayout, space: AddressSpace,
-                 host_functions: HostFunctions) -> None:
+                 host_functions: HostFunctions, pool: MachinePool | None) -> None:
         self.machine = machine
+        self.pool = pool
         assert machine.memory is not None
         self.memory: GuestMapping = machine.memory
         self.layout = layout
@@ -84,9 +85,8 @@ class Core:
         except ValueError as e:
             self._poison(GuestOutputError(f"guest init published a malformed function table: {e}"))
 
-    def call(self, name: str, sig: Signature, args: tuple[Any, ...]) -> Any:
-        """Send an already-checked call and decode its result."""
-        payload = codec.encode_call(name, sig.params, args)
+    def call_payload(self, payload: bytes, name: str, sig: Signature) -> Any:
+        """Send an encoded, already-checked call and decode its result."""
         self.memory.write(self.layout.input_addr, codec.frame(payload, self.layout.input_size))
         obj = self._run_to_return()
         if isinstance(obj, list) and len(obj) == 2 and obj[0] == 0:
@@ -186,7 +186,10 @@ class Core:
         return codec.encode_reply_ok(sig.ret, result)
 
     def close(self) -> None:
-        """Release the machine."""
+        """Release the machine (back to its pool when it has one)."""
         if self.status is not SandboxStatus.CLOSED:
             self.status = SandboxStatus.CLOSED
-            self.machine.close()
+            if self.pool is not None:
+                self.pool.release(self.machine)
+            else:
+                self.machine.close()

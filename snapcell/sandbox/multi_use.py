@@ -1,40 +1,149 @@
-"""`MultiUseSandbox`: an initialised guest that can be called any number of times."""
+"""`MultiUseSandbox`: an initialised guest that can be called any number of times, snapshotted,
+restored, and created directly from a snapshot."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ArgumentError, UnknownFunctionError
+from ..errors import (ArgumentError, SandboxPoisonedError, SnapshotHostFunctionMismatch,
+                      SnapshotIncompatibleHost, SnapshotLayoutMismatch, SnapshotLayoutWarning,
+                      SnapshotStateError, UnknownFunctionError)
 from ..guest import codec
-from ..guest.abi import FRAME_HEADER
-from ..guest.elf import GuestBinary
+from ..guest.abi import ABI_VERSION, FRAME_HEADER
 from ..guest.functions import Signature
+from ..guest.loader import abi_header, system_images
 from ..guest.values import check_value
-from .config import SandboxConfiguration
+from ..machine.features import host_features, hypervisor_name
+from ..machine.layout import GUEST_BASE, MemoryLayout, segment_regions, system_regions
+from ..machine.layout import AddressSpace
+from ..machine.memory import MemoryImage
+from ..guest.abi import ABI_MAGIC_OFF
+from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
+from .host_functions import HostFunctions
+from .pool import default_pool, kvm
+from .snapshot import ARCH, CpuState, Snapshot
+
+
+def address_space(layout: MemoryLayout, segments: tuple[Any, ...]) -> AddressSpace:
+    """What the guest may touch at CPL3 in this layout."""
+    return AddressSpace(system_regions(layout) + segment_regions(list(segments))
+                        + layout.user_regions())
+
+
+def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> None:
+    """Raise SnapshotHostFunctionMismatch unless `offered` covers the snapshot's host functions
+    by name and signature (extras are fine). Pre-init snapshots accept anything."""
+    if snapshot.host_functions is None:
+        return
+    have = offered.signatures()
+    missing = sorted(n for n in snapshot.host_functions if n not in have)
+    mismatches = {n: (sig.describe(n), have[n].describe(n))
+                  for n, sig in sorted(snapshot.host_functions.items())
+                  if n in have and have[n] != sig}
+    if missing or mismatches:
+        raise SnapshotHostFunctionMismatch(missing, mismatches)
+
+
+def check_host_compatible(snapshot: Snapshot) -> None:
+    """Refuse snapshots taken for another ABI, architecture, hypervisor or a richer CPU."""
+    if snapshot.abi_version != ABI_VERSION:
+        raise SnapshotIncompatibleHost(f"snapshot uses guest ABI {snapshot.abi_version}, "
+                                       f"this snapcell speaks {ABI_VERSION}")
+    if snapshot.arch != ARCH:
+        raise SnapshotIncompatibleHost(f"snapshot is for {snapshot.arch}, this host is {ARCH}")
+    if snapshot.hypervisor != hypervisor_name():
+        raise SnapshotIncompatibleHost(f"snapshot was taken under {snapshot.hypervisor}, "
+                                       f"this host runs {hypervisor_name()}")
+    lacking = snapshot.cpu_features.missing_on(host_features(kvm()))
+    if lacking:
+        raise SnapshotIncompatibleHost("this CPU lacks features the snapshot may use: "
+                                       + ", ".join(lacking))
 
 
 class MultiUseSandbox:
     """A ready sandbox. ``sandbox.call("Add", 1, 2)`` checks the arguments against the guest's
     published signature, runs the guest function and returns its result, or raises:
     `ArgumentError` (nothing ran), `GuestError` (the guest returned an error), or a
-    `PoisoningError` (fault, abort, cancellation...) after which the sandbox is Poisoned."""
+    `PoisoningError` (fault, abort, cancellation...) after which the sandbox is Poisoned until
+    `restore()`.
+
+    Create one with ``UninitializedSandbox(...).evolve()`` or ``MultiUseSandbox.from_snapshot()``.
+    """
 
     _core: Core
-    guest: GuestBinary
     config: SandboxConfiguration
+    _snapshot: Snapshot            # the snapshot this sandbox's state descends from
+    _mapped: Snapshot              # the snapshot whose image is mapped (copy-on-write base)
+    _cached: Snapshot | None
+    _cache_key: tuple[int, int]
+    _version: int
 
     def __init__(self) -> None:
-        raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve()")
+        raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve() or "
+                        "MultiUseSandbox.from_snapshot(snapshot)")
 
+    # ---------------------------------------------------------------- creation
     @classmethod
-    def _from_core(cls, core: Core, guest: GuestBinary, config: SandboxConfiguration) -> "MultiUseSandbox":
+    def from_snapshot(cls, snapshot: Snapshot, host_functions: HostFunctions | None = None,
+                      config: SandboxConfiguration | None = None, *,
+                      pooled: bool = True) -> "MultiUseSandbox":
+        """A ready sandbox whose state is `snapshot`'s, without re-running guest init.
+
+        The memory layout comes from the snapshot; `config`'s runtime fields are honoured and each
+        layout field that differs is ignored with a `SnapshotLayoutWarning`. `host_functions`
+        (default `HostFunctions()`) must cover the snapshot's recorded host functions by name and
+        signature; they are the functions this sandbox calls. A pre-init snapshot accepts any
+        registry and runs the guest's initialisation here. `pooled=False` bypasses the warm VM
+        pool (for measurement)."""
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
+        host_functions = host_functions if host_functions is not None else HostFunctions()
+        if not isinstance(host_functions, HostFunctions):
+            raise TypeError("host_functions must be a HostFunctions")
+        explicit = config is not None
+        config = config if config is not None else SandboxConfiguration()
+        if not isinstance(config, SandboxConfiguration):
+            raise TypeError("config must be a SandboxConfiguration")
+        check_host_functions(snapshot, host_functions)
+        check_host_compatible(snapshot)
+        lay = snapshot.layout
+        for name in LAYOUT_FIELDS:
+            if explicit and getattr(config, name) != getattr(lay, name):
+                warnings.warn(f"{name}={getattr(config, name)} ignored: the snapshot's layout "
+                              f"has {name}={getattr(lay, name)}", SnapshotLayoutWarning,
+                              stacklevel=2)
+        config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
+        pool = default_pool() if pooled else None
+        from ..machine import Machine
+        machine = pool.acquire(lay.memory_size) if pool is not None else Machine(kvm(), lay.memory_size)
+        core = Core(machine, lay, address_space(lay, snapshot.segments), host_functions, pool)
+        try:
+            assert machine.memory is not None
+            machine.memory.map_system(system_images.get(lay, snapshot.segments))
+            machine.memory.map_guest(snapshot.image)
+            machine.set_syscall_entry(snapshot.syscall_entry)
+            cpu = snapshot.cpu
+            machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
+            if snapshot.initialised:
+                assert snapshot.functions is not None
+                core.functions = dict(snapshot.functions)
+            else:
+                core.initialise()
+        except BaseException:
+            core.close()
+            raise
         self = cls.__new__(cls)
-        self._core = core
-        self.guest = guest
-        self.config = config
+        self._core, self.config = core, config
+        self._snapshot = self._mapped = snapshot
+        self._cached, self._cache_key, self._version = None, (-1, -1), 0
+        if snapshot.initialised and snapshot.host_functions == host_functions.signatures():
+            self._cached, self._cache_key = snapshot, (0, host_functions.version)
         return self
 
+    # ---------------------------------------------------------------- properties
     @property
     def status(self) -> SandboxStatus:
         """READY, POISONED or CLOSED."""
@@ -45,6 +154,17 @@ class MultiUseSandbox:
         """The guest's exported functions and their signatures."""
         return dict(self._core.functions)
 
+    @property
+    def host_functions(self) -> HostFunctions:
+        """The host functions this sandbox calls."""
+        return self._core.host_functions
+
+    @property
+    def generation(self) -> int:
+        """Generation of the snapshot this sandbox's state descends from."""
+        return self._snapshot.generation
+
+    # ---------------------------------------------------------------- calls
     def call(self, name: str, *args: Any) -> Any:
         """Call guest function `name` with `args`."""
         core = self._core
@@ -61,21 +181,95 @@ class MultiUseSandbox:
                 checked.append(check_value(t, v))
             except (TypeError, ValueError) as e:
                 raise ArgumentError(f"{sig.describe(name)}: argument {i}: {e}") from None
-        payload_size = len(codec.encode_call(name, sig.params, tuple(checked)))
-        if payload_size + FRAME_HEADER > core.layout.input_size:
-            raise ArgumentError(f"arguments of {name} take {payload_size} bytes; the input buffer "
+        payload = codec.encode_call(name, sig.params, tuple(checked))
+        if len(payload) + FRAME_HEADER > core.layout.input_size:
+            raise ArgumentError(f"arguments of {name} take {len(payload)} bytes; the input buffer "
                                 f"holds {core.layout.input_size - FRAME_HEADER}")
-        return core.call(name, sig, tuple(checked))
+        self._version += 1
+        return core.call_payload(payload, name, sig)
 
+    # ---------------------------------------------------------------- snapshots
+    def snapshot(self) -> Snapshot:
+        """An immutable snapshot of the current state (the cached one when nothing changed)."""
+        core = self._core
+        core.check_ready()
+        key = (self._version, core.host_functions.version)
+        if self._cached is not None and self._cache_key == key:
+            return self._cached
+        machine = core.machine
+        assert machine.memory is not None
+        base = self._mapped.image
+        image = MemoryImage(base.size, "snapcell-snapshot")
+        try:
+            image.copy_data_from(base)
+            chunks = [(addr - GUEST_BASE, machine.memory.view[addr:addr + n])
+                      for addr, n in machine.memory.dirty_guest_pages()]
+            image.write_chunks(chunks)   # type: ignore[arg-type]
+            image.seal()
+            sregs = machine.get_sregs()
+            cpu = CpuState.capture(machine.get_regs(), int(sregs.fs.base), int(sregs.gs.base),
+                                   machine.get_xsave())
+        except BaseException:
+            image.close()
+            raise
+        parent = self._snapshot
+        snap = Snapshot(image=image, layout=core.layout, segments=parent.segments,
+                        syscall_entry=parent.syscall_entry, cpu=cpu, initialised=True,
+                        functions=dict(core.functions), host_functions=core.host_functions.signatures(),
+                        generation=parent.generation + 1, guest_sha256=parent.guest_sha256,
+                        cpu_features=host_features(kvm()), hypervisor=hypervisor_name())
+        self._cached, self._cache_key = snap, key
+        self._snapshot = snap
+        return snap
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Make this sandbox's state `snapshot`'s (copy-free re-map). Works for snapshots of
+        other sandboxes with the same layout. Everything is checked before anything changes; a
+        refused restore leaves the sandbox as it was. Clears poison, reseeds guest entropy and
+        resets the vCPU (registers, FPU/SSE state)."""
+        core = self._core
+        if core.status is SandboxStatus.CLOSED:
+            core.check_ready()
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
+        if not snapshot.initialised:
+            raise SnapshotStateError("a pre-init snapshot cannot be restored into a sandbox; "
+                                     "use MultiUseSandbox.from_snapshot() to initialise one")
+        if snapshot.layout != core.layout or snapshot.segments != self._snapshot.segments:
+            raise SnapshotLayoutMismatch(
+                "the snapshot's memory layout differs from this sandbox's "
+                f"(snapshot {snapshot.layout}, sandbox {core.layout})")
+        check_host_functions(snapshot, core.host_functions)
+        check_host_compatible(snapshot)
+        machine = core.machine
+        assert machine.memory is not None and snapshot.functions is not None
+        machine.memory.map_guest(snapshot.image)
+        machine.memory.write(ABI_MAGIC_OFF, abi_header(core.layout))
+        machine.set_syscall_entry(snapshot.syscall_entry)
+        cpu = snapshot.cpu
+        machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
+        core.functions = dict(snapshot.functions)
+        core.entropy.reseed()
+        core.status, core.poison_reason = SandboxStatus.READY, None
+        self._snapshot = self._mapped = snapshot
+        self._version += 1
+        if snapshot.host_functions == core.host_functions.signatures():
+            self._cached, self._cache_key = snapshot, (self._version, core.host_functions.version)
+
+    # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
-        """Release the VM and memory. Idempotent."""
+        """Release the VM (back to the warm pool) and memory. Idempotent."""
         self._core.close()
 
     def __enter__(self) -> "MultiUseSandbox":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<MultiUseSandbox {self.status.value} functions={len(self._core.functions)}>"
+        return (f"<MultiUseSandbox {self.status.value} functions={len(self._core.functions)} "
+                f"generation={self.generation}>")
+
+
+_ = (Mapping, SandboxPoisonedError)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GuestLoadError, KvmUnavailableError, SandboxStateError
+from ..errors import GuestLoadError, SandboxStateError
 from ..guest.elf import GuestBinary
-from ..guest.loader import InitialImage, build_initial_image
-from ..kvm import KvmUnavailable, shared_kvm
-from ..machine import Machine
-from ..machine.layout import AddressSpace, LayoutError, MemoryLayout, segment_regions, system_regions
+from ..guest.loader import build_guest_image
+from ..kvm.structs import GPR_NAMES
+from ..machine.cpu import RFLAGS_RESERVED1
+from ..machine.features import host_features, hypervisor_name
+from ..machine.layout import LayoutError, MemoryLayout
 from .config import SandboxConfiguration
-from .core import Core
 from .host_functions import HostFunctions
+from .pool import kvm
+from .snapshot import CpuState, Snapshot
 
 if TYPE_CHECKING:
     from .multi_use import MultiUseSandbox
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 GuestSource = str | bytes | os.PathLike[str]
 
 
-def _load_guest(guest: GuestSource | GuestBinary) -> GuestBinary:
+def load_guest(guest: GuestSource | GuestBinary) -> GuestBinary:
+    """A validated GuestBinary from a path, bytes or an existing GuestBinary."""
     if isinstance(guest, GuestBinary):
         return guest
     if isinstance(guest, (bytes, bytearray, memoryview)):
@@ -31,10 +34,22 @@ def _load_guest(guest: GuestSource | GuestBinary) -> GuestBinary:
     raise TypeError(f"guest must be a path, bytes or GuestBinary, not {type(guest).__name__}")
 
 
-def address_space(guest: GuestBinary, layout: MemoryLayout) -> AddressSpace:
-    """The user address space of a guest in a layout."""
-    return AddressSpace(system_regions(layout) + segment_regions(guest.machine_segments())
-                        + layout.user_regions())
+def pre_init_snapshot(guest: GuestBinary, config: SandboxConfiguration) -> Snapshot:
+    """A snapshot of `guest` loaded but not initialised (generation 0)."""
+    try:
+        layout = MemoryLayout.compute(guest.end, **config.layout_values())
+    except LayoutError as e:
+        raise GuestLoadError(f"guest does not fit the configured layout: {e}") from None
+    built = build_guest_image(guest, layout)
+    regs = [0] * len(GPR_NAMES)
+    regs[GPR_NAMES.index("rip")] = built.entry
+    regs[GPR_NAMES.index("rsp")] = built.rsp
+    regs[GPR_NAMES.index("rflags")] = RFLAGS_RESERVED1
+    return Snapshot(image=built.image, layout=layout, segments=tuple(guest.machine_segments()),
+                    syscall_entry=guest.syscall_entry, cpu=CpuState(tuple(regs), 0, 0, None),
+                    initialised=False, functions=None, host_functions=None, generation=0,
+                    guest_sha256=guest.sha256, cpu_features=host_features(kvm()),
+                    hypervisor=hypervisor_name())
 
 
 class UninitializedSandbox:
@@ -52,42 +67,26 @@ class UninitializedSandbox:
         self.host_functions = host_functions if host_functions is not None else HostFunctions()
         if not isinstance(self.host_functions, HostFunctions):
             raise TypeError("host_functions must be a HostFunctions")
-        self.guest = _load_guest(guest)
-        try:
-            self.layout = MemoryLayout.compute(self.guest.end, **self.config.layout_values())
-        except LayoutError as e:
-            raise GuestLoadError(f"guest does not fit the configured layout: {e}") from None
-        self._initial: InitialImage | None = build_initial_image(self.guest, self.layout)
+        self.guest = load_guest(guest)
+        self._snapshot: Snapshot | None = pre_init_snapshot(self.guest, self.config)
+
+    def snapshot(self) -> Snapshot:
+        """The pre-init snapshot: `MultiUseSandbox.from_snapshot` on it runs guest init."""
+        if self._snapshot is None:
+            raise SandboxStateError("this UninitializedSandbox was already evolved")
+        return self._snapshot
 
     def evolve(self) -> "MultiUseSandbox":
-        """Initialise the guest (run musl start-up and `snapcell_main`) and return a ready sandbox.
+        """Initialise the guest (musl start-up and `snapcell_main`) and return a ready sandbox.
         Consumes this object."""
         from .multi_use import MultiUseSandbox
-        initial = self._initial
-        if initial is None:
-            raise SandboxStateError("this UninitializedSandbox was already evolved")
-        self._initial = None
-        try:
-            kvm = shared_kvm()
-        except KvmUnavailable as e:
-            initial.image.close()
-            raise KvmUnavailableError(str(e)) from None
-        machine = Machine(kvm, initial.image, self.guest.syscall_entry)
-        initial.image.close()
-        core = Core(machine, self.layout, address_space(self.guest, self.layout), self.host_functions)
-        try:
-            machine.set_entry(initial.entry, initial.rsp)
-            core.initialise()
-        except BaseException:
-            core.close()
-            raise
-        return MultiUseSandbox._from_core(core, self.guest, self.config)
+        snap = self.snapshot()
+        self._snapshot = None
+        return MultiUseSandbox.from_snapshot(snap, self.host_functions, self.config)
 
     def close(self) -> None:
-        """Release the memory image without evolving."""
-        if self._initial is not None:
-            self._initial.image.close()
-            self._initial = None
+        """Forget the image without evolving."""
+        self._snapshot = None
 
     def __enter__(self) -> "UninitializedSandbox":
         return self

@@ -1,0 +1,171 @@
+"""`Snapshot`: an immutable, in-memory picture of a sandbox — its guest memory (a sealed memfd),
+layout, user-mode CPU state and everything needed to create a ready sandbox from it.
+
+Persistence (OCI image layouts, registries) lives in `snapcell.snapshot`, a higher layer; it
+plugs its functions into `Snapshot` through `Snapshot._persistence` so that the methods
+`save`, `load`, `checked_load`, `push` and `pull` are available on this class."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from ..errors import SnapshotError
+from ..guest.abi import ABI_VERSION
+from ..guest.functions import Signature
+from ..kvm.structs import GPR_NAMES, kvm_regs, kvm_xsave
+from ..machine.features import CpuFeatures
+from ..machine.layout import MemoryLayout, Segment
+from ..machine.memory import MemoryImage
+
+ARCH = "x86_64"
+XSAVE_SIZE = ctypes.sizeof(kvm_xsave)
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """User-mode vCPU state: GPRs, RIP, RSP, RFLAGS, FS/GS base and the XSAVE area (x87, SSE,
+    AVX..., including MXCSR). Privileged registers are never part of it."""
+
+    regs: tuple[int, ...]
+    fs_base: int
+    gs_base: int
+    xsave: bytes | None          # None: the vCPU's reset state (a pre-init snapshot)
+
+    def __post_init__(self) -> None:
+        if len(self.regs) != len(GPR_NAMES):
+            raise ValueError("CpuState needs every GPR, RIP and RFLAGS")
+        if self.xsave is not None and len(self.xsave) != XSAVE_SIZE:
+            raise ValueError(f"XSAVE area must be {XSAVE_SIZE} bytes")
+
+    @property
+    def rip(self) -> int:
+        """Instruction pointer."""
+        return self.regs[GPR_NAMES.index("rip")]
+
+    @property
+    def rsp(self) -> int:
+        """Stack pointer."""
+        return self.regs[GPR_NAMES.index("rsp")]
+
+    @property
+    def rflags(self) -> int:
+        """RFLAGS."""
+        return self.regs[GPR_NAMES.index("rflags")]
+
+    def to_kvm_regs(self) -> kvm_regs:
+        """As a kvm_regs structure."""
+        return kvm_regs(*self.regs)
+
+    def to_kvm_xsave(self) -> kvm_xsave | None:
+        """As a kvm_xsave structure (None for the reset state)."""
+        if self.xsave is None:
+            return None
+        x = kvm_xsave()
+        ctypes.memmove(ctypes.addressof(x), self.xsave, XSAVE_SIZE)
+        return x
+
+    @classmethod
+    def capture(cls, regs: kvm_regs, fs_base: int, gs_base: int, xsave: kvm_xsave) -> "CpuState":
+        """From KVM structures."""
+        return cls(tuple(int(getattr(regs, n)) for n in GPR_NAMES), fs_base, gs_base,
+                   bytes(memoryview(xsave).cast("B")))
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """An immutable sandbox snapshot.
+
+    `initialised` False means a *pre-init* snapshot (taken before guest initialisation): a
+    sandbox created from it runs the guest's init with whatever host functions it is given;
+    it cannot be restored into or saved. `functions` is the guest's function table and
+    `host_functions` the host-function signatures the guest was initialised against (both None
+    for pre-init). `generation` counts snapshots along a lineage (the parent's + 1)."""
+
+    image: MemoryImage
+    layout: MemoryLayout
+    segments: tuple[Segment, ...]
+    syscall_entry: int
+    cpu: CpuState
+    initialised: bool
+    functions: Mapping[str, Signature] | None
+    host_functions: Mapping[str, Signature] | None
+    generation: int
+    guest_sha256: str
+    cpu_features: CpuFeatures
+    hypervisor: str
+    abi_version: int = ABI_VERSION
+    arch: str = ARCH
+    digest: str | None = field(default=None, compare=False)
+
+    _persistence: ClassVar[Any] = None
+
+    def __post_init__(self) -> None:
+        if not self.image.sealed:
+            raise ValueError("a snapshot image must be sealed")
+        for name in ("functions", "host_functions"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, MappingProxyType):
+                object.__setattr__(self, name, MappingProxyType(dict(v)))
+
+    @property
+    def memory_size(self) -> int:
+        """Total guest memory of sandboxes made from this snapshot."""
+        return self.layout.memory_size
+
+    @classmethod
+    def from_guest(cls, guest: Any, config: Any = None) -> "Snapshot":
+        """A pre-init snapshot of a guest binary (path, bytes or GuestBinary)."""
+        from .config import SandboxConfiguration
+        from .uninitialized import load_guest, pre_init_snapshot
+        return pre_init_snapshot(load_guest(guest), config or SandboxConfiguration())
+
+    def describe(self) -> dict[str, Any]:
+        """A summary for humans and `snapcell snapshot inspect`."""
+        return {
+            "initialised": self.initialised, "generation": self.generation,
+            "guest_sha256": self.guest_sha256, "memory_size": self.memory_size,
+            "layout": {"input_size": self.layout.input_size, "output_size": self.layout.output_size,
+                       "heap_size": self.layout.heap_size, "stack_size": self.layout.stack_size},
+            "functions": {n: s.describe(n) for n, s in (self.functions or {}).items()},
+            "host_functions": {n: s.describe(n) for n, s in (self.host_functions or {}).items()},
+            "cpu_vendor": self.cpu_features.vendor, "hypervisor": self.hypervisor,
+            "abi_version": self.abi_version, "arch": self.arch,
+        }
+
+    # ------------------------------------------------------------ persistence (snapcell.snapshot)
+    @classmethod
+    def _require_persistence(cls) -> Any:
+        if cls._persistence is None:
+            import importlib
+            importlib.import_module("snapcell.snapshot")   # registers itself
+        if cls._persistence is None:
+            raise SnapshotError("snapshot persistence is unavailable")
+        return cls._persistence
+
+    def save(self, directory: str, tag: str = "latest") -> str:
+        """Save into an OCI image layout at `directory` under `tag`; returns the manifest digest."""
+        return str(self._require_persistence().save(self, directory, tag))
+
+    @classmethod
+    def load(cls, directory: str, ref: str = "latest") -> "Snapshot":
+        """Load (validated, digests not verified) a snapshot by tag or `sha256:` digest."""
+        return cls._require_persistence().load(directory, ref, verify=False)  # type: ignore[no-any-return]
+
+    @classmethod
+    def checked_load(cls, directory: str, ref: str = "latest") -> "Snapshot":
+        """Load and also verify every blob's sha256 through the descriptor that is mapped."""
+        return cls._require_persistence().load(directory, ref, verify=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def push(cls, source: "str | Snapshot", target: str, **options: Any) -> str:
+        """Push a saved layout directory (or a snapshot) to `host[:port]/repo:tag`."""
+        return str(cls._require_persistence().push(source, target, **options))
+
+    @classmethod
+    def pull(cls, source: str, directory: str, **options: Any) -> str:
+        """Pull `host[:port]/repo:tag` into a layout directory; returns the manifest digest."""
+        return str(cls._require_persistence().pull(source, directory, **options))
