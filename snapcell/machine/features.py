@@ -4,6 +4,7 @@ host must offer a superset to run it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -47,8 +48,18 @@ class CpuFeatures:
         return {"vendor": self.vendor, "words": {n: v for n, v in self.words}, "xcr0": self.xcr0}
 
 
+_cache: dict[int, CpuFeatures] = {}
+
+
 def host_features(kvm: Kvm) -> CpuFeatures:
-    """This host's features, from KVM_GET_SUPPORTED_CPUID."""
+    """This host's features, from KVM_GET_SUPPORTED_CPUID (computed once per process)."""
+    cached = _cache.get(id(kvm))
+    if cached is None:
+        cached = _cache[id(kvm)] = _read_features(kvm)
+    return cached
+
+
+def _read_features(kvm: Kvm) -> CpuFeatures:
     cpuid = kvm.supported_cpuid()
     leaves = {}
     for i in range(cpuid.nent):
@@ -67,6 +78,7 @@ def host_features(kvm: Kvm) -> CpuFeatures:
     return CpuFeatures(vendor, tuple(words), xcr0)
 
 
+@functools.lru_cache(maxsize=1)
 def hypervisor_name() -> str:
     """'kvm-pvm' when /dev/kvm is the PVM module, else 'kvm'."""
     return "kvm-pvm" if os.path.isdir("/sys/module/kvm_pvm") else "kvm"

@@ -153,11 +153,19 @@ def system_regions(layout: MemoryLayout) -> list[Region]:
 def segment_regions(segments: list[Segment]) -> list[Region]:
     """Page-granular regions for ELF segments; a page shared by two segments gets the union
     of their permissions."""
-    pages: dict[int, Perm] = {}
+    pages: dict[int, int] = {}
     for seg in segments:
+        perm = int(seg.perm | Perm.USER)
         for p in range(page_down(seg.vaddr), page_up(seg.vaddr + seg.memsz), PAGE):
-            pages[p] = pages.get(p, Perm.NONE) | seg.perm | Perm.USER
-    return [Region("elf", p, PAGE, perm) for p, perm in sorted(pages.items())]
+            pages[p] = pages.get(p, 0) | perm
+    regions: list[Region] = []
+    for p, perm in sorted(pages.items()):          # coalesce runs of equal permission
+        last = regions[-1] if regions else None
+        if last is not None and last.end == p and last.perm == perm:
+            regions[-1] = Region("elf", last.start, last.size + PAGE, last.perm)
+        else:
+            regions.append(Region("elf", p, PAGE, Perm(perm)))
+    return regions
 
 
 class AddressSpace:

@@ -34,11 +34,27 @@ class MemoryImage:
         self.sealed = False
 
     @classmethod
-    def from_fd(cls, fd: int, size: int) -> "MemoryImage":
-        """Adopt an existing fd (ownership passes to the image)."""
+    def from_fd(cls, fd: int, size: int, immutable: bool = False) -> "MemoryImage":
+        """Adopt an existing fd (ownership passes to the image). `immutable=True` declares that
+        nobody writes the file any more (e.g. a read-only snapshot blob on disk): it then counts
+        as sealed and may back snapshots. Only private mappings are ever made of it."""
         self = cls.__new__(cls)
-        self.size, self.fd, self.sealed = size, fd, False
+        self.size, self.fd, self.sealed = size, fd, immutable
         return self
+
+    def data_extents(self) -> list[tuple[int, int]]:
+        """(offset, length) of the regions holding data (holes read as zeros)."""
+        out = []
+        off = 0
+        while off < self.size:
+            try:
+                start = os.lseek(self.fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.size)
+            out.append((start, end - start))
+            off = end
+        return out
 
     def write_chunks(self, chunks: list[tuple[int, bytes]]) -> None:
         """Write (offset, bytes) chunks with pwrite (before sealing)."""
@@ -55,20 +71,13 @@ class MemoryImage:
         (SEEK_DATA/SEEK_HOLE; tmpfs supports both), so zero pages cost nothing."""
         if parent.size != self.size:
             raise ValueError("images differ in size")
-        off = 0
-        while off < parent.size:
-            try:
-                start = os.lseek(parent.fd, off, os.SEEK_DATA)
-            except OSError:         # ENXIO: no data after `off`
-                break
-            end = min(os.lseek(parent.fd, start, os.SEEK_HOLE), parent.size)
-            pos = start
+        for start, length in parent.data_extents():
+            pos, end = start, start + length
             while pos < end:
                 n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
                 if n <= 0:
                     raise OSError("copy_file_range made no progress")
                 pos += n
-            off = end
 
     def seal(self) -> None:
         """Make the image immutable (F_SEAL_WRITE|SHRINK|GROW|SEAL): snapshots share it safely."""

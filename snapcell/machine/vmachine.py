@@ -7,6 +7,7 @@ another guest of the same memory size (see `MachinePool`)."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 
@@ -59,15 +60,32 @@ class Machine:
     def set_user_state(self, regs: kvm_regs, fs_base: int, gs_base: int,
                        xsave: kvm_xsave | None) -> None:
         """Put the vCPU in a CPL3 state: host-built segment/control registers (nothing
-        privileged comes from the caller), the given GPRs/RIP/RSP/RFLAGS, FS/GS base and FPU."""
+        privileged comes from the caller), the given GPRs/RIP/RSP/RFLAGS, FS/GS base and FPU.
+
+        GPRs and segment registers go through kvm_run's sync-regs area (KVM_CAP_SYNC_REGS):
+        KVM applies them at the next KVM_RUN, which saves two ioctls; the accessors below read
+        the pending values while they are not yet applied."""
         vcpu = self.vcpu
         assert vcpu is not None
-        s = self._sregs
-        kvm_sregs_copy(s, self.base_sregs)
-        s.fs.base, s.gs.base = fs_base, gs_base
-        vcpu.set_sregs(s)
-        vcpu.set_regs(regs)
+        run = self.run_struct
+        kvm_sregs_copy(run.sync_sregs, self.base_sregs)
+        run.sync_sregs.fs.base, run.sync_sregs.gs.base = fs_base, gs_base
+        ctypes.memmove(ctypes.addressof(run.sync_regs), ctypes.addressof(regs),
+                       ctypes.sizeof(kvm_regs))
+        run.kvm_dirty_regs = ioctls.KVM_SYNC_X86_REGS | ioctls.KVM_SYNC_X86_SREGS
         vcpu.set_xsave(xsave if xsave is not None else self.initial_xsave)
+
+    def _flush_pending(self) -> None:
+        """Apply pending sync-regs with ioctls (before reading or partially changing state)."""
+        run = self.run_struct
+        dirty = int(run.kvm_dirty_regs)
+        if dirty:
+            assert self.vcpu is not None
+            if dirty & ioctls.KVM_SYNC_X86_SREGS:
+                self.vcpu.set_sregs(run.sync_sregs)
+            if dirty & ioctls.KVM_SYNC_X86_REGS:
+                self.vcpu.set_regs(run.sync_regs)
+            run.kvm_dirty_regs = 0
 
     def entry_regs(self, rip: int, rsp: int) -> kvm_regs:
         """GPRs all 0, RIP, RSP, RFLAGS = 0x2 (reserved bit 1)."""
@@ -78,21 +96,25 @@ class Machine:
     def get_regs(self) -> kvm_regs:
         """KVM_GET_REGS into a fresh structure."""
         assert self.vcpu is not None
+        self._flush_pending()
         return self.vcpu.get_regs(kvm_regs())
 
     def set_regs(self, regs: kvm_regs) -> None:
         """KVM_SET_REGS."""
         assert self.vcpu is not None
+        self._flush_pending()
         self.vcpu.set_regs(regs)
 
     def get_sregs(self) -> kvm_sregs:
         """KVM_GET_SREGS into a fresh structure."""
         assert self.vcpu is not None
+        self._flush_pending()
         return self.vcpu.get_sregs(kvm_sregs())
 
     def set_fs_base(self, base: int) -> None:
         """Set the FS segment base (the guest's TLS pointer)."""
         assert self.vcpu is not None
+        self._flush_pending()
         s = self.vcpu.get_sregs(self._sregs)
         s.fs.base = base
         self.vcpu.set_sregs(s)
@@ -167,7 +189,6 @@ class Machine:
 
 def kvm_sregs_copy(dst: kvm_sregs, src: kvm_sregs) -> None:
     """Copy one kvm_sregs into another in place."""
-    import ctypes
     ctypes.memmove(ctypes.addressof(dst), ctypes.addressof(src), ctypes.sizeof(kvm_sregs))
 
 

@@ -3,6 +3,7 @@ restored, and created directly from a snapshot."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -16,8 +17,8 @@ from ..guest.functions import Signature
 from ..guest.loader import abi_header, system_images
 from ..guest.values import check_value
 from ..machine.features import host_features, hypervisor_name
-from ..machine.layout import GUEST_BASE, MemoryLayout, segment_regions, system_regions
-from ..machine.layout import AddressSpace
+from ..machine.layout import (GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions,
+                              system_regions)
 from ..machine.memory import MemoryImage
 from ..guest.abi import ABI_MAGIC_OFF
 from .config import LAYOUT_FIELDS, SandboxConfiguration
@@ -27,8 +28,9 @@ from .pool import default_pool, kvm
 from .snapshot import ARCH, CpuState, Snapshot
 
 
-def address_space(layout: MemoryLayout, segments: tuple[Any, ...]) -> AddressSpace:
-    """What the guest may touch at CPL3 in this layout."""
+@functools.lru_cache(maxsize=64)
+def address_space(layout: MemoryLayout, segments: tuple[Segment, ...]) -> AddressSpace:
+    """What the guest may touch at CPL3 in this layout (cached: layouts repeat)."""
     return AddressSpace(system_regions(layout) + segment_regions(list(segments))
                         + layout.user_regions())
 
