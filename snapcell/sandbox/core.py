@@ -7,6 +7,8 @@ import enum
 from typing import Any, NoReturn
 
 from ..errors import (
+    ExecutionCancelled,
+    ExecutionTimeout,
     GuestAbort,
     GuestError,
     GuestOutputError,
@@ -25,6 +27,7 @@ from ..machine.memory import GuestMapping
 from .entropy import Entropy
 from .faults import fault_error
 from .host_functions import HostFunctions
+from .interrupt import InterruptHandle, watchdog
 from .syscalls import SyscallHost
 
 MAX_ABORT_MESSAGE = 4096
@@ -43,9 +46,11 @@ class Core:
     """One running guest: a machine plus the call protocol."""
 
     def __init__(self, machine: Machine, layout: MemoryLayout, space: AddressSpace,
-                 host_functions: HostFunctions, pool: MachinePool | None) -> None:
+                 host_functions: HostFunctions, pool: MachinePool | None,
+                 interrupt: InterruptHandle) -> None:
         self.machine = machine
         self.pool = pool
+        self.interrupt = interrupt
         assert machine.memory is not None
         self.memory: GuestMapping = machine.memory
         self.layout = layout
@@ -73,9 +78,9 @@ class Core:
             hp.fn(text)
 
     # ---------------------------------------------------------------- running
-    def initialise(self) -> None:
+    def initialise(self, timeout: float | None = None) -> None:
         """Run guest init until it publishes its function table."""
-        obj = self._run_to_return()
+        obj = self._run_to_return(timeout)
         try:
             if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == abi.TABLE_TAG):
                 raise ValueError("not a function table message")
@@ -85,10 +90,11 @@ class Core:
         except ValueError as e:
             self._poison(GuestOutputError(f"guest init published a malformed function table: {e}"))
 
-    def call_payload(self, payload: bytes, name: str, sig: Signature) -> Any:
+    def call_payload(self, payload: bytes, name: str, sig: Signature,
+                     timeout: float | None = None) -> Any:
         """Send an encoded, already-checked call and decode its result."""
         self.memory.write(self.layout.input_addr, codec.frame(payload, self.layout.input_size))
-        obj = self._run_to_return()
+        obj = self._run_to_return(timeout)
         if isinstance(obj, list) and len(obj) == 2 and obj[0] == 0:
             try:
                 return codec.decode_typed(sig.ret, obj[1])
@@ -106,12 +112,36 @@ class Core:
         except CodecError as e:
             self._poison(GuestOutputError(f"corrupt guest output: {e}"))
 
-    def _run_to_return(self) -> Any:
-        """Run until OUT_RETURN, serving host calls and syscalls; poison on anything fatal."""
+    def _run_to_return(self, timeout: float | None = None) -> Any:
+        """Run until OUT_RETURN, serving host calls and syscalls; poison on anything fatal.
+        Cancellation (kill or timeout) is checked before every entry into the guest."""
+        handle = self.interrupt
+        call_id = handle.begin()
+        if timeout is not None:
+            watchdog.arm(timeout, handle, call_id)
+        try:
+            return self._run_loop(handle)
+        finally:
+            handle.end()
+
+    def _cancel(self, handle: InterruptHandle) -> NoReturn:
+        handle.acknowledge()
+        if handle.timed_out():
+            self._poison(ExecutionTimeout("the call exceeded its time limit and was cancelled"))
+        self._poison(ExecutionCancelled("the call was cancelled by an interrupt handle"))
+
+    def _run_loop(self, handle: InterruptHandle) -> Any:
         machine = self.machine
         while True:
+            if handle.cancelled():
+                self._cancel(handle)
             try:
                 port = machine.run()
+            except InterruptedError:
+                if handle.cancelled():
+                    self._cancel(handle)
+                handle.rearm()
+                continue
             except MachineFailure as e:
                 self._poison(MachineError(f"the vCPU stopped unexpectedly: {e}"))
             if port == abi.OUT_RETURN:

@@ -24,6 +24,7 @@ from ..guest.abi import ABI_MAGIC_OFF
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
 from .host_functions import HostFunctions
+from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
 from .snapshot import ARCH, CpuState, Snapshot
 
@@ -121,7 +122,17 @@ class MultiUseSandbox:
         pool = default_pool() if pooled else None
         from ..machine import Machine
         machine = pool.acquire(lay.memory_size) if pool is not None else Machine(kvm(), lay.memory_size)
-        core = Core(machine, lay, address_space(lay, snapshot.segments), host_functions, pool)
+        try:
+            signum = install_signal(config.interrupt_signal)
+        except BaseException:
+            if pool is not None:
+                pool.release(machine)
+            else:
+                machine.close()
+            raise
+        handle = InterruptHandle(signum, config.interrupt_retry_delay, machine.run_struct)
+        core = Core(machine, lay, address_space(lay, snapshot.segments), host_functions, pool,
+                    handle)
         try:
             assert machine.memory is not None
             machine.memory.map_system(system_images.get(lay, snapshot.segments))
@@ -133,7 +144,7 @@ class MultiUseSandbox:
                 assert snapshot.functions is not None
                 core.functions = dict(snapshot.functions)
             else:
-                core.initialise()
+                core.initialise(config.max_execution_time)
         except BaseException:
             core.close()
             raise
@@ -167,8 +178,10 @@ class MultiUseSandbox:
         return self._snapshot.generation
 
     # ---------------------------------------------------------------- calls
-    def call(self, name: str, *args: Any) -> Any:
-        """Call guest function `name` with `args`."""
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call guest function `name` with `args`. `timeout` (seconds) overrides the
+        configuration's max_execution_time for this call; on expiry the call is cancelled with
+        ExecutionTimeout (the sandbox is then Poisoned)."""
         core = self._core
         core.check_ready()
         sig = core.functions.get(name) if isinstance(name, str) else None
@@ -187,8 +200,16 @@ class MultiUseSandbox:
         if len(payload) + FRAME_HEADER > core.layout.input_size:
             raise ArgumentError(f"arguments of {name} take {len(payload)} bytes; the input buffer "
                                 f"holds {core.layout.input_size - FRAME_HEADER}")
+        if timeout is None:
+            timeout = self.config.max_execution_time
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._version += 1
-        return core.call_payload(payload, name, sig)
+        return core.call_payload(payload, name, sig, timeout)
+
+    def interrupt_handle(self) -> InterruptHandle:
+        """A thread-safe handle whose `kill()` cancels the call in progress (if any)."""
+        return self._core.interrupt
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self) -> Snapshot:

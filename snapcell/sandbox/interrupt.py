@@ -1,0 +1,172 @@
+"""Cancelling a running guest call: interrupt handles, the vCPU signal, and call timeouts.
+
+A call runs KVM_RUN on the calling thread. `InterruptHandle.kill()` (any thread) marks the call
+cancelled, sets kvm_run.immediate_exit (so a KVM_RUN about to start returns at once — a signal
+sent just before KVM_RUN would otherwise be lost) and sends the configured real-time signal to
+the vCPU thread, which makes a running KVM_RUN return with EINTR. It re-sends every
+`interrupt_retry_delay` until the call loop has noticed. Timeouts use one watchdog thread per
+process that kills calls whose deadline passed."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import signal
+import threading
+import time
+from typing import Any
+
+from ..errors import ConfigurationError
+
+_installed: set[int] = set()
+_install_lock = threading.Lock()
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """The vCPU interrupt signal only has to make KVM_RUN return EINTR."""
+
+
+def install_signal(offset: int) -> int:
+    """Install the no-op handler for SIGRTMIN+offset (once; main thread only). An application's
+    own handler on that signal is never replaced: choose another `interrupt_signal` instead."""
+    signum = signal.SIGRTMIN + offset
+    with _install_lock:
+        if signum in _installed:
+            return signum
+        current = signal.getsignal(signum)
+        if current not in (signal.SIG_DFL, None, _noop):
+            raise ConfigurationError(
+                f"signal {signum} (SIGRTMIN+{offset}) already has a handler in this application; "
+                "set SandboxConfiguration.interrupt_signal to a free offset")
+        if current is not _noop:
+            try:
+                signal.signal(signum, _noop)
+            except ValueError:
+                raise ConfigurationError(
+                    "the interrupt signal handler must first be installed from the main thread: "
+                    "create one sandbox (or call snapcell.sandbox.interrupt.install_signal) there"
+                ) from None
+        _installed.add(signum)
+        return signum
+
+
+class InterruptHandle:
+    """Thread-safe canceller of one sandbox's calls. Get it with `sandbox.interrupt_handle()`."""
+
+    def __init__(self, signum: int, retry_delay: float, run_struct: Any) -> None:
+        self._signum = signum
+        self._retry_delay = retry_delay
+        self._run = run_struct
+        self._lock = threading.Lock()
+        self._thread: int | None = None          # ident of the thread inside a call
+        self._call = 0                           # id of the current (or last) call
+        self._cancel: int | None = None          # id of the call a kill targeted
+        self._timed_out = False
+        self._observed = threading.Event()
+
+    # ---- used by the call loop (the vCPU thread)
+    def begin(self) -> int:
+        """A call starts on this thread; returns its id."""
+        with self._lock:
+            self._call += 1
+            self._thread = threading.get_ident()
+            self._cancel = None
+            self._timed_out = False
+            self._observed.clear()
+            self._run.immediate_exit = 0
+            return self._call
+
+    def end(self) -> None:
+        """The call finished (any way)."""
+        with self._lock:
+            self._thread = None
+            self._run.immediate_exit = 0
+            self._observed.set()
+
+    def cancelled(self) -> bool:
+        """Whether the current call was killed (the loop then stops it)."""
+        return self._cancel is not None and self._cancel == self._call
+
+    def timed_out(self) -> bool:
+        """Whether the cancellation came from a timeout."""
+        return self._timed_out
+
+    def acknowledge(self) -> None:
+        """The loop saw the cancellation: stop re-sending."""
+        self._run.immediate_exit = 0
+        self._observed.set()
+
+    def rearm(self) -> None:
+        """A stray EINTR (no kill): clear immediate_exit and keep running."""
+        with self._lock:
+            if not self.cancelled():
+                self._run.immediate_exit = 0
+
+    # ---- used by anyone
+    def kill(self) -> bool:
+        """Cancel the call in progress. Returns False (and changes nothing) when no call runs."""
+        return self._kill(timeout=False, call_id=None)
+
+    def _kill(self, timeout: bool, call_id: int | None) -> bool:
+        with self._lock:
+            thread = self._thread
+            if thread is None or (call_id is not None and call_id != self._call):
+                return False
+            target = self._call
+            self._cancel = target
+            self._timed_out = timeout
+            self._run.immediate_exit = 1
+        if thread == threading.get_ident():       # killed from inside the call (a host function)
+            return True
+        while True:
+            try:
+                signal.pthread_kill(thread, self._signum)
+            except ProcessLookupError:
+                return True
+            if self._observed.wait(self._retry_delay):
+                return True
+            with self._lock:
+                if self._thread is None or self._call != target:
+                    return True
+
+
+class Watchdog:
+    """One thread that kills calls whose deadline passed."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, InterruptHandle, int]] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, handle: InterruptHandle, call_id: int) -> None:
+        """Kill call `call_id` of `handle` after `seconds` unless it ended."""
+        with self._cv:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), handle, call_id))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="snapcell-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                deadline, _, handle, call_id = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cv.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            handle._kill(timeout=True, call_id=call_id)
+
+
+watchdog = Watchdog()
+
+try:   # the common case: snapcell is imported on the main thread
+    if threading.current_thread() is threading.main_thread():
+        install_signal(0)
+except ConfigurationError:
+    pass
