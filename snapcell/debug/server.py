@@ -49,6 +49,7 @@ MAX_MEMORY_READ = (MAX_PACKET_SIZE - 16) // 2
 """The largest `m` read served; larger requests get `E01` (gdb never asks for more than fits in
 `PacketSize`)."""
 
+_HOST = "127.0.0.1"   # never anything else: the debugger has full control of the guest
 _PAGE = 4096
 _THREAD_ID = "01"
 _SUPPORTED = (f"PacketSize={MAX_PACKET_SIZE:x};qXfer:features:read+;swbreak+;"
@@ -86,11 +87,10 @@ class DebugSession:
     Application-thread API: `notify_stop`, `wait_for_resume`. Anyone: `start`, `close`, `connected`,
     `wait_for_connection`. Usable as a context manager (`start` on enter, `close` on exit)."""
 
-    def __init__(self, target: DebugTarget, port: int = 0, *, host: str = "127.0.0.1") -> None:
-        if host != "127.0.0.1":
-            raise ValueError("the debug server only listens on 127.0.0.1")
+    def __init__(self, target: DebugTarget, port: int = 0) -> None:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"bad TCP port {port}")
         self._target = target
-        self._host = host
         self._requested_port = port
         self._port: int | None = None
         self._listener: socket.socket | None = None
@@ -136,12 +136,12 @@ class DebugSession:
 
     def start(self) -> None:
         """Bind 127.0.0.1:port, listen, and start the server thread."""
-        if self._thread is not None:
-            raise SandboxStateError("the debug session is already started")
+        if self._thread is not None or self._closed:
+            raise SandboxStateError("the debug session was already started")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self._host, self._requested_port))
+            listener.bind((_HOST, self._requested_port))
             listener.listen(1)
             listener.setblocking(False)
         except OSError:
@@ -154,7 +154,7 @@ class DebugSession:
         self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._serve, name=f"snapcell-gdb-{self._port}", daemon=True)
         self._thread.start()
-        log.info("gdb server listening on %s:%d", self._host, self._port)
+        log.info("gdb server listening on %s:%d", _HOST, self._port)
 
     def wait_for_connection(self, timeout: float | None = None) -> bool:
         """Block until a gdb is connected (True) or `timeout` seconds passed / the session ended
@@ -180,14 +180,12 @@ class DebugSession:
             self._closed = True
             self._cond.notify_all()
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        with self._cond:
-            self._server_done = True
-            self._cond.notify_all()
-        for sock in (self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
+        if self._thread is None:
+            with self._cond:
+                self._server_done = True
+                self._cond.notify_all()
+        elif self._thread is not threading.current_thread():
+            self._thread.join()   # the thread sets _server_done as it ends
 
     def __enter__(self) -> DebugSession:
         self.start()
@@ -255,8 +253,8 @@ class DebugSession:
     # ------------------------------------------------------------------ server thread
 
     def _wake(self) -> None:
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
+        with self._cond, contextlib.suppress(OSError):
+            if self._wake_w is not None and not self._server_done:
                 self._wake_w.send(b"\0")
 
     def _is_stopped(self) -> bool:
@@ -264,7 +262,7 @@ class DebugSession:
             return self._stop_event is not None and self._action is None
 
     def _serve(self) -> None:
-        assert self._listener is not None and self._wake_r is not None
+        assert self._listener is not None and self._wake_r is not None and self._wake_w is not None
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "listen")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -289,7 +287,9 @@ class DebugSession:
             self._drop_client(sel)
             sel.close()
             self._listener.close()
+            self._wake_r.close()
             with self._cond:
+                self._wake_w.close()   # under the lock: _wake() checks for a closed socket
                 self._server_done = True
                 self._cond.notify_all()
 
