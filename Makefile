@@ -1,6 +1,6 @@
 # snapcell — see README.md. Every target does its own set-up (apt packages, .venv, guests).
 PY      := .venv/bin/python
-GUESTS  := build/guests/simpleguest.elf
+GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
 
 .PHONY: all setup guests demo test test-fast bench lint typecheck clean
@@ -37,3 +37,6 @@ lint: setup
 
 clean:
 	rm -rf build benchmarks/c_floor
+
+build/guests/%-debug.elf: guests/%.c $(SDK) | setup
+	$(PY) -m snapcell guest build --debug $< -o $@

@@ -41,6 +41,20 @@ static sc_value AddToStatic(const sc_value *a)
     return sc_i32(counter);
 }
 
+/* For the debugger walkthrough (docs/debugging.md): a helper with arguments and a local. */
+__attribute__((noinline)) static int32_t scale(int32_t v, int32_t factor)
+{
+    int32_t product = v * factor;
+    return product + 1;
+}
+
+static sc_value Compute(const sc_value *a)
+{
+    int32_t input = a[0].i32;
+    int32_t result = scale(input, 3);
+    return sc_i32(result);
+}
+
 static sc_value GetStatic(const sc_value *a) { (void)a; return sc_i32(counter); }
 
 static sc_value AddToStaticAndFail(const sc_value *a)
@@ -420,6 +434,7 @@ void snapcell_main(void)
     sc_register("NoOp", NoOp, SC_VOID, 0);
     sc_register("AddToStatic", AddToStatic, SC_I32, 1, SC_I32);
     sc_register("GetStatic", GetStatic, SC_I32, 0);
+    sc_register("Compute", Compute, SC_I32, 1, SC_I32);
     sc_register("AddToStaticAndFail", AddToStaticAndFail, SC_I32, 0);
     sc_register("PrintOutput", PrintOutput, SC_I32, 1, SC_STR);
     sc_register("Add", Add, SC_I32, 2, SC_I32, SC_I32);

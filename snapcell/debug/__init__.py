@@ -1,9 +1,11 @@
 """Debugging snapcell guests with gdb: a GDB remote serial protocol server (`DebugSession`) driving an
 abstract `DebugTarget` (implemented by the sandbox on top of its vCPU). See docs/debugging.md.
 
-This package depends only on the standard library and `snapcell.errors`."""
+The protocol modules depend only on the standard library and `snapcell.errors`;
+`sandbox_target` implements the target on a sandbox and registers it with the sandbox layer."""
 
 from .packets import PacketError
+from .sandbox_target import SandboxDebugger
 from .server import DebugSession
 from .target import DebugAccessError, DebugTarget, GdbSignal, ResumeAction, StopEvent, StopReason
 from .x86_64 import REGISTERS, TARGET_XML, signal_for_vector
@@ -17,6 +19,7 @@ __all__ = [
     "REGISTERS",
     "ResumeAction",
     "StopEvent",
+    "SandboxDebugger",
     "StopReason",
     "TARGET_XML",
     "signal_for_vector",

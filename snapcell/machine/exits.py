@@ -38,6 +38,7 @@ class TrapFrame:
     rsp: int
     ss: int
     cr2: int
+    frame_addr: int = 0      # guest address of the saved RIP (RIP, CS, RFLAGS, RSP, SS follow)
 
     @property
     def from_user(self) -> bool:

@@ -174,7 +174,7 @@ class Machine:
             sp += 8
         rip, cs, rflags, rsp, ss = _FRAME.unpack_from(self.memory.view, sp)
         cr2 = int(self.vcpu.get_sregs(self._sregs).cr2)
-        return TrapFrame(vector, err, rip, cs, rflags, rsp, ss, cr2)
+        return TrapFrame(vector, err, rip, cs, rflags, rsp, ss, cr2, sp)
 
     def close(self) -> None:
         """Release the vCPU, VM and memory mapping (idempotent)."""

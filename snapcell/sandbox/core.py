@@ -24,6 +24,7 @@ from ..guest.functions import Signature, parse_function_table
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.layout import AddressSpace, MemoryLayout
 from ..machine.memory import GuestMapping
+from .debughook import DebugHook
 from .entropy import Entropy
 from .faults import fault_error
 from .host_functions import HostFunctions
@@ -60,6 +61,7 @@ class Core:
         self.status = SandboxStatus.READY
         self.poison_reason: SnapcellError | None = None
         self.functions: dict[str, Signature] = {}
+        self.debugger: DebugHook | None = None
         self.syscalls = SyscallHost(self.memory, space, self._print, machine.set_fs_base,
                                     lambda: int(machine.get_sregs().fs.base), self.entropy.read)
 
@@ -132,6 +134,8 @@ class Core:
 
     def _run_loop(self, handle: InterruptHandle) -> Any:
         machine = self.machine
+        if self.debugger is not None:
+            self.debugger.before_run()
         while True:
             if handle.cancelled():
                 self._cancel(handle)
@@ -141,6 +145,8 @@ class Core:
                 if handle.cancelled():
                     self._cancel(handle)
                 handle.rearm()
+                if self.debugger is not None:
+                    self.debugger.on_interrupted()
                 continue
             except MachineFailure as e:
                 self._poison(MachineError(f"the vCPU stopped unexpectedly: {e}"))
@@ -163,7 +169,13 @@ class Core:
                     frame = machine.trap_frame(vector)
                 except MachineFailure as e:
                     self._poison(MachineError(str(e)))
+                if self.debugger is not None and frame.from_user and self.debugger.on_trap(frame):
+                    continue
                 self._poison(fault_error(frame, self.layout, self.memory, self.space))
+
+    def cancel_from_debugger(self) -> NoReturn:
+        """gdb killed the program: end the current call (poisoning)."""
+        self._poison(ExecutionCancelled("the call was killed from the debugger"))
 
     def _poison(self, error: SnapcellError | Exception) -> NoReturn:
         if isinstance(error, SnapcellError) and error.poisons:
@@ -219,6 +231,9 @@ class Core:
         """Release the machine (back to its pool when it has one)."""
         if self.status is not SandboxStatus.CLOSED:
             self.status = SandboxStatus.CLOSED
+            if self.debugger is not None:
+                self.debugger.close()
+                self.debugger = None
             if self.pool is not None:
                 self.pool.release(self.machine)
             else:

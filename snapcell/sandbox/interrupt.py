@@ -102,6 +102,21 @@ class InterruptHandle:
             if not self.cancelled():
                 self._run.immediate_exit = 0
 
+    def poke(self) -> bool:
+        """Make a running KVM_RUN return (EINTR) without cancelling the call — for a debugger's
+        Ctrl-C. Returns False when no call runs."""
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return False
+            self._run.immediate_exit = 1
+        if thread != threading.get_ident():
+            try:
+                signal.pthread_kill(thread, self._signum)
+            except ProcessLookupError:
+                pass
+        return True
+
     # ---- used by anyone
     def kill(self) -> bool:
         """Cancel the call in progress. Returns False (and changes nothing) when no call runs."""

@@ -24,6 +24,7 @@ from ..guest.abi import ABI_MAGIC_OFF
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
 from .host_functions import HostFunctions
+from .debughook import attach_debugger
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
 from .snapshot import ARCH, CpuState, Snapshot
@@ -140,6 +141,8 @@ class MultiUseSandbox:
             machine.set_syscall_entry(snapshot.syscall_entry)
             cpu = snapshot.cpu
             machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
+            if config.debug_port is not None:
+                core.debugger = attach_debugger(core, config.debug_port)
             if snapshot.initialised:
                 assert snapshot.functions is not None
                 core.functions = dict(snapshot.functions)
@@ -228,6 +231,9 @@ class MultiUseSandbox:
             chunks = [(addr - GUEST_BASE, machine.memory.view[addr:addr + n])
                       for addr, n in machine.memory.dirty_guest_pages()]
             image.write_chunks(chunks)   # type: ignore[arg-type]
+            if core.debugger is not None:    # breakpoints never leak into snapshots
+                image.write_chunks([(addr - GUEST_BASE, bytes([b]))
+                                    for addr, b in core.debugger.original_bytes().items()])
             image.seal()
             sregs = machine.get_sregs()
             cpu = CpuState.capture(machine.get_regs(), int(sregs.fs.base), int(sregs.gs.base),
@@ -273,6 +279,8 @@ class MultiUseSandbox:
         machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
         core.functions = dict(snapshot.functions)
         core.entropy.reseed()
+        if core.debugger is not None:
+            core.debugger.after_restore()
         core.status, core.poison_reason = SandboxStatus.READY, None
         self._snapshot = self._mapped = snapshot
         self._version += 1

@@ -1,0 +1,56 @@
+"""The seam between a sandbox's call loop and a debugger (which lives in the higher `debug`
+layer and registers a factory here, so the sandbox layer never imports it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from ..machine.exits import TrapFrame
+
+if TYPE_CHECKING:
+    from .core import Core
+
+
+class DebugHook(Protocol):
+    """What the call loop asks of an attached debugger."""
+
+    def before_run(self) -> None:
+        """A run (init or call) is about to enter the guest: stop first if an entry stop or an
+        interrupt is pending."""
+
+    def on_interrupted(self) -> bool:
+        """KVM_RUN returned EINTR and no cancellation is pending: True if it was the debugger's
+        interrupt (the stop was reported and gdb resumed)."""
+
+    def on_trap(self, frame: TrapFrame) -> bool:
+        """An exception reached a CPL0 stub: True when the debugger handled it and the guest should
+        resume (KVM_RUN continues through the stub's iretq), False to treat it as a fault."""
+
+    def original_bytes(self) -> dict[int, int]:
+        """Guest address → original byte of every planted breakpoint (hidden from snapshots)."""
+
+    def after_restore(self) -> None:
+        """The guest memory was replaced: re-plant breakpoints."""
+
+    def close(self) -> None:
+        """Stop serving the debugger."""
+
+
+DebugFactory = Callable[["Core", int], DebugHook]
+_factory: DebugFactory | None = None
+
+
+def register_debugger(factory: DebugFactory) -> None:
+    """Called by `snapcell.debug` on import."""
+    global _factory
+    _factory = factory
+
+
+def attach_debugger(core: "Core", port: int) -> DebugHook:
+    """A debugger serving gdb on 127.0.0.1:`port` for `core`."""
+    if _factory is None:
+        import importlib
+        importlib.import_module("snapcell.debug")
+    assert _factory is not None
+    return _factory(core, port)
