@@ -9,8 +9,15 @@ import time
 
 import pytest
 
-from snapcell import (ExecutionCancelled, ExecutionTimeout, HostFunctions, MultiUseSandbox,
-                      SandboxConfiguration, SandboxStatus, UninitializedSandbox)
+from snapcell import (
+    ExecutionCancelled,
+    ExecutionTimeout,
+    HostFunctions,
+    MultiUseSandbox,
+    SandboxConfiguration,
+    SandboxStatus,
+    UninitializedSandbox,
+)
 from snapcell.errors import ConfigurationError
 
 from .conftest import BIG, make_host_functions, open_fds
@@ -207,7 +214,7 @@ def test_stress_random_kills(kvm_ok: None, simpleguest: str) -> None:
             time.sleep(rng.uniform(0.0005, 0.005))
             with lock:
                 targets = [(sb, ev) for sb, ev in handles if ev.is_set()]
-            for sb, ev in targets:
+            for sb, _ev in targets:
                 sb.interrupt_handle().kill()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]

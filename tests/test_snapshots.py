@@ -3,15 +3,28 @@ rejections that change nothing, pre-init snapshots, copy-on-write isolation."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
-from snapcell import (GuestAbort, HostFunctions, MultiUseSandbox, SandboxBuilder,
-                      SandboxConfiguration, SandboxPoisonedError, SandboxStatus, Snapshot,
-                      UninitializedSandbox)
-from snapcell.errors import (ConfigurationError, PageFault, SnapshotHostFunctionMismatch,
-                             SnapshotLayoutMismatch, SnapshotLayoutWarning, SnapshotStateError)
+from snapcell import (
+    GuestAbort,
+    HostFunctions,
+    MultiUseSandbox,
+    SandboxBuilder,
+    SandboxConfiguration,
+    SandboxPoisonedError,
+    SandboxStatus,
+    Snapshot,
+    UninitializedSandbox,
+)
+from snapcell.errors import (
+    ConfigurationError,
+    PoisoningError,
+    SandboxClosedError,
+    SnapshotHostFunctionMismatch,
+    SnapshotLayoutMismatch,
+    SnapshotLayoutWarning,
+    SnapshotStateError,
+)
 from snapcell.types import I32, I64
 
 from .conftest import BIG, make_host_functions
@@ -195,7 +208,7 @@ def test_poison_then_restore(sandbox: MultiUseSandbox) -> None:
     snap = sandbox.snapshot()
     for bad in (("ReadAddress", 8), ("GuestAbortWithMessage", 25, "Oh no"), ("TriggerException",),
                 ("StackOverflow", 100_000), ("DivideByZero",)):
-        with pytest.raises(Exception):
+        with pytest.raises(PoisoningError):
             sandbox.call(*bad)
         assert sandbox.status is SandboxStatus.POISONED
         with pytest.raises(SandboxPoisonedError):
@@ -259,6 +272,5 @@ def test_writes_after_snapshot_do_not_leak(sandbox: MultiUseSandbox) -> None:
 def test_closed_sandbox_restore_refused(sandbox: MultiUseSandbox) -> None:
     snap = sandbox.snapshot()
     sandbox.close()
-    with pytest.raises(Exception):
+    with pytest.raises(SandboxClosedError):
         sandbox.restore(snap)
-    _ = PageFault, warnings

@@ -24,6 +24,7 @@ from ..kvm.structs import GPR_NAMES
 from ..machine.cpu import RFLAGS_TF
 from ..machine.exits import TrapFrame
 from ..machine.layout import Perm
+from ..machine.memory import GuestMapping
 from ..sandbox.core import Core
 from ..sandbox.debughook import DebugHook, register_debugger
 from .server import DebugSession
@@ -122,7 +123,7 @@ class SandboxDebugger:
         self._frame_addr = None
 
     # ------------------------------------------------------------------ DebugTarget (server thread)
-    def _memory(self):  # type: ignore[no-untyped-def]
+    def _memory(self) -> GuestMapping:
         mem = self.core.machine.memory
         if mem is None:
             raise DebugAccessError("the sandbox is closed")
