@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
 
-.PHONY: all setup guests demo test test-fast bench lint typecheck clean
+.PHONY: all setup guests demo test test-fast bench lint typecheck clean goldens
 
 all: demo
 
@@ -29,11 +29,14 @@ bench: guests benchmarks/c_floor
 benchmarks/c_floor: benchmarks/c_floor.c
 	cc -O2 -Wall -o $@ $<
 
+goldens: guests
+	$(PY) scripts/make_goldens.py
+
 typecheck: setup
 	$(PY) -m mypy
 
 lint: setup
-	$(PY) -m ruff check snapcell tests benchmarks
+	$(PY) -m ruff check snapcell tests scripts
 
 clean:
 	rm -rf build benchmarks/c_floor

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_snapshot import snapshot_group
 from .errors import SnapcellError
 from .guest.build import build_guest
 from .guest.values import ValueType
@@ -157,6 +158,8 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
+
+main.add_command(snapshot_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

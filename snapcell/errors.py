@@ -179,6 +179,18 @@ class SnapshotNotFound(SnapshotError):
 class SnapshotLayoutWarning(UserWarning):
     """A configuration layout field differs from the snapshot's; the snapshot's value is used."""
 
+
+class SnapshotDigestMismatch(SnapshotFormatError):
+    """A blob's content does not match its sha256 digest (checked_load, pull)."""
+
+
+class SnapshotReferenceError(SnapshotError, ValueError):
+    """A tag, digest or registry reference is not well formed."""
+
+
+class SnapshotRegistryError(SnapshotError):
+    """A registry refused a request or could not be reached (HTTP status, TLS, authentication)."""
+
 __all__ = [
     "SnapcellError",
     "KvmUnavailableError",
@@ -213,4 +225,7 @@ __all__ = [
     "SnapshotFormatError",
     "SnapshotNotFound",
     "SnapshotLayoutWarning",
+    "SnapshotDigestMismatch",
+    "SnapshotReferenceError",
+    "SnapshotRegistryError",
 ]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from snapcell.guest import GuestBinary
-
 from snapcell import (
     DivideError,
     GeneralProtection,
@@ -19,6 +17,7 @@ from snapcell import (
     SandboxStatus,
     StackOverflow,
 )
+from snapcell.guest import GuestBinary
 
 
 def assert_poisoned(sb: MultiUseSandbox) -> None:

@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
-from snapcell import (ExecutionCancelled, InvalidOpcode, MultiUseSandbox, SandboxConfiguration,
-                      SandboxStatus, UninitializedSandbox)
+from snapcell import (
+    ExecutionCancelled,
+    InvalidOpcode,
+    MultiUseSandbox,
+    SandboxConfiguration,
+    SandboxStatus,
+    UninitializedSandbox,
+)
 from snapcell.guest import GuestBinary
 from snapcell.guest.build import build_guest
 

@@ -11,8 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..machine import cpu
-from ..machine.layout import (GUEST_BASE, PAGE, MemoryLayout, Segment, segment_regions,
-                              system_regions)
+from ..machine.layout import GUEST_BASE, PAGE, MemoryLayout, Segment, segment_regions, system_regions
 from ..machine.memory import MemoryImage
 from ..machine.paging import build_page_tables
 from . import abi

@@ -14,6 +14,81 @@ import struct
 from ..kvm import libc
 from .layout import GUEST_BASE, PAGE
 
+# /proc/self/pagemap entry top byte: bit 7 = present (63), bit 6 = swapped (62),
+# bit 5 = file-page or shared-anon (61). Private data = (present or swapped) and not file.
+_PRIVATE_PAGE = bytes(1 if (b & 0xC0) and not (b & 0x20) else 0 for b in range(256))
+_pagemap: list[int] = []
+
+
+def _pagemap_fd() -> int:
+    if not _pagemap:
+        _pagemap.append(os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC))
+    return _pagemap[0]
+
+
+class _pm_scan_arg(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+        "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+
+
+class _page_region(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64),
+                ("categories", ctypes.c_uint64)]
+
+
+# PAGEMAP_SCAN (Linux 6.7, <linux/fs.h>): _IOWR('f', 16, struct pm_scan_arg)
+_PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(_pm_scan_arg) << 16) | (ord("f") << 8) | 16
+_PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED = 1 << 2, 1 << 3, 1 << 4
+_REGIONS = 512
+_scan_supported: list[bool] = []
+
+
+def _scan_private(start: int, end: int) -> list[tuple[int, int]]:
+    """Host address runs [a, b) of private pages in [start, end): PAGEMAP_SCAN walks only
+    populated page tables (cost ∝ pages present, not range size); older kernels fall back to
+    reading pagemap entries."""
+    import fcntl
+    if not _scan_supported or _scan_supported[0]:
+        regions = (_page_region * _REGIONS)()
+        arg = _pm_scan_arg(size=ctypes.sizeof(_pm_scan_arg), start=start, end=end,
+                           vec=ctypes.addressof(regions), vec_len=_REGIONS,
+                           category_inverted=_PAGE_IS_FILE, category_mask=_PAGE_IS_FILE,
+                           category_anyof_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
+                           return_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED | _PAGE_IS_FILE)
+        runs: list[tuple[int, int]] = []
+        try:
+            while True:
+                n = fcntl.ioctl(_pagemap_fd(), _PAGEMAP_SCAN, arg)
+                for i in range(n):
+                    a, b = int(regions[i].start), int(regions[i].end)
+                    if runs and runs[-1][1] == a:
+                        runs[-1] = (runs[-1][0], b)
+                    else:
+                        runs.append((a, b))
+                if arg.walk_end >= end or n < _REGIONS:
+                    break
+                arg.start = arg.walk_end
+            if not _scan_supported:
+                _scan_supported.append(True)
+            return runs
+        except OSError:
+            if _scan_supported:
+                raise
+            _scan_supported.append(False)
+    first, count = start // PAGE, (end - start) // PAGE
+    flags = os.pread(_pagemap_fd(), count * 8, first * 8)[7::8].translate(_PRIVATE_PAGE)
+    out: list[tuple[int, int]] = []
+    i = flags.find(1)
+    while i >= 0:
+        j = flags.find(0, i)
+        if j < 0:
+            j = count
+        out.append((start + i * PAGE, start + j * PAGE))
+        i = flags.find(1, j)
+    return out
+
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -140,26 +215,24 @@ class GuestMapping:
 
     def dirty_guest_pages(self) -> list[tuple[int, int]]:
         """Runs (guest address, length) of guest-range pages that hold private (copy-on-write)
-        data, read from /proc/self/pagemap: present (bit 63) and not file-backed (bit 61)."""
-        first = (self.addr + GUEST_BASE) // PAGE
-        count = (self.size - GUEST_BASE) // PAGE
-        with open("/proc/self/pagemap", "rb", buffering=0) as f:
-            raw = os.pread(f.fileno(), count * 8, first * 8)
-        runs: list[tuple[int, int]] = []
-        entries = memoryview(raw).cast("Q")
-        present, file_page = 1 << 63, 1 << 61
-        start = -1
-        for i in range(count):
-            e = entries[i]
-            private = (e & present) and not (e & file_page)
-            if private and start < 0:
-                start = i
-            elif not private and start >= 0:
-                runs.append((GUEST_BASE + start * PAGE, (i - start) * PAGE))
-                start = -1
-        if start >= 0:
-            runs.append((GUEST_BASE + start * PAGE, (count - start) * PAGE))
-        return runs
+        data: present or swapped, and not file-backed."""
+        start = self.addr + GUEST_BASE
+        end = self.addr + self.size
+        runs = _scan_private(start, end)
+        return [(a - self.addr, b - a) for a, b in runs]
+
+    def reset_guest_pages(self, image: MemoryImage) -> int:
+        """Make the guest range equal `image` again by copying `image`'s bytes over every private
+        page (the image must be the one mapped in the guest range). Unlike `map_guest` this
+        keeps the pages mapped, so the guest does not pay first-touch faults again. Returns the
+        number of bytes copied."""
+        total = 0
+        for addr, n in self.dirty_guest_pages():
+            got = os.preadv(image.fd, [self.view[addr:addr + n]], addr - GUEST_BASE)
+            if got != n:                      # a hole past the end cannot happen: sizes match
+                raise OSError(f"short read restoring guest memory at {addr:#x}")
+            total += n
+        return total
 
     def read(self, addr: int, n: int) -> bytes:
         """Copy `n` bytes at guest address `addr` (caller bounds-checks untrusted addresses)."""

@@ -13,11 +13,18 @@ import threading
 
 from ..kvm import Kvm, ioctls
 from ..kvm.structs import kvm_regs, kvm_sregs, kvm_xsave
-from .cpu import (ERROR_CODE_VECTORS, MSR_LSTAR, RFLAGS_RESERVED1, TRAP_PORT_BASE, TRAP_VECTORS,
-                  configure_sregs, syscall_msrs)
+from .cpu import (
+    ERROR_CODE_VECTORS,
+    MSR_LSTAR,
+    RFLAGS_RESERVED1,
+    TRAP_PORT_BASE,
+    TRAP_VECTORS,
+    configure_sregs,
+    syscall_msrs,
+)
 from .exits import MachineFailure, TrapFrame
 from .layout import IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP
-from .memory import GuestMapping
+from .memory import GuestMapping, MemoryImage
 
 _FRAME = struct.Struct("<5Q")
 
@@ -44,10 +51,29 @@ class Machine:
             self.close()
             raise
         self.lstar = 0
+        self.system_image: MemoryImage | None = None   # what is mapped below / above GUEST_BASE
+        self.guest_image: MemoryImage | None = None
         self.run_struct = self.vcpu.run
         self.thread_id: int | None = None
         self._regs = kvm_regs()
         self._sregs = kvm_sregs()
+
+    # ---------------------------------------------------------------- memory
+    def load_images(self, system: MemoryImage, guest: MemoryImage) -> bool:
+        """Make guest memory equal `system` + `guest`. When `guest` is already the mapped image,
+        its private pages are copied back from it instead of re-mapping, which keeps the guest's
+        pages (and KVM's shadow page tables) warm. Returns True for that warm path."""
+        memory = self.memory
+        assert memory is not None
+        if self.system_image is not system:
+            memory.map_system(system)
+            self.system_image = system
+        if self.guest_image is guest:
+            memory.reset_guest_pages(guest)
+            return True
+        memory.map_guest(guest)
+        self.guest_image = guest
+        return False
 
     # ---------------------------------------------------------------- registers
     def set_syscall_entry(self, lstar: int) -> None:
@@ -205,24 +231,24 @@ class MachinePool:
         self.created = 0
         self.reused = 0
 
-    def acquire(self, memory_size: int) -> Machine:
-        """An idle machine of that size, or a new one."""
+    def acquire(self, memory_size: int, image: MemoryImage | None = None) -> Machine:
+        """An idle machine of that size — preferably one that last ran `image`, whose memory can
+        be reset by copying instead of re-mapping — or a new one."""
         with self._lock:
             idle = self._idle.get(memory_size)
             if idle:
                 self.reused += 1
+                for i in range(len(idle) - 1, -1, -1):
+                    if idle[i].guest_image is image:
+                        return idle.pop(i)
                 return idle.pop()
             self.created += 1
         return Machine(self.kvm, memory_size)
 
     def release(self, machine: Machine) -> None:
-        """Return a machine: its memory is dropped now; it is kept if the pool has room."""
+        """Return a machine. It keeps its memory mapping (the next user of the same snapshot resets
+        it by copying); machines beyond the pool's bounds are closed."""
         if machine.memory is None or machine.vcpu is None:
-            return
-        try:
-            machine.memory.release()
-        except OSError:
-            machine.close()
             return
         with self._lock:
             idle = self._idle.setdefault(machine.memory_size, [])

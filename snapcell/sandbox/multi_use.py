@@ -8,23 +8,28 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import (ArgumentError, SandboxPoisonedError, SnapshotHostFunctionMismatch,
-                      SnapshotIncompatibleHost, SnapshotLayoutMismatch, SnapshotLayoutWarning,
-                      SnapshotStateError, UnknownFunctionError)
+from ..errors import (
+    ArgumentError,
+    SandboxPoisonedError,
+    SnapshotHostFunctionMismatch,
+    SnapshotIncompatibleHost,
+    SnapshotLayoutMismatch,
+    SnapshotLayoutWarning,
+    SnapshotStateError,
+    UnknownFunctionError,
+)
 from ..guest import codec
-from ..guest.abi import ABI_VERSION, FRAME_HEADER
+from ..guest.abi import ABI_MAGIC_OFF, ABI_VERSION, FRAME_HEADER
 from ..guest.functions import Signature
 from ..guest.loader import abi_header, system_images
 from ..guest.values import check_value
 from ..machine.features import host_features, hypervisor_name
-from ..machine.layout import (GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions,
-                              system_regions)
+from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
 from ..machine.memory import MemoryImage
-from ..guest.abi import ABI_MAGIC_OFF
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
-from .host_functions import HostFunctions
 from .debughook import attach_debugger
+from .host_functions import HostFunctions
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
 from .snapshot import ARCH, CpuState, Snapshot
@@ -122,7 +127,8 @@ class MultiUseSandbox:
         config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
         pool = default_pool() if pooled else None
         from ..machine import Machine
-        machine = pool.acquire(lay.memory_size) if pool is not None else Machine(kvm(), lay.memory_size)
+        machine = (pool.acquire(lay.memory_size, snapshot.image) if pool is not None
+                   else Machine(kvm(), lay.memory_size))
         try:
             signum = install_signal(config.interrupt_signal)
         except BaseException:
@@ -136,8 +142,8 @@ class MultiUseSandbox:
                     handle)
         try:
             assert machine.memory is not None
-            machine.memory.map_system(system_images.get(lay, snapshot.segments))
-            machine.memory.map_guest(snapshot.image)
+            if machine.load_images(system_images.get(lay, snapshot.segments), snapshot.image):
+                machine.memory.write(ABI_MAGIC_OFF, abi_header(lay))   # the one user system page
             machine.set_syscall_entry(snapshot.syscall_entry)
             cpu = snapshot.cpu
             machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
@@ -272,7 +278,8 @@ class MultiUseSandbox:
         check_host_compatible(snapshot)
         machine = core.machine
         assert machine.memory is not None and snapshot.functions is not None
-        machine.memory.map_guest(snapshot.image)
+        assert machine.system_image is not None
+        machine.load_images(machine.system_image, snapshot.image)
         machine.memory.write(ABI_MAGIC_OFF, abi_header(core.layout))
         machine.set_syscall_entry(snapshot.syscall_entry)
         cpu = snapshot.cpu

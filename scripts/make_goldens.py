@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Regenerate the golden snapshot layouts in tests/goldens/ (`make goldens`).
+
+Goldens are the format-stability contract: tests/test_snapshot_files.py loads them with the
+current code and checks the guest state they carry. They hold their own memory, so they keep
+loading when the guest binary changes; regenerate them only when the format itself changes
+(bump FORMAT_VERSION) or the guest ABI does. They record this host's CPU features and
+hypervisor, so they load on machines of the same kind.
+
+Layout: tests/goldens/simpleguest-v<FORMAT_VERSION>/ with tags
+  static11  simpleguest after AddToStatic(11)
+  pattern   the same, then AllocAndWritePattern(5000)
+Small configuration (16 KiB buffers, 256 KiB heap, 32 KiB stack): ~1.5 MiB of memory per tag."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from snapcell import SandboxConfiguration, UninitializedSandbox  # noqa: E402
+from snapcell.snapshot import oci  # noqa: E402
+from snapcell.snapshot.schema import FORMAT_VERSION  # noqa: E402
+from tests.conftest import guest_path, make_host_functions  # noqa: E402
+
+SMALL = SandboxConfiguration(input_size=16 << 10, output_size=16 << 10, heap_size=256 << 10,
+                             stack_size=32 << 10)
+
+
+def main() -> int:
+    """Build the goldens; print what was written."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "tests" / "goldens"), help="output directory")
+    ap.add_argument("--guest", default=None, help="guest ELF (default build/guests/simpleguest.elf)")
+    args = ap.parse_args()
+    guest = args.guest or guest_path("simpleguest")
+    target = Path(args.out) / f"simpleguest-v{FORMAT_VERSION}"
+    tmp = target.with_name(target.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with UninitializedSandbox(guest, SMALL, make_host_functions()).evolve() as sb:
+        sb.call("AddToStatic", 11)
+        print("static11", oci.save(sb.snapshot(), str(tmp), "static11"))
+        sb.call("AllocAndWritePattern", 5000)
+        print("pattern ", oci.save(sb.snapshot(), str(tmp), "pattern"))
+    for tag, _ in oci.entries(str(tmp)):
+        assert tag is not None
+        oci.verify(str(tmp), tag)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    print(f"wrote {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target} "
+          f"({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""Pushing snapshots to and pulling them from OCI registries (the distribution API), with oras-py.
+
+oras-py provides the HTTP session, TLS settings and the authentication backends (Basic, and
+Bearer tokens obtained with Basic credentials or anonymously). The requests themselves are made
+here, through that session, so that the exact bytes of every blob and of the manifest are sent and
+received: the manifest is never rebuilt, and its digest is the same in the layout, in the registry
+and after a pull.
+
+A pull trusts nothing it receives: the manifest is read with a size cap and its sha256 must match
+the requested digest and the registry's Docker-Content-Digest header; the config and the memory
+blob are downloaded to temporary files, size-capped and sha256-checked, and the config is validated
+as strictly as on load. Only then is anything committed, through the same atomic index.json swap as
+`save`. A failed pull removes everything it wrote."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    SnapshotDigestMismatch,
+    SnapshotError,
+    SnapshotNotFound,
+    SnapshotReferenceError,
+    SnapshotRegistryError,
+)
+from ..sandbox.snapshot import Snapshot
+from . import oci
+from .schema import CONFIG_CAP, MANIFEST_CAP, decode_config, fail
+from .validate import (
+    MT_CONFIG,
+    MT_MANIFEST,
+    READ_CHUNK,
+    Descriptor,
+    check_consistent,
+    check_digest,
+    check_ref,
+    check_tag,
+    parse_manifest,
+    resolve,
+)
+
+Progress = Callable[[int], None]
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REFERENCE = re.compile(
+    r"(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)"
+    rf"/(?P<repo>{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?")
+MAX_REPOSITORY = 255
+ERROR_TEXT = 300
+
+
+@dataclass(frozen=True)
+class RegistryReference:
+    """`host[:port]/repository[:tag][@sha256:digest]`."""
+
+    host: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def reference(self) -> str:
+        """What the manifest URL names: the digest if given, else the tag (default latest)."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        s = f"{self.host}/{self.repository}"
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+def parse_reference(ref: object) -> RegistryReference:
+    """Parse a registry reference. The registry host is required (there is no implicit Docker
+    Hub): a first component with a '.' or ':', or "localhost"."""
+    m = REFERENCE.fullmatch(ref) if isinstance(ref, str) else None
+    # as in Docker: the first component is a host only with a '.' or ':' or as "localhost"
+    if m is not None and not ("." in m["host"] or ":" in m["host"] or m["host"] == "localhost"):
+        m = None
+    if m is None or len(m["repo"]) > MAX_REPOSITORY:
+        raise SnapshotReferenceError(f"invalid registry reference {ref!r}: expected "
+                                     "host[:port]/repository[:tag][@sha256:<hex>]")
+    return RegistryReference(m["host"], m["repo"], m["tag"], m["digest"])
+
+
+class _FileBody:
+    """A request body streaming `size` bytes of a file descriptor, hashing them as they go."""
+
+    def __init__(self, fd: int, size: int, progress: Progress | None) -> None:
+        self.fd, self.size, self.off, self.progress = fd, size, 0, progress
+        self.hash = hashlib.sha256()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to 1 MiB of the remaining bytes (b"" at the end)."""
+        want = min(READ_CHUNK, self.size - self.off)
+        if want <= 0:
+            return b""
+        data = os.pread(self.fd, want, self.off)
+        if not data:
+            raise OSError("blob ended before its size")
+        self.off += len(data)
+        self.hash.update(data)
+        if self.progress is not None:
+            self.progress(len(data))
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read():
+            yield chunk
+
+    def digest(self) -> str:
+        """sha256 of what was read."""
+        return "sha256:" + self.hash.hexdigest()
+
+
+class Client:
+    """Requests to one repository of a registry through an oras-py session."""
+
+    def __init__(self, ref: RegistryReference, *, insecure: bool = False,
+                 username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None, timeout: float = 60.0) -> None:
+        try:
+            import oras.provider
+        except ImportError:
+            raise SnapshotError("registry support needs oras-py: pip install 'snapcell[registry]'") \
+                from None
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise SnapshotRegistryError(f"CA file {ca_file!r} does not exist")
+        self.ref = ref
+        self.scheme = "http" if insecure else "https"
+        self.verify: bool | str = ca_file if ca_file is not None else True
+        self.registry: Any = oras.provider.Registry(hostname=ref.host, insecure=insecure,
+                                                    tls_verify=self.verify, auth_backend="token")
+        self.basic: str | None = None
+        if username is not None:
+            self.basic = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
+            self.registry.auth.set_basic_auth(username, password or "")
+        self.auth_header: dict[str, str] = {}
+        self.timeout = timeout
+        self.base = f"{self.scheme}://{ref.host}/v2/{ref.repository}"
+
+    def close(self) -> None:
+        """Close the HTTP session (its pooled connections)."""
+        self.registry.session.close()
+
+    def url(self, path: str) -> str:
+        """An API URL of this repository."""
+        return f"{self.base}/{path}"
+
+    def _authenticate(self, response: Any) -> bool:
+        challenge = response.headers.get("Www-Authenticate", "")
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            if self.basic is None or self.auth_header.get("Authorization") == f"Basic {self.basic}":
+                return False
+            self.auth_header = {"Authorization": f"Basic {self.basic}"}
+            return True
+        if scheme == "bearer":
+            headers, changed = self.registry.auth.authenticate_request(response, {}, refresh=True)
+            token = headers.get("Authorization") if changed else None
+            if not token or self.auth_header.get("Authorization") == token:
+                return False
+            self.auth_header = {"Authorization": token}
+            return True
+        return False
+
+    def request(self, method: str, url: str, *, expect: tuple[int, ...],
+                headers: dict[str, str] | None = None,
+                body: Callable[[], Any] | None = None) -> Any:
+        """Send a request (re-authenticating once on 401; `body` makes a fresh body for each
+        attempt) and return the response, or raise SnapshotRegistryError / SnapshotNotFound.
+        Responses are streamed — nothing is read unless asked for, and then with a cap — and
+        must be closed by the caller. Credentials go only to the registry's own host."""
+        import requests
+        same_host = urllib.parse.urlsplit(url).netloc == self.ref.host
+        for attempt in range(3):
+            h = dict(headers or {})
+            if same_host:
+                h.update(self.auth_header)
+            try:
+                r = self.registry.session.request(
+                    method, url, headers=h, data=body() if body is not None else None,
+                    stream=True, verify=self.verify, timeout=self.timeout,
+                    allow_redirects=method in ("GET", "HEAD"))
+            except requests.exceptions.SSLError as e:
+                raise SnapshotRegistryError(f"TLS error talking to {self.ref.host}: {e}") from None
+            except requests.exceptions.RequestException as e:
+                raise SnapshotRegistryError(f"cannot reach registry {self.ref.host}: {e}") from None
+            if r.status_code == 401 and attempt < 2 and same_host and self._authenticate(r):
+                r.close()
+                continue
+            break
+        if r.status_code in expect:
+            return r
+        text = ""
+        if method != "HEAD":                # at most ERROR_TEXT bytes of the error body
+            try:
+                text = r.raw.read(ERROR_TEXT, decode_content=True).decode("utf-8", "replace")
+            except Exception:
+                text = ""
+        r.close()
+        what = f"{method} {urllib.parse.urlsplit(url).path}"
+        if r.status_code == 401:
+            raise SnapshotRegistryError(f"{what}: authentication required or refused (HTTP 401)")
+        if r.status_code == 404 and "/manifests/" in url:
+            raise SnapshotNotFound(f"{self.ref} not found in the registry")
+        raise SnapshotRegistryError(f"{what}: HTTP {r.status_code} {text.strip()}")
+
+    # ---------------------------------------------------------------- push
+    def upload(self, desc: Descriptor, body: Callable[[], Any], progress: Progress | None) -> None:
+        """Upload a blob unless the repository has it (POST then monolithic PUT ?digest=)."""
+        r = self.request("HEAD", self.url(f"blobs/{desc.digest}"), expect=(200, 404))
+        r.close()
+        if r.status_code == 200 and r.headers.get("Content-Length") == str(desc.size):
+            if progress is not None:
+                progress(desc.size)
+            return
+        r = self.request("POST", self.url("blobs/uploads/"), expect=(202,),
+                         headers={"Content-Length": "0"})
+        r.close()
+        location = r.headers.get("Location")
+        if not location:
+            raise SnapshotRegistryError("the registry gave no upload location")
+        put = urllib.parse.urljoin(self.base + "/", location)
+        put += ("&" if "?" in put else "?") + urllib.parse.urlencode({"digest": desc.digest})
+        r = self.request("PUT", put, expect=(201,), body=body,
+                         headers={"Content-Type": "application/octet-stream",
+                                  "Content-Length": str(desc.size)})
+        r.close()
+
+    def put_manifest(self, data: bytes, reference: str) -> str | None:
+        """PUT the exact manifest bytes; returns the registry's Docker-Content-Digest."""
+        r = self.request("PUT", self.url(f"manifests/{reference}"), expect=(201,),
+                         body=lambda: data, headers={"Content-Type": MT_MANIFEST})
+        r.close()
+        got = r.headers.get("Docker-Content-Digest")
+        return str(got) if got is not None else None
+
+    # ---------------------------------------------------------------- pull
+    def get_manifest(self) -> bytes:
+        """The manifest's exact bytes (capped)."""
+        r = self.request("GET", self.url(f"manifests/{self.ref.reference}"), expect=(200,),
+                         headers={"Accept": MT_MANIFEST})
+        try:
+            data = _read_capped(r, MANIFEST_CAP, "manifest")
+            header = r.headers.get("Docker-Content-Digest")
+        finally:
+            r.close()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self.ref.digest is not None and digest != self.ref.digest:
+            raise SnapshotDigestMismatch(f"the registry sent a manifest with digest {digest}, "
+                                         f"not the requested {self.ref.digest}")
+        if header is not None and header != digest:
+            raise SnapshotDigestMismatch(f"the manifest's digest is {digest} but the registry "
+                                         f"says {str(header)[:80]}")
+        return data
+
+    def get_blob(self, desc: Descriptor) -> Any:
+        """A streaming response for a blob."""
+        return self.request("GET", self.url(f"blobs/{desc.digest}"), expect=(200,))
+
+
+def _chunks(r: Any, size: int) -> Iterator[bytes]:
+    """The body of a streaming response; transport failures become SnapshotRegistryError."""
+    import requests
+    try:
+        yield from r.iter_content(chunk_size=size)
+    except requests.exceptions.RequestException as e:
+        raise SnapshotRegistryError(f"download interrupted: {e}") from None
+
+
+def _read_capped(r: Any, cap: int, what: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in _chunks(r, 64 << 10):
+        total += len(chunk)
+        if total > cap:
+            raise fail(f"{what} from the registry is larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str | None = None,
+         insecure: bool = False, username: str | None = None, password: str | None = None,
+         ca_file: str | None = None, timeout: float = 60.0,
+         progress: Progress | None = None) -> str:
+    """Push a snapshot to `target` (`host[:port]/repository[:tag]`) and return its manifest
+    digest. `source` is a layout directory — the snapshot pushed is `ref`, by default the target's
+    tag — or an in-memory Snapshot (saved to a temporary layout first). The layout is validated
+    first and the manifest and blobs are sent byte for byte; blobs the repository already has are
+    skipped. `insecure` uses plain HTTP; `ca_file` trusts a custom CA; `username`/`password` are
+    used for Basic auth or to obtain a Bearer token."""
+    dest = parse_reference(target)
+    if isinstance(source, Snapshot):
+        with tempfile.TemporaryDirectory(prefix="snapcell-push-") as tmp:
+            tag = dest.tag or "latest"
+            oci.save(source, tmp, tag)
+            return push(tmp, target, ref=tag, insecure=insecure, username=username,
+                        password=password, ca_file=ca_file, timeout=timeout, progress=progress)
+    local = check_ref(ref if ref is not None else (dest.tag or dest.digest or "latest"))
+    with oci.Reader(source) as r:
+        ie = resolve(r.entries, local)
+        entry = r.entry(ie)
+        manifest = r.read_blob(ie.descriptor, MANIFEST_CAP, "manifest")
+        config = r.read_blob(entry.manifest.config, CONFIG_CAP, "config")
+        layer_fd = r.open_blob(entry.manifest.layer, "memory")
+    client: Client | None = None
+    try:
+        if dest.digest is not None and dest.digest != entry.digest:
+            raise SnapshotReferenceError(f"{target} names digest {dest.digest} but the snapshot "
+                                         f"is {entry.digest}")
+        client = Client(dest, insecure=insecure, username=username, password=password,
+                        ca_file=ca_file, timeout=timeout)
+        client.upload(entry.manifest.config, lambda: config, None)
+        bodies: list[_FileBody] = []
+
+        def layer_body() -> _FileBody:
+            bodies.append(_FileBody(layer_fd, entry.manifest.layer.size, progress))
+            return bodies[-1]
+
+        try:
+            client.upload(entry.manifest.layer, layer_body, progress)
+        finally:
+            if bodies and bodies[-1].off == entry.manifest.layer.size:
+                check_digest(bodies[-1].digest(), entry.manifest.layer, "memory")
+        got = client.put_manifest(manifest, dest.tag or entry.digest)
+        if got is not None and got != entry.digest:
+            raise SnapshotRegistryError(f"the registry stored the manifest as {got}, not "
+                                        f"{entry.digest}")
+    finally:
+        os.close(layer_fd)
+        if client is not None:
+            client.close()
+    return entry.digest
+
+
+def pull(source: str, directory: str | os.PathLike[str], *, tag: str | None = None,
+         insecure: bool = False, username: str | None = None, password: str | None = None,
+         ca_file: str | None = None, timeout: float = 60.0,
+         progress: Progress | None = None) -> str:
+    """Pull `source` (`host[:port]/repository[:tag][@sha256:digest]`) into the layout at
+    `directory` under `tag` (default: the source's tag; a by-digest pull without a tag is stored
+    untagged, loadable by digest). Returns the manifest digest. Everything is verified (digests,
+    sizes, the strict schema) before anything is committed; the memory blob is written sparse."""
+    src = parse_reference(source)
+    store = check_tag(tag) if tag is not None else (src.tag if src.tag or src.digest else "latest")
+    client = Client(src, insecure=insecure, username=username, password=password,
+                    ca_file=ca_file, timeout=timeout)
+    try:
+        return _pull(client, directory, store, progress)
+    finally:
+        client.close()
+
+
+def _pull(client: Client, directory: str | os.PathLike[str], store: str | None,
+          progress: Progress | None) -> str:
+    manifest_data = client.get_manifest()
+    manifest = parse_manifest(manifest_data)
+    with oci.Writer(directory) as w:
+        r = client.get_blob(manifest.config)
+        try:
+            config_data = _read_capped(r, CONFIG_CAP, "config")
+        finally:
+            r.close()
+        if len(config_data) != manifest.config.size:
+            raise fail(f"config blob is {len(config_data)} bytes, the manifest says "
+                       f"{manifest.config.size}")
+        check_digest(config_data, manifest.config, "config")
+        check_consistent(manifest, decode_config(config_data))
+        if not w.has_blob(manifest.layer):
+            fd, name = w.new_temp_blob()
+            try:
+                digest = _download(client, manifest.layer, fd, progress)
+                check_digest(digest, manifest.layer, "memory")
+            except BaseException:
+                os.close(fd)
+                raise
+            w.commit_temp_blob(fd, name, manifest.layer)
+        elif progress is not None:
+            progress(manifest.layer.size)
+        cfg = w.put_blob(config_data, MT_CONFIG)
+        man = w.put_blob(manifest_data, MT_MANIFEST)
+        assert cfg.digest == manifest.config.digest
+        w.set_tag(man, store)
+    return man.digest
+
+
+def _download(client: Client, desc: Descriptor, fd: int, progress: Progress | None) -> str:
+    """Stream a blob into `fd` (sparse), at most `desc.size` bytes; returns its digest."""
+    h = hashlib.sha256()
+    off = 0
+    r = client.get_blob(desc)
+    try:
+        for chunk in _chunks(r, READ_CHUNK):
+            if off + len(chunk) > desc.size:
+                raise fail(f"blob {desc.digest} from the registry is larger than {desc.size} bytes")
+            h.update(chunk)
+            oci.write_sparse(fd, chunk, off)
+            off += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        r.close()
+    if off != desc.size:
+        raise fail(f"blob {desc.digest} from the registry ended after {off} of {desc.size} bytes")
+    os.ftruncate(fd, desc.size)
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,362 @@
+"""Validation of untrusted OCI layout structures and safe access to layout files.
+
+Everything read from a layout directory or a registry goes through here: the `oci-layout` marker,
+`index.json`, image manifests and descriptors (strict keys, exact media types, sizes, digests,
+tags), and the host gates a snapshot must pass (ABI, architecture, hypervisor, CPU). Files are
+opened relative to directory descriptors with O_NOFOLLOW at every component, must be regular
+files, and are read with size caps checked before reading."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    SnapshotDigestMismatch,
+    SnapshotIncompatibleHost,
+    SnapshotNotFound,
+    SnapshotReferenceError,
+)
+from ..guest.abi import ABI_VERSION
+from ..machine.features import CpuFeatures, host_features, hypervisor_name
+from ..machine.layout import PAGE
+from ..sandbox.snapshot import ARCH
+from .schema import (
+    CONFIG_CAP,
+    INDEX_CAP,
+    MANIFEST_CAP,
+    MAX_MEMORY_BLOB,
+    OCI_LAYOUT_CAP,
+    SnapshotConfig,
+    array,
+    dumps_canonical,
+    fail,
+    integer,
+    loads_strict,
+    obj,
+    string,
+)
+
+OCI_LAYOUT_FILE, INDEX_FILE, BLOBS_DIR, ALGORITHM = "oci-layout", "index.json", "blobs", "sha256"
+OCI_LAYOUT_VERSION = "1.0.0"
+MT_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ARTIFACT_TYPE = "application/vnd.snapcell.snapshot.v1"
+MT_CONFIG = "application/vnd.snapcell.snapshot.config.v1+json"
+MT_MEMORY = "application/vnd.snapcell.snapshot.memory.v1"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+MAX_INDEX_ENTRIES = 4096
+MAX_ANNOTATIONS = 64
+READ_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------ references
+def check_tag(tag: object) -> str:
+    """A tag: 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'."""
+    if not isinstance(tag, str) or not TAG.fullmatch(tag):
+        raise SnapshotReferenceError(f"invalid tag {tag!r}: use 1-128 characters of "
+                                     "[A-Za-z0-9_.-], not starting with '.' or '-'")
+    return tag
+
+
+def is_digest(ref: str) -> bool:
+    """True for a well-formed `sha256:<64 hex>` digest."""
+    return DIGEST.fullmatch(ref) is not None
+
+
+def check_ref(ref: object) -> str:
+    """A tag or a `sha256:` digest."""
+    if isinstance(ref, str) and is_digest(ref):
+        return ref
+    if isinstance(ref, str) and ref.startswith("sha256:"):
+        raise SnapshotReferenceError(f"invalid digest {ref!r}: expected sha256:<64 lowercase hex>")
+    return check_tag(ref)
+
+
+# ------------------------------------------------------------------------------ descriptors
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor (media type, sha256 digest, size)."""
+
+    media_type: str
+    digest: str
+    size: int
+
+    @property
+    def hex(self) -> str:
+        """The digest's hex part: the blob's file name."""
+        return self.digest[len("sha256:"):]
+
+    def to_json(self) -> dict[str, object]:
+        """As a JSON object."""
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One `manifests` entry of index.json; `raw` is kept verbatim when the index is rewritten."""
+
+    descriptor: Descriptor
+    tag: str | None
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A snapshot image manifest: one config and exactly one memory layer."""
+
+    config: Descriptor
+    layer: Descriptor
+
+
+def digest_string(v: object, what: str) -> str:
+    """A `sha256:<hex>` digest field."""
+    s = string(v, what, max_len=80)
+    if not DIGEST.fullmatch(s):
+        raise fail(f"{what} = {s[:80]!r} is not a sha256 digest (sha256:<64 lowercase hex>)")
+    return s
+
+
+def _descriptor(v: object, what: str, media_type: str, max_size: int,
+                optional: tuple[str, ...] = ()) -> tuple[Descriptor, dict[str, Any]]:
+    d = obj(v, what, ("mediaType", "digest", "size"), optional)
+    mt = string(d["mediaType"], f"{what}.mediaType")
+    if mt != media_type:
+        raise fail(f"{what}.mediaType is {mt[:80]!r}, expected {media_type!r}")
+    digest = digest_string(d["digest"], f"{what}.digest")
+    size = integer(d["size"], f"{what}.size", 1, max_size)
+    return Descriptor(mt, digest, size), d
+
+
+def parse_oci_layout(data: bytes) -> None:
+    """`oci-layout` must be exactly {"imageLayoutVersion": "1.0.0"}."""
+    d = obj(loads_strict(data, OCI_LAYOUT_FILE, OCI_LAYOUT_CAP), OCI_LAYOUT_FILE,
+            ("imageLayoutVersion",))
+    if d["imageLayoutVersion"] != OCI_LAYOUT_VERSION:
+        raise fail(f"unsupported imageLayoutVersion {str(d['imageLayoutVersion'])[:40]!r} "
+                   f"(expected {OCI_LAYOUT_VERSION!r})")
+
+
+def _annotations(v: object, what: str) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise fail(f"{what} must be a JSON object")
+    if len(v) > MAX_ANNOTATIONS:
+        raise fail(f"{what} has more than {MAX_ANNOTATIONS} entries")
+    for k, val in v.items():
+        string(k, f"{what} key", max_len=256)
+        string(val, f"{what}[{k[:64]!r}]", max_len=4096)
+    return v
+
+
+def parse_index(data: bytes) -> list[IndexEntry]:
+    """index.json: schemaVersion 2, optional mediaType (the OCI index type) and annotations, and
+    a list of image-manifest descriptors; tags must be valid and unique."""
+    d = obj(loads_strict(data, INDEX_FILE, INDEX_CAP), INDEX_FILE, ("schemaVersion", "manifests"),
+            ("mediaType", "annotations"))
+    if integer(d["schemaVersion"], "index.json schemaVersion", 0, 1 << 31) != 2:
+        raise fail("index.json schemaVersion must be 2")
+    if "mediaType" in d and d["mediaType"] != MT_INDEX:
+        raise fail(f"index.json mediaType must be {MT_INDEX!r}")
+    if "annotations" in d:
+        _annotations(d["annotations"], "index.json annotations")
+    entries: list[IndexEntry] = []
+    tags: set[str] = set()
+    for i, item in enumerate(array(d["manifests"], "index.json manifests", MAX_INDEX_ENTRIES)):
+        what = f"index.json manifests[{i}]"
+        desc, raw = _descriptor(item, what, MT_MANIFEST, MANIFEST_CAP,
+                                ("annotations", "artifactType"))
+        if "artifactType" in raw and raw["artifactType"] != ARTIFACT_TYPE:
+            raise fail(f"{what}.artifactType must be {ARTIFACT_TYPE!r}")
+        tag = None
+        if "annotations" in raw:
+            ann = _annotations(raw["annotations"], f"{what}.annotations")
+            if REF_NAME in ann:
+                tag = ann[REF_NAME]
+                if not TAG.fullmatch(tag):
+                    raise fail(f"{what}: invalid tag {tag[:80]!r}")
+                if tag in tags:
+                    raise fail(f"index.json lists tag {tag!r} more than once")
+                tags.add(tag)
+        entries.append(IndexEntry(desc, tag, raw))
+    return entries
+
+
+def index_bytes(entries: list[dict[str, Any]]) -> bytes:
+    """Canonical index.json bytes for these raw manifest entries."""
+    return dumps_canonical({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries})
+
+
+def index_entry(descriptor: Descriptor, tag: str | None) -> dict[str, Any]:
+    """The index.json entry for a snapshot manifest (tagged or not)."""
+    e: dict[str, Any] = {**descriptor.to_json(), "artifactType": ARTIFACT_TYPE}
+    if tag is not None:
+        e["annotations"] = {REF_NAME: tag}
+    return e
+
+
+def resolve(entries: list[IndexEntry], ref: str) -> IndexEntry:
+    """The entry for a tag or manifest digest; SnapshotNotFound when there is none."""
+    if is_digest(ref):
+        for e in entries:
+            if e.descriptor.digest == ref:
+                return e
+    else:
+        for e in entries:
+            if e.tag == ref:
+                return e
+    raise SnapshotNotFound(f"no snapshot {ref!r} in this layout")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """A snapshot image manifest: schemaVersion 2, the OCI manifest media type, the snapcell
+    artifact type, a snapcell config descriptor and exactly one memory layer whose size is a
+    positive multiple of the page size within the memory cap."""
+    d = obj(loads_strict(data, "manifest", MANIFEST_CAP), "manifest",
+            ("schemaVersion", "mediaType", "artifactType", "config", "layers"))
+    if integer(d["schemaVersion"], "manifest schemaVersion", 0, 1 << 31) != 2:
+        raise fail("manifest schemaVersion must be 2")
+    if d["mediaType"] != MT_MANIFEST:
+        raise fail(f"manifest mediaType must be {MT_MANIFEST!r}")
+    if d["artifactType"] != ARTIFACT_TYPE:
+        raise fail(f"manifest artifactType must be {ARTIFACT_TYPE!r}: not a snapcell snapshot")
+    config, _ = _descriptor(d["config"], "manifest config", MT_CONFIG, CONFIG_CAP)
+    layers = array(d["layers"], "manifest layers", 16)
+    if len(layers) != 1:
+        raise fail(f"a snapshot manifest has exactly one layer, this one has {len(layers)}")
+    layer, _ = _descriptor(layers[0], "manifest layers[0]", MT_MEMORY, MAX_MEMORY_BLOB)
+    if layer.size % PAGE:
+        raise fail(f"memory layer size {layer.size} is not a multiple of {PAGE}")
+    return Manifest(config, layer)
+
+
+def manifest_bytes(config: Descriptor, layer: Descriptor) -> bytes:
+    """Canonical manifest bytes."""
+    return dumps_canonical({"schemaVersion": 2, "mediaType": MT_MANIFEST,
+                            "artifactType": ARTIFACT_TYPE, "config": config.to_json(),
+                            "layers": [layer.to_json()]})
+
+
+def check_consistent(manifest: Manifest, config: SnapshotConfig) -> None:
+    """The memory layer's size must be the config's memory blob size."""
+    if manifest.layer.size != config.memory_size:
+        raise fail(f"memory layer is {manifest.layer.size} bytes, the config says "
+                   f"{config.memory_size}")
+
+
+def check_digest(data: bytes | str, descriptor: Descriptor, what: str) -> None:
+    """`data` (bytes, or an already computed digest) must match the descriptor's digest."""
+    got = data if isinstance(data, str) else "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != descriptor.digest:
+        raise SnapshotDigestMismatch(f"{what} {descriptor.digest} has digest {got}: the blob was "
+                                     "modified or corrupted")
+
+
+# ------------------------------------------------------------------------------ host gates
+def host_gates(config: SnapshotConfig) -> CpuFeatures:
+    """Refuse a snapshot for another ABI, architecture, hypervisor or a richer CPU
+    (SnapshotIncompatibleHost). Returns the host's features."""
+    from ..sandbox.pool import kvm
+    if config.abi_version != ABI_VERSION:
+        raise SnapshotIncompatibleHost(f"snapshot uses guest ABI {config.abi_version}, this "
+                                       f"snapcell speaks {ABI_VERSION}")
+    if config.arch != ARCH:
+        raise SnapshotIncompatibleHost(f"snapshot is for {config.arch}, this host is {ARCH}")
+    if config.hypervisor != hypervisor_name():
+        raise SnapshotIncompatibleHost(f"snapshot was taken under {config.hypervisor}, this "
+                                       f"host runs {hypervisor_name()}")
+    host = host_features(kvm())
+    lacking = config.cpu_features.missing_on(host)
+    if lacking:
+        raise SnapshotIncompatibleHost("this CPU lacks features the snapshot may use: "
+                                       + ", ".join(lacking))
+    return host
+
+
+# ------------------------------------------------------------------------------ safe files
+def open_dir(parent_fd: int, name: str, what: str) -> int:
+    """Open a directory below `parent_fd` without following a symlink."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=parent_fd)
+    except FileNotFoundError:
+        raise fail(f"{what} is missing") from None
+    except OSError as e:
+        raise fail(f"{what} is not a directory (symlinks are refused): {e.strerror}") from None
+
+
+def open_regular(dir_fd: int, name: str, what: str) -> int:
+    """Open a regular file below `dir_fd` read-only: O_NOFOLLOW (a symlink fails), O_NONBLOCK
+    (a FIFO cannot block the open), then fstat must say S_ISREG."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                     | os.O_NOCTTY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise fail(f"{what} is missing") from None
+    except OSError as e:
+        raise fail(f"{what} cannot be opened (symlinks are refused): {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"{what} is not a regular file")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_fd(fd: int, cap: int, what: str) -> bytes:
+    """All of a regular file, refusing files larger than `cap` (checked with fstat first and
+    again while reading, in case the file grows)."""
+    size = os.fstat(fd).st_size
+    if size > cap:
+        raise fail(f"{what} is {size} bytes; at most {cap} allowed")
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        b = os.pread(fd, min(READ_CHUNK, cap + 1 - total), total)
+        if not b:
+            break
+        chunks.append(b)
+        total += len(b)
+        if total > cap:
+            raise fail(f"{what} is larger than {cap} bytes")
+    return b"".join(chunks)
+
+
+def read_file(dir_fd: int, name: str, cap: int, what: str) -> bytes:
+    """open_regular + read_fd + close."""
+    fd = open_regular(dir_fd, name, what)
+    try:
+        return read_fd(fd, cap, what)
+    finally:
+        os.close(fd)
+
+
+def sha256_fd(fd: int, size: int, progress: Callable[[int], None] | None = None) -> str:
+    """The sha256 digest of the first `size` bytes of `fd`, read through `fd` itself;
+    SnapshotFormatError if the file ends early."""
+    h = hashlib.sha256()
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    off = 0
+    while off < size:
+        n = os.preadv(fd, [view[:min(READ_CHUNK, size - off)]], off)
+        if n <= 0:
+            raise fail(f"blob ends at byte {off}; expected {size}")
+        h.update(view[:n])
+        off += n
+        if progress is not None:
+            progress(n)
+    return "sha256:" + h.hexdigest()
