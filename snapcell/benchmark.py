@@ -4,47 +4,60 @@ one run (docs/benchmarks.md). Never used by tests to assert timings."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from .errors import SnapcellError
-from .sandbox import HostFunctions, SandboxConfiguration, UninitializedSandbox
+from .errors import ExecutionCancelled, SnapcellError
+from .guest.elf import GuestBinary
+from .machine.layout import PAGE, page_down
+from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
 from .types import I32
 
 ROOT = Path(__file__).resolve().parent.parent
 C_FLOOR_SRC = ROOT / "benchmarks" / "c_floor.c"
 C_FLOOR_BIN = ROOT / "benchmarks" / "c_floor"
 GUEST = ROOT / "build" / "guests" / "simpleguest.elf"
+MIB = 1 << 20
+Stats = dict[str, float]
 
 
-def _stats(samples_ns: list[int]) -> dict[str, float]:
+def _stats(samples_ns: list[int]) -> Stats:
     s = sorted(samples_ns)
     return {"n": len(s), "median_us": statistics.median(s) / 1000,
             "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] / 1000, "min_us": s[0] / 1000}
 
 
-def _time(fn: Callable[[], Any], n: int, warmup: int) -> dict[str, float]:
+def _time(fn: Callable[[], Any], n: int, warmup: int = 0,
+          before: Callable[[], Any] | None = None) -> Stats:
     for _ in range(warmup):
+        if before is not None:
+            before()
         fn()
     out = []
     for _ in range(n):
+        if before is not None:
+            before()
         t = time.perf_counter_ns()
         fn()
         out.append(time.perf_counter_ns() - t)
     return _stats(out)
 
 
-def c_floor(n: int) -> dict[str, float]:
-    """Run the C KVM_RUN round-trip floor (built from benchmarks/c_floor.c if needed)."""
+def c_floor(n: int) -> Stats:
+    """The C KVM_RUN round-trip floor (benchmarks/c_floor.c, built when needed)."""
     if not C_FLOOR_BIN.exists() or C_FLOOR_BIN.stat().st_mtime < C_FLOOR_SRC.stat().st_mtime:
         cc = shutil.which("cc") or shutil.which("gcc")
         if cc is None:
@@ -56,33 +69,269 @@ def c_floor(n: int) -> dict[str, float]:
             "min_us": d["min_ns"] / 1000}
 
 
-def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
-                   console: Console | None = None, guest: str | None = None) -> dict[str, Any]:
-    """Measure and write `results.json`, `results.md` and `results.png` into `out_dir`."""
-    guest_path = guest or str(GUEST)
-    if not os.path.exists(guest_path):
-        raise SnapcellError(f"{guest_path} not found; run `make guests` first")
-    n = 2000 if quick else 10000
-    results: dict[str, dict[str, float]] = {}
-
+def _host_functions() -> HostFunctions:
     def host_add(a: I32, b: I32) -> I32:
         return a + b
 
-    hf = HostFunctions().register("HostAdd", host_add)
-    results["c_floor_kvm_run"] = c_floor(n * 2)
-    results["evolve"] = _time(lambda: UninitializedSandbox(guest_path, SandboxConfiguration(), hf)
-                              .evolve().close(), 20 if quick else 50, 3)
-    with UninitializedSandbox(guest_path, SandboxConfiguration(), hf).evolve() as sb:
-        results["call_noop"] = _time(lambda: sb.call("NoOp"), n, 500)
-        results["call_echo_i32"] = _time(lambda: sb.call("EchoI32", 7), n, 500)
-        results["call_host_roundtrip"] = _time(lambda: sb.call("Add", 1, 2), n, 500)
-    floor = results["c_floor_kvm_run"]["median_us"]
-    ratios = {
-        "call_noop_vs_c_floor": results["call_noop"]["median_us"] / floor,
-        "call_echo_i32_vs_c_floor": results["call_echo_i32"]["median_us"] / floor,
-        "host_roundtrip_vs_c_floor": results["call_host_roundtrip"]["median_us"] / floor,
-    }
-    report = {"machine": os.uname().release, "quick": quick, "results": results, "ratios": ratios}
+    return HostFunctions().register("HostAdd", host_add)
+
+
+def _config_for(binary: GuestBinary, total: int) -> SandboxConfiguration:
+    base = SandboxConfiguration()
+    fixed = binary.end + 4 * PAGE + base.input_size + base.output_size + base.stack_size
+    return base.replace(heap_size=page_down(total - fixed))
+
+
+_KERNEL_FIELDS = ("Slab", "PageTables", "SecPageTables", "KernelStack", "VmallocUsed", "Percpu")
+
+
+def _memory_bytes() -> int:
+    """This process's anonymous + shmem RSS plus the kernel memory VMs use (slab, page tables,
+    vmalloc, per-cpu), in bytes — what creating sandboxes costs the host."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":")
+            if k in _KERNEL_FIELDS:
+                total += int(v.split()[0]) * 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _memory_per_sandbox(snap: Snapshot, counts: tuple[int, ...]) -> dict[str, Stats]:
+    """Host memory per idle sandbox (after one call), beyond its private (dirty) pages."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * max(counts) + 256)), hard))
+    hf = _host_functions()
+    out: dict[str, Stats] = {}
+    for n in counts:
+        before = _memory_bytes()
+        boxes = []
+        for _ in range(n):
+            sb = MultiUseSandbox.from_snapshot(snap, hf, pooled=False)
+            sb.call("NoOp")
+            boxes.append(sb)
+        after = _memory_bytes()
+        dirty = sum(length for sb in boxes
+                    for _, length in sb._core.memory.dirty_guest_pages())   # noqa: SLF001
+        for sb in boxes:
+            sb.close()
+        used = after - before
+        out[str(n)] = {"n": n, "total_mib_per_sandbox": used / n / MIB,
+                       "dirty_mib_per_sandbox": dirty / n / MIB,
+                       "overhead_mib_per_sandbox": max(0.0, used - dirty) / n / MIB}
+    return out
+
+
+def _throughput_worker(args: tuple[str, float]) -> int:
+    layout, seconds = args
+    snap = Snapshot.load(layout, "bench")
+    hf = _host_functions()
+    end = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < end:
+        with MultiUseSandbox.from_snapshot(snap, hf) as sb:
+            sb.call("EchoI32", count)
+        count += 1
+    return count
+
+
+def _throughput(snap: Snapshot, seconds: float) -> Stats:
+    """Sandboxes created from a snapshot file and called, per second, on all cores."""
+    workers = os.cpu_count() or 1
+    d = tempfile.mkdtemp(prefix="snapcell-bench-")
+    try:
+        snap.save(os.path.join(d, "layout"), "bench")
+        ctx = multiprocessing.get_context("spawn")     # KVM fds must not cross a fork
+        with ctx.Pool(workers) as pool:
+            counts = pool.map(_throughput_worker, [(os.path.join(d, "layout"), seconds)] * workers)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return {"n": sum(counts), "per_second": sum(counts) / seconds, "workers": workers}
+
+
+def _kill_latency(snap: Snapshot, n: int) -> Stats:
+    """From kill() to the cancelled call returning on its own thread."""
+    samples = []
+    with MultiUseSandbox.from_snapshot(snap, _host_functions()) as sb:
+        h = sb.interrupt_handle()
+        for _ in range(n):
+            done: list[int] = []
+
+            def run() -> None:
+                try:
+                    sb.call("Spin", timeout=10)
+                except ExecutionCancelled:
+                    done.append(time.perf_counter_ns())
+
+            t = threading.Thread(target=run)
+            t.start()
+            time.sleep(0.002)
+            t0 = time.perf_counter_ns()
+            while not h.kill():
+                time.sleep(0.0001)
+                t0 = time.perf_counter_ns()
+            t.join()
+            samples.append(done[0] - t0)
+            sb.restore(snap)
+    return _stats(samples)
+
+
+def _peers(n: int) -> dict[str, Stats]:
+    """What a Python user would otherwise reach for, measured the same way."""
+    out: dict[str, Stats] = {}
+
+    def fork_call() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        os.waitpid(pid, 0)
+
+    out["peer_fork_per_call"] = _time(fork_call, max(50, n // 20), 5)
+    try:
+        import wasmtime
+    except ImportError:
+        return out
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, '(module (func (export "add") (param i32 i32) (result i32) '
+                                     'local.get 0 local.get 1 i32.add))')
+
+    def instantiate_and_call() -> None:
+        store = wasmtime.Store(engine)
+        inst = wasmtime.Instance(store, module, [])
+        inst.exports(store)["add"](store, 1, 2)
+
+    store = wasmtime.Store(engine)
+    add = wasmtime.Instance(store, module, []).exports(store)["add"]
+    out["peer_wasmtime_instantiate_call"] = _time(instantiate_and_call, n // 4, 50)
+    out["peer_wasmtime_call"] = _time(lambda: add(store, 1, 2), n, 200)
+    return out
+
+
+def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
+                   console: Console | None = None, guest: str | None = None) -> dict[str, Any]:
+    """Measure everything and write `results.json`, `results.md` and `results.png`."""
+    guest_path = guest or str(GUEST)
+    if not os.path.exists(guest_path):
+        raise SnapcellError(f"{guest_path} not found; run `make guests` first")
+    binary = GuestBinary.from_file(guest_path)
+    n = 2000 if quick else 10000
+    r: dict[str, Any] = {}
+    hf = _host_functions()
+    steps: list[tuple[str, Callable[[], None]]] = []
+
+    def step(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+        def deco(fn: Callable[[], None]) -> Callable[[], None]:
+            steps.append((name, fn))
+            return fn
+        return deco
+
+    base = UninitializedSandbox(binary, SandboxConfiguration(), hf).evolve()
+    snap = base.snapshot()
+
+    @step("C floor")
+    def _() -> None:
+        r["c_floor_kvm_run"] = c_floor(n * 2)
+
+    @step("calls")
+    def _() -> None:
+        r["call_noop"] = _time(lambda: base.call("NoOp"), n, 500)
+        r["call_echo_i32"] = _time(lambda: base.call("EchoI32", 7), n, 500)
+        r["call_host_roundtrip"] = _time(lambda: base.call("Add", 1, 2), n, 500)
+
+    @step("evolve")
+    def _() -> None:
+        k = 10 if quick else 40
+        r["evolve_from_elf_file"] = _time(lambda: UninitializedSandbox(
+            guest_path, SandboxConfiguration(), hf).evolve().close(), k, 2)
+        r["evolve_from_parsed_binary"] = _time(lambda: UninitializedSandbox(
+            binary, SandboxConfiguration(), hf).evolve().close(), k, 2)
+
+    @step("from_snapshot")
+    def _() -> None:
+        def first(pooled: bool) -> None:
+            with MultiUseSandbox.from_snapshot(snap, hf, pooled=pooled) as sb:
+                sb.call("NoOp")
+
+        r["from_snapshot_first_result_pooled"] = _time(lambda: first(True), n // 10, 50)
+        r["from_snapshot_first_result_unpooled"] = _time(lambda: first(False), n // 40, 5)
+
+    @step("snapshot()")
+    def _() -> None:
+        r["snapshot_after_call"] = _time(base.snapshot, n // 20, 5,
+                                         before=lambda: base.call("AddToStatic", 1))
+
+    @step("restore 2-256 MiB")
+    def _() -> None:
+        for mib in (2, 16, 64, 256):
+            if mib == 2:
+                cfg = SandboxConfiguration(heap_size=256 << 10, input_size=64 << 10,
+                                           output_size=64 << 10, stack_size=64 << 10)
+            else:
+                cfg = _config_for(binary, mib * MIB)
+            with UninitializedSandbox(binary, cfg, hf).evolve() as sb:
+                s = sb.snapshot()
+                label = f"{s.memory_size / MIB:.0f}MiB"
+                r[f"restore_{label}"] = _time(lambda: sb.restore(s), n // 10, 50,
+                                              before=lambda: sb.call("AddToStatic", 1))
+                r[f"restore_then_call_{label}"] = _time(
+                    lambda: (sb.restore(s), sb.call("NoOp")), n // 10, 50,
+                    before=lambda: sb.call("AddToStatic", 1))
+
+    @step("persistence")
+    def _() -> None:
+        from .snapshot.bench import bench_persistence
+        p = bench_persistence(quick=quick, guest=guest_path)
+        for size in ("16MiB", "256MiB"):
+            for k in ("save_ms", "load_ms", "checked_load_ms"):
+                r[f"{k[:-3]}_{size}"] = {"n": 1, "median_us": p[size][k] * 1000,
+                                         "p99_us": float("nan"), "min_us": float("nan")}
+            r[f"checked_load_{size}"]["gb_per_s"] = p[size]["memory_size"] / (
+                p[size]["checked_load_ms"] / 1000) / 1e9
+        c = p["cold_start"]
+        r["cold_start_from_snapshot_file"] = {"n": 1, "median_us": c["from_snapshot_file_ms"] * 1000,
+                                              "p99_us": float("nan"), "min_us": float("nan")}
+        r["cold_start_from_elf"] = {"n": 1, "median_us": c["from_elf_ms"] * 1000,
+                                    "p99_us": float("nan"), "min_us": float("nan")}
+
+    @step("kill latency")
+    def _() -> None:
+        r["kill_latency"] = _kill_latency(snap, 50 if quick else 300)
+
+    @step("memory per sandbox")
+    def _() -> None:
+        mem_snap = Snapshot.from_guest(binary, _config_for(binary, 16 * MIB))
+        with MultiUseSandbox.from_snapshot(mem_snap, hf) as sb:
+            s16 = sb.snapshot()
+        r["memory"] = _memory_per_sandbox(s16, (1, 100) if quick else (1, 100, 1000))
+
+    @step("throughput (all cores)")
+    def _() -> None:
+        r["sandboxes_per_second_all_cores"] = _throughput(snap, 3.0 if quick else 10.0)
+
+    @step("peers")
+    def _() -> None:
+        r.update(_peers(n))
+
+    try:
+        if console is not None:
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("benchmarks", total=len(steps))
+                for name, fn in steps:
+                    progress.update(task, description=name)
+                    fn()
+                    progress.advance(task)
+        else:
+            for _name, fn in steps:
+                fn()
+    finally:
+        base.close()
+    report = {"kernel": os.uname().release, "quick": quick, "results": r,
+              "ratios": _ratios(r)}
     _write(report, Path(out_dir))
     if console is not None:
         console.print(_table(report))
@@ -90,21 +339,68 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     return report
 
 
+def _ratios(r: dict[str, Any]) -> dict[str, float]:
+    floor = r["c_floor_kvm_run"]["median_us"]
+    pooled = r["from_snapshot_first_result_pooled"]["median_us"]
+    out = {
+        "call_noop / C floor": r["call_noop"]["median_us"] / floor,
+        "call_echo_i32 / C floor": r["call_echo_i32"]["median_us"] / floor,
+        "host round trip / C floor": r["call_host_roundtrip"]["median_us"] / floor,
+        "evolve (ELF file) / from_snapshot pooled": r["evolve_from_elf_file"]["median_us"] / pooled,
+        "evolve (parsed) / from_snapshot pooled":
+            r["evolve_from_parsed_binary"]["median_us"] / pooled,
+        "from_snapshot unpooled / pooled":
+            r["from_snapshot_first_result_unpooled"]["median_us"] / pooled,
+    }
+    restores = {k: v for k, v in r.items() if k.startswith("restore_") and "then" not in k}
+    sizes = sorted(restores, key=lambda k: float(k.split("_")[1][:-3]))
+    if len(sizes) >= 2:
+        out[f"{sizes[-1]} / {sizes[1]}"] = (restores[sizes[-1]]["median_us"]
+                                            / restores[sizes[1]]["median_us"])
+    if "peer_wasmtime_instantiate_call" in r:
+        out["from_snapshot pooled / wasmtime instantiate+call"] = (
+            pooled / r["peer_wasmtime_instantiate_call"]["median_us"])
+    if "peer_fork_per_call" in r:
+        out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
+    return out
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, v in report["results"].items():
+        if name == "memory":
+            for count, m in v.items():
+                rows.append((f"memory per sandbox ({count} alive): overhead / dirty MiB",
+                             f"{m['overhead_mib_per_sandbox']:.3f}",
+                             f"{m['dirty_mib_per_sandbox']:.3f}", str(count)))
+        elif name == "sandboxes_per_second_all_cores":
+            rows.append((f"sandboxes created+called per second ({v['workers']} cores)",
+                         f"{v['per_second']:.0f}/s", "", str(v["n"])))
+        else:
+            med = v["median_us"]
+            text = f"{med / 1000:.2f} ms" if med >= 10000 else f"{med:.1f}"
+            p99 = v["p99_us"]
+            p99t = "" if p99 != p99 else (f"{p99 / 1000:.2f} ms" if p99 >= 10000 else f"{p99:.1f}")
+            if "gb_per_s" in v:
+                text += f" ({v['gb_per_s']:.2f} GB/s)"
+            rows.append((name, text, p99t, str(v["n"])))
+    return rows
+
+
 def _table(report: dict[str, Any]) -> Table:
-    t = Table(title="snapcell benchmarks (this machine, one run)")
-    for col in ("metric", "median µs", "p99 µs", "n"):
+    t = Table(title="snapcell benchmarks (this machine, one run; µs unless marked)")
+    for col in ("metric", "median", "p99", "n"):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    for name, r in report["results"].items():
-        t.add_row(name, f"{r['median_us']:.1f}", f"{r['p99_us']:.1f}", str(r["n"]))
+    for row in _rows(report):
+        t.add_row(*row)
     for name, v in report["ratios"].items():
-        t.add_row(f"ratio {name}", f"{v:.2f}×", "", "")
+        t.add_row(f"ratio: {name}", f"{v:.2f}×", "", "")
     return t
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    lines = ["| metric | median µs | p99 µs | n |", "|---|---:|---:|---:|"]
-    for name, r in report["results"].items():
-        lines.append(f"| {name} | {r['median_us']:.1f} | {r['p99_us']:.1f} | {r['n']} |")
+    lines = ["| metric | median (µs unless marked) | p99 | n |", "|---|---:|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(report)]
     lines += ["", "| ratio | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f}× |" for k, v in report["ratios"].items()]
     return "\n".join(lines) + "\n"
@@ -120,15 +416,16 @@ def _write(report: dict[str, Any], out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - matplotlib is in the dev/bench extras
         return
-    names = [k for k in report["results"] if k != "evolve"]
-    med = [report["results"][k]["median_us"] for k in names]
-    p99 = [report["results"][k]["p99_us"] for k in names]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(names, p99, color="#c8d6e5", label="p99")
-    ax.barh(names, med, color="#2e86de", label="median")
-    ax.set_xlabel("µs")
-    ax.set_title("snapcell call latency vs the C KVM_RUN floor")
-    ax.legend()
+    res = report["results"]
+    names = [k for k, v in res.items() if isinstance(v, dict) and "median_us" in v]
+    med = [res[k]["median_us"] for k in names]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(names) + 1.5))
+    colors = ["#ee5253" if k.startswith(("c_floor", "peer_")) else "#2e86de" for k in names]
+    ax.barh(names, med, color=colors)
+    ax.set_xscale("log")
+    ax.set_xlabel("median, µs (log scale); red = C floor and peers")
+    ax.invert_yaxis()
+    ax.set_title("snapcell on this machine")
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=100)
     plt.close(fig)

@@ -249,3 +249,19 @@ def test_fault_location_shown(debug_snapshot: Any, debug_guest: str) -> None:
         assert f"$1 = {out[0].rip:#x}" in text
         assert sb.status is SandboxStatus.POISONED
         _ = os
+
+
+def test_walkthrough_on_loaded_oci_snapshot(debug_snapshot: Any, debug_guest: str,
+                                            tmp_path: Any) -> None:
+    from snapcell import Snapshot
+    digest = debug_snapshot.save(str(tmp_path / "layout"), "debug")
+    loaded = Snapshot.checked_load(str(tmp_path / "layout"), digest)
+    port = free_port()
+    with MultiUseSandbox.from_snapshot(loaded, config=SandboxConfiguration(debug_port=port)) as sb:
+        walkthrough(sb, debug_guest, port)
+        assert sb.call("GetStatic") == 4
+    # the blob on disk never saw the breakpoint
+    again = Snapshot.checked_load(str(tmp_path / "layout"), "debug")
+    scale = GuestBinary.from_file(debug_guest).symbols["scale"]
+    with MultiUseSandbox.from_snapshot(again) as sb:
+        assert sb.call("ReadAddress", scale) & 0xFF != 0xCC
