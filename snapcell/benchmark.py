@@ -162,7 +162,7 @@ def _kill_latency(snap: Snapshot, n: int) -> Stats:
         for _ in range(n):
             done: list[int] = []
 
-            def run() -> None:
+            def run(done: list[int] = done) -> None:
                 try:
                     sb.call("Spin", timeout=10)
                 except ExecutionCancelled:
@@ -203,10 +203,10 @@ def _peers(n: int) -> dict[str, Stats]:
     def instantiate_and_call() -> None:
         store = wasmtime.Store(engine)
         inst = wasmtime.Instance(store, module, [])
-        inst.exports(store)["add"](store, 1, 2)
+        inst.exports(store)["add"](store, 1, 2)  # type: ignore[operator]
 
     store = wasmtime.Store(engine)
-    add = wasmtime.Instance(store, module, []).exports(store)["add"]
+    add: Any = wasmtime.Instance(store, module, []).exports(store)["add"]
     out["peer_wasmtime_instantiate_call"] = _time(instantiate_and_call, n // 4, 50)
     out["peer_wasmtime_call"] = _time(lambda: add(store, 1, 2), n, 200)
     return out
@@ -276,11 +276,19 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
             with UninitializedSandbox(binary, cfg, hf).evolve() as sb:
                 s = sb.snapshot()
                 label = f"{s.memory_size / MIB:.0f}MiB"
-                r[f"restore_{label}"] = _time(lambda: sb.restore(s), n // 10, 50,
-                                              before=lambda: sb.call("AddToStatic", 1))
-                r[f"restore_then_call_{label}"] = _time(
-                    lambda: (sb.restore(s), sb.call("NoOp")), n // 10, 50,
-                    before=lambda: sb.call("AddToStatic", 1))
+
+                def dirty(sb: MultiUseSandbox = sb) -> None:
+                    sb.call("AddToStatic", 1)
+
+                def restore(sb: MultiUseSandbox = sb, s: Snapshot = s) -> None:
+                    sb.restore(s)
+
+                def restore_call(sb: MultiUseSandbox = sb, s: Snapshot = s) -> None:
+                    sb.restore(s)
+                    sb.call("NoOp")
+
+                r[f"restore_{label}"] = _time(restore, n // 10, 50, before=dirty)
+                r[f"restore_then_call_{label}"] = _time(restore_call, n // 10, 50, before=dirty)
 
     @step("persistence")
     def _() -> None:
