@@ -15,6 +15,7 @@
 #include <sys/random.h>
 
 #include "snapcell.h"
+#include "snapcell_abi.h"
 
 /* ---- echoes ------------------------------------------------------------------------------- */
 
@@ -199,6 +200,37 @@ static sc_value StackOverflow(const sc_value *a)
     if (a[0].i32 <= 0)
         return sc_i32(0);
     return sc_i32(recurse(a[0].i32));
+}
+
+/* Fault catalogue helpers: a privileged instruction at CPL3, and output that breaks the ABI. */
+static sc_value Privileged(const sc_value *a)
+{
+    (void)a;
+    __asm__ volatile("hlt");
+    return sc_void();
+}
+
+static void raw_return(const void *frame, uint32_t len)
+{
+    uint8_t *out = (uint8_t *)(uintptr_t)SC_ABI_PAGE->output_addr;
+    memcpy(out, frame, len);
+    __asm__ volatile("outb %%al, %%dx" : : "a"(0), "d"((uint16_t)SC_OUT_RETURN) : "memory");
+}
+
+static sc_value CorruptOutputSize(const sc_value *a)
+{
+    (void)a;
+    static const uint8_t frame[] = {0xff, 0xff, 0xff, 0x7f, 0x92, 0x00, 0x01};
+    raw_return(frame, sizeof frame);
+    return sc_void();
+}
+
+static sc_value CorruptOutputMsgpack(const sc_value *a)
+{
+    (void)a;
+    static const uint8_t frame[] = {0x03, 0x00, 0x00, 0x00, 0x92, 0x00, 0xc1};  /* 0xc1: never used */
+    raw_return(frame, sizeof frame);
+    return sc_void();
 }
 
 static sc_value OutbWithPort(const sc_value *a)
@@ -459,6 +491,9 @@ void snapcell_main(void)
     sc_register("ExecuteOnHeap", ExecuteOnHeap, SC_VOID, 0);
     sc_register("StackOverflow", StackOverflow, SC_I32, 1, SC_I32);
     sc_register("OutbWithPort", OutbWithPort, SC_VOID, 2, SC_U32, SC_U32);
+    sc_register("Privileged", Privileged, SC_VOID, 0);
+    sc_register("CorruptOutputSize", CorruptOutputSize, SC_VOID, 0);
+    sc_register("CorruptOutputMsgpack", CorruptOutputMsgpack, SC_VOID, 0);
     sc_register("AllocAndWritePattern", AllocAndWritePattern, SC_VOID, 1, SC_U64);
     sc_register("ReadPattern", ReadPattern, SC_BYTES, 0);
     sc_register("MallocAndFree", MallocAndFree, SC_I32, 1, SC_I32);

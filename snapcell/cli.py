@@ -16,7 +16,7 @@ from .cli_snapshot import snapshot_group
 from .errors import SnapcellError
 from .guest.build import build_guest
 from .guest.values import ValueType
-from .sandbox import HostFunctions, SandboxConfiguration, UninitializedSandbox
+from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from .types import I32
 
 console = Console()
@@ -105,9 +105,11 @@ def _median_us(fn: Any, n: int) -> float:
 @main.command("demo")
 @click.argument("elf", type=click.Path(exists=True, dir_okay=False),
                 default="build/guests/simpleguest.elf")
-def demo(elf: str) -> None:
-    """The main job: evolve a sandbox from ELF, make typed calls and host round trips, and
-    print results and per-call latency."""
+@click.option("--sandboxes", default=200, show_default=True,
+              help="How many sandboxes to create from the snapshot.")
+def demo(elf: str, sandboxes: int) -> None:
+    """The main job: evolve a guest once, make typed calls and host round trips, snapshot it,
+    create many ready sandboxes straight from the snapshot, restore, and print timings."""
     printed: list[str] = []
 
     def host_add(a: I32, b: I32) -> I32:
@@ -118,29 +120,74 @@ def demo(elf: str) -> None:
         return len(msg)
 
     funcs = HostFunctions().register("HostAdd", host_add).register("HostPrint", capture)
+    timings = Table(title="timings (this machine)")
+    timings.add_column("step")
+    timings.add_column("median", justify="right")
     t0 = time.perf_counter()
     with UninitializedSandbox(elf, SandboxConfiguration(), funcs).evolve() as sb:
         evolve_ms = (time.perf_counter() - t0) * 1000
-        console.print(f"[bold]evolved[/bold] {elf} in {evolve_ms:.2f} ms; "
-                      f"{len(sb.functions)} guest functions")
-        results = Table(title="calls")
+        timings.add_row("evolve from the ELF (load + guest init)", f"{evolve_ms:.2f} ms")
+        console.print(f"[bold]evolved[/bold] {elf}: {len(sb.functions)} guest functions")
+        results = Table(title="typed calls")
         results.add_column("call")
         results.add_column("result")
         for name, args in (("Echo", ("hello, world",)), ("EchoI32", (-(2**31),)),
                            ("EchoF64", (3.25,)), ("EchoBytes", (b"\x00\x01\xff",)),
-                           ("AddToStatic", (5,)), ("Add", (40, 2)),
+                           ("AddToStatic", (5,)), ("AddToStatic", (6,)), ("Add", (40, 2)),
                            ("PrintOutput", ("printed by the guest through HostPrint\n",)),
                            ("NextRandom", ())):
             results.add_row(f"{name}{args!r}", repr(sb.call(name, *args)))
         console.print(results)
         console.print(f"captured guest output: {printed!r}")
-        lat = Table(title="per-call latency (median of 2000)")
-        lat.add_column("call")
-        lat.add_column("µs", justify="right")
-        lat.add_row("NoOp()", f"{_median_us(lambda: sb.call('NoOp'), 2000):.1f}")
-        lat.add_row("EchoI32(7)", f"{_median_us(lambda: sb.call('EchoI32', 7), 2000):.1f}")
-        lat.add_row("Add(1, 2) (host round trip)", f"{_median_us(lambda: sb.call('Add', 1, 2), 2000):.1f}")
-        console.print(lat)
+        timings.add_row("call NoOp()", f"{_median_us(lambda: sb.call('NoOp'), 2000):.1f} µs")
+        timings.add_row("call EchoI32(7)", f"{_median_us(lambda: sb.call('EchoI32', 7), 2000):.1f} µs")
+        timings.add_row("call Add(1, 2) with a host round trip",
+                        f"{_median_us(lambda: sb.call('Add', 1, 2), 2000):.1f} µs")
+        snap = sb.snapshot()
+        console.print(f"[bold]snapshot[/bold]: generation {snap.generation}, "
+                      f"{snap.memory_size >> 20} MiB guest memory, GetStatic() = 11 inside")
+
+    created: list[Any] = []
+    times = []
+    for _ in range(sandboxes):
+        t = time.perf_counter_ns()
+        box = MultiUseSandbox.from_snapshot(snap, funcs)
+        assert box.call("GetStatic") == 11
+        times.append(time.perf_counter_ns() - t)
+        created.append(box)
+    timings.add_row(f"from_snapshot → first result, new VMs ({sandboxes} kept alive)",
+                    f"{statistics.median(times) / 1000:.1f} µs")
+    for i, box in enumerate(created):
+        box.call("AddToStatic", i)
+    assert all(box.call("GetStatic") == 11 + i for i, box in enumerate(created))
+    console.print(f"{sandboxes} sandboxes from one snapshot, each with its own state "
+                  f"(copy-on-write): GetStatic() = 11 + i")
+    first = created[0]
+    restore_us = _median_us_before(lambda: first.restore(snap),
+                                   lambda: first.call("AddToStatic", 1), 500)
+    timings.add_row("restore() (after a call)", f"{restore_us:.1f} µs")
+    first.call("AddToStatic", 100)
+    first.restore(snap)
+    console.print(f"restore → GetStatic() = {first.call('GetStatic')}")
+    for box in created:
+        box.close()
+    t = time.perf_counter_ns()
+    for _ in range(sandboxes):
+        with MultiUseSandbox.from_snapshot(snap, funcs) as box:
+            box.call("NoOp")
+    timings.add_row("from_snapshot → call → close, pooled (mean)",
+                    f"{(time.perf_counter_ns() - t) / sandboxes / 1000:.1f} µs")
+    console.print(timings)
+
+
+def _median_us_before(fn: Any, before: Any, n: int) -> float:
+    times = []
+    for _ in range(n):
+        before()
+        t = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - t)
+    return statistics.median(times) / 1000
 
 
 @main.command("bench")

@@ -12,6 +12,7 @@ from snapcell import (
     InvalidOpcode,
     MultiUseSandbox,
     PageFault,
+    PoisoningError,
     PortViolation,
     SandboxPoisonedError,
     SandboxStatus,
@@ -119,3 +120,45 @@ def test_guest_error_does_not_poison(sandbox: MultiUseSandbox) -> None:
     with pytest.raises(GuestError):
         sandbox.call("AddToStaticAndFail")
     assert sandbox.call("GetStatic") == 10
+
+
+def test_privileged_instruction(sandbox: MultiUseSandbox) -> None:
+    with pytest.raises(GeneralProtection) as e:
+        sandbox.call("Privileged")
+    assert not isinstance(e.value, PortViolation) and e.value.vector == 13
+    assert_poisoned(sandbox)
+
+
+@pytest.mark.parametrize("fn,match", [("CorruptOutputSize", "length"),
+                                      ("CorruptOutputMsgpack", "MessagePack")])
+def test_corrupt_output(sandbox: MultiUseSandbox, fn: str, match: str) -> None:
+    from snapcell.errors import GuestOutputError
+    snap = sandbox.snapshot()
+    with pytest.raises(GuestOutputError, match=match):
+        sandbox.call(fn)
+    assert_poisoned(sandbox)
+    sandbox.restore(snap)
+    assert sandbox.call("EchoI32", 3) == 3
+
+
+def test_long_abort_message_truncated(sandbox: MultiUseSandbox) -> None:
+    msg = "é" * 3000                       # 6000 bytes of UTF-8
+    with pytest.raises(GuestAbort) as e:
+        sandbox.call("GuestAbortWithMessage", 9, msg)
+    assert e.value.code == 9
+    assert 1024 < len(e.value.message.encode()) <= 4096
+    assert msg.startswith(e.value.message)  # cut on a character boundary
+
+
+def test_every_fault_recovers_by_restore(sandbox: MultiUseSandbox) -> None:
+    snap = sandbox.snapshot()
+    for call in (("TriggerException",), ("DivideByZero",), ("ReadAddress", 0x10),
+                 ("WriteAddress", 0x401000, 1), ("ExecuteOnHeap",), ("Privileged",),
+                 ("StackOverflow", 100_000), ("OutbWithPort", 0x99, 0),
+                 ("CorruptOutputSize",), ("CorruptOutputMsgpack",),
+                 ("GuestAbortWithMessage", 1, "x" * 2000)):
+        with pytest.raises(PoisoningError):
+            sandbox.call(*call)
+        assert_poisoned(sandbox)
+        sandbox.restore(snap)
+        assert sandbox.call("Echo", "ok") == "ok"
