@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
 
-.PHONY: all setup guests demo test test-fast bench lint typecheck clean goldens
+.PHONY: all setup guests demo test test-fast bench lint typecheck clean goldens soak
 
 all: demo
 
@@ -22,6 +22,9 @@ demo: guests
 
 test: guests benchmarks/c_floor
 	$(PY) -m pytest -q tests
+
+soak: guests
+	SNAPCELL_STRESS_SECONDS=300 $(PY) -m pytest -q tests/test_interrupts.py -k stress
 
 bench: guests benchmarks/c_floor
 	$(PY) -m snapcell bench
