@@ -15,7 +15,7 @@ from rich.table import Table
 from .cli_snapshot import snapshot_group
 from .errors import SnapcellError
 from .guest.build import build_guest
-from .guest.values import ValueType
+from .guest.values import ValueType, parse_text
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from .types import I32
 
@@ -59,17 +59,10 @@ def guest_functions(elf: str) -> None:
 
 
 def _parse_arg(t: ValueType, text: str) -> Any:
-    if t in (ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64):
-        return int(text, 0)
-    if t in (ValueType.F32, ValueType.F64):
-        return float(text)
-    if t is ValueType.BOOL:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise click.BadParameter(f"{text!r} is not a bool")
-        return text.lower() in ("true", "1")
-    if t is ValueType.BYTES:
-        return bytes.fromhex(text)
-    return text
+    try:
+        return parse_text(t, text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @main.command("call")

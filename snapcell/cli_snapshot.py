@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .errors import SnapcellError, SnapshotError
 from .guest.functions import Signature
-from .guest.values import ValueType
+from .guest.values import ValueType, parse_text
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from .snapshot import oci, registry
 
@@ -50,17 +50,10 @@ def _fail(e: Exception) -> click.ClickException:
 
 
 def _value(t: ValueType, text: str) -> Any:
-    if t in (ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64):
-        return int(text, 0)
-    if t in (ValueType.F32, ValueType.F64):
-        return float(text)
-    if t is ValueType.BOOL:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise click.BadParameter(f"{text!r} is not a bool")
-        return text.lower() in ("true", "1")
-    if t is ValueType.BYTES:
-        return bytes.fromhex(text)
-    return text
+    try:
+        return parse_text(t, text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _run_calls(sb: MultiUseSandbox, calls: tuple[str, ...]) -> None:

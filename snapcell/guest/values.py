@@ -87,3 +87,21 @@ def parse_type(name: object) -> ValueType:
     if not isinstance(name, str):
         raise ValueError(f"type name must be a string, got {type(name).__name__}")
     return ValueType(name)
+
+
+def parse_text(t: ValueType, text: str) -> object:
+    """A value of type `t` from command-line text (ints accept 0x/0o/0b, bytes are hex, bools
+    are true/false/1/0); ValueError when the text does not parse."""
+    if t in INT_RANGES:
+        return int(text, 0)
+    if t in (ValueType.F32, ValueType.F64):
+        return float(text)
+    if t is ValueType.BOOL:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not a bool")
+        return text.lower() in ("true", "1")
+    if t is ValueType.BYTES:
+        return bytes.fromhex(text)
+    if t is ValueType.VOID:
+        raise ValueError("void takes no value")
+    return text

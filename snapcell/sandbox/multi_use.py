@@ -23,7 +23,7 @@ from ..guest.abi import ABI_MAGIC_OFF, ABI_VERSION, FRAME_HEADER
 from ..guest.functions import Signature
 from ..guest.loader import abi_header, system_images
 from ..guest.values import check_value
-from ..machine.features import host_features, hypervisor_name
+from ..machine.features import CpuFeatures, host_features, hypervisor_name
 from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
 from ..machine.memory import MemoryImage
 from .config import LAYOUT_FIELDS, SandboxConfiguration
@@ -56,20 +56,28 @@ def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> None:
         raise SnapshotHostFunctionMismatch(missing, mismatches)
 
 
-def check_host_compatible(snapshot: Snapshot) -> None:
-    """Refuse snapshots taken for another ABI, architecture, hypervisor or a richer CPU."""
-    if snapshot.abi_version != ABI_VERSION:
-        raise SnapshotIncompatibleHost(f"snapshot uses guest ABI {snapshot.abi_version}, "
+def check_host(abi_version: int, arch: str, hypervisor: str, features: CpuFeatures) -> CpuFeatures:
+    """Refuse state made for another ABI, architecture, hypervisor or a richer CPU
+    (SnapshotIncompatibleHost). Returns this host's features."""
+    if abi_version != ABI_VERSION:
+        raise SnapshotIncompatibleHost(f"snapshot uses guest ABI {abi_version}, "
                                        f"this snapcell speaks {ABI_VERSION}")
-    if snapshot.arch != ARCH:
-        raise SnapshotIncompatibleHost(f"snapshot is for {snapshot.arch}, this host is {ARCH}")
-    if snapshot.hypervisor != hypervisor_name():
-        raise SnapshotIncompatibleHost(f"snapshot was taken under {snapshot.hypervisor}, "
+    if arch != ARCH:
+        raise SnapshotIncompatibleHost(f"snapshot is for {arch}, this host is {ARCH}")
+    if hypervisor != hypervisor_name():
+        raise SnapshotIncompatibleHost(f"snapshot was taken under {hypervisor}, "
                                        f"this host runs {hypervisor_name()}")
-    lacking = snapshot.cpu_features.missing_on(host_features(kvm()))
+    host = host_features(kvm())
+    lacking = features.missing_on(host)
     if lacking:
         raise SnapshotIncompatibleHost("this CPU lacks features the snapshot may use: "
                                        + ", ".join(lacking))
+    return host
+
+
+def check_host_compatible(snapshot: Snapshot) -> None:
+    """`check_host` for a snapshot."""
+    check_host(snapshot.abi_version, snapshot.arch, snapshot.hypervisor, snapshot.cpu_features)
 
 
 class MultiUseSandbox:

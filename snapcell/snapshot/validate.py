@@ -19,14 +19,11 @@ from typing import Any
 
 from ..errors import (
     SnapshotDigestMismatch,
-    SnapshotIncompatibleHost,
     SnapshotNotFound,
     SnapshotReferenceError,
 )
-from ..guest.abi import ABI_VERSION
-from ..machine.features import CpuFeatures, host_features, hypervisor_name
+from ..machine.features import CpuFeatures
 from ..machine.layout import PAGE
-from ..sandbox.snapshot import ARCH
 from .schema import (
     CONFIG_CAP,
     INDEX_CAP,
@@ -265,21 +262,8 @@ def check_digest(data: bytes | str, descriptor: Descriptor, what: str) -> None:
 def host_gates(config: SnapshotConfig) -> CpuFeatures:
     """Refuse a snapshot for another ABI, architecture, hypervisor or a richer CPU
     (SnapshotIncompatibleHost). Returns the host's features."""
-    from ..sandbox.pool import kvm
-    if config.abi_version != ABI_VERSION:
-        raise SnapshotIncompatibleHost(f"snapshot uses guest ABI {config.abi_version}, this "
-                                       f"snapcell speaks {ABI_VERSION}")
-    if config.arch != ARCH:
-        raise SnapshotIncompatibleHost(f"snapshot is for {config.arch}, this host is {ARCH}")
-    if config.hypervisor != hypervisor_name():
-        raise SnapshotIncompatibleHost(f"snapshot was taken under {config.hypervisor}, this "
-                                       f"host runs {hypervisor_name()}")
-    host = host_features(kvm())
-    lacking = config.cpu_features.missing_on(host)
-    if lacking:
-        raise SnapshotIncompatibleHost("this CPU lacks features the snapshot may use: "
-                                       + ", ".join(lacking))
-    return host
+    from ..sandbox.multi_use import check_host
+    return check_host(config.abi_version, config.arch, config.hypervisor, config.cpu_features)
 
 
 # ------------------------------------------------------------------------------ safe files
