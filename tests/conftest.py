@@ -31,6 +31,13 @@ def _kvm_problem() -> str | None:
     return None
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """No KVM, no test run: end the whole session as a failure rather than skip anything."""
+    problem = _kvm_problem()
+    if problem:
+        pytest.exit(f"{problem}; the snapcell suite needs a working /dev/kvm", returncode=1)
+
+
 @pytest.fixture(scope="session")
 def kvm_ok() -> None:
     """Fails every KVM test (as an error, not a skip) when /dev/kvm does not work."""

@@ -696,7 +696,6 @@ def _without_no_file_warning(out: str) -> str:
     return re.sub(r"warning: No executable has been specified.*?\"file\" command\.", "", out, flags=re.S)
 
 
-@pytest.mark.skipif(GDB is None, reason="gdb is not installed")
 def test_real_gdb_reads_registers_and_memory(stopped: DebugSession, target: FakeTarget) -> None:
     result: list[ResumeAction] = []
     t = threading.Thread(target=lambda: result.append(stopped.wait_for_resume(60)))
@@ -714,7 +713,6 @@ def test_real_gdb_reads_registers_and_memory(stopped: DebugSession, target: Fake
     assert ("detach", None) in target.calls
 
 
-@pytest.mark.skipif(GDB is None, reason="gdb is not installed")
 def test_real_gdb_breakpoint_continue_step(stopped: DebugSession, target: FakeTarget) -> None:
     """gdb sets a breakpoint, continues (the scripted 'guest' stops at the breakpoint), single-steps
     (it removes the breakpoint, steps over it, re-inserts), writes a register, then kills."""
