@@ -70,3 +70,17 @@ def test_guest_too_big_for_layout(kvm_ok: None, simpleguest: str) -> None:
     with pytest.raises(GuestLoadError, match="layout"):
         UninitializedSandbox(simpleguest, SandboxConfiguration(heap_size=512 << 20,
                                                                input_size=512 << 20))
+
+
+def test_suite_fails_without_kvm(tmp_path: Path) -> None:
+    """The contract of tests/conftest.py: without a usable /dev/kvm the run fails, it does not
+    pass by skipping."""
+    import os
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, SNAPCELL_KVM_DEVICE=str(tmp_path / "no-kvm"), PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(root / "tests" / "unit" / "test_values.py")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "needs a working /dev/kvm" in proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ from .structs import CPUID_MAX_ENTRIES, kvm_cpuid2
 from .vm import Vm
 
 DEV_KVM = "/dev/kvm"
+DEVICE_ENV = "SNAPCELL_KVM_DEVICE"     # overrides the device path (used by the test-suite)
 
 
 class KvmUnavailable(OSError):
@@ -20,7 +21,8 @@ class KvmUnavailable(OSError):
 class Kvm:
     """An open /dev/kvm. Thread-safe to share; creates VMs."""
 
-    def __init__(self, path: str = DEV_KVM) -> None:
+    def __init__(self, path: str | None = None) -> None:
+        path = path or os.environ.get(DEVICE_ENV, DEV_KVM)
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
