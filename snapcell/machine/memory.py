@@ -8,8 +8,11 @@ image above it."""
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import struct
+import threading
 
 from ..kvm import libc
 from .layout import GUEST_BASE, PAGE
@@ -18,6 +21,7 @@ from .layout import GUEST_BASE, PAGE
 # bit 5 = file-page or shared-anon (61). Private data = (present or swapped) and not file.
 _PRIVATE_PAGE = bytes(1 if (b & 0xC0) and not (b & 0x20) else 0 for b in range(256))
 _pagemap: list[int] = []
+_view_lock = threading.Lock()          # creation of MemoryImage read views
 
 
 def _pagemap_fd() -> int:
@@ -42,33 +46,49 @@ _PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(_pm_scan_arg) << 16) | (ord("f") << 8
 _PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED = 1 << 2, 1 << 3, 1 << 4
 _REGIONS = 512
 _scan_supported: list[bool] = []
+_ioctl = fcntl.ioctl
 
 
-def _scan_private(start: int, end: int) -> list[tuple[int, int]]:
+class _PagemapScan:
+    """A reusable PAGEMAP_SCAN request for the private pages of one address range (the argument
+    and result buffers are allocated once: the scan runs on every pooled restore)."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+        self.regions = (_page_region * _REGIONS)()
+        self.words = memoryview(self.regions).cast("B").cast("Q")   # start, end, categories
+        self.arg = _pm_scan_arg(size=ctypes.sizeof(_pm_scan_arg), start=start, end=end,
+                                vec=ctypes.addressof(self.regions), vec_len=_REGIONS,
+                                category_inverted=_PAGE_IS_FILE, category_mask=_PAGE_IS_FILE,
+                                category_anyof_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
+                                return_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED | _PAGE_IS_FILE)
+
+    def run(self) -> list[tuple[int, int]]:
+        """Host address runs [a, b) of the private pages; OSError when the kernel lacks
+        PAGEMAP_SCAN (Linux < 6.7)."""
+        arg, end = self.arg, self.end
+        arg.start = self.start
+        runs: list[tuple[int, int]] = []
+        while True:
+            n = _ioctl(_pagemap_fd(), _PAGEMAP_SCAN, arg)
+            words = self.words[:3 * n].tolist()
+            for a, b in zip(words[0::3], words[1::3]):
+                if runs and runs[-1][1] == a:
+                    runs[-1] = (runs[-1][0], b)
+                else:
+                    runs.append((a, b))
+            if n < _REGIONS or arg.walk_end >= end:
+                return runs
+            arg.start = arg.walk_end
+
+
+def _scan_private(start: int, end: int, scan: _PagemapScan | None = None) -> list[tuple[int, int]]:
     """Host address runs [a, b) of private pages in [start, end): PAGEMAP_SCAN walks only
     populated page tables (cost ∝ pages present, not range size); older kernels fall back to
-    reading pagemap entries."""
-    import fcntl
+    reading pagemap entries. `scan` is a reusable request for exactly this range."""
     if not _scan_supported or _scan_supported[0]:
-        regions = (_page_region * _REGIONS)()
-        arg = _pm_scan_arg(size=ctypes.sizeof(_pm_scan_arg), start=start, end=end,
-                           vec=ctypes.addressof(regions), vec_len=_REGIONS,
-                           category_inverted=_PAGE_IS_FILE, category_mask=_PAGE_IS_FILE,
-                           category_anyof_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
-                           return_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED | _PAGE_IS_FILE)
-        runs: list[tuple[int, int]] = []
         try:
-            while True:
-                n = fcntl.ioctl(_pagemap_fd(), _PAGEMAP_SCAN, arg)
-                for i in range(n):
-                    a, b = int(regions[i].start), int(regions[i].end)
-                    if runs and runs[-1][1] == a:
-                        runs[-1] = (runs[-1][0], b)
-                    else:
-                        runs.append((a, b))
-                if arg.walk_end >= end or n < _REGIONS:
-                    break
-                arg.start = arg.walk_end
+            runs = (scan if scan is not None else _PagemapScan(start, end)).run()
             if not _scan_supported:
                 _scan_supported.append(True)
             return runs
@@ -107,15 +127,36 @@ class MemoryImage:
             os.close(self.fd)
             raise
         self.sealed = False
+        self._view: memoryview | None = None
+        self._view_addr = 0
 
     @classmethod
     def from_fd(cls, fd: int, size: int, immutable: bool = False) -> "MemoryImage":
         """Adopt an existing fd (ownership passes to the image). `immutable=True` declares that
         nobody writes the file any more (e.g. a read-only snapshot blob on disk): it then counts
-        as sealed and may back snapshots. Only private mappings are ever made of it."""
+        as sealed and may back snapshots. Only private mappings (and the read-only view below)
+        are ever made of it."""
         self = cls.__new__(cls)
         self.size, self.fd, self.sealed = size, fd, immutable
+        self._view, self._view_addr = None, 0
         return self
+
+    def read_view(self) -> memoryview:
+        """A read-only view of the whole image: a shared read-only mapping, made on first use
+        and kept until `close` (resetting guest pages copies from it without a system call
+        per run). Allowed on sealed memfds; pages are populated as they are read."""
+        view = self._view
+        if view is None:
+            with _view_lock:
+                view = self._view
+                if view is None:
+                    if self.fd < 0:
+                        raise OSError(errno.EBADF, "the memory image is closed")
+                    addr = libc.mmap(self.size, libc.PROT_READ, libc.MAP_SHARED, self.fd)
+                    view = memoryview((ctypes.c_ubyte * self.size).from_address(addr)).cast("B")
+                    self._view, self._view_addr = view.toreadonly(), addr
+                    view = self._view
+        return view
 
     def data_extents(self) -> list[tuple[int, int]]:
         """(offset, length) of the regions holding data (holes read as zeros)."""
@@ -163,7 +204,12 @@ class MemoryImage:
             self.sealed = True
 
     def close(self) -> None:
-        """Close the memfd (existing mappings stay valid)."""
+        """Close the memfd and drop the read view (guests' private mappings stay valid)."""
+        view = getattr(self, "_view", None)
+        if view is not None:
+            self._view = None
+            view.release()
+            libc.munmap(self._view_addr, self.size)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -189,6 +235,7 @@ class GuestMapping:
         self.addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE,
                               libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
         self.view = memoryview((ctypes.c_ubyte * size).from_address(self.addr)).cast("B")
+        self._scan = _PagemapScan(self.addr + GUEST_BASE, self.addr + size)
 
     def _map(self, gpa: int, length: int, fd: int) -> None:
         libc.mmap(length, libc.PROT_READ | libc.PROT_WRITE,
@@ -216,21 +263,22 @@ class GuestMapping:
     def dirty_guest_pages(self) -> list[tuple[int, int]]:
         """Runs (guest address, length) of guest-range pages that hold private (copy-on-write)
         data: present or swapped, and not file-backed."""
-        start = self.addr + GUEST_BASE
-        end = self.addr + self.size
-        runs = _scan_private(start, end)
-        return [(a - self.addr, b - a) for a, b in runs]
+        base = self.addr
+        runs = _scan_private(base + GUEST_BASE, base + self.size, self._scan)
+        return [(a - base, b - a) for a, b in runs]
 
     def reset_guest_pages(self, image: MemoryImage) -> int:
         """Make the guest range equal `image` again by copying `image`'s bytes over every private
         page (the image must be the one mapped in the guest range). Unlike `map_guest` this
         keeps the pages mapped, so the guest does not pay first-touch faults again. Returns the
         number of bytes copied."""
+        if image.size != self.size - GUEST_BASE:
+            raise ValueError("the image does not match the guest range")
+        source, view = image.read_view(), self.view
         total = 0
         for addr, n in self.dirty_guest_pages():
-            got = os.preadv(image.fd, [self.view[addr:addr + n]], addr - GUEST_BASE)
-            if got != n:                      # a hole past the end cannot happen: sizes match
-                raise OSError(f"short read restoring guest memory at {addr:#x}")
+            off = addr - GUEST_BASE
+            view[addr:addr + n] = source[off:off + n]
             total += n
         return total
 

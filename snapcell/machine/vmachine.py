@@ -8,11 +8,12 @@ another guest of the same memory size (see `MachinePool`)."""
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import struct
 import threading
 
 from ..kvm import Kvm, ioctls
-from ..kvm.structs import kvm_regs, kvm_sregs, kvm_xsave
+from ..kvm.structs import kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_xsave
 from .cpu import (
     ERROR_CODE_VECTORS,
     MSR_LSTAR,
@@ -27,6 +28,23 @@ from .layout import IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP
 from .memory import GuestMapping, MemoryImage
 
 _FRAME = struct.Struct("<5Q")
+# kvm_run from exit_reason (offset 8): exit_reason u32, 20 bytes up to the exit union at 32, then
+# io.direction u8, io.size u8 (skipped), io.port u16, io.count u32.
+_EXIT_OFFSET = kvm_run.exit_reason.offset
+_EXIT_IO = struct.Struct("<I20xBxHI")
+assert _EXIT_OFFSET + 24 == kvm_run.u.offset
+_ioctl = fcntl.ioctl
+_KVM_RUN, _KVM_SET_XSAVE = ioctls.KVM_RUN, ioctls.KVM_SET_XSAVE
+# kvm_run's sync-regs area (offsets into the kvm_run page)
+_U64 = struct.Struct("<Q")
+_U64_MASK = (1 << 64) - 1
+_DIRTY_REGS = kvm_run.kvm_dirty_regs.offset
+_DIRTY_BOTH = ioctls.KVM_SYNC_X86_REGS | ioctls.KVM_SYNC_X86_SREGS
+_SYNC_REGS, _REGS_SIZE = kvm_run.sync_regs.offset, ctypes.sizeof(kvm_regs)
+_SYNC_SREGS, _SREGS_SIZE = kvm_run.sync_sregs.offset, ctypes.sizeof(kvm_sregs)
+_SYNC_FS_BASE = _SYNC_SREGS + kvm_sregs.fs.offset + kvm_segment.base.offset
+_SYNC_GS_BASE = _SYNC_SREGS + kvm_sregs.gs.offset + kvm_segment.base.offset
+_KVM_EXIT_IO, _KVM_EXIT_IO_OUT = ioctls.KVM_EXIT_IO, ioctls.KVM_EXIT_IO_OUT
 
 
 class Machine:
@@ -54,6 +72,10 @@ class Machine:
         self.system_image: MemoryImage | None = None   # what is mapped below / above GUEST_BASE
         self.guest_image: MemoryImage | None = None
         self.run_struct = self.vcpu.run
+        self._fd = self.vcpu.fd
+        self._run_bytes = memoryview((ctypes.c_ubyte * ctypes.sizeof(kvm_run)).from_address(
+            self.vcpu.run_addr)).cast("B")
+        self._base_sregs_bytes = bytes(self.base_sregs)
         self.thread_id: int | None = None
         self._regs = kvm_regs()
         self._sregs = kvm_sregs()
@@ -83,23 +105,23 @@ class Machine:
             self.vcpu.set_msrs([(MSR_LSTAR, lstar)])
             self.lstar = lstar
 
-    def set_user_state(self, regs: kvm_regs, fs_base: int, gs_base: int,
+    def set_user_state(self, regs: kvm_regs | bytes, fs_base: int, gs_base: int,
                        xsave: kvm_xsave | None) -> None:
         """Put the vCPU in a CPL3 state: host-built segment/control registers (nothing
-        privileged comes from the caller), the given GPRs/RIP/RSP/RFLAGS, FS/GS base and FPU.
+        privileged comes from the caller), the given GPRs/RIP/RSP/RFLAGS (a kvm_regs or its
+        bytes), FS/GS base and FPU.
 
         GPRs and segment registers go through kvm_run's sync-regs area (KVM_CAP_SYNC_REGS):
         KVM applies them at the next KVM_RUN, which saves two ioctls; the accessors below read
-        the pending values while they are not yet applied."""
-        vcpu = self.vcpu
-        assert vcpu is not None
-        run = self.run_struct
-        kvm_sregs_copy(run.sync_sregs, self.base_sregs)
-        run.sync_sregs.fs.base, run.sync_sregs.gs.base = fs_base, gs_base
-        ctypes.memmove(ctypes.addressof(run.sync_regs), ctypes.addressof(regs),
-                       ctypes.sizeof(kvm_regs))
-        run.kvm_dirty_regs = ioctls.KVM_SYNC_X86_REGS | ioctls.KVM_SYNC_X86_SREGS
-        vcpu.set_xsave(xsave if xsave is not None else self.initial_xsave)
+        the pending values while they are not yet applied. The area is written as bytes through
+        the kvm_run view (this runs on every restore and from_snapshot)."""
+        run = self._run_bytes
+        run[_SYNC_SREGS:_SYNC_SREGS + _SREGS_SIZE] = self._base_sregs_bytes
+        _U64.pack_into(run, _SYNC_FS_BASE, fs_base & _U64_MASK)
+        _U64.pack_into(run, _SYNC_GS_BASE, gs_base & _U64_MASK)
+        run[_SYNC_REGS:_SYNC_REGS + _REGS_SIZE] = regs if isinstance(regs, bytes) else bytes(regs)
+        _U64.pack_into(run, _DIRTY_REGS, _DIRTY_BOTH)
+        _ioctl(self._fd, _KVM_SET_XSAVE, xsave if xsave is not None else self.initial_xsave)
 
     def _flush_pending(self) -> None:
         """Apply pending sync-regs with ioctls (before reading or partially changing state)."""
@@ -153,14 +175,16 @@ class Machine:
     # ---------------------------------------------------------------- running
     def run(self) -> int:
         """Run until the guest writes one byte to a port; return the port. Raises `MachineFailure`
-        for any other exit and lets InterruptedError (a signal) propagate."""
-        vcpu = self.vcpu
-        assert vcpu is not None
-        reason = vcpu.run_once()
-        if reason == ioctls.KVM_EXIT_IO:
+        for any other exit and lets InterruptedError (a signal) propagate.
+
+        The hot path of every call: one KVM_RUN (Vcpu.run_once inlined) and one unpack of the
+        exit reason and the io fields straight from the kvm_run page."""
+        _ioctl(self._fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
+        reason, direction, port, count = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
+        if reason == _KVM_EXIT_IO and direction == _KVM_EXIT_IO_OUT and count == 1:
+            return port  # type: ignore[no-any-return]
+        if reason == _KVM_EXIT_IO:
             io = self.run_struct.u.io
-            if io.direction == ioctls.KVM_EXIT_IO_OUT and io.count == 1:
-                return int(io.port)
             raise MachineFailure("IO", f"{'in' if io.direction == 0 else 'out'} port {io.port:#x} "
                                  f"size {io.size} count {io.count}")
         raise MachineFailure(*self.describe_exit(reason))
@@ -204,6 +228,10 @@ class Machine:
 
     def close(self) -> None:
         """Release the vCPU, VM and memory mapping (idempotent)."""
+        self._fd = -1
+        run_bytes = self.__dict__.pop("_run_bytes", None)
+        if run_bytes is not None:          # the kvm_run page is unmapped with the vCPU
+            run_bytes.release()
         if self.vcpu is not None:
             self.vcpu.close()
             self.vcpu = None
@@ -211,11 +239,6 @@ class Machine:
         if self.memory is not None:
             self.memory.close()
             self.memory = None
-
-
-def kvm_sregs_copy(dst: kvm_sregs, src: kvm_sregs) -> None:
-    """Copy one kvm_sregs into another in place."""
-    ctypes.memmove(ctypes.addressof(dst), ctypes.addressof(src), ctypes.sizeof(kvm_sregs))
 
 
 class MachinePool:

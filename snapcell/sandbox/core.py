@@ -4,6 +4,8 @@ results, turn faults into errors and keep the sandbox's status."""
 from __future__ import annotations
 
 import enum
+import threading
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..errors import (
@@ -19,7 +21,8 @@ from ..errors import (
     SnapcellError,
 )
 from ..guest import abi, codec
-from ..guest.codec import CodecError
+from ..guest.abi import FRAME_HEADER, OUT_HOSTCALL, OUT_RETURN, OUT_SYSCALL
+from ..guest.codec import CallCodec, CodecError, HostCallCodec
 from ..guest.functions import Signature, parse_function_table
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.layout import AddressSpace, MemoryLayout
@@ -27,11 +30,12 @@ from ..machine.memory import GuestMapping
 from .debughook import DebugHook
 from .entropy import Entropy
 from .faults import fault_error
-from .host_functions import HostFunctions
+from .host_functions import HostFunction, HostFunctions
 from .interrupt import InterruptHandle, watchdog
 from .syscalls import SyscallHost
 
 MAX_ABORT_MESSAGE = 4096
+_get_ident = threading.get_ident
 
 
 class SandboxStatus(enum.Enum):
@@ -60,10 +64,35 @@ class Core:
         self.entropy = Entropy()
         self.status = SandboxStatus.READY
         self.poison_reason: SnapcellError | None = None
-        self.functions: dict[str, Signature] = {}
+        self._functions: Mapping[str, Signature] = {}
+        self.codecs: dict[str, CallCodec] = {}     # name → codec, filled by call_codec()
+        self._host_codecs: dict[str, tuple[int, HostFunction, HostCallCodec]] = {}
         self.debugger: DebugHook | None = None
         self.syscalls = SyscallHost(self.memory, space, self._print, machine.set_fs_base,
                                     lambda: int(machine.get_sregs().fs.base), self.entropy.read)
+
+    # ---------------------------------------------------------------- functions
+    @property
+    def functions(self) -> Mapping[str, Signature]:
+        """The guest's function table (name → signature; read only, often a snapshot's)."""
+        return self._functions
+
+    @functions.setter
+    def functions(self, table: Mapping[str, Signature]) -> None:
+        if table is not self._functions:     # restoring the same snapshot keeps the codecs
+            self._functions = table
+            self.codecs = {}
+
+    def call_codec(self, name: str) -> CallCodec | None:
+        """The (cached) codec of guest function `name`, None if the guest exports no such
+        function. The cache is dropped whenever the function table is replaced."""
+        c = self.codecs.get(name)
+        if c is None:
+            sig = self._functions.get(name)
+            if sig is None:
+                return None
+            c = self.codecs[name] = CallCodec(name, sig.params, sig.ret)
+        return c
 
     # ---------------------------------------------------------------- status
     def check_ready(self) -> None:
@@ -95,11 +124,26 @@ class Core:
     def call_payload(self, payload: bytes, name: str, sig: Signature,
                      timeout: float | None = None) -> Any:
         """Send an encoded, already-checked call and decode its result."""
-        self.memory.write(self.layout.input_addr, codec.frame(payload, self.layout.input_size))
+        framed = codec.frame(payload, self.layout.input_size)
+        return self.call_framed(framed, name, CallCodec(name, sig.params, sig.ret), timeout)
+
+    def call_framed(self, framed: bytes, name: str, codec_: CallCodec,
+                    timeout: float | None = None) -> Any:
+        """`call_payload` with the framed call and the function's codec (the call path of
+        MultiUseSandbox)."""
+        layout = self.layout
+        n = len(framed)
+        if n > layout.input_size:
+            raise CodecError(f"message of {n - FRAME_HEADER} bytes does not fit the "
+                             f"{layout.input_size}-byte buffer")
+        self.memory.view[layout.input_addr:layout.input_addr + n] = framed
         obj = self._run_to_return(timeout)
         if isinstance(obj, list) and len(obj) == 2 and obj[0] == 0:
+            value = obj[1]
+            if value is None and codec_.void:
+                return None
             try:
-                return codec.decode_typed(sig.ret, obj[1])
+                return codec_.decode(value)
             except CodecError as e:
                 self._poison(GuestOutputError(f"{name} returned a bad value: {e}"))
         if isinstance(obj, list) and len(obj) == 3 and obj[0] == 1 and isinstance(obj[1], int) \
@@ -108,23 +152,55 @@ class Core:
         self._poison(GuestOutputError(f"{name} returned a malformed result message"))
 
     def _read_output(self) -> Any:
+        layout = self.layout
         try:
-            return codec.unpack(codec.unframe(self.memory.view, self.layout.output_addr,
-                                              self.layout.output_size))
+            return codec.read_message(self.memory.view, layout.output_addr, layout.output_size)
         except CodecError as e:
             self._poison(GuestOutputError(f"corrupt guest output: {e}"))
 
     def _run_to_return(self, timeout: float | None = None) -> Any:
         """Run until OUT_RETURN, serving host calls and syscalls; poison on anything fatal.
-        Cancellation (kill or timeout) is checked before every entry into the guest."""
+
+        Cancellation (kill or timeout) is seen before every entry into the guest: a kill sets
+        kvm_run.immediate_exit, so the next KVM_RUN returns EINTR at once instead of entering
+        (the check is KVM's; the loop then finds the call cancelled). This is the hot path of
+        every call: the common case is one KVM_RUN ending in OUT_RETURN."""
         handle = self.interrupt
-        call_id = handle.begin()
+        # handle.begin(), inlined (two Python calls cost measurably on this path): publish the
+        # call id, then the thread (the order InterruptHandle's killers rely on).
+        call_id = handle._call + 1
+        handle._call = call_id
+        handle._thread = _get_ident()
         if timeout is not None:
             watchdog.arm(timeout, handle, call_id)
         try:
-            return self._run_loop(handle)
+            if self.debugger is not None:
+                self.debugger.before_run()
+            run = self.machine.run
+            while True:
+                try:
+                    port = run()
+                except InterruptedError:
+                    if handle.cancelled():
+                        self._cancel(handle)
+                    handle.rearm()
+                    if self.debugger is not None:
+                        self.debugger.on_interrupted()
+                    continue
+                except MachineFailure as e:
+                    self._poison(MachineError(f"the vCPU stopped unexpectedly: {e}"))
+                if port == OUT_RETURN:
+                    break
+                self._serve_exit(port)
+                if handle.cancelled():        # killed while the host served the exit
+                    self._cancel(handle)
         finally:
-            handle.end()
+            handle._thread = None             # handle.end(), inlined
+        layout = self.layout                  # _read_output(), inlined on the hot path
+        try:
+            return codec.read_message(self.memory.view, layout.output_addr, layout.output_size)
+        except CodecError as e:
+            self._poison(GuestOutputError(f"corrupt guest output: {e}"))
 
     def _cancel(self, handle: InterruptHandle) -> NoReturn:
         handle.acknowledge()
@@ -132,46 +208,31 @@ class Core:
             self._poison(ExecutionTimeout("the call exceeded its time limit and was cancelled"))
         self._poison(ExecutionCancelled("the call was cancelled by an interrupt handle"))
 
-    def _run_loop(self, handle: InterruptHandle) -> Any:
-        machine = self.machine
-        if self.debugger is not None:
-            self.debugger.before_run()
-        while True:
-            if handle.cancelled():
-                self._cancel(handle)
+    def _serve_exit(self, port: int) -> None:
+        """Any exit but OUT_RETURN: a host call or syscall is served (the guest then resumes);
+        an abort or a CPU exception poisons, unless the debugger handled a trap."""
+        if port == OUT_HOSTCALL:
+            self._host_call()
+            return
+        if port == OUT_SYSCALL:
             try:
-                port = machine.run()
-            except InterruptedError:
-                if handle.cancelled():
-                    self._cancel(handle)
-                handle.rearm()
-                if self.debugger is not None:
-                    self.debugger.on_interrupted()
-                continue
-            except MachineFailure as e:
-                self._poison(MachineError(f"the vCPU stopped unexpectedly: {e}"))
-            if port == abi.OUT_RETURN:
-                return self._read_output()
-            if port == abi.OUT_HOSTCALL:
-                self._host_call()
-            elif port == abi.OUT_SYSCALL:
-                try:
-                    self.syscalls.serve()
-                except PoisoningError as e:
-                    self._poison(e)
-            elif port == abi.OUT_ABORT:
-                self._abort()
-            else:
-                vector = machine.trap_vector(port)
-                if vector is None:
-                    self._poison(MachineError(f"unexpected port {port:#x}"))
-                try:
-                    frame = machine.trap_frame(vector)
-                except MachineFailure as e:
-                    self._poison(MachineError(str(e)))
-                if self.debugger is not None and frame.from_user and self.debugger.on_trap(frame):
-                    continue
-                self._poison(fault_error(frame, self.layout, self.memory, self.space))
+                self.syscalls.serve()
+            except PoisoningError as e:
+                self._poison(e)
+            return
+        if port == abi.OUT_ABORT:
+            self._abort()
+        machine = self.machine
+        vector = machine.trap_vector(port)
+        if vector is None:
+            self._poison(MachineError(f"unexpected port {port:#x}"))
+        try:
+            frame = machine.trap_frame(vector)
+        except MachineFailure as e:
+            self._poison(MachineError(str(e)))
+        if self.debugger is not None and frame.from_user and self.debugger.on_trap(frame):
+            return
+        self._poison(fault_error(frame, self.layout, self.memory, self.space))
 
     def cancel_from_debugger(self) -> NoReturn:
         """gdb killed the program: end the current call (poisoning)."""
@@ -196,24 +257,37 @@ class Core:
                 and isinstance(obj[1], list) and isinstance(obj[2], str)):
             self._poison(GuestOutputError("malformed host-call request"))
         name, args, ret_name = obj
+        view, addr, size = self.memory.view, self.layout.input_addr, self.layout.input_size
         try:
-            reply = self._invoke(name, args, ret_name)
-            framed = codec.frame(reply, self.layout.input_size)
+            codec.write_frame(view, addr, size, self._invoke(name, args, ret_name))
         except CodecError as e:
-            framed = codec.frame(codec.encode_reply_error(f"{name}: {e}"), self.layout.input_size)
-        self.memory.write(self.layout.input_addr, framed)
+            codec.write_frame(view, addr, size, codec.encode_reply_error(f"{name}: {e}"))
+
+    def _host_function(self, name: str) -> tuple[HostFunction, HostCallCodec] | None:
+        """The registered host function `name` and its codec, cached per registry version (any
+        registration changes the version)."""
+        registry = self.host_functions
+        entry = self._host_codecs.get(name)
+        if entry is not None and entry[0] == registry.version:
+            return entry[1], entry[2]
+        hf = registry.get(name)
+        if hf is None:
+            return None
+        hc = HostCallCodec(hf.signature.params, hf.signature.ret)
+        self._host_codecs[name] = (registry.version, hf, hc)
+        return hf, hc
 
     def _invoke(self, name: str, args: list[Any], ret_name: str) -> bytes:
-        hf = self.host_functions.get(name)
-        if hf is None:
+        found = self._host_function(name)
+        if found is None:
             return codec.encode_reply_error(f"host function {name!r} is not registered")
-        sig = hf.signature
-        if len(args) != len(sig.params) or ret_name != sig.ret.value:
+        hf, hc = found
+        if len(args) != len(hc.params) or ret_name != hc.ret_name:
             return codec.encode_reply_error(
-                f"host function {name!r} is {sig.describe(name)}; the guest called it with "
-                f"{len(args)} argument(s) expecting {ret_name}")
+                f"host function {name!r} is {hf.signature.describe(name)}; the guest called it "
+                f"with {len(args)} argument(s) expecting {ret_name}")
         try:
-            values = [codec.decode_typed(t, a) for t, a in zip(sig.params, args)]
+            values = hc.decode_args(args)
         except CodecError as e:
             return codec.encode_reply_error(f"host function {name!r}: bad argument: {e}")
         try:
@@ -222,10 +296,9 @@ class Core:
             return codec.encode_reply_error(f"host function {name!r} raised "
                                             f"{type(e).__name__}: {e}")
         try:
-            result = codec.decode_typed(sig.ret, result)
+            return hc.reply(result)
         except CodecError as e:
             return codec.encode_reply_error(f"host function {name!r} returned a bad value: {e}")
-        return codec.encode_reply_ok(sig.ret, result)
 
     def close(self) -> None:
         """Release the machine (back to its pool when it has one)."""

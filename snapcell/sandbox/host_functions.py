@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,16 @@ class HostFunctions:
     def signatures(self) -> dict[str, Signature]:
         """Name → signature of every registered function."""
         return {n: f.signature for n, f in self._functions.items()}
+
+    def covers(self, signatures: Mapping[str, Signature]) -> bool:
+        """Whether every function of `signatures` is registered here with that signature
+        (`signatures.items() <= self.signatures().items()`, without building the dict)."""
+        functions = self._functions
+        for name, sig in signatures.items():
+            f = functions.get(name)
+            if f is None or (f.signature is not sig and f.signature != sig):
+                return False
+        return True
 
     def copy(self) -> "HostFunctions":
         """An independent copy."""

@@ -20,6 +20,7 @@ from ..errors import ConfigurationError
 
 _installed: set[int] = set()
 _install_lock = threading.Lock()
+_get_ident = threading.get_ident
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -51,7 +52,15 @@ def install_signal(offset: int) -> int:
 
 
 class InterruptHandle:
-    """Thread-safe canceller of one sandbox's calls. Get it with `sandbox.interrupt_handle()`."""
+    """Thread-safe canceller of one sandbox's calls. Get it with `sandbox.interrupt_handle()`.
+
+    The call thread's side (`begin`, `end`, `cancelled`, `acknowledge`) is lock-free: it only
+    stores plain attributes, which the GIL makes atomic, and publishes a call in a fixed order
+    (`_call` before `_thread`). Killers serialise among themselves with `_lock` and decide from
+    one read of (`_thread`, `_call`). A killer that loses a race with the end of its call can
+    at worst leave `immediate_exit` set for a later call; that call then sees one stray EINTR,
+    finds it is not the cancelled call and carries on (`rearm`). A kill can never cancel a call
+    other than the one whose id it read."""
 
     def __init__(self, signum: int, retry_delay: float, run_struct: Any) -> None:
         self._signum = signum
@@ -62,30 +71,26 @@ class InterruptHandle:
         self._call = 0                           # id of the current (or last) call
         self._cancel: int | None = None          # id of the call a kill targeted
         self._timed_out = False
-        self._observed = threading.Event()
+        self._observed = 0                       # id of the last call that saw its cancellation
 
     # ---- used by the call loop (the vCPU thread)
+    # `begin` and `end` are inlined in Core's call loop: keep the two in step.
     def begin(self) -> int:
-        """A call starts on this thread; returns its id."""
-        with self._lock:
-            self._call += 1
-            self._thread = threading.get_ident()
-            self._cancel = None
-            self._timed_out = False
-            self._observed.clear()
-            self._run.immediate_exit = 0
-            return self._call
+        """A call starts on this thread; returns its id. Nothing of an earlier call needs
+        clearing: `_cancel` names the call it cancels (and `_timed_out` is written with it),
+        and a stale immediate_exit costs the new call one EINTR (`rearm`)."""
+        call = self._call + 1
+        self._call = call                        # published before _thread (see the class doc)
+        self._thread = _get_ident()
+        return call
 
     def end(self) -> None:
-        """The call finished (any way)."""
-        with self._lock:
-            self._thread = None
-            self._run.immediate_exit = 0
-            self._observed.set()
+        """The call finished (any way). A killer still waiting for it stops at its next poll."""
+        self._thread = None
 
     def cancelled(self) -> bool:
         """Whether the current call was killed (the loop then stops it)."""
-        return self._cancel is not None and self._cancel == self._call
+        return self._cancel == self._call
 
     def timed_out(self) -> bool:
         """Whether the cancellation came from a timeout."""
@@ -94,7 +99,7 @@ class InterruptHandle:
     def acknowledge(self) -> None:
         """The loop saw the cancellation: stop re-sending."""
         self._run.immediate_exit = 0
-        self._observed.set()
+        self._observed = self._call
 
     def rearm(self) -> None:
         """A stray EINTR (no kill): clear immediate_exit and keep running."""
@@ -125,24 +130,25 @@ class InterruptHandle:
     def _kill(self, timeout: bool, call_id: int | None) -> bool:
         with self._lock:
             thread = self._thread
-            if thread is None or (call_id is not None and call_id != self._call):
+            target = self._call     # read after _thread, which begin() publishes after _call
+            if thread is None or (call_id is not None and call_id != target):
                 return False
-            target = self._call
             self._cancel = target
             self._timed_out = timeout
             self._run.immediate_exit = 1
         if thread == threading.get_ident():       # killed from inside the call (a host function)
             return True
+        # Signal the thread running the call until the loop has seen the cancellation or the
+        # call is over (polled: the call path stays free of synchronisation objects).
         while True:
             try:
                 signal.pthread_kill(thread, self._signum)
             except ProcessLookupError:
                 return True
-            if self._observed.wait(self._retry_delay):
+            time.sleep(self._retry_delay)
+            thread = self._thread
+            if self._observed == target or thread is None or self._call != target:
                 return True
-            with self._lock:
-                if self._thread is None or self._call != target:
-                    return True
 
 
 class Watchdog:

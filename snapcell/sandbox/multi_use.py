@@ -18,11 +18,11 @@ from ..errors import (
     SnapshotStateError,
     UnknownFunctionError,
 )
-from ..guest import codec
 from ..guest.abi import ABI_MAGIC_OFF, ABI_VERSION, FRAME_HEADER
 from ..guest.functions import Signature
 from ..guest.loader import abi_header, system_images
 from ..guest.values import check_value
+from ..machine import Machine
 from ..machine.features import CpuFeatures, host_features, hypervisor_name
 from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
 from ..machine.memory import MemoryImage
@@ -34,6 +34,8 @@ from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
 from .snapshot import ARCH, CpuState, Snapshot
 
+_READY = SandboxStatus.READY
+
 
 @functools.lru_cache(maxsize=64)
 def address_space(layout: MemoryLayout, segments: tuple[Segment, ...]) -> AddressSpace:
@@ -42,18 +44,23 @@ def address_space(layout: MemoryLayout, segments: tuple[Segment, ...]) -> Addres
                         + layout.user_regions())
 
 
-def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> None:
+def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> bool:
     """Raise SnapshotHostFunctionMismatch unless `offered` covers the snapshot's host functions
-    by name and signature (extras are fine). Pre-init snapshots accept anything."""
-    if snapshot.host_functions is None:
-        return
+    by name and signature (extras are fine). Pre-init snapshots accept anything. Returns True
+    when `offered` holds exactly the snapshot's host functions (no extras)."""
+    recorded = snapshot.host_functions
+    if recorded is None:
+        return False
+    if offered.covers(recorded):
+        return len(offered) == len(recorded)
     have = offered.signatures()
-    missing = sorted(n for n in snapshot.host_functions if n not in have)
+    missing = sorted(n for n in recorded if n not in have)
     mismatches = {n: (sig.describe(n), have[n].describe(n))
-                  for n, sig in sorted(snapshot.host_functions.items())
+                  for n, sig in sorted(recorded.items())
                   if n in have and have[n] != sig}
     if missing or mismatches:
         raise SnapshotHostFunctionMismatch(missing, mismatches)
+    raise AssertionError("covers() and signatures() disagree")  # pragma: no cover
 
 
 def check_host(abi_version: int, arch: str, hypervisor: str, features: CpuFeatures) -> CpuFeatures:
@@ -76,8 +83,25 @@ def check_host(abi_version: int, arch: str, hypervisor: str, features: CpuFeatur
 
 
 def check_host_compatible(snapshot: Snapshot) -> None:
-    """`check_host` for a snapshot."""
-    check_host(snapshot.abi_version, snapshot.arch, snapshot.hypervisor, snapshot.cpu_features)
+    """`check_host` for a snapshot (once: the snapshot and this host do not change)."""
+    derived = snapshot._derived
+    if "host_ok" not in derived:
+        check_host(snapshot.abi_version, snapshot.arch, snapshot.hypervisor, snapshot.cpu_features)
+        derived["host_ok"] = True
+
+
+def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, MemoryImage, bytes]:
+    """What every sandbox made from `snapshot` derives from its layout (computed once per
+    snapshot): the default configuration with the snapshot's layout, the guest's address space,
+    the system image and the ABI page header."""
+    d = snapshot._derived
+    got = d.get("sandbox")
+    if got is None:
+        lay, segments = snapshot.layout, snapshot.segments
+        got = d["sandbox"] = (
+            SandboxConfiguration().replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS}),
+            address_space(lay, segments), system_images.get(lay, segments), abi_header(lay))
+    return got
 
 
 class MultiUseSandbox:
@@ -97,6 +121,7 @@ class MultiUseSandbox:
     _cached: Snapshot | None
     _cache_key: tuple[int, int]
     _version: int
+    _abi_header: bytes             # the host-written ABI page fields of this layout
 
     def __init__(self) -> None:
         raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve() or "
@@ -120,21 +145,22 @@ class MultiUseSandbox:
         host_functions = host_functions if host_functions is not None else HostFunctions()
         if not isinstance(host_functions, HostFunctions):
             raise TypeError("host_functions must be a HostFunctions")
-        explicit = config is not None
-        config = config if config is not None else SandboxConfiguration()
-        if not isinstance(config, SandboxConfiguration):
+        if config is not None and not isinstance(config, SandboxConfiguration):
             raise TypeError("config must be a SandboxConfiguration")
-        check_host_functions(snapshot, host_functions)
+        exact = check_host_functions(snapshot, host_functions)
         check_host_compatible(snapshot)
         lay = snapshot.layout
-        for name in LAYOUT_FIELDS:
-            if explicit and getattr(config, name) != getattr(lay, name):
-                warnings.warn(f"{name}={getattr(config, name)} ignored: the snapshot's layout "
-                              f"has {name}={getattr(lay, name)}", SnapshotLayoutWarning,
-                              stacklevel=2)
-        config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
+        default_config, space, system_image, header = _derived(snapshot)
+        if config is None:
+            config = default_config
+        else:
+            for name in LAYOUT_FIELDS:
+                if getattr(config, name) != getattr(lay, name):
+                    warnings.warn(f"{name}={getattr(config, name)} ignored: the snapshot's layout "
+                                  f"has {name}={getattr(lay, name)}", SnapshotLayoutWarning,
+                                  stacklevel=2)
+            config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
         pool = default_pool() if pooled else None
-        from ..machine import Machine
         machine = (pool.acquire(lay.memory_size, snapshot.image) if pool is not None
                    else Machine(kvm(), lay.memory_size))
         try:
@@ -146,30 +172,30 @@ class MultiUseSandbox:
                 machine.close()
             raise
         handle = InterruptHandle(signum, config.interrupt_retry_delay, machine.run_struct)
-        core = Core(machine, lay, address_space(lay, snapshot.segments), host_functions, pool,
-                    handle)
+        core = Core(machine, lay, space, host_functions, pool, handle)
         try:
             assert machine.memory is not None
-            if machine.load_images(system_images.get(lay, snapshot.segments), snapshot.image):
-                machine.memory.write(ABI_MAGIC_OFF, abi_header(lay))   # the one user system page
+            if machine.load_images(system_image, snapshot.image):
+                machine.memory.write(ABI_MAGIC_OFF, header)   # the one user system page
             machine.set_syscall_entry(snapshot.syscall_entry)
             cpu = snapshot.cpu
-            machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
+            machine.set_user_state(cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base,
+                                   cpu.kvm_xsave_shared)
             if config.debug_port is not None:
                 core.debugger = attach_debugger(core, config.debug_port)
             if snapshot.initialised:
                 assert snapshot.functions is not None
-                core.functions = dict(snapshot.functions)
+                core.functions = snapshot.functions
             else:
                 core.initialise(config.max_execution_time)
         except BaseException:
             core.close()
             raise
         self = cls.__new__(cls)
-        self._core, self.config = core, config
+        self._core, self.config, self._abi_header = core, config, header
         self._snapshot = self._mapped = snapshot
         self._cached, self._cache_key, self._version = None, (-1, -1), 0
-        if snapshot.initialised and snapshot.host_functions == host_functions.signatures():
+        if snapshot.initialised and exact:
             self._cached, self._cache_key = snapshot, (0, host_functions.version)
         return self
 
@@ -200,29 +226,44 @@ class MultiUseSandbox:
         configuration's max_execution_time for this call; on expiry the call is cancelled with
         ExecutionTimeout (the sandbox is then Poisoned)."""
         core = self._core
-        core.check_ready()
-        sig = core.functions.get(name) if isinstance(name, str) else None
-        if sig is None:
+        if core.status is not _READY:
+            core.check_ready()
+        call_codec = (core.codecs.get(name) or core.call_codec(name)) if isinstance(name, str) \
+            else None
+        if call_codec is None:
             raise UnknownFunctionError(f"the guest exports no function {name!r}")
-        if len(args) != len(sig.params):
-            raise ArgumentError(f"{sig.describe(name)} takes {len(sig.params)} argument(s), "
+        params = call_codec.params
+        if len(args) != len(params):
+            sig = core.functions[name]
+            raise ArgumentError(f"{sig.describe(name)} takes {len(params)} argument(s), "
                                 f"got {len(args)}")
-        checked = []
-        for i, (t, v) in enumerate(zip(sig.params, args)):
+        if args:
             try:
-                checked.append(check_value(t, v))
-            except (TypeError, ValueError) as e:
-                raise ArgumentError(f"{sig.describe(name)}: argument {i}: {e}") from None
-        payload = codec.encode_call(name, sig.params, tuple(checked))
-        if len(payload) + FRAME_HEADER > core.layout.input_size:
-            raise ArgumentError(f"arguments of {name} take {len(payload)} bytes; the input buffer "
-                                f"holds {core.layout.input_size - FRAME_HEADER}")
+                framed = call_codec.encode_framed(args)
+            except (TypeError, ValueError):
+                self._argument_error(name, args)
+                raise
+            if len(framed) > core.layout.input_size:
+                raise ArgumentError(f"arguments of {name} take {len(framed) - FRAME_HEADER} "
+                                    f"bytes; the input buffer holds "
+                                    f"{core.layout.input_size - FRAME_HEADER}")
+        else:       # a name of at most MAX_NAME bytes always fits (input_size >= 4 KiB)
+            framed = call_codec.no_args_frame
         if timeout is None:
             timeout = self.config.max_execution_time
         elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._version += 1
-        return core.call_payload(payload, name, sig, timeout)
+        return core.call_framed(framed, name, call_codec, timeout)
+
+    def _argument_error(self, name: str, args: tuple[Any, ...]) -> None:
+        """Raise the ArgumentError naming the first argument that does not fit its type."""
+        sig = self._core.functions[name]
+        for i, (t, v) in enumerate(zip(sig.params, args)):
+            try:
+                check_value(t, v)
+            except (TypeError, ValueError) as e:
+                raise ArgumentError(f"{sig.describe(name)}: argument {i}: {e}") from None
 
     def interrupt_handle(self) -> InterruptHandle:
         """A thread-safe handle whose `kill()` cancels the call in progress (if any)."""
@@ -278,28 +319,29 @@ class MultiUseSandbox:
         if not snapshot.initialised:
             raise SnapshotStateError("a pre-init snapshot cannot be restored into a sandbox; "
                                      "use MultiUseSandbox.from_snapshot() to initialise one")
-        if snapshot.layout != core.layout or snapshot.segments != self._snapshot.segments:
+        if (snapshot.layout is not core.layout and snapshot.layout != core.layout) \
+                or snapshot.segments != self._snapshot.segments:
             raise SnapshotLayoutMismatch(
                 "the snapshot's memory layout differs from this sandbox's "
                 f"(snapshot {snapshot.layout}, sandbox {core.layout})")
-        check_host_functions(snapshot, core.host_functions)
+        exact = check_host_functions(snapshot, core.host_functions)
         check_host_compatible(snapshot)
         machine = core.machine
         assert machine.memory is not None and snapshot.functions is not None
         assert machine.system_image is not None
         machine.load_images(machine.system_image, snapshot.image)
-        machine.memory.write(ABI_MAGIC_OFF, abi_header(core.layout))
+        machine.memory.write(ABI_MAGIC_OFF, self._abi_header)    # the layout is the same
         machine.set_syscall_entry(snapshot.syscall_entry)
         cpu = snapshot.cpu
-        machine.set_user_state(cpu.to_kvm_regs(), cpu.fs_base, cpu.gs_base, cpu.to_kvm_xsave())
-        core.functions = dict(snapshot.functions)
+        machine.set_user_state(cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
+        core.functions = snapshot.functions
         core.entropy.reseed()
         if core.debugger is not None:
             core.debugger.after_restore()
         core.status, core.poison_reason = SandboxStatus.READY, None
         self._snapshot = self._mapped = snapshot
         self._version += 1
-        if snapshot.host_functions == core.host_functions.signatures():
+        if exact:
             self._cached, self._cache_key = snapshot, (self._version, core.host_functions.version)
 
     # ---------------------------------------------------------------- lifetime

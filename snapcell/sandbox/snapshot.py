@@ -8,6 +8,7 @@ plugs its functions into `Snapshot` through `Snapshot._persistence` so that the 
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -68,6 +69,18 @@ class CpuState:
         ctypes.memmove(ctypes.addressof(x), self.xsave, XSAVE_SIZE)
         return x
 
+    # The vCPU is loaded from the same state on every restore / from_snapshot: build the KVM
+    # structures once. Shared objects: callers must not modify them (KVM only reads them).
+    @functools.cached_property
+    def kvm_regs_bytes(self) -> bytes:
+        """The kvm_regs structure as bytes (cached)."""
+        return bytes(self.to_kvm_regs())
+
+    @functools.cached_property
+    def kvm_xsave_shared(self) -> kvm_xsave | None:
+        """A kvm_xsave structure shared by every user of this state (cached; read only)."""
+        return self.to_kvm_xsave()
+
     @classmethod
     def capture(cls, regs: kvm_regs, fs_base: int, gs_base: int, xsave: kvm_xsave) -> "CpuState":
         """From KVM structures."""
@@ -100,6 +113,9 @@ class Snapshot:
     abi_version: int = ABI_VERSION
     arch: str = ARCH
     digest: str | None = field(default=None, compare=False)
+    # Values derived from the fields above, computed once by the sandbox layer (a snapshot is
+    # immutable, and so is everything derived from it and the host).
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     _persistence: ClassVar[Any] = None
 

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -398,6 +399,7 @@ __sc_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 #define SC_SDK_ABORT (-1)                   /* abort code for SDK/ABI errors */
 
 struct sc_func {
+    uint64_t prefix;                        /* the name's first 8 bytes, zero padded */
     char *name;
     uint32_t name_len;
     sc_guest_fn fn;
@@ -406,6 +408,19 @@ struct sc_func {
     sc_type params[SC_MAX_PARAMS];
 };
 
+union sc_copy {
+    union sc_copy *next;
+    max_align_t align;
+};
+
+/*
+ * Every page a call touches costs a fault the first time after the guest memory is mapped
+ * afresh (from_snapshot on a new VM, restoring another snapshot), several microseconds under
+ * shadow paging. So the state every call reads is defined together here (GCC lays it out
+ * together, next to the start of funcs[]); find_func() compares inline name
+ * prefixes (no heap access for names of up to 8 bytes); and stdio is flushed only when
+ * something is pending (fflush writes to the FILE even when nothing is).
+ */
 static struct sc_func funcs[SC_MAX_FUNCTIONS];
 static int nfuncs;
 static int init_done;
@@ -413,18 +428,13 @@ static int init_done;
 static char *in_buf, *out_buf;
 static uint64_t in_size, out_size;
 static int out_ok;                          /* the output buffer can be written (ABI page ok) */
+static union sc_copy *copies;               /* per-call copies, see copy_alloc() */
 
 static char err_msg[SC_MSG_BUF];            /* sc_error() and runtime-generated call errors */
 static char host_err[SC_MSG_BUF];           /* sc_host_error() */
 static char abort_msg[SC_MSG_BUF];          /* sc_abort() */
 
 /* ---- per-call copies ---------------------------------------------------------------------- */
-
-union sc_copy {
-    union sc_copy *next;
-    max_align_t align;
-};
-static union sc_copy *copies;
 
 /* A runtime-owned, NUL-terminated copy of len bytes, freed by copies_free(); NULL if the
  * heap is exhausted. */
@@ -440,6 +450,15 @@ static char *copy_alloc(const char *src, uint32_t len)
         memcpy(p, src, len);
     p[len] = '\0';
     return p;
+}
+
+/* Write out what the guest left in stdout's and stderr's buffers. */
+static void flush_stdio(void)
+{
+    if (__fpending(stdout))
+        fflush(stdout);
+    if (__fpending(stderr))
+        fflush(stderr);
 }
 
 static void copies_free(void)
@@ -523,6 +542,14 @@ static void out_commit(const char *end)
 {
     uint32_t n = (uint32_t)(end - out_payload());
     memcpy(out_buf, &n, sizeof n); /* x86-64 is little-endian */
+}
+
+/* The first 8 bytes of a name of len bytes, zero padded (a quick, heap-free first compare). */
+static uint64_t name_prefix(const char *name, uint32_t len)
+{
+    uint64_t p = 0;
+    memcpy(&p, name, len < 8 ? len : 8);
+    return p;
 }
 
 static uint32_t load_len(const char *buf)
@@ -834,6 +861,7 @@ void sc_register(const char *name, sc_guest_fn fn, sc_type ret, int nargs, ...)
         sc_abort(SC_SDK_ABORT, "sc_register(\"%s\"): out of memory", name);
     memcpy(f->name, name, nlen + 1);
     f->name_len = (uint32_t)nlen;
+    f->prefix = name_prefix(name, (uint32_t)nlen);
     f->fn = fn;
     f->ret = ret;
     f->nparams = nargs;
@@ -940,8 +968,10 @@ static void write_result(const struct sc_func *f, const sc_value *res)
 
 static const struct sc_func *find_func(const char *name, uint32_t len)
 {
+    uint64_t prefix = name_prefix(name, len);
     for (int i = 0; i < nfuncs; i++)
-        if (funcs[i].name_len == len && memcmp(funcs[i].name, name, len) == 0)
+        if (funcs[i].name_len == len && funcs[i].prefix == prefix &&
+            (len <= 8 || memcmp(funcs[i].name + 8, name + 8, len - 8) == 0))
             return &funcs[i];
     return NULL;
 }
@@ -1000,8 +1030,7 @@ static void handle_call(void)
     args[f->nparams] = sc_void();
 
     sc_value res = f->fn(args);
-    fflush(stdout);
-    fflush(stderr);
+    flush_stdio();
     write_result(f, &res);
     copies_free();
 }
@@ -1057,8 +1086,7 @@ int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...
         return host_fail("host call request too large (%llu bytes > output buffer)",
                          (unsigned long long)(total + SC_FRAME_HEADER));
 
-    fflush(stdout);
-    fflush(stderr);
+    flush_stdio();
     char *w = out_payload();
     w = mp_encode_array(w, 3);
     w = mp_encode_str(w, name, (uint32_t)nlen);
@@ -1137,8 +1165,7 @@ int main(void)
 
     snapcell_main();
     init_done = 1;
-    fflush(stdout);
-    fflush(stderr);
+    flush_stdio();
     copies_free(); /* results of host calls made during init */
     write_table();
     for (;;) {
