@@ -311,6 +311,8 @@ class RspClient:
     def closed_by_server(self) -> bool:
         try:
             return self.sock.recv(1) == b""
+        except ConnectionResetError:      # closed with our late "+" ack unread: an RST
+            return True
         except (ConnectionError, TimeoutError):
             return False
 
