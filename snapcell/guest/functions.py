@@ -44,16 +44,18 @@ def check_name(name: object) -> str:
     return name
 
 
-def parse_function_table(entries: object) -> dict[str, Signature]:
-    """Validate `[[name, [params], ret], ...]` into a dict; ValueError when malformed."""
-    if not isinstance(entries, list) or len(entries) > MAX_FUNCTIONS:
-        raise ValueError("function table malformed or too long")
+def parse_function_table(entries: object, limit: int = MAX_FUNCTIONS,
+                         what: str = "function") -> dict[str, Signature]:
+    """Validate `[[name, [params], ret], ...]` (at most `limit` entries) into a dict; ValueError
+    naming `what` when malformed. Used for guest function tables and host-function records."""
+    if not isinstance(entries, list) or len(entries) > limit:
+        raise ValueError(f"{what} table malformed or too long")
     table: dict[str, Signature] = {}
     for e in entries:
         if not isinstance(e, list) or len(e) != 3:
-            raise ValueError("function table entry malformed")
+            raise ValueError(f"{what} entry malformed")
         name = check_name(e[0])
         if name in table:
-            raise ValueError(f"function {name!r} exported twice")
+            raise ValueError(f"{what} {name!r} listed twice")
         table[name] = Signature.from_wire(e[1], e[2])
     return table

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, SnapshotFormatError, SnapshotStateError
-from ..guest.functions import Signature, check_name, parse_function_table
+from ..guest.functions import Signature, parse_function_table
 from ..kvm.structs import GPR_NAMES
 from ..machine.features import CpuFeatures
 from ..machine.layout import GUEST_BASE, MAX_MEMORY, PAGE, LayoutError, MemoryLayout, Perm, Segment, page_up
@@ -375,16 +375,8 @@ def _cpu_features(v: object) -> CpuFeatures:
 
 
 def _host_table(v: object) -> dict[str, Signature]:
-    items = array(v, "host_functions", MAX_HOST_FUNCTIONS)
-    out: dict[str, Signature] = {}
-    for e in items:
-        if not isinstance(e, list) or len(e) != 3:
-            raise ValueError("host function entry malformed")
-        name = check_name(e[0])
-        if name in out:
-            raise ValueError(f"host function {name!r} listed twice")
-        out[name] = Signature.from_wire(e[1], e[2])
-    return out
+    return parse_function_table(array(v, "host_functions", MAX_HOST_FUNCTIONS),
+                                MAX_HOST_FUNCTIONS, "host function")
 
 
 def _parse(what: str, fn: Callable[[object], dict[str, Signature]], v: object) -> dict[str, Signature]:
