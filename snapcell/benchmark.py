@@ -22,8 +22,8 @@ from rich.table import Table
 
 from .errors import ExecutionCancelled, SnapcellError
 from .guest.elf import GuestBinary
-from .machine.layout import PAGE, page_down
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
+from .snapshot.bench import config_for_total
 from .types import I32
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +74,6 @@ def _host_functions() -> HostFunctions:
         return a + b
 
     return HostFunctions().register("HostAdd", host_add)
-
-
-def _config_for(binary: GuestBinary, total: int) -> SandboxConfiguration:
-    base = SandboxConfiguration()
-    fixed = binary.end + 4 * PAGE + base.input_size + base.output_size + base.stack_size
-    return base.replace(heap_size=page_down(total - fixed))
 
 
 _KERNEL_FIELDS = ("Slab", "PageTables", "SecPageTables", "KernelStack", "VmallocUsed", "Percpu")
@@ -272,7 +266,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                 cfg = SandboxConfiguration(heap_size=256 << 10, input_size=64 << 10,
                                            output_size=64 << 10, stack_size=64 << 10)
             else:
-                cfg = _config_for(binary, mib * MIB)
+                cfg = config_for_total(binary, mib * MIB)
             with UninitializedSandbox(binary, cfg, hf).evolve() as sb:
                 s = sb.snapshot()
                 label = f"{s.memory_size / MIB:.0f}MiB"
@@ -312,7 +306,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
 
     @step("memory per sandbox")
     def _() -> None:
-        mem_snap = Snapshot.from_guest(binary, _config_for(binary, 16 * MIB))
+        mem_snap = Snapshot.from_guest(binary, config_for_total(binary, 16 * MIB))
         with MultiUseSandbox.from_snapshot(mem_snap, hf) as sb:
             s16 = sb.snapshot()
         r["memory"] = _memory_per_sandbox(s16, (1, 100) if quick else (1, 100, 1000))

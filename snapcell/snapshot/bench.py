@@ -35,7 +35,7 @@ def _median_ms(fn: Callable[..., Any], n: int, before: Callable[[], Any] | None 
     return statistics.median(times) / 1e6
 
 
-def _config_for(guest: GuestBinary, total: int) -> SandboxConfiguration:
+def config_for_total(guest: GuestBinary, total: int) -> SandboxConfiguration:
     """A default configuration whose heap makes the guest memory `total` bytes."""
     base = SandboxConfiguration()
     fixed = guest.end + 4 * PAGE + base.input_size + base.output_size + base.stack_size
@@ -43,7 +43,7 @@ def _config_for(guest: GuestBinary, total: int) -> SandboxConfiguration:
 
 
 def _size_bench(guest: GuestBinary, total: int, n: int, workdir: str) -> dict[str, float]:
-    config = _config_for(guest, total)
+    config = config_for_total(guest, total)
     with UninitializedSandbox(guest, config, HostFunctions()).evolve() as sb:
         sb.call("AllocAndWritePattern", config.heap_size // 4)   # a quarter of the heap is data
         dirs: list[str] = []
