@@ -64,6 +64,11 @@ class SandboxPoisonedError(SandboxStateError):
     """A previous call poisoned the sandbox; restore it from a snapshot first."""
 
 
+class SandboxBusyError(SandboxStateError):
+    """The sandbox is running a call: a host function may not call, restore, snapshot or close
+    its own sandbox, and one sandbox serves one call at a time (use one sandbox per thread)."""
+
+
 class PoisoningError(SnapcellError):
     """Base of errors after which the sandbox is Poisoned."""
 
@@ -125,6 +130,12 @@ class GuestOutputError(PoisoningError):
 
 class MachineError(PoisoningError):
     """The vCPU stopped unexpectedly (shutdown, internal error)."""
+
+
+class CallAbandoned(PoisoningError):
+    """The host left a call while the guest was in the middle of it — a host function raised
+    a BaseException (KeyboardInterrupt, SystemExit...) or host code failed. That exception
+    propagates; this is the sandbox's poison reason."""
 
 
 class ExecutionCancelled(PoisoningError):
@@ -204,6 +215,8 @@ __all__ = [
     "SandboxStateError",
     "SandboxClosedError",
     "SandboxPoisonedError",
+    "SandboxBusyError",
+    "CallAbandoned",
     "PoisoningError",
     "GuestAbort",
     "GuestFault",

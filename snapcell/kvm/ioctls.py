@@ -52,6 +52,8 @@ KVM_GET_MSRS = _iowr(0x88, 8)
 KVM_SET_MSRS = _iow(0x89, 8)
 KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_SET_GUEST_DEBUG = _iow(0x9B, 72)
+KVM_GET_VCPU_EVENTS = _ior(0x9F, 64)
+KVM_SET_VCPU_EVENTS = _iow(0xA0, 64)
 KVM_GET_DEBUGREGS = _ior(0xA1, 128)
 KVM_SET_DEBUGREGS = _iow(0xA2, 128)
 KVM_GET_XSAVE = _ior(0xA4, 4096)
@@ -94,5 +96,10 @@ KVM_EXIT_IO_OUT = 1
 # kvm_run.kvm_valid_regs / kvm_dirty_regs
 KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
+
+# kvm_vcpu_events.flags
+KVM_VCPUEVENT_VALID_NMI_PENDING = 1 << 0
+KVM_VCPUEVENT_VALID_SHADOW = 1 << 2
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0

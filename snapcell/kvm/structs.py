@@ -128,6 +128,20 @@ class kvm_run_union(ctypes.Union):
                 ("internal", kvm_run_internal), ("pad", u8 * 256)]
 
 
+class kvm_vcpu_events(ctypes.Structure):
+    """`struct kvm_vcpu_events` (KVM_GET/SET_VCPU_EVENTS, and the events part of the sync-regs
+    area): pending/injected exception, interrupt, NMI, interrupt shadow."""
+
+    _fields_ = [("exception_injected", u8), ("exception_nr", u8), ("exception_has_error_code", u8),
+                ("exception_pending", u8), ("exception_error_code", u32),
+                ("interrupt_injected", u8), ("interrupt_nr", u8), ("interrupt_soft", u8),
+                ("interrupt_shadow", u8),
+                ("nmi_injected", u8), ("nmi_pending", u8), ("nmi_masked", u8), ("nmi_pad", u8),
+                ("sipi_vector", u32), ("flags", u32),
+                ("smi", u8 * 4), ("triple_fault_pending", u8), ("reserved", u8 * 26),
+                ("exception_has_payload", u8), ("exception_payload", u64)]
+
+
 class kvm_run(ctypes.Structure):
     """The shared `struct kvm_run` page of a vCPU, up to and including the sync-regs area."""
 
@@ -135,10 +149,11 @@ class kvm_run(ctypes.Structure):
                 ("exit_reason", u32), ("ready_for_interrupt_injection", u8), ("if_flag", u8),
                 ("flags", u16), ("cr8", u64), ("apic_base", u64), ("u", kvm_run_union),
                 ("kvm_valid_regs", u64), ("kvm_dirty_regs", u64), ("sync_regs", kvm_regs),
-                ("sync_sregs", kvm_sregs)]
+                ("sync_sregs", kvm_sregs), ("sync_events", kvm_vcpu_events)]
 
 
 assert ctypes.sizeof(kvm_regs) == 144 and ctypes.sizeof(kvm_sregs) == 312
+assert ctypes.sizeof(kvm_vcpu_events) == 64 and kvm_vcpu_events.flags.offset == 20
 assert ctypes.sizeof(kvm_debugregs) == 128 and ctypes.sizeof(kvm_guest_debug) == 72
 assert ctypes.sizeof(kvm_cpuid_entry2) == 40 and ctypes.sizeof(kvm_xsave) == 4096
 assert kvm_run.exit_reason.offset == 8 and kvm_run.u.offset == 32

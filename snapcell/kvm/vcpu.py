@@ -8,7 +8,16 @@ import os
 
 from . import ioctls
 from .libc import MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
-from .structs import kvm_cpuid2, kvm_debugregs, kvm_msrs, kvm_regs, kvm_run, kvm_sregs, kvm_xsave
+from .structs import (
+    kvm_cpuid2,
+    kvm_debugregs,
+    kvm_msrs,
+    kvm_regs,
+    kvm_run,
+    kvm_sregs,
+    kvm_vcpu_events,
+    kvm_xsave,
+)
 
 
 class Vcpu:
@@ -63,6 +72,16 @@ class Vcpu:
     def set_xsave(self, xsave: kvm_xsave) -> None:
         """KVM_SET_XSAVE."""
         fcntl.ioctl(self.fd, ioctls.KVM_SET_XSAVE, xsave)
+
+    def get_vcpu_events(self) -> kvm_vcpu_events:
+        """KVM_GET_VCPU_EVENTS: pending/injected exception, interrupt and NMI state."""
+        e = kvm_vcpu_events()
+        fcntl.ioctl(self.fd, ioctls.KVM_GET_VCPU_EVENTS, e)
+        return e
+
+    def set_vcpu_events(self, e: kvm_vcpu_events) -> None:
+        """KVM_SET_VCPU_EVENTS."""
+        fcntl.ioctl(self.fd, ioctls.KVM_SET_VCPU_EVENTS, e)
 
     def get_debugregs(self) -> kvm_debugregs:
         """KVM_GET_DEBUGREGS."""

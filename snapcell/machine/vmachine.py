@@ -13,7 +13,7 @@ import struct
 import threading
 
 from ..kvm import Kvm, ioctls
-from ..kvm.structs import kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_xsave
+from ..kvm.structs import kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xsave
 from .cpu import (
     ERROR_CODE_VECTORS,
     MSR_LSTAR,
@@ -39,9 +39,16 @@ _KVM_RUN, _KVM_SET_XSAVE = ioctls.KVM_RUN, ioctls.KVM_SET_XSAVE
 _U64 = struct.Struct("<Q")
 _U64_MASK = (1 << 64) - 1
 _DIRTY_REGS = kvm_run.kvm_dirty_regs.offset
+_IMMEDIATE_EXIT = kvm_run.immediate_exit.offset
 _DIRTY_BOTH = ioctls.KVM_SYNC_X86_REGS | ioctls.KVM_SYNC_X86_SREGS
 _SYNC_REGS, _REGS_SIZE = kvm_run.sync_regs.offset, ctypes.sizeof(kvm_regs)
 _SYNC_SREGS, _SREGS_SIZE = kvm_run.sync_sregs.offset, ctypes.sizeof(kvm_sregs)
+_SYNC_EVENTS, _EVENTS_SIZE = kvm_run.sync_events.offset, ctypes.sizeof(kvm_vcpu_events)
+# Events applied on every reset: nothing pending or injected (exception, interrupt, NMI), no
+# interrupt shadow (flags select which optional fields KVM takes from the structure).
+_CLEAR_EVENTS = bytes(kvm_vcpu_events(
+    flags=ioctls.KVM_VCPUEVENT_VALID_NMI_PENDING | ioctls.KVM_VCPUEVENT_VALID_SHADOW))
+_DIRTY_ALL = _DIRTY_BOTH | ioctls.KVM_SYNC_X86_EVENTS
 _SYNC_FS_BASE = _SYNC_SREGS + kvm_sregs.fs.offset + kvm_segment.base.offset
 _SYNC_GS_BASE = _SYNC_SREGS + kvm_sregs.gs.offset + kvm_segment.base.offset
 _KVM_EXIT_IO, _KVM_EXIT_IO_OUT = ioctls.KVM_EXIT_IO, ioctls.KVM_EXIT_IO_OUT
@@ -79,23 +86,59 @@ class Machine:
         self.thread_id: int | None = None
         self._regs = kvm_regs()
         self._sregs = kvm_sregs()
+        # Set by any exit after which KVM may hold state the host cannot see or reset: an `in`
+        # or string I/O (KVM completes it on the next KVM_RUN, writing registers or memory of
+        # whatever state is loaded by then), MMIO, SHUTDOWN, INTERNAL_ERROR, a failed ioctl.
+        # A tainted machine is never reset or pooled again: it is closed and replaced.
+        self.tainted = False
+
+    # ---------------------------------------------------------------- reset
+    def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int,
+              regs: kvm_regs | bytes, fs_base: int, gs_base: int,
+              xsave: kvm_xsave | None) -> bool:
+        """The one routine through which a machine gets a new state — for `restore()`, for
+        `from_snapshot`, and for every reuse of a pooled machine: afterwards guest-visible
+        state is exactly `system` + `guest` memory and the given user CPU state, whatever the
+        previous guest did.
+
+        - memory: every byte of [0, memory_size) equals the images (`load_images`), including
+          the user-writable ABI page and the kernel stacks the CPU wrote exception frames to;
+        - CPU: GPRs/RIP/RSP/RFLAGS, segment and control registers from the host template, FS/GS
+          base, XSAVE (x87/SSE/AVX/PKRU), LSTAR; no pending or injected exception, interrupt or
+          NMI and no interrupt shadow (kvm_vcpu_events in the sync-regs area);
+        - kvm_run.immediate_exit cleared (a stale kill of the previous user).
+
+        Refuses a tainted machine: its vCPU may still complete an instruction of the previous
+        guest on the next KVM_RUN. Returns True when memory was reset by copying (warm)."""
+        if self.tainted:
+            raise MachineFailure("TAINTED", "this machine's vCPU may hold a pending operation "
+                                 "of an earlier guest; it must be replaced, not reset")
+        warm = self.load_images(system, guest)
+        self.set_syscall_entry(lstar)
+        self.set_user_state(regs, fs_base, gs_base, xsave)
+        return warm
 
     # ---------------------------------------------------------------- memory
     def load_images(self, system: MemoryImage, guest: MemoryImage) -> bool:
-        """Make guest memory equal `system` + `guest`. When `guest` is already the mapped image,
-        its private pages are copied back from it instead of re-mapping, which keeps the guest's
-        pages (and KVM's shadow page tables) warm. Returns True for that warm path."""
+        """Make all of guest memory equal `system` + `guest`. An image not mapped yet is
+        mapped (MAP_FIXED, dropping every private page of that part); in a part whose image is
+        already mapped, the private pages are copied back from the image instead, which keeps
+        the guest's pages (and KVM's shadow page tables) warm. Both parts are always covered:
+        the system part holds the user-writable ABI page and the kernel stacks. Returns True
+        when the guest part took the warm path."""
         memory = self.memory
         assert memory is not None
-        if self.system_image is not system:
+        system_mapped = self.system_image is system
+        guest_mapped = self.guest_image is guest
+        if not system_mapped:
             memory.map_system(system)
             self.system_image = system
-        if self.guest_image is guest:
-            memory.reset_guest_pages(guest)
-            return True
-        memory.map_guest(guest)
-        self.guest_image = guest
-        return False
+        if not guest_mapped:
+            memory.map_guest(guest)
+            self.guest_image = guest
+        memory.reset_private_pages(system if system_mapped else None,
+                                   guest if guest_mapped else None)
+        return guest_mapped
 
     # ---------------------------------------------------------------- registers
     def set_syscall_entry(self, lstar: int) -> None:
@@ -120,7 +163,9 @@ class Machine:
         _U64.pack_into(run, _SYNC_FS_BASE, fs_base & _U64_MASK)
         _U64.pack_into(run, _SYNC_GS_BASE, gs_base & _U64_MASK)
         run[_SYNC_REGS:_SYNC_REGS + _REGS_SIZE] = regs if isinstance(regs, bytes) else bytes(regs)
-        _U64.pack_into(run, _DIRTY_REGS, _DIRTY_BOTH)
+        run[_SYNC_EVENTS:_SYNC_EVENTS + _EVENTS_SIZE] = _CLEAR_EVENTS
+        _U64.pack_into(run, _DIRTY_REGS, _DIRTY_ALL)
+        run[_IMMEDIATE_EXIT] = 0
         _ioctl(self._fd, _KVM_SET_XSAVE, xsave if xsave is not None else self.initial_xsave)
 
     def _flush_pending(self) -> None:
@@ -133,6 +178,8 @@ class Machine:
                 self.vcpu.set_sregs(run.sync_sregs)
             if dirty & ioctls.KVM_SYNC_X86_REGS:
                 self.vcpu.set_regs(run.sync_regs)
+            if dirty & ioctls.KVM_SYNC_X86_EVENTS:
+                self.vcpu.set_vcpu_events(run.sync_events)
             run.kvm_dirty_regs = 0
 
     def entry_regs(self, rip: int, rsp: int) -> kvm_regs:
@@ -179,10 +226,19 @@ class Machine:
 
         The hot path of every call: one KVM_RUN (Vcpu.run_once inlined) and one unpack of the
         exit reason and the io fields straight from the kvm_run page."""
-        _ioctl(self._fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
+        try:
+            _ioctl(self._fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
+        except InterruptedError:
+            raise
+        except BaseException:
+            self.tainted = True
+            raise
         reason, direction, port, count = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
         if reason == _KVM_EXIT_IO and direction == _KVM_EXIT_IO_OUT and count == 1:
             return port  # type: ignore[no-any-return]
+        # Anything else may leave an operation half done inside KVM (an `in` or `ins` is
+        # completed on the next KVM_RUN of this vCPU, into whatever state is loaded then).
+        self.tainted = True
         if reason == _KVM_EXIT_IO:
             io = self.run_struct.u.io
             raise MachineFailure("IO", f"{'in' if io.direction == 0 else 'out'} port {io.port:#x} "
@@ -218,6 +274,7 @@ class Machine:
         in_kstack = KSTACK_BOTTOM <= sp and sp + frame_size <= KSTACK_TOP
         in_ist = IST1_BOTTOM <= sp and sp + frame_size <= IST1_TOP
         if not (in_kstack or in_ist):
+            self.tainted = True
             raise MachineFailure("TRAP", f"exception {vector} with a corrupt kernel stack {sp:#x}")
         if vector in ERROR_CODE_VECTORS:
             err = self.memory.u64(sp)
@@ -270,8 +327,12 @@ class MachinePool:
 
     def release(self, machine: Machine) -> None:
         """Return a machine. It keeps its memory mapping (the next user of the same snapshot resets
-        it by copying); machines beyond the pool's bounds are closed."""
+        it by copying; every user resets it with `Machine.reset`); tainted machines and machines
+        beyond the pool's bounds are closed."""
         if machine.memory is None or machine.vcpu is None:
+            return
+        if machine.tainted:
+            machine.close()
             return
         with self._lock:
             idle = self._idle.setdefault(machine.memory_size, [])

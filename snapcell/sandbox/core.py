@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..errors import (
+    CallAbandoned,
     ExecutionCancelled,
     ExecutionTimeout,
     GuestAbort,
@@ -16,6 +17,7 @@ from ..errors import (
     GuestOutputError,
     MachineError,
     PoisoningError,
+    SandboxBusyError,
     SandboxClosedError,
     SandboxPoisonedError,
     SnapcellError,
@@ -26,7 +28,7 @@ from ..guest.codec import CallCodec, CodecError, HostCallCodec
 from ..guest.functions import Signature, parse_function_table
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.layout import AddressSpace, MemoryLayout
-from ..machine.memory import GuestMapping
+from ..machine.memory import GuestMapping, MemoryImage
 from .debughook import DebugHook
 from .entropy import Entropy
 from .faults import fault_error
@@ -68,8 +70,44 @@ class Core:
         self.codecs: dict[str, CallCodec] = {}     # name → codec, filled by call_codec()
         self._host_codecs: dict[str, tuple[int, HostFunction, HostCallCodec]] = {}
         self.debugger: DebugHook | None = None
-        self.syscalls = SyscallHost(self.memory, space, self._print, machine.set_fs_base,
-                                    lambda: int(machine.get_sregs().fs.base), self.entropy.read)
+        self._busy = threading.Lock()              # held for the duration of a guest call
+        self.syscalls = self._syscall_host(machine)
+
+    def _syscall_host(self, machine: Machine) -> SyscallHost:
+        assert machine.memory is not None
+        return SyscallHost(machine.memory, self.space, self._print, machine.set_fs_base,
+                           lambda: int(machine.get_sregs().fs.base), self.entropy.read)
+
+    # ---------------------------------------------------------------- reset
+    def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int, regs: bytes,
+              fs_base: int, gs_base: int, xsave: Any) -> None:
+        """Give this sandbox a new state (restore, from_snapshot): `Machine.reset`, the one
+        routine every reuse goes through, on this machine — or, when the machine is tainted
+        (an exit that may leave KVM mid-instruction), on a replacement, the tainted one being
+        closed. Reseeds guest entropy. Refused while a call runs."""
+        self.check_idle()
+        machine = self.machine
+        if machine.tainted:
+            machine = self._replace_machine(guest)
+        machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+        self.entropy.reseed()
+
+    def _replace_machine(self, guest: MemoryImage) -> Machine:
+        old = self.machine
+        new = (self.pool.acquire(old.memory_size, guest) if self.pool is not None
+               else Machine(old.kvm, old.memory_size))
+        old.close()
+        assert new.memory is not None
+        self.machine, self.memory = new, new.memory
+        self.syscalls = self._syscall_host(new)
+        self.interrupt.retarget(new.run_struct)
+        return new
+
+    def check_idle(self) -> None:
+        """Raise SandboxBusyError while a call runs (e.g. from inside a host function)."""
+        if self._busy.locked():
+            raise SandboxBusyError("the sandbox is running a call: a host function may not call, "
+                                   "restore, snapshot or close its own sandbox")
 
     # ---------------------------------------------------------------- functions
     @property
@@ -111,7 +149,12 @@ class Core:
     # ---------------------------------------------------------------- running
     def initialise(self, timeout: float | None = None) -> None:
         """Run guest init until it publishes its function table."""
-        obj = self._run_to_return(timeout)
+        if not self._busy.acquire(False):
+            self.check_idle()
+        try:
+            obj = self._run_to_return(timeout)
+        finally:
+            self._busy.release()
         try:
             if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == abi.TABLE_TAG):
                 raise ValueError("not a function table message")
@@ -136,8 +179,16 @@ class Core:
         if n > layout.input_size:
             raise CodecError(f"message of {n - FRAME_HEADER} bytes does not fit the "
                              f"{layout.input_size}-byte buffer")
-        self.memory.view[layout.input_addr:layout.input_addr + n] = framed
-        obj = self._run_to_return(timeout)
+        busy = self._busy
+        if not busy.acquire(False):      # re-entered from a host function, or a second thread
+            raise SandboxBusyError("the sandbox is already running a call (a host function may "
+                                   "not call back into its own sandbox; use one sandbox per "
+                                   "thread)")
+        try:
+            self.memory.view[layout.input_addr:layout.input_addr + n] = framed
+            obj = self._run_to_return(timeout)
+        finally:
+            busy.release()
         if isinstance(obj, list) and len(obj) == 2 and obj[0] == 0:
             value = obj[1]
             if value is None and codec_.void:
@@ -194,6 +245,14 @@ class Core:
                 self._serve_exit(port)
                 if handle.cancelled():        # killed while the host served the exit
                     self._cancel(handle)
+        except BaseException as e:
+            # Whatever leaves the loop leaves the guest mid-call: never let the sandbox look
+            # Ready then, or the next call would read this call's result.
+            if self.status is SandboxStatus.READY:
+                self.status = SandboxStatus.POISONED
+                self.poison_reason = e if isinstance(e, PoisoningError) else CallAbandoned(
+                    f"the call was abandoned: {type(e).__name__}: {e}")
+            raise
         finally:
             handle._thread = None             # handle.end(), inlined
         layout = self.layout                  # _read_output(), inlined on the hot path
@@ -301,8 +360,10 @@ class Core:
             return codec.encode_reply_error(f"host function {name!r} returned a bad value: {e}")
 
     def close(self) -> None:
-        """Release the machine (back to its pool when it has one)."""
+        """Release the machine (back to its pool when it has one; tainted machines are closed).
+        Refused while a call runs."""
         if self.status is not SandboxStatus.CLOSED:
+            self.check_idle()
             self.status = SandboxStatus.CLOSED
             if self.debugger is not None:
                 self.debugger.close()

@@ -88,6 +88,11 @@ class InterruptHandle:
         """The call finished (any way). A killer still waiting for it stops at its next poll."""
         self._thread = None
 
+    def retarget(self, run_struct: Any) -> None:
+        """Point the handle at a replacement vCPU's kvm_run (between calls)."""
+        with self._lock:
+            self._run = run_struct
+
     def cancelled(self) -> bool:
         """Whether the current call was killed (the loop then stops it)."""
         return self._cancel == self._call

@@ -18,9 +18,9 @@ from ..errors import (
     SnapshotStateError,
     UnknownFunctionError,
 )
-from ..guest.abi import ABI_MAGIC_OFF, ABI_VERSION, FRAME_HEADER
+from ..guest.abi import ABI_VERSION, FRAME_HEADER
 from ..guest.functions import Signature
-from ..guest.loader import abi_header, system_images
+from ..guest.loader import system_images
 from ..guest.values import check_value
 from ..machine import Machine
 from ..machine.features import CpuFeatures, host_features, hypervisor_name
@@ -33,6 +33,7 @@ from .host_functions import HostFunctions
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
 from .snapshot import ARCH, CpuState, Snapshot
+from .user_state import sanitize_rflags, user_state_problem
 
 _READY = SandboxStatus.READY
 
@@ -90,17 +91,17 @@ def check_host_compatible(snapshot: Snapshot) -> None:
         derived["host_ok"] = True
 
 
-def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, MemoryImage, bytes]:
+def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, MemoryImage]:
     """What every sandbox made from `snapshot` derives from its layout (computed once per
     snapshot): the default configuration with the snapshot's layout, the guest's address space,
-    the system image and the ABI page header."""
+    and the system image (which holds the ABI page header)."""
     d = snapshot._derived
     got = d.get("sandbox")
     if got is None:
         lay, segments = snapshot.layout, snapshot.segments
         got = d["sandbox"] = (
             SandboxConfiguration().replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS}),
-            address_space(lay, segments), system_images.get(lay, segments), abi_header(lay))
+            address_space(lay, segments), system_images.get(lay, segments))
     return got
 
 
@@ -121,7 +122,6 @@ class MultiUseSandbox:
     _cached: Snapshot | None
     _cache_key: tuple[int, int]
     _version: int
-    _abi_header: bytes             # the host-written ABI page fields of this layout
 
     def __init__(self) -> None:
         raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve() or "
@@ -150,7 +150,7 @@ class MultiUseSandbox:
         exact = check_host_functions(snapshot, host_functions)
         check_host_compatible(snapshot)
         lay = snapshot.layout
-        default_config, space, system_image, header = _derived(snapshot)
+        default_config, space, system_image = _derived(snapshot)
         if config is None:
             config = default_config
         else:
@@ -174,13 +174,9 @@ class MultiUseSandbox:
         handle = InterruptHandle(signum, config.interrupt_retry_delay, machine.run_struct)
         core = Core(machine, lay, space, host_functions, pool, handle)
         try:
-            assert machine.memory is not None
-            if machine.load_images(system_image, snapshot.image):
-                machine.memory.write(ABI_MAGIC_OFF, header)   # the one user system page
-            machine.set_syscall_entry(snapshot.syscall_entry)
             cpu = snapshot.cpu
-            machine.set_user_state(cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base,
-                                   cpu.kvm_xsave_shared)
+            core.reset(system_image, snapshot.image, snapshot.syscall_entry, cpu.kvm_regs_bytes,
+                       cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
             if config.debug_port is not None:
                 core.debugger = attach_debugger(core, config.debug_port)
             if snapshot.initialised:
@@ -192,7 +188,7 @@ class MultiUseSandbox:
             core.close()
             raise
         self = cls.__new__(cls)
-        self._core, self.config, self._abi_header = core, config, header
+        self._core, self.config = core, config
         self._snapshot = self._mapped = snapshot
         self._cached, self._cache_key, self._version = None, (-1, -1), 0
         if snapshot.initialised and exact:
@@ -274,11 +270,20 @@ class MultiUseSandbox:
         """An immutable snapshot of the current state (the cached one when nothing changed)."""
         core = self._core
         core.check_ready()
+        core.check_idle()
         key = (self._version, core.host_functions.version)
         if self._cached is not None and self._cache_key == key:
             return self._cached
         machine = core.machine
         assert machine.memory is not None
+        # The CPU state first: a state the file format would refuse is refused here too.
+        regs, sregs = machine.get_regs(), machine.get_sregs()
+        fs_base, gs_base = int(sregs.fs.base), int(sregs.gs.base)
+        problem = user_state_problem(int(regs.rip), int(regs.rsp), fs_base, gs_base, core.layout,
+                                     self._snapshot.segments)
+        if problem is not None:
+            raise SnapshotStateError(f"the guest's CPU state cannot be snapshotted: {problem}")
+        regs.rflags = sanitize_rflags(int(regs.rflags))
         base = self._mapped.image
         image = MemoryImage(base.size, "snapcell-snapshot")
         try:
@@ -290,9 +295,7 @@ class MultiUseSandbox:
                 image.write_chunks([(addr - GUEST_BASE, bytes([b]))
                                     for addr, b in core.debugger.original_bytes().items()])
             image.seal()
-            sregs = machine.get_sregs()
-            cpu = CpuState.capture(machine.get_regs(), int(sregs.fs.base), int(sregs.gs.base),
-                                   machine.get_xsave())
+            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
         except BaseException:
             image.close()
             raise
@@ -326,16 +329,11 @@ class MultiUseSandbox:
                 f"(snapshot {snapshot.layout}, sandbox {core.layout})")
         exact = check_host_functions(snapshot, core.host_functions)
         check_host_compatible(snapshot)
-        machine = core.machine
-        assert machine.memory is not None and snapshot.functions is not None
-        assert machine.system_image is not None
-        machine.load_images(machine.system_image, snapshot.image)
-        machine.memory.write(ABI_MAGIC_OFF, self._abi_header)    # the layout is the same
-        machine.set_syscall_entry(snapshot.syscall_entry)
+        assert snapshot.functions is not None
         cpu = snapshot.cpu
-        machine.set_user_state(cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
+        core.reset(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
+                   cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
         core.functions = snapshot.functions
-        core.entropy.reseed()
         if core.debugger is not None:
             core.debugger.after_restore()
         core.status, core.poison_reason = SandboxStatus.READY, None

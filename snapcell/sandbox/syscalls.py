@@ -112,5 +112,8 @@ class SyscallHost:
             parts.append(self.memory.read(addr, n))
             total += n
         if self.printer is not None and total:
-            self.printer(b"".join(parts).decode("utf-8", "replace"))
+            try:
+                self.printer(b"".join(parts).decode("utf-8", "replace"))
+            except Exception:        # HostPrint failed: the guest's write fails, nothing else
+                return -errno.EIO
         return total

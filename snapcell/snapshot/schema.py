@@ -25,6 +25,7 @@ from ..machine.features import CpuFeatures
 from ..machine.layout import GUEST_BASE, MAX_MEMORY, PAGE, LayoutError, MemoryLayout, Perm, Segment, page_up
 from ..sandbox.config import LAYOUT_FIELDS, SandboxConfiguration
 from ..sandbox.snapshot import XSAVE_SIZE, CpuState, Snapshot
+from ..sandbox.user_state import USER_ADDR_LIMIT, executable, sanitize_rflags, user_state_problem
 
 FORMAT_VERSION = 1
 
@@ -40,14 +41,6 @@ MAX_HOST_FUNCTIONS = 4096
 MAX_FEATURE_WORDS = 64
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
-USER_ADDR_LIMIT = 1 << 47             # FS/GS base: canonical lower half (as arch_prctl enforces)
-
-# RFLAGS kept from a file: the arithmetic flags and DF. Everything else (TF, IF, IOPL, NT, RF,
-# VM, AC, VIF, VIP, ID) is cleared; bit 1 is always set.
-RFLAGS_CF, RFLAGS_PF, RFLAGS_AF, RFLAGS_ZF, RFLAGS_SF, RFLAGS_DF, RFLAGS_OF = (
-    1 << 0, 1 << 2, 1 << 4, 1 << 6, 1 << 7, 1 << 10, 1 << 11)
-RFLAGS_KEEP = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_DF | RFLAGS_OF
-RFLAGS_FIXED = 1 << 1
 
 # XSAVE area offsets (Intel SDM Vol. 1, 13.4): legacy region, then the 64-byte XSAVE header.
 XSAVE_MXCSR, XSAVE_MXCSR_MASK = 24, 28
@@ -205,11 +198,6 @@ class SnapshotConfig:
         }
 
 
-def sanitize_rflags(rflags: int) -> int:
-    """RFLAGS as restored from a file: the arithmetic flags and DF, bit 1 set, nothing else."""
-    return (rflags & RFLAGS_KEEP) | RFLAGS_FIXED
-
-
 def _table(table: Mapping[str, Signature]) -> list[object]:
     return [[name, *sig.to_wire()] for name, sig in table.items()]
 
@@ -305,10 +293,6 @@ def _segments(v: object, lay: MemoryLayout) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def _executable(segments: tuple[Segment, ...], addr: int) -> bool:
-    return any(s.vaddr <= addr < s.vaddr + s.memsz and s.perm & Perm.X for s in segments)
-
-
 def check_xsave(area: bytes, xcr0_limits: tuple[int, ...]) -> None:
     """Reject an XSAVE area that XRSTOR/KVM_SET_XSAVE would refuse or that asks for state
     components beyond `xcr0_limits` (the snapshot's and, when known, the host's XCR0):
@@ -338,17 +322,12 @@ def _cpu_state(v: object, lay: MemoryLayout, segments: tuple[Segment, ...],
     d = obj(v, "cpu_state", ("registers", "fs_base", "gs_base", "xsave"))
     r = obj(d["registers"], "cpu_state.registers", GPR_NAMES)
     regs = {n: integer(r[n], f"cpu_state.registers.{n}") for n in GPR_NAMES}
-    if not _executable(segments, regs["rip"]):
-        raise fail(f"cpu_state.registers.rip {regs['rip']:#x} is not in an executable segment")
-    rsp = regs["rsp"]
-    if not lay.stack_addr <= rsp < lay.stack_top:
-        raise fail(f"cpu_state.registers.rsp {rsp:#x} is outside the stack "
-                   f"[{lay.stack_addr:#x}, {lay.stack_top:#x})")
-    if rsp % 8:
-        raise fail(f"cpu_state.registers.rsp {rsp:#x} is not 8-byte aligned")
     regs["rflags"] = sanitize_rflags(regs["rflags"])
     fs_base = integer(d["fs_base"], "cpu_state.fs_base", 0, USER_ADDR_LIMIT - 1)
     gs_base = integer(d["gs_base"], "cpu_state.gs_base", 0, USER_ADDR_LIMIT - 1)
+    problem = user_state_problem(regs["rip"], regs["rsp"], fs_base, gs_base, lay, segments)
+    if problem is not None:
+        raise fail(f"cpu_state: {problem}")
     text = string(d["xsave"], "cpu_state.xsave", max_len=2 * XSAVE_SIZE)
     try:
         area = base64.b64decode(text.encode("ascii"), validate=True)
@@ -410,7 +389,7 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     lay = _layout(d["layout"])
     segments = _segments(d["segments"], lay)
     syscall_entry = integer(d["syscall_entry"], "syscall_entry")
-    if not _executable(segments, syscall_entry):
+    if not executable(segments, syscall_entry):
         raise fail(f"syscall_entry {syscall_entry:#x} is not in an executable segment")
     limits = (features.xcr0,) if host_xcr0 is None else (features.xcr0, host_xcr0)
     cpu = _cpu_state(d["cpu_state"], lay, segments, limits)
