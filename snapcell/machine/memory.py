@@ -314,6 +314,13 @@ class GuestMapping:
                 total += end - addr
         return total
 
+    def copy_from(self, image: MemoryImage, addr: int, n: int) -> None:
+        """Copy [addr, addr + n) of the system part back from `image` (the mapped system
+        image)."""
+        if not (0 <= addr and addr + n <= GUEST_BASE == image.size):
+            raise ValueError("range outside the system part")
+        self.view[addr:addr + n] = image.read_view()[addr:addr + n]
+
     def read(self, addr: int, n: int) -> bytes:
         """Copy `n` bytes at guest address `addr` (caller bounds-checks untrusted addresses)."""
         return bytes(self.view[addr:addr + n])

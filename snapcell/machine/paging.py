@@ -8,6 +8,10 @@ from .layout import MAX_MEMORY, PAGE, PAGE_TABLES_ADDR, Perm, Region
 
 # Page-table entry bits (Intel SDM Vol. 3A, 4.5): P, R/W, U/S, and XD (bit 63, needs EFER.NXE).
 PTE_P, PTE_RW, PTE_US, PTE_NX = 1 << 0, 1 << 1, 1 << 2, 1 << 63
+# Accessed (bit 5, every level) and Dirty (bit 6, leaves) are set up front (SDM 4.8): the CPU,
+# or PVM's shadow MMU on its behalf, would otherwise write them into the page tables on first
+# use, making those system pages private to the sandbox and a cost of every reset.
+PTE_A, PTE_D = 1 << 5, 1 << 6
 
 PML4_ADDR = PAGE_TABLES_ADDR
 PDPT_ADDR = PAGE_TABLES_ADDR + PAGE
@@ -19,7 +23,7 @@ def pte_for(addr: int, perm: Perm) -> int:
     """The leaf entry for one page with the given permissions (not present when NONE)."""
     if not perm & (Perm.R | Perm.W | Perm.X):
         return 0
-    e = addr | PTE_P
+    e = addr | PTE_P | PTE_A | PTE_D
     if perm & Perm.W:
         e |= PTE_RW
     if perm & Perm.USER:
@@ -35,7 +39,7 @@ def build_page_tables(regions: list[Region], memory_size: int) -> list[tuple[int
     if memory_size > MAX_MEMORY:
         raise ValueError("memory too large for one page directory")
     n_pt = (memory_size + (512 * PAGE) - 1) // (512 * PAGE)
-    upper = PTE_P | PTE_RW | PTE_US
+    upper = PTE_P | PTE_RW | PTE_US | PTE_A
     pml4 = struct.pack("<Q", PDPT_ADDR | upper)
     pdpt = struct.pack("<Q", PD_ADDR | upper)
     pd = b"".join(struct.pack("<Q", (PT_BASE + i * PAGE) | upper) for i in range(n_pt))

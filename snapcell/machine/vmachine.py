@@ -24,7 +24,7 @@ from .cpu import (
     syscall_msrs,
 )
 from .exits import MachineFailure, TrapFrame
-from .layout import IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP
+from .layout import ABI_PAGE_ADDR, IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP, PAGE
 from .memory import GuestMapping, MemoryImage
 
 _FRAME = struct.Struct("<5Q")
@@ -91,6 +91,7 @@ class Machine:
         # whatever state is loaded by then), MMIO, SHUTDOWN, INTERNAL_ERROR, a failed ioctl.
         # A tainted machine is never reset or pooled again: it is closed and replaced.
         self.tainted = False
+        self.stacks_written = False    # an exception frame was pushed since the last reset
 
     # ---------------------------------------------------------------- reset
     def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int,
@@ -128,16 +129,23 @@ class Machine:
         when the guest part took the warm path."""
         memory = self.memory
         assert memory is not None
-        system_mapped = self.system_image is system
         guest_mapped = self.guest_image is guest
-        if not system_mapped:
+        if self.system_image is system:
+            # The system part: only the user-writable ABI page and the kernel/IST stacks can
+            # hold written bytes (everything else is supervisor-only and has its Accessed and
+            # Dirty bits preset, see paging.py; the isolation suite checks the whole part).
+            memory.copy_from(system, ABI_PAGE_ADDR, PAGE)
+            if self.stacks_written:
+                memory.copy_from(system, KSTACK_BOTTOM, IST1_TOP - KSTACK_BOTTOM)
+        else:
             memory.map_system(system)
             self.system_image = system
-        if not guest_mapped:
+        self.stacks_written = False
+        if guest_mapped:
+            memory.reset_private_pages(None, guest)
+        else:
             memory.map_guest(guest)
             self.guest_image = guest
-        memory.reset_private_pages(system if system_mapped else None,
-                                   guest if guest_mapped else None)
         return guest_mapped
 
     # ---------------------------------------------------------------- registers
@@ -235,14 +243,19 @@ class Machine:
             raise
         reason, direction, port, count = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
         if reason == _KVM_EXIT_IO and direction == _KVM_EXIT_IO_OUT and count == 1:
+            if port >= TRAP_PORT_BASE:           # a CPL0 stub: the CPU wrote a frame on the
+                self.stacks_written = True       # kernel or IST stack (reset copies them back)
             return port  # type: ignore[no-any-return]
         # Anything else may leave an operation half done inside KVM (an `in` or `ins` is
         # completed on the next KVM_RUN of this vCPU, into whatever state is loaded then).
         self.tainted = True
         if reason == _KVM_EXIT_IO:
             io = self.run_struct.u.io
-            raise MachineFailure("IO", f"{'in' if io.direction == 0 else 'out'} port {io.port:#x} "
-                                 f"size {io.size} count {io.count}")
+            if io.direction == ioctls.KVM_EXIT_IO_IN:
+                raise MachineFailure("IO", f"the guest read from I/O port {io.port:#x} (in, size "
+                                     f"{io.size}, count {io.count}); guest ports are write-only")
+            raise MachineFailure("IO", f"string output to I/O port {io.port:#x} (size {io.size}, "
+                                 f"count {io.count}); the ABI takes one `out` per exit")
         raise MachineFailure(*self.describe_exit(reason))
 
     def describe_exit(self, reason: int) -> tuple[str, str]:
