@@ -295,7 +295,7 @@ static sc_value Instruction(const sc_value *a)
     case 6: __asm__ volatile("movq %0, %%cr3" : : "r"(0x1000ULL)); break;
     case 7: __asm__ volatile("lgdt %0" : : "m"(desc)); break;
     case 8: __asm__ volatile("lidt %0" : : "m"(desc)); break;
-    case 9: __asm__ volatile("ltr %w0" : : "r"(0x28)); break;
+    case 9: __asm__ volatile("ltr %w0" : : "r"(0x30)); break;
     case 10: __asm__ volatile("invlpg (%0)" : : "r"(0x400000ULL) : "memory"); break;
     case 11: __asm__ volatile("wbinvd"); break;
     case 12: __asm__ volatile("swapgs"); break;
@@ -319,11 +319,11 @@ static sc_value Instruction(const sc_value *a)
     case 26: __asm__ volatile("smsw %0" : "=r"(v)); break;
     case 27: __asm__ volatile("sldt %0" : "=r"(v)); break;
     case 28: __asm__ volatile("str %0" : "=r"(v)); break;
-    case 29: __asm__ volatile("movw $0x28, %%ax\n\tmovw %%ax, %%ds" : : : "rax"); break; /* TSS */
+    case 29: __asm__ volatile("movw $0x30, %%ax\n\tmovw %%ax, %%ds" : : : "rax"); break; /* TSS */
     case 30: __asm__ volatile("movw $0x08, %%ax\n\tmovw %%ax, %%ds" : : : "rax"); break; /* kcode */
     case 31: __asm__ volatile("movw $0x10, %%ax\n\tmovw %%ax, %%ss" : : : "rax"); break; /* kdata */
-    case 32: __asm__ volatile("vmcall" : : "a"(0) : "memory"); break;
-    case 33: __asm__ volatile("vmmcall" : : "a"(0) : "memory"); break;
+    case 32: __asm__ volatile("vmcall" : "+a"(v) : : "memory"); break;      /* KVM hypercall */
+    case 33: __asm__ volatile("vmmcall" : "+a"(v) : : "memory"); break;
     case 34: __asm__ volatile("sysenter"); break;
     case 35: __asm__ volatile("movw $0x23, %%ax\n\tmovw %%ax, %%ds\n\tmovw %%ax, %%es" : : : "rax"); break;
     case 36: __asm__ volatile("movw $0, %%ax\n\tmovw %%ax, %%ds\n\tmovw %%ax, %%es" : : : "rax"); break;
@@ -331,11 +331,11 @@ static sc_value Instruction(const sc_value *a)
     case 38: __asm__ volatile("ud2"); break;
     case 39: __asm__ volatile("lock; nop"); break;                 /* #UD: lock on a non-RMW */
     case 40: __asm__ volatile("pushq $0\n\tpopfq" : : : "memory", "cc"); break;   /* DF/TF/AC=0 */
-    case 41: __asm__ volatile("movq $0x2b, %%rax\n\tmovw %%ax, %%fs" : : : "rax"); break; /* code sel */
+    case 41: __asm__ volatile("movq $0x2b, %%rax\n\tmovw %%ax, %%es" : : : "rax"); break; /* user code */
     case 42: __asm__ volatile("cpuid" : "=a"(v) : "a"(0) : "rbx", "rcx", "rdx"); break;
     case 43: __asm__ volatile("rdtscp" : "=a"(v) : : "rcx", "rdx"); break;
-    case 44: __asm__ volatile("lsl %1, %0" : "=r"(v) : "r"(0x28ULL) : "cc"); break;
-    case 45: __asm__ volatile("lar %1, %0" : "=r"(v) : "r"(0x28ULL) : "cc"); break;
+    case 44: __asm__ volatile("lsl %1, %0" : "=r"(v) : "r"(0x30ULL) : "cc"); break;
+    case 45: __asm__ volatile("lar %1, %0" : "=r"(v) : "r"(0x30ULL) : "cc"); break;
     case 46: __asm__ volatile("verw %0" : : "m"(desc[0]) : "cc"); break;
     case 47: __asm__ volatile("invd"); break;
     case 48: __asm__ volatile("movq %0, %%cr4" : : "r"(0ULL)); break;

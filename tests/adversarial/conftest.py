@@ -1,0 +1,113 @@
+"""Fixtures of the isolation suite: the adversary guest, its snapshots, and the fingerprint a
+victim must reproduce exactly.
+
+A *fingerprint* is what a sandbox computes and holds after one `Probe` call: Probe's result (a
+checksum, taken inside the guest, of everything an earlier tenant could have left in reach:
+uninitialised stack and heap, the ABI page, vector registers, MXCSR, x87 control word, FS/GS
+base, RFLAGS) and a sha256, taken by the host, of the vCPU's registers, FS/GS base, XSAVE area
+and every byte of guest memory — the system part included."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from snapcell import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
+from snapcell.machine.layout import GUEST_BASE
+from snapcell.sandbox.pool import default_pool
+from snapcell.types import I32
+from tests.conftest import guest_path
+
+CONFIG = SandboxConfiguration(heap_size=8 << 20)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Probe's in-guest checksum and the host's hash of CPU state + all guest memory."""
+
+    probe: int
+    state: str
+
+
+def fingerprint(sb: MultiUseSandbox) -> Fingerprint:
+    """Call Probe and hash what the sandbox holds afterwards."""
+    probe = sb.call("Probe")
+    core = sb._core
+    m = core.machine
+    regs = m.get_regs()
+    sregs = m.get_sregs()
+    h = hashlib.sha256()
+    h.update(bytes(regs))
+    h.update(int(sregs.fs.base).to_bytes(8, "little") + int(sregs.gs.base).to_bytes(8, "little"))
+    h.update(bytes(memoryview(m.get_xsave()).cast("B")))
+    assert m.memory is not None
+    h.update(m.memory.view)
+    return Fingerprint(probe, h.hexdigest())
+
+
+def system_part_pristine(sb: MultiUseSandbox) -> bool:
+    """Whether every byte below GUEST_BASE equals the host-built system image."""
+    m = sb._core.machine
+    assert m.memory is not None and m.system_image is not None
+    return bytes(m.memory.view[:GUEST_BASE]) == bytes(m.system_image.read_view())
+
+
+@pytest.fixture(scope="session")
+def adversary(kvm_ok: None) -> str:
+    """Path of build/guests/adversary.elf."""
+    return guest_path("adversary")
+
+
+def _evolve(path: str, hf: HostFunctions | None = None) -> Snapshot:
+    sb = UninitializedSandbox(path, CONFIG, hf or host_functions()).evolve()
+    snap = sb.snapshot()
+    sb.close()
+    return snap
+
+
+def _echo(v: I32) -> I32:
+    return v
+
+
+def host_functions() -> HostFunctions:
+    """The adversary's host functions: an echo; tests register misbehaving ones on top."""
+    return HostFunctions().register("Echo", _echo)
+
+
+@pytest.fixture(scope="session")
+def attacker_snapshot(adversary: str) -> Snapshot:
+    """The attacker's snapshot (also the victim's in the same-snapshot cases)."""
+    return _evolve(adversary)
+
+
+@pytest.fixture(scope="session")
+def other_snapshot(adversary: str) -> Snapshot:
+    """A second tenant's snapshot: same binary, its own image (the cold-map path on reuse)."""
+    return _evolve(adversary)
+
+
+def reference(snap: Snapshot) -> Fingerprint:
+    """What a sandbox from `snap` computes on a fresh, never-pooled VM."""
+    sb = MultiUseSandbox.from_snapshot(snap, host_functions(), pooled=False)
+    try:
+        return fingerprint(sb)
+    finally:
+        sb.close()
+
+
+@pytest.fixture(scope="session")
+def references(attacker_snapshot: Snapshot, other_snapshot: Snapshot) -> dict[int, Fingerprint]:
+    """Fresh-VM fingerprints by id() of the snapshot."""
+    return {id(attacker_snapshot): reference(attacker_snapshot),
+            id(other_snapshot): reference(other_snapshot)}
+
+
+@pytest.fixture
+def empty_pool() -> Iterator[None]:
+    """An empty warm pool, so that the next sandbox gets exactly the machine last released."""
+    default_pool().clear()
+    yield
+    default_pool().clear()
