@@ -1,9 +1,9 @@
 # snapcell — see README.md. Every target does its own set-up (apt packages, .venv, guests).
 PY      := .venv/bin/python
-GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf
+GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf build/guests/adversary.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
 
-.PHONY: all setup guests demo test test-fast bench lint typecheck clean goldens soak
+.PHONY: all setup guests demo test test-fast bench lint typecheck clean goldens soak fuzz
 
 all: demo
 
@@ -22,6 +22,11 @@ demo: guests
 
 test: guests benchmarks/c_floor
 	$(PY) -m pytest -q tests
+
+# Mutation fuzzing of guest output messages and snapshot files (FUZZ_SECONDS per target).
+FUZZ_SECONDS ?= 300
+fuzz: guests
+	$(PY) -m tests.adversarial.fuzz --seconds $(FUZZ_SECONDS)
 
 soak: guests
 	SNAPCELL_STRESS_SECONDS=300 $(PY) -m pytest -q tests/test_interrupts.py -k stress
