@@ -32,6 +32,7 @@ from .debughook import attach_debugger
 from .host_functions import HostFunctions
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
+from .reseed import write_generation
 from .snapshot import ARCH, CpuState, Snapshot
 
 _READY = SandboxStatus.READY
@@ -177,6 +178,7 @@ class MultiUseSandbox:
             assert machine.memory is not None
             if machine.load_images(system_image, snapshot.image):
                 machine.memory.write(ABI_MAGIC_OFF, header)   # the one user system page
+            write_generation(machine.memory)                  # reseed the guest's PRNGs
             machine.set_syscall_entry(snapshot.syscall_entry)
             cpu = snapshot.cpu
             machine.set_user_state(cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base,
@@ -331,6 +333,7 @@ class MultiUseSandbox:
         assert machine.system_image is not None
         machine.load_images(machine.system_image, snapshot.image)
         machine.memory.write(ABI_MAGIC_OFF, self._abi_header)    # the layout is the same
+        write_generation(machine.memory)                         # reseed the guest's PRNGs
         machine.set_syscall_entry(snapshot.syscall_entry)
         cpu = snapshot.cpu
         machine.set_user_state(cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
