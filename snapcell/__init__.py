@@ -3,6 +3,7 @@
 from . import errors, types
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
+from .code import CodeError, CodeSandbox, RunResult
 from .sandbox import (
     HostFunctions,
     MultiUseSandbox,
@@ -14,5 +15,5 @@ from .sandbox import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
+__all__ = ["CodeError", "CodeSandbox", "RunResult", "HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
            "SandboxStatus", "Snapshot", "UninitializedSandbox", "errors", "types", *_errors_all]
