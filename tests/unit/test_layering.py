@@ -15,7 +15,7 @@ def layer_of(module: str) -> str:
     if parts[0] != "snapcell" or len(parts) == 1 or parts[1] == "__init__":
         return "root"
     head = parts[1]
-    if head in ("cli", "cli_snapshot", "benchmark", "__main__"):
+    if head in ("cli", "cli_snapshot", "cli_run", "benchmark", "__main__"):
         return "cli"
     return head
 
