@@ -136,6 +136,11 @@ static int encode_value(cb_buf *b, JSValueConst v, int depth)
         int64_t x;
         if (JS_ToBigInt64(ctx, &x, v))
             return -1;
+        JSValue back = JS_NewBigInt64(ctx, x);      /* ToBigInt64 wraps: check the range */
+        bool same = JS_IsStrictEqual(ctx, back, v);
+        JS_FreeValue(ctx, back);
+        if (!same)
+            return encode_throw("a BigInt outside the %s range cannot be passed to the host", "int64");
         cb_int(b, x);
         return 0;
     }
