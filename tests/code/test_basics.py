@@ -66,13 +66,15 @@ def test_syntax_error_has_line(box: CodeSandbox, lang: str) -> None:
 
 def test_runtime_error_type_message_stack(box: CodeSandbox, lang: str) -> None:
     if lang == "js":
-        code = "function inner() {\n  return undefinedThing + 1;\n}\nfunction outer() { return inner() }\nouter()"
+        code = ("function inner() {\n  return undefinedThing + 1;\n}\n"
+                "function outer() { return inner() }\nouter()")
         r = box.run(code)
         assert r.error is not None and r.error.type == "ReferenceError"
         assert "undefinedThing" in r.error.message
         assert "inner" in r.error.stack and "main.js:2" in r.error.stack and "outer" in r.error.stack
     else:
-        code = "local function inner()\n  return nil + 1\nend\nlocal function outer() return inner() end\nreturn outer()"
+        code = ("local function inner()\n  return nil + 1\nend\n"
+                "local function outer() return inner() end\nreturn outer()")
         r = box.run(code)
         assert r.error is not None and r.error.type == "RuntimeError"
         assert "arithmetic" in r.error.message

@@ -111,7 +111,8 @@ def test_no_file_process_or_network_api(lang: str) -> None:
         for code in REACH_HOST[lang]:
             r = box.run(code)
             assert r.error is not None, code
-            assert r.error.type in ("ReferenceError", "TypeError", "SyntaxError", "RuntimeError"), (code, r.error)
+            assert r.error.type in ("ReferenceError", "TypeError", "SyntaxError", "RuntimeError"), \
+                (code, r.error)
         assert box.run("1").value == 1
 
 
@@ -140,7 +141,8 @@ def test_state_left_for_the_next_run_is_gone(lang: str) -> None:
             r = box.run("console.log(String({})); [typeof JSON.stringify, typeof setup]")
             assert r.stdout == "[object Object]\n" and r.value == ["function", "undefined"]
         else:
-            box.run("print = error; string.format = nil; setmetatable(_G, {__index = function() error('x') end})")
+            box.run("print = error; string.format = nil; "
+                    "setmetatable(_G, {__index = function() error('x') end})")
             r = box.run("print('ok') return string.format('%d', 1)")
             assert r.stdout == "ok\n" and r.value == "1"
 

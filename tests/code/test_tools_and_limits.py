@@ -89,8 +89,8 @@ def test_infinite_loop_cut_by_timeout_then_box_works(lang: str) -> None:
         assert r.error is not None and r.error.type == "TimeoutError"
         assert 0.2 <= r.duration < 5
         assert box.run("40 + 2").value == 42
-        r = box.run("let i = 0; while (true) i++" if lang == "js" else "local i = 0 repeat i = i + 1 until false",
-                    timeout=0.1)
+        spin = "let i = 0; while (true) i++" if lang == "js" else "local i = 0 repeat i = i + 1 until false"
+        r = box.run(spin, timeout=0.1)
         assert r.error is not None and r.error.type == "TimeoutError"
         assert box.run("1 + 1").value == 2
 
