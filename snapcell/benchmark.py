@@ -3,13 +3,14 @@ one run (docs/benchmarks.md). Never used by tests to assert timings."""
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
 import shutil
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -166,19 +167,21 @@ def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
     n = 1000 if quick else 5000
     for lang in ("js", "lua"):
         with CodeSandbox(lang, tools={"add": _tool_add}) as box:
-            r[f"code_run_{lang}_trivial"] = _time(lambda: box.run(CODE_TRIVIAL[lang]), n, 200)
-            r[f"code_run_{lang}_one_tool_call"] = _time(lambda: box.run(CODE_TOOL[lang]), n, 200)
+            trivial, tool = CODE_TRIVIAL[lang], CODE_TOOL[lang]
+            r[f"code_run_{lang}_trivial"] = _time(functools.partial(box.run, trivial), n, 200)
+            r[f"code_run_{lang}_one_tool_call"] = _time(functools.partial(box.run, tool), n, 200)
     k = 5 if quick else 20
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for lang in ("js", "lua"):
         cmd = [sys.executable, "-m", "snapcell", "run", "--lang", lang, CODE_TRIVIAL[lang]]
         r[f"code_cli_snapcell_run_{lang}"] = _time(
-            lambda: subprocess.run(cmd, check=True, capture_output=True, env=env), k, 1)
+            functools.partial(subprocess.run, cmd, check=True, capture_output=True, env=env), k, 1)
     m = 50 if quick else 200
     for lang, exe, args in (("js", NATIVE / "qjs", ["1 + 1"]), ("lua", NATIVE / "lua", ["-e", "x = 1 + 1"])):
         if exe.exists():
             r[f"peer_native_{lang}_process"] = _time(
-                lambda: subprocess.run([str(exe), *args], check=True, capture_output=True), m, 5)
+                functools.partial(subprocess.run, [str(exe), *args], check=True,
+                                  capture_output=True), m, 5)
     node = shutil.which("node") or shutil.which("nodejs")
     if node is not None:
         r["peer_node_e"] = _time(
