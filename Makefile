@@ -2,8 +2,20 @@
 PY      := .venv/bin/python
 GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf build/guests/adversary.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
+# Interpreter guests (docs/code-sandboxes.md): third-party sources fetched by sha256 pin, built
+# once into static libraries, linked with our glue. Everything is cached under build/.
+CODE_GUESTS := build/guests/js.elf build/guests/lua.elf
+NATIVE      := build/native/qjs build/native/lua
+QJS_DIR     := build/third_party/quickjs-ng
+LUA_DIR     := build/third_party/lua
+QJS_SRCS     = $(addprefix $(QJS_DIR)/,quickjs.c libregexp.c libunicode.c dtoa.c)
+LUA_CORE    := lapi lauxlib lbaselib lcode lcorolib lctype ldblib ldebug ldo ldump lfunc lgc linit \
+               liolib llex lmathlib lmem loadlib lobject lopcodes loslib lparser lstate lstring \
+               lstrlib ltable ltablib ltm lundump lutf8lib lvm lzio
+LUA_SRCS     = $(addprefix $(LUA_DIR)/,$(addsuffix .c,$(LUA_CORE)))
+CODEBOX     := guests/common/codebox.c guests/common/codebox.h
 
-.PHONY: all setup guests demo test test-fast bench lint typecheck clean goldens soak fuzz
+.PHONY: all setup guests code-guests native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz
 
 all: demo
 
@@ -12,7 +24,38 @@ setup: .venv/.snapcell-installed
 .venv/.snapcell-installed: pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 
-guests: setup $(GUESTS)
+guests: setup $(GUESTS) $(CODE_GUESTS)
+
+code-guests: setup $(CODE_GUESTS)
+
+native-interpreters: $(NATIVE)
+
+build/third_party/%/.snapcell-sha256: third_party/sources.toml scripts/fetch_third_party.py | setup
+	$(PY) scripts/fetch_third_party.py $*
+	touch $@
+
+build/lib/libquickjs.a: $(QJS_DIR)/.snapcell-sha256
+	$(PY) -m snapcell guest build --static-lib -D _GNU_SOURCE $(QJS_SRCS) -o $@
+
+build/lib/liblua.a: $(LUA_DIR)/.snapcell-sha256
+	$(PY) -m snapcell guest build --static-lib $(LUA_SRCS) -o $@
+
+build/guests/js.elf: guests/js/js_guest.c $(CODEBOX) build/lib/libquickjs.a $(SDK) | setup
+	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c -I guests/common \
+	  -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
+
+build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK) | setup
+	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c -I guests/common \
+	  -I $(LUA_DIR) --lib build/lib/liblua.a -o $@
+
+# Native builds of the same interpreter sources (the benchmark peer, the test-suite comparison)
+build/native/lua: $(LUA_DIR)/.snapcell-sha256
+	mkdir -p build/native
+	cc -O2 -w -DLUA_USE_LINUX -o $@ $(LUA_SRCS) $(LUA_DIR)/lua.c -lm -ldl
+
+build/native/qjs: guests/js/qjs_native.c $(QJS_DIR)/.snapcell-sha256
+	mkdir -p build/native
+	cc -O2 -w -D_GNU_SOURCE -I $(QJS_DIR) -o $@ guests/js/qjs_native.c $(QJS_SRCS) -lm -lpthread
 
 build/guests/%.elf: guests/%.c $(SDK) | setup
 	$(PY) -m snapcell guest build $< -o $@
@@ -20,7 +63,7 @@ build/guests/%.elf: guests/%.c $(SDK) | setup
 demo: guests
 	$(PY) -m snapcell demo build/guests/simpleguest.elf
 
-test: guests benchmarks/c_floor
+test: guests build/native/lua benchmarks/c_floor
 	$(PY) -m pytest -q tests
 
 # Mutation fuzzing of guest output messages and snapshot files (FUZZ_SECONDS per target).
@@ -31,7 +74,7 @@ fuzz: guests
 soak: guests
 	SNAPCELL_STRESS_SECONDS=300 $(PY) -m pytest -q tests/test_interrupts.py -k stress
 
-bench: guests benchmarks/c_floor
+bench: guests $(NATIVE) benchmarks/c_floor
 	$(PY) -m snapcell bench
 
 benchmarks/c_floor: benchmarks/c_floor.c

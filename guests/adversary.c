@@ -58,7 +58,9 @@ static sc_value Probe(const sc_value *a)
     h = fnv(h, &rflags, sizeof rflags);
     h = fnv(h, &fs, sizeof fs);
     h = fnv(h, &gs, sizeof gs);
-    h = fnv(h, (const void *)(uintptr_t)SC_ABI_PAGE_ADDR, SC_PAGE_SIZE);
+    /* the ABI page, except the generation + seed the host writes fresh for every sandbox */
+    h = fnv(h, (const void *)(uintptr_t)SC_ABI_PAGE_ADDR, 0x48);
+    h = fnv(h, (const void *)(uintptr_t)(SC_ABI_PAGE_ADDR + 0x70), SC_PAGE_SIZE - 0x70);
     h = probe_stack(h);
     size_t n = 1 << 20;
     uint8_t *heap = malloc(n);                /* not cleared: what a previous tenant left? */

@@ -1,6 +1,7 @@
 """snapcell: hypervisor-isolated micro-VM sandboxes on Linux KVM, built around snapshots."""
 
 from . import errors, types
+from .code import CodeError, CodeSandbox, RunResult
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from .sandbox import (
@@ -14,5 +15,6 @@ from .sandbox import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
+__all__ = ["CodeError", "CodeSandbox", "RunResult",
+           "HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
            "SandboxStatus", "Snapshot", "UninitializedSandbox", "errors", "types", *_errors_all]

@@ -3,12 +3,14 @@ one run (docs/benchmarks.md). Never used by tests to assert timings."""
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from .code import CodeSandbox, warm_snapshot
 from .errors import ExecutionCancelled, SnapcellError
 from .guest.elf import GuestBinary
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
@@ -119,6 +122,71 @@ def _memory_per_sandbox(snap: Snapshot, counts: tuple[int, ...]) -> dict[str, St
                        "dirty_mib_per_sandbox": dirty / n / MIB,
                        "overhead_mib_per_sandbox": max(0.0, used - dirty) / n / MIB}
     return out
+
+
+NATIVE = ROOT / "build" / "native"
+CODE_TRIVIAL = {"js": "1 + 1", "lua": "1 + 1"}
+CODE_TOOL = {"js": "add(1, 2)", "lua": "add(1, 2)"}
+
+
+def _tool_add(a: int, b: int) -> int:
+    return a + b
+
+
+def _code_memory(counts: tuple[int, ...]) -> dict[str, Stats]:
+    """Host memory per idle JS code sandbox (after one run), beyond its dirty pages."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * max(counts) + 256)), hard))
+    warm_snapshot("js")
+    out: dict[str, Stats] = {}
+    for n in counts:
+        before = _memory_bytes()
+        boxes = []
+        for _ in range(n):
+            box = CodeSandbox("js")
+            box.run("1 + 1")
+            boxes.append(box)
+        after = _memory_bytes()
+        dirty = sum(length for b in boxes
+                    for _, length in b._sb._core.memory.dirty_guest_pages())   # noqa: SLF001
+        for b in boxes:
+            b.close()
+        used = after - before
+        out[str(n)] = {"n": n, "total_mib_per_sandbox": used / n / MIB,
+                       "dirty_mib_per_sandbox": dirty / n / MIB,
+                       "overhead_mib_per_sandbox": max(0.0, used - dirty) / n / MIB,
+                       "total_mib": used / MIB}
+    return out
+
+
+def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
+    """Code sandboxes (docs/code-sandboxes.md): run from the warm snapshot, with a tool call,
+    through `snapcell run`, and the peers (a fresh native process of the same interpreter
+    build, node -e)."""
+    n = 1000 if quick else 5000
+    for lang in ("js", "lua"):
+        with CodeSandbox(lang, tools={"add": _tool_add}) as box:
+            trivial, tool = CODE_TRIVIAL[lang], CODE_TOOL[lang]
+            r[f"code_run_{lang}_trivial"] = _time(functools.partial(box.run, trivial), n, 200)
+            r[f"code_run_{lang}_one_tool_call"] = _time(functools.partial(box.run, tool), n, 200)
+    k = 5 if quick else 20
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for lang in ("js", "lua"):
+        cmd = [sys.executable, "-m", "snapcell", "run", "--lang", lang, CODE_TRIVIAL[lang]]
+        r[f"code_cli_snapcell_run_{lang}"] = _time(
+            functools.partial(subprocess.run, cmd, check=True, capture_output=True, env=env), k, 1)
+    m = 50 if quick else 200
+    for lang, exe, args in (("js", NATIVE / "qjs", ["1 + 1"]), ("lua", NATIVE / "lua", ["-e", "x = 1 + 1"])):
+        if exe.exists():
+            r[f"peer_native_{lang}_process"] = _time(
+                functools.partial(subprocess.run, [str(exe), *args], check=True,
+                                  capture_output=True), m, 5)
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is not None:
+        r["peer_node_e"] = _time(
+            lambda: subprocess.run([node, "-e", "1 + 1"], check=True, capture_output=True), k, 1)
+    r["code_memory_js"] = _code_memory((1, 100) if quick else (1, 100, 1000))
 
 
 def _throughput_worker(args: tuple[str, float]) -> int:
@@ -319,6 +387,10 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         r.update(_peers(n))
 
+    @step("code sandboxes")
+    def _() -> None:
+        _code_benchmarks(r, quick)
+
     try:
         if console is not None:
             with Progress(console=console, transient=True) as progress:
@@ -362,6 +434,17 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     if "peer_wasmtime_instantiate_call" in r:
         out["from_snapshot pooled / wasmtime instantiate+call"] = (
             pooled / r["peer_wasmtime_instantiate_call"]["median_us"])
+    for lang in ("js", "lua"):
+        run = r.get(f"code_run_{lang}_trivial")
+        if run is None:
+            continue
+        out[f"{lang}: run with one tool call / without"] = (
+            r[f"code_run_{lang}_one_tool_call"]["median_us"] / run["median_us"])
+        if f"peer_native_{lang}_process" in r:
+            out[f"{lang}: fresh native process / run"] = (
+                r[f"peer_native_{lang}_process"]["median_us"] / run["median_us"])
+    if "peer_node_e" in r and "code_run_js_trivial" in r:
+        out["js: node -e / run"] = r["peer_node_e"]["median_us"] / r["code_run_js_trivial"]["median_us"]
     if "peer_fork_per_call" in r:
         out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
     return out
@@ -370,9 +453,10 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, v in report["results"].items():
-        if name == "memory":
+        if name in ("memory", "code_memory_js"):
+            what = "memory per sandbox" if name == "memory" else "memory per idle JS code sandbox"
             for count, m in v.items():
-                rows.append((f"memory per sandbox ({count} alive): overhead / dirty MiB",
+                rows.append((f"{what} ({count} alive): overhead / dirty MiB",
                              f"{m['overhead_mib_per_sandbox']:.3f}",
                              f"{m['dirty_mib_per_sandbox']:.3f}", str(count)))
         elif name == "sandboxes_per_second_all_cores":

@@ -12,9 +12,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_run import run_command
 from .cli_snapshot import snapshot_group
 from .errors import SnapcellError
-from .guest.build import build_guest
+from .guest.build import BuildOptions, build_guest, build_static_lib
 from .guest.values import ValueType, parse_text
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from .types import I32
@@ -35,12 +36,33 @@ def guest() -> None:
 
 @guest.command("build")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output ELF.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output ELF (or static library with --static-lib).")
 @click.option("--debug", is_flag=True, help="Build with full debug info and no optimisation (for gdb).")
-def guest_build(sources: tuple[str, ...], output: str, debug: bool) -> None:
+@click.option("-I", "--include", "includes", multiple=True, type=click.Path(file_okay=False),
+              help="Add an include directory (repeatable).")
+@click.option("-D", "--define", "defines", multiple=True, help="Define NAME or NAME=VALUE (repeatable).")
+@click.option("--third-party", "third_party", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A third-party source compiled with its warnings silenced (repeatable).")
+@click.option("--lib", "libraries", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Link a static library (.a) into the guest (repeatable).")
+@click.option("--static-lib", is_flag=True,
+              help="Compile SOURCES (as third-party code) into a static library instead of a guest.")
+@click.option("-j", "--jobs", default=0, show_default=True, help="Parallel compile jobs (0 = CPUs).")
+def guest_build(sources: tuple[str, ...], output: str, debug: bool, includes: tuple[str, ...],
+                defines: tuple[str, ...], third_party: tuple[str, ...], libraries: tuple[str, ...],
+                static_lib: bool, jobs: int) -> None:
     """Compile C SOURCES with the guest SDK and musl into a static guest ELF."""
+    options = BuildOptions(include_dirs=includes, defines=defines, third_party=third_party,
+                           libraries=libraries, jobs=jobs)
     try:
-        build_guest(list(sources), output, debug=debug)
+        if static_lib:
+            if third_party or libraries:
+                raise click.UsageError("--static-lib takes SOURCES only (no --third-party/--lib)")
+            build_static_lib(list(sources), output, debug=debug, options=options)
+        else:
+            build_guest(list(sources), output, debug=debug, options=options)
     except SnapcellError as e:
         raise click.ClickException(str(e)) from None
     console.print(f"built [bold]{output}[/bold]")
@@ -200,6 +222,7 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
 
 
 main.add_command(snapshot_group)
+main.add_command(run_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -34,6 +34,7 @@ from .entropy import Entropy
 from .faults import fault_error
 from .host_functions import HostFunction, HostFunctions
 from .interrupt import InterruptHandle, watchdog
+from .reseed import write_generation
 from .syscalls import SyscallHost
 
 MAX_ABORT_MESSAGE = 4096
@@ -84,12 +85,15 @@ class Core:
         """Give this sandbox a new state (restore, from_snapshot): `Machine.reset`, the one
         routine every reuse goes through, on this machine — or, when the machine is tainted
         (an exit that may leave KVM mid-instruction), on a replacement, the tainted one being
-        closed. Reseeds guest entropy. Refused while a call runs."""
+        closed. Reseeds guest entropy: the host's getrandom stream, and a new generation + seed in the
+        ABI page for the guest's own PRNGs (sandbox/reseed.py). Refused while a call runs."""
         self.check_idle()
         machine = self.machine
         if machine.tainted:
             machine = self._replace_machine(guest)
         machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+        assert machine.memory is not None
+        write_generation(machine.memory)          # the guest's PRNGs reseed at their next call
         self.entropy.reseed()
 
     def _replace_machine(self, guest: MemoryImage) -> Machine:

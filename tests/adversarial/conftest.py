@@ -10,13 +10,16 @@ and every byte of guest memory — the system part included."""
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from snapcell import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
+from snapcell.guest.abi import ABI_GENERATION, ABI_SEED, ABI_SEED_SIZE
 from snapcell.machine.layout import GUEST_BASE
+from snapcell.machine.memory import GuestMapping
 from snapcell.sandbox.pool import default_pool
 from snapcell.types import I32
 from tests.conftest import guest_path
@@ -44,18 +47,39 @@ def fingerprint(sb: MultiUseSandbox) -> Fingerprint:
     h.update(int(sregs.fs.base).to_bytes(8, "little") + int(sregs.gs.base).to_bytes(8, "little"))
     h.update(bytes(memoryview(m.get_xsave()).cast("B")))
     assert m.memory is not None
-    h.update(m.memory.view)
+    view = m.memory.view              # all of it but the per-sandbox generation + seed
+    h.update(view[:ABI_GENERATION])
+    h.update(view[ABI_SEED + ABI_SEED_SIZE:])
     return Fingerprint(probe, h.hexdigest())
 
 
 def system_part_pristine(sb: MultiUseSandbox) -> bool:
-    """Whether every byte below GUEST_BASE equals the host-built system image."""
+    """Whether every byte below GUEST_BASE equals the host-built system image (but the
+    generation + seed, which the host writes fresh on every reset)."""
     m = sb._core.machine
     assert m.memory is not None and m.system_image is not None
-    return bytes(m.memory.view[:GUEST_BASE]) == bytes(m.system_image.read_view())
+    have, want = bytearray(m.memory.view[:GUEST_BASE]), bytearray(m.system_image.read_view())
+    have[ABI_GENERATION:ABI_SEED + ABI_SEED_SIZE] = want[ABI_GENERATION:ABI_SEED + ABI_SEED_SIZE]
+    return have == want
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package", autouse=True)
+def fixed_generation() -> Iterator[None]:
+    """Every reset writes the same generation and seed, so that a fresh VM and a reused one can
+    be compared byte for byte (the guest stores the generation it saw). That every sandbox gets
+    a fresh one is tested with the code sandboxes (tests/code/)."""
+    from snapcell.sandbox import core
+
+    def write(memory: GuestMapping, seed: bytes | None = None) -> int:
+        memory.write(ABI_GENERATION, struct.pack("<Q", 0x5EED) + bytes(range(ABI_SEED_SIZE)))
+        return 0x5EED
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core, "write_generation", write)
+        yield
+
+
+@pytest.fixture(scope="package")
 def adversary(kvm_ok: None) -> str:
     """Path of build/guests/adversary.elf."""
     return guest_path("adversary")
@@ -77,13 +101,13 @@ def host_functions() -> HostFunctions:
     return HostFunctions().register("Echo", _echo)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def attacker_snapshot(adversary: str) -> Snapshot:
     """The attacker's snapshot (also the victim's in the same-snapshot cases)."""
     return _evolve(adversary)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def other_snapshot(adversary: str) -> Snapshot:
     """A second tenant's snapshot: same binary, its own image (the cold-map path on reuse)."""
     return _evolve(adversary)
@@ -98,7 +122,7 @@ def reference(snap: Snapshot) -> Fingerprint:
         sb.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def references(attacker_snapshot: Snapshot, other_snapshot: Snapshot) -> dict[int, Fingerprint]:
     """Fresh-VM fingerprints by id() of the snapshot."""
     return {id(attacker_snapshot): reference(attacker_snapshot),

@@ -964,6 +964,34 @@ static void write_result(const struct sc_func *f, const sc_value *res)
     out_commit(w);
 }
 
+/* ---- reseeding (generation + seed in the ABI page, no VM exit) ---------------------------- */
+
+static sc_reseed_hook reseed_hooks[SC_MAX_RESEED_HOOKS];
+static int nreseed_hooks;
+static uint64_t seen_generation;            /* 0 until the host writes one */
+
+int sc_on_reseed(sc_reseed_hook hook)
+{
+    if (!hook || nreseed_hooks >= SC_MAX_RESEED_HOOKS)
+        return -1;
+    reseed_hooks[nreseed_hooks++] = hook;
+    return 0;
+}
+
+static void check_generation(void)
+{
+    volatile struct sc_abi_page *abi = SC_ABI_PAGE;
+    uint64_t g = abi->generation;
+    if (g == seen_generation)
+        return;
+    uint8_t seed[SC_ABI_SEED_SIZE];
+    for (int i = 0; i < SC_ABI_SEED_SIZE; i++)
+        seed[i] = abi->seed[i];
+    seen_generation = g;
+    for (int i = 0; i < nreseed_hooks; i++)
+        reseed_hooks[i](seed, g);
+}
+
 /* ---- the dispatch loop -------------------------------------------------------------------- */
 
 static const struct sc_func *find_func(const char *name, uint32_t len)
@@ -985,6 +1013,7 @@ static void handle_call(void)
     char why[192];
     uint32_t n = load_len(in_buf), cnt, nlen;
 
+    check_generation();
     if (n > in_size - SC_FRAME_HEADER) {
         write_errorf(-1, "malformed call: message length %u exceeds the %llu-byte input buffer", n,
                      (unsigned long long)in_size);

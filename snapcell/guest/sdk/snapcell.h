@@ -134,6 +134,16 @@ const char *sc_host_error(void);
  * capped at 4096 bytes (cut at a UTF-8 character boundary). */
 SC_NORETURN void sc_abort(int32_t code, const char *fmt, ...) SC_PRINTF(2, 3);
 
+/* A reseed hook: called with 32 fresh random bytes whenever the host has made this guest state a
+ * new sandbox (from_snapshot, restore): the host writes a new generation and seed into the ABI
+ * page as part of the restore, and the runtime compares the generation at the start of every
+ * dispatched call (no VM exit). Reseed userland PRNGs here so siblings of one snapshot differ.
+ * At most SC_MAX_RESEED_HOOKS hooks; register them in snapcell_main(). Returns 0, or -1 when
+ * the table is full or hook is NULL. */
+#define SC_MAX_RESEED_HOOKS 8
+typedef void (*sc_reseed_hook)(const uint8_t seed[32], uint64_t generation);
+int sc_on_reseed(sc_reseed_hook hook);
+
 /* The wire name of a type ("i32", ...), or "?" for an invalid value. */
 const char *sc_type_name(sc_type t);
 

@@ -34,6 +34,9 @@
 #define SC_ABI_OFF_HEAP_ADDR    0x30
 #define SC_ABI_OFF_HEAP_SIZE    0x38
 #define SC_ABI_OFF_STACK_TOP    0x40
+#define SC_ABI_OFF_GENERATION   0x48  /* u64, changed by the host on every from_snapshot/restore */
+#define SC_ABI_OFF_SEED         0x50  /* 32 fresh random bytes (0x50..0x6F), written with it */
+#define SC_ABI_SEED_SIZE        32
 #define SC_ABI_OFF_SYSCALL_NR   0x80
 #define SC_ABI_OFF_SYSCALL_ARGS 0x88  /* args[0..5] at 0x88, 0x90, 0x98, 0xA0, 0xA8, 0xB0 */
 #define SC_ABI_OFF_SYSCALL_RESULT 0xB8 /* set by the host */
@@ -68,7 +71,9 @@ struct sc_abi_page {
     uint64_t heap_addr;     /* 0x30 */
     uint64_t heap_size;     /* 0x38 */
     uint64_t stack_top;     /* 0x40 */
-    uint64_t reserved[7];   /* 0x48..0x7F */
+    uint64_t generation;    /* 0x48: new value on every from_snapshot and restore */
+    uint8_t seed[32];       /* 0x50..0x6F: fresh random bytes written with the generation */
+    uint64_t reserved[2];   /* 0x70..0x7F */
     uint64_t syscall_nr;    /* 0x80 */
     uint64_t syscall_args[6]; /* 0x88..0xB7 */
     uint64_t syscall_result;  /* 0xB8 */
@@ -79,6 +84,8 @@ _Static_assert(__builtin_offsetof(struct sc_abi_page, input_addr) == SC_ABI_OFF_
 _Static_assert(__builtin_offsetof(struct sc_abi_page, output_size) == SC_ABI_OFF_OUTPUT_SIZE, "abi");
 _Static_assert(__builtin_offsetof(struct sc_abi_page, heap_size) == SC_ABI_OFF_HEAP_SIZE, "abi");
 _Static_assert(__builtin_offsetof(struct sc_abi_page, stack_top) == SC_ABI_OFF_STACK_TOP, "abi");
+_Static_assert(__builtin_offsetof(struct sc_abi_page, generation) == SC_ABI_OFF_GENERATION, "abi");
+_Static_assert(__builtin_offsetof(struct sc_abi_page, seed) == SC_ABI_OFF_SEED, "abi");
 _Static_assert(__builtin_offsetof(struct sc_abi_page, syscall_nr) == SC_ABI_OFF_SYSCALL_NR, "abi");
 _Static_assert(__builtin_offsetof(struct sc_abi_page, syscall_args) == SC_ABI_OFF_SYSCALL_ARGS, "abi");
 _Static_assert(__builtin_offsetof(struct sc_abi_page, syscall_result) == SC_ABI_OFF_SYSCALL_RESULT, "abi");

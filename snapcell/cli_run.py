@@ -1,0 +1,85 @@
+"""`snapcell run`: run a JavaScript or Lua snippet in a code sandbox from the command line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .code import CodeSandbox
+from .errors import SnapcellError
+
+EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua"}
+
+
+def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
+    """`module:function` or `name=module:function` → (name, callable); UsageError otherwise."""
+    name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise click.UsageError(f"--tool {spec!r}: expected module:function or name=module:function")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise click.UsageError(f"--tool {spec!r}: {e}") from None
+    if not callable(fn):
+        raise click.UsageError(f"--tool {spec!r}: {module}.{attr} is not callable")
+    return (name or attr), fn
+
+
+@click.command("run")
+@click.argument("code", required=False)
+@click.option("--lang", "lang", type=click.Choice(["js", "lua"]),
+              help="Language (default: from the -f file's extension).")
+@click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False),
+              help="Read the code from a file.")
+@click.option("--tool", "tools", multiple=True, metavar="[NAME=]MODULE:FUNCTION",
+              help="Expose a Python function to the code as a tool (repeatable).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print value, stdout, stderr and error as one JSON object.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Time limit in seconds.")
+@click.option("--memory-limit", type=int, default=64, show_default=True,
+              help="Interpreter heap limit in MiB.")
+def run_command(code: str | None, lang: str | None, path: str | None, tools: tuple[str, ...],
+                as_json: bool, timeout: float, memory_limit: int) -> None:
+    """Run CODE (or -f FILE) in a fresh code sandbox. Exit status 0 on success, 1 when the code
+    failed, 2 on a usage error."""
+    if (code is None) == (path is None):
+        raise click.UsageError("give the code as an argument or with -f FILE (not both)")
+    source: str | bytes
+    if path is not None:
+        source = Path(path).read_bytes()
+        lang = lang or EXTENSIONS.get(Path(path).suffix.lower())
+        filename = Path(path).name
+    else:
+        assert code is not None
+        source, filename = code, ""
+    if lang is None:
+        raise click.UsageError("--lang js|lua is required (no known file extension)")
+    if timeout <= 0:
+        raise click.UsageError("--timeout must be positive")
+    funcs = dict(load_tool(t) for t in tools)
+    try:
+        with CodeSandbox(lang, tools=funcs, timeout=timeout, memory_limit=memory_limit << 20,
+                         filename=filename or None) as box:
+            result = box.run(source)
+    except SnapcellError as e:
+        raise click.UsageError(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        if result.ok and result.value is not None:
+            click.echo(json.dumps(result.to_dict()["value"]))
+        if result.error is not None:
+            err = result.error
+            click.echo(f"{err.type}: {err.message}", err=True)
+            if err.stack:
+                click.echo(err.stack.rstrip("\n"), err=True)
+    sys.exit(0 if result.ok else 1)

@@ -1,0 +1,171 @@
+"""`CodeSandbox`: run code in a micro-VM, each run from a snapshot of the warm interpreter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import (
+    ArgumentError,
+    ConfigurationError,
+    ExecutionTimeout,
+    GuestError,
+    PoisoningError,
+    SandboxClosedError,
+)
+from ..guest.abi import FRAME_HEADER
+from ..sandbox import MultiUseSandbox, SandboxStatus, Snapshot
+from .languages import Language, language
+from .protocol import ToolDispatcher, check_tools, decode_response, encode_request
+from .result import CodeError, RunResult
+from .warm import LAYOUT, MAX_MEMORY_LIMIT, MAX_OUTPUT, MIB, tool_host_functions, warm_snapshot
+
+_NO_TIMEOUT: Any = object()
+
+
+def _positive(name: str, v: Any, maximum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigurationError(f"{name} must be a positive int, got {v!r}")
+    if maximum is not None and v > maximum:
+        raise ConfigurationError(f"{name} must be at most {maximum}, got {v}")
+    return v
+
+
+def _timeout(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds or None, got {v!r}")
+    return float(v)
+
+
+class CodeSandbox:
+    """A JavaScript (``"js"``, QuickJS-ng) or Lua (``"lua"``, 5.4) sandbox::
+
+        with CodeSandbox("js", tools={"search": search}, timeout=1.0) as box:
+            r = box.run("const hits = search('kvm'); console.log(hits.length); hits[0]")
+            r.value, r.stdout, r.stderr, r.error
+
+    Every `run` starts from the base snapshot — the warm interpreter of the language, or the
+    `snapshot` given — so nothing one run does is seen by the next. With ``keep_state=True``
+    runs continue in the same interpreter (a REPL session); a run cut by its time limit or a
+    crash then resets the session to the base snapshot. `snapshot()` captures the session for
+    forking: ``CodeSandbox("js", snapshot=s, keep_state=True)``.
+
+    Limits per run: `timeout` seconds (None = none), `memory_limit` bytes of interpreter heap
+    (exhaustion is the language's out-of-memory error), `max_output` bytes of stdout+stderr
+    (writing more raises an output-limit error in the code). Tools are Python callables taking
+    and returning JSON-like values (None, bool, int, float, str, bytes, list, dict), visible in
+    the code as global functions; a tool that raises is an exception in the code."""
+
+    def __init__(self, lang: str, tools: Mapping[str, Any] | None = None, *,
+                 timeout: float | None = 5.0, memory_limit: int = 64 * MIB,
+                 max_output: int = 1 * MIB, keep_state: bool = False,
+                 snapshot: Snapshot | None = None, filename: str | None = None) -> None:
+        self.language: Language = language(lang)
+        self.timeout = _timeout(timeout)
+        self.memory_limit = _positive("memory_limit", memory_limit, MAX_MEMORY_LIMIT)
+        self.max_output = _positive("max_output", max_output, MAX_OUTPUT)
+        self.keep_state = bool(keep_state)
+        self.filename = filename or self.language.filename
+        if not isinstance(self.filename, str) or not 0 < len(self.filename.encode()) < 100:
+            raise ConfigurationError("filename must be a non-empty string of under 100 bytes")
+        self._tools = check_tools(tools)
+        self._tool_names = sorted(self._tools)
+        self._dispatch = ToolDispatcher(self._tools, LAYOUT.input_size - 64)
+        if snapshot is not None and not isinstance(snapshot, Snapshot):
+            raise TypeError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
+        self._base = snapshot if snapshot is not None else warm_snapshot(self.language)
+        self._sb = MultiUseSandbox.from_snapshot(self._base, tool_host_functions(self._dispatch))
+        self._dirty = False
+
+    # ---------------------------------------------------------------- running code
+    @property
+    def tools(self) -> dict[str, Any]:
+        """The tools (name → callable) the code can call."""
+        return dict(self._tools)
+
+    @property
+    def tool_calls(self) -> int:
+        """How many tool calls the code made in this sandbox so far."""
+        return self._dispatch.calls
+
+    def run(self, code: str | bytes, *, timeout: Any = _NO_TIMEOUT) -> RunResult:
+        """Run `code`; returns a RunResult whose `error` is set when the code failed (a
+        language exception, the time or memory limit, a crash of the interpreter). The sandbox
+        is usable afterwards in every case. `timeout` overrides the sandbox's for this run."""
+        if not isinstance(code, (str, bytes)):
+            raise ArgumentError(f"code must be str or bytes, got {type(code).__name__}")
+        limit = self.timeout if timeout is _NO_TIMEOUT else _timeout(timeout)
+        sb = self._sb
+        if sb.status is SandboxStatus.CLOSED:
+            raise SandboxClosedError("the code sandbox is closed")
+        request = encode_request(code, self._tool_names, self.max_output, self.memory_limit,
+                                 self.filename)
+        if len(request) + FRAME_HEADER + 64 > LAYOUT.input_size:
+            raise ArgumentError(f"code of {len(code)} bytes does not fit the "
+                                f"{LAYOUT.input_size}-byte input buffer")
+        if self._dirty and not self.keep_state:
+            sb.restore(self._base)
+        self._dirty = True
+        start = time.perf_counter()
+        try:
+            raw = sb.call("Run", request, timeout=limit)
+        except ExecutionTimeout:
+            return self._failed("TimeoutError", f"the run exceeded its time limit of {limit} s",
+                                start)
+        except PoisoningError as e:
+            return self._failed("InternalError", f"the interpreter crashed: {e}", start)
+        except GuestError as e:
+            return RunResult(error=CodeError("InternalError", e.message, "", 0,
+                                             self.language.name),
+                             duration=time.perf_counter() - start)
+        result = decode_response(raw, self.language.name)
+        result.duration = time.perf_counter() - start
+        return result
+
+    def _failed(self, type_: str, message: str, start: float) -> RunResult:
+        """The run was cancelled or crashed: the state is gone; back to the base snapshot."""
+        duration = time.perf_counter() - start
+        self._sb.restore(self._base)
+        self._dirty = False
+        return RunResult(error=CodeError(type_, message, "", 0, self.language.name),
+                         duration=duration)
+
+    # ---------------------------------------------------------------- state
+    def snapshot(self) -> Snapshot:
+        """The interpreter's current state (after the last run) as a Snapshot, to start other
+        code sandboxes from (``CodeSandbox(lang, snapshot=s)``) or to `restore` later."""
+        if not self._dirty:
+            return self._base
+        return self._sb.snapshot()
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` (from `snapshot()` of a sandbox of this language) the current state."""
+        self._sb.restore(snapshot)
+        self._dirty = True if self.keep_state else snapshot is not self._base
+        if not self.keep_state:
+            self._base = snapshot
+            self._dirty = False
+
+    def reset(self) -> None:
+        """Back to the base snapshot (the warm interpreter unless another was given)."""
+        self._sb.restore(self._base)
+        self._dirty = False
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Release the micro-VM. Idempotent."""
+        self._sb.close()
+
+    def __enter__(self) -> "CodeSandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "keep-state" if self.keep_state else "fresh"
+        return (f"<CodeSandbox {self.language.name} {mode} tools={self._tool_names} "
+                f"{self._sb.status.value}>")
