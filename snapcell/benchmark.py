@@ -59,6 +59,38 @@ def _time(fn: Callable[[], Any], n: int, warmup: int = 0,
     return _stats(out)
 
 
+def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 100,
+                      warmup: int = 200) -> dict[str, Stats]:
+    """Time several functions in alternating blocks of `block` samples, so that machine noise
+    (another process, frequency changes) falls on all of them alike; `n` samples each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[int]] = {k: [] for k in fns}
+    clock = time.perf_counter_ns
+    while len(next(iter(samples.values()))) < n:
+        for k, fn in fns.items():
+            out = samples[k]
+            for _ in range(block):
+                t = clock()
+                fn()
+                out.append(clock() - t)
+    return {k: _stats(v[:n]) for k, v in samples.items()}
+
+
+def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
+    """A bare `fcntl.ioctl(KVM_RUN)` on a sandbox parked after a NoOp call: the guest re-reads
+    the NoOp in its input buffer, runs it and exits again — a call with no host work at all."""
+    import fcntl
+
+    from .kvm import ioctls
+    sb = MultiUseSandbox.from_snapshot(snap, hf)
+    sb.call("NoOp")
+    fd, run = sb._core.machine.vcpu.fd, ioctls.KVM_RUN       # type: ignore[union-attr]  # noqa: SLF001
+    ioctl = fcntl.ioctl
+    return lambda: ioctl(fd, run)
+
+
 def c_floor(n: int) -> Stats:
     """The C KVM_RUN round-trip floor (benchmarks/c_floor.c, built when needed)."""
     if not C_FLOOR_BIN.exists() or C_FLOOR_BIN.stat().st_mtime < C_FLOOR_SRC.stat().st_mtime:
@@ -301,9 +333,20 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
 
     @step("calls")
     def _() -> None:
-        r["call_noop"] = _time(lambda: base.call("NoOp"), n, 500)
-        r["call_echo_i32"] = _time(lambda: base.call("EchoI32", 7), n, 500)
-        r["call_host_roundtrip"] = _time(lambda: base.call("Add", 1, 2), n, 500)
+        # The split of issue 17: each call row and a bare Python KVM_RUN loop on the same guest
+        # (the time inside KVM_RUN as Python sees it), interleaved; host overhead = the
+        # difference of the medians (the round trip makes two exits).
+        floor = _python_floor(snap, hf)
+        got = _time_interleaved({
+            "python_floor_kvm_run": floor,
+            "call_noop": lambda: base.call("NoOp"),
+            "call_echo_i32": lambda: base.call("EchoI32", 7),
+            "call_host_roundtrip": lambda: base.call("Add", 1, 2)}, n)
+        r.update(got)
+        py = got["python_floor_kvm_run"]["median_us"]
+        for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2)):
+            r[f"host_overhead_{name}"] = {"n": got[name]["n"], "p99_us": float("nan"),
+                                          "median_us": got[name]["median_us"] - exits * py}
 
     @step("evolve")
     def _() -> None:
@@ -418,6 +461,7 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     pooled = r["from_snapshot_first_result_pooled"]["median_us"]
     out = {
         "call_noop / C floor": r["call_noop"]["median_us"] / floor,
+        "python KVM_RUN floor / C floor": r["python_floor_kvm_run"]["median_us"] / floor,
         "call_echo_i32 / C floor": r["call_echo_i32"]["median_us"] / floor,
         "host round trip / C floor": r["call_host_roundtrip"]["median_us"] / floor,
         "evolve (ELF file) / from_snapshot pooled": r["evolve_from_elf_file"]["median_us"] / pooled,

@@ -93,8 +93,9 @@ class Core:
             machine = self._replace_machine(guest)
         machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
         assert machine.memory is not None
-        write_generation(machine.memory)          # the guest's PRNGs reseed at their next call
-        self.entropy.reseed()
+        # one getrandom: the host's stream for the guest's getrandom(), and the seed the
+        # guest's own PRNGs take at their next call (with a new generation)
+        write_generation(machine.memory, self.entropy.reseed())
 
     def _replace_machine(self, guest: MemoryImage) -> Machine:
         old = self.machine

@@ -1,25 +1,52 @@
-"""Per-sandbox entropy for the guest's getrandom(): a BLAKE2b keyed stream whose key is drawn
-from the OS at creation, restore and from_snapshot — so siblings and restores never repeat."""
+"""Per-sandbox entropy for the guest's getrandom() and its own PRNG seeds.
+
+Each sandbox reset draws 64 fresh bytes from a process-wide generator — BLAKE2b keyed with 32
+bytes from the OS, over a counter, re-keyed from the OS in a forked child — so that a reset
+costs no system call: 32 bytes key the sandbox's getrandom() stream, 32 become the seed the
+guest's own PRNGs take (sandbox/reseed.py). Siblings and restores never repeat a stream."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+
+_state: list[object] = []
+
+
+def _rekey() -> None:
+    _state[:] = [os.urandom(32), itertools.count(1)]
+
+
+_rekey()
+os.register_at_fork(after_in_child=_rekey)
+
+
+def fresh_bytes() -> bytes:
+    """64 bytes never returned before in this process (or in its parent)."""
+    key, counter = _state
+    n = next(counter)                            # type: ignore[call-overload]
+    return hashlib.blake2b(n.to_bytes(8, "little"), key=key).digest()   # type: ignore[arg-type]
 
 
 class Entropy:
     """A reseedable byte stream."""
 
     def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        """Draw a fresh 32-byte key from the OS."""
-        self._key = os.urandom(32)
+        self._key = b""          # drawn by the first reseed (every sandbox reset does one)
         self._counter = 0
+
+    def reseed(self) -> bytes:
+        """Take a fresh key; returns 32 more fresh bytes drawn with it (the guest's seed)."""
+        fresh = fresh_bytes()
+        self._key = fresh[:32]
+        self._counter = 0
+        return fresh[32:]
 
     def read(self, n: int) -> bytes:
         """`n` bytes of output."""
+        if not self._key:
+            self.reseed()
         out = bytearray()
         while len(out) < n:
             self._counter += 1
