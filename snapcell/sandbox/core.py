@@ -260,6 +260,8 @@ class Core:
             raise
         finally:
             handle._thread = None             # handle.end(), inlined
+            if timeout is not None:
+                watchdog.disarm(handle, call_id)
         layout = self.layout                  # _read_output(), inlined on the hot path
         try:
             return codec.read_message(self.memory.view, layout.output_addr, layout.output_size)

@@ -9,8 +9,6 @@ process that kills calls whose deadline passed."""
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import signal
 import threading
 import time
@@ -157,36 +155,57 @@ class InterruptHandle:
 
 
 class Watchdog:
-    """One thread that kills calls whose deadline passed."""
+    """One thread that kills calls whose deadline passed.
+
+    Armed calls live in a dict (handle → deadline, call id) that `disarm` empties at the end
+    of each call, so finished calls cost the thread nothing; the thread is woken only when a
+    new deadline is earlier than the one it sleeps until (a run of calls with the same timeout
+    wakes it about once per timeout period, not once per call)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, InterruptHandle, int]] = []
+        self._armed: dict[InterruptHandle, tuple[float, int]] = {}
         self._cv = threading.Condition()
-        self._seq = itertools.count()
+        self._wake_at = float("inf")           # when the thread next looks at the deadlines
         self._thread: threading.Thread | None = None
 
     def arm(self, seconds: float, handle: InterruptHandle, call_id: int) -> None:
-        """Kill call `call_id` of `handle` after `seconds` unless it ended."""
+        """Kill call `call_id` of `handle` after `seconds` unless it ends (`disarm`) first."""
+        deadline = time.monotonic() + seconds
         with self._cv:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), handle, call_id))
+            self._armed[handle] = (deadline, call_id)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="snapcell-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if deadline < self._wake_at:
+                self._wake_at = deadline
+                self._cv.notify()
+
+    def disarm(self, handle: InterruptHandle, call_id: int) -> None:
+        """Call `call_id` of `handle` ended: forget its deadline."""
+        with self._cv:
+            armed = self._armed.get(handle)
+            if armed is not None and armed[1] == call_id:
+                del self._armed[handle]
 
     def _loop(self) -> None:
         while True:
+            expired: list[tuple[InterruptHandle, int]] = []
             with self._cv:
-                while not self._heap:
-                    self._cv.wait()
-                deadline, _, handle, call_id = self._heap[0]
-                delay = deadline - time.monotonic()
-                if delay > 0:
-                    self._cv.wait(delay)
+                now = time.monotonic()
+                wake = float("inf")
+                for handle, (deadline, call_id) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[handle]
+                        expired.append((handle, call_id))
+                    elif deadline < wake:
+                        wake = deadline
+                if not expired:
+                    self._wake_at = wake
+                    self._cv.wait(None if wake == float("inf") else wake - now)
                     continue
-                heapq.heappop(self._heap)
-            handle._kill(timeout=True, call_id=call_id)
+            for handle, call_id in expired:
+                handle._kill(timeout=True, call_id=call_id)
 
 
 watchdog = Watchdog()
