@@ -29,9 +29,9 @@ from .memory import GuestMapping, MemoryImage
 
 _FRAME = struct.Struct("<5Q")
 # kvm_run from exit_reason (offset 8): exit_reason u32, 20 bytes up to the exit union at 32, then
-# io.direction u8, io.size u8 (skipped), io.port u16, io.count u32.
+# io.direction u8, io.size u8, io.port u16, io.count u32.
 _EXIT_OFFSET = kvm_run.exit_reason.offset
-_EXIT_IO = struct.Struct("<I20xBxHI")
+_EXIT_IO = struct.Struct("<I20xBBHI")
 assert _EXIT_OFFSET + 24 == kvm_run.u.offset
 _ioctl = fcntl.ioctl
 _KVM_RUN, _KVM_SET_XSAVE = ioctls.KVM_RUN, ioctls.KVM_SET_XSAVE
@@ -241,8 +241,8 @@ class Machine:
         except BaseException:
             self.tainted = True
             raise
-        reason, direction, port, count = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
-        if reason == _KVM_EXIT_IO and direction == _KVM_EXIT_IO_OUT and count == 1:
+        reason, direction, size, port, count = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
+        if reason == _KVM_EXIT_IO and direction == _KVM_EXIT_IO_OUT and count == 1 and size == 1:
             if port >= TRAP_PORT_BASE:           # a CPL0 stub: the CPU wrote a frame on the
                 self.stacks_written = True       # kernel or IST stack (reset copies them back)
             return port  # type: ignore[no-any-return]
@@ -254,8 +254,8 @@ class Machine:
             if io.direction == ioctls.KVM_EXIT_IO_IN:
                 raise MachineFailure("IO", f"the guest read from I/O port {io.port:#x} (in, size "
                                      f"{io.size}, count {io.count}); guest ports are write-only")
-            raise MachineFailure("IO", f"string output to I/O port {io.port:#x} (size {io.size}, "
-                                 f"count {io.count}); the ABI takes one `out` per exit")
+            raise MachineFailure("IO", f"output to I/O port {io.port:#x} of size {io.size}, count "
+                                 f"{io.count}; the ABI takes one one-byte `out` per exit")
         raise MachineFailure(*self.describe_exit(reason))
 
     def describe_exit(self, reason: int) -> tuple[str, str]:
