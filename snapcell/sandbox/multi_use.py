@@ -13,6 +13,7 @@ from ..errors import (
     SandboxPoisonedError,
     SnapshotHostFunctionMismatch,
     SnapshotIncompatibleHost,
+    SnapshotIOError,
     SnapshotLayoutMismatch,
     SnapshotLayoutWarning,
     SnapshotStateError,
@@ -293,6 +294,10 @@ class MultiUseSandbox:
             sregs = machine.get_sregs()
             cpu = CpuState.capture(machine.get_regs(), int(sregs.fs.base), int(sregs.gs.base),
                                    machine.get_xsave())
+        except OSError as e:         # e.g. the blob of a map-mode snapshot was truncated
+            image.close()
+            raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
+                                  e.errno) from None
         except BaseException:
             image.close()
             raise

@@ -167,14 +167,17 @@ class Snapshot:
         return str(self._require_persistence().save(self, directory, tag))
 
     @classmethod
-    def load(cls, directory: str, ref: str = "latest") -> "Snapshot":
-        """Load (validated, digests not verified) a snapshot by tag or `sha256:` digest."""
-        return cls._require_persistence().load(directory, ref, verify=False)  # type: ignore[no-any-return]
+    def load(cls, directory: str, ref: str = "latest", *, mode: str = "copy") -> "Snapshot":
+        """Load (validated, digests not verified) a snapshot by tag or `sha256:` digest.
+        `mode="copy"` (default) keeps a private copy of the memory (later changes to the files
+        cannot reach it); `mode="map"` maps the blob file (zero-copy; the file must then stay
+        unchanged while in use). See docs/snapshot-format.md."""
+        return cls._require_persistence().load(directory, ref, verify=False, mode=mode)  # type: ignore[no-any-return]
 
     @classmethod
-    def checked_load(cls, directory: str, ref: str = "latest") -> "Snapshot":
-        """Load and also verify every blob's sha256 through the descriptor that is mapped."""
-        return cls._require_persistence().load(directory, ref, verify=True)  # type: ignore[no-any-return]
+    def checked_load(cls, directory: str, ref: str = "latest", *, mode: str = "copy") -> "Snapshot":
+        """Load and also verify every blob's sha256 (in copy mode: of the private copy itself)."""
+        return cls._require_persistence().load(directory, ref, verify=True, mode=mode)  # type: ignore[no-any-return]
 
     @classmethod
     def push(cls, source: "str | Snapshot", target: str, **options: Any) -> str:

@@ -22,9 +22,10 @@ class Persistence:
         """`Snapshot.save`: save into a layout, return the manifest digest."""
         return oci.save(snapshot, directory, tag)
 
-    def load(self, directory: str | os.PathLike[str], ref: str, verify: bool) -> Snapshot:
+    def load(self, directory: str | os.PathLike[str], ref: str, verify: bool,
+             mode: str = "copy") -> Snapshot:
         """`Snapshot.load` (verify=False) and `Snapshot.checked_load` (verify=True)."""
-        return oci.load(directory, ref, verify)
+        return oci.load(directory, ref, verify, mode=mode)
 
     def push(self, source: "str | os.PathLike[str] | Snapshot", target: str, **options: Any) -> str:
         """`Snapshot.push`: see `registry.push` for the options."""

@@ -60,6 +60,7 @@ from .validate import (
     index_bytes,
     index_entry,
     manifest_bytes,
+    no_raw_os_errors,
     open_dir,
     open_regular,
     parse_index,
@@ -175,20 +176,90 @@ class Reader:
         self.close()
 
 
+LOAD_MODES = ("copy", "map")
+
+
+def _file_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data regions of the first `size` bytes of a file (SEEK_DATA /
+    SEEK_HOLE; a file system without holes reports one extent)."""
+    out = []
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:          # no data after `off`
+                break
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        out.append((start, end - start))
+        off = end
+    return out
+
+
+def private_copy(fd: int, size: int, verify: bool, progress: Progress | None = None
+                 ) -> tuple[MemoryImage, str | None]:
+    """Copy the first `size` bytes of file `fd` into a new sealed memfd (sparse: holes and
+    all-zero 64 KiB pieces stay holes) and, with `verify`, return the sha256 of exactly the bytes
+    copied (holes hash as zeros): what is hashed is what the sandboxes will map, so a file
+    changed after the check cannot reach them, and a file truncated later cannot fault them."""
+    image = MemoryImage(size, "snapcell-loaded")
+    try:
+        h = hashlib.sha256() if verify else None
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        pos = 0
+        for start, length in _file_extents(fd, size):
+            if h is not None:
+                _feed_zeros(h, start - pos)
+            if progress is not None:
+                progress(start - pos)
+            off, end = start, start + length
+            while off < end:
+                n = os.preadv(fd, [view[:min(READ_CHUNK, end - off)]], off)
+                if n <= 0:
+                    raise fail(f"memory blob ends at byte {off}; expected {size}")
+                chunk = buf if n == len(buf) else buf[:n]
+                if h is not None:
+                    h.update(view[:n])
+                write_sparse(image.fd, chunk, off)
+                off += n
+                if progress is not None:
+                    progress(n)
+            pos = end
+        if h is not None:
+            _feed_zeros(h, size - pos)
+        if progress is not None:
+            progress(size - pos)
+        image.seal()
+    except BaseException:
+        image.close()
+        raise
+    return image, ("sha256:" + h.hexdigest() if h is not None else None)
+
+
+@no_raw_os_errors("loading the snapshot")
 def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False, *,
-         progress: Progress | None = None) -> Snapshot:
+         mode: str = "copy", progress: Progress | None = None) -> Snapshot:
     """Load snapshot `ref` (a tag or a `sha256:` manifest digest) from the layout at `path`.
 
     Everything is validated before anything is kept: the layout files, the manifest and config
     (their sha256 digests are always checked: they are small), every config field's bounds, the
     host gates (ABI, architecture, hypervisor, CPU features, XCR0 — SnapshotIncompatibleHost),
     and the memory blob (a regular file of exactly the right size, opened O_RDONLY|O_NOFOLLOW).
-    With `verify`, the memory blob's sha256 is also checked, read through the descriptor the
-    snapshot then keeps; without it, a modified memory blob is NOT detected.
+    With `verify`, the memory blob's sha256 is also checked; without it, a modified memory blob
+    is NOT detected.
 
-    Nothing is mapped here: the blob becomes an immutable MemoryImage that sandboxes map
-    MAP_PRIVATE. Like an executable, the file must not be modified or truncated while a snapshot
-    loaded from it is in use (snapcell itself never rewrites a blob)."""
+    `mode="copy"` (the default) copies the blob's data into a private sealed memfd: what
+    `verify` hashes is that copy, and nothing done to the file afterwards (rewrite, truncation)
+    reaches the snapshot. `mode="map"` keeps the blob file itself as the image (zero-copy:
+    sandboxes map it MAP_PRIVATE): the file must then not be modified or truncated while the
+    snapshot is in use — a truncation makes host accesses fault with SIGBUS — and a hard-linked
+    blob (st_nlink > 1, writable through another name) is refused."""
+    if mode not in LOAD_MODES:
+        raise ValueError(f"mode must be one of {', '.join(LOAD_MODES)}, not {mode!r}")
     ref = check_ref(ref)
     with Reader(path) as r:
         ie = resolve(r.entries, ref)
@@ -199,25 +270,45 @@ def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False
         size = e.manifest.layer.size
         fd = r.open_blob(e.manifest.layer, "memory")
         try:
-            if verify:
-                check_digest(sha256_fd(fd, size, progress), e.manifest.layer, "memory")
-                if os.fstat(fd).st_size != size:
-                    raise fail("memory blob changed size while being verified")
-            image = MemoryImage.from_fd(fd, size, immutable=True)
+            if mode == "copy":
+                image, digest = private_copy(fd, size, verify, progress)
+                try:
+                    if digest is not None:
+                        check_digest(digest, e.manifest.layer, "memory")
+                except BaseException:
+                    image.close()
+                    raise
+                os.close(fd)
+            else:
+                if os.fstat(fd).st_nlink > 1:
+                    raise SnapshotFormatError(
+                        f"memory blob {e.manifest.layer.digest} has other hard links; mode='map' "
+                        "refuses it (it could be modified through another name): use mode='copy'")
+                if verify:
+                    check_digest(sha256_fd(fd, size, progress), e.manifest.layer, "memory")
+                    if os.fstat(fd).st_size != size:
+                        raise fail("memory blob changed size while being verified")
+                image = MemoryImage.from_fd(fd, size, immutable=True)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             raise
     if verify:
         _digests[image] = e.manifest.layer.digest
     return e.config.to_snapshot(image, e.digest)
 
 
+@no_raw_os_errors("listing the layout")
 def entries(path: str | os.PathLike[str]) -> list[tuple[str | None, str]]:
     """(tag, manifest digest) of every manifest listed in the layout's index."""
     with Reader(path) as r:
         return [(ie.tag, ie.descriptor.digest) for ie in r.entries]
 
 
+@no_raw_os_errors("inspecting the snapshot")
 def inspect(path: str | os.PathLike[str], ref: str = "latest") -> dict[str, Any]:
     """A validated description of snapshot `ref` (no host gates, memory digest not checked):
     for `snapcell snapshot inspect` and `ls`."""
@@ -236,6 +327,7 @@ def inspect(path: str | os.PathLike[str], ref: str = "latest") -> dict[str, Any]
     return d
 
 
+@no_raw_os_errors("verifying the snapshot")
 def verify(path: str | os.PathLike[str], ref: str, progress: Progress | None = None) -> Entry:
     """Validate snapshot `ref` completely, including every blob's digest, without the host gates
     (SnapshotError when anything is wrong)."""
@@ -519,6 +611,7 @@ class Writer:
             self.close()
 
 
+@no_raw_os_errors("saving the snapshot")
 def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str = "latest", *,
          progress: Progress | None = None) -> str:
     """Save an initialised snapshot into the layout at `path` (created if missing) under `tag`

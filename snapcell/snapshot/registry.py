@@ -43,6 +43,7 @@ from .validate import (
     check_digest,
     check_ref,
     check_tag,
+    no_raw_os_errors,
     parse_manifest,
     resolve,
 )
@@ -296,6 +297,7 @@ def _read_capped(r: Any, cap: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
+@no_raw_os_errors("pushing the snapshot")
 def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str | None = None,
          insecure: bool = False, username: str | None = None, password: str | None = None,
          ca_file: str | None = None, timeout: float = 60.0,
@@ -350,6 +352,7 @@ def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str |
     return entry.digest
 
 
+@no_raw_os_errors("pulling the snapshot")
 def pull(source: str, directory: str | os.PathLike[str], *, tag: str | None = None,
          insecure: bool = False, username: str | None = None, password: str | None = None,
          ca_file: str | None = None, timeout: float = 60.0,

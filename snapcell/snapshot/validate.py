@@ -9,16 +9,18 @@ files, and are read with size caps checked before reading."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from ..errors import (
     SnapshotDigestMismatch,
+    SnapshotIOError,
     SnapshotNotFound,
     SnapshotReferenceError,
 )
@@ -55,6 +57,26 @@ BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 MAX_INDEX_ENTRIES = 4096
 MAX_ANNOTATIONS = 64
 READ_CHUNK = 1 << 20
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def no_raw_os_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a public persistence function so that an OSError it meets (a permission, a full
+    disk, an I/O error, a file truncated while read) surfaces as a SnapshotIOError naming `what`
+    instead of a raw OSError."""
+    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as e:
+                raise SnapshotIOError(f"{what} failed: {e.strerror or e}"
+                                      + (f" ({e.filename})" if e.filename else ""), e.errno) from e
+        return inner
+    return wrap
 
 
 # ------------------------------------------------------------------------------ references
