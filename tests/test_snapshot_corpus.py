@@ -430,7 +430,9 @@ H = SnapshotIncompatibleHost
 BOUNDS: dict[str, tuple[Callable[[dict[str, Any]], None], type[BaseException]]] = {
     **{f"missing {k}": (deleter(k), F) for k in TOP_KEYS},
     "unknown top-level field": (setter("created", "2024-01-01"), F),
-    "format_version 2": (setter("format_version", 2), F),
+    "format_version 3 (newer)": (setter("format_version", 3), F),
+    "format_version 1 in a format-2 manifest": (setter("format_version", 1), F),
+    "format_version 0": (setter("format_version", 0), F),
     "format_version str": (setter("format_version", "1"), F),
     "format_version bool": (setter("format_version", True), F),
     "abi_version 2": (setter("abi_version", 2), H),

@@ -1,7 +1,8 @@
 """Issue 10 items 4 and 6 on real KVM: a sandbox made from a loaded snapshot can be snapshotted
 and saved again (no raw OSError from any snapshot API), and the default load mode keeps a
 private copy, so a blob truncated or rewritten while in use changes nothing, while the opt-in
-zero-copy map mode is shown to die by SIGBUS (in a subprocess) and refuses hard-linked blobs."""
+zero-copy map mode (format-1 layouts: the golden copies here) is shown to die by SIGBUS (in a
+subprocess) and refuses hard-linked blobs."""
 
 from __future__ import annotations
 
@@ -14,13 +15,36 @@ from pathlib import Path
 import pytest
 
 from snapcell import MultiUseSandbox, Snapshot
-from snapcell.errors import SnapshotFormatError, SnapshotIOError
+import shutil
+
+from snapcell.errors import SnapshotFormatError, SnapshotIOError, SnapshotStateError
 from snapcell.snapshot import oci
 
 from .conftest import ROOT, make_host_functions
-from .test_snapshot_files import PYTHON, blob_path, layout, manifest_of, small_snapshot, template_layout
+from .test_snapshot_files import (
+    GOLDENS,
+    PYTHON,
+    blob_path,
+    layout,
+    manifest_of,
+    small_snapshot,
+    template_layout,
+)
 
 _ = (layout, small_snapshot, template_layout)
+
+
+@pytest.fixture
+def v1_layout(tmp_path: Path) -> Path:
+    """A private copy of the format-1 golden layout (tags static11 and pattern, raw blobs)."""
+    d = tmp_path / "v1"
+    shutil.copytree(GOLDENS / "simpleguest-v1", d)
+    return d
+
+
+def tagged(d: Path) -> str:
+    """The tag whose state is GetStatic() == 11 in either layout."""
+    return "static11" if d.name == "v1" else "base"
 
 
 def memory_blobs(d: Path, tag: str = "base") -> list[Path]:
@@ -40,21 +64,30 @@ def clobber(blob: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("checked", [False, True], ids=["load", "checked_load"])
-@pytest.mark.parametrize("mode", ["copy", "map"])
-def test_load_run_snapshot_save_works(layout: Path, tmp_path: Path, checked: bool,
-                                      mode: str) -> None:
+@pytest.mark.parametrize("mode", ["copy", "map", "copy-v1"])
+def test_load_run_snapshot_save_works(layout: Path, v1_layout: Path, tmp_path: Path,
+                                      checked: bool, mode: str) -> None:
+    src = layout if mode == "copy" else v1_layout
     loader = Snapshot.checked_load if checked else Snapshot.load
-    snap = loader(str(layout), "base", mode=mode)
+    snap = loader(str(src), tagged(src), mode=mode.split("-")[0])
     with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
         assert sb.call("AddToStatic", 4) == 15
         child = sb.snapshot()                      # copied from the blob file: was EXDEV
         digest = child.save(str(tmp_path / "out"), "child")
-        assert child.save(str(layout), "child") == digest
-    again = Snapshot.checked_load(str(tmp_path / "out"), "child")
-    assert again.digest == digest and again.generation == snap.generation + 1
-    with MultiUseSandbox.from_snapshot(again, make_host_functions()) as sb:
-        assert sb.call("GetStatic") == 15
-        assert sb.call("AddToStatic", 1) == 16
+        assert child.save(str(tmp_path / "out"), "child") == digest
+        in_place = child.save(str(src), "child")   # a diff on its parent (format 2 only)
+    for d, ref in ((tmp_path / "out", digest), (src, in_place)):
+        again = Snapshot.checked_load(str(d), ref)
+        assert again.generation == snap.generation + 1
+        with MultiUseSandbox.from_snapshot(again, make_host_functions()) as sb:
+            assert sb.call("GetStatic") == 15
+            assert sb.call("AddToStatic", 1) == 16
+    assert oci.inspect(str(src), "child")["depth"] == (2 if src is layout else 1)
+
+
+def test_map_mode_needs_a_format_1_layout(layout: Path) -> None:
+    with pytest.raises(SnapshotStateError, match="format-1"):
+        Snapshot.load(str(layout), "base", mode="map")
 
 
 @pytest.mark.parametrize("how", ["truncate", "rewrite"])
@@ -85,7 +118,7 @@ MAP_CRASH = """
 import os, sys
 from snapcell import MultiUseSandbox, Snapshot
 from tests.conftest import make_host_functions
-snap = Snapshot.load(sys.argv[1], "base", mode="map")
+snap = Snapshot.load(sys.argv[1], "static11", mode="map")
 sb = MultiUseSandbox.from_snapshot(snap, make_host_functions())
 print(sb.call("AddToStatic", 1), flush=True)
 for blob in sys.argv[2:]:
@@ -96,23 +129,28 @@ print(sb.call("GetStatic"), flush=True)
 """
 
 
-def test_map_mode_risk_is_real_and_shown_in_a_subprocess(layout: Path) -> None:
+def test_map_mode_risk_is_real_and_shown_in_a_subprocess(v1_layout: Path) -> None:
     """The documented trade-off of mode='map': truncating the blob under it kills the process
     with SIGBUS. The same script in copy mode survives (test above)."""
-    blobs = [str(b) for b in memory_blobs(layout)]
-    out = subprocess.run([str(PYTHON), "-c", MAP_CRASH, str(layout), *blobs], cwd=ROOT,
+    blobs = [str(b) for b in memory_blobs(v1_layout, "static11")]
+    out = subprocess.run([str(PYTHON), "-c", MAP_CRASH, str(v1_layout), *blobs], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[0] == "12"
     assert out.returncode == -signal.SIGBUS, (out.returncode, out.stderr[-2000:])
 
 
-def test_hard_linked_blobs_are_refused_by_map_mode_only(layout: Path, tmp_path: Path) -> None:
-    for blob in memory_blobs(layout):
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+def test_hard_linked_blobs_are_refused_by_map_mode_only(layout: Path, v1_layout: Path,
+                                                        tmp_path: Path, fmt: str) -> None:
+    d = v1_layout if fmt == "v1" else layout
+    tag = tagged(d)
+    for blob in memory_blobs(d, tag):
         os.link(blob, tmp_path / blob.name)             # writable through another name
-    with pytest.raises(SnapshotFormatError, match="hard links"):
-        Snapshot.load(str(layout), "base", mode="map")
-    snap = Snapshot.checked_load(str(layout), "base")   # copy mode: the copy is private
-    for blob in memory_blobs(layout):
+    if fmt == "v1":
+        with pytest.raises(SnapshotFormatError, match="hard links"):
+            Snapshot.load(str(d), tag, mode="map")
+    snap = Snapshot.checked_load(str(d), tag)           # copy mode: the copy is private
+    for blob in memory_blobs(d, tag):
         clobber(tmp_path / blob.name, "truncate")
     with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
         assert sb.call("GetStatic") == 11

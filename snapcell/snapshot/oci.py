@@ -2,13 +2,15 @@
 
 A layout directory holds `oci-layout`, `index.json` (one manifest descriptor per tag) and
 `blobs/sha256/<hex>`. A snapshot is one image manifest whose config is the strict JSON of
-`schema.py` and whose single layer is the raw guest memory, written sparse (docs/snapshot-format.md).
+`schema.py` and whose layers are its memory: format 2 (written now) a chain of extent layers
+(`layers.py`), base first, shared with the parent snapshots; format 1 (still read) a single raw
+memory blob (docs/snapshot-format.md).
 
-Writers (`save`, `registry.pull`) hold an exclusive flock on the layout directory, write blobs to
-temporary names, fsync and rename them, and commit by replacing index.json with a temporary file +
-rename: a writer killed at any point leaves every earlier tag loadable, and a failed write removes
-what it added. Readers take no lock: index.json is only ever replaced atomically and blobs are
-content-addressed and never rewritten in place."""
+Writers (`save`, `registry.pull`, `collect.rm/gc`) hold an exclusive flock on the layout
+directory, write blobs to temporary names, fsync and rename them, and commit by replacing
+index.json with a temporary file + rename: a writer killed at any point leaves every earlier tag
+loadable, and a failed write removes what it added. Readers take no lock: index.json is only
+ever replaced atomically and blobs are content-addressed and never rewritten in place."""
 
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import fcntl
 import hashlib
 import os
 import secrets
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from ..errors import SnapshotError, SnapshotFormatError, SnapshotNotFound, Snaps
 from ..machine.layout import GUEST_BASE
 from ..machine.memory import MemoryImage
 from ..sandbox.snapshot import Snapshot
+from . import content, layers, verified
+from .content import Chain
 from .schema import (
     CONFIG_CAP,
     INDEX_CAP,
@@ -43,9 +46,10 @@ from .validate import (
     BLOB_NAME,
     BLOBS_DIR,
     INDEX_FILE,
+    MAX_LAYERS,
     MT_CONFIG,
+    MT_LAYER,
     MT_MANIFEST,
-    MT_MEMORY,
     OCI_LAYOUT_FILE,
     OCI_LAYOUT_VERSION,
     READ_CHUNK,
@@ -78,10 +82,7 @@ ZERO_PIECE = 64 << 10
 _ZEROS = bytes(READ_CHUNK)
 _ZERO_PIECE = bytes(ZERO_PIECE)
 Progress = Callable[[int], None]
-
-# Verified memory digests of images (saved by us or checked on load): a second save of the same
-# snapshot skips hashing and, when the blob is present, writing.
-_digests: "weakref.WeakKeyDictionary[MemoryImage, str]" = weakref.WeakKeyDictionary()
+DEFAULT_MAX_DEPTH = 8                 # layers in a chain before `save` flattens
 
 
 # ------------------------------------------------------------------------------ reading
@@ -240,6 +241,98 @@ def private_copy(fd: int, size: int, verify: bool, progress: Progress | None = N
     return image, ("sha256:" + h.hexdigest() if h is not None else None)
 
 
+def _layer_what(i: int, n: int, desc: Descriptor) -> str:
+    return f"memory layer {i + 1} of {n} ({desc.digest})"
+
+
+def _open_layers(r: "Reader", e: Entry) -> list[int]:
+    """Open every memory layer of an entry; a missing one is a clear error naming the chain."""
+    fds: list[int] = []
+    n = len(e.manifest.layers)
+    try:
+        for i, desc in enumerate(e.manifest.layers):
+            try:
+                fds.append(r.open_blob(desc, _layer_what(i, n, desc)))
+            except SnapshotFormatError as err:
+                if n > 1 and "missing" in str(err):
+                    raise SnapshotFormatError(
+                        f"{err}: the layout lacks part of this snapshot's parent chain "
+                        f"(parent {e.config.parent}); pull or save the parent here first") from None
+                raise
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def check_lineage(r: "Reader", e: Entry) -> None:
+    """When the parent snapshot a config names is in the layout, the chain must agree with it:
+    the parent's layers are this snapshot's minus the last (for a diff), and its generation is
+    lower. (A parent that is absent is fine: the layers carry everything.)"""
+    if e.config.parent is None:
+        return
+    if e.config.parent == e.digest:
+        raise fail("the snapshot names itself as its parent")
+    ie = next((x for x in r.entries if x.descriptor.digest == e.config.parent), None)
+    if ie is None:
+        return
+    parent = r.entry(ie)
+    if len(e.manifest.layers) > 1 and parent.manifest.layers != e.manifest.layers[:-1]:
+        raise fail(f"the parent chain is inconsistent: parent {e.config.parent} has layers that "
+                   "are not this snapshot's minus its last one")
+    if parent.config.generation >= e.config.generation:
+        raise fail(f"generation {e.config.generation} is not above its parent's "
+                   f"({parent.config.generation})")
+
+
+def _compose(fds: list[int], e: Entry, verify: bool,
+             progress: Progress | None) -> tuple[MemoryImage, bool]:
+    """The memory image of a format-2 chain: from the process image cache when this exact chain
+    (same files, unchanged) is cached, else copied layer by layer into a new sealed memfd —
+    starting from the longest cached prefix — hashing what is copied unless the
+    verified-content record vouches for the file. Returns (image, trusted)."""
+    size = e.config.memory_size
+    descs = e.manifest.layers
+    n = len(descs)
+    tables = [layers.read_table(fd, d.size, size, _layer_what(i, n, d))
+              for i, (fd, d) in enumerate(zip(fds, descs))]
+    key = tuple(content.identity(d.digest, fd) for fd, d in zip(fds, descs))
+    stored = sum(t.data_bytes for t in tables)
+    vouched = [verified.is_verified(fd, d.digest) for fd, d in zip(fds, descs)]
+    hit = content.cached(key)
+    if hit is not None and (not verify or hit[1] or all(vouched)):
+        if progress is not None:
+            progress(size)
+        return hit[0], hit[1] or all(vouched)
+    image = MemoryImage(size, "snapcell-loaded")
+    try:
+        first = 0
+        prefix = content.longest_prefix(key, trusted_only=verify and not all(vouched))
+        if prefix is not None:
+            first = prefix[0]
+            image.copy_data_from(prefix[1])
+        trusted = prefix is None or prefix[2] or all(vouched[:first])
+        for i in range(first, n):
+            fd, d = fds[i], descs[i]
+            hash_it = verify and not vouched[i]
+            got = layers.apply_layer(fd, tables[i], image, first=(i == 0), verify=hash_it,
+                                     progress=progress)
+            if got is not None:
+                check_digest(got, d, _layer_what(i, n, d))
+            if content.identity(d.digest, fd) != key[i]:
+                raise fail(f"{_layer_what(i, n, d)} changed while being read")
+            if got is not None:
+                verified.record(fd, d.digest)
+            trusted = trusted and (hash_it or vouched[i])
+        image.seal()
+    except BaseException:
+        image.close()
+        raise
+    content.put(key, image, trusted, stored)
+    return image, trusted
+
+
 @no_raw_os_errors("loading the snapshot")
 def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False, *,
          mode: str = "copy", progress: Progress | None = None) -> Snapshot:
@@ -248,16 +341,18 @@ def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False
     Everything is validated before anything is kept: the layout files, the manifest and config
     (their sha256 digests are always checked: they are small), every config field's bounds, the
     host gates (ABI, architecture, hypervisor, CPU features, XCR0 — SnapshotIncompatibleHost),
-    and the memory blob (a regular file of exactly the right size, opened O_RDONLY|O_NOFOLLOW).
-    With `verify`, the memory blob's sha256 is also checked; without it, a modified memory blob
-    is NOT detected.
+    the lineage, and every memory layer (a regular file of exactly the right size, opened
+    O_RDONLY|O_NOFOLLOW, a valid extent table). With `verify`, every memory layer's sha256 is
+    also checked — except a layer file the verified-content record vouches for (verified before,
+    unchanged since); without it, a modified memory layer is NOT detected.
 
-    `mode="copy"` (the default) copies the blob's data into a private sealed memfd: what
-    `verify` hashes is that copy, and nothing done to the file afterwards (rewrite, truncation)
-    reaches the snapshot. `mode="map"` keeps the blob file itself as the image (zero-copy:
-    sandboxes map it MAP_PRIVATE): the file must then not be modified or truncated while the
-    snapshot is in use — a truncation makes host accesses fault with SIGBUS — and a hard-linked
-    blob (st_nlink > 1, writable through another name) is refused."""
+    `mode="copy"` (the default) copies the layers' stored bytes into a private sealed memfd:
+    what `verify` hashes is that copy, and nothing done to the files afterwards (rewrite,
+    truncation) reaches the snapshot. Repeated loads of an unchanged chain reuse the process's
+    cached image. `mode="map"` (format-1 layouts only: the raw blob is the image) keeps the blob
+    file itself as the image (zero-copy: sandboxes map it MAP_PRIVATE): the file must then not be
+    modified or truncated while the snapshot is in use — a truncation makes host accesses fault
+    with SIGBUS — and a hard-linked blob (st_nlink > 1) is refused."""
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {', '.join(LOAD_MODES)}, not {mode!r}")
     ref = check_ref(ref)
@@ -267,38 +362,56 @@ def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False
         host = host_gates(e.config)
         assert e.config.cpu.xsave is not None
         check_xsave(e.config.cpu.xsave, (host.xcr0,))
-        size = e.manifest.layer.size
-        fd = r.open_blob(e.manifest.layer, "memory")
-        try:
-            if mode == "copy":
-                image, digest = private_copy(fd, size, verify, progress)
-                try:
-                    if digest is not None:
-                        check_digest(digest, e.manifest.layer, "memory")
-                except BaseException:
-                    image.close()
-                    raise
-                os.close(fd)
-            else:
-                if os.fstat(fd).st_nlink > 1:
-                    raise SnapshotFormatError(
-                        f"memory blob {e.manifest.layer.digest} has other hard links; mode='map' "
-                        "refuses it (it could be modified through another name): use mode='copy'")
-                if verify:
-                    check_digest(sha256_fd(fd, size, progress), e.manifest.layer, "memory")
-                    if os.fstat(fd).st_size != size:
-                        raise fail("memory blob changed size while being verified")
-                image = MemoryImage.from_fd(fd, size, immutable=True)
-        except BaseException:
-            if fd >= 0:
-                try:
+        check_lineage(r, e)
+        where = content.layout_key(r.root)
+        if e.manifest.version == 1:
+            image = _load_v1(r, e, verify, mode, progress)
+        else:
+            if mode == "map":
+                raise SnapshotStateError(
+                    "mode='map' needs a format-1 layout (one raw memory blob); format-2 layers "
+                    "store extents, not an image, and are always copied: use mode='copy'")
+            fds = _open_layers(r, e)
+            try:
+                image, _ = _compose(fds, e, verify, progress)
+            finally:
+                for fd in fds:
                     os.close(fd)
-                except OSError:
-                    pass
-            raise
-    if verify:
-        _digests[image] = e.manifest.layer.digest
-    return e.config.to_snapshot(image, e.digest)
+    snap = e.config.to_snapshot(image, e.digest)
+    content.remember(snap, where, Chain(e.digest, e.manifest.layers, e.config.parent,
+                                        e.manifest.version))
+    return snap
+
+
+def _load_v1(r: "Reader", e: Entry, verify: bool, mode: str,
+             progress: Progress | None) -> MemoryImage:
+    """The image of a format-1 snapshot (one raw memory blob) in either load mode."""
+    size = e.manifest.layer.size
+    fd = r.open_blob(e.manifest.layer, "memory")
+    try:
+        if mode == "copy":
+            image, digest = private_copy(fd, size, verify, progress)
+            try:
+                if digest is not None:
+                    check_digest(digest, e.manifest.layer, "memory")
+            except BaseException:
+                image.close()
+                raise
+            return image
+        if os.fstat(fd).st_nlink > 1:
+            raise SnapshotFormatError(
+                f"memory blob {e.manifest.layer.digest} has other hard links; mode='map' "
+                "refuses it (it could be modified through another name): use mode='copy'")
+        if verify:
+            check_digest(sha256_fd(fd, size, progress), e.manifest.layer, "memory")
+            if os.fstat(fd).st_size != size:
+                raise fail("memory blob changed size while being verified")
+        image = MemoryImage.from_fd(fd, size, immutable=True)
+        fd = -1                                       # owned by the image now
+        return image
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 @no_raw_os_errors("listing the layout")
@@ -310,35 +423,65 @@ def entries(path: str | os.PathLike[str]) -> list[tuple[str | None, str]]:
 
 @no_raw_os_errors("inspecting the snapshot")
 def inspect(path: str | os.PathLike[str], ref: str = "latest") -> dict[str, Any]:
-    """A validated description of snapshot `ref` (no host gates, memory digest not checked):
-    for `snapcell snapshot inspect` and `ls`."""
+    """A validated description of snapshot `ref` (no host gates, memory digests not checked):
+    its config summary plus the lineage (format, parent, depth) and every memory layer (digest,
+    blob size, bytes of memory stored, extents, disk use). For `snapcell snapshot inspect`/`ls`."""
     ref = check_ref(ref)
     with Reader(path) as r:
         ie = resolve(r.entries, ref)
         e = r.entry(ie)
-        fd = r.open_blob(e.manifest.layer, "memory")
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
+        check_lineage(r, e)
+        rows = []
+        n = len(e.manifest.layers)
+        for i, desc in enumerate(e.manifest.layers):
+            what = _layer_what(i, n, desc) if e.manifest.version == 2 else "memory"
+            fd = r.open_blob(desc, what)
+            try:
+                st = os.fstat(fd)
+                row: dict[str, Any] = {"digest": desc.digest, "size": desc.size,
+                                       "disk_bytes": st.st_blocks * 512}
+                if e.manifest.version == 2:
+                    t = layers.read_table(fd, desc.size, e.config.memory_size, what)
+                    row.update(stored_bytes=t.data_bytes, extents=len(t.extents))
+                rows.append(row)
+            finally:
+                os.close(fd)
+        parent_present = any(x.descriptor.digest == e.config.parent for x in r.entries)
     d = e.config.describe()
     d.update(tag=e.tag, digest=e.digest, config_digest=e.manifest.config.digest,
-             memory_digest=e.manifest.layer.digest, memory_disk_bytes=st.st_blocks * 512)
+             memory_digest=e.manifest.layer.digest,
+             memory_disk_bytes=sum(x["disk_bytes"] for x in rows), depth=len(rows),
+             layers=rows, parent_present=parent_present)
     return d
 
 
 @no_raw_os_errors("verifying the snapshot")
-def verify(path: str | os.PathLike[str], ref: str, progress: Progress | None = None) -> Entry:
+def verify(path: str | os.PathLike[str], ref: str, progress: Progress | None = None, *,
+           full: bool = True) -> Entry:
     """Validate snapshot `ref` completely, including every blob's digest, without the host gates
-    (SnapshotError when anything is wrong)."""
+    (SnapshotError when anything is wrong). `full=False` skips hashing a layer file the
+    verified-content record vouches for; `full=True` hashes everything (and refreshes the
+    record)."""
     ref = check_ref(ref)
     with Reader(path) as r:
         e = r.entry(resolve(r.entries, ref))
-        fd = r.open_blob(e.manifest.layer, "memory")
-        try:
-            check_digest(sha256_fd(fd, e.manifest.layer.size, progress), e.manifest.layer, "memory")
-        finally:
-            os.close(fd)
+        check_lineage(r, e)
+        n = len(e.manifest.layers)
+        for i, desc in enumerate(e.manifest.layers):
+            what = _layer_what(i, n, desc) if e.manifest.version == 2 else "memory"
+            fd = r.open_blob(desc, what)
+            try:
+                if e.manifest.version == 2:
+                    layers.read_table(fd, desc.size, e.config.memory_size, what)
+                if full or not verified.is_verified(fd, desc.digest):
+                    before = content.identity(desc.digest, fd)
+                    check_digest(sha256_fd(fd, desc.size, progress), desc, what)
+                    if content.identity(desc.digest, fd) == before:
+                        verified.record(fd, desc.digest)
+                elif progress is not None:
+                    progress(desc.size)
+            finally:
+                os.close(fd)
     return e
 
 
@@ -382,35 +525,6 @@ def write_sparse(out_fd: int, chunk: bytes | bytearray, off: int) -> None:
         piece = chunk[p:p + ZERO_PIECE]
         if piece != (_ZERO_PIECE if len(piece) == ZERO_PIECE else bytes(len(piece))):
             _write_all(out_fd, piece, off + p)
-
-
-def copy_image(image: MemoryImage, out_fd: int, progress: Progress | None = None) -> str:
-    """Copy an image into `out_fd` sparsely (only its data extents, minus zero pieces) and
-    return the sha256 digest of its full contents (holes hash as zeros)."""
-    h = hashlib.sha256()
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
-    pos = 0
-    for start, length in image.data_extents():
-        _feed_zeros(h, start - pos)
-        if progress is not None:
-            progress(start - pos)
-        off, end = start, start + length
-        while off < end:
-            n = os.preadv(image.fd, [view[:min(READ_CHUNK, end - off)]], off)
-            if n <= 0:
-                raise OSError(errno.EIO, "memory image ended early")
-            h.update(view[:n])
-            write_sparse(out_fd, buf if n == len(buf) else buf[:n], off)
-            off += n
-            if progress is not None:
-                progress(n)
-        pos = end
-    _feed_zeros(h, image.size - pos)
-    if progress is not None:
-        progress(image.size - pos)
-    os.ftruncate(out_fd, image.size)
-    return "sha256:" + h.hexdigest()
 
 
 class Writer:
@@ -487,7 +601,7 @@ class Writer:
 
     def _temp(self, dir_fd: int, suffix: str = "") -> tuple[int, str]:
         name = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{suffix}"
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644, dir_fd=dir_fd)
         self.temps.append((dir_fd, name))
         return fd, name
@@ -515,19 +629,30 @@ class Writer:
         finally:
             os.close(fd)
 
+    def identity(self, desc: Descriptor) -> content.Identity:
+        """The identity (content.identity) of a present blob file."""
+        fd = open_regular(self.sha, desc.hex, "blob")
+        try:
+            return content.identity(desc.digest, fd)
+        finally:
+            os.close(fd)
+
     def new_temp_blob(self) -> tuple[int, str]:
         """A new temporary file in blobs/sha256/ (fd, name)."""
         return self._temp(self.sha)
 
-    def commit_temp_blob(self, fd: int, name: str, desc: Descriptor) -> None:
+    def commit_temp_blob(self, fd: int, name: str, desc: Descriptor, hashed: bool = False) -> None:
         """fsync the temporary blob and rename it to its digest (or drop it when that blob is
-        already present). Closes `fd`."""
+        already present). `hashed`: its content was hashed as it was written, so the
+        verified-content record may vouch for it. Closes `fd`."""
         try:
             if not self.has_blob(desc):
                 os.fchmod(fd, BLOB_MODE)
                 os.fsync(fd)
                 os.rename(name, desc.hex, src_dir_fd=self.sha, dst_dir_fd=self.sha)
                 self.new_blobs.append(desc.hex)
+                if hashed:
+                    verified.record(fd, desc.digest)
             else:
                 os.unlink(name, dir_fd=self.sha)
             self.temps.remove((self.sha, name))
@@ -612,38 +737,93 @@ class Writer:
 
 
 @no_raw_os_errors("saving the snapshot")
-def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str = "latest", *,
-         progress: Progress | None = None) -> str:
+def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "latest", *,
+         max_depth: int = DEFAULT_MAX_DEPTH, progress: Progress | None = None) -> str:
     """Save an initialised snapshot into the layout at `path` (created if missing) under `tag`
-    and return its manifest digest. Atomic (a crash leaves the previous state), idempotent (equal
-    content gives the same digest and shares blobs), replaces `tag` if present and keeps every
-    other tag and file. `progress(n)` is called with byte counts of the memory as it is written.
-    A pre-init snapshot raises SnapshotStateError."""
+    (None: an untagged entry) and return its manifest digest. Atomic (a crash leaves the
+    previous state), idempotent (equal content gives the same digest and shares blobs), replaces
+    `tag` if present and keeps every other tag and file. A pre-init snapshot raises
+    SnapshotStateError.
+
+    A snapshot whose memory descends from a snapshot saved in (or loaded from) this layout by
+    this process — a sandbox made from a loaded snapshot, then changed — is saved as a *diff*:
+    its manifest lists the parent's layers plus one new layer holding only the pages that may
+    have changed, and only that layer is written and hashed. A chain would exceed `max_depth`
+    layers (1 to MAX_LAYERS) → the snapshot is saved flattened (one base layer; the lineage is
+    kept in `parent`). Saving a snapshot that is already in this layout rewrites nothing.
+    `progress(n)` is called with byte counts of the memory as it is processed."""
     if not isinstance(snapshot, Snapshot):
         raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
-    check_tag(tag)
-    config = encode_config(snapshot)            # SnapshotStateError for pre-init snapshots
+    if tag is not None:
+        check_tag(tag)
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) \
+            or not 1 <= max_depth <= MAX_LAYERS:
+        raise ValueError(f"max_depth must be an integer in [1, {MAX_LAYERS}], not {max_depth!r}")
+    encode_config(snapshot)                     # SnapshotStateError for pre-init snapshots
     image = snapshot.image
     size = snapshot.layout.memory_size - GUEST_BASE
     if image.size != size or image.fd < 0:
         raise SnapshotStateError("the snapshot's memory image is closed or has the wrong size")
     with Writer(path) as w:
-        known = _digests.get(image)
-        if known is not None and w.has_blob(Descriptor(MT_MEMORY, known, size)):
-            layer = Descriptor(MT_MEMORY, known, size)
+        where = content.layout_key(w.root)
+        own = content.chain_of(snapshot, where)
+        base = snapshot.delta.base() if snapshot.delta is not None else None
+        parent_chain = content.chain_of(base, where)
+        new_layer: Descriptor | None = None
+        trusted: bool | None = None           # how to cache the image (None: leave the cache)
+        if own is not None and own.version == 2 and len(own.layers) <= max_depth \
+                and all(w.has_blob(x) for x in own.layers):
+            chain, parent = own.layers, own.parent            # already here: nothing to write
             if progress is not None:
                 progress(size)
+        elif parent_chain is not None and parent_chain.version == 2 \
+                and len(parent_chain.layers) < max_depth \
+                and all(w.has_blob(x) for x in parent_chain.layers):
+            assert snapshot.delta is not None
+            new_layer = _write_layer(w, image, layers.merge(snapshot.delta.extents, size),
+                                     progress)
+            chain, parent = parent_chain.layers + (new_layer,), parent_chain.digest
+            # the new image is the parent chain's content only if the base image is
+            parent_key = tuple(w.identity(x) for x in parent_chain.layers)
+            hit = content.cached(parent_key)
+            trusted = hit is not None and base is not None and hit[0] is base.image and hit[1]
         else:
-            fd, name = w.new_temp_blob()
-            try:
-                digest = copy_image(image, fd, progress)
-            except BaseException:
-                os.close(fd)
-                raise
-            layer = Descriptor(MT_MEMORY, digest, size)
-            w.commit_temp_blob(fd, name, layer)
-            _digests[image] = digest
-        cfg = w.put_blob(config, MT_CONFIG)
-        man = w.put_blob(manifest_bytes(cfg, layer), MT_MANIFEST)
+            new_layer = _write_layer(w, image, None, progress)
+            chain, trusted = (new_layer,), True        # hashed from this very image
+            parent = own.parent if own is not None else (
+                parent_chain.digest if parent_chain is not None else None)
+        cfg = w.put_blob(encode_config(snapshot, parent), MT_CONFIG)
+        man = w.put_blob(manifest_bytes(cfg, chain), MT_MANIFEST)
         w.set_tag(man, tag)
+        key = tuple(w.identity(x) for x in chain)
+    content.remember(snapshot, where, Chain(man.digest, chain, parent, 2))
+    if trusted is not None:                  # a resume of this chain needs no copy
+        content.put(key, image, trusted, size)
     return man.digest
+
+
+def _write_layer(w: Writer, image: MemoryImage, extents: layers.Extents | None,
+                 progress: Progress | None) -> Descriptor:
+    fd, name = w.new_temp_blob()
+    try:
+        digest, blob_size, _ = layers.write_layer(image, extents, fd, progress)
+    except BaseException:
+        os.close(fd)
+        raise
+    desc = Descriptor(MT_LAYER, digest, blob_size)
+    w.commit_temp_blob(fd, name, desc, hashed=True)
+    return desc
+
+
+@no_raw_os_errors("flattening the snapshot")
+def flatten(path: str | os.PathLike[str], ref: str, tag: str | None = None) -> str:
+    """Rewrite snapshot `ref` of the layout at `path` as a single base layer (its chain's
+    content, verified) under `tag` (default: `ref`'s own tag; untagged for an untagged `ref`).
+    Returns the new manifest digest; lineage (parent, generation) is kept. The old layers stay
+    until `gc` finds them unreferenced."""
+    ref = check_ref(ref)
+    if tag is None:
+        with Reader(path) as r:
+            tag = resolve(r.entries, ref).tag
+    snap = load(path, ref, verify=True)
+    return save(snap, path, tag, max_depth=1)

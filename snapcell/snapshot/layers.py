@@ -1,0 +1,228 @@
+"""Memory layers of format 2: an extent list plus the bytes it covers, so that a layer's sha256
+covers only what it stores and nothing ever hashes holes (docs/snapshot-format.md).
+
+A layer blob is
+
+    data   the extents' bytes, concatenated in table order (each a multiple of 4096 bytes, so
+           every extent starts page-aligned in the blob)
+    table  n entries of two little-endian u64: image offset, length (both page multiples,
+           sorted, disjoint and not adjacent, inside the image)
+    footer 32 bytes: magic b"SNAPCEXT", u32 layer version (1), u32 n, u64 image size,
+           u64 data bytes
+
+The footer comes last so that a writer streams the data once, hashing as it goes, and appends the
+table. Applying layers in manifest order to an all-zero image of `image size` bytes gives the
+snapshot's memory: a base layer (the first) holds every non-zero page, a child layer the pages that
+may differ from its parent chain.
+
+Everything read from a blob is untrusted: `read_table` validates the footer and the table against
+the blob's size before any data is touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..machine.layout import PAGE
+from ..machine.memory import MemoryImage
+from .schema import fail
+
+MAGIC = b"SNAPCEXT"
+LAYER_VERSION = 1
+FOOTER = struct.Struct("<8sIIQQ")
+EXTENT = struct.Struct("<QQ")
+TABLE_CAP = 16 << 20                    # at most 1 Mi extents (a 1 GiB image has 256 Ki pages)
+COPY_CHUNK = 1 << 20
+ZERO_PIECE = 64 << 10
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_PIECE = bytes(ZERO_PIECE)
+Progress = Callable[[int], None]
+Extents = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """A validated layer footer and extent table; `tail` is their exact bytes (hashed last)."""
+
+    image_size: int
+    extents: Extents
+    data_bytes: int
+    tail: bytes
+
+
+def merge(extents: Iterable[tuple[int, int]], size: int) -> Extents:
+    """Sorted, page-aligned, merged (offset, length) extents clipped to [0, size)."""
+    out: list[list[int]] = []
+    for off, n in sorted(extents):
+        a = off - off % PAGE
+        b = min(size, -(-(off + n) // PAGE) * PAGE)
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return tuple((a, b - a) for a, b in out)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
+
+
+def _nonzero_runs(chunk: bytes, base: int) -> list[tuple[int, int]]:
+    """Page runs of `chunk` (starting at image offset `base`) that are not all zero; 64 KiB
+    pieces are compared first (memcmp), pages only inside non-zero pieces."""
+    runs: list[tuple[int, int]] = []
+    for p in range(0, len(chunk), ZERO_PIECE):
+        piece = chunk[p:p + ZERO_PIECE]
+        if len(piece) == ZERO_PIECE and piece == _ZERO_PIECE:
+            continue
+        for q in range(0, len(piece), PAGE):
+            if piece[q:q + PAGE] != _ZERO_PAGE:
+                a = base + p + q
+                if runs and runs[-1][0] + runs[-1][1] == a:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+                else:
+                    runs.append((a, PAGE))
+    return runs
+
+
+def write_layer(image: MemoryImage, extents: Extents | None, out_fd: int,
+                progress: Progress | None = None) -> tuple[str, int, Extents]:
+    """Write a layer of `image` to `out_fd`: with `extents` None a base layer (every non-zero
+    page of the image's data extents), else exactly those extents (a child layer: the pages that
+    may differ from the parent, zeros included). Returns (sha256 digest, blob size, extents
+    stored). The data is read once, hashed and written as it goes."""
+    h = hashlib.sha256()
+    stored: list[tuple[int, int]] = []
+    pos = 0
+    source = image.data_extents() if extents is None else extents
+    for start, length in source:
+        off, end = start, start + length
+        while off < end:
+            want = min(COPY_CHUNK, end - off)
+            chunk = os.pread(image.fd, want, off)
+            if len(chunk) != want:
+                raise fail("the memory image ended early")
+            if extents is None:
+                runs = _nonzero_runs(chunk, off)
+            else:
+                runs = [(off, want)]
+            for a, n in runs:
+                piece = chunk[a - off:a - off + n]
+                h.update(piece)
+                _write_all(out_fd, piece, pos)
+                pos += n
+                if stored and stored[-1][0] + stored[-1][1] == a:
+                    stored[-1] = (stored[-1][0], stored[-1][1] + n)
+                else:
+                    stored.append((a, n))
+            off += want
+            if progress is not None:
+                progress(want)
+    tail = b"".join(EXTENT.pack(a, n) for a, n in stored)
+    tail += FOOTER.pack(MAGIC, LAYER_VERSION, len(stored), image.size, pos)
+    h.update(tail)
+    _write_all(out_fd, tail, pos)
+    return "sha256:" + h.hexdigest(), pos + len(tail), tuple(stored)
+
+
+def parse_table(tail: bytes, blob_size: int, image_size: int, what: str) -> LayerTable:
+    """Validate a layer's footer and table (`tail`: the last bytes of the blob, table + footer)
+    against the blob's size and the snapshot's image size."""
+    if len(tail) < FOOTER.size:
+        raise fail(f"{what} is too small for a layer footer")
+    magic, version, n, size, data = FOOTER.unpack_from(tail, len(tail) - FOOTER.size)
+    if magic != MAGIC:
+        raise fail(f"{what} is not a snapcell memory layer (bad magic)")
+    if version != LAYER_VERSION:
+        raise fail(f"{what} has layer version {version}; this snapcell reads version "
+                   f"{LAYER_VERSION} (a newer snapcell wrote it?)")
+    if size != image_size:
+        raise fail(f"{what} is for a {size}-byte image, the snapshot's memory is {image_size}")
+    table_bytes = n * EXTENT.size
+    if table_bytes + FOOTER.size > TABLE_CAP or data + table_bytes + FOOTER.size != blob_size:
+        raise fail(f"{what}: {n} extents and {data} data bytes do not add up to the blob's "
+                   f"{blob_size} bytes")
+    if len(tail) != table_bytes + FOOTER.size:
+        raise fail(f"{what}: extent table truncated")
+    extents: list[tuple[int, int]] = []
+    end, total = -1, 0
+    for i in range(n):
+        off, length = EXTENT.unpack_from(tail, i * EXTENT.size)
+        if off % PAGE or length % PAGE or length == 0:
+            raise fail(f"{what}: extent {i} ({off:#x}, {length:#x}) is not page-aligned")
+        if off <= end:
+            raise fail(f"{what}: extent {i} at {off:#x} overlaps, touches or precedes the previous "
+                       "one (extents must be sorted, disjoint and merged)")
+        if off + length > image_size:
+            raise fail(f"{what}: extent {i} ends at {off + length:#x}, beyond the image")
+        extents.append((off, length))
+        end, total = off + length, total + length
+    if total != data:
+        raise fail(f"{what}: extents cover {total} bytes, the footer says {data}")
+    return LayerTable(image_size, tuple(extents), data, bytes(tail))
+
+
+def read_table(fd: int, blob_size: int, image_size: int, what: str) -> LayerTable:
+    """Read and validate the table of the layer blob open at `fd` (its size already checked)."""
+    if blob_size < FOOTER.size:
+        raise fail(f"{what} is too small for a layer footer")
+    footer = os.pread(fd, FOOTER.size, blob_size - FOOTER.size)
+    if len(footer) != FOOTER.size:
+        raise fail(f"{what} ended early")
+    n = FOOTER.unpack(footer)[2] if footer[:8] == MAGIC else 0
+    table_bytes = n * EXTENT.size
+    if table_bytes + FOOTER.size > min(blob_size, TABLE_CAP):
+        return parse_table(footer, blob_size, image_size, what)     # raises the size error
+    tail = os.pread(fd, table_bytes + FOOTER.size, blob_size - table_bytes - FOOTER.size)
+    return parse_table(tail, blob_size, image_size, what)
+
+
+def apply_layer(fd: int, table: LayerTable, image: MemoryImage, *, first: bool, verify: bool,
+                progress: Progress | None = None) -> str | None:
+    """Copy a layer's data from `fd` into the (unsealed) `image`. On the first layer of a fresh
+    image all-zero 64 KiB pieces stay holes; later layers write every byte (their zeros override
+    the parent's data). With `verify`, returns the sha256 of exactly the bytes copied plus the
+    table: what is checked is what the image holds."""
+    h: Any = hashlib.sha256() if verify else None
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    for off, length in table.extents:
+        done = 0
+        while done < length:
+            want = min(COPY_CHUNK, length - done)
+            n = os.preadv(fd, [view[:want]], pos)
+            if n != want:
+                raise fail(f"memory layer ended at byte {pos + max(n, 0)}; its table says "
+                           f"{table.data_bytes + len(table.tail)}")
+            if h is not None:
+                h.update(view[:n])
+            if first:
+                for p in range(0, n, ZERO_PIECE):
+                    piece = buf[p:min(n, p + ZERO_PIECE)]
+                    if len(piece) != ZERO_PIECE or piece != _ZERO_PIECE:
+                        _write_all(image.fd, piece, off + done + p)
+            else:
+                _write_all(image.fd, view[:n], off + done)
+            pos += n
+            done += n
+            if progress is not None:
+                progress(n)
+    if h is None:
+        return None
+    h.update(table.tail)
+    return "sha256:" + str(h.hexdigest())
+
+
+def stored_bytes(table: LayerTable) -> int:
+    """Bytes of guest memory a layer stores."""
+    return table.data_bytes
