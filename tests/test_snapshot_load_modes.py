@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -15,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from snapcell import MultiUseSandbox, Snapshot
-import shutil
-
 from snapcell.errors import SnapshotFormatError, SnapshotIOError, SnapshotStateError
 from snapcell.snapshot import oci
 

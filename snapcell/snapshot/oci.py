@@ -242,7 +242,7 @@ def private_copy(fd: int, size: int, verify: bool, progress: Progress | None = N
 
 
 def _layer_what(i: int, n: int, desc: Descriptor) -> str:
-    return f"memory layer {i + 1} of {n} ({desc.digest})"
+    return f"memory layer {i + 1} of {n}"
 
 
 def _open_layers(r: "Reader", e: Entry) -> list[int]:
@@ -467,10 +467,11 @@ def verify(path: str | os.PathLike[str], ref: str, progress: Progress | None = N
         e = r.entry(resolve(r.entries, ref))
         check_lineage(r, e)
         n = len(e.manifest.layers)
-        for i, desc in enumerate(e.manifest.layers):
-            what = _layer_what(i, n, desc) if e.manifest.version == 2 else "memory"
-            fd = r.open_blob(desc, what)
-            try:
+        fds = _open_layers(r, e) if e.manifest.version == 2 else [r.open_blob(e.manifest.layer,
+                                                                             "memory")]
+        try:
+            for i, (desc, fd) in enumerate(zip(e.manifest.layers, fds)):
+                what = _layer_what(i, n, desc) if e.manifest.version == 2 else "memory"
                 if e.manifest.version == 2:
                     layers.read_table(fd, desc.size, e.config.memory_size, what)
                 if full or not verified.is_verified(fd, desc.digest):
@@ -480,7 +481,8 @@ def verify(path: str | os.PathLike[str], ref: str, progress: Progress | None = N
                         verified.record(fd, desc.digest)
                 elif progress is not None:
                     progress(desc.size)
-            finally:
+        finally:
+            for fd in fds:
                 os.close(fd)
     return e
 
