@@ -453,6 +453,19 @@ def test_golden_snapshots_still_load(kvm_ok: None, tag: str) -> None:
             assert check(sb)
 
 
+def test_goldens_of_every_format_are_present() -> None:
+    """Format 1 (one raw memory blob per tag) and format 2 ("pattern" a diff on "static11")."""
+    found = {}
+    for d in golden_dirs():
+        found[oci.inspect(str(d), "static11")["format_version"]] = d
+    assert set(found) >= {1, 2}
+    v1, v2 = found[1], found[2]
+    assert oci.inspect(str(v1), "pattern")["depth"] == 1
+    info = oci.inspect(str(v2), "pattern")
+    assert info["depth"] == 2 and info["parent"] == oci.inspect(str(v2), "static11")["digest"]
+    assert manifest_of(v2, "pattern")["layers"][0] == manifest_of(v2, "static11")["layers"][0]
+
+
 def test_goldens_are_small() -> None:
     total = sum(p.stat().st_size for p in GOLDENS.rglob("*") if p.is_file())
     assert 0 < total < 8 << 20

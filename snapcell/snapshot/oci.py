@@ -33,6 +33,7 @@ from .schema import (
     CONFIG_CAP,
     INDEX_CAP,
     MANIFEST_CAP,
+    MAX_LAYERS,
     OCI_LAYOUT_CAP,
     SnapshotConfig,
     check_xsave,
@@ -46,7 +47,6 @@ from .validate import (
     BLOB_NAME,
     BLOBS_DIR,
     INDEX_FILE,
-    MAX_LAYERS,
     MT_CONFIG,
     MT_LAYER,
     MT_MANIFEST,
@@ -794,7 +794,8 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "la
             chain, trusted = (new_layer,), True        # hashed from this very image
             parent = own.parent if own is not None else (
                 parent_chain.digest if parent_chain is not None else None)
-        cfg = w.put_blob(encode_config(snapshot, parent), MT_CONFIG)
+        cfg = w.put_blob(encode_config(snapshot, parent, tuple(x.digest for x in chain)),
+                         MT_CONFIG)
         man = w.put_blob(manifest_bytes(cfg, chain), MT_MANIFEST)
         w.set_tag(man, tag)
         key = tuple(w.identity(x) for x in chain)

@@ -38,6 +38,7 @@ MAX_MEMORY_BLOB = MAX_MEMORY - GUEST_BASE      # 1 GiB of guest memory, minus th
 MAX_LAYER_BLOB = MAX_MEMORY_BLOB + (16 << 20)  # its pages plus the largest extent table
 
 MAX_SEGMENTS = 64
+MAX_LAYERS = 64                       # memory layers of one snapshot (saves flatten far sooner)
 MAX_HOST_FUNCTIONS = 4096
 MAX_FEATURE_WORDS = 64
 U32_MAX = (1 << 32) - 1
@@ -183,6 +184,7 @@ class SnapshotConfig:
     guest_sha256: str
     memory_size: int
     parent: str | None = None         # format 2: the parent snapshot's manifest digest
+    layers: tuple[str, ...] = ()      # format 2: the memory layers' digests, base first
 
     def to_snapshot(self, image: Any, digest: str | None) -> Snapshot:
         """The snapshot with `image` (a sealed/immutable MemoryImage) as its memory."""
@@ -209,6 +211,11 @@ class SnapshotConfig:
             "format_version": self.format_version, "parent": self.parent,
         }
 
+    @property
+    def depth(self) -> int:
+        """Number of memory layers."""
+        return max(1, len(self.layers))
+
 
 def sanitize_rflags(rflags: int) -> int:
     """RFLAGS as restored from a file: the arithmetic flags and DF, bit 1 set, nothing else."""
@@ -219,9 +226,15 @@ def _table(table: Mapping[str, Signature]) -> list[object]:
     return [[name, *sig.to_wire()] for name, sig in table.items()]
 
 
-def config_document(snap: Snapshot, parent: str | None = None) -> dict[str, object]:
+PLACEHOLDER_LAYERS = ("sha256:" + "0" * 64,)
+
+
+def config_document(snap: Snapshot, parent: str | None = None,
+                    layers: tuple[str, ...] = PLACEHOLDER_LAYERS) -> dict[str, object]:
     """The (format 2) config of an initialised snapshot as a JSON-able dict (RFLAGS sanitised);
-    `parent` is the manifest digest of the snapshot it descends from, if saved."""
+    `parent` is the manifest digest of the snapshot it descends from, if saved, and `layers` the
+    digests of its memory layers, base first (binding the config to exactly that chain, like an
+    OCI image config's rootfs.diff_ids)."""
     if not snap.initialised or snap.functions is None or snap.host_functions is None:
         raise SnapshotStateError("a pre-init snapshot cannot be saved; evolve the sandbox and "
                                  "save a snapshot of the initialised guest")
@@ -256,16 +269,18 @@ def config_document(snap: Snapshot, parent: str | None = None) -> dict[str, obje
         "host_functions": _table(snap.host_functions),
         "generation": snap.generation,
         "guest_sha256": snap.guest_sha256,
-        "memory": {"base": GUEST_BASE, "size": lay.memory_size - GUEST_BASE},
+        "memory": {"base": GUEST_BASE, "size": lay.memory_size - GUEST_BASE,
+                   "layers": list(layers)},
         "parent": parent,
     }
 
 
-def encode_config(snap: Snapshot, parent: str | None = None) -> bytes:
+def encode_config(snap: Snapshot, parent: str | None = None,
+                  layers: tuple[str, ...] = PLACEHOLDER_LAYERS) -> bytes:
     """Canonical config bytes of an initialised snapshot. The result is checked with
     `decode_config` so that nothing is ever written that could not be loaded again
     (SnapshotStateError explains what in the snapshot is unsavable)."""
-    data = dumps_canonical(config_document(snap, parent))
+    data = dumps_canonical(config_document(snap, parent, layers))
     try:
         decode_config(data)
     except SnapshotFormatError as e:
@@ -435,7 +450,16 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     host_functions = _parse("host_functions", _host_table, d["host_functions"])
     generation = integer(d["generation"], "generation", 1, (1 << 63) - 1)
     guest_sha256 = string(d["guest_sha256"], "guest_sha256", HEX64, 64)
-    mem = obj(d["memory"], "memory", ("base", "size"))
+    mem = obj(d["memory"], "memory", ("base", "size") if version == 1 else
+              ("base", "size", "layers"))
+    layers: tuple[str, ...] = ()
+    if version >= 2:
+        items = array(mem["layers"], "memory.layers", MAX_LAYERS)
+        layers = tuple(string(x, f"memory.layers[{i}]", DIGEST, 71) for i, x in enumerate(items))
+        if not layers:
+            raise fail("memory.layers must name at least one layer")
+        if len(set(layers)) != len(layers):
+            raise fail("memory.layers repeats a layer: the parent chain has a cycle")
     integer(mem["base"], "memory.base", GUEST_BASE, GUEST_BASE)
     size = integer(mem["size"], "memory.size", PAGE, MAX_MEMORY_BLOB)
     if size != lay.memory_size - GUEST_BASE:
@@ -443,4 +467,4 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
                    f"({lay.memory_size - GUEST_BASE:#x} = memory_size - {GUEST_BASE:#x})")
     return SnapshotConfig(version, abi_version, arch, hypervisor, features, lay, segments,
                           syscall_entry, cpu, functions, host_functions, generation,
-                          guest_sha256, size, parent)
+                          guest_sha256, size, parent, layers)

@@ -31,6 +31,7 @@ from .schema import (
     INDEX_CAP,
     MANIFEST_CAP,
     MAX_LAYER_BLOB,
+    MAX_LAYERS,
     MAX_MEMORY_BLOB,
     OCI_LAYOUT_CAP,
     SnapshotConfig,
@@ -56,7 +57,6 @@ MT_CONFIG_V1 = "application/vnd.snapcell.snapshot.config.v1+json"
 MT_CONFIG = "application/vnd.snapcell.snapshot.config.v2+json"
 MT_MEMORY = "application/vnd.snapcell.snapshot.memory.v1"
 MT_LAYER = "application/vnd.snapcell.snapshot.memory.extents.v2"
-MAX_LAYERS = 64                       # a chain longer than this is refused (saves flatten sooner)
 REF_NAME = "org.opencontainers.image.ref.name"
 
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -308,14 +308,17 @@ def manifest_bytes(config: Descriptor, layers: tuple[Descriptor, ...] | Descript
 
 def check_consistent(manifest: Manifest, config: SnapshotConfig) -> None:
     """Manifest and config must be of the same format; a format-1 memory layer's size must be
-    the config's memory size (format-2 layers are checked against it when their tables are
-    read)."""
+    the config's memory size; format-2 layers must be exactly those the config names (their
+    sizes are checked against the image when their tables are read)."""
     if manifest.version != config.format_version:
         raise fail(f"a format-{manifest.version} manifest has a format-{config.format_version} "
                    "config")
     if manifest.version == 1 and manifest.layer.size != config.memory_size:
         raise fail(f"memory layer is {manifest.layer.size} bytes, the config says "
                    f"{config.memory_size}")
+    if manifest.version == 2 and tuple(x.digest for x in manifest.layers) != config.layers:
+        raise fail("the manifest's memory layers are not the ones its config names "
+                   "(memory.layers): layers swapped, dropped or added")
 
 
 def check_digest(data: bytes | str, descriptor: Descriptor, what: str) -> None:
