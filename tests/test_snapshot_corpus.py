@@ -796,13 +796,16 @@ LAYER_MUTATIONS: dict[str, Mutation] = {
                                                  consistent=False),
     "layer data bytes off by one": edit_layer(lambda p: p.update(data_bytes=p["data_bytes"] - 1),
                                               consistent=False),
-    "layer extent unaligned offset": edit_layer(lambda p: p["extents"][0].__setitem__(0, p["extents"][0][0] + 1)),
-    "layer extent unaligned length": edit_layer(lambda p: p["extents"][0].__setitem__(1, p["extents"][0][1] - 1)),
+    "layer extent unaligned offset": edit_layer(lambda p: p["extents"][0].__setitem__(
+        0, p["extents"][0][0] + 1)),
+    "layer extent unaligned length": edit_layer(lambda p: p["extents"][0].__setitem__(
+        1, p["extents"][0][1] - 1)),
     "layer extent empty": edit_layer(lambda p: p["extents"].insert(0, [0, 0])),
     "layer extents overlap": edit_layer(lambda p: (p["extents"].append(list(p["extents"][-1])),
                                                    p["data"].extend(bytes(p["extents"][-1][1])))),
-    "layer extents unsorted": edit_layer(lambda p: (p["extents"].insert(0, [p["extents"][-1][0] + p["extents"][-1][1], 4096]),
-                                                    p["data"].extend(bytes(4096)))),
+    "layer extents unsorted": edit_layer(lambda p: (
+        p["extents"].insert(0, [p["extents"][-1][0] + p["extents"][-1][1], 4096]),
+        p["data"].extend(bytes(4096)))),
     "layer extents adjacent (unmerged)": edit_layer(_split_first),
     "layer extent beyond the image": edit_layer(lambda p: (p["extents"].append([p["size"], 4096]),
                                                            p["data"].extend(bytes(4096)))),
