@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ FOOTER = struct.Struct("<8sIIQQ")
 EXTENT = struct.Struct("<QQ")
 TABLE_CAP = 16 << 20                    # at most 1 Mi extents (a 1 GiB image has 256 Ki pages)
 COPY_CHUNK = 1 << 20
+THREADED_HASH_MIN = 8 << 20           # layers this large hash in a helper thread
 ZERO_PIECE = 64 << 10
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_PIECE = bytes(ZERO_PIECE)
@@ -94,16 +97,79 @@ def _nonzero_runs(chunk: bytes, base: int) -> list[tuple[int, int]]:
     return runs
 
 
+class _Hasher:
+    """sha256 in a helper thread, so that hashing (hashlib releases the GIL) overlaps the
+    reads and writes of a large layer; updates are applied in order."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=16)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="snapcell-sha256", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.q.get()) is not None:
+            try:
+                self.h.update(data)
+            except BaseException as e:      # pragma: no cover - hashlib does not fail
+                self.error = e
+
+    def update(self, data: bytes) -> None:
+        """Queue bytes to hash."""
+        self.q.put(data)
+
+    def hexdigest(self) -> str:
+        """Wait for the queued bytes and return the hex digest."""
+        self.close()
+        if self.error is not None:
+            raise self.error
+        return self.h.hexdigest()
+
+    def close(self) -> None:
+        """Stop the thread (idempotent)."""
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+
+
+def _changed_runs(chunk: bytes, old: bytes, base: int) -> list[tuple[int, int]]:
+    """Page runs of `chunk` (at image offset `base`) that differ from `old` (the same range of
+    the parent image)."""
+    runs: list[tuple[int, int]] = []
+    for q in range(0, len(chunk), PAGE):
+        if chunk[q:q + PAGE] != old[q:q + PAGE]:
+            a = base + q
+            if runs and runs[-1][0] + runs[-1][1] == a:
+                runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+            else:
+                runs.append((a, PAGE))
+    return runs
+
+
 def write_layer(image: MemoryImage, extents: Extents | None, out_fd: int,
-                progress: Progress | None = None) -> tuple[str, int, Extents]:
+                progress: Progress | None = None,
+                parent: MemoryImage | None = None) -> tuple[str, int, Extents]:
     """Write a layer of `image` to `out_fd`: with `extents` None a base layer (every non-zero
-    page of the image's data extents), else exactly those extents (a child layer: the pages that
-    may differ from the parent, zeros included). Returns (sha256 digest, blob size, extents
-    stored). The data is read once, hashed and written as it goes."""
-    h = hashlib.sha256()
+    page of the image's data extents), else the pages of those extents (a child layer: the pages
+    that may differ from the parent, zeros included) — only those that really differ from
+    `parent` when the parent image is given. Returns (sha256 digest, blob size, extents stored).
+    The data is read once, hashed and written as it goes."""
+    source = image.data_extents() if extents is None else extents
+    big = sum(n for _, n in source) >= THREADED_HASH_MIN
+    h: Any = _Hasher() if big else hashlib.sha256()
+    try:
+        return _write_layer(image, source, extents is None, out_fd, progress, parent, h)
+    finally:
+        if big:
+            h.close()
+
+
+def _write_layer(image: MemoryImage, source: Iterable[tuple[int, int]], base_layer: bool,
+                 out_fd: int, progress: Progress | None, parent: MemoryImage | None,
+                 h: Any) -> tuple[str, int, Extents]:
     stored: list[tuple[int, int]] = []
     pos = 0
-    source = image.data_extents() if extents is None else extents
     for start, length in source:
         off, end = start, start + length
         while off < end:
@@ -111,12 +177,14 @@ def write_layer(image: MemoryImage, extents: Extents | None, out_fd: int,
             chunk = os.pread(image.fd, want, off)
             if len(chunk) != want:
                 raise fail("the memory image ended early")
-            if extents is None:
+            if base_layer:
                 runs = _nonzero_runs(chunk, off)
+            elif parent is not None:
+                runs = _changed_runs(chunk, os.pread(parent.fd, want, off), off)
             else:
                 runs = [(off, want)]
             for a, n in runs:
-                piece = chunk[a - off:a - off + n]
+                piece = chunk if n == want else chunk[a - off:a - off + n]
                 h.update(piece)
                 _write_all(out_fd, piece, pos)
                 pos += n

@@ -268,8 +268,9 @@ def _open_layers(r: "Reader", e: Entry) -> list[int]:
 
 def check_lineage(r: "Reader", e: Entry) -> None:
     """When the parent snapshot a config names is in the layout, the chain must agree with it:
-    the parent's layers are this snapshot's minus the last (for a diff), and its generation is
-    lower. (A parent that is absent is fine: the layers carry everything.)"""
+    the parent's layers are this snapshot's minus the last (a diff) or all of them (a child
+    whose memory did not change), and its generation is lower. A one-layer snapshot may name
+    any parent (it was flattened), and an absent parent is fine: the layers carry everything."""
     if e.config.parent is None:
         return
     if e.config.parent == e.digest:
@@ -278,7 +279,8 @@ def check_lineage(r: "Reader", e: Entry) -> None:
     if ie is None:
         return
     parent = r.entry(ie)
-    if len(e.manifest.layers) > 1 and parent.manifest.layers != e.manifest.layers[:-1]:
+    ours = e.manifest.layers
+    if len(ours) > 1 and parent.manifest.layers not in (ours[:-1], ours):
         raise fail(f"the parent chain is inconsistent: parent {e.config.parent} has layers that "
                    "are not this snapshot's minus its last one")
     if parent.config.generation >= e.config.generation:
@@ -771,7 +773,7 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "la
         own = content.chain_of(snapshot, where)
         base = snapshot.delta.base() if snapshot.delta is not None else None
         parent_chain = content.chain_of(base, where)
-        new_layer: Descriptor | None = None
+        new_layer: Descriptor | None | bool = None
         trusted: bool | None = None           # how to cache the image (None: leave the cache)
         if own is not None and own.version == 2 and len(own.layers) <= max_depth \
                 and all(w.has_blob(x) for x in own.layers):
@@ -780,17 +782,20 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "la
                 progress(size)
         elif parent_chain is not None and parent_chain.version == 2 \
                 and len(parent_chain.layers) < max_depth \
-                and all(w.has_blob(x) for x in parent_chain.layers):
-            assert snapshot.delta is not None
-            new_layer = _write_layer(w, image, layers.merge(snapshot.delta.extents, size),
-                                     progress)
-            chain, parent = parent_chain.layers + (new_layer,), parent_chain.digest
+                and all(w.has_blob(x) for x in parent_chain.layers) \
+                and snapshot.delta is not None \
+                and (child := _write_layer(w, image, layers.merge(snapshot.delta.extents, size),
+                                           progress, base, parent_chain.layers)) is not False:
+            # child None: nothing differs from the parent, whose layers are the whole chain
+            chain = parent_chain.layers + ((child,) if isinstance(child, Descriptor) else ())
+            parent = parent_chain.digest
             # the new image is the parent chain's content only if the base image is
             parent_key = tuple(w.identity(x) for x in parent_chain.layers)
             hit = content.cached(parent_key)
             trusted = hit is not None and base is not None and hit[0] is base.image and hit[1]
         else:
             new_layer = _write_layer(w, image, None, progress)
+            assert isinstance(new_layer, Descriptor)
             chain, trusted = (new_layer,), True        # hashed from this very image
             parent = own.parent if own is not None else (
                 parent_chain.digest if parent_chain is not None else None)
@@ -806,14 +811,25 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "la
 
 
 def _write_layer(w: Writer, image: MemoryImage, extents: layers.Extents | None,
-                 progress: Progress | None) -> Descriptor:
+                 progress: Progress | None, base: Snapshot | None = None,
+                 chain: tuple[Descriptor, ...] = ()) -> Descriptor | None | bool:
+    """Write a base layer (`extents` None) or a child layer of the pages in `extents` that differ
+    from `base`'s image. A child layer comes back None when no page differs (nothing is
+    written) and False when it equals a layer already in `chain` (a chain never repeats a
+    layer: the caller saves the snapshot flattened instead)."""
     fd, name = w.new_temp_blob()
     try:
-        digest, blob_size, _ = layers.write_layer(image, extents, fd, progress)
+        digest, blob_size, stored = layers.write_layer(
+            image, extents, fd, progress, base.image if base is not None else None)
     except BaseException:
         os.close(fd)
         raise
     desc = Descriptor(MT_LAYER, digest, blob_size)
+    if extents is not None and (not stored or desc in chain):
+        os.close(fd)
+        os.unlink(name, dir_fd=w.sha)
+        w.temps.remove((w.sha, name))
+        return None if not stored else False
     w.commit_temp_blob(fd, name, desc, hashed=True)
     return desc
 

@@ -315,7 +315,7 @@ def _read_capped(r: Any, cap: int, what: str) -> bytes:
 def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str | None = None,
          insecure: bool = False, username: str | None = None, password: str | None = None,
          ca_file: str | None = None, timeout: float = 60.0, mount_from: str | None = None,
-         progress: Progress | None = None) -> str:
+         progress: Progress | None = None, stats: dict[str, int] | None = None) -> str:
     """Push a snapshot to `target` (`host[:port]/repository[:tag]`) and return its manifest
     digest. `source` is a layout directory — the snapshot pushed is `ref`, by default the target's
     tag — or an in-memory Snapshot (saved to a temporary layout first). The layout is validated
@@ -324,7 +324,8 @@ def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str |
     repository of the same registry), missing blobs are first offered as cross-repository
     mounts. Every blob uploaded is hashed as it is sent and must match its digest. `insecure`
     uses plain HTTP; `ca_file` trusts a custom CA; `username`/`password` are used for Basic auth
-    or to obtain a Bearer token."""
+    or to obtain a Bearer token. `stats`, when given, accumulates "blobs_sent" and "bytes_sent"
+    (blob bytes uploaded; skipped and mounted blobs send none)."""
     dest = parse_reference(target)
     if isinstance(source, Snapshot):
         with tempfile.TemporaryDirectory(prefix="snapcell-push-") as tmp:
@@ -332,7 +333,7 @@ def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str |
             oci.save(source, tmp, tag)
             return push(tmp, target, ref=tag, insecure=insecure, username=username,
                         password=password, ca_file=ca_file, timeout=timeout,
-                        mount_from=mount_from, progress=progress)
+                        mount_from=mount_from, progress=progress, stats=stats)
     if mount_from is not None and not re.fullmatch(rf"{_COMPONENT}(?:/{_COMPONENT})*", mount_from):
         raise SnapshotReferenceError(f"invalid repository name {mount_from!r} for mount_from")
     local = check_ref(ref if ref is not None else (dest.tag or dest.digest or "latest"))
@@ -353,7 +354,8 @@ def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str |
                                          f"is {entry.digest}")
         client = Client(dest, insecure=insecure, username=username, password=password,
                         ca_file=ca_file, timeout=timeout)
-        client.upload(entry.manifest.config, lambda: config, None, mount_from)
+        sent = [(entry.manifest.config,
+                 client.upload(entry.manifest.config, lambda: config, None, mount_from))]
         for fd, desc in zip(layer_fds, entry.manifest.layers):
             bodies: list[_FileBody] = []
 
@@ -363,10 +365,13 @@ def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str |
                 return bodies[-1]
 
             try:
-                client.upload(desc, layer_body, progress, mount_from)
+                sent.append((desc, client.upload(desc, layer_body, progress, mount_from)))
             finally:
                 if bodies and bodies[-1].off == desc.size:
                     check_digest(bodies[-1].digest(), desc, "memory layer")
+        if stats is not None:
+            stats["blobs_sent"] = stats.get("blobs_sent", 0) + sum(1 for _, s in sent if s)
+            stats["bytes_sent"] = stats.get("bytes_sent", 0) + sum(x.size for x, s in sent if s)
         got = client.put_manifest(manifest, dest.tag or entry.digest)
         if got is not None and got != entry.digest:
             raise SnapshotRegistryError(f"the registry stored the manifest as {got}, not "
