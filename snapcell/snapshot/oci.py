@@ -278,7 +278,11 @@ def check_lineage(r: "Reader", e: Entry) -> None:
     ie = next((x for x in r.entries if x.descriptor.digest == e.config.parent), None)
     if ie is None:
         return
-    parent = r.entry(ie)
+    try:
+        parent = r.entry(ie)
+    except SnapshotFormatError as err:
+        raise SnapshotFormatError(f"the parent snapshot {e.config.parent} this one names is in "
+                                  f"the layout but invalid: {err}") from None
     ours = e.manifest.layers
     if len(ours) > 1 and parent.manifest.layers not in (ours[:-1], ours):
         raise fail(f"the parent chain is inconsistent: parent {e.config.parent} has layers that "
