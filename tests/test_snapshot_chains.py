@@ -433,3 +433,19 @@ def test_cli_tree_flatten_rm_gc(layout: Path) -> None:
     assert "SnapshotNotFound" in cli("rm", str(layout), "g1", code=1)
     assert sys.modules["snapcell.snapshot.collect"] is collect
     assert issubclass(SnapshotNotFound, SnapshotError)
+
+
+def test_the_image_cache_is_bounded_and_can_be_disabled(layout: Path) -> None:
+    grow_chain(layout, 2)
+    try:
+        content.set_cache_limits(0, 0)
+        a, b = Snapshot.load(str(layout), "g2"), Snapshot.load(str(layout), "g2")
+        assert a.image is not b.image
+        content.set_cache_limits(1, 1 << 30)
+        c, d = Snapshot.load(str(layout), "g1"), Snapshot.load(str(layout), "g1")
+        assert c.image is d.image
+        e = Snapshot.load(str(layout), "g2")           # evicts g1 (one entry)
+        assert Snapshot.load(str(layout), "g2").image is e.image
+        assert Snapshot.load(str(layout), "g1").image is not c.image
+    finally:
+        content.set_cache_limits(8, 1 << 30)

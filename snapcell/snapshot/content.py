@@ -9,7 +9,8 @@
   of copying again; a load of a child starts from its parent's cached image. Any change to a
   layer file changes its identity, so a modified layout never hits the cache. An entry is
   `trusted` when every layer was hashed (or vouched for by the verified-content record) when it
-  was built: only trusted entries serve `checked_load`. Bounded by entries and bytes (LRU)."""
+  was built: only trusted entries serve `checked_load`. Bounded by entries and bytes (LRU;
+  `set_cache_limits`, or SNAPCELL_IMAGE_CACHE_ENTRIES / SNAPCELL_IMAGE_CACHE_BYTES)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,18 @@ from ..machine.memory import MemoryImage
 from ..sandbox.snapshot import Snapshot
 from .validate import Descriptor
 
-CACHE_ENTRIES = 8
-CACHE_BYTES = 1 << 30                 # of stored data (memfd pages), across entries
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+# Bounds of the image cache (images counted at their full size, an upper bound of their memory):
+# SNAPCELL_IMAGE_CACHE_ENTRIES / SNAPCELL_IMAGE_CACHE_BYTES, or `set_cache_limits`; 0 disables.
+CACHE_ENTRIES = _env_int("SNAPCELL_IMAGE_CACHE_ENTRIES", 8)
+CACHE_BYTES = _env_int("SNAPCELL_IMAGE_CACHE_BYTES", 1 << 30)
 Identity = tuple[str, int, int, int, int, int]
 Key = tuple[Identity, ...]
 LayoutKey = tuple[int, int]
@@ -100,9 +111,24 @@ def longest_prefix(key: Key, trusted_only: bool) -> tuple[int, MemoryImage, bool
     return None
 
 
+def set_cache_limits(entries: int, max_bytes: int) -> None:
+    """Bound the image cache (0 entries or bytes: no caching); evicts what no longer fits."""
+    global CACHE_ENTRIES, CACHE_BYTES
+    with _lock:
+        CACHE_ENTRIES, CACHE_BYTES = max(0, entries), max(0, max_bytes)
+        _evict()
+
+
+def _evict() -> None:
+    total = sum(e.stored for e in _cache.values())
+    while _cache and (len(_cache) > CACHE_ENTRIES or total > CACHE_BYTES):
+        _, e = _cache.popitem(last=False)
+        total -= e.stored
+
+
 def put(key: Key, image: MemoryImage, trusted: bool, stored: int) -> None:
     """Cache a sealed image (an existing trusted entry is never downgraded)."""
-    if stored > CACHE_BYTES:
+    if stored > CACHE_BYTES or CACHE_ENTRIES == 0:
         return
     with _lock:
         old = _cache.get(key)
@@ -110,10 +136,7 @@ def put(key: Key, image: MemoryImage, trusted: bool, stored: int) -> None:
             return
         _cache[key] = _Entry(image, trusted, stored)
         _cache.move_to_end(key)
-        total = sum(e.stored for e in _cache.values())
-        while len(_cache) > CACHE_ENTRIES or total > CACHE_BYTES:
-            _, e = _cache.popitem(last=False)
-            total -= e.stored
+        _evict()
 
 
 def clear() -> None:
