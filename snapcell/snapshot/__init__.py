@@ -4,10 +4,11 @@ and artifacts in OCI registries, diff layers, garbage collection and sessions.
 This package depends on the in-memory `Snapshot` (`snapcell.sandbox.snapshot`), never the other
 way round: `store.OciSnapshotStore` implements the `SnapshotStore` interface that `Snapshot`'s
 convenience methods delegate to, and the package root installs it. The format is described in
-docs/snapshot-format.md; `oci` reads and writes layouts, `layers` the extent layers, `schema` the
-strict config, `validate` the OCI structures and safe file access, `verified` the
-verified-content record, `collect` rm and gc, `registry` push and pull, `sessions` pause and
-resume."""
+docs/snapshot-format.md; `oci` loads and saves snapshots, `files` reads and writes layout
+directories, `layers` the extent layers, `schema` the strict config, `validate` the OCI
+structures and safe file access, `verified` the verified-content record, `content` this
+process's chain records and image cache, `collect` rm and gc, `registry` push and pull,
+`sessions` pause and resume."""
 
 from __future__ import annotations
 

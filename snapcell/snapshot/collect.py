@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import SnapshotFormatError, SnapshotNotFound
 from . import verified
-from .oci import TMP_PREFIX, Reader, Writer
+from .files import TMP_PREFIX, Reader, Writer
 from .schema import MANIFEST_CAP
 from .validate import (
     BLOB_NAME,

@@ -32,7 +32,7 @@ from ..errors import (
     SnapshotRegistryError,
 )
 from ..sandbox.snapshot import Snapshot
-from . import layers, oci
+from . import files, layers, oci
 from .schema import CONFIG_CAP, MANIFEST_CAP, decode_config, fail
 from .validate import (
     MT_MANIFEST,
@@ -340,7 +340,7 @@ def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str |
     layer_fds: list[int] = []
     client: Client | None = None
     try:
-        with oci.Reader(source) as r:
+        with files.Reader(source) as r:
             ie = resolve(r.entries, local)
             entry = r.entry(ie)
             oci.check_lineage(r, entry)
@@ -407,7 +407,7 @@ def _pull(client: Client, directory: str | os.PathLike[str], store: str | None,
           progress: Progress | None) -> str:
     manifest_data = client.get_manifest()
     manifest = parse_manifest(manifest_data)
-    with oci.Writer(directory) as w:
+    with files.Writer(directory) as w:
         r = client.get_blob(manifest.config)
         try:
             config_data = _read_capped(r, CONFIG_CAP, "config")
@@ -456,9 +456,9 @@ def _download(client: Client, desc: Descriptor, fd: int, progress: Progress | No
                 raise fail(f"blob {desc.digest} from the registry is larger than {desc.size} bytes")
             h.update(chunk)
             if sparse:
-                oci.write_sparse(fd, chunk, off)
+                files.write_sparse(fd, chunk, off)
             else:
-                oci._write_all(fd, chunk, off)
+                files.write_all(fd, chunk, off)
             off += len(chunk)
             if progress is not None:
                 progress(len(chunk))
