@@ -277,10 +277,10 @@ def read_table(fd: int, blob_size: int, image_size: int, what: str) -> LayerTabl
 
 def apply_layer(fd: int, table: LayerTable, image: MemoryImage, *, first: bool, verify: bool,
                 progress: Progress | None = None) -> str | None:
-    """Copy a layer's data from `fd` into the (unsealed) `image`. On the first layer of a fresh
-    image all-zero 64 KiB pieces stay holes; later layers write every byte (their zeros override
-    the parent's data). With `verify`, returns the sha256 of exactly the bytes copied plus the
-    table: what is checked is what the image holds."""
+    """Copy a layer's data from `fd` into the (unsealed) `image`, every stored byte (a base
+    layer stores no zero pages, and a child's zeros override its parent's data; `first` is
+    accepted for callers that know the image is fresh). With `verify`, returns the sha256 of
+    exactly the bytes copied plus the table: what is checked is what the image holds."""
     h: Any = hashlib.sha256() if verify else None
     buf = bytearray(COPY_CHUNK)
     view = memoryview(buf)
@@ -295,13 +295,7 @@ def apply_layer(fd: int, table: LayerTable, image: MemoryImage, *, first: bool, 
                            f"{table.data_bytes + len(table.tail)}")
             if h is not None:
                 h.update(view[:n])
-            if first:
-                for p in range(0, n, ZERO_PIECE):
-                    piece = buf[p:min(n, p + ZERO_PIECE)]
-                    if len(piece) != ZERO_PIECE or piece != _ZERO_PIECE:
-                        _write_all(image.fd, piece, off + done + p)
-            else:
-                _write_all(image.fd, view[:n], off + done)
+            _write_all(image.fd, view[:n], off + done)
             pos += n
             done += n
             if progress is not None:
