@@ -180,7 +180,6 @@ def _compose(fds: list[int], e: Entry, verify: bool,
     tables = [layers.read_table(fd, d.size, size, _layer_what(i, n, d))
               for i, (fd, d) in enumerate(zip(fds, descs))]
     key = tuple(content.identity(d.digest, fd) for fd, d in zip(fds, descs))
-    stored = sum(t.data_bytes for t in tables)
     vouched = [verified.is_verified(fd, d.digest) for fd, d in zip(fds, descs)]
     hit = content.cached(key)
     if hit is not None and (not verify or hit[1] or all(vouched)):
@@ -211,7 +210,7 @@ def _compose(fds: list[int], e: Entry, verify: bool,
     except BaseException:
         image.close()
         raise
-    content.put(key, image, trusted, stored)
+    content.put(key, image, trusted, size)
     return image, trusted
 
 
