@@ -135,8 +135,10 @@ def save_cmd(elf: str, directory: str, tag: str, calls: tuple[str, ...], input_s
               help="Zero-copy map mode (format-1 layouts; the blob must stay unchanged).")
 @click.option("--call", "calls", multiple=True, metavar="'NAME ARG...'",
               help="Call a guest function in a sandbox made from the snapshot (repeatable).")
+@click.option("--save", "save_tag", metavar="TAG",
+              help="After the calls, save the sandbox into DIRECTORY under TAG (a diff on REF).")
 def load_cmd(directory: str, ref: str, checked: bool, map_mode: bool,
-             calls: tuple[str, ...]) -> None:
+             calls: tuple[str, ...], save_tag: str | None) -> None:
     """Load REF (tag or sha256: digest), create a sandbox from it and make CALLS. The snapshot's
     host functions must be available: only HostPrint is, here."""
     try:
@@ -145,6 +147,10 @@ def load_cmd(directory: str, ref: str, checked: bool, map_mode: bool,
             out.print(f"loaded {snap.digest}: {len(sb.functions)} guest functions, "
                       f"generation {snap.generation}")
             _run_calls(sb, calls)
+            if save_tag is not None:
+                digest = oci.save(sb.snapshot(), directory, save_tag)
+                depth = oci.inspect(directory, save_tag)["depth"]
+                out.print(f"{directory}:{save_tag} {digest} ({depth} layer(s))")
     except SnapcellError as e:
         raise _fail(e) from None
 

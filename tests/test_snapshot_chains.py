@@ -408,7 +408,7 @@ def test_resume_in_a_fresh_process(layout: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ CLI
-def test_cli_tree_flatten_rm_gc(layout: Path) -> None:
+def test_cli_tree_flatten_rm_gc(layout: Path, tmp_path: Path, simpleguest: str) -> None:
     from snapcell.cli_snapshot import snapshot_group
     grow_chain(layout, 2)
     runner = CliRunner()
@@ -431,6 +431,12 @@ def test_cli_tree_flatten_rm_gc(layout: Path) -> None:
     assert "removed" in cli("rm", str(layout), "g1", "--gc")
     assert "kept" in cli("gc", str(layout))
     assert "SnapshotNotFound" in cli("rm", str(layout), "g1", code=1)
+    # a diff from the command line: save from the ELF, then load, call, save
+    d = str(tmp_path / "cli")
+    cli("save", simpleguest, d, "--tag", "b", "--call", "AddToStatic 11")
+    out = cli("load", d, "b", "--call", "AddToStatic 5", "--save", "child")
+    assert "AddToStatic(5) = 16" in out and "(2 layer(s))" in out
+    assert oci.inspect(d, "child")["parent"] == dict(oci.entries(d))["b"]
     assert sys.modules["snapcell.snapshot.collect"] is collect
     assert issubclass(SnapshotNotFound, SnapshotError)
 
