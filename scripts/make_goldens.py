@@ -9,8 +9,10 @@ hypervisor, so they load on machines of the same kind.
 
 Layout: tests/goldens/simpleguest-v<FORMAT_VERSION>/ with tags
   static11  simpleguest after AddToStatic(11)
-  pattern   the same, then AllocAndWritePattern(5000)
-Small configuration (16 KiB buffers, 256 KiB heap, 32 KiB stack): ~1.5 MiB of memory per tag."""
+  pattern   the same, then AllocAndWritePattern(5000) — from format 2 on a diff: a sandbox made
+            from the loaded static11, so its manifest is static11's layer plus one new layer
+Small configuration (16 KiB buffers, 256 KiB heap, 32 KiB stack): ~1.5 MiB of memory per tag.
+Older goldens (simpleguest-v1: one raw memory blob per tag) stay in the repository unchanged."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from snapcell import SandboxConfiguration, UninitializedSandbox  # noqa: E402
+from snapcell import MultiUseSandbox, SandboxConfiguration, UninitializedSandbox  # noqa: E402
 from snapcell.snapshot import oci  # noqa: E402
 from snapcell.snapshot.schema import FORMAT_VERSION  # noqa: E402
 from tests.conftest import guest_path, make_host_functions  # noqa: E402
@@ -44,8 +46,11 @@ def main() -> int:
     with UninitializedSandbox(guest, SMALL, make_host_functions()).evolve() as sb:
         sb.call("AddToStatic", 11)
         print("static11", oci.save(sb.snapshot(), str(tmp), "static11"))
+    base = oci.load(str(tmp), "static11", verify=True)
+    with MultiUseSandbox.from_snapshot(base, make_host_functions()) as sb:
         sb.call("AllocAndWritePattern", 5000)
         print("pattern ", oci.save(sb.snapshot(), str(tmp), "pattern"))
+    assert oci.inspect(str(tmp), "pattern")["depth"] == 2
     for tag, _ in oci.entries(str(tmp)):
         assert tag is not None
         oci.verify(str(tmp), tag)

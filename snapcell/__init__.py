@@ -13,6 +13,11 @@ from .sandbox import (
     Snapshot,
     UninitializedSandbox,
 )
+from .snapshot import OciSnapshotStore
+
+# The composition root: the in-memory Snapshot (sandbox layer) delegates persistence to the OCI
+# store (snapshot layer), which depends on it — wired here, in one visible place.
+Snapshot.use_store(OciSnapshotStore())
 
 __version__ = "0.1.0"
 __all__ = ["CodeError", "CodeSandbox", "RunResult",

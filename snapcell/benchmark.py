@@ -412,6 +412,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                                               "p99_us": float("nan"), "min_us": float("nan")}
         r["cold_start_from_elf"] = {"n": 1, "median_us": c["from_elf_ms"] * 1000,
                                     "p99_us": float("nan"), "min_us": float("nan")}
+        r.update(_diff_rows(p["diff"]))
 
     @step("kill latency")
     def _() -> None:
@@ -456,6 +457,41 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
         console.print(_table(report))
         console.print(f"written to {out_dir}/results.{{json,md,png}}")
     return report
+
+
+def _diff_rows(d: dict[str, float]) -> dict[str, Any]:
+    """Rows of the diff-snapshot benchmark (a 256 MiB snapshot, a child that changed 1 MiB)."""
+    def row(ms: float, note: str = "") -> dict[str, Any]:
+        v: dict[str, Any] = {"n": 1, "median_us": ms * 1000, "p99_us": float("nan"),
+                             "min_us": float("nan")}
+        if note:
+            v["note"] = note
+        return v
+    mib = 1 << 20
+    out = {
+        "diff_child_save_256MiB_1MiB_changed": row(
+            d["child_save_ms"], f"new layer {d['child_layer_bytes'] / mib:.2f} MiB"),
+        "diff_child_load_cold": row(d["child_load_cold_ms"], "2 layers copied"),
+        "diff_full_load_cold": row(d["full_load_cold_ms"],
+                                   f"{d['data_bytes'] / mib:.0f} MiB copied"),
+        "diff_child_load_cached": row(d["child_load_cached_ms"], "process image cache"),
+        "diff_child_checked_load_cold_recorded": row(d["child_checked_load_cold_ms"],
+                                                     "verified-content record, no hashing"),
+        "diff_child_checked_load_second": row(d["child_checked_load_second_ms"]),
+        "diff_child_checked_load_hashing": row(d["child_checked_load_hashing_ms"],
+                                               "no record: every layer hashed"),
+        "diff_full_checked_load_hashing": row(d["full_checked_load_hashing_ms"]),
+        "session_pause_resume_256MiB": row(d["pause_resume_ms"],
+                                           f"chain depth {d['session_depth']:.0f}"),
+        "session_pause_resume_default": row(
+            d["pause_resume_default_ms"], f"{d['default_memory_size'] / mib:.0f} MiB guest"),
+    }
+    if "child_push_ms" in d:
+        out["diff_child_push"] = row(d["child_push_ms"],
+                                     f"{d['child_push_bytes'] / mib:.2f} MiB of blobs sent")
+        out["diff_full_push"] = row(d["full_push_ms"],
+                                    f"{d['full_push_bytes'] / mib:.2f} MiB of blobs sent")
+    return out
 
 
 def _ratios(r: dict[str, Any]) -> dict[str, float]:
@@ -515,6 +551,8 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             p99t = "" if p99 != p99 else (f"{p99 / 1000:.2f} ms" if p99 >= 10000 else f"{p99:.1f}")
             if "gb_per_s" in v:
                 text += f" ({v['gb_per_s']:.2f} GB/s)"
+            if "note" in v:
+                text += f" ({v['note']})"
             rows.append((name, text, p99t, str(v["n"])))
     return rows
 

@@ -1,5 +1,6 @@
-"""`snapcell snapshot ...`: save, load, inspect, verify, list, push and pull snapshots stored as
-OCI image layouts (docs/snapshot-format.md)."""
+"""`snapcell snapshot ...`: save, load, inspect, verify, list (with the lineage tree), flatten,
+remove, garbage-collect, push and pull snapshots stored as OCI image layouts
+(docs/snapshot-format.md)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.tree import Tree
 
 from .errors import SnapcellError, SnapshotError
 from .guest.functions import Signature
 from .guest.values import ValueType, parse_text
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
-from .snapshot import oci, registry
+from .snapshot import collect, oci, registry
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
@@ -128,18 +130,27 @@ def save_cmd(elf: str, directory: str, tag: str, calls: tuple[str, ...], input_s
 @snapshot_group.command("load")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("ref", default="latest")
-@click.option("--checked", is_flag=True, help="Also verify the memory blob's sha256.")
+@click.option("--checked", is_flag=True, help="Also verify the memory layers' sha256.")
+@click.option("--map", "map_mode", is_flag=True,
+              help="Zero-copy map mode (format-1 layouts; the blob must stay unchanged).")
 @click.option("--call", "calls", multiple=True, metavar="'NAME ARG...'",
               help="Call a guest function in a sandbox made from the snapshot (repeatable).")
-def load_cmd(directory: str, ref: str, checked: bool, calls: tuple[str, ...]) -> None:
+@click.option("--save", "save_tag", metavar="TAG",
+              help="After the calls, save the sandbox into DIRECTORY under TAG (a diff on REF).")
+def load_cmd(directory: str, ref: str, checked: bool, map_mode: bool,
+             calls: tuple[str, ...], save_tag: str | None) -> None:
     """Load REF (tag or sha256: digest), create a sandbox from it and make CALLS. The snapshot's
     host functions must be available: only HostPrint is, here."""
     try:
-        snap = oci.load(directory, ref, checked)
+        snap = oci.load(directory, ref, checked, mode="map" if map_mode else "copy")
         with MultiUseSandbox.from_snapshot(snap, HostFunctions()) as sb:
             out.print(f"loaded {snap.digest}: {len(sb.functions)} guest functions, "
                       f"generation {snap.generation}")
             _run_calls(sb, calls)
+            if save_tag is not None:
+                digest = oci.save(sb.snapshot(), directory, save_tag)
+                depth = oci.inspect(directory, save_tag)["depth"]
+                out.print(f"{directory}:{save_tag} {digest} ({depth} layer(s))")
     except SnapcellError as e:
         raise _fail(e) from None
 
@@ -159,9 +170,12 @@ def inspect_cmd(directory: str, ref: str) -> None:
 @snapshot_group.command("verify")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("refs", nargs=-1)
-def verify_cmd(directory: str, refs: tuple[str, ...]) -> None:
-    """Verify REFS (default: every snapshot in DIRECTORY) completely, blob digests included.
-    Exits with status 1 if any fails."""
+@click.option("--full", is_flag=True,
+              help="Re-hash every layer, even those the verified-content record vouches for.")
+def verify_cmd(directory: str, refs: tuple[str, ...], full: bool) -> None:
+    """Verify REFS (default: every snapshot in DIRECTORY) completely, blob digests included
+    (layers verified before and unchanged since are trusted unless --full). Exits with status 1
+    if any fails."""
     try:
         targets = list(refs) or [t or d for t, d in oci.entries(directory)]
     except SnapshotError as e:
@@ -170,7 +184,7 @@ def verify_cmd(directory: str, refs: tuple[str, ...]) -> None:
     for ref in targets:
         try:
             with _progress(f"verify {ref}", None) as advance:
-                entry = oci.verify(directory, ref, advance)
+                entry = oci.verify(directory, ref, advance, full=full)
             out.print(f"[green]ok[/green]   {ref} {entry.digest}")
         except SnapshotError as err:
             bad += 1
@@ -182,7 +196,8 @@ def verify_cmd(directory: str, refs: tuple[str, ...]) -> None:
 @snapshot_group.command("ls")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def ls_cmd(directory: str, as_json: bool) -> None:
+@click.option("--tree", is_flag=True, help="Show the lineage: each snapshot under its parent.")
+def ls_cmd(directory: str, as_json: bool, tree: bool) -> None:
     """List the snapshots in DIRECTORY."""
     try:
         rows = []
@@ -191,7 +206,9 @@ def ls_cmd(directory: str, as_json: bool) -> None:
                 d = oci.inspect(directory, digest)
                 rows.append({"tag": tag, "digest": digest, "generation": d["generation"],
                              "memory_size": d["memory_size"], "disk_bytes": d["memory_disk_bytes"],
-                             "functions": len(d["functions"]), "error": None})
+                             "functions": len(d["functions"]), "parent": d.get("parent"),
+                             "depth": d["depth"], "new_layer_bytes": d["layers"][-1]["size"],
+                             "error": None})
             except SnapshotError as e:
                 rows.append({"tag": tag, "digest": digest, "error": f"{type(e).__name__}: {e}"})
     except SnapshotError as e:
@@ -199,33 +216,119 @@ def ls_cmd(directory: str, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
+    if tree:
+        out.print(lineage_tree(directory, rows))
+        return
     table = Table()
-    for col in ("tag", "digest", "generation", "memory", "on disk", "functions"):
+    for col in ("tag", "digest", "generation", "layers", "memory", "on disk", "functions"):
         table.add_column(col)
     for r in rows:
         if r["error"]:
-            table.add_row(str(r["tag"]), r["digest"][:19], "[red]" + r["error"] + "[/red]", "", "", "")
+            table.add_row(str(r["tag"]), r["digest"][:19], "[red]" + r["error"] + "[/red]", "", "",
+                          "", "")
         else:
-            table.add_row(str(r["tag"]), r["digest"][:19], str(r["generation"]),
+            table.add_row(str(r["tag"]), r["digest"][:19], str(r["generation"]), str(r["depth"]),
                           f"{r['memory_size'] / 2**20:.1f} MiB", f"{r['disk_bytes'] / 2**20:.1f} MiB",
                           str(r["functions"]))
     out.print(table)
+
+
+def lineage_tree(directory: str, rows: list[dict[str, Any]]) -> Tree:
+    """The snapshots of a layout as a tree: each under its parent (roots: no parent, or a
+    parent not in the layout). Parent links are followed among distinct manifests only, so a
+    crafted layout cannot make this loop."""
+    by_digest: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_digest.setdefault(r["digest"], []).append(r)
+    children: dict[str | None, list[str]] = {}
+    for digest, rs in by_digest.items():
+        parent = rs[0].get("parent")
+        children.setdefault(parent if parent in by_digest and parent != digest else None,
+                            []).append(digest)
+    root = Tree(f"[bold]{directory}[/bold]")
+    seen: set[str] = set()
+
+    def label(digest: str) -> str:
+        rs = by_digest[digest]
+        tags = ", ".join(str(r["tag"]) for r in rs if r["tag"] is not None) or "(untagged)"
+        r = rs[0]
+        if r["error"]:
+            return f"{tags} {digest[:19]} [red]{r['error']}[/red]"
+        return (f"{tags} {digest[:19]} gen {r['generation']}, {r['depth']} layer(s), "
+                f"new layer {r['new_layer_bytes'] / 2**20:.2f} MiB")
+
+    def add(node: Tree, digest: str) -> None:
+        if digest in seen:
+            return
+        seen.add(digest)
+        branch = node.add(label(digest))
+        for child in children.get(digest, []):
+            add(branch, child)
+
+    for digest in children.get(None, []):
+        add(root, digest)
+    for digest in by_digest:                  # anything left is on a parent cycle
+        if digest not in seen:
+            add(root, digest)
+    return root
+
+
+@snapshot_group.command("flatten")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("ref")
+@click.option("--tag", help="Tag for the flattened snapshot (default: REF's tag).")
+def flatten_cmd(directory: str, ref: str, tag: str | None) -> None:
+    """Rewrite REF as a single base layer (verified); old layers stay until `gc`."""
+    try:
+        digest = oci.flatten(directory, ref, tag)
+    except SnapshotError as e:
+        raise _fail(e) from None
+    out.print(f"{directory}:{tag or ref} {digest}")
+
+
+@snapshot_group.command("rm")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--gc", "run_gc", is_flag=True, help="Collect unreferenced blobs afterwards.")
+def rm_cmd(directory: str, refs: tuple[str, ...], run_gc: bool) -> None:
+    """Remove the tags (or digests) REFS from DIRECTORY's index."""
+    try:
+        done = collect.rm(directory, list(refs), collect=run_gc)
+    except SnapshotError as e:
+        raise _fail(e) from None
+    out.print(f"removed {len(refs)} reference(s)" + (
+        f"; {done.removed} blob(s), {done.freed_bytes / 2**20:.1f} MiB freed" if done else ""))
+
+
+@snapshot_group.command("gc")
+@click.argument("directory", type=click.Path(file_okay=False))
+def gc_cmd(directory: str) -> None:
+    """Delete the blobs of DIRECTORY that no listed manifest references."""
+    try:
+        done = collect.gc(directory)
+    except SnapshotError as e:
+        raise _fail(e) from None
+    out.print(f"kept {done.kept} blob(s); removed {done.removed}, "
+              f"{done.freed_bytes / 2**20:.1f} MiB freed")
 
 
 @snapshot_group.command("push")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("target")
 @click.option("--ref", help="Local tag or digest to push (default: TARGET's tag).")
+@click.option("--mount-from", help="Repository of the same registry to mount shared blobs from.")
 @_registry_options
-def push_cmd(directory: str, target: str, ref: str | None, insecure: bool, ca_file: str | None,
-             username: str | None, password_stdin: bool) -> None:
+def push_cmd(directory: str, target: str, ref: str | None, mount_from: str | None, insecure: bool,
+             ca_file: str | None, username: str | None, password_stdin: bool) -> None:
     """Push a snapshot from DIRECTORY to TARGET (host[:port]/repository:tag)."""
     creds = _credentials(username, password_stdin)
     try:
         info = oci.inspect(directory, ref or registry.parse_reference(target).tag or "latest")
-        with _progress("push", info["memory_blob_size"]) as advance:
+        total = sum(x["size"] for x in info["layers"])
+        with _progress("push", total) as advance:
             digest = registry.push(directory, target, ref=ref, insecure=insecure,
-                                        ca_file=ca_file, progress=advance, **creds)
+                                   ca_file=ca_file, mount_from=mount_from, progress=advance,
+                                   **creds)
     except SnapshotError as e:
         raise _fail(e) from None
     out.print(f"{target} {digest}")

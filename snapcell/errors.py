@@ -199,6 +199,15 @@ class SnapshotReferenceError(SnapshotError, ValueError):
     """A tag, digest or registry reference is not well formed."""
 
 
+class SnapshotIOError(SnapshotError):
+    """A file operation on a snapshot layout or memory image failed (permissions, disk full, an
+    I/O error, a blob truncated under a map-mode snapshot). `errno` is the OS error number."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class SnapshotRegistryError(SnapshotError):
     """A registry refused a request or could not be reached (HTTP status, TLS, authentication)."""
 
@@ -241,4 +250,5 @@ __all__ = [
     "SnapshotDigestMismatch",
     "SnapshotReferenceError",
     "SnapshotRegistryError",
+    "SnapshotIOError",
 ]

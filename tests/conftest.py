@@ -3,7 +3,10 @@ because a run that passes by skipping would be a lie."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,13 @@ from snapcell.types import F32, F64, I32, I64, U32, U64
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_DIR = ROOT / "build" / "guests"
+
+# Hermetic snapshot state: the verified-content record and session caches of this test run
+# (inherited by the subprocesses tests start) live in a private directory, not in ~/.cache.
+_STATE = tempfile.mkdtemp(prefix="snapcell-test-state-")
+os.environ["SNAPCELL_VERIFIED_DIR"] = os.path.join(_STATE, "verified")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_STATE, "cache")
+atexit.register(shutil.rmtree, _STATE, True)
 
 
 def _kvm_problem() -> str | None:

@@ -1,7 +1,11 @@
 """A corpus of malformed snapshot layouts: every one is rejected with a SnapshotError subclass,
 leaks no descriptor and maps nothing. Structural mutations of oci-layout, index.json, manifests
 and configs, every bounds violation of the config, unsafe files (symlinks, FIFOs, devices,
-directories), truncated blobs; then hypothesis mutations of bytes and fields."""
+directories), truncated blobs; then hypothesis mutations of bytes and fields. Format 2: every
+structural fault of an extent layer (magic, version, sizes, unaligned / overlapping / unsorted /
+unmerged / out-of-range extents), chains with swapped, dropped or repeated layers, and hypothesis
+mutations of a chain's layers (in place: checked_load catches them; re-pointed: validation
+does)."""
 
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from snapcell.errors import (
 )
 from snapcell.machine.features import host_features
 from snapcell.sandbox.pool import kvm
+from snapcell.snapshot import layers
 from snapcell.snapshot.schema import TOP_KEYS
 
 from .conftest import make_host_functions, open_fds
@@ -430,7 +435,9 @@ H = SnapshotIncompatibleHost
 BOUNDS: dict[str, tuple[Callable[[dict[str, Any]], None], type[BaseException]]] = {
     **{f"missing {k}": (deleter(k), F) for k in TOP_KEYS},
     "unknown top-level field": (setter("created", "2024-01-01"), F),
-    "format_version 2": (setter("format_version", 2), F),
+    "format_version 3 (newer)": (setter("format_version", 3), F),
+    "format_version 1 in a format-2 manifest": (setter("format_version", 1), F),
+    "format_version 0": (setter("format_version", 0), F),
     "format_version str": (setter("format_version", "1"), F),
     "format_version bool": (setter("format_version", True), F),
     "abi_version 2": (setter("abi_version", 2), H),
@@ -600,10 +607,11 @@ def _fresh_copy(template: Path) -> Path:
     return d
 
 
-def _run(d: Path, loader: Callable[[str, str], Snapshot], contained: bool) -> str:
+def _run(d: Path, loader: Callable[[str, str], Snapshot], contained: bool,
+         ref: str = "base") -> str:
     """Load and call. Returns an outcome label; raises on anything unacceptable."""
     try:
-        snap = loader(str(d), "base")
+        snap = loader(str(d), ref)
     except SnapshotError:
         return "rejected"
     try:
@@ -713,5 +721,205 @@ def test_fuzz_helpers_accept_the_pristine_layout(template_layout: Path) -> None:
         assert _run(d, Snapshot.checked_load, contained=False) == "ran"
         put_blob(d, b"unrelated")                      # an unreferenced blob is fine
         assert _run(d, Snapshot.load, contained=False) == "ran"
+    finally:
+        shutil.rmtree(d.parent)
+
+
+# ------------------------------------------------------------------------------ format 2 layers
+# A memory layer is data + extent table + footer (snapcell.snapshot.layers). These mutations
+# rebuild a *valid-looking* blob (digest and size re-pointed in the manifest) so that only the
+# layer's own validation stands in the way, for load and checked_load alike.
+Layer = dict[str, Any]
+
+
+def parse_layer(raw: bytes) -> Layer:
+    """The parts of a layer blob: data, extents, footer fields."""
+    magic, version, n, size, data_bytes = layers.FOOTER.unpack_from(raw, len(raw) - layers.FOOTER.size)
+    table = raw[len(raw) - layers.FOOTER.size - n * 16:len(raw) - layers.FOOTER.size]
+    extents = [list(layers.EXTENT.unpack_from(table, i * 16)) for i in range(n)]
+    return {"data": bytearray(raw[:data_bytes]), "extents": extents, "magic": magic,
+            "version": version, "n": n, "size": size, "data_bytes": data_bytes}
+
+
+def build_layer(p: Layer) -> bytes:
+    """A layer blob from (possibly inconsistent) parts."""
+    table = b"".join(layers.EXTENT.pack(a % (1 << 64), n % (1 << 64)) for a, n in p["extents"])
+    return bytes(p["data"]) + table + layers.FOOTER.pack(p["magic"], p["version"], p["n"],
+                                                         p["size"], p["data_bytes"])
+
+
+def edit_layer(fn: Callable[[Layer], None], index: int = -1, consistent: bool = True) -> Mutation:
+    """Rewrite memory layer `index` of "base" through `fn` (n and data_bytes recomputed unless
+    `consistent` is False) and re-point the manifest at the new blob."""
+    def m(d: Path) -> None:
+        man = manifest_of(d)
+        desc = man["layers"][index]
+        p = parse_layer(blob_path(d, desc["digest"]).read_bytes())
+        fn(p)
+        if consistent:
+            p["n"] = len(p["extents"])
+            p["data_bytes"] = len(p["data"])
+        digest, size = put_blob(d, build_layer(p))
+        repoint_layer(d, "base", index, digest, size)
+    return m
+
+
+def repoint_layer(d: Path, tag: str, index: int, digest: str, size: int) -> None:
+    """Make layer `index` of `tag` the blob `digest` in the manifest and in the config's
+    memory.layers (every digest consistent: only validation can object)."""
+    man = manifest_of(d, tag)
+    man["layers"][index].update(digest=digest, size=size)
+    set_manifest(d, man, tag)
+    cfg = config_of(d, tag)
+    cfg["memory"]["layers"][index] = digest
+    set_config(d, cfg, tag)
+
+
+def _split_first(p: Layer) -> None:
+    """Two adjacent extents instead of one (the table must be merged)."""
+    a, n = p["extents"][0]
+    if n < 2 * 4096:
+        p["extents"][0:1] = [[a, 4096], [a + 4096, 4096]]
+        p["data"][4096 * 1:4096 * 1] = bytes(4096)
+    else:
+        p["extents"][0:1] = [[a, 4096], [a + 4096, n - 4096]]
+
+
+LAYER_MUTATIONS: dict[str, Mutation] = {
+    "layer bad magic": edit_layer(lambda p: p.update(magic=b"SNAPCEXX")),
+    "layer version 2 (newer)": edit_layer(lambda p: p.update(version=2)),
+    "layer for a bigger image": edit_layer(lambda p: p.update(size=p["size"] + 4096)),
+    "layer for a smaller image": edit_layer(lambda p: p.update(size=p["size"] - 4096)),
+    "layer extent count huge": edit_layer(lambda p: p.update(n=1 << 31), consistent=False),
+    "layer extent count one more": edit_layer(lambda p: p.update(n=p["n"] + 1), consistent=False),
+    "layer data bytes one page more": edit_layer(lambda p: p.update(data_bytes=p["data_bytes"] + 4096),
+                                                 consistent=False),
+    "layer data bytes off by one": edit_layer(lambda p: p.update(data_bytes=p["data_bytes"] - 1),
+                                              consistent=False),
+    "layer extent unaligned offset": edit_layer(lambda p: p["extents"][0].__setitem__(
+        0, p["extents"][0][0] + 1)),
+    "layer extent unaligned length": edit_layer(lambda p: p["extents"][0].__setitem__(
+        1, p["extents"][0][1] - 1)),
+    "layer extent empty": edit_layer(lambda p: p["extents"].insert(0, [0, 0])),
+    "layer extents overlap": edit_layer(lambda p: (p["extents"].append(list(p["extents"][-1])),
+                                                   p["data"].extend(bytes(p["extents"][-1][1])))),
+    "layer extents unsorted": edit_layer(lambda p: (
+        p["extents"].insert(0, [p["extents"][-1][0] + p["extents"][-1][1], 4096]),
+        p["data"].extend(bytes(4096)))),
+    "layer extents adjacent (unmerged)": edit_layer(_split_first),
+    "layer extent beyond the image": edit_layer(lambda p: (p["extents"].append([p["size"], 4096]),
+                                                           p["data"].extend(bytes(4096)))),
+    "layer extent wraps around": edit_layer(lambda p: (p["extents"].append([(1 << 64) - 4096, 8192]),
+                                                       p["data"].extend(bytes(8192)))),
+    "layer data longer than the extents": edit_layer(lambda p: p["data"].extend(bytes(4096)),
+                                                     consistent=False),
+    "layer footer only, wrong sizes": edit_layer(lambda p: p.update(data=bytearray(), extents=[]),
+                                                 consistent=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_MUTATIONS))
+def test_layer_mutation_rejected(layout: Path, name: str) -> None:
+    LAYER_MUTATIONS[name](layout)
+    expect_rejected(layout)
+
+
+def test_layer_blob_too_small_for_a_footer(layout: Path) -> None:
+    digest, size = put_blob(layout, b"SNAPCEXT")
+    repoint_layer(layout, "base", 0, digest, size)
+    expect_rejected(layout)
+
+
+def test_an_empty_child_layer_is_valid(layout: Path) -> None:
+    """A child that changed nothing: a layer of just a footer, on top of the base."""
+    man = manifest_of(layout)
+    base = parse_layer(blob_path(layout, man["layers"][0]["digest"]).read_bytes())
+    empty = {**base, "data": bytearray(), "extents": [], "n": 0, "data_bytes": 0}
+    digest, size = put_blob(layout, build_layer(empty))
+    man["layers"].append({**man["layers"][0], "digest": digest, "size": size})
+    set_manifest(layout, man)
+    cfg = config_of(layout)
+    cfg["memory"]["layers"].append(digest)
+    set_config(layout, cfg)
+    snap = Snapshot.checked_load(str(layout), "base")
+    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+        assert sb.call("GetStatic") == 11
+
+
+@pytest.fixture(scope="session")
+def chain_template(tmp_path_factory: pytest.TempPathFactory, template_layout: Path) -> Path:
+    """The template plus "child" (a sandbox from "base" after AddToStatic(1): a 2-layer diff)."""
+    d = tmp_path_factory.mktemp("chain") / "layout"
+    shutil.copytree(template_layout, d)
+    with MultiUseSandbox.from_snapshot(Snapshot.load(str(d), "base"), make_host_functions()) as sb:
+        sb.call("AddToStatic", 1)
+        sb.snapshot().save(str(d), "child")
+    assert len(manifest_of(d, "child")["layers"]) == 2
+    return d
+
+
+def test_chain_mutations(chain_template: Path, tmp_path: Path) -> None:
+    """Layers swapped, the base dropped, a foreign layer appended, the parent field pointing
+    elsewhere: each refused (the parent is in the layout, so the chain is checked)."""
+    cases: dict[str, Callable[[dict[str, Any]], None]] = {
+        "swapped": lambda m: m["layers"].reverse(),
+        "base dropped": lambda m: m["layers"].pop(0),
+        "layer repeated": lambda m: m["layers"].append(dict(m["layers"][0])),
+    }
+    for name, fn in cases.items():
+        d = tmp_path / name.replace(" ", "-")
+        shutil.copytree(chain_template, d)
+        m = manifest_of(d, "child")
+        fn(m)
+        set_manifest(d, m, "child")
+        expect_rejected(d, ref="child")           # the config names other layers
+        cfg = config_of(d, "child")               # consistent config too: the lineage check
+        cfg["memory"]["layers"] = [x["digest"] for x in m["layers"]]
+        set_config(d, cfg, "child")
+        if name != "base dropped":                # (a 1-layer snapshot may name a parent: flatten)
+            expect_rejected(d, ref="child")
+
+
+def _tail_mutation(raw: bytearray, data: st.DataObject) -> None:
+    """Flip, set, cut or grow bytes in the last 64 bytes of a layer (table and footer)."""
+    kind = data.draw(st.sampled_from(["flip", "set", "truncate", "insert"]))
+    pos = data.draw(st.integers(max(0, len(raw) - 64), len(raw) - 1))
+    if kind == "flip":
+        raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "set":
+        raw[pos] = data.draw(st.integers(0, 255))
+    elif kind == "truncate":
+        del raw[pos:]
+    else:
+        raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(which=st.sampled_from([0, 1]), repoint=st.booleans(), data=st.data())
+def test_hypothesis_chain_layer_mutations(chain_template: Path, which: int, repoint: bool,
+                                          data: st.DataObject) -> None:
+    """Bytes of a chain's layer tables/footers or data mutated. With the digests left alone,
+    checked_load rejects every change; with the manifest re-pointed at the mutated blob (so only
+    validation stands in the way), both loaders reject it or the snapshot runs contained."""
+    d = _fresh_copy(chain_template)
+    try:
+        man = manifest_of(d, "child")
+        desc = man["layers"][which]
+        p = blob_path(d, desc["digest"])
+        raw = bytearray(p.read_bytes())
+        if data.draw(st.booleans()):
+            _tail_mutation(raw, data)
+        else:
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+        if repoint:
+            digest, size = put_blob(d, bytes(raw))
+            repoint_layer(d, "child", which, digest, size)
+            for loader in (Snapshot.load, Snapshot.checked_load):
+                event(f"layer {which} re-pointed: " + _run(d, loader, contained=True, ref="child"))
+        else:
+            p.chmod(0o644)
+            p.write_bytes(bytes(raw))
+            event(f"layer {which} in place: " + _run(d, Snapshot.checked_load, contained=False,
+                                                    ref="child"))
     finally:
         shutil.rmtree(d.parent)

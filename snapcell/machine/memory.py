@@ -109,6 +109,22 @@ def _scan_private(start: int, end: int, scan: _PagemapScan | None = None) -> lis
     return out
 
 
+# copy_file_range refuses copies between file systems (EXDEV) and some file types (EINVAL...).
+_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+_COPY_CHUNK = 1 << 20
+
+
+def _copy_by_reads(src: int, dst: int, n: int, off: int) -> int:
+    """Copy up to `n` bytes at `off` from `src` to `dst` with pread/pwrite; bytes copied."""
+    data = os.pread(src, n, off)
+    view = memoryview(data)
+    pos = off
+    while view:
+        k = os.pwrite(dst, view, pos)
+        view, pos = view[k:], pos + k
+    return len(data)
+
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -187,12 +203,22 @@ class MemoryImage:
         (SEEK_DATA/SEEK_HOLE; tmpfs supports both), so zero pages cost nothing."""
         if parent.size != self.size:
             raise ValueError("images differ in size")
+        in_kernel = True
         for start, length in parent.data_extents():
             pos, end = start, start + length
             while pos < end:
-                n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
+                if in_kernel:
+                    try:
+                        n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
+                    except OSError as e:    # EXDEV: e.g. a snapshot blob on disk -> a memfd
+                        if e.errno not in _NO_COPY_FILE_RANGE:
+                            raise
+                        in_kernel = False
+                        continue
+                else:
+                    n = _copy_by_reads(parent.fd, self.fd, min(end - pos, _COPY_CHUNK), pos)
                 if n <= 0:
-                    raise OSError("copy_file_range made no progress")
+                    raise OSError(errno.EIO, "the parent image ended early")
                 pos += n
 
     def seal(self) -> None:

@@ -4,7 +4,9 @@ restored, and created directly from a snapshot."""
 from __future__ import annotations
 
 import functools
+import os
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +15,7 @@ from ..errors import (
     SandboxPoisonedError,
     SnapshotHostFunctionMismatch,
     SnapshotIncompatibleHost,
+    SnapshotIOError,
     SnapshotLayoutMismatch,
     SnapshotLayoutWarning,
     SnapshotStateError,
@@ -32,7 +35,7 @@ from .debughook import attach_debugger
 from .host_functions import HostFunctions
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
-from .snapshot import ARCH, CpuState, Snapshot
+from .snapshot import ARCH, CpuState, MemoryDelta, Snapshot
 from .user_state import sanitize_rflags, user_state_problem
 
 _READY = SandboxStatus.READY
@@ -296,6 +299,10 @@ class MultiUseSandbox:
                                     for addr, b in core.debugger.original_bytes().items()])
             image.seal()
             cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
+        except OSError as e:         # e.g. the blob of a map-mode snapshot was truncated
+            image.close()
+            raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
+                                  e.errno) from None
         except BaseException:
             image.close()
             raise
@@ -304,7 +311,9 @@ class MultiUseSandbox:
                         syscall_entry=parent.syscall_entry, cpu=cpu, initialised=True,
                         functions=dict(core.functions), host_functions=core.host_functions.signatures(),
                         generation=parent.generation + 1, guest_sha256=parent.guest_sha256,
-                        cpu_features=host_features(kvm()), hypervisor=hypervisor_name())
+                        cpu_features=host_features(kvm()), hypervisor=hypervisor_name(),
+                        delta=MemoryDelta(weakref.ref(self._mapped),
+                                          tuple((off, len(data)) for off, data in chunks)))
         self._cached, self._cache_key = snap, key
         self._snapshot = snap
         return snap
@@ -341,6 +350,27 @@ class MultiUseSandbox:
         self._version += 1
         if exact:
             self._cached, self._cache_key = snapshot, (self._version, core.host_functions.version)
+
+    # ---------------------------------------------------------------- sessions
+    def pause(self, target: "str | os.PathLike[str]", tag: str = "session",
+              **options: Any) -> str:
+        """Snapshot this sandbox, save it — as a diff on the snapshot it was resumed or created
+        from, when that is saved there — into the layout `target` (or push it to the registry
+        reference `target`), close the sandbox and return the manifest digest. See
+        `snapcell.snapshot.sessions.pause` for the options."""
+        digest = Snapshot.store().pause(self.snapshot(), target, tag, **options)
+        self.close()
+        return digest
+
+    @classmethod
+    def resume(cls, source: "str | os.PathLike[str]", host_functions: HostFunctions | None = None,
+               config: SandboxConfiguration | None = None, *, ref: str = "session",
+               **options: Any) -> "MultiUseSandbox":
+        """A ready sandbox in the state a session was paused to (`ref` in the layout `source`,
+        or pulled from the registry reference `source`). See
+        `snapcell.snapshot.sessions.resume` for the options."""
+        snapshot = Snapshot.store().resume(source, ref, **options)
+        return cls.from_snapshot(snapshot, host_functions, config)
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:

@@ -1,18 +1,21 @@
-"""`Snapshot`: an immutable, in-memory picture of a sandbox — its guest memory (a sealed memfd),
-layout, user-mode CPU state and everything needed to create a ready sandbox from it.
+"""`Snapshot`: the *in-memory* snapshot — an immutable picture of a sandbox: its guest memory (a
+sealed memfd), layout, user-mode CPU state and everything needed to create a ready sandbox from it.
 
-Persistence (OCI image layouts, registries) lives in `snapcell.snapshot`, a higher layer; it
-plugs its functions into `Snapshot` through `Snapshot._persistence` so that the methods
-`save`, `load`, `checked_load`, `push` and `pull` are available on this class."""
+This module knows nothing about files. Persistence (the OCI file format, registries, sessions)
+is `snapcell.snapshot`, a higher layer that depends on this one and never the reverse. The
+convenience methods `save`, `load`, `checked_load`, `push` and `pull` delegate to a
+`SnapshotStore` — an interface defined here — whose implementation the package root
+(`snapcell/__init__.py`, the composition root) installs with `Snapshot.use_store`."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from ..errors import SnapshotError
 from ..guest.abi import ABI_VERSION
@@ -89,6 +92,39 @@ class CpuState:
 
 
 @dataclass(frozen=True, eq=False)
+class MemoryDelta:
+    """Where a snapshot's memory may differ from another snapshot's: outside `extents`
+    ((offset, length) in image bytes, page-aligned) the two images are equal. `base` is held
+    weakly (a delta never keeps its base alive); persistence uses it to save only the changed
+    pages as a layer on top of the base's saved layers."""
+
+    base: "weakref.ref[Snapshot]"
+    extents: tuple[tuple[int, int], ...]
+
+
+class SnapshotStore(Protocol):
+    """What `Snapshot`'s persistence methods delegate to (implemented by `snapcell.snapshot`)."""
+
+    def save(self, snapshot: "Snapshot", directory: Any, tag: str, **options: Any) -> str:
+        """Save into a layout; returns the manifest digest."""
+
+    def load(self, directory: Any, ref: str, verify: bool, mode: str) -> "Snapshot":
+        """Load (verify: check every blob's digest)."""
+
+    def push(self, source: Any, target: str, **options: Any) -> str:
+        """Push a layout or snapshot to a registry."""
+
+    def pull(self, source: str, directory: Any, **options: Any) -> str:
+        """Pull from a registry into a layout."""
+
+    def pause(self, snapshot: "Snapshot", target: Any, tag: str, **options: Any) -> str:
+        """Save a session snapshot (and push it when `target` is a registry reference)."""
+
+    def resume(self, source: Any, ref: str, **options: Any) -> "Snapshot":
+        """The snapshot a session was paused to (pulled first when `source` is a registry)."""
+
+
+@dataclass(frozen=True, eq=False)
 class Snapshot:
     """An immutable sandbox snapshot.
 
@@ -113,11 +149,12 @@ class Snapshot:
     abi_version: int = ABI_VERSION
     arch: str = ARCH
     digest: str | None = field(default=None, compare=False)
+    delta: MemoryDelta | None = field(default=None, compare=False, repr=False)
     # Values derived from the fields above, computed once by the sandbox layer (a snapshot is
     # immutable, and so is everything derived from it and the host).
     _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    _persistence: ClassVar[Any] = None
+    _store: ClassVar[SnapshotStore | None] = None
 
     def __post_init__(self) -> None:
         if not self.image.sealed:
@@ -154,34 +191,42 @@ class Snapshot:
 
     # ------------------------------------------------------------ persistence (snapcell.snapshot)
     @classmethod
-    def _require_persistence(cls) -> Any:
-        if cls._persistence is None:
-            import importlib
-            importlib.import_module("snapcell.snapshot")   # registers itself
-        if cls._persistence is None:
-            raise SnapshotError("snapshot persistence is unavailable")
-        return cls._persistence
-
-    def save(self, directory: str, tag: str = "latest") -> str:
-        """Save into an OCI image layout at `directory` under `tag`; returns the manifest digest."""
-        return str(self._require_persistence().save(self, directory, tag))
+    def use_store(cls, store: SnapshotStore) -> None:
+        """Install the persistence implementation (done once by the package root)."""
+        cls._store = store
 
     @classmethod
-    def load(cls, directory: str, ref: str = "latest") -> "Snapshot":
-        """Load (validated, digests not verified) a snapshot by tag or `sha256:` digest."""
-        return cls._require_persistence().load(directory, ref, verify=False)  # type: ignore[no-any-return]
+    def store(cls) -> SnapshotStore:
+        """The installed persistence implementation."""
+        if cls._store is None:
+            raise SnapshotError("no snapshot store is installed (import snapcell)")
+        return cls._store
+
+    def save(self, directory: str, tag: str = "latest", **options: Any) -> str:
+        """Save into an OCI image layout at `directory` under `tag`; returns the manifest digest.
+        A snapshot descending from a saved one is stored as a diff layer on its parent's
+        (`max_depth=` bounds the chain; see docs/snapshot-format.md)."""
+        return str(self.store().save(self, directory, tag, **options))
 
     @classmethod
-    def checked_load(cls, directory: str, ref: str = "latest") -> "Snapshot":
-        """Load and also verify every blob's sha256 through the descriptor that is mapped."""
-        return cls._require_persistence().load(directory, ref, verify=True)  # type: ignore[no-any-return]
+    def load(cls, directory: str, ref: str = "latest", *, mode: str = "copy") -> "Snapshot":
+        """Load (validated, digests not verified) a snapshot by tag or `sha256:` digest.
+        `mode="copy"` (default) keeps a private copy of the memory (later changes to the files
+        cannot reach it); `mode="map"` maps the blob file (zero-copy; the file must then stay
+        unchanged while in use). See docs/snapshot-format.md."""
+        return cls.store().load(directory, ref, verify=False, mode=mode)
+
+    @classmethod
+    def checked_load(cls, directory: str, ref: str = "latest", *, mode: str = "copy") -> "Snapshot":
+        """Load and also verify every blob's sha256 (in copy mode: of the private copy itself)."""
+        return cls.store().load(directory, ref, verify=True, mode=mode)
 
     @classmethod
     def push(cls, source: "str | Snapshot", target: str, **options: Any) -> str:
         """Push a saved layout directory (or a snapshot) to `host[:port]/repo:tag`."""
-        return str(cls._require_persistence().push(source, target, **options))
+        return str(cls.store().push(source, target, **options))
 
     @classmethod
     def pull(cls, source: str, directory: str, **options: Any) -> str:
         """Pull `host[:port]/repo:tag` into a layout directory; returns the manifest digest."""
-        return str(cls._require_persistence().pull(source, directory, **options))
+        return str(cls.store().pull(source, directory, **options))

@@ -32,10 +32,9 @@ from ..errors import (
     SnapshotRegistryError,
 )
 from ..sandbox.snapshot import Snapshot
-from . import oci
+from . import files, layers, oci
 from .schema import CONFIG_CAP, MANIFEST_CAP, decode_config, fail
 from .validate import (
-    MT_CONFIG,
     MT_MANIFEST,
     READ_CHUNK,
     Descriptor,
@@ -43,6 +42,7 @@ from .validate import (
     check_digest,
     check_ref,
     check_tag,
+    no_raw_os_errors,
     parse_manifest,
     resolve,
 )
@@ -223,17 +223,31 @@ class Client:
         raise SnapshotRegistryError(f"{what}: HTTP {r.status_code} {text.strip()}")
 
     # ---------------------------------------------------------------- push
-    def upload(self, desc: Descriptor, body: Callable[[], Any], progress: Progress | None) -> None:
-        """Upload a blob unless the repository has it (POST then monolithic PUT ?digest=)."""
+    def has_blob(self, desc: Descriptor) -> bool:
+        """HEAD: does the repository hold this blob (with the right size)?"""
         r = self.request("HEAD", self.url(f"blobs/{desc.digest}"), expect=(200, 404))
         r.close()
-        if r.status_code == 200 and r.headers.get("Content-Length") == str(desc.size):
+        return bool(r.status_code == 200 and r.headers.get("Content-Length") == str(desc.size))
+
+    def upload(self, desc: Descriptor, body: Callable[[], Any], progress: Progress | None,
+               mount_from: str | None = None) -> bool:
+        """Upload a blob unless the repository has it (HEAD), by cross-repository mount from
+        `mount_from` when given and the registry offers it (201), else POST then monolithic
+        PUT ?digest=. Returns True when bytes were sent."""
+        if self.has_blob(desc):
             if progress is not None:
                 progress(desc.size)
-            return
-        r = self.request("POST", self.url("blobs/uploads/"), expect=(202,),
+            return False
+        query = ""
+        if mount_from is not None:
+            query = "?" + urllib.parse.urlencode({"mount": desc.digest, "from": mount_from})
+        r = self.request("POST", self.url("blobs/uploads/") + query, expect=(201, 202),
                          headers={"Content-Length": "0"})
         r.close()
+        if r.status_code == 201:                  # mounted: the registry copied it
+            if progress is not None:
+                progress(desc.size)
+            return False
         location = r.headers.get("Location")
         if not location:
             raise SnapshotRegistryError("the registry gave no upload location")
@@ -243,6 +257,7 @@ class Client:
                          headers={"Content-Type": "application/octet-stream",
                                   "Content-Length": str(desc.size)})
         r.close()
+        return True
 
     def put_manifest(self, data: bytes, reference: str) -> str | None:
         """PUT the exact manifest bytes; returns the registry's Docker-Content-Digest."""
@@ -296,60 +311,80 @@ def _read_capped(r: Any, cap: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
+@no_raw_os_errors("pushing the snapshot")
 def push(source: "str | os.PathLike[str] | Snapshot", target: str, *, ref: str | None = None,
          insecure: bool = False, username: str | None = None, password: str | None = None,
-         ca_file: str | None = None, timeout: float = 60.0,
-         progress: Progress | None = None) -> str:
+         ca_file: str | None = None, timeout: float = 60.0, mount_from: str | None = None,
+         progress: Progress | None = None, stats: dict[str, int] | None = None) -> str:
     """Push a snapshot to `target` (`host[:port]/repository[:tag]`) and return its manifest
     digest. `source` is a layout directory — the snapshot pushed is `ref`, by default the target's
     tag — or an in-memory Snapshot (saved to a temporary layout first). The layout is validated
-    first and the manifest and blobs are sent byte for byte; blobs the repository already has are
-    skipped. `insecure` uses plain HTTP; `ca_file` trusts a custom CA; `username`/`password` are
-    used for Basic auth or to obtain a Bearer token."""
+    first and the manifest and blobs are sent byte for byte; blobs the repository already has
+    (HEAD) are skipped — a child snapshot sends only its new layer — and, with `mount_from` (a
+    repository of the same registry), missing blobs are first offered as cross-repository
+    mounts. Every blob uploaded is hashed as it is sent and must match its digest. `insecure`
+    uses plain HTTP; `ca_file` trusts a custom CA; `username`/`password` are used for Basic auth
+    or to obtain a Bearer token. `stats`, when given, accumulates "blobs_sent" and "bytes_sent"
+    (blob bytes uploaded; skipped and mounted blobs send none)."""
     dest = parse_reference(target)
     if isinstance(source, Snapshot):
         with tempfile.TemporaryDirectory(prefix="snapcell-push-") as tmp:
             tag = dest.tag or "latest"
             oci.save(source, tmp, tag)
             return push(tmp, target, ref=tag, insecure=insecure, username=username,
-                        password=password, ca_file=ca_file, timeout=timeout, progress=progress)
+                        password=password, ca_file=ca_file, timeout=timeout,
+                        mount_from=mount_from, progress=progress, stats=stats)
+    if mount_from is not None and not re.fullmatch(rf"{_COMPONENT}(?:/{_COMPONENT})*", mount_from):
+        raise SnapshotReferenceError(f"invalid repository name {mount_from!r} for mount_from")
     local = check_ref(ref if ref is not None else (dest.tag or dest.digest or "latest"))
-    with oci.Reader(source) as r:
-        ie = resolve(r.entries, local)
-        entry = r.entry(ie)
-        manifest = r.read_blob(ie.descriptor, MANIFEST_CAP, "manifest")
-        config = r.read_blob(entry.manifest.config, CONFIG_CAP, "config")
-        layer_fd = r.open_blob(entry.manifest.layer, "memory")
+    layer_fds: list[int] = []
     client: Client | None = None
     try:
+        with files.Reader(source) as r:
+            ie = resolve(r.entries, local)
+            entry = r.entry(ie)
+            oci.check_lineage(r, entry)
+            manifest = r.read_blob(ie.descriptor, MANIFEST_CAP, "manifest")
+            config = r.read_blob(entry.manifest.config, CONFIG_CAP, "config")
+            n = len(entry.manifest.layers)
+            for i, desc in enumerate(entry.manifest.layers):
+                layer_fds.append(r.open_blob(desc, f"memory layer {i + 1} of {n}"))
         if dest.digest is not None and dest.digest != entry.digest:
             raise SnapshotReferenceError(f"{target} names digest {dest.digest} but the snapshot "
                                          f"is {entry.digest}")
         client = Client(dest, insecure=insecure, username=username, password=password,
                         ca_file=ca_file, timeout=timeout)
-        client.upload(entry.manifest.config, lambda: config, None)
-        bodies: list[_FileBody] = []
+        sent = [(entry.manifest.config,
+                 client.upload(entry.manifest.config, lambda: config, None, mount_from))]
+        for fd, desc in zip(layer_fds, entry.manifest.layers):
+            bodies: list[_FileBody] = []
 
-        def layer_body() -> _FileBody:
-            bodies.append(_FileBody(layer_fd, entry.manifest.layer.size, progress))
-            return bodies[-1]
+            def layer_body(fd: int = fd, desc: Descriptor = desc,
+                           bodies: list[_FileBody] = bodies) -> _FileBody:
+                bodies.append(_FileBody(fd, desc.size, progress))
+                return bodies[-1]
 
-        try:
-            client.upload(entry.manifest.layer, layer_body, progress)
-        finally:
-            if bodies and bodies[-1].off == entry.manifest.layer.size:
-                check_digest(bodies[-1].digest(), entry.manifest.layer, "memory")
+            try:
+                sent.append((desc, client.upload(desc, layer_body, progress, mount_from)))
+            finally:
+                if bodies and bodies[-1].off == desc.size:
+                    check_digest(bodies[-1].digest(), desc, "memory layer")
+        if stats is not None:
+            stats["blobs_sent"] = stats.get("blobs_sent", 0) + sum(1 for _, s in sent if s)
+            stats["bytes_sent"] = stats.get("bytes_sent", 0) + sum(x.size for x, s in sent if s)
         got = client.put_manifest(manifest, dest.tag or entry.digest)
         if got is not None and got != entry.digest:
             raise SnapshotRegistryError(f"the registry stored the manifest as {got}, not "
                                         f"{entry.digest}")
     finally:
-        os.close(layer_fd)
+        for fd in layer_fds:
+            os.close(fd)
         if client is not None:
             client.close()
     return entry.digest
 
 
+@no_raw_os_errors("pulling the snapshot")
 def pull(source: str, directory: str | os.PathLike[str], *, tag: str | None = None,
          insecure: bool = False, username: str | None = None, password: str | None = None,
          ca_file: str | None = None, timeout: float = 60.0,
@@ -372,7 +407,7 @@ def _pull(client: Client, directory: str | os.PathLike[str], store: str | None,
           progress: Progress | None) -> str:
     manifest_data = client.get_manifest()
     manifest = parse_manifest(manifest_data)
-    with oci.Writer(directory) as w:
+    with files.Writer(directory) as w:
         r = client.get_blob(manifest.config)
         try:
             config_data = _read_capped(r, CONFIG_CAP, "config")
@@ -382,27 +417,36 @@ def _pull(client: Client, directory: str | os.PathLike[str], store: str | None,
             raise fail(f"config blob is {len(config_data)} bytes, the manifest says "
                        f"{manifest.config.size}")
         check_digest(config_data, manifest.config, "config")
-        check_consistent(manifest, decode_config(config_data))
-        if not w.has_blob(manifest.layer):
+        config = decode_config(config_data)
+        check_consistent(manifest, config)
+        n = len(manifest.layers)
+        for i, desc in enumerate(manifest.layers):
+            what = f"memory layer {i + 1} of {n}" if manifest.version == 2 else "memory"
+            if w.has_blob(desc):                # only missing blobs are fetched
+                if progress is not None:
+                    progress(desc.size)
+                continue
             fd, name = w.new_temp_blob()
             try:
-                digest = _download(client, manifest.layer, fd, progress)
-                check_digest(digest, manifest.layer, "memory")
+                digest = _download(client, desc, fd, progress, sparse=manifest.version == 1)
+                check_digest(digest, desc, what)
+                if manifest.version == 2:
+                    layers.read_table(fd, desc.size, config.memory_size, what)
             except BaseException:
                 os.close(fd)
                 raise
-            w.commit_temp_blob(fd, name, manifest.layer)
-        elif progress is not None:
-            progress(manifest.layer.size)
-        cfg = w.put_blob(config_data, MT_CONFIG)
+            w.commit_temp_blob(fd, name, desc, hashed=True)
+        cfg = w.put_blob(config_data, manifest.config.media_type)
         man = w.put_blob(manifest_data, MT_MANIFEST)
         assert cfg.digest == manifest.config.digest
         w.set_tag(man, store)
     return man.digest
 
 
-def _download(client: Client, desc: Descriptor, fd: int, progress: Progress | None) -> str:
-    """Stream a blob into `fd` (sparse), at most `desc.size` bytes; returns its digest."""
+def _download(client: Client, desc: Descriptor, fd: int, progress: Progress | None,
+              sparse: bool = True) -> str:
+    """Stream a blob into `fd` (sparse: all-zero pieces stay holes), at most `desc.size` bytes;
+    returns its digest."""
     h = hashlib.sha256()
     off = 0
     r = client.get_blob(desc)
@@ -411,7 +455,10 @@ def _download(client: Client, desc: Descriptor, fd: int, progress: Progress | No
             if off + len(chunk) > desc.size:
                 raise fail(f"blob {desc.digest} from the registry is larger than {desc.size} bytes")
             h.update(chunk)
-            oci.write_sparse(fd, chunk, off)
+            if sparse:
+                files.write_sparse(fd, chunk, off)
+            else:
+                files.write_all(fd, chunk, off)
             off += len(chunk)
             if progress is not None:
                 progress(len(chunk))

@@ -27,7 +27,8 @@ from ..sandbox.config import LAYOUT_FIELDS, SandboxConfiguration
 from ..sandbox.snapshot import XSAVE_SIZE, CpuState, Snapshot
 from ..sandbox.user_state import USER_ADDR_LIMIT, executable, sanitize_rflags, user_state_problem
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                    # written by this snapcell
+SUPPORTED_VERSIONS = (1, 2)           # read by it
 
 # Size caps applied before any JSON is read.
 OCI_LAYOUT_CAP = 4 << 10
@@ -35,8 +36,10 @@ INDEX_CAP = 1 << 20
 MANIFEST_CAP = 64 << 10
 CONFIG_CAP = 1 << 20
 MAX_MEMORY_BLOB = MAX_MEMORY - GUEST_BASE      # 1 GiB of guest memory, minus the system area
+MAX_LAYER_BLOB = MAX_MEMORY_BLOB + (16 << 20)  # its pages plus the largest extent table
 
 MAX_SEGMENTS = 64
+MAX_LAYERS = 64                       # memory layers of one snapshot (saves flatten far sooner)
 MAX_HOST_FUNCTIONS = 4096
 MAX_FEATURE_WORDS = 64
 U32_MAX = (1 << 32) - 1
@@ -57,6 +60,7 @@ PERMS: dict[str, Perm] = {
 PERM_NAMES = {int(v): k for k, v in PERMS.items()}
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 FEATURE_WORD = re.compile(r"0x[0-9a-f]{1,8}\.[0-9]{1,3}\.e[abcd]x")
 VENDOR = re.compile(r"[\x20-\x7e]{1,32}")
 HYPERVISORS = ("kvm", "kvm-pvm")
@@ -67,6 +71,7 @@ LAYOUT_KEYS = ("elf_end", "input_addr", "input_size", "output_addr", "output_siz
 TOP_KEYS = ("format_version", "abi_version", "arch", "hypervisor", "cpu_features", "layout",
             "segments", "syscall_entry", "cpu_state", "initialised", "functions", "host_functions",
             "generation", "guest_sha256", "memory")
+TOP_KEYS_V2 = TOP_KEYS + ("parent",)
 
 
 def fail(message: str) -> SnapshotFormatError:
@@ -171,6 +176,8 @@ class SnapshotConfig:
     generation: int
     guest_sha256: str
     memory_size: int
+    parent: str | None = None         # format 2: the parent snapshot's manifest digest
+    layers: tuple[str, ...] = ()      # format 2: the memory layers' digests, base first
 
     def to_snapshot(self, image: Any, digest: str | None) -> Snapshot:
         """The snapshot with `image` (a sealed/immutable MemoryImage) as its memory."""
@@ -194,16 +201,28 @@ class SnapshotConfig:
             "host_functions": {n: s.describe(n) for n, s in self.host_functions.items()},
             "cpu_vendor": self.cpu_features.vendor, "hypervisor": self.hypervisor,
             "abi_version": self.abi_version, "arch": self.arch,
-            "format_version": self.format_version,
+            "format_version": self.format_version, "parent": self.parent,
         }
+
+    @property
+    def depth(self) -> int:
+        """Number of memory layers."""
+        return max(1, len(self.layers))
 
 
 def _table(table: Mapping[str, Signature]) -> list[object]:
     return [[name, *sig.to_wire()] for name, sig in table.items()]
 
 
-def config_document(snap: Snapshot) -> dict[str, object]:
-    """The config of an initialised snapshot as a JSON-able dict (RFLAGS sanitised)."""
+PLACEHOLDER_LAYERS = ("sha256:" + "0" * 64,)
+
+
+def config_document(snap: Snapshot, parent: str | None = None,
+                    layers: tuple[str, ...] = PLACEHOLDER_LAYERS) -> dict[str, object]:
+    """The (format 2) config of an initialised snapshot as a JSON-able dict (RFLAGS sanitised);
+    `parent` is the manifest digest of the snapshot it descends from, if saved, and `layers` the
+    digests of its memory layers, base first (binding the config to exactly that chain, like an
+    OCI image config's rootfs.diff_ids)."""
     if not snap.initialised or snap.functions is None or snap.host_functions is None:
         raise SnapshotStateError("a pre-init snapshot cannot be saved; evolve the sandbox and "
                                  "save a snapshot of the initialised guest")
@@ -238,15 +257,18 @@ def config_document(snap: Snapshot) -> dict[str, object]:
         "host_functions": _table(snap.host_functions),
         "generation": snap.generation,
         "guest_sha256": snap.guest_sha256,
-        "memory": {"base": GUEST_BASE, "size": lay.memory_size - GUEST_BASE},
+        "memory": {"base": GUEST_BASE, "size": lay.memory_size - GUEST_BASE,
+                   "layers": list(layers)},
+        "parent": parent,
     }
 
 
-def encode_config(snap: Snapshot) -> bytes:
+def encode_config(snap: Snapshot, parent: str | None = None,
+                  layers: tuple[str, ...] = PLACEHOLDER_LAYERS) -> bytes:
     """Canonical config bytes of an initialised snapshot. The result is checked with
     `decode_config` so that nothing is ever written that could not be loaded again
     (SnapshotStateError explains what in the snapshot is unsavable)."""
-    data = dumps_canonical(config_document(snap))
+    data = dumps_canonical(config_document(snap, parent, layers))
     try:
         decode_config(data)
     except SnapshotFormatError as e:
@@ -373,11 +395,21 @@ def _parse(what: str, fn: Callable[[object], dict[str, Signature]], v: object) -
 def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     """Parse and validate config bytes (untrusted). `host_xcr0`, when given, also bounds the
     XSAVE state components. Raises SnapshotFormatError."""
-    d = obj(loads_strict(data, "config", CONFIG_CAP), "config", TOP_KEYS)
-    version = integer(d["format_version"], "format_version", 0, U32_MAX)
-    if version != FORMAT_VERSION:
+    top = loads_strict(data, "config", CONFIG_CAP)
+    if not isinstance(top, dict) or "format_version" not in top:
+        obj(top, "config", TOP_KEYS_V2)             # raises: not an object / missing fields
+    version = integer(top["format_version"], "format_version", 0, U32_MAX)
+    if version > FORMAT_VERSION:
+        raise fail(f"snapshot format version {version} was written by a newer snapcell; this "
+                   f"one reads versions {SUPPORTED_VERSIONS[0]}-{SUPPORTED_VERSIONS[-1]} "
+                   "(upgrade snapcell)")
+    if version not in SUPPORTED_VERSIONS:
         raise fail(f"snapshot format version {version} is not supported (this snapcell reads "
-                   f"version {FORMAT_VERSION})")
+                   f"versions {SUPPORTED_VERSIONS[0]}-{SUPPORTED_VERSIONS[-1]})")
+    d = obj(top, "config", TOP_KEYS if version == 1 else TOP_KEYS_V2)
+    parent = None
+    if version >= 2 and d["parent"] is not None:
+        parent = string(d["parent"], "parent", DIGEST, 71)
     abi_version = integer(d["abi_version"], "abi_version", 0, U32_MAX)
     arch = string(d["arch"], "arch", ARCH_NAME, 32)
     hypervisor = string(d["hypervisor"], "hypervisor", max_len=32)
@@ -397,7 +429,16 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     host_functions = _parse("host_functions", _host_table, d["host_functions"])
     generation = integer(d["generation"], "generation", 1, (1 << 63) - 1)
     guest_sha256 = string(d["guest_sha256"], "guest_sha256", HEX64, 64)
-    mem = obj(d["memory"], "memory", ("base", "size"))
+    mem = obj(d["memory"], "memory", ("base", "size") if version == 1 else
+              ("base", "size", "layers"))
+    layers: tuple[str, ...] = ()
+    if version >= 2:
+        items = array(mem["layers"], "memory.layers", MAX_LAYERS)
+        layers = tuple(string(x, f"memory.layers[{i}]", DIGEST, 71) for i, x in enumerate(items))
+        if not layers:
+            raise fail("memory.layers must name at least one layer")
+        if len(set(layers)) != len(layers):
+            raise fail("memory.layers repeats a layer: the parent chain has a cycle")
     integer(mem["base"], "memory.base", GUEST_BASE, GUEST_BASE)
     size = integer(mem["size"], "memory.size", PAGE, MAX_MEMORY_BLOB)
     if size != lay.memory_size - GUEST_BASE:
@@ -405,4 +446,4 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
                    f"({lay.memory_size - GUEST_BASE:#x} = memory_size - {GUEST_BASE:#x})")
     return SnapshotConfig(version, abi_version, arch, hypervisor, features, lay, segments,
                           syscall_entry, cpu, functions, host_functions, generation,
-                          guest_sha256, size)
+                          guest_sha256, size, parent, layers)

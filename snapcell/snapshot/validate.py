@@ -9,16 +9,18 @@ files, and are read with size caps checked before reading."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from ..errors import (
     SnapshotDigestMismatch,
+    SnapshotIOError,
     SnapshotNotFound,
     SnapshotReferenceError,
 )
@@ -28,6 +30,8 @@ from .schema import (
     CONFIG_CAP,
     INDEX_CAP,
     MANIFEST_CAP,
+    MAX_LAYER_BLOB,
+    MAX_LAYERS,
     MAX_MEMORY_BLOB,
     OCI_LAYOUT_CAP,
     SnapshotConfig,
@@ -44,9 +48,15 @@ OCI_LAYOUT_FILE, INDEX_FILE, BLOBS_DIR, ALGORITHM = "oci-layout", "index.json", 
 OCI_LAYOUT_VERSION = "1.0.0"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-ARTIFACT_TYPE = "application/vnd.snapcell.snapshot.v1"
-MT_CONFIG = "application/vnd.snapcell.snapshot.config.v1+json"
+# Format 1: one raw memory blob. Format 2 (written now): a chain of extent layers.
+ARTIFACT_TYPE_V1 = "application/vnd.snapcell.snapshot.v1"
+ARTIFACT_TYPE = "application/vnd.snapcell.snapshot.v2"
+ARTIFACT_TYPES = {ARTIFACT_TYPE_V1: 1, ARTIFACT_TYPE: 2}
+ARTIFACT_FAMILY = re.compile(r"application/vnd\.snapcell\.snapshot\.v([0-9]{1,6})")
+MT_CONFIG_V1 = "application/vnd.snapcell.snapshot.config.v1+json"
+MT_CONFIG = "application/vnd.snapcell.snapshot.config.v2+json"
 MT_MEMORY = "application/vnd.snapcell.snapshot.memory.v1"
+MT_LAYER = "application/vnd.snapcell.snapshot.memory.extents.v2"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -55,6 +65,26 @@ BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 MAX_INDEX_ENTRIES = 4096
 MAX_ANNOTATIONS = 64
 READ_CHUNK = 1 << 20
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def no_raw_os_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a public persistence function so that an OSError it meets (a permission, a full
+    disk, an I/O error, a file truncated while read) surfaces as a SnapshotIOError naming `what`
+    instead of a raw OSError."""
+    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as e:
+                raise SnapshotIOError(f"{what} failed: {e.strerror or e}"
+                                      + (f" ({e.filename})" if e.filename else ""), e.errno) from e
+        return inner
+    return wrap
 
 
 # ------------------------------------------------------------------------------ references
@@ -110,10 +140,30 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A snapshot image manifest: one config and exactly one memory layer."""
+    """A snapshot image manifest: one config and its memory layers (format 1: exactly one raw
+    memory blob; format 2: a chain of extent layers, base first)."""
 
     config: Descriptor
-    layer: Descriptor
+    layers: tuple[Descriptor, ...]
+    version: int
+
+    @property
+    def layer(self) -> Descriptor:
+        """The newest layer (format 1: the memory blob)."""
+        return self.layers[-1]
+
+
+def artifact_version(v: object, what: str) -> int:
+    """The snapshot format of an artifact type; a clear error for one of a newer snapcell."""
+    s = string(v, what)
+    version = ARTIFACT_TYPES.get(s)
+    if version is not None:
+        return version
+    m = ARTIFACT_FAMILY.fullmatch(s)
+    if m is not None and int(m[1]) > max(ARTIFACT_TYPES.values()):
+        raise fail(f"{what}: snapshot format {int(m[1])} was written by a newer snapcell; this one "
+                   f"reads formats 1-{max(ARTIFACT_TYPES.values())} (upgrade snapcell)")
+    raise fail(f"{what} is {s[:80]!r}: not a snapcell snapshot (expected {ARTIFACT_TYPE!r})")
 
 
 def digest_string(v: object, what: str) -> str:
@@ -172,8 +222,8 @@ def parse_index(data: bytes) -> list[IndexEntry]:
         what = f"index.json manifests[{i}]"
         desc, raw = _descriptor(item, what, MT_MANIFEST, MANIFEST_CAP,
                                 ("annotations", "artifactType"))
-        if "artifactType" in raw and raw["artifactType"] != ARTIFACT_TYPE:
-            raise fail(f"{what}.artifactType must be {ARTIFACT_TYPE!r}")
+        if "artifactType" in raw:
+            artifact_version(raw["artifactType"], f"{what}.artifactType")
         tag = None
         if "annotations" in raw:
             ann = _annotations(raw["annotations"], f"{what}.annotations")
@@ -215,39 +265,60 @@ def resolve(entries: list[IndexEntry], ref: str) -> IndexEntry:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """A snapshot image manifest: schemaVersion 2, the OCI manifest media type, the snapcell
-    artifact type, a snapcell config descriptor and exactly one memory layer whose size is a
-    positive multiple of the page size within the memory cap."""
+    """A snapshot image manifest: schemaVersion 2, the OCI manifest media type, a snapcell
+    artifact type (format 1 or 2), the config descriptor of that format and its layers — format
+    1: exactly one raw memory layer whose size is a positive page multiple; format 2: 1 to
+    MAX_LAYERS extent layers with pairwise different digests (a chain that repeats a layer is
+    refused)."""
     d = obj(loads_strict(data, "manifest", MANIFEST_CAP), "manifest",
             ("schemaVersion", "mediaType", "artifactType", "config", "layers"))
     if integer(d["schemaVersion"], "manifest schemaVersion", 0, 1 << 31) != 2:
         raise fail("manifest schemaVersion must be 2")
     if d["mediaType"] != MT_MANIFEST:
         raise fail(f"manifest mediaType must be {MT_MANIFEST!r}")
-    if d["artifactType"] != ARTIFACT_TYPE:
-        raise fail(f"manifest artifactType must be {ARTIFACT_TYPE!r}: not a snapcell snapshot")
-    config, _ = _descriptor(d["config"], "manifest config", MT_CONFIG, CONFIG_CAP)
-    layers = array(d["layers"], "manifest layers", 16)
-    if len(layers) != 1:
-        raise fail(f"a snapshot manifest has exactly one layer, this one has {len(layers)}")
-    layer, _ = _descriptor(layers[0], "manifest layers[0]", MT_MEMORY, MAX_MEMORY_BLOB)
-    if layer.size % PAGE:
-        raise fail(f"memory layer size {layer.size} is not a multiple of {PAGE}")
-    return Manifest(config, layer)
+    version = artifact_version(d["artifactType"], "manifest artifactType")
+    config, _ = _descriptor(d["config"], "manifest config",
+                            MT_CONFIG_V1 if version == 1 else MT_CONFIG, CONFIG_CAP)
+    layers = array(d["layers"], "manifest layers", MAX_LAYERS)
+    if version == 1:
+        if len(layers) != 1:
+            raise fail(f"a format-1 snapshot manifest has exactly one layer, this one has "
+                       f"{len(layers)}")
+        layer, _ = _descriptor(layers[0], "manifest layers[0]", MT_MEMORY, MAX_MEMORY_BLOB)
+        if layer.size % PAGE:
+            raise fail(f"memory layer size {layer.size} is not a multiple of {PAGE}")
+        return Manifest(config, (layer,), 1)
+    if not layers:
+        raise fail("a snapshot manifest needs at least one memory layer")
+    out = tuple(_descriptor(v, f"manifest layers[{i}]", MT_LAYER, MAX_LAYER_BLOB)[0]
+                for i, v in enumerate(layers))
+    if len({x.digest for x in out}) != len(out):
+        raise fail("manifest layers repeat a layer: the parent chain has a cycle")
+    return Manifest(config, out, 2)
 
 
-def manifest_bytes(config: Descriptor, layer: Descriptor) -> bytes:
-    """Canonical manifest bytes."""
+def manifest_bytes(config: Descriptor, layers: tuple[Descriptor, ...] | Descriptor) -> bytes:
+    """Canonical manifest bytes (format 2 unless the layer is a format-1 memory blob)."""
+    chain = (layers,) if isinstance(layers, Descriptor) else layers
+    artifact = ARTIFACT_TYPE_V1 if chain[0].media_type == MT_MEMORY else ARTIFACT_TYPE
     return dumps_canonical({"schemaVersion": 2, "mediaType": MT_MANIFEST,
-                            "artifactType": ARTIFACT_TYPE, "config": config.to_json(),
-                            "layers": [layer.to_json()]})
+                            "artifactType": artifact, "config": config.to_json(),
+                            "layers": [x.to_json() for x in chain]})
 
 
 def check_consistent(manifest: Manifest, config: SnapshotConfig) -> None:
-    """The memory layer's size must be the config's memory blob size."""
-    if manifest.layer.size != config.memory_size:
+    """Manifest and config must be of the same format; a format-1 memory layer's size must be
+    the config's memory size; format-2 layers must be exactly those the config names (their
+    sizes are checked against the image when their tables are read)."""
+    if manifest.version != config.format_version:
+        raise fail(f"a format-{manifest.version} manifest has a format-{config.format_version} "
+                   "config")
+    if manifest.version == 1 and manifest.layer.size != config.memory_size:
         raise fail(f"memory layer is {manifest.layer.size} bytes, the config says "
                    f"{config.memory_size}")
+    if manifest.version == 2 and tuple(x.digest for x in manifest.layers) != config.layers:
+        raise fail("the manifest's memory layers are not the ones its config names "
+                   "(memory.layers): layers swapped, dropped or added")
 
 
 def check_digest(data: bytes | str, descriptor: Descriptor, what: str) -> None:

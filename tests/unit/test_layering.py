@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "snapcell"
@@ -65,3 +66,18 @@ def test_every_public_name_has_a_docstring() -> None:
                 if not ast.get_docstring(node):
                     missing.append(f"{path.name}: {node.name}")
     assert missing == []
+
+
+def test_the_in_memory_snapshot_does_not_know_the_file_format() -> None:
+    """One-way dependency: the sandbox layer (the in-memory Snapshot, MultiUseSandbox) never
+    names the persistence package, not even through importlib strings; persistence is installed
+    in exactly one place, the package root."""
+    for path in (PKG / "sandbox").rglob("*.py"):
+        text = path.read_text()
+        assert 'import_module("snapcell.snapshot' not in text and "__import__" not in text, path
+    installs = [p for p in PKG.rglob("*.py") if "use_store(" in p.read_text()
+                and p.name != "snapshot.py"]
+    assert installs == [PKG / "__init__.py"]
+    snapshot_pkg = "\n".join(p.read_text() for p in (PKG / "snapshot").rglob("*.py"))
+    assert "Snapshot._store" not in snapshot_pkg
+    assert re.search(r"\b_persistence\b", snapshot_pkg) is None      # the old import-time plug

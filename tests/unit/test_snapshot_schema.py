@@ -149,10 +149,22 @@ def test_refs() -> None:
 
 
 def test_manifest_and_index_round_trip() -> None:
-    cfg = validate.Descriptor(validate.MT_CONFIG, "sha256:" + "1" * 64, 100)
+    cfg1 = validate.Descriptor(validate.MT_CONFIG_V1, "sha256:" + "1" * 64, 100)
     mem = validate.Descriptor(validate.MT_MEMORY, "sha256:" + "2" * 64, 8192)
-    m = validate.parse_manifest(validate.manifest_bytes(cfg, mem))
-    assert (m.config, m.layer) == (cfg, mem)
+    m = validate.parse_manifest(validate.manifest_bytes(cfg1, mem))             # format 1
+    assert (m.config, m.layers, m.version) == (cfg1, (mem,), 1)
+    cfg = validate.Descriptor(validate.MT_CONFIG, "sha256:" + "1" * 64, 100)
+    chain = tuple(validate.Descriptor(validate.MT_LAYER, f"sha256:{i}" + "4" * 63, 32 + 4096 * i)
+                  for i in range(3))
+    m = validate.parse_manifest(validate.manifest_bytes(cfg, chain))            # format 2
+    assert (m.config, m.layers, m.version, m.layer) == (cfg, chain, 2, chain[-1])
+    with pytest.raises(SnapshotFormatError, match="cycle"):
+        validate.parse_manifest(validate.manifest_bytes(cfg, chain + chain[:1]))
+    with pytest.raises(SnapshotFormatError, match="newer snapcell"):
+        validate.parse_manifest(validate.manifest_bytes(cfg, chain).replace(
+            b"snapcell.snapshot.v2", b"snapcell.snapshot.v3"))
+    with pytest.raises(SnapshotFormatError, match="format-1 snapshot manifest"):
+        validate.parse_manifest(validate.manifest_bytes(cfg1, (mem, mem)))
     man = validate.Descriptor(validate.MT_MANIFEST, "sha256:" + "3" * 64, 400)
     entries = [validate.index_entry(man, "a"), validate.index_entry(man, None)]
     parsed = validate.parse_index(validate.index_bytes(entries))
