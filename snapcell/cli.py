@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_serve import serve_command
 from .cli_snapshot import snapshot_group
 from .errors import SnapcellError
 from .guest.build import build_guest
@@ -200,6 +201,7 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
 
 
 main.add_command(snapshot_group)
+main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,135 @@
+"""The seam for code sandboxes (`POST /v1/run`, `CodePool.run`).
+
+Code sandboxes (`CodeSandbox(lang, tools=..., timeout=...)`, `box.run(code)` → a result with
+`value`, `stdout`, `stderr`, `error`) are a separate package that is not part of this branch.
+It plugs in here with `register_backend(backend)`, where `backend.open(lang, files=...,
+timeout=...)` returns a box with `run(code)`, `close()` and optionally `kill()` (cancel a run
+from another thread). Until a backend is registered, every run raises `CodeSandboxUnavailable`
+(HTTP 501): nothing is emulated."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
+
+
+class CodeBox(Protocol):
+    """One code sandbox, used for one run."""
+
+    def run(self, code: str) -> Any:
+        """Run `code`; the result has value, stdout, stderr and error attributes."""
+
+    def close(self) -> None:
+        """Release the sandbox."""
+
+
+class CodeBackend(Protocol):
+    """What the code-sandbox package registers."""
+
+    languages: tuple[str, ...]
+
+    def open(self, lang: str, *, files: Mapping[str, str] | None,
+             timeout: float | None) -> CodeBox:
+        """A fresh box for `lang` with `files` in its file system."""
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    """The JSON-able outcome of a run."""
+
+    value: Any
+    stdout: str
+    stderr: str
+    error: str | None
+
+    @classmethod
+    def of(cls, result: Any) -> "CodeResult":
+        """From a backend's result object."""
+        err = getattr(result, "error", None)
+        return cls(getattr(result, "value", None), str(getattr(result, "stdout", "") or ""),
+                   str(getattr(result, "stderr", "") or ""), None if err is None else str(err))
+
+
+_backend: CodeBackend | None = None
+_lock = threading.Lock()
+
+
+def register_backend(backend: CodeBackend | None) -> None:
+    """Install (or with None remove) the code-sandbox backend of this process."""
+    global _backend
+    with _lock:
+        _backend = backend
+
+
+def current_backend() -> CodeBackend | None:
+    """The registered backend, if any."""
+    return _backend
+
+
+def unavailable() -> CodeSandboxUnavailable:
+    """The error of a run without a backend."""
+    return CodeSandboxUnavailable(
+        "code sandboxes are not available in this build of snapcell: no code-sandbox backend "
+        "is installed (POST /v1/run and pool.run(code) need one)")
+
+
+class CodePool:
+    """Runs code in fresh code sandboxes on worker threads, at most `concurrency` at a time and
+    `max_queue` waiting (beyond: `PoolFull`). `backend` defaults to the registered one."""
+
+    def __init__(self, backend: CodeBackend | None = None, *, concurrency: int = 2,
+                 max_queue: int = 64) -> None:
+        self._backend = backend
+        self.concurrency = concurrency
+        self.max_queue = max_queue
+        self._sem: asyncio.Semaphore | None = None
+        self._waiting = 0
+
+    @property
+    def backend(self) -> CodeBackend | None:
+        """The backend runs go to (the registered one unless given)."""
+        return self._backend if self._backend is not None else current_backend()
+
+    async def run(self, code: str, *, lang: str, files: Mapping[str, str] | None = None,
+                  timeout: float | None = None) -> CodeResult:
+        """Run `code` in a fresh `lang` sandbox; `CodeSandboxUnavailable` without a backend."""
+        backend = self.backend
+        if backend is None:
+            raise unavailable()
+        if not isinstance(code, str) or not isinstance(lang, str):
+            raise ArgumentError("code and lang must be strings")
+        if lang not in backend.languages:
+            raise ArgumentError(f"unknown language {lang!r}; this service runs "
+                                + ", ".join(backend.languages))
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.concurrency)
+        if self._sem.locked() and self._waiting >= self.max_queue:
+            raise PoolFull("the code pool is full; retry later")
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+        box: list[CodeBox] = []
+
+        def work() -> CodeResult:
+            b = backend.open(lang, files=files, timeout=timeout)
+            box.append(b)
+            try:
+                return CodeResult.of(b.run(code))
+            finally:
+                b.close()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, work)
+        except asyncio.CancelledError:
+            kill = getattr(box[0], "kill", None) if box else None
+            if kill is not None:
+                kill()
+            raise
+        finally:
+            self._sem.release()
