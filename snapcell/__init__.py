@@ -12,7 +12,9 @@ from .sandbox import (
     Snapshot,
     UninitializedSandbox,
 )
+from .serving import PoolMetrics, SandboxPool  # noqa: E402  (the serving layer, above sandbox/)
 
 __version__ = "0.1.0"
-__all__ = ["HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
-           "SandboxStatus", "Snapshot", "UninitializedSandbox", "errors", "types", *_errors_all]
+__all__ = ["HostFunctions", "MultiUseSandbox", "PoolMetrics", "SandboxBuilder",
+           "SandboxConfiguration", "SandboxPool", "SandboxStatus", "Snapshot",
+           "UninitializedSandbox", "errors", "types", *_errors_all]

@@ -17,7 +17,7 @@ import enum
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import ArgumentError, ExecutionTimeout, PoolClosed, PoolFull, SnapcellError
@@ -79,13 +79,17 @@ def _deliver(job: Job, ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
-def execute(job: Job, sb: MultiUseSandbox) -> tuple[bool, Any]:
-    """Run a job marked RUNNING on `sb` (worker thread) and deliver its outcome."""
+def execute(job: Job, sb: MultiUseSandbox,
+            record: Callable[[Job, bool, Any], None] | None = None) -> tuple[bool, Any]:
+    """Run a job marked RUNNING on `sb` (worker thread), `record` its outcome (metrics, before
+    the caller can see it) and deliver it."""
     try:
         value = job.run(sb)
         ok = True
     except BaseException as e:  # delivered to the caller
         value, ok = e, False
+    if record is not None:
+        record(job, ok, value)
     finish(job, ok, value)
     return ok, value
 
@@ -358,7 +362,6 @@ class SandboxPool:
         else:
             ready.set_result(None)
         q = self._queue
-        name = self.name
         while True:
             job = q.get()
             if job is None:
@@ -374,19 +377,22 @@ class SandboxPool:
                 try:
                     sb = job.sandbox = self.new_sandbox()
                 except BaseException as e:
+                    self._record(job, False, e)
                     finish(job, False, e)
-                    ok, value = False, e
             if sb is not None:
-                ok, value = execute(job, sb)
-            self._m_calls.labels(name, job.name).inc()
-            self._m_latency.observe(time.perf_counter() - job.submitted)
-            if not ok:
-                self._m_errors.labels(name, type(value).__name__).inc()
+                execute(job, sb, self._record)
             sb = self._reset(sb)
             with self._stats:
                 self._busy -= 1
         if sb is not None:
             sb.close()
+
+    def _record(self, job: Job, ok: bool, value: Any) -> None:
+        fn = job.name if job.name in (self.snapshot.functions or ()) else "(unknown)"
+        self._m_calls.labels(self.name, fn).inc()       # bounded: the guest's functions
+        self._m_latency.observe(time.perf_counter() - job.submitted)
+        if not ok:
+            self._m_errors.labels(self.name, type(value).__name__).inc()
 
     def _reset(self, sb: MultiUseSandbox | None) -> MultiUseSandbox | None:
         """Back to the snapshot's state (also clears poison); replace the sandbox if that fails."""

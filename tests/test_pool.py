@@ -1,0 +1,272 @@
+"""`SandboxPool` and sessions on real KVM guests, driven by asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from snapcell import (
+    ArgumentError,
+    ExecutionTimeout,
+    GuestError,
+    InvalidOpcode,
+    PoolClosed,
+    PoolFull,
+    SandboxPool,
+    SessionNotFound,
+    Snapshot,
+    SnapshotHostFunctionMismatch,
+    UninitializedSandbox,
+)
+from snapcell.errors import CodeSandboxUnavailable
+from snapcell.serving.code import CodePool
+from snapcell.serving.sessions import SessionManager
+from snapcell.types import I32
+
+from .conftest import make_host_functions
+
+
+@pytest.fixture(scope="module")
+def snap(simpleguest: str) -> Iterator[Snapshot]:
+    """An initialised simpleguest snapshot whose static counter is 0."""
+    with UninitializedSandbox(simpleguest, None, make_host_functions()).evolve() as sb:
+        yield sb.snapshot()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def metric(p: SandboxPool, name: str, **labels: str) -> float:
+    v = p.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def test_every_call_starts_from_the_snapshot(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> list[int]:
+        async with SandboxPool(snap, size=2, host_functions=make_host_functions()) as pool:
+            return [await pool.call("AddToStatic", 5) for _ in range(6)]
+    assert run(main()) == [5] * 6
+
+
+def test_concurrent_calls_use_every_sandbox(kvm_ok: None, snap: Snapshot) -> None:
+    seen: set[int] = set()
+
+    def host_add(a: I32, b: I32) -> I32:
+        seen.add(threading.get_ident())
+        time.sleep(0.02)
+        return a + b
+    funcs = make_host_functions().register("HostAdd", host_add)    # replaces the plain one
+
+    async def main() -> list[int]:
+        async with SandboxPool(snap, size=3, host_functions=funcs) as pool:
+            assert pool.idle == 3
+            return list(await asyncio.gather(*(pool.call("Add", i, i) for i in range(9))))
+    assert run(main()) == [2 * i for i in range(9)]
+    assert len(seen) == 3                   # three worker threads ran guest calls
+
+
+def test_errors_do_not_leak_into_other_calls(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
+            with pytest.raises(InvalidOpcode):
+                await pool.call("TriggerException")
+            assert await pool.call("Echo", "fine") == "fine"       # restored, not poisoned
+            with pytest.raises(GuestError):
+                await pool.call("AddToStaticAndFail")
+            assert await pool.call("GetStatic") == 0
+            with pytest.raises(ArgumentError):
+                await pool.call("EchoI32", "x")
+            assert metric(pool, "snapcell_pool_errors_total", pool="pool", kind="InvalidOpcode") == 1
+            assert metric(pool, "snapcell_pool_calls_total", pool="pool", function="Echo") == 1
+    run(main())
+
+
+def test_timeout_kills_the_call_and_the_sandbox_comes_back(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions(),
+                               timeout=5) as pool:
+            t0 = time.monotonic()
+            with pytest.raises(ExecutionTimeout):
+                await pool.call("Spin", timeout=0.05)
+            assert time.monotonic() - t0 < 3
+            assert await pool.call("AddToStatic", 1) == 1
+    run(main())
+
+
+def test_time_queued_counts_against_the_timeout(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
+            spin = asyncio.ensure_future(pool.call("Spin", timeout=0.3))
+            await asyncio.sleep(0.02)
+            with pytest.raises(ExecutionTimeout, match="waited"):
+                await pool.call("Echo", "late", timeout=0.1)
+            with pytest.raises(ExecutionTimeout):
+                await spin
+    run(main())
+
+
+def test_cancellation_kills_the_guest_call(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
+            await pool.call("AddToStatic", 7)
+            task = asyncio.ensure_future(pool.call("Spin"))        # no timeout at all
+            await asyncio.sleep(0.05)
+            assert pool.idle == 0
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # the same (only) sandbox is free again, in the snapshot's state
+            assert await asyncio.wait_for(pool.call("GetStatic"), 5) == 0
+            assert metric(pool, "snapcell_pool_cancelled_total", pool="pool") == 1
+            assert metric(pool, "snapcell_pool_errors_total", pool="pool",
+                          kind="ExecutionCancelled") == 1
+            # wait_for is a cancellation too
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(pool.call("Spin"), 0.05)
+            assert await asyncio.wait_for(pool.call("Echo", "ok"), 5) == "ok"
+    run(main())
+
+
+def test_queued_call_cancelled_never_runs(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
+            spin = asyncio.ensure_future(pool.call("Spin", timeout=0.2))
+            await asyncio.sleep(0.02)
+            queued = asyncio.ensure_future(pool.call("TriggerException"))
+            await asyncio.sleep(0.01)
+            queued.cancel()
+            with pytest.raises(ExecutionTimeout):
+                await spin
+            assert await pool.call("Echo", "x") == "x"
+            assert metric(pool, "snapcell_pool_errors_total", pool="pool", kind="InvalidOpcode") == 0
+    run(main())
+
+
+def test_back_pressure(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions(),
+                               max_queue=2) as pool:
+            busy = [asyncio.ensure_future(pool.call("Spin", timeout=0.3)) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            assert pool.queued == 2
+            with pytest.raises(PoolFull, match="full"):
+                await pool.call("Echo", "refused")
+            assert metric(pool, "snapcell_pool_rejected_total", pool="pool") == 1
+            depth = pool.metrics.registry.get_sample_value("snapcell_pool_queue_depth",
+                                                           {"pool": "pool"})
+            assert depth == 2
+            results = await asyncio.gather(*busy, return_exceptions=True)
+            assert all(isinstance(r, ExecutionTimeout) for r in results)
+            assert await pool.call("Echo", "accepted") == "accepted"
+    run(main())
+
+
+def test_map_batches_over_the_pool(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=2, host_functions=make_host_functions()) as pool:
+            out = await pool.map("Add", [[i, 1] for i in range(1001)])
+            assert out == [i + 1 for i in range(1001)]
+            # each chunk starts from the snapshot; state carries over within a chunk
+            acc = await pool.map("AddToStatic", [[1]] * 6, chunk_size=3)
+            assert acc == [1, 2, 3, 1, 2, 3]
+            errs = await pool.map("AddToStaticAndFail", [[], []])
+            assert all(isinstance(e, GuestError) for e in errs)
+            assert await pool.map("Echo", []) == []
+    run(main())
+
+
+def test_start_fails_clearly_without_the_host_functions(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1)
+        with pytest.raises(SnapshotHostFunctionMismatch, match="HostAdd"):
+            await pool.start()
+        with pytest.raises(PoolClosed):
+            await pool.call("Echo", "x")
+    run(main())
+
+
+def test_bad_arguments_are_refused() -> None:
+    fake: Any = object()
+    with pytest.raises(TypeError):
+        SandboxPool(fake)
+
+
+def test_run_needs_a_code_backend(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1, host_functions=make_host_functions())
+        with pytest.raises(CodeSandboxUnavailable):
+            await pool.run("1 + 1")
+        with pytest.raises(CodeSandboxUnavailable):
+            await CodePool().run("1 + 1", lang="js")
+    run(main())
+
+
+def test_sessions_keep_state_pause_and_resume(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1, host_functions=make_host_functions())
+        mgr = SessionManager(idle_seconds=0.05)
+        try:
+            s = await mgr.create(pool, "alice")
+            assert s.state == "paused"                  # no VM until the first call
+            assert await s.call("AddToStatic", 3) == 3
+            assert await s.call("AddToStatic", 4) == 7
+            assert s.state == "active"
+            await asyncio.sleep(0.1)
+            assert await mgr.sweep() == 1
+            assert s.state == "paused"
+            assert await s.call("AddToStatic", 1) == 8  # resumed from its paused snapshot
+            # a poisoning error resets the session to its last checkpoint (the pause)
+            with pytest.raises(ExecutionTimeout):
+                await s.call("Spin", timeout=0.05)
+            assert await s.call("GetStatic") == 7
+            assert s.resets == 1
+            assert await s.call_many("AddToStatic", [[1], [1]]) == [8, 9]
+            with pytest.raises(SessionNotFound):
+                mgr.get(s.id, "mallory")                # other tenants cannot see it
+            await mgr.delete(s.id, "alice")
+            with pytest.raises(SessionNotFound):
+                mgr.get(s.id, "alice")
+        finally:
+            await mgr.close()
+            await pool.close()
+    run(main())
+
+
+def test_session_cancellation_kills_and_keeps_the_session_usable(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1, host_functions=make_host_functions())
+        mgr = SessionManager()
+        try:
+            s = await mgr.create(pool, "t")
+            await s.call("AddToStatic", 2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(s.call("Spin"), 0.05)
+            assert await asyncio.wait_for(s.call("GetStatic"), 5) == 0   # reset to its start
+        finally:
+            await mgr.close()
+            await pool.close()
+    run(main())
+
+
+def test_session_limits(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1, host_functions=make_host_functions())
+        mgr = SessionManager(max_sessions=3, max_per_tenant=2)
+        try:
+            await mgr.create(pool, "a")
+            await mgr.create(pool, "a")
+            with pytest.raises(PoolFull, match="tenant"):
+                await mgr.create(pool, "a")
+            await mgr.create(pool, "b")
+            with pytest.raises(PoolFull, match="maximum of 3"):
+                await mgr.create(pool, "c")
+        finally:
+            await mgr.close()
+    run(main())
+
