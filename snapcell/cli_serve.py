@@ -50,6 +50,8 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--allow-registry", multiple=True, metavar="PREFIX",
               help="Let requests name registry references starting with PREFIX (repeatable).")
 @click.option("--insecure-registry", is_flag=True, help="Talk plain HTTP to registries.")
+@click.option("--registry-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds before a registry request fails.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where pulled snapshots are kept (default ~/.cache/snapcell/serve).")
 @click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -74,10 +76,10 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
-                  insecure_registry: bool, cache_dir: str | None, api_key_file: str | None,
-                  host_functions: str | None, pool_size: int, max_queue: int, call_timeout: float,
-                  max_timeout: float, max_body: int, max_batch: int, idle_seconds: float,
-                  max_sessions: int, log_level: str) -> None:
+                  insecure_registry: bool, registry_timeout: float, cache_dir: str | None,
+                  api_key_file: str | None, host_functions: str | None, pool_size: int,
+                  max_queue: int, call_timeout: float, max_timeout: float, max_body: int,
+                  max_batch: int, idle_seconds: float, max_sessions: int, log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, metrics."""
     try:
         from .serving.server import serve
@@ -89,7 +91,8 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
     extra = {"cache_dir": cache_dir} if cache_dir else {}
     options = ServeOptions(
         layouts=tuple(layouts), registry_names=tuple(registry), allow_registries=allow_registry,
-        insecure_registries=insecure_registry, api_key_file=api_key_file,
+        insecure_registries=insecure_registry, registry_timeout=registry_timeout,
+        api_key_file=api_key_file,
         host_functions=load_host_functions(host_functions) if host_functions else None,
         pool_size=pool_size, max_queue=max_queue, call_timeout=call_timeout,
         max_timeout=max_timeout, max_body=max_body, max_batch=max_batch,

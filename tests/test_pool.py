@@ -270,3 +270,22 @@ def test_session_limits(kvm_ok: None, snap: Snapshot) -> None:
             await mgr.close()
     run(main())
 
+
+
+def test_session_of_a_loaded_snapshot_pauses(kvm_ok: None, snap: Snapshot, tmp_path: Any) -> None:
+    """A sandbox made from a snapshot loaded from an OCI layout (its image is a file, not a
+    memfd) can itself be snapshotted: pausing a session of a served snapshot needs that."""
+    snap.save(str(tmp_path / "layout"), "v1")
+    loaded = Snapshot.checked_load(str(tmp_path / "layout"), "v1")
+
+    async def main() -> None:
+        pool = SandboxPool(loaded, size=1, host_functions=make_host_functions())
+        mgr = SessionManager()
+        try:
+            s = await mgr.create(pool, "t")
+            assert await s.call("AddToStatic", 9) == 9
+            assert await mgr.pause(s)
+            assert await s.call("AddToStatic", 1) == 10
+        finally:
+            await mgr.close()
+    run(main())

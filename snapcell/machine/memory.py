@@ -190,7 +190,14 @@ class MemoryImage:
         for start, length in parent.data_extents():
             pos, end = start, start + length
             while pos < end:
-                n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
+                try:
+                    n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    # the parent is a file on another file system (a snapshot loaded from
+                    # an OCI layout): copy through memory
+                    n = os.pwrite(self.fd, os.pread(parent.fd, min(end - pos, 1 << 20), pos), pos)
                 if n <= 0:
                     raise OSError("copy_file_range made no progress")
                 pos += n

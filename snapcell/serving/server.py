@@ -46,7 +46,7 @@ def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     from prometheus_client import disable_created_metrics
 
     from .app import create_app
-    disable_created_metrics()          # no *_created series: they double the exposition
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
     if not is_loopback(host) and options.api_key_file is None:
         raise ConfigurationError(f"refusing to listen on {host} without --api-key-file: only "
                                  "loopback addresses may be served without API keys")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import secrets
 import threading
 import time
@@ -20,7 +21,9 @@ from typing import Any
 from ..errors import ArgumentError, PoisoningError, PoolClosed, PoolFull, SessionNotFound
 from ..sandbox import MultiUseSandbox, Snapshot
 from .metrics import PoolMetrics
-from .pool import Job, JobState, SandboxPool, check_timeout, execute, kill, start
+from .pool import Job, JobState, SandboxPool, check_timeout, execute, finish, kill, start
+
+log = logging.getLogger("snapcell.serving")
 
 
 class Session:
@@ -63,14 +66,12 @@ class Session:
         with self._thread_lock:
             if self._closed:
                 if start(job, None):
-                    from .pool import finish
                     finish(job, False, PoolClosed("the session is closed"))
                 return
             try:
                 sb = self._ensure()
             except BaseException as e:
                 if start(job, None):
-                    from .pool import finish
                     finish(job, False, e)
                 return
             if not start(job, sb):
@@ -204,8 +205,11 @@ class SessionManager:
                 if s.state == "active" and now - s.last_used >= self.idle_seconds]
         n = 0
         for s in idle:
-            if await self.pause(s):
-                n += 1
+            try:
+                if await self.pause(s):
+                    n += 1
+            except Exception as e:     # the session stays active; the sweeper goes on
+                log.warning("cannot pause session %s: %s: %s", s.id, type(e).__name__, e)
         return n
 
     async def run_sweeper(self, interval: float | None = None) -> None:
