@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +36,21 @@ class Served:
     snapshot: Snapshot
     digest: str | None
     pool: SandboxPool
+    make_pool: Callable[[], SandboxPool]
     started: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def ready_pool(self) -> SandboxPool:
-        """The pool, started (its sandboxes created) on first use."""
+        """The pool, started (its sandboxes created) on first use. A start that fails (e.g.
+        host functions that do not cover the snapshot's) raises its error, and the next request
+        tries again with a new pool."""
         if not self.pool.started:
             async with self.started:
-                await self.pool.start()
+                if not self.pool.started:
+                    try:
+                        await self.pool.start()
+                    except BaseException:
+                        self.pool = self.make_pool()
+                        raise
         return self.pool
 
     def describe(self) -> dict[str, Any]:
@@ -84,10 +92,12 @@ class Catalog:
 
     def _make(self, ref: str, source: str, snap: Snapshot) -> Served:
         p = self.pools
-        pool = SandboxPool(snap, size=p.size, host_functions=p.host_functions,
-                           max_queue=p.max_queue, config=p.config, timeout=p.timeout,
-                           metrics=self.metrics, name=ref)
-        return Served(ref, source, snap, snap.digest, pool)
+
+        def make() -> SandboxPool:
+            return SandboxPool(snap, size=p.size, host_functions=p.host_functions,
+                               max_queue=p.max_queue, config=p.config, timeout=p.timeout,
+                               metrics=self.metrics, name=ref)
+        return Served(ref, source, snap, snap.digest, make(), make)
 
     def add_layout(self, name: str, path: str | os.PathLike[str], tag: str = "latest") -> Served:
         """Serve the snapshot `tag` of a local OCI layout as `name` (loaded and verified now)."""

@@ -181,6 +181,7 @@ class SandboxPool:
         m = self.metrics
         self._m_errors = m.errors
         self._m_calls = m.calls
+        self._m_fn: dict[str, Any] = {}                 # function → its labelled counter
         self._m_latency = m.latency.labels(name)
         self._m_rejected = m.rejected.labels(name)
         self._m_cancelled = m.cancelled.labels(name)
@@ -268,8 +269,14 @@ class SandboxPool:
         """Call guest function `name` on a sandbox in the snapshot's state; returns its result
         or raises what `MultiUseSandbox.call` raises, `PoolFull` (queue full, nothing ran),
         `ExecutionTimeout` (queued plus running longer than `timeout`) or `PoolClosed`."""
-        job = await self._submit(name, args, None, timeout)
-        return await self._wait(job)
+        if not self._started:
+            await self.start()
+        job = self._submit(name, args, None, timeout)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
 
     async def map(self, name: str, items: Iterable[Sequence[Any]], *, timeout: float | None = None,
                   chunk_size: int | None = None) -> list[Any]:
@@ -287,10 +294,12 @@ class SandboxPool:
         elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ArgumentError(f"chunk_size must be a positive int, got {chunk_size!r}")
         chunks = [batch[i:i + chunk_size] for i in range(0, len(batch), chunk_size)]
+        if not self._started:
+            await self.start()
         jobs: list[Job] = []
         try:
             for c in chunks:
-                jobs.append(await self._submit(name, None, c, timeout))
+                jobs.append(self._submit(name, None, c, timeout))
             parts = await asyncio.gather(*(self._wait(j) for j in jobs))
         except BaseException:
             for j in jobs:
@@ -307,17 +316,16 @@ class SandboxPool:
         from .code import unavailable
         raise unavailable()
 
-    async def _submit(self, name: str, args: tuple[Any, ...] | None,
-                      items: Sequence[Sequence[Any]] | None, timeout: float | None) -> Job:
+    def _submit(self, name: str, args: tuple[Any, ...] | None,
+                items: Sequence[Sequence[Any]] | None, timeout: float | None) -> Job:
+        """Queue a job (the pool is started); PoolFull when it may not wait."""
         if self._closed:
             raise PoolClosed("the pool is closed")
         if not isinstance(name, str):
             raise ArgumentError(f"function name must be a str, got {type(name).__name__}")
         t = check_timeout(timeout) if timeout is not None else self.timeout
-        if not self._started:
-            await self.start()
-        loop = asyncio.get_running_loop()
-        job = Job(loop, name, args, items, None if t is None else time.monotonic() + t)
+        job = Job(asyncio.get_running_loop(), name, args, items,
+                  None if t is None else time.monotonic() + t)
         with self._stats:
             # a job may wait when a worker is free or the queue has room
             full = self._waiting >= self.max_queue + len(self._threads) - self._busy
@@ -388,8 +396,13 @@ class SandboxPool:
             sb.close()
 
     def _record(self, job: Job, ok: bool, value: Any) -> None:
-        fn = job.name if job.name in (self.snapshot.functions or ()) else "(unknown)"
-        self._m_calls.labels(self.name, fn).inc()       # bounded: the guest's functions
+        counter = self._m_fn.get(job.name)
+        if counter is None:
+            fn = job.name if job.name in (self.snapshot.functions or ()) else "(unknown)"
+            counter = self._m_calls.labels(self.name, fn)   # bounded: the guest's functions
+            if fn == job.name:
+                self._m_fn[fn] = counter
+        counter.inc()
         self._m_latency.observe(time.perf_counter() - job.submitted)
         if not ok:
             self._m_errors.labels(self.name, type(value).__name__).inc()
