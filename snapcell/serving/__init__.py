@@ -5,7 +5,10 @@ Layer: above `debug/`, below the CLI. Nothing here is imported by the lower laye
 
 from __future__ import annotations
 
+from .code import CodePool, CodeResult, register_backend
 from .metrics import PoolMetrics
 from .pool import SandboxPool
+from .sessions import Session, SessionManager
 
-__all__ = ["PoolMetrics", "SandboxPool"]
+__all__ = ["CodePool", "CodeResult", "PoolMetrics", "SandboxPool", "Session", "SessionManager",
+           "register_backend"]

@@ -216,3 +216,30 @@ def test_batch_frames_keep_items_in_order_and_fit(items: list[bytes], capacity: 
 
 
 
+
+
+# ------------------------------------------------------------------------------ listening socket
+def test_served_connections_get_tcp_nodelay() -> None:
+    """The socket snapcell serve binds must make asyncio set TCP_NODELAY on accepted connections
+    (otherwise keep-alive responses stall ~40 ms on delayed ACKs)."""
+    import socket
+
+    from snapcell.serving.server import bind, is_loopback
+
+    async def main() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            s = writer.get_extra_info("socket")
+            got.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+        sock = bind("127.0.0.1", 0)
+        server = await asyncio.start_server(on_connect, sock=sock)
+        _, w = await asyncio.open_connection(*sock.getsockname())
+        value = await asyncio.wait_for(got, 10)
+        w.close()
+        server.close()
+        return value
+    assert asyncio.run(main()) != 0
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example")
