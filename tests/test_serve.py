@@ -205,7 +205,7 @@ def test_back_pressure_under_overload(server: Server) -> None:
 
     def spin() -> httpx.Response:
         with server.client() as c:
-            return call(c, "Spin", timeout=1.5)
+            return call(c, "Spin", timeout=3.0)
     with concurrent.futures.ThreadPoolExecutor(10) as ex:
         statuses = [r.status_code for r in ex.map(lambda _: spin(), range(10))]
     # 2 sandboxes + 2 queue slots: the rest are refused at once
@@ -220,7 +220,7 @@ def test_back_pressure_under_overload(server: Server) -> None:
 def test_overloaded_response_is_retryable(server: Server) -> None:
     def spin() -> httpx.Response:
         with server.client() as c:
-            return call(c, "Spin", timeout=1.0)
+            return call(c, "Spin", timeout=2.0)
     with concurrent.futures.ThreadPoolExecutor(6) as ex:
         rs = list(ex.map(lambda _: spin(), range(6)))
     refused = [r for r in rs if r.status_code == 429]
