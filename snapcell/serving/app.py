@@ -42,6 +42,14 @@ MAP_BODY = {"content": {"application/json": {"schema": {
 SESSION_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["snapshot"], "properties": {"snapshot": {"type": "string"}},
     "additionalProperties": False}}}}
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "object", "properties": {
+        "type": {"type": "string"}, "status": {"type": "integer"}, "message": {"type": "string"},
+        "class": {"type": "string"}, "code": {"type": "integer"}}}}}}}}
+CALL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the result", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"result": {}, "duration_ms": {"type": "number"}}}}}},
+    **{code: _ERROR for code in (400, 401, 404, 409, 413, 422, 429, 502, 504)}}
 RUN_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["lang", "code"], "properties": {
         "lang": {"type": "string"}, "code": {"type": "string"},
@@ -114,8 +122,8 @@ def create_app(service: Service) -> FastAPI:
                 "allowed_registries": list(service.catalog.allow)}
 
     @app.post("/v1/snapshots/{ref:path}/call/{function}", tags=["snapshots"],
-              openapi_extra={"requestBody": CALL_BODY})
-    async def call(ref: str, function: str, request: Request) -> dict[str, Any]:
+              openapi_extra={"requestBody": CALL_BODY}, responses=CALL_RESPONSES)
+    async def call(ref: str, function: str, request: Request) -> JSONResponse:
         """Call `function` of snapshot `ref` on a fresh sandbox (the snapshot's state)."""
         tenant_of(request)
         body = await _json_object(request, {"args", "timeout"})
@@ -126,12 +134,12 @@ def create_app(service: Service) -> FastAPI:
         pool = await served.ready_pool()
         t0 = time.perf_counter()
         value = await _until_disconnect(request, pool.call(function, *args, timeout=timeout))
-        return {"result": result_to_json(sig.ret, value),
-                "duration_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        return JSONResponse({"result": result_to_json(sig.ret, value),
+                             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
     @app.post("/v1/snapshots/{ref:path}/map/{function}", tags=["snapshots"],
               openapi_extra={"requestBody": MAP_BODY})
-    async def map_(ref: str, function: str, request: Request) -> dict[str, Any]:
+    async def map_(ref: str, function: str, request: Request) -> JSONResponse:
         """Call `function` once per item (batched: many calls per VM entry); per-item guest
         errors are returned in place."""
         tenant_of(request)
@@ -147,7 +155,7 @@ def create_app(service: Service) -> FastAPI:
         timeout = service.timeout(body.get("timeout"))
         pool = await served.ready_pool()
         results = await _until_disconnect(request, pool.map(function, batch, timeout=timeout))
-        return {"results": [_item(sig, r) for r in results]}
+        return JSONResponse({"results": [_item(sig, r) for r in results]})
 
     # ---------------------------------------------------------------- sessions
     @app.post("/v1/sessions", tags=["sessions"], status_code=201,
@@ -177,7 +185,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/sessions/{session_id}/call/{function}", tags=["sessions"],
               openapi_extra={"requestBody": CALL_BODY})
-    async def session_call(session_id: str, function: str, request: Request) -> dict[str, Any]:
+    async def session_call(session_id: str, function: str, request: Request) -> JSONResponse:
         """Call `function` in the session's state."""
         s = service.sessions.get(session_id, tenant_of(request))
         body = await _json_object(request, {"args", "timeout"})
@@ -185,7 +193,7 @@ def create_app(service: Service) -> FastAPI:
         args = args_from_json(function, sig, body.get("args", []))
         timeout = service.timeout(body.get("timeout"))
         value = await _until_disconnect(request, s.call(function, *args, timeout=timeout))
-        return {"result": result_to_json(sig.ret, value), "session": s.describe()}
+        return JSONResponse({"result": result_to_json(sig.ret, value), "session": s.describe()})
 
     @app.post("/v1/sessions/{session_id}/pause", tags=["sessions"])
     async def pause_session(session_id: str, request: Request) -> dict[str, Any]:

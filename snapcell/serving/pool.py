@@ -81,16 +81,16 @@ def _deliver(job: Job, ok: bool, value: Any) -> None:
 
 def execute(job: Job, sb: MultiUseSandbox,
             record: Callable[[Job, bool, Any], None] | None = None) -> tuple[bool, Any]:
-    """Run a job marked RUNNING on `sb` (worker thread), `record` its outcome (metrics, before
-    the caller can see it) and deliver it."""
+    """Run a job marked RUNNING on `sb` (worker thread), deliver its outcome, then `record` it
+    (metrics: off the caller's path, but before the worker takes another job)."""
     try:
         value = job.run(sb)
         ok = True
     except BaseException as e:  # delivered to the caller
         value, ok = e, False
+    finish(job, ok, value)
     if record is not None:
         record(job, ok, value)
-    finish(job, ok, value)
     return ok, value
 
 
