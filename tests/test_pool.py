@@ -289,3 +289,56 @@ def test_session_of_a_loaded_snapshot_pauses(kvm_ok: None, snap: Snapshot, tmp_p
         finally:
             await mgr.close()
     run(main())
+
+
+def test_the_event_loop_keeps_running_during_guest_calls(kvm_ok: None, snap: Snapshot) -> None:
+    """KVM_RUN happens on worker threads: a ticker on the loop keeps ticking while both
+    sandboxes spin in the guest."""
+    async def main() -> int:
+        async with SandboxPool(snap, size=2, host_functions=make_host_functions()) as pool:
+            spins = [asyncio.ensure_future(pool.call("Spin", timeout=0.5)) for _ in range(2)]
+            ticks = 0
+            while not all(s.done() for s in spins):
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert all(isinstance(s.exception(), ExecutionTimeout) for s in spins)
+            return ticks
+    assert run(main()) >= 10
+
+
+def test_a_sandbox_that_cannot_be_restored_is_replaced(kvm_ok: None, snap: Snapshot,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapcell import MultiUseSandbox
+    from snapcell.errors import SnapshotLayoutMismatch
+    real_restore = MultiUseSandbox.restore
+    failures = [1]
+
+    def failing_restore(self: MultiUseSandbox, s: Snapshot) -> None:
+        if failures:
+            failures.pop()
+            raise SnapshotLayoutMismatch("injected restore failure")
+        real_restore(self, s)
+    monkeypatch.setattr(MultiUseSandbox, "restore", failing_restore)
+
+    async def main() -> None:
+        async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
+            assert await pool.call("AddToStatic", 4) == 4     # its restore fails: replaced
+            assert await pool.call("AddToStatic", 4) == 4     # a new sandbox, snapshot state
+            assert metric(pool, "snapcell_pool_sandboxes_replaced_total", pool="pool") == 1
+    run(main())
+
+
+def test_cancelling_a_map_kills_every_chunk(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        async with SandboxPool(snap, size=2, host_functions=make_host_functions()) as pool:
+            task = asyncio.ensure_future(pool.map("Spin", [[]] * 4))
+            await asyncio.sleep(0.1)
+            assert pool.idle == 0
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # both sandboxes were freed: a map needing both completes
+            assert await asyncio.wait_for(pool.map("Echo", [["a"], ["b"]]), 10) == ["a", "b"]
+            assert metric(pool, "snapcell_pool_errors_total", pool="pool",
+                          kind="ExecutionCancelled") == 2
+    run(main())

@@ -95,12 +95,16 @@ class CodePool:
         """The backend runs go to (the registered one unless given)."""
         return self._backend if self._backend is not None else current_backend()
 
-    async def run(self, code: str, *, lang: str, files: Mapping[str, str] | None = None,
+    async def run(self, code: str, *, lang: str | None = None,
+                  files: Mapping[str, str] | None = None,
                   timeout: float | None = None) -> CodeResult:
-        """Run `code` in a fresh `lang` sandbox; `CodeSandboxUnavailable` without a backend."""
+        """Run `code` in a fresh `lang` sandbox (default: the backend's first language);
+        `CodeSandboxUnavailable` without a backend."""
         backend = self.backend
         if backend is None:
             raise unavailable()
+        if lang is None and backend.languages:
+            lang = backend.languages[0]
         if not isinstance(code, str) or not isinstance(lang, str):
             raise ArgumentError("code and lang must be strings")
         if lang not in backend.languages:
@@ -133,3 +137,15 @@ class CodePool:
             raise
         finally:
             self._sem.release()
+
+
+_shared: CodePool | None = None
+
+
+def shared_pool() -> CodePool:
+    """The process-wide CodePool behind `SandboxPool.run`."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = CodePool()
+        return _shared

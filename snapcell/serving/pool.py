@@ -310,11 +310,15 @@ class SandboxPool:
             out.extend(p)
         return out
 
-    async def run(self, code: str, **options: Any) -> Any:
-        """Run source code: a snapshot pool runs guest functions, not code. Code runs through
-        `snapcell.serving.code.CodePool`; this always raises `CodeSandboxUnavailable`."""
-        from .code import unavailable
-        raise unavailable()
+    async def run(self, code: str, *, lang: str | None = None,
+                  files: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        """Run source code in a fresh code sandbox through the registered code-sandbox backend
+        (`snapcell.serving.code`, shared by every pool; this pool's own sandboxes run guest
+        functions). Raises `CodeSandboxUnavailable` while no backend is installed — the case in
+        this build."""
+        from .code import shared_pool
+        return await shared_pool().run(code, lang=lang, files=files,
+                                       timeout=timeout if timeout is not None else self.timeout)
 
     def _submit(self, name: str, args: tuple[Any, ...] | None,
                 items: Sequence[Sequence[Any]] | None, timeout: float | None) -> Job:

@@ -243,3 +243,66 @@ def test_served_connections_get_tcp_nodelay() -> None:
     assert asyncio.run(main()) != 0
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example")
+
+
+# ------------------------------------------------------------------------------ code seam
+class _RecordingBackend:
+    """Checks the plug-in contract of snapcell.serving.code (it runs nothing: code sandboxes
+    are a separate package); records what the seam passes and what it closes or kills."""
+
+    languages = ("js", "python")
+
+    def __init__(self, block: bool = False) -> None:
+        self.opened: list[tuple[str, Any, Any]] = []
+        self.events: list[str] = []
+        self.block = block
+        import threading
+        self.release = threading.Event()
+
+    def open(self, lang: str, *, files: Any, timeout: Any) -> Any:
+        self.opened.append((lang, files, timeout))
+        backend = self
+
+        class Box:
+            def run(self, code: str) -> Any:
+                backend.events.append(f"run {code}")
+                if backend.block:
+                    backend.release.wait(10)
+
+                class R:
+                    value, stdout, stderr, error = 2, "out", "", None
+                return R()
+
+            def close(self) -> None:
+                backend.events.append("close")
+
+            def kill(self) -> None:
+                backend.events.append("kill")
+                backend.release.set()
+        return Box()
+
+
+def test_code_seam_contract() -> None:
+    from snapcell.serving.code import CodePool, CodeResult
+    backend = _RecordingBackend()
+    pool = CodePool(backend)
+    r = asyncio.run(pool.run("1+1", lang="js", files={"a.txt": "x"}, timeout=2.0))
+    assert r == CodeResult(2, "out", "", None)
+    assert backend.opened == [("js", {"a.txt": "x"}, 2.0)]
+    assert backend.events == ["run 1+1", "close"]
+    assert asyncio.run(pool.run("x")).value == 2 and backend.opened[-1][0] == "js"
+    with pytest.raises(E.ArgumentError, match="unknown language"):
+        asyncio.run(pool.run("x", lang="cobol"))
+    with pytest.raises(E.CodeSandboxUnavailable):
+        asyncio.run(CodePool().run("x", lang="js"))
+
+
+def test_code_seam_cancellation_kills_the_box() -> None:
+    from snapcell.serving.code import CodePool
+    backend = _RecordingBackend(block=True)
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(CodePool(backend).run("loop", lang="js"), 0.2)
+    asyncio.run(main())
+    assert "kill" in backend.events
