@@ -103,7 +103,8 @@ class Catalog:
         """Serve the snapshot `tag` of a local OCI layout as `name` (loaded and verified now)."""
         name = self._check_name(name)
         snap = Snapshot.checked_load(os.fspath(path), tag)
-        served = self._served[name] = self._make(name, f"layout {os.fspath(path)}#{tag}", snap)
+        # the path stays private: listings (seen by tenants) name only the tag
+        served = self._served[name] = self._make(name, f"local layout, tag {tag}", snap)
         return served
 
     def add_registry(self, name: str, reference: str) -> None:

@@ -85,7 +85,7 @@ class Service:
 
     async def start(self) -> None:
         """Start the pools of local snapshots and the idle-session sweeper."""
-        for ref in [s["ref"] for s in self.catalog.listing() if s.get("source", "").startswith("layout")]:
+        for ref in [s["ref"] for s in self.catalog.listing() if s.get("source", "").startswith("local")]:
             served = await self.catalog.resolve(ref)
             await served.ready_pool()
         self._sweeper = asyncio.ensure_future(self.sessions.run_sweeper())
