@@ -42,6 +42,14 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def until(cond: Any, seconds: float = 10) -> None:
+    """Wait (polling) until cond() holds."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
 def metric(p: SandboxPool, name: str, **labels: str) -> float:
     v = p.metrics.registry.get_sample_value(name, labels)
     return 0.0 if v is None else v
@@ -103,7 +111,7 @@ def test_time_queued_counts_against_the_timeout(kvm_ok: None, snap: Snapshot) ->
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
             spin = asyncio.ensure_future(pool.call("Spin", timeout=0.3))
-            await asyncio.sleep(0.02)
+            await until(lambda: pool.idle == 0)
             with pytest.raises(ExecutionTimeout, match="waited"):
                 await pool.call("Echo", "late", timeout=0.1)
             with pytest.raises(ExecutionTimeout):
@@ -116,8 +124,7 @@ def test_cancellation_kills_the_guest_call(kvm_ok: None, snap: Snapshot) -> None
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
             await pool.call("AddToStatic", 7)
             task = asyncio.ensure_future(pool.call("Spin"))        # no timeout at all
-            await asyncio.sleep(0.05)
-            assert pool.idle == 0
+            await until(lambda: pool.idle == 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -136,8 +143,8 @@ def test_cancellation_kills_the_guest_call(kvm_ok: None, snap: Snapshot) -> None
 def test_queued_call_cancelled_never_runs(kvm_ok: None, snap: Snapshot) -> None:
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
-            spin = asyncio.ensure_future(pool.call("Spin", timeout=0.2))
-            await asyncio.sleep(0.02)
+            spin = asyncio.ensure_future(pool.call("Spin", timeout=0.5))
+            await until(lambda: pool.idle == 0)
             queued = asyncio.ensure_future(pool.call("TriggerException"))
             await asyncio.sleep(0.01)
             queued.cancel()
@@ -152,8 +159,8 @@ def test_back_pressure(kvm_ok: None, snap: Snapshot) -> None:
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions(),
                                max_queue=2) as pool:
-            busy = [asyncio.ensure_future(pool.call("Spin", timeout=0.3)) for _ in range(3)]
-            await asyncio.sleep(0.05)
+            busy = [asyncio.ensure_future(pool.call("Spin", timeout=1.0)) for _ in range(3)]
+            await until(lambda: pool.idle == 0)
             assert pool.queued == 2
             with pytest.raises(PoolFull, match="full"):
                 await pool.call("Echo", "refused")
@@ -332,8 +339,7 @@ def test_cancelling_a_map_kills_every_chunk(kvm_ok: None, snap: Snapshot) -> Non
     async def main() -> None:
         async with SandboxPool(snap, size=2, host_functions=make_host_functions()) as pool:
             task = asyncio.ensure_future(pool.map("Spin", [[]] * 4))
-            await asyncio.sleep(0.1)
-            assert pool.idle == 0
+            await until(lambda: pool.idle == 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
