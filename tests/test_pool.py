@@ -45,6 +45,7 @@ def run(coro: Any) -> Any:
 async def until(cond: Any, seconds: float = 10) -> None:
     """Wait (polling) until cond() holds."""
     deadline = time.monotonic() + seconds
+    await asyncio.sleep(0)              # let tasks just created run first
     while not cond():
         assert time.monotonic() < deadline, "condition never held"
         await asyncio.sleep(0.005)
@@ -111,7 +112,7 @@ def test_time_queued_counts_against_the_timeout(kvm_ok: None, snap: Snapshot) ->
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
             spin = asyncio.ensure_future(pool.call("Spin", timeout=0.3))
-            await until(lambda: pool.idle == 0)
+            await until(lambda: pool.idle == 0 and pool.queued == 0)
             with pytest.raises(ExecutionTimeout, match="waited"):
                 await pool.call("Echo", "late", timeout=0.1)
             with pytest.raises(ExecutionTimeout):
@@ -124,7 +125,7 @@ def test_cancellation_kills_the_guest_call(kvm_ok: None, snap: Snapshot) -> None
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
             await pool.call("AddToStatic", 7)
             task = asyncio.ensure_future(pool.call("Spin"))        # no timeout at all
-            await until(lambda: pool.idle == 0)
+            await until(lambda: pool.idle == 0 and pool.queued == 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -144,7 +145,7 @@ def test_queued_call_cancelled_never_runs(kvm_ok: None, snap: Snapshot) -> None:
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
             spin = asyncio.ensure_future(pool.call("Spin", timeout=0.5))
-            await until(lambda: pool.idle == 0)
+            await until(lambda: pool.idle == 0 and pool.queued == 0)
             queued = asyncio.ensure_future(pool.call("TriggerException"))
             await asyncio.sleep(0.01)
             queued.cancel()
@@ -160,7 +161,7 @@ def test_back_pressure(kvm_ok: None, snap: Snapshot) -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions(),
                                max_queue=2) as pool:
             busy = [asyncio.ensure_future(pool.call("Spin", timeout=1.0)) for _ in range(3)]
-            await until(lambda: pool.idle == 0)
+            await until(lambda: pool.idle == 0 and pool.queued == 2)
             assert pool.queued == 2
             with pytest.raises(PoolFull, match="full"):
                 await pool.call("Echo", "refused")
@@ -339,12 +340,12 @@ def test_cancelling_a_map_kills_every_chunk(kvm_ok: None, snap: Snapshot) -> Non
     async def main() -> None:
         async with SandboxPool(snap, size=2, host_functions=make_host_functions()) as pool:
             task = asyncio.ensure_future(pool.map("Spin", [[]] * 4))
-            await until(lambda: pool.idle == 0)
+            await until(lambda: pool.idle == 0 and pool.queued == 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            # both sandboxes were freed: a map needing both completes
+            # both guest calls were killed and both sandboxes come back
+            await until(lambda: pool.idle == 2 and metric(
+                pool, "snapcell_pool_errors_total", pool="pool", kind="ExecutionCancelled") == 2)
             assert await asyncio.wait_for(pool.map("Echo", [["a"], ["b"]]), 10) == ["a", "b"]
-            assert metric(pool, "snapcell_pool_errors_total", pool="pool",
-                          kind="ExecutionCancelled") == 2
     run(main())
