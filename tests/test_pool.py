@@ -349,3 +349,23 @@ def test_cancelling_a_map_kills_every_chunk(kvm_ok: None, snap: Snapshot) -> Non
                 pool, "snapcell_pool_errors_total", pool="pool", kind="ExecutionCancelled") == 2)
             assert await asyncio.wait_for(pool.map("Echo", [["a"], ["b"]]), 10) == ["a", "b"]
     run(main())
+
+
+def test_session_calls_are_bounded(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1, host_functions=make_host_functions())
+        mgr = SessionManager(workers=1, max_queue=1)
+        try:
+            a, b, c = [await mgr.create(pool, "t") for _ in range(3)]
+            running = asyncio.ensure_future(a.call("Spin", timeout=1.0))
+            waiting = asyncio.ensure_future(b.call("Echo", "b"))
+            await until(lambda: mgr.pending == 2)
+            with pytest.raises(PoolFull, match="session calls"):
+                await c.call("Echo", "c")
+            with pytest.raises(ExecutionTimeout):
+                await running
+            assert await waiting == "b"
+            assert await c.call("Echo", "c") == "c"
+        finally:
+            await mgr.close()
+    run(main())

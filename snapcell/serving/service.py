@@ -68,7 +68,8 @@ class Service:
         self.sessions = SessionManager(metrics=self.metrics, idle_seconds=options.idle_seconds,
                                        max_sessions=options.max_sessions,
                                        max_per_tenant=options.max_sessions_per_tenant,
-                                       workers=options.session_workers)
+                                       workers=options.session_workers,
+                                       max_queue=options.max_queue)
         self.code = CodePool(concurrency=options.code_concurrency, max_queue=options.max_queue)
         self._sweeper: asyncio.Task[Any] | None = None
 

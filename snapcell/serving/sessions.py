@@ -119,9 +119,18 @@ class Session:
         t = check_timeout(timeout) if timeout is not None else self.pool.timeout
         loop = asyncio.get_running_loop()
         job = Job(loop, name, args, items, None if t is None else time.monotonic() + t)
+        mgr = self.manager
+        if mgr.pending >= mgr.workers + mgr.max_queue:
+            raise PoolFull(f"{mgr.pending} session calls are running or waiting; retry later")
         self.last_used = time.monotonic()
         self.calls += 1
-        self.manager._executor.submit(self._run, job)
+        mgr.pending += 1
+        try:
+            mgr._executor.submit(self._run, job)
+        except BaseException:
+            mgr.pending -= 1
+            raise
+        job.future.add_done_callback(lambda _: mgr._done())
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -137,10 +146,12 @@ class Session:
 
 class SessionManager:
     """Sessions by id, at most `max_sessions` (and `max_per_tenant` per tenant), paused after
-    `idle_seconds` by `sweep()` (run periodically by `run_sweeper()`)."""
+    `idle_seconds` by `sweep()` (run periodically by `run_sweeper()`). Session calls run on
+    `workers` threads; beyond `max_queue` waiting calls, new ones get `PoolFull`."""
 
     def __init__(self, *, metrics: PoolMetrics | None = None, idle_seconds: float = 60.0,
-                 max_sessions: int = 256, max_per_tenant: int = 32, workers: int = 4) -> None:
+                 max_sessions: int = 256, max_per_tenant: int = 32, workers: int = 4,
+                 max_queue: int = 64) -> None:
         if not idle_seconds > 0:
             raise ArgumentError("idle_seconds must be positive")
         self.metrics = metrics if metrics is not None else PoolMetrics()
@@ -148,9 +159,15 @@ class SessionManager:
         self.max_sessions = max_sessions
         self.max_per_tenant = max_per_tenant
         self._sessions: dict[str, Session] = {}
+        self.workers = workers
+        self.max_queue = max_queue          # session calls that may wait for a worker thread
+        self.pending = 0                    # session calls submitted and not finished
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, "snapcell-session")
         self._gauge_active = self.metrics.sessions.labels("active")
         self._gauge_paused = self.metrics.sessions.labels("paused")
+
+    def _done(self) -> None:
+        self.pending -= 1
 
     def _update_gauges(self) -> None:
         active = sum(1 for s in self._sessions.values() if s.state == "active")
