@@ -1207,7 +1207,10 @@ static void batch_fail(const char *what)
     write_errorf(-1, "malformed batch call: %s", what);
 }
 
-/* After [1 (already checked to be an array of 3) ... */
+/* The rest of a batch call [1, name, [[args], ...]] whose 3-element array header handle_call
+ * has read: run every item and write the batch result (partial results on the way when the
+ * output buffer fills). Items are checked one by one as they run; a structurally malformed
+ * item ends the batch with a call error (the host never sends one: it checks every item). */
 static void handle_batch(sc_rd *r)
 {
     sc_value args[SC_MAX_PARAMS + 1];
