@@ -369,3 +369,23 @@ def test_session_calls_are_bounded(kvm_ok: None, snap: Snapshot) -> None:
         finally:
             await mgr.close()
     run(main())
+
+
+def test_a_session_call_that_times_out_waiting_keeps_the_state(kvm_ok: None, snap: Snapshot) -> None:
+    async def main() -> None:
+        pool = SandboxPool(snap, size=1, host_functions=make_host_functions())
+        mgr = SessionManager(workers=1)
+        try:
+            a, b = await mgr.create(pool, "t"), await mgr.create(pool, "t")
+            assert await b.call("AddToStatic", 5) == 5
+            running = asyncio.ensure_future(a.call("Spin", timeout=0.5))
+            await until(lambda: mgr.pending == 1)
+            with pytest.raises(ExecutionTimeout, match="waited"):
+                await b.call("GetStatic", timeout=0.1)
+            with pytest.raises(ExecutionTimeout):
+                await running
+            assert await b.call("GetStatic") == 5 and b.resets == 0
+            assert a.resets == 1
+        finally:
+            await mgr.close()
+    run(main())

@@ -99,7 +99,10 @@ def finish(job: Job, ok: bool, value: Any) -> None:
     job.finished = True
     with job.lock:
         job.state = JobState.DONE
-    job.loop.call_soon_threadsafe(_deliver, job, ok, value)
+    try:
+        job.loop.call_soon_threadsafe(_deliver, job, ok, value)
+    except RuntimeError:        # the caller's event loop is closed: nobody waits any more
+        pass
 
 
 def start(job: Job, sb: MultiUseSandbox | None) -> bool:

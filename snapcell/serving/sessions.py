@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import ArgumentError, PoisoningError, PoolClosed, PoolFull, SessionNotFound
-from ..sandbox import MultiUseSandbox, Snapshot
+from ..errors import ArgumentError, PoolClosed, PoolFull, SessionNotFound
+from ..sandbox import MultiUseSandbox, SandboxStatus, Snapshot
 from .metrics import PoolMetrics
 from .pool import Job, JobState, SandboxPool, check_timeout, execute, finish, kill, start
 
@@ -76,8 +76,8 @@ class Session:
                 return
             if not start(job, sb):
                 return
-            ok, value = execute(job, sb)
-            if not ok and isinstance(value, PoisoningError):
+            execute(job, sb)
+            if sb.status is SandboxStatus.POISONED:      # not for a timeout while waiting
                 self.resets += 1
                 try:
                     sb.restore(self._checkpoint)
