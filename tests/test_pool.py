@@ -111,12 +111,14 @@ def test_timeout_kills_the_call_and_the_sandbox_comes_back(kvm_ok: None, snap: S
 def test_time_queued_counts_against_the_timeout(kvm_ok: None, snap: Snapshot) -> None:
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=make_host_functions()) as pool:
-            spin = asyncio.ensure_future(pool.call("Spin", timeout=0.3))
+            spin = asyncio.ensure_future(pool.call("Spin", timeout=2.0))
             await until(lambda: pool.idle == 0 and pool.queued == 0)
             with pytest.raises(ExecutionTimeout, match="waited"):
                 await pool.call("Echo", "late", timeout=0.1)
+            assert not spin.done()          # it failed at its own deadline, still queued
             with pytest.raises(ExecutionTimeout):
                 await spin
+            assert await pool.call("Echo", "next") == "next"    # the dropped job never ran
     run(main())
 
 
@@ -378,10 +380,11 @@ def test_a_session_call_that_times_out_waiting_keeps_the_state(kvm_ok: None, sna
         try:
             a, b = await mgr.create(pool, "t"), await mgr.create(pool, "t")
             assert await b.call("AddToStatic", 5) == 5
-            running = asyncio.ensure_future(a.call("Spin", timeout=0.5))
+            running = asyncio.ensure_future(a.call("Spin", timeout=2.0))
             await until(lambda: mgr.pending == 1)
             with pytest.raises(ExecutionTimeout, match="waited"):
                 await b.call("GetStatic", timeout=0.1)
+            assert not running.done()
             with pytest.raises(ExecutionTimeout):
                 await running
             assert await b.call("GetStatic") == 5 and b.resets == 0

@@ -39,7 +39,7 @@ class Job:
     """One unit of work for a worker: a call (`args` is a tuple) or a batch (`items` a list)."""
 
     __slots__ = ("name", "args", "items", "deadline", "future", "loop", "state", "lock",
-                 "sandbox", "finished", "submitted")
+                 "sandbox", "finished", "submitted", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str, args: tuple[Any, ...] | None,
                  items: Sequence[Sequence[Any]] | None, deadline: float | None) -> None:
@@ -54,6 +54,9 @@ class Job:
         self.sandbox: MultiUseSandbox | None = None
         self.finished = False           # set (without the lock) as soon as the guest call ended
         self.submitted = time.perf_counter()
+        self.timer: asyncio.TimerHandle | None = None
+        if deadline is not None:        # a job still queued at its deadline fails then
+            self.timer = loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, self)
 
     def run(self, sb: MultiUseSandbox) -> Any:
         """Run on `sb` (worker thread) with what is left of the deadline."""
@@ -61,15 +64,31 @@ class Job:
         if self.deadline is not None:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                raise ExecutionTimeout("the call's time limit passed while it waited for a sandbox")
+                raise ExecutionTimeout(WAITED)
         if self.items is not None:
             return sb.call_many(self.name, self.items, timeout=remaining)
         assert self.args is not None
         return sb.call(self.name, *self.args, timeout=remaining)
 
 
+WAITED = "the call's time limit passed while it waited for a sandbox"
+
+
+def _expire(job: Job) -> None:
+    """The deadline passed (event loop): a job still queued is dropped and fails now; a running
+    one is the watchdog's to kill."""
+    with job.lock:
+        if job.state is not JobState.QUEUED:
+            return
+        job.state = JobState.CANCELLED
+    if not job.future.done():
+        job.future.set_exception(ExecutionTimeout(WAITED))
+
+
 def _deliver(job: Job, ok: bool, value: Any) -> None:
     """Resolve the job's future on the event loop (unless its caller gave up)."""
+    if job.timer is not None:
+        job.timer.cancel()
     fut = job.future
     if fut.done():
         return
@@ -331,8 +350,6 @@ class SandboxPool:
         if not isinstance(name, str):
             raise ArgumentError(f"function name must be a str, got {type(name).__name__}")
         t = check_timeout(timeout) if timeout is not None else self.timeout
-        job = Job(asyncio.get_running_loop(), name, args, items,
-                  None if t is None else time.monotonic() + t)
         with self._stats:
             # a job may wait when a worker is free or the queue has room
             full = self._waiting >= self.max_queue + len(self._threads) - self._busy
@@ -342,6 +359,8 @@ class SandboxPool:
             self._m_rejected.inc()
             raise PoolFull(f"pool {self.name!r} is full: {self.size} sandbox(es) busy and "
                            f"{self.max_queue} call(s) queued; retry later")
+        job = Job(asyncio.get_running_loop(), name, args, items,
+                  None if t is None else time.monotonic() + t)
         self._queue.put(job)
         return job
 

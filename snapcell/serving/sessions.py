@@ -118,10 +118,10 @@ class Session:
             raise PoolClosed("the session is closed")
         t = check_timeout(timeout) if timeout is not None else self.pool.timeout
         loop = asyncio.get_running_loop()
-        job = Job(loop, name, args, items, None if t is None else time.monotonic() + t)
         mgr = self.manager
         if mgr.pending >= mgr.workers + mgr.max_queue:
             raise PoolFull(f"{mgr.pending} session calls are running or waiting; retry later")
+        job = Job(loop, name, args, items, None if t is None else time.monotonic() + t)
         self.last_used = time.monotonic()
         self.calls += 1
         mgr.pending += 1
