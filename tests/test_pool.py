@@ -173,7 +173,10 @@ def test_back_pressure(kvm_ok: None, snap: Snapshot) -> None:
             assert depth == 2
             results = await asyncio.gather(*busy, return_exceptions=True)
             assert all(isinstance(r, ExecutionTimeout) for r in results)
+            assert pool.queued == 0             # expired jobs free their queue slots at once
             assert await pool.call("Echo", "accepted") == "accepted"
+            assert metric(pool, "snapcell_pool_errors_total", pool="pool",
+                          kind="ExecutionTimeout") == 3
     run(main())
 
 

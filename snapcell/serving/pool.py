@@ -39,7 +39,7 @@ class Job:
     """One unit of work for a worker: a call (`args` is a tuple) or a batch (`items` a list)."""
 
     __slots__ = ("name", "args", "items", "deadline", "future", "loop", "state", "lock",
-                 "sandbox", "finished", "submitted", "timer")
+                 "sandbox", "finished", "submitted", "timer", "release")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str, args: tuple[Any, ...] | None,
                  items: Sequence[Sequence[Any]] | None, deadline: float | None) -> None:
@@ -54,6 +54,9 @@ class Job:
         self.sandbox: MultiUseSandbox | None = None
         self.finished = False           # set (without the lock) as soon as the guest call ended
         self.submitted = time.perf_counter()
+        # called once when the job leaves QUEUED (the pool's queue accounting), with "run",
+        # "cancelled" (its caller gave up) or "expired" (its deadline passed)
+        self.release: Callable[[str], None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         if deadline is not None:        # a job still queued at its deadline fails then
             self.timer = loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, self)
@@ -81,6 +84,8 @@ def _expire(job: Job) -> None:
         if job.state is not JobState.QUEUED:
             return
         job.state = JobState.CANCELLED
+    if job.release is not None:
+        job.release("expired")
     if not job.future.done():
         job.future.set_exception(ExecutionTimeout(WAITED))
 
@@ -131,7 +136,9 @@ def start(job: Job, sb: MultiUseSandbox | None) -> bool:
             return False
         job.state = JobState.RUNNING
         job.sandbox = sb
-        return True
+    if job.release is not None:
+        job.release("run")
+    return True
 
 
 def kill(job: Job) -> None:
@@ -361,8 +368,18 @@ class SandboxPool:
                            f"{self.max_queue} call(s) queued; retry later")
         job = Job(asyncio.get_running_loop(), name, args, items,
                   None if t is None else time.monotonic() + t)
+        job.release = self._release
         self._queue.put(job)
         return job
+
+    def _release(self, outcome: str) -> None:
+        """A job left the queue: it runs now (a worker is busy), or it was dropped."""
+        with self._stats:
+            self._waiting -= 1
+            if outcome == "run":
+                self._busy += 1
+        if outcome == "expired":
+            self._m_errors.labels(self.name, ExecutionTimeout.__name__).inc()
 
     async def _wait(self, job: Job) -> Any:
         try:
@@ -377,8 +394,10 @@ class SandboxPool:
             state = job.state
             if state is JobState.QUEUED:
                 job.state = JobState.CANCELLED
-                self._m_cancelled.inc()
-                return
+        if state is JobState.QUEUED:
+            self._release("cancelled")
+            self._m_cancelled.inc()
+            return
         if state is JobState.RUNNING and not job.finished and self._killer is not None:
             self._m_cancelled.inc()
             try:
@@ -400,12 +419,7 @@ class SandboxPool:
             job = q.get()
             if job is None:
                 break
-            cancelled = not start(job, sb)
-            with self._stats:
-                self._waiting -= 1
-                if not cancelled:
-                    self._busy += 1
-            if cancelled:
+            if not start(job, sb):                 # dropped while queued (already released)
                 continue
             if sb is None:                         # the last creation failed: try again
                 try:
