@@ -20,7 +20,11 @@ def load_host_functions(spec: str) -> HostFunctions:
     except (ImportError, AttributeError) as e:
         raise click.BadParameter(f"cannot load {spec}: {e}", param_hint="--host-functions") from None
     if callable(obj) and not isinstance(obj, HostFunctions):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as e:
+            raise click.BadParameter(f"{spec}() failed: {type(e).__name__}: {e}",
+                                     param_hint="--host-functions") from None
     if not isinstance(obj, HostFunctions):
         raise click.BadParameter(f"{spec} is not a HostFunctions", param_hint="--host-functions")
     return obj

@@ -306,3 +306,22 @@ def test_code_seam_cancellation_kills_the_box() -> None:
             await asyncio.wait_for(CodePool(backend).run("loop", lang="js"), 0.2)
     asyncio.run(main())
     assert "kill" in backend.events
+
+
+# ------------------------------------------------------------------------------ CLI parsing
+def test_serve_snapshot_specs_and_host_functions() -> None:
+    import click
+
+    from snapcell.cli_serve import _snapshot_specs, load_host_functions
+    from snapcell.sandbox import HostFunctions
+    layouts, registry = _snapshot_specs(("a=dir/x#v1", "b=dir/y", "c=oci://127.0.0.1:5000/r/c:v2"))
+    assert layouts == [("a", "dir/x", "v1"), ("b", "dir/y", "latest")]
+    assert registry == [("c", "127.0.0.1:5000/r/c:v2")]
+    for bad in ("noequals", "=dir", "name="):
+        with pytest.raises(click.BadParameter):
+            _snapshot_specs((bad,))
+    assert isinstance(load_host_functions("snapcell.serving.bench:host_functions"), HostFunctions)
+    for bad in ("nomodule", "snapcell.nonexistent:x", "snapcell.serving.bench:missing",
+                "snapcell.serving.bench:stats"):
+        with pytest.raises(click.BadParameter):
+            load_host_functions(bad)
