@@ -1,5 +1,7 @@
 """snapcell: hypervisor-isolated micro-VM sandboxes on Linux KVM, built around snapshots."""
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors, types
 from .code import CodeError, CodeSandbox, RunResult
 from .errors import *  # noqa: F401,F403
@@ -19,7 +21,22 @@ from .snapshot import OciSnapshotStore
 # store (snapshot layer), which depends on it — wired here, in one visible place.
 Snapshot.use_store(OciSnapshotStore())
 
+if TYPE_CHECKING:
+    from .serving import PoolMetrics, SandboxPool
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`SandboxPool` and `PoolMetrics` come from the serving layer, imported on first use (it
+    pulls in asyncio and prometheus-client, which plain sandbox users do not need)."""
+    if name in ("SandboxPool", "PoolMetrics"):
+        from . import serving
+        return getattr(serving, name)
+    raise AttributeError(f"module 'snapcell' has no attribute {name!r}")
+
+
 __all__ = ["CodeError", "CodeSandbox", "RunResult",
-           "HostFunctions", "MultiUseSandbox", "SandboxBuilder", "SandboxConfiguration",
-           "SandboxStatus", "Snapshot", "UninitializedSandbox", "errors", "types", *_errors_all]
+           "HostFunctions", "MultiUseSandbox", "PoolMetrics", "SandboxBuilder",
+           "SandboxConfiguration", "SandboxPool", "SandboxStatus", "Snapshot",
+           "UninitializedSandbox", "errors", "types", *_errors_all]

@@ -429,6 +429,13 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         r["sandboxes_per_second_all_cores"] = _throughput(snap, 3.0 if quick else 10.0)
 
+    @step("serving: pool, call_many, HTTP")
+    def _() -> None:
+        from .serving import bench as serving
+        r.update(serving.bench_pool(snap, hf, n // 2))
+        r.update(serving.bench_call_many(snap, hf, 10_000, 3 if quick else 5))
+        r.update(serving.bench_http(snap, 400 if quick else 3000))
+
     @step("peers")
     def _() -> None:
         r.update(_peers(n))
@@ -513,6 +520,13 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     if len(sizes) >= 2:
         out[f"{sizes[-1]} / {sizes[1]}"] = (restores[sizes[-1]]["median_us"]
                                             / restores[sizes[1]]["median_us"])
+    if "pool_call_noop" in r:
+        out["pool call / direct call (NoOp)"] = (r["pool_call_noop"]["median_us"]
+                                                 / r["direct_call_noop_same_run"]["median_us"])
+    for fn in ("noop", "echoi32"):
+        sep, many = r.get(f"separate_calls_{fn}_x10000_per_call"), r.get(f"call_many_{fn}_x10000_per_call")
+        if sep and many:
+            out[f"call_many / separate calls, calls/s ({fn}, 10,000)"] = many["per_s"] / sep["per_s"]
     if "peer_wasmtime_instantiate_call" in r:
         out["from_snapshot pooled / wasmtime instantiate+call"] = (
             pooled / r["peer_wasmtime_instantiate_call"]["median_us"])
@@ -553,6 +567,10 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 text += f" ({v['gb_per_s']:.2f} GB/s)"
             if "note" in v:
                 text += f" ({v['note']})"
+            if "per_s" in v:
+                text += f" ({v['per_s']:.0f}/s)"
+            if v.get("failures"):
+                text += f" [{v['failures']:.0f} failed]"
             rows.append((name, text, p99t, str(v["n"])))
     return rows
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_run import run_command
+from .cli_serve import serve_command
 from .cli_snapshot import snapshot_group
 from .errors import SnapcellError
 from .guest.build import BuildOptions, build_guest, build_static_lib
@@ -223,6 +224,7 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
 
 main.add_command(snapshot_group)
 main.add_command(run_command)
+main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -146,6 +146,25 @@ class ExecutionTimeout(ExecutionCancelled):
     """The call exceeded its time limit."""
 
 
+class PoolError(SnapcellError):
+    """Base of the serving pool's own errors (snapcell.serving). Nothing ran in a sandbox."""
+
+
+class PoolFull(PoolError):
+    """The pool's queue is full: the call was refused at once (back-pressure; HTTP 429)."""
+
+
+class PoolClosed(PoolError, SandboxStateError):
+    """The pool (or session) was closed."""
+
+
+class SessionNotFound(PoolError):
+    """No such session (or it belongs to another tenant)."""
+
+
+class CodeSandboxUnavailable(PoolError):
+    """No code-sandbox backend is installed, so code cannot be run (HTTP 501)."""
+
 
 class SnapshotError(SnapcellError):
     """Base of snapshot errors: the snapshot cannot be used as asked. Nothing was changed."""
@@ -239,6 +258,11 @@ __all__ = [
     "MachineError",
     "ExecutionCancelled",
     "ExecutionTimeout",
+    "PoolError",
+    "PoolFull",
+    "PoolClosed",
+    "SessionNotFound",
+    "CodeSandboxUnavailable",
     "SnapshotError",
     "SnapshotStateError",
     "SnapshotLayoutMismatch",

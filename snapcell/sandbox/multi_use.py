@@ -7,7 +7,7 @@ import functools
 import os
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import (
@@ -254,6 +254,19 @@ class MultiUseSandbox:
             raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._version += 1
         return core.call_framed(framed, name, call_codec, timeout)
+
+    def call_many(self, name: str, items: "Sequence[Sequence[Any]]", *,
+                  timeout: float | None = None) -> list[Any]:
+        """Call guest function `name` once per argument list in `items`, many calls per VM
+        entry (docs/guest-abi.md, "Batched calls"); returns one result per item, in order. An
+        item whose function returned an error gives a `GuestError` *instance* in its place (the
+        batch goes on); every item is checked before anything runs (`ArgumentError` names the
+        item). The items run one after another in this sandbox, so state carries over as with
+        separate calls. `timeout` covers the whole batch. A fault, abort or timeout ends the
+        batch with that error and poisons, as a call does. Guests built with an SDK without
+        batches get separate calls."""
+        from . import batch
+        return batch.call_many(self, self._core, name, items, timeout)
 
     def _argument_error(self, name: str, args: tuple[Any, ...]) -> None:
         """Raise the ArgumentError naming the first argument that does not fit its type."""

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "snapcell"
-ORDER = ["kvm", "machine", "guest", "sandbox", "snapshot", "debug", "code", "cli"]
+ORDER = ["kvm", "machine", "guest", "sandbox", "snapshot", "debug", "code", "serving", "cli"]
 LEAVES = {"errors", "types"}     # shared by every layer; `types` only re-exports guest.values
 
 
@@ -16,7 +16,7 @@ def layer_of(module: str) -> str:
     if parts[0] != "snapcell" or len(parts) == 1 or parts[1] == "__init__":
         return "root"
     head = parts[1]
-    if head in ("cli", "cli_snapshot", "cli_run", "benchmark", "__main__"):
+    if head in ("cli", "cli_snapshot", "cli_run", "cli_serve", "benchmark", "__main__"):
         return "cli"
     return head
 

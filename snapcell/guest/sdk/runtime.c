@@ -1004,6 +1004,8 @@ static const struct sc_func *find_func(const char *name, uint32_t len)
     return NULL;
 }
 
+static void handle_batch(sc_rd *r);
+
 /* Read the call [name, [args]] from the input buffer, run it, write the result. All str/bytes
  * arguments are copied out of the input buffer before the function runs (host-call replies
  * overwrite the input buffer). */
@@ -1020,7 +1022,12 @@ static void handle_call(void)
         return;
     }
     sc_rd r = {in_buf + SC_FRAME_HEADER, in_buf + SC_FRAME_HEADER + n};
-    if (rd_array(&r, &cnt) || cnt != 2 || rd_scalar(&r, MP_STR)) {
+    int not_array = rd_array(&r, &cnt);
+    if (!not_array && cnt == 3) {
+        handle_batch(&r); /* [1, name, [[args], ...]]: many calls in one VM entry */
+        return;
+    }
+    if (not_array || cnt != 2 || rd_scalar(&r, MP_STR)) {
         write_errorf(-1, "malformed call: expected [name, [args]]");
         return;
     }
@@ -1064,6 +1071,229 @@ static void handle_call(void)
     copies_free();
 }
 
+/* ---- batched calls ------------------------------------------------------------------------ *
+ * docs/guest-abi.md, "Batched calls". The input holds [1, name, [[args], ...]]; the items run
+ * one after another and their results are written as one array into the output buffer:
+ * [2, [item, ...]] when the batch is complete, or [3, [item, ...]] when the output buffer is
+ * full (the host reads it and resumes the guest, which goes on with the next item). An item is
+ * the result value, or an ext (type 1) holding [code, message] when the function returned an
+ * error (or an invalid or oversized result). Host calls made by an item overwrite both
+ * buffers, so the batch's input message and the results written so far are saved around them
+ * (batch_save / batch_restore, only while a batch runs). */
+
+#define SC_BATCH_CALL 1
+#define SC_BATCH_DONE 2
+#define SC_BATCH_MORE 3
+#define SC_BATCH_ERROR_EXT 1
+#define SC_BATCH_HEAD 7 /* fixarray(2), tag, array32 header */
+
+static int batch_active;
+static char *batch_w;       /* next free byte after the items written so far */
+static uint32_t batch_n;    /* items written since the last flush */
+static char *saved_in, *saved_out;
+static size_t saved_in_n, saved_out_n;
+
+static char *batch_items(void) { return out_payload() + SC_BATCH_HEAD; }
+
+/* Bytes left for items in the output buffer (all of it when empty is room_empty). */
+static uint64_t batch_room(void) { return out_size - SC_FRAME_HEADER - SC_BATCH_HEAD - (uint64_t)(batch_w - batch_items()); }
+static uint64_t batch_room_empty(void) { return out_size - SC_FRAME_HEADER - SC_BATCH_HEAD; }
+
+static void batch_commit(unsigned tag)
+{
+    unsigned char *p = (unsigned char *)out_payload();
+    p[0] = 0x92;
+    p[1] = (unsigned char)tag;
+    p[2] = 0xdd;
+    p[3] = (unsigned char)(batch_n >> 24);
+    p[4] = (unsigned char)(batch_n >> 16);
+    p[5] = (unsigned char)(batch_n >> 8);
+    p[6] = (unsigned char)batch_n;
+    out_commit(batch_w);
+}
+
+/* The output buffer is full: hand the items so far to the host and go on when resumed. */
+static void batch_flush_more(void)
+{
+    batch_commit(SC_BATCH_MORE);
+    sc_port_out(SC_OUT_RETURN);
+    batch_w = batch_items();
+    batch_n = 0;
+}
+
+static uint64_t ext_header_size(uint64_t n) { return n <= 0xff ? 3 : n <= 0xffff ? 4 : 6; }
+
+static char *encode_ext_header(char *w, uint32_t n, int8_t type)
+{
+    unsigned char *u = (unsigned char *)w;
+    if (n <= 0xff) {
+        u[0] = 0xc7; u[1] = (unsigned char)n; u[2] = (unsigned char)type;
+        return w + 3;
+    }
+    if (n <= 0xffff) {
+        u[0] = 0xc8; u[1] = (unsigned char)(n >> 8); u[2] = (unsigned char)n; u[3] = (unsigned char)type;
+        return w + 4;
+    }
+    u[0] = 0xc9; u[1] = (unsigned char)(n >> 24); u[2] = (unsigned char)(n >> 16);
+    u[3] = (unsigned char)(n >> 8); u[4] = (unsigned char)n; u[5] = (unsigned char)type;
+    return w + 6;
+}
+
+/* Append an item error ext(1, [code, message]), cutting the message to fit an empty buffer. */
+static void batch_put_error(int32_t code, const char *msg, uint32_t len)
+{
+    uint64_t fixed = 1 + sizeof_sint(code);
+    if (!msg)
+        len = 0;
+    while (len && ext_header_size(fixed + sizeof_str(len)) + fixed + sizeof_str(len) > batch_room_empty())
+        len = (uint32_t)utf8_cut(msg, len, len > 8 ? len - 8 : 0);
+    uint64_t body = fixed + sizeof_str(len);
+    if (ext_header_size(body) + body > batch_room())
+        batch_flush_more();
+    char *w = encode_ext_header(batch_w, (uint32_t)body, SC_BATCH_ERROR_EXT);
+    w = mp_encode_array(w, 2);
+    w = encode_sint(w, code);
+    w = mp_encode_str(w, msg ? msg : "", len);
+    batch_w = w;
+    batch_n++;
+}
+
+static void batch_put_errorf(int32_t code, const char *fmt, ...) SC_PRINTF(2, 3);
+static void batch_put_errorf(int32_t code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    uint32_t n = format_msg(err_msg, fmt, ap);
+    va_end(ap);
+    batch_put_error(code, err_msg, n);
+}
+
+/* Append one item's result (write_result's checks, as per-item errors). */
+static void batch_put_result(const struct sc_func *f, const sc_value *res)
+{
+    if (res->is_error) {
+        batch_put_error(res->err_code, res->str.ptr, res->str.ptr ? res->str.len : 0);
+        return;
+    }
+    const char *problem = value_problem(res);
+    if (problem) {
+        batch_put_errorf(-1, "function '%s' returned an invalid value: %s", f->name, problem);
+        return;
+    }
+    if (res->type != f->ret) {
+        batch_put_errorf(-1, "function '%s' returned %s, but is declared to return %s", f->name,
+                         sc_type_name(res->type), sc_type_name(f->ret));
+        return;
+    }
+    uint64_t size = value_size(res);
+    if (size > batch_room_empty()) {
+        batch_put_errorf(-1, "result too large (%llu bytes > output buffer)",
+                         (unsigned long long)(size + SC_FRAME_HEADER + SC_BATCH_HEAD));
+        return;
+    }
+    if (size > batch_room())
+        batch_flush_more();
+    batch_w = value_encode(batch_w, res);
+    batch_n++;
+}
+
+/* Save the batch's input message and the items written so far before a host call overwrites
+ * the buffers. -1 when the heap is exhausted. */
+static int batch_save(void)
+{
+    if (!batch_active)
+        return 0;
+    saved_in_n = SC_FRAME_HEADER + (size_t)load_len(in_buf); /* checked by handle_call */
+    saved_out_n = (size_t)(batch_w - out_buf);
+    saved_in = malloc(saved_in_n);
+    saved_out = malloc(saved_out_n);
+    if (!saved_in || !saved_out) {
+        free(saved_in);
+        free(saved_out);
+        saved_in = saved_out = NULL;
+        return -1;
+    }
+    memcpy(saved_in, in_buf, saved_in_n);
+    memcpy(saved_out, out_buf, saved_out_n);
+    return 0;
+}
+
+static void batch_restore(void)
+{
+    if (!saved_in)
+        return;
+    memcpy(in_buf, saved_in, saved_in_n);
+    memcpy(out_buf, saved_out, saved_out_n);
+    free(saved_in);
+    free(saved_out);
+    saved_in = saved_out = NULL;
+}
+
+static void batch_fail(const char *what)
+{
+    batch_active = 0;
+    copies_free();
+    write_errorf(-1, "malformed batch call: %s", what);
+}
+
+/* The rest of a batch call [1, name, [[args], ...]] whose 3-element array header handle_call
+ * has read: run every item and write the batch result (partial results on the way when the
+ * output buffer fills). Items are checked one by one as they run; a structurally malformed
+ * item ends the batch with a call error (the host never sends one: it checks every item). */
+static void handle_batch(sc_rd *r)
+{
+    sc_value args[SC_MAX_PARAMS + 1];
+    char why[192];
+    uint32_t nlen, count, cnt;
+
+    if (rd_scalar(r, MP_UINT) || mp_decode_uint(&r->p) != SC_BATCH_CALL || rd_scalar(r, MP_STR)) {
+        write_errorf(-1, "malformed call: expected [name, [args]] or [1, name, [[args], ...]]");
+        return;
+    }
+    const char *name = mp_decode_str(&r->p, &nlen);
+    const struct sc_func *f = find_func(name, nlen);
+    if (!f) {
+        uint32_t shown = (uint32_t)utf8_cut(name, nlen, SC_MAX_NAME);
+        write_errorf(-1, "unknown function '%.*s'", (int)shown, name);
+        return;
+    }
+    if (rd_array(r, &count)) {
+        write_errorf(-1, "malformed batch call of '%s': items are not an array", f->name);
+        return;
+    }
+    if (!out_fits(SC_BATCH_HEAD)) {
+        write_errorf(-1, "output buffer too small for a batch");
+        return;
+    }
+    batch_active = 1;
+    batch_w = batch_items();
+    batch_n = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        if (rd_array(r, &cnt) || cnt != (uint32_t)f->nparams) {
+            batch_fail("an item is not an argument array of the function's arity");
+            return;
+        }
+        for (int k = 0; k < f->nparams; k++) {
+            int rc = decode_value(r, f->params[k], &args[k], why, sizeof why);
+            if (rc) {
+                batch_fail(rc == -2 ? "out of guest memory copying an argument" : why);
+                return;
+            }
+        }
+        args[f->nparams] = sc_void();
+        sc_value res = f->fn(args);
+        flush_stdio();
+        batch_put_result(f, &res);
+        copies_free();
+    }
+    if (r->p != r->end) {
+        batch_fail("trailing bytes");
+        return;
+    }
+    batch_active = 0;
+    batch_commit(SC_BATCH_DONE);
+}
+
 /* ---- host calls --------------------------------------------------------------------------- */
 
 static int host_fail(const char *fmt, ...) SC_PRINTF(1, 2);
@@ -1078,10 +1308,11 @@ static int host_fail(const char *fmt, ...)
 
 const char *sc_host_error(void) { return host_err; }
 
+static int read_host_reply(const char *name, sc_type ret, sc_value *result);
+
 int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...)
 {
     sc_value a[SC_MAX_PARAMS];
-    char why[192];
     if (result)
         *result = sc_void();
     if (!name || !*name)
@@ -1116,6 +1347,8 @@ int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...
                          (unsigned long long)(total + SC_FRAME_HEADER));
 
     flush_stdio();
+    if (batch_save())
+        return host_fail("out of guest memory saving the batch around host call '%s'", name);
     char *w = out_payload();
     w = mp_encode_array(w, 3);
     w = mp_encode_str(w, name, (uint32_t)nlen);
@@ -1126,8 +1359,15 @@ int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...
     out_commit(w);
 
     sc_port_out(SC_OUT_HOSTCALL);
+    int rc = read_host_reply(name, ret, result);
+    batch_restore();
+    return rc;
+}
 
-    /* the reply: [0, value] or [1, message] */
+/* The host-call reply in the input buffer: [0, value] or [1, message]. */
+static int read_host_reply(const char *name, sc_type ret, sc_value *result)
+{
+    char why[192];
     uint32_t n = load_len(in_buf), cnt;
     if (n > in_size - SC_FRAME_HEADER)
         return host_fail("malformed host-call reply from '%s': length %u exceeds the input buffer", name, n);

@@ -1,0 +1,107 @@
+"""`snapcell serve`: the HTTP sandbox service (docs/serving.md)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .errors import SnapcellError
+from .sandbox import HostFunctions
+
+
+def load_host_functions(spec: str) -> HostFunctions:
+    """`module:attribute`, a HostFunctions or a callable returning one."""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise click.BadParameter("expected MODULE:ATTRIBUTE", param_hint="--host-functions")
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise click.BadParameter(f"cannot load {spec}: {e}", param_hint="--host-functions") from None
+    if callable(obj) and not isinstance(obj, HostFunctions):
+        try:
+            obj = obj()
+        except Exception as e:
+            raise click.BadParameter(f"{spec}() failed: {type(e).__name__}: {e}",
+                                     param_hint="--host-functions") from None
+    if not isinstance(obj, HostFunctions):
+        raise click.BadParameter(f"{spec} is not a HostFunctions", param_hint="--host-functions")
+    return obj
+
+
+def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    layouts, registry = [], []
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise click.BadParameter(f"{spec!r}: expected NAME=LAYOUT_DIR[#TAG] or NAME=oci://REF",
+                                     param_hint="--snapshot")
+        if source.startswith("oci://"):
+            registry.append((name, source[len("oci://"):]))
+        else:
+            path, _, tag = source.partition("#")
+            layouts.append((name, path, tag or "latest"))
+    return layouts, registry
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8477, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port; the address is printed).")
+@click.option("--snapshot", "snapshots", multiple=True, metavar="NAME=LAYOUT_DIR[#TAG]|NAME=oci://REF",
+              help="Serve a snapshot under NAME (repeatable).")
+@click.option("--allow-registry", multiple=True, metavar="PREFIX",
+              help="Let requests name registry references starting with PREFIX (repeatable).")
+@click.option("--insecure-registry", is_flag=True, help="Talk plain HTTP to registries.")
+@click.option("--registry-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds before a registry request fails.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where pulled snapshots are kept (default ~/.cache/snapcell/serve).")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Tenants and their API keys ('tenant key' lines).")
+@click.option("--host-functions", default=None, metavar="MODULE:ATTR",
+              help="HostFunctions offered to served snapshots.")
+@click.option("--pool-size", default=2, show_default=True, type=click.IntRange(1, 1024),
+              help="Ready sandboxes per snapshot.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0, 1 << 20),
+              help="Calls that may wait per snapshot (beyond: 429).")
+@click.option("--call-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Default per-call time limit, seconds.")
+@click.option("--max-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Largest time limit a request may ask for.")
+@click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(64, 1 << 30),
+              help="Largest request body, bytes (beyond: 413).")
+@click.option("--max-batch", default=10_000, show_default=True, type=click.IntRange(1, 1 << 24),
+              help="Most items in one map request.")
+@click.option("--idle-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Idle time after which a session is paused to a snapshot.")
+@click.option("--max-sessions", default=256, show_default=True, type=click.IntRange(0, 1 << 20))
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
+                  insecure_registry: bool, registry_timeout: float, cache_dir: str | None,
+                  api_key_file: str | None, host_functions: str | None, pool_size: int,
+                  max_queue: int, call_timeout: float, max_timeout: float, max_body: int,
+                  max_batch: int, idle_seconds: float, max_sessions: int, log_level: str) -> None:
+    """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, metrics."""
+    try:
+        from .serving.server import serve
+        from .serving.service import ServeOptions
+    except ImportError as e:
+        raise click.ClickException(f"snapcell serve needs the 'serve' extra "
+                                   f"(pip install 'snapcell[serve]'): {e}") from None
+    layouts, registry = _snapshot_specs(snapshots)
+    extra = {"cache_dir": cache_dir} if cache_dir else {}
+    options = ServeOptions(
+        layouts=tuple(layouts), registry_names=tuple(registry), allow_registries=allow_registry,
+        insecure_registries=insecure_registry, registry_timeout=registry_timeout,
+        api_key_file=api_key_file,
+        host_functions=load_host_functions(host_functions) if host_functions else None,
+        pool_size=pool_size, max_queue=max_queue, call_timeout=call_timeout,
+        max_timeout=max_timeout, max_body=max_body, max_batch=max_batch,
+        idle_seconds=idle_seconds, max_sessions=max_sessions, **extra)  # type: ignore[arg-type]
+    try:
+        serve(options, host, port, log_level)
+    except SnapcellError as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,305 @@
+"""The HTTP API of `snapcell serve` (FastAPI): see docs/serving.md.
+
+Every error is JSON `{"error": {"type": ..., "message": ..., "status": ...}}` with its HTTP
+status (`errors.py` of this package maps snapcell errors to them). Bodies are read and parsed
+here, not by FastAPI's validation, so that limits and messages are ours; the request schemas
+are still published in the OpenAPI document (`/openapi.json`, `/docs`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
+from ..guest.functions import Signature
+from .auth import key_from_headers
+from .errors import ApiError, BodyTooLarge, error_body
+from .jsonvalues import args_from_json, result_to_json
+from .limits import BodyLimit
+from .service import Service
+
+T = TypeVar("T")
+
+CALL_BODY = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {
+        "args": {"type": "array", "description": "Arguments, converted by the function's signature"},
+        "timeout": {"type": "number", "description": "Seconds (queueing included), capped by the service"}},
+    "additionalProperties": False}}}}
+MAP_BODY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"type": "array"}},
+        "timeout": {"type": "number"}}, "additionalProperties": False}}}}
+SESSION_BODY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["snapshot"], "properties": {"snapshot": {"type": "string"}},
+    "additionalProperties": False}}}}
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "object", "properties": {
+        "type": {"type": "string"}, "status": {"type": "integer"}, "message": {"type": "string"},
+        "class": {"type": "string"}, "code": {"type": "integer"}}}}}}}}
+CALL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the result", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"result": {}, "duration_ms": {"type": "number"}}}}}},
+    **{code: _ERROR for code in (400, 401, 404, 409, 413, 422, 429, 502, 504)}}
+RUN_BODY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["lang", "code"], "properties": {
+        "lang": {"type": "string"}, "code": {"type": "string"},
+        "files": {"type": "object", "additionalProperties": {"type": "string"}},
+        "timeout": {"type": "number"}}, "additionalProperties": False}}}}
+
+
+def create_app(service: Service) -> FastAPI:
+    """The ASGI application of `service` (limits applied by the BodyLimit middleware)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(title="snapcell", version=__version__, lifespan=lifespan,
+                  description="Hypervisor-isolated micro-VM sandboxes started from snapshots.")
+    app.add_middleware(BodyLimit, max_body=service.options.max_body)
+
+    @app.exception_handler(SnapcellError)
+    async def snapcell_error(request: Request, exc: SnapcellError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(ApiError(exc.status_code, kind, str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(ApiError(400, "bad_request", str(exc.errors())[:500]))
+
+    def tenant_of(request: Request) -> str:
+        keys = service.api_keys
+        if keys is None:
+            return "default"
+        key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        tenant = keys.tenant(key)
+        if tenant is None:
+            raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: "
+                           "Bearer <key> or X-API-Key)" if key is None else "invalid API key")
+        return tenant
+
+    # ---------------------------------------------------------------- open endpoints
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness and pool state (no API key needed)."""
+        return {"status": "ok", "version": __version__, "pools": service.catalog.pools_status(),
+                "sessions": len(service.sessions)}
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format (no API key needed)."""
+        return Response(service.metrics.exposition(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ---------------------------------------------------------------- snapshots
+    @app.get("/v1/snapshots", tags=["snapshots"])
+    async def snapshots(request: Request) -> dict[str, Any]:
+        """The snapshots this service serves."""
+        tenant_of(request)
+        return {"snapshots": service.catalog.listing(),
+                "allowed_registries": list(service.catalog.allow)}
+
+    @app.post("/v1/snapshots/{ref:path}/call/{function}", tags=["snapshots"],
+              openapi_extra={"requestBody": CALL_BODY}, responses=CALL_RESPONSES)
+    async def call(ref: str, function: str, request: Request) -> JSONResponse:
+        """Call `function` of snapshot `ref` on a fresh sandbox (the snapshot's state)."""
+        tenant_of(request)
+        body = await _json_object(request, {"args", "timeout"})
+        served = await service.catalog.resolve(ref)
+        sig = _signature(served.snapshot.functions, function)
+        args = args_from_json(function, sig, body.get("args", []))
+        timeout = service.timeout(body.get("timeout"))
+        pool = await served.ready_pool()
+        t0 = time.perf_counter()
+        value = await _until_disconnect(request, pool.call(function, *args, timeout=timeout))
+        return JSONResponse({"result": result_to_json(sig.ret, value),
+                             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
+
+    @app.post("/v1/snapshots/{ref:path}/map/{function}", tags=["snapshots"],
+              openapi_extra={"requestBody": MAP_BODY})
+    async def map_(ref: str, function: str, request: Request) -> JSONResponse:
+        """Call `function` once per item (batched: many calls per VM entry); per-item guest
+        errors are returned in place."""
+        tenant_of(request)
+        body = await _json_object(request, {"items", "timeout"})
+        served = await service.catalog.resolve(ref)
+        sig = _signature(served.snapshot.functions, function)
+        items = body.get("items")
+        if not isinstance(items, list):
+            raise ArgumentError("items must be an array of argument arrays")
+        if len(items) > service.options.max_batch:
+            raise ApiError(413, "too_many_items", f"at most {service.options.max_batch} items a request")
+        batch = [args_from_json(function, sig, a, f"items[{i}]") for i, a in enumerate(items)]
+        timeout = service.timeout(body.get("timeout"))
+        pool = await served.ready_pool()
+        results = await _until_disconnect(request, pool.map(function, batch, timeout=timeout))
+        return JSONResponse({"results": [_item(sig, r) for r in results]})
+
+    # ---------------------------------------------------------------- sessions
+    @app.post("/v1/sessions", tags=["sessions"], status_code=201,
+              openapi_extra={"requestBody": SESSION_BODY})
+    async def create_session(request: Request) -> dict[str, Any]:
+        """A stateful session of a snapshot: its state persists across its calls; idle
+        sessions are paused to in-memory snapshots and resumed on the next call."""
+        tenant = tenant_of(request)
+        body = await _json_object(request, {"snapshot"})
+        ref = body.get("snapshot")
+        if not isinstance(ref, str):
+            raise ArgumentError("snapshot must be a string reference")
+        served = await service.catalog.resolve(ref)
+        s = await service.sessions.create(served.pool, tenant)
+        return s.describe()
+
+    @app.get("/v1/sessions", tags=["sessions"])
+    async def list_sessions(request: Request) -> dict[str, Any]:
+        """The caller's sessions."""
+        tenant = tenant_of(request)
+        return {"sessions": [s.describe() for s in service.sessions.of_tenant(tenant)]}
+
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
+    async def get_session(session_id: str, request: Request) -> dict[str, Any]:
+        """One session."""
+        return service.sessions.get(session_id, tenant_of(request)).describe()
+
+    @app.post("/v1/sessions/{session_id}/call/{function}", tags=["sessions"],
+              openapi_extra={"requestBody": CALL_BODY})
+    async def session_call(session_id: str, function: str, request: Request) -> JSONResponse:
+        """Call `function` in the session's state."""
+        s = service.sessions.get(session_id, tenant_of(request))
+        body = await _json_object(request, {"args", "timeout"})
+        sig = _signature(s.pool.snapshot.functions, function)
+        args = args_from_json(function, sig, body.get("args", []))
+        timeout = service.timeout(body.get("timeout"))
+        value = await _until_disconnect(request, s.call(function, *args, timeout=timeout))
+        return JSONResponse({"result": result_to_json(sig.ret, value), "session": s.describe()})
+
+    @app.post("/v1/sessions/{session_id}/pause", tags=["sessions"])
+    async def pause_session(session_id: str, request: Request) -> dict[str, Any]:
+        """Pause now: the state becomes an in-memory snapshot and the VM is released."""
+        s = service.sessions.get(session_id, tenant_of(request))
+        await service.sessions.pause(s)
+        return s.describe()
+
+    @app.delete("/v1/sessions/{session_id}", tags=["sessions"], status_code=204,
+                response_class=Response)
+    async def delete_session(session_id: str, request: Request) -> Response:
+        """Close a session."""
+        await service.sessions.delete(session_id, tenant_of(request))
+        return Response(status_code=204)
+
+    # ---------------------------------------------------------------- code
+    @app.post("/v1/run", tags=["code"], openapi_extra={"requestBody": RUN_BODY})
+    async def run(request: Request) -> dict[str, Any]:
+        """Run code in a fresh code sandbox ({"lang", "code", "files", "timeout"} → value,
+        stdout, stderr, error). 501 until a code-sandbox backend is installed."""
+        tenant_of(request)
+        body = await _json_object(request, {"lang", "code", "files", "timeout"})
+        if service.code.backend is None:
+            from .code import unavailable
+            raise unavailable()
+        lang, code, files = body.get("lang"), body.get("code"), body.get("files")
+        if not isinstance(lang, str) or not isinstance(code, str):
+            raise ArgumentError("lang and code must be strings")
+        if files is not None and not (isinstance(files, dict)
+                                      and all(isinstance(v, str) for v in files.values())):
+            raise ArgumentError("files must be an object of file name → text")
+        timeout = service.timeout(body.get("timeout"))
+        r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
+                                                               timeout=timeout))
+        return {"value": r.value, "stdout": r.stdout, "stderr": r.stderr, "error": r.error}
+
+    return app
+
+
+def _error(exc: Exception) -> JSONResponse:
+    status, body = error_body(exc)
+    headers = {"Retry-After": "1"} if status == 429 else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _signature(functions: Any, function: str) -> Signature:
+    sig = (functions or {}).get(function)
+    if sig is None:
+        raise UnknownFunctionError(f"the snapshot exports no function {function[:200]!r}")
+    return sig  # type: ignore[no-any-return]
+
+
+def _item(sig: Signature, r: Any) -> dict[str, Any]:
+    if isinstance(r, SnapcellError):
+        _, body = error_body(r)
+        return body
+    return {"result": result_to_json(sig.ret, r)}
+
+
+async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
+    """The body parsed as JSON (whatever its Content-Type, so `curl -d` works) and required to
+    be an object with only `allowed` fields (an empty body is {}); 400 for anything else, 413
+    (from the BodyLimit middleware) when it is too large."""
+    try:
+        raw = await request.body()
+    except BodyTooLarge as e:
+        raise ApiError(413, "body_too_large", str(e)) from None
+    if not raw.strip():
+        return {}
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    extra = set(obj) - allowed
+    if extra:
+        raise ApiError(400, "bad_request", "unknown field(s): " + ", ".join(sorted(extra))[:200])
+    return obj
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (the pool then kills the
+    guest call and puts the sandbox back clean)."""
+    task = asyncio.ensure_future(work)
+    receive = request.receive
+
+    async def disconnected() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watch.cancel()
+        raise
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ApiError(499, "client_disconnected", "the client went away; the call was cancelled")
+    watch.cancel()
+    return task.result()
+

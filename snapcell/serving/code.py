@@ -1,0 +1,221 @@
+"""The seam for code sandboxes (`POST /v1/run`, `CodePool.run`).
+
+A backend's `open(lang, files=..., timeout=...)` returns a box with `run(code)`, `close()` and
+optionally `kill()` (cancel a run from another thread). The default backend is
+`CodeSandboxBackend`: snapcell's own code sandboxes (`snapcell.code.CodeSandbox`) for every
+language whose interpreter guest is built. `register_backend(backend)` replaces it. With no
+backend (no interpreter guest built, or `register_backend(None)`) every run raises
+`CodeSandboxUnavailable` (HTTP 501): nothing is emulated."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
+
+
+class CodeBox(Protocol):
+    """One code sandbox, used for one run."""
+
+    def run(self, code: str) -> Any:
+        """Run `code`; the result has value, stdout, stderr and error attributes."""
+
+    def close(self) -> None:
+        """Release the sandbox."""
+
+
+class CodeBackend(Protocol):
+    """What the code-sandbox package registers."""
+
+    languages: tuple[str, ...]
+
+    def open(self, lang: str, *, files: Mapping[str, str] | None,
+             timeout: float | None) -> CodeBox:
+        """A fresh box for `lang` with `files` in its file system."""
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    """The JSON-able outcome of a run."""
+
+    value: Any
+    stdout: str
+    stderr: str
+    error: dict[str, Any] | str | None
+
+    @classmethod
+    def of(cls, result: Any) -> "CodeResult":
+        """From a backend's result object (the value made JSON-able: bytes as
+        {"base64": ...}, non-finite floats as strings; a CodeError as its dict)."""
+        err = getattr(result, "error", None)
+        if err is not None:
+            err = err.to_dict() if hasattr(err, "to_dict") else str(err)
+        return cls(_jsonable(getattr(result, "value", None)),
+                   str(getattr(result, "stdout", "") or ""),
+                   str(getattr(result, "stderr", "") or ""), err)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        import base64
+        return {"base64": base64.b64encode(v).decode("ascii")}
+    if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+class _Box:
+    """A `CodeSandbox` for one run, with the run's files."""
+
+    def __init__(self, box: Any, files: Mapping[str, str] | None) -> None:
+        self._box, self._files = box, files
+
+    def run(self, code: str) -> Any:
+        if self._files:
+            return self._box.run(code, files=self._files)
+        return self._box.run(code)
+
+    def kill(self) -> None:
+        self._box._sb.interrupt_handle().kill()     # noqa: SLF001 (cancel from another thread)
+
+    def close(self) -> None:
+        self._box.close()
+
+
+class CodeSandboxBackend:
+    """snapcell's code sandboxes (`snapcell.code`) as the service's backend: one fresh
+    `CodeSandbox` per run (from the language's warm snapshot), for every language whose
+    interpreter guest is built on this host."""
+
+    def __init__(self) -> None:
+        from ..code import LANGUAGES
+        from ..errors import ConfigurationError
+        built = []
+        for name, spec in LANGUAGES.items():
+            try:
+                spec.guest_path()
+            except ConfigurationError:
+                continue
+            built.append(name)
+        self.languages: tuple[str, ...] = tuple(built)
+
+    def open(self, lang: str, *, files: Mapping[str, str] | None,
+             timeout: float | None) -> CodeBox:
+        """A fresh code sandbox for `lang`."""
+        import inspect
+
+        from ..code import CodeSandbox
+        if files and "files" not in inspect.signature(CodeSandbox.run).parameters:
+            raise ArgumentError("files are not supported by this build's code sandboxes")
+        return _Box(CodeSandbox(lang, timeout=timeout), files)
+
+
+_UNSET: Any = object()
+_backend: CodeBackend | None = _UNSET
+_lock = threading.Lock()
+
+
+def register_backend(backend: CodeBackend | None) -> None:
+    """Install the code-sandbox backend of this process (None: no backend, runs get 501)."""
+    global _backend
+    with _lock:
+        _backend = backend
+
+
+def current_backend() -> CodeBackend | None:
+    """The registered backend; by default `CodeSandboxBackend` when at least one interpreter
+    guest is built, else None."""
+    global _backend
+    with _lock:
+        if _backend is _UNSET:
+            default = CodeSandboxBackend()
+            _backend = default if default.languages else None
+        return _backend
+
+
+def unavailable() -> CodeSandboxUnavailable:
+    """The error of a run without a backend."""
+    return CodeSandboxUnavailable(
+        "code sandboxes are not available in this build of snapcell: no code-sandbox backend "
+        "is installed (POST /v1/run and pool.run(code) need one)")
+
+
+class CodePool:
+    """Runs code in fresh code sandboxes on worker threads, at most `concurrency` at a time and
+    `max_queue` waiting (beyond: `PoolFull`). `backend` defaults to the registered one."""
+
+    def __init__(self, backend: CodeBackend | None = None, *, concurrency: int = 2,
+                 max_queue: int = 64) -> None:
+        self._backend = backend
+        self.concurrency = concurrency
+        self.max_queue = max_queue
+        self._sem: asyncio.Semaphore | None = None
+        self._waiting = 0
+
+    @property
+    def backend(self) -> CodeBackend | None:
+        """The backend runs go to (the registered one unless given)."""
+        return self._backend if self._backend is not None else current_backend()
+
+    async def run(self, code: str, *, lang: str | None = None,
+                  files: Mapping[str, str] | None = None,
+                  timeout: float | None = None) -> CodeResult:
+        """Run `code` in a fresh `lang` sandbox (default: the backend's first language);
+        `CodeSandboxUnavailable` without a backend."""
+        backend = self.backend
+        if backend is None:
+            raise unavailable()
+        if lang is None and backend.languages:
+            lang = backend.languages[0]
+        if not isinstance(code, str) or not isinstance(lang, str):
+            raise ArgumentError("code and lang must be strings")
+        if lang not in backend.languages:
+            raise ArgumentError(f"unknown language {lang!r}; this service runs "
+                                + ", ".join(backend.languages))
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.concurrency)
+        if self._sem.locked() and self._waiting >= self.max_queue:
+            raise PoolFull("the code pool is full; retry later")
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+        box: list[CodeBox] = []
+
+        def work() -> CodeResult:
+            b = backend.open(lang, files=files, timeout=timeout)
+            box.append(b)
+            try:
+                return CodeResult.of(b.run(code))
+            finally:
+                b.close()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, work)
+        except asyncio.CancelledError:
+            kill = getattr(box[0], "kill", None) if box else None
+            if kill is not None:
+                kill()
+            raise
+        finally:
+            self._sem.release()
+
+
+_shared: CodePool | None = None
+
+
+def shared_pool() -> CodePool:
+    """The process-wide CodePool behind `SandboxPool.run`."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = CodePool()
+        return _shared

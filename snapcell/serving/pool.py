@@ -1,0 +1,469 @@
+"""`SandboxPool`: ready sandboxes of one snapshot shared by asyncio callers.
+
+Each sandbox lives on its own worker thread, which takes jobs from one bounded queue, runs them
+(KVM_RUN releases the GIL; the event loop never waits on it) and hands the result back with
+`call_soon_threadsafe`. After every job the worker restores the sandbox to the pool's snapshot,
+so every call starts from the same state; a sandbox that cannot be restored is closed and
+replaced. A full queue refuses new calls at once with `PoolFull`. A call's `timeout` covers the
+time queued plus the time in the guest; cancelling the awaiting task (`asyncio` cancellation,
+`wait_for`, a disconnected HTTP client) removes a queued job or kills the running guest call
+through the sandbox's interrupt handle."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..errors import ArgumentError, ExecutionTimeout, PoolClosed, PoolFull, SnapcellError
+from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus, Snapshot
+from ..sandbox.interrupt import install_signal
+from .metrics import PoolMetrics
+
+
+class JobState(enum.Enum):
+    """Where a job is: waiting, on a worker, finished, or dropped before it ran."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class Job:
+    """One unit of work for a worker: a call (`args` is a tuple) or a batch (`items` a list)."""
+
+    __slots__ = ("name", "args", "items", "deadline", "future", "loop", "state", "lock",
+                 "sandbox", "finished", "submitted", "timer", "release")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str, args: tuple[Any, ...] | None,
+                 items: Sequence[Sequence[Any]] | None, deadline: float | None) -> None:
+        self.loop = loop
+        self.name = name
+        self.args = args
+        self.items = items
+        self.deadline = deadline
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.state = JobState.QUEUED
+        self.lock = threading.Lock()
+        self.sandbox: MultiUseSandbox | None = None
+        self.finished = False           # set (without the lock) as soon as the guest call ended
+        self.submitted = time.perf_counter()
+        # called once when the job leaves QUEUED (the pool's queue accounting), with "run",
+        # "cancelled" (its caller gave up) or "expired" (its deadline passed)
+        self.release: Callable[[str], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        if deadline is not None:        # a job still queued at its deadline fails then
+            self.timer = loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, self)
+
+    def run(self, sb: MultiUseSandbox) -> Any:
+        """Run on `sb` (worker thread) with what is left of the deadline."""
+        remaining = None
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise ExecutionTimeout(WAITED)
+        if self.items is not None:
+            return sb.call_many(self.name, self.items, timeout=remaining)
+        assert self.args is not None
+        return sb.call(self.name, *self.args, timeout=remaining)
+
+
+WAITED = "the call's time limit passed while it waited for a sandbox"
+
+
+def _expire(job: Job) -> None:
+    """The deadline passed (event loop): a job still queued is dropped and fails now; a running
+    one is the watchdog's to kill."""
+    with job.lock:
+        if job.state is not JobState.QUEUED:
+            return
+        job.state = JobState.CANCELLED
+    if job.release is not None:
+        job.release("expired")
+    if not job.future.done():
+        job.future.set_exception(ExecutionTimeout(WAITED))
+
+
+def _deliver(job: Job, ok: bool, value: Any) -> None:
+    """Resolve the job's future on the event loop (unless its caller gave up)."""
+    if job.timer is not None:
+        job.timer.cancel()
+    fut = job.future
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def execute(job: Job, sb: MultiUseSandbox,
+            record: Callable[[Job, bool, Any], None] | None = None) -> tuple[bool, Any]:
+    """Run a job marked RUNNING on `sb` (worker thread), deliver its outcome, then `record` it
+    (metrics: off the caller's path, but before the worker takes another job)."""
+    try:
+        value = job.run(sb)
+        ok = True
+    except BaseException as e:  # delivered to the caller
+        value, ok = e, False
+    finish(job, ok, value)
+    if record is not None:
+        record(job, ok, value)
+    return ok, value
+
+
+def finish(job: Job, ok: bool, value: Any) -> None:
+    """Mark the job done (after any killer still deciding) and hand the outcome to its loop."""
+    job.finished = True
+    with job.lock:
+        job.state = JobState.DONE
+    try:
+        job.loop.call_soon_threadsafe(_deliver, job, ok, value)
+    except RuntimeError:        # the caller's event loop is closed: nobody waits any more
+        pass
+
+
+def start(job: Job, sb: MultiUseSandbox | None) -> bool:
+    """Mark a job RUNNING on `sb`; False when its caller gave up while it was queued."""
+    with job.lock:
+        if job.state is JobState.CANCELLED:
+            return False
+        job.state = JobState.RUNNING
+        job.sandbox = sb
+    if job.release is not None:
+        job.release("run")
+    return True
+
+
+def kill(job: Job) -> None:
+    """Kill the job's guest call (killer thread). The job's lock is held throughout, so its
+    worker cannot finish the job and start another call that a late kill would hit; kills are
+    retried while the job runs outside a VM entry (before its first one, or between the
+    entries of a batch)."""
+    with job.lock:
+        sb = job.sandbox
+        if job.state is not JobState.RUNNING or sb is None:
+            return
+        handle = sb.interrupt_handle()
+        while not job.finished:
+            if handle.kill():
+                return
+            time.sleep(0.0002)
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A positive number of seconds or None; ArgumentError otherwise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+class SandboxPool:
+    """`size` ready sandboxes made with `MultiUseSandbox.from_snapshot(snapshot, host_functions,
+    config)`, shared by asyncio tasks::
+
+        async with SandboxPool(snap, size=4, host_functions=funcs, max_queue=64) as pool:
+            await pool.call("Add", 1, 2, timeout=1.0)
+            await pool.map("Echo", [["a"], ["b"]])
+
+    `max_queue` bounds the calls waiting for a sandbox (beyond it: `PoolFull`); `timeout` is the
+    default per-call limit in seconds (None: no limit). `metrics` (shared by several pools) and
+    `name` (the `pool` label) are for the service."""
+
+    def __init__(self, snapshot: Snapshot, size: int = 2, host_functions: HostFunctions | None = None,
+                 max_queue: int = 64, *, config: SandboxConfiguration | None = None,
+                 timeout: float | None = None, metrics: PoolMetrics | None = None,
+                 name: str = "pool") -> None:
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
+            raise ArgumentError(f"size must be an int in [1, 1024], got {size!r}")
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
+            raise ArgumentError(f"max_queue must be a non-negative int, got {max_queue!r}")
+        self.snapshot = snapshot
+        self.size = size
+        self.max_queue = max_queue
+        self.host_functions = host_functions if host_functions is not None else HostFunctions()
+        self.config = config
+        self.timeout = check_timeout(timeout)
+        self.metrics = metrics if metrics is not None else PoolMetrics()
+        self.name = name
+        # SimpleQueue (C, unbounded) is markedly faster than queue.Queue; the bound is kept
+        # with a count of waiting jobs under _stats
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._waiting = 0
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._stats = threading.Lock()
+        self._killer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._started = False
+        self._closed = False
+        self._start_lock: asyncio.Lock | None = None
+        m = self.metrics
+        self._m_errors = m.errors
+        self._m_calls = m.calls
+        self._m_fn: dict[str, Any] = {}                 # function → its labelled counter
+        self._m_latency = m.latency.labels(name)
+        self._m_rejected = m.rejected.labels(name)
+        self._m_cancelled = m.cancelled.labels(name)
+        self._m_replaced = m.replaced.labels(name)
+        install_signal(config.interrupt_signal if config is not None else 0)
+
+    # ---------------------------------------------------------------- state
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a sandbox."""
+        return self._waiting
+
+    @property
+    def idle(self) -> int:
+        """Sandboxes started and not running a job."""
+        return len(self._threads) - self._busy if self._started and not self._closed else 0
+
+    @property
+    def started(self) -> bool:
+        """Whether the workers run."""
+        return self._started
+
+    def new_sandbox(self, snapshot: Snapshot | None = None) -> MultiUseSandbox:
+        """A sandbox from the pool's snapshot (or `snapshot`) with the pool's host functions and
+        configuration (blocking; used by workers and sessions)."""
+        return MultiUseSandbox.from_snapshot(snapshot if snapshot is not None else self.snapshot,
+                                             self.host_functions, self.config)
+
+    # ---------------------------------------------------------------- lifetime
+    async def start(self) -> None:
+        """Create the sandboxes (each on its worker thread) and wait until all are ready; the
+        first failure (e.g. host functions that do not cover the snapshot's) is raised and the
+        pool is closed."""
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            loop = asyncio.get_running_loop()
+            ready: list[concurrent.futures.Future[None]] = []
+            self._killer = concurrent.futures.ThreadPoolExecutor(2, f"snapcell-{self.name}-kill")
+            for i in range(self.size):
+                f: concurrent.futures.Future[None] = concurrent.futures.Future()
+                t = threading.Thread(target=self._worker, args=(f,), daemon=True,
+                                     name=f"snapcell-{self.name}-{i}")
+                ready.append(f)
+                self._threads.append(t)
+                t.start()
+            self._started = True
+            self.metrics.watch_pool(self.name, lambda: self.queued, lambda: self.idle)
+            try:
+                await asyncio.gather(*(asyncio.wrap_future(f, loop=loop) for f in ready))
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        """Stop the workers after the jobs already queued, and close the sandboxes."""
+        if self._closed:
+            return
+        self._closed = True
+        self.metrics.unwatch_pool(self.name)
+        threads = list(self._threads)
+        if threads:
+            def stop() -> None:
+                for _ in threads:
+                    self._queue.put(None)
+                for t in threads:
+                    t.join()
+            await asyncio.get_running_loop().run_in_executor(None, stop)
+        if self._killer is not None:
+            self._killer.shutdown(wait=False)
+
+    async def __aenter__(self) -> "SandboxPool":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- calls
+    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call guest function `name` on a sandbox in the snapshot's state; returns its result
+        or raises what `MultiUseSandbox.call` raises, `PoolFull` (queue full, nothing ran),
+        `ExecutionTimeout` (queued plus running longer than `timeout`) or `PoolClosed`."""
+        if not self._started:
+            await self.start()
+        job = self._submit(name, args, None, timeout)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+
+    async def map(self, name: str, items: Iterable[Sequence[Any]], *, timeout: float | None = None,
+                  chunk_size: int | None = None) -> list[Any]:
+        """`call_many` over the pool: `items` (argument lists) are split into chunks of
+        `chunk_size` (default: spread over the pool's sandboxes), each chunk one batched job
+        (one VM entry for many calls). Returns one result per item in order; a guest error of an
+        item is returned in its place as a `GuestError` instance. Within a chunk, items run one
+        after another on one sandbox (state carries over); every chunk starts from the
+        snapshot."""
+        batch = [list(a) if not isinstance(a, list) else a for a in items]
+        if not batch:
+            return []
+        if chunk_size is None:
+            chunk_size = -(-len(batch) // self.size)
+        elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ArgumentError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        chunks = [batch[i:i + chunk_size] for i in range(0, len(batch), chunk_size)]
+        if not self._started:
+            await self.start()
+        jobs: list[Job] = []
+        try:
+            for c in chunks:
+                jobs.append(self._submit(name, None, c, timeout))
+            parts = await asyncio.gather(*(self._wait(j) for j in jobs))
+        except BaseException:
+            for j in jobs:
+                self._abandon(j)
+            raise
+        out: list[Any] = []
+        for p in parts:
+            out.extend(p)
+        return out
+
+    async def run(self, code: str, *, lang: str | None = None,
+                  files: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        """Run source code in a fresh code sandbox through the registered code-sandbox backend
+        (`snapcell.serving.code`, shared by every pool; this pool's own sandboxes run guest
+        functions). Raises `CodeSandboxUnavailable` while no backend is installed — the case in
+        this build."""
+        from .code import shared_pool
+        return await shared_pool().run(code, lang=lang, files=files,
+                                       timeout=timeout if timeout is not None else self.timeout)
+
+    def _submit(self, name: str, args: tuple[Any, ...] | None,
+                items: Sequence[Sequence[Any]] | None, timeout: float | None) -> Job:
+        """Queue a job (the pool is started); PoolFull when it may not wait."""
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        if not isinstance(name, str):
+            raise ArgumentError(f"function name must be a str, got {type(name).__name__}")
+        t = check_timeout(timeout) if timeout is not None else self.timeout
+        with self._stats:
+            # a job may wait when a worker is free or the queue has room
+            full = self._waiting >= self.max_queue + len(self._threads) - self._busy
+            if not full:
+                self._waiting += 1
+        if full:
+            self._m_rejected.inc()
+            raise PoolFull(f"pool {self.name!r} is full: {self.size} sandbox(es) busy and "
+                           f"{self.max_queue} call(s) queued; retry later")
+        job = Job(asyncio.get_running_loop(), name, args, items,
+                  None if t is None else time.monotonic() + t)
+        job.release = self._release
+        self._queue.put(job)
+        return job
+
+    def _release(self, outcome: str) -> None:
+        """A job left the queue: it runs now (a worker is busy), or it was dropped."""
+        with self._stats:
+            self._waiting -= 1
+            if outcome == "run":
+                self._busy += 1
+        if outcome == "expired":
+            self._m_errors.labels(self.name, ExecutionTimeout.__name__).inc()
+
+    async def _wait(self, job: Job) -> Any:
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+
+    def _abandon(self, job: Job) -> None:
+        """The caller no longer waits: drop the job if queued, kill its guest call if running."""
+        with job.lock:
+            state = job.state
+            if state is JobState.QUEUED:
+                job.state = JobState.CANCELLED
+        if state is JobState.QUEUED:
+            self._release("cancelled")
+            self._m_cancelled.inc()
+            return
+        if state is JobState.RUNNING and not job.finished and self._killer is not None:
+            self._m_cancelled.inc()
+            try:
+                self._killer.submit(kill, job)
+            except RuntimeError:        # shutting down: the worker finishes the call itself
+                pass
+
+    # ---------------------------------------------------------------- workers
+    def _worker(self, ready: concurrent.futures.Future[None]) -> None:
+        sb: MultiUseSandbox | None = None
+        try:
+            sb = self.new_sandbox()
+        except BaseException as e:
+            ready.set_exception(e)
+        else:
+            ready.set_result(None)
+        q = self._queue
+        while True:
+            job = q.get()
+            if job is None:
+                break
+            if not start(job, sb):                 # dropped while queued (already released)
+                continue
+            if sb is None:                         # the last creation failed: try again
+                try:
+                    sb = job.sandbox = self.new_sandbox()
+                except BaseException as e:
+                    self._record(job, False, e)
+                    finish(job, False, e)
+            if sb is not None:
+                execute(job, sb, self._record)
+            sb = self._reset(sb)
+            with self._stats:
+                self._busy -= 1
+        if sb is not None:
+            sb.close()
+
+    def _record(self, job: Job, ok: bool, value: Any) -> None:
+        counter = self._m_fn.get(job.name)
+        if counter is None:
+            fn = job.name if job.name in (self.snapshot.functions or ()) else "(unknown)"
+            counter = self._m_calls.labels(self.name, fn)   # bounded: the guest's functions
+            if fn == job.name:
+                self._m_fn[fn] = counter
+        counter.inc()
+        self._m_latency.observe(time.perf_counter() - job.submitted)
+        if not ok:
+            self._m_errors.labels(self.name, type(value).__name__).inc()
+
+    def _reset(self, sb: MultiUseSandbox | None) -> MultiUseSandbox | None:
+        """Back to the snapshot's state (also clears poison); replace the sandbox if that fails."""
+        if sb is None:
+            return None
+        try:
+            sb.restore(self.snapshot)
+            if sb.status is SandboxStatus.READY:
+                return sb
+        except SnapcellError:
+            pass
+        sb.close()
+        self._m_replaced.inc()
+        try:
+            return self.new_sandbox()
+        except SnapcellError:
+            return None                             # retried on the next job
+
+    def __repr__(self) -> str:
+        return (f"<SandboxPool {self.name!r} size={self.size} idle={self.idle} "
+                f"queued={self.queued} max_queue={self.max_queue}>")

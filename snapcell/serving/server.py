@@ -1,0 +1,70 @@
+"""Running the service with uvicorn on a socket bound here (so that `--port 0` works and the
+actual address is known before the first request)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+
+from ..errors import ConfigurationError
+from .service import ServeOptions, Service
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8477          # below the Linux ephemeral range (32768-60999)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when their
+    # proto says TCP (inherited from this socket); without it every keep-alive response waits
+    # ~40 ms for a delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {e}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          log_level: str = "warning") -> None:
+    """Serve until SIGINT/SIGTERM. A non-loopback `host` needs API keys."""
+    import uvicorn
+    from prometheus_client import disable_created_metrics
+
+    from .app import create_app
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+    if not is_loopback(host) and options.api_key_file is None:
+        raise ConfigurationError(f"refusing to listen on {host} without --api-key-file: only "
+                                 "loopback addresses may be served without API keys")
+    service = Service(options)
+    app = create_app(service)
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"snapcell serve: listening on http://{shown}:{actual}", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        sys.exit(1)
