@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 class DebugHook(Protocol):
     """What the call loop asks of an attached debugger."""
 
+    @property
+    def port(self) -> int:
+        """The TCP port on 127.0.0.1 the debugger serves gdb on."""
+
     def before_run(self) -> None:
         """A run (init or call) is about to enter the guest: stop first if an entry stop or an
         interrupt is pending."""
@@ -37,7 +41,7 @@ class DebugHook(Protocol):
         """Stop serving the debugger."""
 
 
-DebugFactory = Callable[["Core", int], DebugHook]
+DebugFactory = Callable[["Core", int, str], DebugHook]
 _factory: DebugFactory | None = None
 
 
@@ -47,10 +51,12 @@ def register_debugger(factory: DebugFactory) -> None:
     _factory = factory
 
 
-def attach_debugger(core: "Core", port: int) -> DebugHook:
-    """A debugger serving gdb on 127.0.0.1:`port` for `core`."""
+def attach_debugger(core: "Core", port: int, guest_sha256: str = "") -> DebugHook:
+    """A debugger serving gdb on 127.0.0.1:`port` for `core` (running the guest ELF whose sha256
+    is `guest_sha256`: its symbols, when known, let the first stop be the called function's
+    entry)."""
     if _factory is None:
         import importlib
         importlib.import_module("snapcell.debug")
     assert _factory is not None
-    return _factory(core, port)
+    return _factory(core, port, guest_sha256)

@@ -19,7 +19,7 @@ from ..errors import (
     UnknownFunctionError,
 )
 from ..guest.abi import ABI_VERSION, FRAME_HEADER
-from ..guest.functions import Signature
+from ..guest.functions import Signature, unknown_function_message
 from ..guest.loader import system_images
 from ..guest.values import check_value
 from ..machine import Machine
@@ -178,7 +178,7 @@ class MultiUseSandbox:
             core.reset(system_image, snapshot.image, snapshot.syscall_entry, cpu.kvm_regs_bytes,
                        cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
             if config.debug_port is not None:
-                core.debugger = attach_debugger(core, config.debug_port)
+                core.debugger = attach_debugger(core, config.debug_port, snapshot.guest_sha256)
             if snapshot.initialised:
                 assert snapshot.functions is not None
                 core.functions = snapshot.functions
@@ -227,12 +227,12 @@ class MultiUseSandbox:
         call_codec = (core.codecs.get(name) or core.call_codec(name)) if isinstance(name, str) \
             else None
         if call_codec is None:
-            raise UnknownFunctionError(f"the guest exports no function {name!r}")
+            raise UnknownFunctionError(unknown_function_message(name, core.functions or {}))
         params = call_codec.params
         if len(args) != len(params):
             sig = core.functions[name]
-            raise ArgumentError(f"{sig.describe(name)} takes {len(params)} argument(s), "
-                                f"got {len(args)}")
+            raise ArgumentError(f"{sig.describe(name)} takes {len(params)} "
+                                f"argument{'' if len(params) == 1 else 's'}, got {len(args)}")
         if args:
             try:
                 framed = call_codec.encode_framed(args)
@@ -259,7 +259,14 @@ class MultiUseSandbox:
             try:
                 check_value(t, v)
             except (TypeError, ValueError) as e:
-                raise ArgumentError(f"{sig.describe(name)}: argument {i}: {e}") from None
+                raise ArgumentError(f"{sig.describe(name)}: argument {i} ({t.value}): {e}") from None
+
+    @property
+    def debug_port(self) -> int | None:
+        """The TCP port on 127.0.0.1 that gdb connects to (the one chosen when the configuration
+        asked for port 0), or None when the sandbox is not being debugged."""
+        debugger = self._core.debugger
+        return None if debugger is None else debugger.port
 
     def interrupt_handle(self) -> InterruptHandle:
         """A thread-safe handle whose `kill()` cancels the call in progress (if any)."""
