@@ -191,7 +191,8 @@ def debug(elf: str, function: str, args: tuple[str, ...], port: int, host_functi
     sb, values = _evolve_checked(elf, function, args, funcs, config)
     with sb:
         snap = sb.snapshot()
-    with MultiUseSandbox.from_snapshot(snap, funcs, config.replace(debug_port=port)) as dbg:
+    debug_config = config.replace(debug_port=port)
+    with MultiUseSandbox.from_snapshot(snap, host_functions=funcs, config=debug_config) as dbg:
         gdb = f"gdb -q -ex {shlex.quote(f'target remote 127.0.0.1:{dbg.debug_port}')} {shlex.quote(elf)}"
         click.echo(f"waiting for gdb on 127.0.0.1:{dbg.debug_port}; in another terminal run:", err=True)
         click.echo(gdb)
@@ -233,7 +234,7 @@ def demo(elf: str, sandboxes: int) -> None:
     timings.add_column("step")
     timings.add_column("median", justify="right")
     t0 = time.perf_counter()
-    with UninitializedSandbox(elf, SandboxConfiguration(), funcs).evolve() as sb:
+    with UninitializedSandbox(elf, config=SandboxConfiguration(), host_functions=funcs).evolve() as sb:
         evolve_ms = (time.perf_counter() - t0) * 1000
         timings.add_row("evolve from the ELF (load + guest init)", f"{evolve_ms:.2f} ms")
         console.print(f"[bold]evolved[/bold] {elf}: {len(sb.functions)} guest functions")
@@ -260,7 +261,7 @@ def demo(elf: str, sandboxes: int) -> None:
     times = []
     for _ in range(sandboxes):
         t = time.perf_counter_ns()
-        box = MultiUseSandbox.from_snapshot(snap, funcs)
+        box = MultiUseSandbox.from_snapshot(snap, host_functions=funcs)
         assert box.call("GetStatic") == 11
         times.append(time.perf_counter_ns() - t)
         created.append(box)
@@ -281,7 +282,7 @@ def demo(elf: str, sandboxes: int) -> None:
     for box in created:
         box.close()
     def pooled_round() -> None:
-        with MultiUseSandbox.from_snapshot(snap, funcs) as box:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=funcs) as box:
             box.call("NoOp")
     timings.add_row("from_snapshot → call → close, pooled",
                     f"{_median_us(pooled_round, sandboxes):.1f} µs")

@@ -26,9 +26,11 @@ from ..machine import Machine
 from ..machine.features import CpuFeatures, host_features, hypervisor_name
 from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
 from ..machine.memory import MemoryImage
+from .arguments import check_from_snapshot_arguments
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
 from .debughook import attach_debugger
+from .deprecation import given, positional_options
 from .host_functions import HostFunctions
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
@@ -129,8 +131,8 @@ class MultiUseSandbox:
 
     # ---------------------------------------------------------------- creation
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot, host_functions: HostFunctions | None = None,
-                      config: SandboxConfiguration | None = None, *,
+    def from_snapshot(cls, snapshot: Snapshot, *args: Any, host_functions: HostFunctions | None = None,
+                      config: SandboxConfiguration | None = None,
                       pooled: bool = True) -> "MultiUseSandbox":
         """A ready sandbox whose state is `snapshot`'s, without re-running guest init.
 
@@ -139,14 +141,15 @@ class MultiUseSandbox:
         (default `HostFunctions()`) must cover the snapshot's recorded host functions by name and
         signature; they are the functions this sandbox calls. A pre-init snapshot accepts any
         registry and runs the guest's initialisation here. `pooled=False` bypasses the warm VM
-        pool (for measurement)."""
-        if not isinstance(snapshot, Snapshot):
-            raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
+        pool (for measurement). The optional arguments are keyword-only (by position they still
+        work, with a DeprecationWarning, until snapcell 0.3)."""
+        if args:
+            opts = positional_options("MultiUseSandbox.from_snapshot(snapshot, ...)",
+                                      ("host_functions", "config"), args,
+                                      given(host_functions=host_functions, config=config))
+            host_functions, config = opts.get("host_functions"), opts.get("config")
+        check_from_snapshot_arguments(snapshot, host_functions, config)
         host_functions = host_functions if host_functions is not None else HostFunctions()
-        if not isinstance(host_functions, HostFunctions):
-            raise TypeError("host_functions must be a HostFunctions")
-        if config is not None and not isinstance(config, SandboxConfiguration):
-            raise TypeError("config must be a SandboxConfiguration")
         exact = check_host_functions(snapshot, host_functions)
         check_host_compatible(snapshot)
         lay = snapshot.layout
