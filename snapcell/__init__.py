@@ -1,5 +1,12 @@
 """snapcell: hypervisor-isolated micro-VM sandboxes on Linux KVM, built around snapshots."""
 
+# ruff: noqa: E402  (the shadowing check runs before the rest of the package is imported)
+from pathlib import Path as _Path
+
+from .shadowing import check_not_shadowed as _check_not_shadowed
+
+_check_not_shadowed(_Path(__file__).parent)
+
 from . import errors, types
 from .code import CodeError, CodeSandbox, RunResult
 from .errors import *  # noqa: F401,F403
