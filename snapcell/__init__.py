@@ -7,6 +7,7 @@ from .shadowing import check_not_shadowed as _check_not_shadowed
 
 _check_not_shadowed(_Path(__file__).parent)
 
+from . import debug as _debug  # noqa: F401  (registers the gdb debugger with the sandbox layer)
 from . import errors, types
 from .code import CodeError, CodeSandbox, RunResult
 from .errors import *  # noqa: F401,F403
