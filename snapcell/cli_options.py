@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import shlex
@@ -72,9 +73,8 @@ def load_host_functions(spec: str | None, option: str = "--host-functions") -> H
                                f"{option} myfuncs:host_functions")
     mod = _import_target(module, option, spec)
     if not hasattr(mod, attr):
-        candidates = sorted(n for n, v in vars(mod).items()
-                            if isinstance(v, HostFunctions) or (callable(v) and not n.startswith("_")
-                                                                and not isinstance(v, type)))
+        candidates = sorted(n for n, v in vars(mod).items() if not n.startswith("_") and
+                            (isinstance(v, HostFunctions) or inspect.isfunction(v)))
         hint = f"; it has {', '.join(candidates)}" if candidates else ""
         raise click.UsageError(f"{option} {spec!r}: {module} has no attribute {attr!r}{hint}")
     value = getattr(mod, attr)

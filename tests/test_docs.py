@@ -100,6 +100,8 @@ def _attach_gdb(ns: dict[str, object]) -> None:
     t.join(30)
     assert not t.is_alive()
     assert "scale (v=5, factor=3)" in out.stdout, out.stdout + out.stderr
+    first_stop = out.stdout.split("Breakpoint 1 at")[0]
+    assert "Compute (a=" in first_stop, out.stdout      # the first stop the text promises
     assert "$1 = 15" in out.stdout, out.stdout + out.stderr
 
 
