@@ -22,8 +22,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.snapcell-installed
+# pip's notes about index locations that this host's pip configuration lists but that do not
+# exist are not ours to fix; every other message (and every error) is shown.
+quiet_pip() {
+  "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$" || true; }
+}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
+  echo "bootstrap: installing snapcell and its Python dependencies into .venv"
+  quiet_pip .venv/bin/pip install -q --upgrade pip
+  quiet_pip .venv/bin/pip install -q -e '.[dev]'
   touch "$stamp"
 fi

@@ -43,7 +43,7 @@ def main() -> int:
     target = Path(args.out) / f"simpleguest-v{FORMAT_VERSION}"
     tmp = target.with_name(target.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
-    with UninitializedSandbox(guest, SMALL, make_host_functions()).evolve() as sb:
+    with UninitializedSandbox(guest, config=SMALL, host_functions=make_host_functions()).evolve() as sb:
         sb.call("AddToStatic", 11)
         print("static11", oci.save(sb.snapshot(), str(tmp), "static11"))
     base = oci.load(str(tmp), "static11", verify=True)

@@ -1,7 +1,14 @@
 """snapcell: hypervisor-isolated micro-VM sandboxes on Linux KVM, built around snapshots."""
 
+# ruff: noqa: E402  (the shadowing check runs before the rest of the package is imported)
+from pathlib import Path as _Path
 from typing import TYPE_CHECKING, Any
 
+from .shadowing import check_not_shadowed as _check_not_shadowed
+
+_check_not_shadowed(_Path(__file__).parent)
+
+from . import debug as _debug  # noqa: F401  (registers the gdb debugger with the sandbox layer)
 from . import errors, types
 from .code import CodeError, CodeSandbox, RunResult
 from .errors import *  # noqa: F401,F403
@@ -24,7 +31,7 @@ Snapshot.use_store(OciSnapshotStore())
 if TYPE_CHECKING:
     from .serving import PoolMetrics, SandboxPool
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (snapcell.__version__)
 
 
 def __getattr__(name: str) -> Any:

@@ -84,7 +84,7 @@ def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
     import fcntl
 
     from .kvm import ioctls
-    sb = MultiUseSandbox.from_snapshot(snap, hf)
+    sb = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
     sb.call("NoOp")
     fd, run = sb._core.machine.vcpu.fd, ioctls.KVM_RUN       # type: ignore[union-attr]  # noqa: SLF001
     ioctl = fcntl.ioctl
@@ -143,7 +143,7 @@ def _memory_per_sandbox(snap: Snapshot, counts: tuple[int, ...]) -> dict[str, St
         before = _memory_bytes()
         boxes = []
         for _ in range(n):
-            sb = MultiUseSandbox.from_snapshot(snap, hf, pooled=False)
+            sb = MultiUseSandbox.from_snapshot(snap, host_functions=hf, pooled=False)
             sb.call("NoOp")
             boxes.append(sb)
         after = _memory_bytes()
@@ -230,7 +230,7 @@ def _throughput_worker(args: tuple[str, float]) -> int:
     end = time.monotonic() + seconds
     count = 0
     while time.monotonic() < end:
-        with MultiUseSandbox.from_snapshot(snap, hf) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
             sb.call("EchoI32", count)
         count += 1
     return count
@@ -253,7 +253,7 @@ def _throughput(snap: Snapshot, seconds: float) -> Stats:
 def _kill_latency(snap: Snapshot, n: int) -> Stats:
     """From kill() to the cancelled call returning on its own thread."""
     samples = []
-    with MultiUseSandbox.from_snapshot(snap, _host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=_host_functions()) as sb:
         h = sb.interrupt_handle()
         for _ in range(n):
             done: list[int] = []
@@ -326,7 +326,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
             return fn
         return deco
 
-    base = UninitializedSandbox(binary, SandboxConfiguration(), hf).evolve()
+    base = UninitializedSandbox(binary, config=SandboxConfiguration(), host_functions=hf).evolve()
     snap = base.snapshot()
 
     @step("C floor")
@@ -354,14 +354,14 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         k = 10 if quick else 40
         r["evolve_from_elf_file"] = _time(lambda: UninitializedSandbox(
-            guest_path, SandboxConfiguration(), hf).evolve().close(), k, 2)
+            guest_path, config=SandboxConfiguration(), host_functions=hf).evolve().close(), k, 2)
         r["evolve_from_parsed_binary"] = _time(lambda: UninitializedSandbox(
-            binary, SandboxConfiguration(), hf).evolve().close(), k, 2)
+            binary, config=SandboxConfiguration(), host_functions=hf).evolve().close(), k, 2)
 
     @step("from_snapshot")
     def _() -> None:
         def first(pooled: bool) -> None:
-            with MultiUseSandbox.from_snapshot(snap, hf, pooled=pooled) as sb:
+            with MultiUseSandbox.from_snapshot(snap, host_functions=hf, pooled=pooled) as sb:
                 sb.call("NoOp")
 
         r["from_snapshot_first_result_pooled"] = _time(lambda: first(True), n // 10, 50)
@@ -380,7 +380,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                                            output_size=64 << 10, stack_size=64 << 10)
             else:
                 cfg = config_for_total(binary, mib * MIB)
-            with UninitializedSandbox(binary, cfg, hf).evolve() as sb:
+            with UninitializedSandbox(binary, config=cfg, host_functions=hf).evolve() as sb:
                 s = sb.snapshot()
                 label = f"{s.memory_size / MIB:.0f}MiB"
 
@@ -421,7 +421,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     @step("memory per sandbox")
     def _() -> None:
         mem_snap = Snapshot.from_guest(binary, config_for_total(binary, 16 * MIB))
-        with MultiUseSandbox.from_snapshot(mem_snap, hf) as sb:
+        with MultiUseSandbox.from_snapshot(mem_snap, host_functions=hf) as sb:
             s16 = sb.snapshot()
         r["memory"] = _memory_per_sandbox(s16, (1, 100) if quick else (1, 100, 1000))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import statistics
 import sys
 import time
@@ -12,19 +14,54 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import (
+    build_config,
+    config_options,
+    load_host_functions,
+    output_options,
+    parse_call_args,
+    write_result,
+)
 from .cli_run import run_command
 from .cli_serve import serve_command
 from .cli_snapshot import snapshot_group
-from .errors import SnapcellError
+from .errors import ArgumentError, ConfigurationError, DebugPortInUse, GuestError, SnapcellError
 from .guest.build import BuildOptions, build_guest, build_static_lib
-from .guest.values import ValueType, parse_text
+from .guest.functions import unknown_function_message
 from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from .types import I32
 
 console = Console()
+DEBUG_ENV = "SNAPCELL_TRACEBACK"       # set to 1 to see the traceback of an unexpected error
 
 
-@click.group()
+class SnapcellGroup(click.Group):
+    """The `snapcell` group: a snapcell error anywhere below becomes a one-line message and exit
+    status 1 (usage errors stay exit status 2); an unexpected exception too, never a traceback
+    unless SNAPCELL_TRACEBACK=1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the sub-command, turning errors into messages."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except DebugPortInUse as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        except (ArgumentError, ConfigurationError) as e:
+            raise click.UsageError(str(e)) from None
+        except SnapcellError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            raise click.ClickException(f"unexpected {type(e).__name__}: {e} (set {DEBUG_ENV}=1 "
+                                       "for the traceback, and please report it)") from None
+
+
+@click.group(cls=SnapcellGroup)
 @click.version_option(package_name="snapcell")
 def main() -> None:
     """snapcell: hypervisor-isolated micro-VM sandboxes on KVM."""
@@ -57,56 +94,114 @@ def guest_build(sources: tuple[str, ...], output: str, debug: bool, includes: tu
     """Compile C SOURCES with the guest SDK and musl into a static guest ELF."""
     options = BuildOptions(include_dirs=includes, defines=defines, third_party=third_party,
                            libraries=libraries, jobs=jobs)
-    try:
-        if static_lib:
-            if third_party or libraries:
-                raise click.UsageError("--static-lib takes SOURCES only (no --third-party/--lib)")
-            build_static_lib(list(sources), output, debug=debug, options=options)
-        else:
-            build_guest(list(sources), output, debug=debug, options=options)
-    except SnapcellError as e:
-        raise click.ClickException(str(e)) from None
+    if static_lib:
+        if third_party or libraries:
+            raise click.UsageError("--static-lib takes SOURCES only (no --third-party/--lib)")
+        build_static_lib(list(sources), output, debug=debug, options=options)
+    else:
+        build_guest(list(sources), output, debug=debug, options=options)
     console.print(f"built [bold]{output}[/bold]")
+
+
+HOST_FUNCTIONS_HELP = ("Host functions for the guest: MODULE:ATTR naming a HostFunctions object or "
+                       "a factory returning one (MODULE importable from the current directory, "
+                       "or a path to a .py file). Default: HostFunctions() (HostPrint only).")
 
 
 @guest.command("functions")
 @click.argument("elf", type=click.Path(exists=True, dir_okay=False))
-def guest_functions(elf: str) -> None:
+@click.option("--host-functions", "host_functions", metavar="MODULE:ATTR", help=HOST_FUNCTIONS_HELP)
+@config_options
+def guest_functions(elf: str, host_functions: str | None, **options: Any) -> None:
     """Initialise ELF and list the functions it exports."""
+    funcs = load_host_functions(host_functions)
+    config = build_config(options)
+    with UninitializedSandbox(elf, config=config, host_functions=funcs).evolve() as sb:
+        for name, sig in sorted(sb.functions.items()):
+            click.echo(sig.describe(name))
+
+
+def _evolve_checked(elf: str, function: str, args: tuple[str, ...], funcs: HostFunctions,
+                    config: SandboxConfiguration) -> tuple[MultiUseSandbox, list[object]]:
+    """Evolve ELF and parse ARGS for FUNCTION; UsageError (the sandbox closed) when they do not
+    fit."""
+    sb = UninitializedSandbox(elf, config=config, host_functions=funcs).evolve()
     try:
-        with UninitializedSandbox(elf).evolve() as sb:
-            for name, sig in sorted(sb.functions.items()):
-                console.print(sig.describe(name))
-    except SnapcellError as e:
-        raise click.ClickException(str(e)) from None
+        sig = sb.functions.get(function)
+        if sig is None:
+            raise click.UsageError(unknown_function_message(function, sb.functions))
+        return sb, parse_call_args(function, sig, args)
+    except BaseException:
+        sb.close()
+        raise
 
 
-def _parse_arg(t: ValueType, text: str) -> Any:
+def _call(sb: MultiUseSandbox, function: str, values: list[object]) -> object:
+    """sb.call, with a hint when the guest called a host function nobody offered."""
     try:
-        return parse_text(t, text)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        return sb.call(function, *values)
+    except GuestError as e:
+        if "is not registered" in e.message:
+            raise click.ClickException(
+                f"GuestError: {e.message}: the guest calls a host function this sandbox does not "
+                "offer; pass --host-functions MODULE:ATTR (a HostFunctions object or a factory)"
+            ) from None
+        raise
 
 
-@main.command("call")
+@main.command("call", context_settings={"ignore_unknown_options": True})
 @click.argument("elf", type=click.Path(exists=True, dir_okay=False))
 @click.argument("function")
 @click.argument("args", nargs=-1)
-def call(elf: str, function: str, args: tuple[str, ...]) -> None:
-    """Initialise ELF and call FUNCTION with ARGS (parsed by the function's signature)."""
-    try:
-        with UninitializedSandbox(elf).evolve() as sb:
-            sig = sb.functions.get(function)
-            if sig is None:
-                raise click.ClickException(f"the guest exports no function {function!r}")
-            if len(args) != len(sig.params):
-                raise click.ClickException(f"{sig.describe(function)} takes {len(sig.params)} "
-                                           f"argument(s)")
-            values = [_parse_arg(t, a) for t, a in zip(sig.params, args)]
-            result = sb.call(function, *values)
-    except SnapcellError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from None
-    console.print(repr(result))
+@click.option("--host-functions", "host_functions", metavar="MODULE:ATTR", help=HOST_FUNCTIONS_HELP)
+@config_options
+@output_options
+def call(elf: str, function: str, args: tuple[str, ...], host_functions: str | None,
+         as_json: bool, raw: bool, **options: Any) -> None:
+    """Initialise ELF and call FUNCTION with ARGS (parsed by the function's signature: integers
+    in decimal or 0x/0o/0b, bools true/false, bytes as hex). Exit status 0 on success, 1 when the
+    call failed, 2 on a usage error."""
+    if as_json and raw:
+        raise click.UsageError("--json and --raw exclude each other; give one")
+    funcs = load_host_functions(host_functions)
+    config = build_config(options)
+    sb, values = _evolve_checked(elf, function, args, funcs, config)
+    with sb:
+        result = _call(sb, function, values)
+        write_result(function, sb.functions[function].ret, result, as_json=as_json, raw=raw)
+
+
+@main.command("debug", context_settings={"ignore_unknown_options": True})
+@click.argument("elf", type=click.Path(exists=True, dir_okay=False))
+@click.argument("function")
+@click.argument("args", nargs=-1)
+@click.option("--port", default=1234, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 for gdb (0: any free port).")
+@click.option("--host-functions", "host_functions", metavar="MODULE:ATTR", help=HOST_FUNCTIONS_HELP)
+@config_options
+@output_options
+def debug(elf: str, function: str, args: tuple[str, ...], port: int, host_functions: str | None,
+          as_json: bool, raw: bool, **options: Any) -> None:
+    """Call FUNCTION with ARGS in a sandbox that waits for gdb: prints the gdb command line to
+    run in another terminal; the call stops at FUNCTION's entry (see docs/debugging.md), and
+    its result is printed when gdb continues or detaches."""
+    if as_json and raw:
+        raise click.UsageError("--json and --raw exclude each other; give one")
+    funcs = load_host_functions(host_functions)
+    config = build_config(options)
+    sb, values = _evolve_checked(elf, function, args, funcs, config)
+    with sb:
+        snap = sb.snapshot()
+    debug_config = config.replace(debug_port=port)
+    with MultiUseSandbox.from_snapshot(snap, host_functions=funcs, config=debug_config) as dbg:
+        gdb = f"gdb -q -ex {shlex.quote(f'target remote 127.0.0.1:{dbg.debug_port}')} {shlex.quote(elf)}"
+        click.echo(f"waiting for gdb on 127.0.0.1:{dbg.debug_port}; in another terminal run:", err=True)
+        click.echo(gdb)
+        click.echo(f"the call stops at the entry of {function}; 'continue' runs it, 'detach' "
+                   "lets it finish without the debugger", err=True)
+        sys.stdout.flush()
+        result = _call(dbg, function, values)
+        write_result(function, dbg.functions[function].ret, result, as_json=as_json, raw=raw)
 
 
 def _median_us(fn: Any, n: int) -> float:
@@ -140,7 +235,7 @@ def demo(elf: str, sandboxes: int) -> None:
     timings.add_column("step")
     timings.add_column("median", justify="right")
     t0 = time.perf_counter()
-    with UninitializedSandbox(elf, SandboxConfiguration(), funcs).evolve() as sb:
+    with UninitializedSandbox(elf, config=SandboxConfiguration(), host_functions=funcs).evolve() as sb:
         evolve_ms = (time.perf_counter() - t0) * 1000
         timings.add_row("evolve from the ELF (load + guest init)", f"{evolve_ms:.2f} ms")
         console.print(f"[bold]evolved[/bold] {elf}: {len(sb.functions)} guest functions")
@@ -167,7 +262,7 @@ def demo(elf: str, sandboxes: int) -> None:
     times = []
     for _ in range(sandboxes):
         t = time.perf_counter_ns()
-        box = MultiUseSandbox.from_snapshot(snap, funcs)
+        box = MultiUseSandbox.from_snapshot(snap, host_functions=funcs)
         assert box.call("GetStatic") == 11
         times.append(time.perf_counter_ns() - t)
         created.append(box)
@@ -187,12 +282,11 @@ def demo(elf: str, sandboxes: int) -> None:
     console.print(f"restore → GetStatic() = {first.call('GetStatic')}")
     for box in created:
         box.close()
-    t = time.perf_counter_ns()
-    for _ in range(sandboxes):
-        with MultiUseSandbox.from_snapshot(snap, funcs) as box:
+    def pooled_round() -> None:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=funcs) as box:
             box.call("NoOp")
-    timings.add_row("from_snapshot → call → close, pooled (mean)",
-                    f"{(time.perf_counter_ns() - t) / sandboxes / 1000:.1f} µs")
+    timings.add_row("from_snapshot → call → close, pooled",
+                    f"{_median_us(pooled_round, sandboxes):.1f} µs")
     console.print(timings)
 
 

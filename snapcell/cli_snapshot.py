@@ -117,7 +117,9 @@ def save_cmd(elf: str, directory: str, tag: str, calls: tuple[str, ...], input_s
     sizes = {k: v for k, v in (("input_size", input_size), ("output_size", output_size),
                                ("heap_size", heap_size), ("stack_size", stack_size)) if v is not None}
     try:
-        with UninitializedSandbox(elf, SandboxConfiguration(**sizes), HostFunctions()).evolve() as sb:
+        with UninitializedSandbox(elf,
+
+ config=SandboxConfiguration(**sizes), host_functions=HostFunctions()).evolve() as sb:
             _run_calls(sb, calls)
             snap = sb.snapshot()
             with _progress("save", snap.image.size) as advance:
@@ -143,7 +145,7 @@ def load_cmd(directory: str, ref: str, checked: bool, map_mode: bool,
     host functions must be available: only HostPrint is, here."""
     try:
         snap = oci.load(directory, ref, checked, mode="map" if map_mode else "copy")
-        with MultiUseSandbox.from_snapshot(snap, HostFunctions()) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=HostFunctions()) as sb:
             out.print(f"loaded {snap.digest}: {len(sb.functions)} guest functions, "
                       f"generation {snap.generation}")
             _run_calls(sb, calls)

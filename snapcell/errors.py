@@ -52,6 +52,10 @@ class GuestError(SnapcellError):
         self.message = message
 
 
+class DebugPortInUse(ConfigurationError):
+    """The `debug_port` asked for is taken on 127.0.0.1 (choose another, or 0 for a free one)."""
+
+
 class SandboxStateError(SnapcellError):
     """The sandbox cannot do this in its current state."""
 
@@ -237,6 +241,7 @@ __all__ = [
     "GuestLoadError",
     "GuestBuildError",
     "HostFunctionError",
+    "DebugPortInUse",
     "ArgumentError",
     "UnknownFunctionError",
     "GuestError",

@@ -119,7 +119,7 @@ BIG = SandboxConfiguration(input_size=4 << 20, output_size=4 << 20, heap_size=16
 @pytest.fixture
 def sandbox(kvm_ok: None, simpleguest: str) -> Iterator[MultiUseSandbox]:
     """A fresh evolved simpleguest sandbox with the standard host functions and big buffers."""
-    sb = UninitializedSandbox(simpleguest, BIG, make_host_functions()).evolve()
+    sb = UninitializedSandbox(simpleguest, config=BIG, host_functions=make_host_functions()).evolve()
     yield sb
     sb.close()
 

@@ -59,7 +59,7 @@ def test_host_calls_inside_a_batch(sandbox: MultiUseSandbox) -> None:
 def test_output_buffer_fills_and_the_guest_resumes(kvm_ok: None, simpleguest: str) -> None:
     # 4 KiB output buffer: 300 results of 1 KiB need many partial result messages
     cfg = SandboxConfiguration(input_size=64 * 1024, output_size=4096)
-    with UninitializedSandbox(simpleguest, cfg, make_host_functions()).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=cfg, host_functions=make_host_functions()).evolve() as sb:
         items = [[chr(65 + i % 26) * 1000] for i in range(300)]
         assert sb.call_many("Echo", items) == [a[0] for a in items]
         # input splits too: 64 KiB of input holds ~60 such items
@@ -68,7 +68,7 @@ def test_output_buffer_fills_and_the_guest_resumes(kvm_ok: None, simpleguest: st
 
 def test_oversized_item_result_is_an_item_error(kvm_ok: None, simpleguest: str) -> None:
     cfg = SandboxConfiguration(input_size=16 * 1024, output_size=4096)
-    with UninitializedSandbox(simpleguest, cfg, make_host_functions()).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=cfg, host_functions=make_host_functions()).evolve() as sb:
         out = sb.call_many("Echo", [["x"], ["y" * 5000], ["z"]])
         assert out[0] == "x" and out[2] == "z"
         assert isinstance(out[1], GuestError) and "too large" in out[1].message
@@ -125,7 +125,7 @@ def test_snapshot_after_a_batch_sees_its_state(sandbox: MultiUseSandbox) -> None
     sandbox.call_many("AddToStatic", [[5], [5]])
     after = sandbox.snapshot()
     assert after is not before
-    with MultiUseSandbox.from_snapshot(after, make_host_functions()) as other:
+    with MultiUseSandbox.from_snapshot(after, host_functions=make_host_functions()) as other:
         assert other.call("GetStatic") == 10
 
 
@@ -139,7 +139,7 @@ def test_golden_snapshots_give_the_same_results_as_separate_calls(kvm_ok: None) 
         if oci.inspect(str(d), "static11")["cpu_vendor"] != host_features(shared_kvm()).vendor:
             continue
         snap = Snapshot.checked_load(str(d), "static11")
-        with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
             assert sb.call_many("AddToStatic", [[1], [2]]) == [12, 14]
             assert sb.call_many("Echo", [["g"]]) == ["g"]
             out = sb.call_many("AddToStaticAndFail", [[]])

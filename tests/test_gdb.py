@@ -163,7 +163,7 @@ def test_evolve_stops_at_entry(kvm_ok: None, debug_guest: str) -> None:
     box: list[Any] = []
 
     def run() -> None:
-        sb = UninitializedSandbox(debug_guest, SandboxConfiguration(debug_port=port)).evolve()
+        sb = UninitializedSandbox(debug_guest, config=SandboxConfiguration(debug_port=port)).evolve()
         box.append(sb)
         box.append(sb.call("Compute", 5))
 

@@ -68,7 +68,7 @@ def test_dynamic_and_non_sdk_binaries_refused(tmp_path: Path) -> None:
 
 def test_guest_too_big_for_layout(kvm_ok: None, simpleguest: str) -> None:
     with pytest.raises(GuestLoadError, match="layout"):
-        UninitializedSandbox(simpleguest, SandboxConfiguration(heap_size=512 << 20,
+        UninitializedSandbox(simpleguest, config=SandboxConfiguration(heap_size=512 << 20,
                                                                input_size=512 << 20))
 
 

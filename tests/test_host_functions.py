@@ -41,7 +41,7 @@ def test_host_function_raising_is_seen_by_guest(kvm_ok: None, simpleguest: str) 
         raise RuntimeError("host says no")
 
     hf.register("HostAdd", broken)
-    with UninitializedSandbox(simpleguest, BIG, hf).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=BIG, host_functions=hf).evolve() as sb:
         with pytest.raises(GuestError, match="host says no") as e:
             sb.call("Add", 1, 2)
         assert e.value.code == 2
@@ -56,7 +56,7 @@ def test_host_function_bad_return_is_seen_by_guest(kvm_ok: None, simpleguest: st
         return 2**40
 
     hf.register("HostAdd", wrong)
-    with UninitializedSandbox(simpleguest, BIG, hf).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=BIG, host_functions=hf).evolve() as sb:
         with pytest.raises(GuestError, match="out of range"):
             sb.call("Add", 1, 2)
 
@@ -74,7 +74,7 @@ def test_signature_mismatch_seen_by_guest(kvm_ok: None, simpleguest: str) -> Non
         return a + b + c
 
     hf.register("HostAdd", add3)
-    with UninitializedSandbox(simpleguest, BIG, hf).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=BIG, host_functions=hf).evolve() as sb:
         with pytest.raises(GuestError, match="HostAdd"):
             sb.call("Add", 1, 2)
 

@@ -67,7 +67,7 @@ def test_kill_during_host_function(kvm_ok: None, simpleguest: str) -> None:
         release.wait(5)
 
     hf.register("Spin", spin)
-    with UninitializedSandbox(simpleguest, BIG, hf).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=BIG, host_functions=hf).evolve() as sb:
         h = sb.interrupt_handle()
         result: list[bool] = []
 
@@ -142,7 +142,7 @@ def test_timeout(sandbox: MultiUseSandbox) -> None:
 
 def test_config_max_execution_time(kvm_ok: None, simpleguest: str) -> None:
     cfg = SandboxConfiguration(max_execution_time=0.05)
-    with UninitializedSandbox(simpleguest, cfg).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=cfg).evolve() as sb:
         assert sb.call("EchoI32", 1) == 1
         with pytest.raises(ExecutionTimeout):
             sb.call("Spin")
@@ -162,9 +162,10 @@ def test_application_signal_handler_is_respected(kvm_ok: None, simpleguest: str)
     old = signal.signal(signum, lambda s, f: calls.append(s))
     try:
         with pytest.raises(ConfigurationError, match="interrupt_signal"):
-            UninitializedSandbox(simpleguest, SandboxConfiguration(interrupt_signal=offset)).evolve()
+            UninitializedSandbox(simpleguest, config=SandboxConfiguration(interrupt_signal=offset)).evolve()
         assert signal.getsignal(signum) is not signal.SIG_DFL      # still the application's
-        with UninitializedSandbox(simpleguest, SandboxConfiguration(interrupt_signal=3)).evolve() as sb:
+        config = SandboxConfiguration(interrupt_signal=3)
+        with UninitializedSandbox(simpleguest, config=config).evolve() as sb:
             assert sb.call("EchoI32", 2) == 2
     finally:
         signal.signal(signum, old)
@@ -182,8 +183,8 @@ def test_stress_random_kills(kvm_ok: None, simpleguest: str) -> None:
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        with UninitializedSandbox(simpleguest, SandboxConfiguration(),
-                                  HostFunctions()).evolve() as sb:
+        with UninitializedSandbox(simpleguest, config=SandboxConfiguration(),
+                                  host_functions=HostFunctions()).evolve() as sb:
             snap = sb.snapshot()
             spinning = threading.Event()
             with lock:

@@ -34,7 +34,7 @@ from .conftest import make_host_functions
 @pytest.fixture(scope="module")
 def snap(simpleguest: str) -> Iterator[Snapshot]:
     """An initialised simpleguest snapshot whose static counter is 0."""
-    with UninitializedSandbox(simpleguest, None, make_host_functions()).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=None, host_functions=make_host_functions()).evolve() as sb:
         yield sb.snapshot()
 
 

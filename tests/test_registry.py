@@ -172,7 +172,7 @@ def test_push_pull_round_trips_the_manifest_digest(registry: Registry, layout: P
     assert mem.stat().st_size < snapshot_memory(layout) // 4             # only stored pages
     snap = Snapshot.checked_load(str(target), "base")
     assert snap.digest == local
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         assert sb.call("GetStatic") == 11 and sb.call("Add", 1, 2) == 3
     # pulling again changes nothing; pushing again is idempotent
     before = {p: _sha(target / p) for p in _files(target) if (target / p).is_file()}

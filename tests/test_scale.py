@@ -20,7 +20,7 @@ def _raise_fd_limit(need: int) -> None:
 
 def test_thousand_sandboxes_from_one_16mib_snapshot(kvm_ok: None, simpleguest: str) -> None:
     cfg = SandboxConfiguration(heap_size=9 * MIB + 512 * 1024, stack_size=1 * MIB)
-    with UninitializedSandbox(simpleguest, cfg, make_host_functions()).evolve() as base:
+    with UninitializedSandbox(simpleguest, config=cfg, host_functions=make_host_functions()).evolve() as base:
         base.call("AddToStatic", 7)
         snap = base.snapshot()
     assert 15 * MIB <= snap.memory_size <= 17 * MIB
@@ -29,7 +29,7 @@ def test_thousand_sandboxes_from_one_16mib_snapshot(kvm_ok: None, simpleguest: s
     sandboxes: list[MultiUseSandbox] = []
     try:
         for i in range(1000):
-            sb = MultiUseSandbox.from_snapshot(snap, hf)
+            sb = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
             sandboxes.append(sb)
             assert sb.call("AddToStatic", i) == 7 + i
         assert all(sb.call("GetStatic") == 7 + i for i, sb in enumerate(sandboxes))
@@ -39,15 +39,15 @@ def test_thousand_sandboxes_from_one_16mib_snapshot(kvm_ok: None, simpleguest: s
 
 
 def test_create_close_cycles_no_growth(kvm_ok: None, simpleguest: str) -> None:
-    with UninitializedSandbox(simpleguest, SandboxConfiguration(), make_host_functions()).evolve() as base:
+    with UninitializedSandbox(simpleguest, host_functions=make_host_functions()).evolve() as base:
         snap = base.snapshot()
     hf = make_host_functions()
     for _ in range(300):                               # warm the pool and the allocator
-        with MultiUseSandbox.from_snapshot(snap, hf) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
             sb.call("NoOp")
     fds, rss = open_fds(), rss_kib()
     for i in range(10_000):
-        with MultiUseSandbox.from_snapshot(snap, hf) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
             if i % 10 == 0:
                 assert sb.call("EchoI32", i) == i
     assert open_fds() == fds

@@ -83,7 +83,7 @@ def _start_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.Pope
 def server(kvm_ok: None, simpleguest: str, registry: Registry,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("serve")
-    with UninitializedSandbox(simpleguest, None, make_host_functions()).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=None, host_functions=make_host_functions()).evolve() as sb:
         sb.snapshot().save(str(tmp / "layout"), "v1")
     ref = f"{registry.host}/serve/simple:v1"
     digest = Snapshot.push(str(tmp / "layout"), ref, insecure=True, ref="v1")
@@ -91,7 +91,7 @@ def server(kvm_ok: None, simpleguest: str, registry: Registry,
     def host_extra() -> None:
         pass
     needy = make_host_functions().register("HostExtra", host_extra)    # not offered by the service
-    with UninitializedSandbox(simpleguest, None, needy).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=None, host_functions=needy).evolve() as sb:
         sb.snapshot().save(str(tmp / "needy"), "v1")
     Snapshot.push(str(tmp / "needy"), f"{registry.host}/serve/needy:v1", insecure=True, ref="v1")
     keys = tmp / "keys"

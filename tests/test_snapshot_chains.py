@@ -51,7 +51,7 @@ def grow_chain(d: Path, n: int, start: str = "base", **save: Any) -> list[str]:
     tags, prev = [], start
     for i in range(1, n + 1):
         snap = Snapshot.checked_load(str(d), prev)
-        with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
             sb.call("AddToStatic", 1)
             sb.snapshot().save(str(d), f"g{i}", **save)
         tags.append(prev := f"g{i}")
@@ -96,7 +96,8 @@ def test_chains_share_layers_and_save_only_the_new_one(layout: Path) -> None:
     for i, tag in enumerate(tags, start=1):
         for loader in (Snapshot.load, Snapshot.checked_load):
             content.clear()
-            with MultiUseSandbox.from_snapshot(loader(str(layout), tag), make_host_functions()) as sb:
+            with MultiUseSandbox.from_snapshot(loader(str(layout), tag),
+                                               host_functions=make_host_functions()) as sb:
                 assert sb.call("GetStatic") == 11 + i
                 assert sb.call("Add", 2, 3) == 5
 
@@ -106,7 +107,8 @@ import sys
 from snapcell import MultiUseSandbox, Snapshot
 from tests.conftest import make_host_functions
 for loader in (Snapshot.checked_load, Snapshot.load):
-    with MultiUseSandbox.from_snapshot(loader(sys.argv[1], sys.argv[2]), make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(loader(sys.argv[1], sys.argv[2]),
+                                       host_functions=make_host_functions()) as sb:
         print(sb.call("GetStatic"), end=" ")
 """
 
@@ -126,7 +128,7 @@ def test_max_depth_flattens_and_keeps_the_lineage(layout: Path) -> None:
     g3 = oci.inspect(str(layout), "g3")
     assert g3["parent"] == index_entry(layout, "g2")["digest"] and g3["generation"] == 4
     with MultiUseSandbox.from_snapshot(Snapshot.checked_load(str(layout), "g4"),
-                                       make_host_functions()) as sb:
+                                       host_functions=make_host_functions()) as sb:
         assert sb.call("GetStatic") == 15
     with pytest.raises(ValueError, match="max_depth"):
         Snapshot.load(str(layout), "g1").save(str(layout), "x", max_depth=0)
@@ -142,7 +144,7 @@ def test_flatten_on_demand(layout: Path) -> None:
     assert new["generation"] == old["generation"]
     assert oci.flatten(str(layout), "g3") == digest         # idempotent
     with MultiUseSandbox.from_snapshot(Snapshot.checked_load(str(layout), "g3"),
-                                       make_host_functions()) as sb:
+                                       host_functions=make_host_functions()) as sb:
         assert sb.call("GetStatic") == 14
     # children of the flattened snapshot build on the new single layer
     grow_chain(layout, 1, start="g3")
@@ -151,7 +153,7 @@ def test_flatten_on_demand(layout: Path) -> None:
 
 def test_a_child_saved_elsewhere_is_saved_full(layout: Path, tmp_path: Path) -> None:
     snap = Snapshot.load(str(layout), "base")
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         sb.call("AddToStatic", 2)
         child = sb.snapshot()
     child.save(str(tmp_path / "other"), "c")
@@ -335,7 +337,7 @@ from snapcell import MultiUseSandbox, Snapshot
 from tests.conftest import make_host_functions
 d, n = sys.argv[1], int(sys.argv[2])
 base = Snapshot.load(d, "base")
-with MultiUseSandbox.from_snapshot(base, make_host_functions()) as sb:
+with MultiUseSandbox.from_snapshot(base, host_functions=make_host_functions()) as sb:
     for i in range(n):
         sb.call("AddToStatic", 1)
         sb.snapshot().save(d, f"c{i}")
@@ -365,7 +367,7 @@ def test_gc_during_concurrent_saves_never_removes_a_reachable_blob(layout: Path)
     collect.gc(str(layout))
     for i in range(n):
         with MultiUseSandbox.from_snapshot(Snapshot.checked_load(str(layout), f"c{i}"),
-                                           make_host_functions()) as sb:
+                                           host_functions=make_host_functions()) as sb:
             assert sb.call("GetStatic") == 12
 
 

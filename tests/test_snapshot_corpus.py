@@ -572,7 +572,7 @@ def test_rflags_are_sanitised_not_rejected(layout: Path) -> None:
     set_config(layout, c)
     snap = Snapshot.checked_load(str(layout), "base")
     assert snap.cpu.rflags == 0x6
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         assert sb.call("EchoI32", 3) == 3 and sb.call("GetStatic") == 11
 
 
@@ -615,8 +615,8 @@ def _run(d: Path, loader: Callable[[str, str], Snapshot], contained: bool,
     except SnapshotError:
         return "rejected"
     try:
-        sb = MultiUseSandbox.from_snapshot(snap, make_host_functions(),
-                                           SMALL.replace(max_execution_time=0.5))
+        sb = MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions(),
+                                           config=SMALL.replace(max_execution_time=0.5))
     except SnapshotError:
         return "rejected late"
     try:

@@ -48,7 +48,7 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 # ------------------------------------------------------------------------------ helpers
 def small_sandbox(guest: str) -> MultiUseSandbox:
     """An evolved simpleguest with the SMALL layout and the standard host functions."""
-    return UninitializedSandbox(guest, SMALL, make_host_functions()).evolve()
+    return UninitializedSandbox(guest, config=SMALL, host_functions=make_host_functions()).evolve()
 
 
 def blob_path(layout: Path, digest: str) -> Path:
@@ -197,7 +197,7 @@ def test_restore_across_loads_and_in_memory(layout: Path, small_snapshot: Snapsh
                                             simpleguest: str) -> None:
     a = Snapshot.load(str(layout), "base")
     b = Snapshot.checked_load(str(layout), "base")
-    with MultiUseSandbox.from_snapshot(a, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(a, host_functions=make_host_functions()) as sb:
         assert sb.call("AddToStatic", 1) == 12
         sb.restore(b)                                  # an independent load of the same layout
         assert sb.call("GetStatic") == 11
@@ -215,11 +215,11 @@ def test_sandbox_writes_never_reach_the_blob(layout: Path) -> None:
     blob = blob_path(layout, manifest_of(layout)["layers"][0]["digest"])
     before, mtime = file_sha(blob), blob.stat().st_mtime_ns
     assert str(blob) not in mapped_paths()             # load maps nothing
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         sb.call("AddToStatic", 1000)
         sb.call("SetStatic")                           # 1 MiB of .bss written
         sb.call("AllocAndWritePattern", 100_000)
-        with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb2:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb2:
             assert sb2.call("GetStatic") == 11
         sb.restore(snap)
         assert sb.call("GetStatic") == 11
@@ -228,8 +228,8 @@ def test_sandbox_writes_never_reach_the_blob(layout: Path) -> None:
 
 def test_timeouts_still_interrupt_a_loaded_snapshot(layout: Path) -> None:
     snap = Snapshot.load(str(layout), "base")
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions(),
-                                       SMALL.replace(max_execution_time=0.2)) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions(),
+                                       config=SMALL.replace(max_execution_time=0.2)) as sb:
         with pytest.raises(ExecutionTimeout):
             sb.call("Spin")
         sb.restore(snap)
@@ -272,15 +272,15 @@ def test_save_replaces_a_tag_in_place_and_keeps_the_rest(layout: Path, simplegue
     assert (layout / "blobs" / "sha256" / "notes.txt").exists()
     assert blob_path(layout, base).exists()            # unreferenced blobs are left alone
     with MultiUseSandbox.from_snapshot(Snapshot.load(str(layout), "base"),
-                                       make_host_functions()) as sb2:
+                                       host_functions=make_host_functions()) as sb2:
         assert sb2.call("GetStatic") == 2
     with MultiUseSandbox.from_snapshot(Snapshot.load(str(layout), one),
-                                       make_host_functions()) as sb2:
+                                       host_functions=make_host_functions()) as sb2:
         assert sb2.call("GetStatic") == 1
 
 
 def test_pre_init_snapshots_are_refused(tmp_path: Path, simpleguest: str) -> None:
-    pre = UninitializedSandbox(simpleguest, SMALL).snapshot()
+    pre = UninitializedSandbox(simpleguest, config=SMALL).snapshot()
     with pytest.raises(SnapshotStateError):
         pre.save(str(tmp_path / "l"))
     assert not (tmp_path / "l").exists()
@@ -359,7 +359,7 @@ def test_saves_killed_at_random_points_leave_earlier_tags_loadable(tmp_path: Pat
     assert saved, "no save finished in any round"
     for saved_tag, value in list(saved.items())[-5:]:
         with MultiUseSandbox.from_snapshot(Snapshot.checked_load(str(d), saved_tag),
-                                           make_host_functions()) as sb:
+                                           host_functions=make_host_functions()) as sb:
             assert sb.call("GetStatic") == value
     # the next save removes what killed writers left behind
     Snapshot.load(str(d), next(iter(saved))).save(str(d), "final")
@@ -446,7 +446,7 @@ def test_golden_snapshots_still_load(kvm_ok: None, tag: str) -> None:
                 Snapshot.checked_load(str(d), tag)
             continue
         snap = Snapshot.checked_load(str(d), tag)
-        with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
             assert check(sb)
             assert sb.call("Add", 40, 2) == 42 and sb.call("Echo", "golden") == "golden"
             sb.restore(snap)

@@ -42,7 +42,7 @@ def test_state_carried_into_from_snapshot(sandbox: MultiUseSandbox) -> None:
     sandbox.call("AddToStatic", 5)
     sandbox.call("AddToStatic", 6)
     snap = sandbox.snapshot()
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb2:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb2:
         assert sb2.call("GetStatic") == 11
         assert sb2.call("Add", 20, 22) == 42          # host functions supplied here are called
         assert sb2.call("Echo", "from a snapshot") == "from a snapshot"
@@ -51,15 +51,15 @@ def test_state_carried_into_from_snapshot(sandbox: MultiUseSandbox) -> None:
 def test_siblings_isolated_copy_on_write(sandbox: MultiUseSandbox) -> None:
     sandbox.call("AddToStatic", 1)
     snap = sandbox.snapshot()
-    a = MultiUseSandbox.from_snapshot(snap, make_host_functions())
-    b = MultiUseSandbox.from_snapshot(snap, make_host_functions())
+    a = MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions())
+    b = MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions())
     try:
         assert a.call("AddToStatic", 10) == 11
         assert b.call("AddToStatic", 100) == 101
         a.call("AllocAndWritePattern", 300_000)
         assert a.call("GetStatic") == 11 and b.call("GetStatic") == 101
         assert sandbox.call("GetStatic") == 1
-        with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as c:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as c:
             assert c.call("GetStatic") == 1           # the snapshot itself never changed
         a.restore(snap)
         b.restore(snap)
@@ -78,7 +78,7 @@ def test_restore_across_sandboxes_with_superset(sandbox: MultiUseSandbox, simple
         return x
 
     hf.register("ExtraHostFunction", extra)
-    with UninitializedSandbox(simpleguest, BIG, hf).evolve() as other:
+    with UninitializedSandbox(simpleguest, config=BIG, host_functions=hf).evolve() as other:
         other.call("AddToStatic", 1000)
         other.restore(snap)
         assert other.call("GetStatic") == 7
@@ -110,11 +110,11 @@ def test_late_registration_invalidates_cache(sandbox: MultiUseSandbox) -> None:
 def test_generation_lineage(sandbox: MultiUseSandbox) -> None:
     s1 = sandbox.snapshot()
     assert s1.generation == 1
-    with MultiUseSandbox.from_snapshot(s1, make_host_functions()) as sb2:
+    with MultiUseSandbox.from_snapshot(s1, host_functions=make_host_functions()) as sb2:
         sb2.call("AddToStatic", 1)
         s2 = sb2.snapshot()
         assert s2.generation == 2
-        with MultiUseSandbox.from_snapshot(s2, make_host_functions()) as sb3:
+        with MultiUseSandbox.from_snapshot(s2, host_functions=make_host_functions()) as sb3:
             sb3.call("NoOp")
             assert sb3.snapshot().generation == 3
 
@@ -122,7 +122,7 @@ def test_generation_lineage(sandbox: MultiUseSandbox) -> None:
 def test_missing_host_function_rejected(sandbox: MultiUseSandbox) -> None:
     snap = sandbox.snapshot()
     with pytest.raises(SnapshotHostFunctionMismatch) as e:
-        MultiUseSandbox.from_snapshot(snap, HostFunctions())
+        MultiUseSandbox.from_snapshot(snap, host_functions=HostFunctions())
     assert "HostAdd" in e.value.missing and "HostEchoI32" in e.value.missing
     assert e.value.signature_mismatches == {}
 
@@ -136,7 +136,7 @@ def test_signature_mismatch_rejected(sandbox: MultiUseSandbox) -> None:
 
     hf.register("HostAdd", add)
     with pytest.raises(SnapshotHostFunctionMismatch) as e:
-        MultiUseSandbox.from_snapshot(snap, hf)
+        MultiUseSandbox.from_snapshot(snap, host_functions=hf)
     assert e.value.missing == []
     assert set(e.value.signature_mismatches) == {"HostAdd"}
     expected, offered = e.value.signature_mismatches["HostAdd"]
@@ -152,14 +152,14 @@ def test_refused_restore_changes_nothing(sandbox: MultiUseSandbox, simpleguest: 
     for name in hf:
         if name != "HostAdd":
             hf2.register(name, hf.get(name).fn)  # type: ignore[union-attr]
-    with UninitializedSandbox(simpleguest, BIG, hf2).evolve() as target:
+    with UninitializedSandbox(simpleguest, config=BIG, host_functions=hf2).evolve() as target:
         target.call("AddToStatic", 40)
         with pytest.raises(SnapshotHostFunctionMismatch) as e:
             target.restore(snap)
         assert e.value.missing == ["HostAdd"]
         assert target.status is SandboxStatus.READY and target.call("GetStatic") == 40
     # a poisoned target stays poisoned after a refused restore
-    with UninitializedSandbox(simpleguest, SandboxConfiguration(), make_host_functions()).evolve() as small:
+    with UninitializedSandbox(simpleguest, host_functions=make_host_functions()).evolve() as small:
         with pytest.raises(GuestAbort):
             small.call("GuestAbortWithCode", 1)
         with pytest.raises(SnapshotLayoutMismatch):
@@ -169,8 +169,8 @@ def test_refused_restore_changes_nothing(sandbox: MultiUseSandbox, simpleguest: 
 
 def test_incompatible_layout_rejected(sandbox: MultiUseSandbox, simpleguest: str) -> None:
     snap = sandbox.snapshot()
-    with UninitializedSandbox(simpleguest, SandboxConfiguration(heap_size=4 << 20),
-                              make_host_functions()).evolve() as other:
+    with UninitializedSandbox(simpleguest, config=SandboxConfiguration(heap_size=4 << 20),
+                              host_functions=make_host_functions()).evolve() as other:
         other.call("AddToStatic", 9)
         with pytest.raises(SnapshotLayoutMismatch):
             other.restore(snap)
@@ -181,7 +181,7 @@ def test_from_snapshot_layout_fields_warn(sandbox: MultiUseSandbox) -> None:
     snap = sandbox.snapshot()
     cfg = SandboxConfiguration(heap_size=2 << 20, max_execution_time=5.0)
     with pytest.warns(SnapshotLayoutWarning, match="heap_size"):
-        sb = MultiUseSandbox.from_snapshot(snap, make_host_functions(), cfg)
+        sb = MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions(), config=cfg)
     with sb:
         assert sb.config.heap_size == snap.layout.heap_size
         assert sb.config.max_execution_time == 5.0
@@ -189,18 +189,18 @@ def test_from_snapshot_layout_fields_warn(sandbox: MultiUseSandbox) -> None:
 
 
 def test_pre_init_snapshot(kvm_ok: None, simpleguest: str) -> None:
-    u = UninitializedSandbox(simpleguest, BIG)
+    u = UninitializedSandbox(simpleguest, config=BIG)
     pre = u.snapshot()
     assert not pre.initialised and pre.generation == 0 and pre.functions is None
-    with MultiUseSandbox.from_snapshot(pre, HostFunctions.empty(), BIG) as sb:
+    with MultiUseSandbox.from_snapshot(pre, host_functions=HostFunctions.empty(), config=BIG) as sb:
         assert sb.call("GetStatic") == 0
         assert sb.call("EchoI32", 4) == 4
-    with MultiUseSandbox.from_snapshot(pre, make_host_functions(), BIG) as sb:
+    with MultiUseSandbox.from_snapshot(pre, host_functions=make_host_functions(), config=BIG) as sb:
         assert sb.call("Add", 2, 3) == 5
         with pytest.raises(SnapshotStateError):
             sb.restore(pre)
     pre2 = Snapshot.from_guest(simpleguest, BIG)
-    with MultiUseSandbox.from_snapshot(pre2, make_host_functions(), BIG) as sb:
+    with MultiUseSandbox.from_snapshot(pre2, host_functions=make_host_functions(), config=BIG) as sb:
         assert sb.snapshot().generation == 1
 
 
@@ -224,7 +224,7 @@ def test_random_differs_between_siblings_and_restores(sandbox: MultiUseSandbox) 
     snap = sandbox.snapshot()
     seen = set()
     for _ in range(4):
-        with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
             seen.add(sb.call("NextRandom"))
     for _ in range(4):
         sandbox.restore(snap)
@@ -262,7 +262,7 @@ def test_writes_after_snapshot_do_not_leak(sandbox: MultiUseSandbox) -> None:
     snap = sandbox.snapshot()
     sandbox.call("SetStatic")
     sandbox.call("AllocAndWritePattern", 1 << 20)
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         assert sb.call("ReadPattern") == b""     # no pattern was allocated in the snapshot's state
         assert sb.call("GetStatic") == 0
     sandbox.restore(snap)

@@ -77,7 +77,8 @@ class CodeSandbox:
         if snapshot is not None and not isinstance(snapshot, Snapshot):
             raise TypeError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
         self._base = snapshot if snapshot is not None else warm_snapshot(self.language)
-        self._sb = MultiUseSandbox.from_snapshot(self._base, tool_host_functions(self._dispatch))
+        self._sb = MultiUseSandbox.from_snapshot(self._base,
+                                                 host_functions=tool_host_functions(self._dispatch))
         self._dirty = False
 
     # ---------------------------------------------------------------- running code

@@ -45,7 +45,8 @@ def warm_snapshot(lang: str | Language) -> Snapshot:
         snap = _cache.get(spec.name)
         if snap is None:
             path = spec.guest_path()
-            with UninitializedSandbox(str(path), LAYOUT, tool_host_functions()).evolve() as sb:
+            with UninitializedSandbox(str(path),
+                                      config=LAYOUT, host_functions=tool_host_functions()).evolve() as sb:
                 snap = sb.snapshot()
             _cache[spec.name] = snap
     return snap

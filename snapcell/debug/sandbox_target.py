@@ -5,6 +5,13 @@ page (never the snapshot image, never a sibling's memory; snapshots taken while 
 original bytes back). Hardware breakpoints and KVM_SET_GUEST_DEBUG do not work for CPL3 code on
 this platform; `int3` (#BP, vector 3, gate DPL 3) and RFLAGS.TF single-step (#DB, vector 1) do.
 
+The first stop of a sandbox made from an initialised snapshot is the entry of the function its
+first call runs, when the guest's symbols are known in this process (the ELF was parsed here:
+`UninitializedSandbox`, `GuestBinary.from_file`): a one-shot internal `int3` is planted at the
+address the SDK's dispatcher will call (read from its registration table `funcs[]`, or the
+symbol of that name), and the stop is reported when the guest reaches it. Otherwise the first
+stop is where the guest waits for the call, inside the SDK's `sc_port_out` (docs/debugging.md).
+
 The guest stops in one of two ways:
   * *in a trap stub*: #BP, #DB or a fault delivered to the CPL0 stub, which is parked on its
     `out`. The user-mode RIP, CS, RFLAGS, RSP, SS are in the exception frame on the kernel stack
@@ -18,8 +25,11 @@ from __future__ import annotations
 import struct
 import threading
 
+import msgpack
+
 from ..errors import SnapcellError
 from ..guest.abi import FRAME_HEADER
+from ..guest.elf import known_symbols
 from ..kvm.structs import GPR_NAMES
 from ..machine.cpu import RFLAGS_TF
 from ..machine.exits import TrapFrame
@@ -35,14 +45,20 @@ INT3 = 0xCC
 _FRAME = struct.Struct("<5Q")                 # RIP, CS, RFLAGS, RSP, SS
 _FRAME_REGS = ("rip", "cs", "eflags", "rsp", "ss")
 _XMM_OFFSET, _MXCSR_OFFSET = 160, 24          # legacy XSAVE region (Intel SDM Vol. 1, 10.5.1)
+# The SDK's registration table (guest/sdk/runtime.c): struct sc_func { u64 prefix; char *name;
+# u32 name_len; sc_guest_fn fn; sc_type ret; int nparams; sc_type params[16]; } funcs[]
+_SC_FUNC = struct.Struct("<QQI4xQ")
+_SC_FUNC_SIZE = 104
 
 
 class SandboxDebugger:
     """Implements both `DebugTarget` (for the GDB server) and `DebugHook` (for the call loop)."""
 
-    def __init__(self, core: Core, port: int) -> None:
+    def __init__(self, core: Core, port: int, guest_sha256: str = "") -> None:
         self.core = core
+        self.guest_sha256 = guest_sha256
         self.breakpoints: dict[int, int] = {}
+        self._entry_bp: tuple[int, int] | None = None     # one-shot (address, original byte)
         self._frame_addr: int | None = None
         self._entry_pending = True
         self._interrupt = threading.Event()
@@ -61,9 +77,16 @@ class SandboxDebugger:
         """Entry stop (first run) or a Ctrl-C that arrived while no call ran."""
         if not self._active:
             return
+        self._drop_entry_breakpoint()
         if self._entry_pending:
             self._entry_pending = False
             self._interrupt.clear()
+            addr = self._called_function_entry()
+            if addr is not None and addr not in self.breakpoints:
+                view = self._memory().view
+                self._entry_bp = (addr, view[addr])
+                view[addr] = INT3
+                return                      # the stop is reported when the guest gets there
             self._stop(StopEvent(StopReason.ENTRY, 5), None)
         elif self._interrupt.is_set():
             self._interrupt.clear()
@@ -82,6 +105,11 @@ class SandboxDebugger:
         fault stop; after a fault gdb may look around, then the fault is raised as usual."""
         if not self._active:
             return False
+        if frame.vector == 3 and self._entry_bp is not None and frame.rip - 1 == self._entry_bp[0]:
+            self._drop_entry_breakpoint()
+            self._set_frame("rip", frame.rip - 1, frame.frame_addr)
+            self._stop(StopEvent(StopReason.ENTRY, 5), frame.frame_addr)
+            return True
         if frame.vector == 3:
             bp = frame.rip - 1
             if bp in self.breakpoints:
@@ -97,10 +125,14 @@ class SandboxDebugger:
 
     def original_bytes(self) -> dict[int, int]:
         """Planted breakpoints and the bytes they hide."""
-        return dict(self.breakpoints)
+        out = dict(self.breakpoints)
+        if self._entry_bp is not None:
+            out[self._entry_bp[0]] = self._entry_bp[1]
+        return out
 
     def after_restore(self) -> None:
         """Memory was re-mapped: plant the breakpoints again in the new private copy."""
+        self._entry_bp = None
         view = self._memory().view
         for addr in self.breakpoints:
             self.breakpoints[addr] = view[addr]
@@ -109,6 +141,48 @@ class SandboxDebugger:
     def close(self) -> None:
         """Stop the GDB server."""
         self.session.close()
+
+    def _drop_entry_breakpoint(self) -> None:
+        """Remove the one-shot entry breakpoint (reached, or left by a call that never got to
+        its function)."""
+        if self._entry_bp is not None:
+            addr, orig = self._entry_bp
+            self._entry_bp = None
+            self._memory().view[addr] = orig
+
+    def _called_function_entry(self) -> int | None:
+        """The address the SDK will call for the call in the input buffer, if it can be known."""
+        core = self.core
+        functions = core.functions
+        symbols = known_symbols(self.guest_sha256) if self.guest_sha256 else None
+        if not functions or not symbols:
+            return None
+        try:
+            mem, lay = self._memory(), core.layout
+            n = int.from_bytes(mem.read(lay.input_addr, FRAME_HEADER), "little")
+            if not 0 < n <= lay.input_size - FRAME_HEADER:
+                return None
+            msg = msgpack.unpackb(mem.read(lay.input_addr + FRAME_HEADER, n), raw=False)
+            name = msg[0] if isinstance(msg, list) and msg and isinstance(msg[0], str) else None
+            if name is None or name not in functions:
+                return None
+            return self._registered_address(name, symbols, len(functions))
+        except (ValueError, TypeError, IndexError, OSError, SnapcellError, msgpack.UnpackException):
+            return None
+
+    def _registered_address(self, name: str, symbols: dict[str, int], count: int) -> int | None:
+        space, mem = self.core.space, self._memory()
+        table = symbols.get("funcs")
+        want = name.encode()
+        if table is not None and space.user_range(table, count * _SC_FUNC_SIZE):
+            for i in range(count):
+                _prefix, name_ptr, name_len, fn = _SC_FUNC.unpack(
+                    mem.read(table + i * _SC_FUNC_SIZE, _SC_FUNC.size))
+                if name_len == len(want) and space.user_range(name_ptr, name_len) \
+                        and mem.read(name_ptr, name_len) == want:
+                    return fn if space.executable(fn) else None
+        addr = symbols.get(name)
+        return addr if addr is not None and space.executable(addr) else None
 
     def _stop(self, event: StopEvent, frame_addr: int | None) -> None:
         self._frame_addr = frame_addr
@@ -261,8 +335,8 @@ class SandboxDebugger:
         self._killed = True
 
 
-def _factory(core: Core, port: int) -> DebugHook:
-    return SandboxDebugger(core, port)
+def _factory(core: Core, port: int, guest_sha256: str) -> DebugHook:
+    return SandboxDebugger(core, port, guest_sha256)
 
 
 register_debugger(_factory)

@@ -16,6 +16,7 @@ without `D`) leaves the guest stopped, so gdb can reconnect; `detach` ends debug
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from snapcell.errors import SandboxStateError, SnapcellError
+from snapcell.errors import DebugPortInUse, SandboxStateError, SnapcellError
 
 from . import x86_64
 from .packets import (
@@ -144,8 +145,13 @@ class DebugSession:
             listener.bind((_HOST, self._requested_port))
             listener.listen(1)
             listener.setblocking(False)
-        except OSError:
+        except OSError as e:
             listener.close()
+            if e.errno == errno.EADDRINUSE:
+                raise DebugPortInUse(
+                    f"debug_port {self._requested_port}: {_HOST}:{self._requested_port} is already "
+                    "in use; choose another port, or 0 for any free one (snapcell debug --port 0; "
+                    "the sandbox's debug_port property tells which)") from None
             raise
         self._listener = listener
         self._port = listener.getsockname()[1]

@@ -62,7 +62,10 @@ class GuestBinary:
                 data = f.read(MAX_GUEST_FILE + 1)
         except OSError as e:
             raise GuestLoadError(f"cannot read guest {path!r}: {e.strerror}") from None
-        return cls.from_bytes(data)
+        try:
+            return cls.from_bytes(data)
+        except GuestLoadError as e:
+            raise GuestLoadError(f"{path}: {e} (build guests with `snapcell guest build`)") from None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "GuestBinary":
@@ -174,5 +177,24 @@ def _parse(data: bytes) -> GuestBinary:
     if sys_entry is None or not executable(sys_entry):
         raise GuestLoadError(f"guest lacks the SDK symbol {SYSCALL_ENTRY_SYMBOL} "
                              "(build it with `snapcell guest build`)")
+    digest = hashlib.sha256(data).hexdigest()
+    _remember_symbols(digest, symbols)
     return GuestBinary(tuple(segments), entry, phdr_addr, phnum, phentsize, sys_entry,
-                       hashlib.sha256(data).hexdigest(), symbols)
+                       digest, symbols)
+
+
+_KNOWN_SYMBOLS: dict[str, dict[str, int]] = {}
+_KNOWN_SYMBOLS_MAX = 64
+
+
+def _remember_symbols(sha256: str, symbols: dict[str, int]) -> None:
+    _KNOWN_SYMBOLS.pop(sha256, None)
+    _KNOWN_SYMBOLS[sha256] = symbols
+    while len(_KNOWN_SYMBOLS) > _KNOWN_SYMBOLS_MAX:
+        del _KNOWN_SYMBOLS[next(iter(_KNOWN_SYMBOLS))]
+
+
+def known_symbols(sha256: str) -> dict[str, int] | None:
+    """The symbols of a guest ELF this process has parsed (by the ELF's sha256), if any: lets a
+    debugger stop at a function's entry in a sandbox made from a snapshot of that guest."""
+    return _KNOWN_SYMBOLS.get(sha256)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .values import ValueType, parse_type
@@ -35,6 +37,14 @@ class Signature:
         if ValueType.VOID in ps:
             raise ValueError("void is not a parameter type")
         return cls(ps, parse_type(ret))
+
+
+def unknown_function_message(name: object, functions: Mapping[str, Signature]) -> str:
+    """'the guest exports no function 'X'; did you mean 'Y'? It exports: A, B, ...'."""
+    close = difflib.get_close_matches(name, list(functions), n=1) if isinstance(name, str) else []
+    maybe = f"; did you mean {close[0]!r}?" if close else "."
+    return (f"the guest exports no function {name!r}{maybe} It exports: "
+            f"{', '.join(sorted(functions)) or 'nothing'}")
 
 
 def check_name(name: object) -> str:

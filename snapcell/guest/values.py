@@ -93,15 +93,26 @@ def parse_text(t: ValueType, text: str) -> object:
     """A value of type `t` from command-line text (ints accept 0x/0o/0b, bytes are hex, bools
     are true/false/1/0); ValueError when the text does not parse."""
     if t in INT_RANGES:
-        return int(text, 0)
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer (write it in decimal, or with a "
+                             "0x/0o/0b prefix)") from None
     if t in (ValueType.F32, ValueType.F64):
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number (e.g. 3.25, -1e-3, inf)") from None
     if t is ValueType.BOOL:
         if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{text!r} is not a bool")
+            raise ValueError(f"{text!r} is not a bool (write true, false, 1 or 0)")
         return text.lower() in ("true", "1")
     if t is ValueType.BYTES:
-        return bytes.fromhex(text)
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not hex bytes (write two hex digits per byte, "
+                             "e.g. 00ff10)") from None
     if t is ValueType.VOID:
         raise ValueError("void takes no value")
     return text

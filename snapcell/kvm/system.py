@@ -48,7 +48,7 @@ class Kvm:
 
     def create_vm(self) -> Vm:
         """KVM_CREATE_VM."""
-        return Vm(self, fcntl.ioctl(self.fd, ioctls.KVM_CREATE_VM, 0))
+        return Vm(fcntl.ioctl(self.fd, ioctls.KVM_CREATE_VM, 0), self.vcpu_mmap_size)
 
     def close(self) -> None:
         """Close /dev/kvm (VMs already created stay valid)."""

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import TYPE_CHECKING
 
 from . import ioctls
 from .structs import kvm_userspace_memory_region
 from .vcpu import Vcpu
 
-if TYPE_CHECKING:
-    from .system import Kvm
-
 
 class Vm:
     """A KVM VM: memory slots and vCPUs."""
 
-    def __init__(self, kvm: "Kvm", fd: int) -> None:
-        self.kvm = kvm
+    def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
         self.fd = fd
+        self.vcpu_mmap_size = vcpu_mmap_size      # of each vCPU's kvm_run mapping (from /dev/kvm)
         self._region = kvm_userspace_memory_region()
 
     def set_user_memory_region(self, slot: int, guest_phys_addr: int, size: int, userspace_addr: int,
@@ -34,7 +30,7 @@ class Vm:
         """KVM_CREATE_VCPU, and map its kvm_run page."""
         fd = fcntl.ioctl(self.fd, ioctls.KVM_CREATE_VCPU, index)
         try:
-            return Vcpu(fd, self.kvm.vcpu_mmap_size)
+            return Vcpu(fd, self.vcpu_mmap_size)
         except BaseException:
             os.close(fd)
             raise

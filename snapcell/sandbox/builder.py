@@ -67,11 +67,12 @@ class SandboxBuilder:
 
     def build_from_file(self, path: str) -> MultiUseSandbox:
         """Load the guest ELF at `path` and initialise it."""
-        return UninitializedSandbox(path, self.config(), self._host_functions).evolve()
+        return UninitializedSandbox(path, config=self.config(), host_functions=self._host_functions).evolve()
 
     def build_from_bytes(self, data: bytes) -> MultiUseSandbox:
         """Load a guest ELF held in memory and initialise it."""
-        return UninitializedSandbox(bytes(data), self.config(), self._host_functions).evolve()
+        return UninitializedSandbox(bytes(data), config=self.config(),
+                                    host_functions=self._host_functions).evolve()
 
     def build_from_snapshot(self, snapshot: Snapshot) -> MultiUseSandbox:
         """A ready sandbox from `snapshot`; refuses layout settings (the snapshot fixes them)."""
@@ -81,4 +82,4 @@ class SandboxBuilder:
                 "settings: " + ", ".join(f"{k}={v}" for k, v in sorted(self._layout.items())))
         layout = {f: getattr(snapshot.layout, f) for f in LAYOUT_FIELDS}
         config = SandboxConfiguration(**layout, **self._runtime)
-        return MultiUseSandbox.from_snapshot(snapshot, self._host_functions, config)
+        return MultiUseSandbox.from_snapshot(snapshot, host_functions=self._host_functions, config=config)

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigurationError
 from ..machine.layout import MAX_MEMORY, PAGE
+from .deprecation import positional_options, unknown_field
 
 KIB, MIB = 1 << 10, 1 << 20
 LAYOUT_FIELDS = ("input_size", "output_size", "heap_size", "stack_size")
 RUNTIME_FIELDS = ("max_execution_time", "interrupt_retry_delay", "interrupt_signal", "debug_port")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SandboxConfiguration:
     """Sizes (bytes, multiples of 4 KiB) of the guest's input and output buffers, heap arena and
     stack — the *layout* fields, fixed once a guest is initialised — and the *runtime* fields,
     which every sandbox may choose for itself: a per-call time limit in seconds (None = none), the
     delay between interrupt retries, the signal offset above SIGRTMIN used to interrupt a vCPU,
-    and a TCP port on 127.0.0.1 for gdb (None = no debugging)."""
+    and a TCP port on 127.0.0.1 for gdb (None = no debugging; 0 = any free port).
+
+    Every field is keyword-only (by position they still work, with a DeprecationWarning, until
+    snapcell 0.3); an unknown field is a ConfigurationError naming the closest one."""
 
     input_size: int = 256 * KIB
     output_size: int = 256 * KIB
@@ -35,7 +41,8 @@ class SandboxConfiguration:
         for name in LAYOUT_FIELDS:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
-                raise ConfigurationError(f"{name} must be an int, got {type(v).__name__}")
+                raise ConfigurationError(f"{name} must be an int (bytes, a multiple of {PAGE}), got "
+                                         f"{type(v).__name__} {v!r}; e.g. {name}=16 << 20 for 16 MiB")
             if v < PAGE or v % PAGE or v > MAX_MEMORY // 2:
                 raise ConfigurationError(f"{name} must be a multiple of {PAGE} between {PAGE} "
                                          f"and {MAX_MEMORY // 2} bytes, got {v}")
@@ -64,3 +71,20 @@ class SandboxConfiguration:
     def replace(self, **changes: object) -> "SandboxConfiguration":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SandboxConfiguration))
+_generated_init = SandboxConfiguration.__init__
+
+
+@functools.wraps(_generated_init)
+def _init(self: SandboxConfiguration, *args: Any, **kwargs: Any) -> None:
+    for name in kwargs:
+        if name not in _FIELDS:
+            raise unknown_field("SandboxConfiguration", name, _FIELDS)
+    if args:
+        kwargs = positional_options("SandboxConfiguration(...)", _FIELDS, args, kwargs)
+    _generated_init(self, **kwargs)
+
+
+SandboxConfiguration.__init__ = _init  # type: ignore[method-assign]

@@ -1,19 +1,22 @@
 """The seam between a sandbox's call loop and a debugger (which lives in the higher `debug`
-layer and registers a factory here, so the sandbox layer never imports it)."""
+layer and registers a factory here when it is imported — the root package imports it — so the
+sandbox layer never imports it, not even lazily)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
+from ..errors import SandboxStateError
 from ..machine.exits import TrapFrame
-
-if TYPE_CHECKING:
-    from .core import Core
 
 
 class DebugHook(Protocol):
     """What the call loop asks of an attached debugger."""
+
+    @property
+    def port(self) -> int:
+        """The TCP port on 127.0.0.1 the debugger serves gdb on."""
 
     def before_run(self) -> None:
         """A run (init or call) is about to enter the guest: stop first if an entry stop or an
@@ -37,7 +40,7 @@ class DebugHook(Protocol):
         """Stop serving the debugger."""
 
 
-DebugFactory = Callable[["Core", int], DebugHook]
+DebugFactory = Callable[[Any, int, str], DebugHook]      # (the sandbox's Core, port, guest sha256)
 _factory: DebugFactory | None = None
 
 
@@ -47,10 +50,11 @@ def register_debugger(factory: DebugFactory) -> None:
     _factory = factory
 
 
-def attach_debugger(core: "Core", port: int) -> DebugHook:
-    """A debugger serving gdb on 127.0.0.1:`port` for `core`."""
+def attach_debugger(core: Any, port: int, guest_sha256: str = "") -> DebugHook:
+    """A debugger serving gdb on 127.0.0.1:`port` for `core` (running the guest ELF whose sha256
+    is `guest_sha256`: its symbols, when known, let the first stop be the called function's
+    entry)."""
     if _factory is None:
-        import importlib
-        importlib.import_module("snapcell.debug")
-    assert _factory is not None
-    return _factory(core, port)
+        raise SandboxStateError("no debugger is registered: import snapcell.debug (importing "
+                                "snapcell does)")
+    return _factory(core, port, guest_sha256)

@@ -12,6 +12,7 @@ from ..errors import HostFunctionError
 from ..guest.functions import Signature, check_name
 from ..guest.values import ValueType
 from ..types import I32
+from .deprecation import given, positional_options
 
 _PLAIN = {int: ValueType.I64, float: ValueType.F64, str: ValueType.STR, bool: ValueType.BOOL,
           bytes: ValueType.BYTES, type(None): ValueType.VOID, None: ValueType.VOID}
@@ -41,13 +42,15 @@ def signature_of(fn: Callable[..., Any]) -> Signature:
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             raise HostFunctionError(f"parameter {p.name!r}: only positional parameters are supported")
         if p.name not in hints:
-            raise HostFunctionError(f"parameter {p.name!r} has no type annotation")
+            raise HostFunctionError(f"parameter {p.name!r} has no type annotation (annotate it, "
+                                    "e.g. `def f(a: I32) -> I32` with I32 from snapcell.types)")
         t = _annotation_type(hints[p.name], f"parameter {p.name!r}")
         if t is ValueType.VOID:
             raise HostFunctionError(f"parameter {p.name!r} cannot be None")
         types.append(t)
     if "return" not in hints:
-        raise HostFunctionError("the return type is not annotated (use -> None for void)")
+        raise HostFunctionError("the return type is not annotated (annotate it, e.g. -> I32, "
+                                "or -> None for void)")
     return Signature(tuple(types), _annotation_type(hints["return"], "return"))
 
 
@@ -83,16 +86,28 @@ class HostFunctions:
         self.version = 0
         return self
 
-    def register(self, name: str, fn: Callable[..., Any],
+    def register(self, name: str, fn: Callable[..., Any], *args: Any,
                  signature: Signature | None = None) -> "HostFunctions":
-        """Register (or replace) `name`. The signature comes from `fn`'s annotations unless given."""
+        """Register (or replace) `name`. The signature comes from `fn`'s annotations unless given
+        (keyword-only; by position it still works, with a DeprecationWarning, until 0.3)."""
+        if args:
+            signature = positional_options("HostFunctions.register(name, fn, ...)", ("signature",),
+                                           args, given(signature=signature)).get("signature")
         try:
             check_name(name)
         except ValueError as e:
-            raise HostFunctionError(str(e)) from None
+            raise HostFunctionError(f"{e}: a host function name is a non-empty str of at most "
+                                    "256 UTF-8 bytes, e.g. register(\"HostAdd\", host_add)") from None
         if not callable(fn):
-            raise HostFunctionError(f"{name}: {fn!r} is not callable")
-        sig = signature if signature is not None else signature_of(fn)
+            raise HostFunctionError(f"host function {name!r}: {fn!r} is not callable; register a "
+                                    "function, e.g. register(\"HostAdd\", host_add)")
+        if signature is not None and not isinstance(signature, Signature):
+            raise HostFunctionError(f"host function {name!r}: signature must be a Signature, got "
+                                    f"{type(signature).__name__}")
+        try:
+            sig = signature if signature is not None else signature_of(fn)
+        except HostFunctionError as e:
+            raise HostFunctionError(f"host function {name!r}: {e}") from None
         self._functions[name] = HostFunction(name, fn, sig)
         self.version += 1
         return self

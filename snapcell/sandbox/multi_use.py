@@ -22,16 +22,18 @@ from ..errors import (
     UnknownFunctionError,
 )
 from ..guest.abi import ABI_VERSION, FRAME_HEADER
-from ..guest.functions import Signature
+from ..guest.functions import Signature, unknown_function_message
 from ..guest.loader import system_images
 from ..guest.values import check_value
 from ..machine import Machine
 from ..machine.features import CpuFeatures, host_features, hypervisor_name
 from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
 from ..machine.memory import MemoryImage
+from .arguments import check_from_snapshot_arguments
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
 from .debughook import attach_debugger
+from .deprecation import given, positional_options
 from .host_functions import HostFunctions
 from .interrupt import InterruptHandle, install_signal
 from .pool import default_pool, kvm
@@ -132,8 +134,8 @@ class MultiUseSandbox:
 
     # ---------------------------------------------------------------- creation
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot, host_functions: HostFunctions | None = None,
-                      config: SandboxConfiguration | None = None, *,
+    def from_snapshot(cls, snapshot: Snapshot, *args: Any, host_functions: HostFunctions | None = None,
+                      config: SandboxConfiguration | None = None,
                       pooled: bool = True) -> "MultiUseSandbox":
         """A ready sandbox whose state is `snapshot`'s, without re-running guest init.
 
@@ -142,14 +144,15 @@ class MultiUseSandbox:
         (default `HostFunctions()`) must cover the snapshot's recorded host functions by name and
         signature; they are the functions this sandbox calls. A pre-init snapshot accepts any
         registry and runs the guest's initialisation here. `pooled=False` bypasses the warm VM
-        pool (for measurement)."""
-        if not isinstance(snapshot, Snapshot):
-            raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
+        pool (for measurement). The optional arguments are keyword-only (by position they still
+        work, with a DeprecationWarning, until snapcell 0.3)."""
+        if args:
+            opts = positional_options("MultiUseSandbox.from_snapshot(snapshot, ...)",
+                                      ("host_functions", "config"), args,
+                                      given(host_functions=host_functions, config=config))
+            host_functions, config = opts.get("host_functions"), opts.get("config")
+        check_from_snapshot_arguments(snapshot, host_functions, config)
         host_functions = host_functions if host_functions is not None else HostFunctions()
-        if not isinstance(host_functions, HostFunctions):
-            raise TypeError("host_functions must be a HostFunctions")
-        if config is not None and not isinstance(config, SandboxConfiguration):
-            raise TypeError("config must be a SandboxConfiguration")
         exact = check_host_functions(snapshot, host_functions)
         check_host_compatible(snapshot)
         lay = snapshot.layout
@@ -181,7 +184,7 @@ class MultiUseSandbox:
             core.reset(system_image, snapshot.image, snapshot.syscall_entry, cpu.kvm_regs_bytes,
                        cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
             if config.debug_port is not None:
-                core.debugger = attach_debugger(core, config.debug_port)
+                core.debugger = attach_debugger(core, config.debug_port, snapshot.guest_sha256)
             if snapshot.initialised:
                 assert snapshot.functions is not None
                 core.functions = snapshot.functions
@@ -230,12 +233,12 @@ class MultiUseSandbox:
         call_codec = (core.codecs.get(name) or core.call_codec(name)) if isinstance(name, str) \
             else None
         if call_codec is None:
-            raise UnknownFunctionError(f"the guest exports no function {name!r}")
+            raise UnknownFunctionError(unknown_function_message(name, core.functions or {}))
         params = call_codec.params
         if len(args) != len(params):
             sig = core.functions[name]
-            raise ArgumentError(f"{sig.describe(name)} takes {len(params)} argument(s), "
-                                f"got {len(args)}")
+            raise ArgumentError(f"{sig.describe(name)} takes {len(params)} "
+                                f"argument{'' if len(params) == 1 else 's'}, got {len(args)}")
         if args:
             try:
                 framed = call_codec.encode_framed(args)
@@ -275,7 +278,14 @@ class MultiUseSandbox:
             try:
                 check_value(t, v)
             except (TypeError, ValueError) as e:
-                raise ArgumentError(f"{sig.describe(name)}: argument {i}: {e}") from None
+                raise ArgumentError(f"{sig.describe(name)}: argument {i} ({t.value}): {e}") from None
+
+    @property
+    def debug_port(self) -> int | None:
+        """The TCP port on 127.0.0.1 that gdb connects to (the one chosen when the configuration
+        asked for port 0), or None when the sandbox is not being debugged."""
+        debugger = self._core.debugger
+        return None if debugger is None else debugger.port
 
     def interrupt_handle(self) -> InterruptHandle:
         """A thread-safe handle whose `kill()` cancels the call in progress (if any)."""
@@ -383,7 +393,7 @@ class MultiUseSandbox:
         or pulled from the registry reference `source`). See
         `snapcell.snapshot.sessions.resume` for the options."""
         snapshot = Snapshot.store().resume(source, ref, **options)
-        return cls.from_snapshot(snapshot, host_functions, config)
+        return cls.from_snapshot(snapshot, host_functions=host_functions, config=config)
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:

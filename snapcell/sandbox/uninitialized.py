@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GuestLoadError, SandboxStateError
+from ..errors import ArgumentError, GuestLoadError, SandboxStateError
 from ..guest.elf import GuestBinary
 from ..guest.loader import build_guest_image
 from ..kvm.structs import GPR_NAMES
@@ -13,6 +13,8 @@ from ..machine.cpu import RFLAGS_RESERVED1
 from ..machine.features import host_features, hypervisor_name
 from ..machine.layout import LayoutError, MemoryLayout
 from .config import SandboxConfiguration
+from .deprecation import expect, positional_options
+from .deprecation import given as _given
 from .host_functions import HostFunctions
 from .pool import kvm
 from .snapshot import CpuState, Snapshot
@@ -31,7 +33,8 @@ def load_guest(guest: GuestSource | GuestBinary) -> GuestBinary:
         return GuestBinary.from_bytes(bytes(guest))
     if isinstance(guest, (str, os.PathLike)):
         return GuestBinary.from_file(os.fspath(guest))
-    raise TypeError(f"guest must be a path, bytes or GuestBinary, not {type(guest).__name__}")
+    raise ArgumentError(f"guest must be a path, bytes or GuestBinary, got {type(guest).__name__}; "
+                        "give the path of an ELF built with `snapcell guest build`")
 
 
 def pre_init_snapshot(guest: GuestBinary, config: SandboxConfiguration) -> Snapshot:
@@ -56,17 +59,25 @@ class UninitializedSandbox:
     """A guest binary placed in a fresh memory image. `evolve()` runs the guest's
     initialisation and returns a ready `MultiUseSandbox`.
 
-    ``UninitializedSandbox("guest.elf", SandboxConfiguration(), host_functions=HostFunctions())``
-    """
+    ``UninitializedSandbox("guest.elf", config=SandboxConfiguration(), host_functions=HostFunctions())``
 
-    def __init__(self, guest: GuestSource | GuestBinary, config: SandboxConfiguration | None = None,
+    `config` and `host_functions` are keyword-only (by position they still work, with a
+    DeprecationWarning, until snapcell 0.3)."""
+
+    def __init__(self, guest: GuestSource | GuestBinary, *args: Any,
+                 config: SandboxConfiguration | None = None,
                  host_functions: HostFunctions | None = None) -> None:
+        if args:
+            opts = positional_options("UninitializedSandbox(guest, ...)", ("config", "host_functions"),
+                                      args, _given(config=config, host_functions=host_functions))
+            config, host_functions = opts.get("config"), opts.get("host_functions")
         self.config = config if config is not None else SandboxConfiguration()
-        if not isinstance(self.config, SandboxConfiguration):
-            raise TypeError("config must be a SandboxConfiguration")
+        expect("config", self.config, SandboxConfiguration,
+               "e.g. config=SandboxConfiguration(heap_size=16 << 20)", {HostFunctions: "host_functions"})
         self.host_functions = host_functions if host_functions is not None else HostFunctions()
-        if not isinstance(self.host_functions, HostFunctions):
-            raise TypeError("host_functions must be a HostFunctions")
+        expect("host_functions", self.host_functions, HostFunctions,
+               "e.g. host_functions=HostFunctions().register(\"Name\", fn)",
+               {SandboxConfiguration: "config"})
         self.guest = load_guest(guest)
         self._snapshot: Snapshot | None = pre_init_snapshot(self.guest, self.config)
 
@@ -82,7 +93,7 @@ class UninitializedSandbox:
         from .multi_use import MultiUseSandbox
         snap = self.snapshot()
         self._snapshot = None
-        return MultiUseSandbox.from_snapshot(snap, self.host_functions, self.config)
+        return MultiUseSandbox.from_snapshot(snap, host_functions=self.host_functions, config=self.config)
 
     def close(self) -> None:
         """Forget the image without evolving."""

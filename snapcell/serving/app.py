@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
 from ..guest.functions import Signature
 from .auth import key_from_headers

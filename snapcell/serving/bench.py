@@ -44,7 +44,7 @@ def bench_pool(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
 
     async def main() -> None:
         async with SandboxPool(snap, size=1, host_functions=hf, max_queue=4) as pool:
-            with MultiUseSandbox.from_snapshot(snap, hf) as sb:
+            with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
                 direct, restored, pooled = [], [], []
                 for _ in range(200):
                     await pool.call("NoOp")
@@ -71,7 +71,7 @@ def bench_call_many(snap: Snapshot, hf: HostFunctions, calls: int = 10_000,
                     rounds: int = 5) -> dict[str, Stats]:
     """`calls` trivial calls (NoOp, EchoI32) separately and as one `call_many`, per call."""
     out: dict[str, Stats] = {}
-    with MultiUseSandbox.from_snapshot(snap, hf) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
         for fn, args in (("NoOp", []), ("EchoI32", [7])):
             items = [args] * calls
             sb.call_many(fn, items[:100])

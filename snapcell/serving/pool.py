@@ -237,7 +237,8 @@ class SandboxPool:
         """A sandbox from the pool's snapshot (or `snapshot`) with the pool's host functions and
         configuration (blocking; used by workers and sessions)."""
         return MultiUseSandbox.from_snapshot(snapshot if snapshot is not None else self.snapshot,
-                                             self.host_functions, self.config)
+                                             host_functions=self.host_functions,
+                                             config=self.config)
 
     # ---------------------------------------------------------------- lifetime
     async def start(self) -> None:

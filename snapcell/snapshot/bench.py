@@ -64,7 +64,7 @@ def _no_record() -> Iterator[None]:
 
 def _size_bench(guest: GuestBinary, total: int, n: int, workdir: str) -> dict[str, float]:
     config = config_for_total(guest, total)
-    with UninitializedSandbox(guest, config, HostFunctions()).evolve() as sb:
+    with UninitializedSandbox(guest, config=config, host_functions=HostFunctions()).evolve() as sb:
         sb.call("AllocAndWritePattern", config.heap_size // 4)   # a quarter of the heap is data
         dirs: list[str] = []
 
@@ -137,12 +137,12 @@ def _diff_bench(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
     child versus the full snapshot, and pause -> resume."""
     config = config_for_total(guest, 256 * MIB)
     d = os.path.join(workdir, "diff")
-    with UninitializedSandbox(guest, config, HostFunctions()).evolve() as sb:
+    with UninitializedSandbox(guest, config=config, host_functions=HostFunctions()).evolve() as sb:
         sb.call("AllocAndWritePattern", config.heap_size // 4)
         oci.save(sb.snapshot(), d, "parent")
     parent = oci.load(d, "parent", verify=True)
     out: dict[str, float] = {}
-    with MultiUseSandbox.from_snapshot(parent, HostFunctions()) as sb:
+    with MultiUseSandbox.from_snapshot(parent, host_functions=HostFunctions()) as sb:
         def child() -> Snapshot:
             content.clear()               # free the previous children's images, untimed
             gc.collect()
@@ -185,7 +185,8 @@ def _diff_bench(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
     out["session_depth"] = oci.inspect(d, "session")["depth"]
     # the same with the default configuration (a small guest)
     small = os.path.join(workdir, "session-small")
-    with UninitializedSandbox(guest, SandboxConfiguration(), HostFunctions()).evolve() as sb:
+    with UninitializedSandbox(guest,
+                              config=SandboxConfiguration(), host_functions=HostFunctions()).evolve() as sb:
         oci.save(sb.snapshot(), small, "base")
     sb3 = MultiUseSandbox.resume(small, HostFunctions(), ref="base")
     times = []
@@ -226,17 +227,17 @@ def _diff_bench(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
 
 def _cold_start(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
     config = SandboxConfiguration()
-    with UninitializedSandbox(guest, config, HostFunctions()).evolve() as sb:
+    with UninitializedSandbox(guest, config=config, host_functions=HostFunctions()).evolve() as sb:
         d = os.path.join(workdir, "cold")
         oci.save(sb.snapshot(), d, "ready")
 
     def from_file() -> None:
         snap = oci.load(d, "ready")
-        with MultiUseSandbox.from_snapshot(snap, HostFunctions()) as s:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=HostFunctions()) as s:
             s.call("EchoI32", 1)
 
     def from_elf() -> None:
-        with UninitializedSandbox(guest, config, HostFunctions()).evolve() as s:
+        with UninitializedSandbox(guest, config=config, host_functions=HostFunctions()).evolve() as s:
             s.call("EchoI32", 1)
 
     from_file()

@@ -86,7 +86,7 @@ def adversary(kvm_ok: None) -> str:
 
 
 def _evolve(path: str, hf: HostFunctions | None = None) -> Snapshot:
-    sb = UninitializedSandbox(path, CONFIG, hf or host_functions()).evolve()
+    sb = UninitializedSandbox(path, config=CONFIG, host_functions=hf or host_functions()).evolve()
     snap = sb.snapshot()
     sb.close()
     return snap

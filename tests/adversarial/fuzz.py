@@ -171,7 +171,7 @@ def fuzz_messages(snapshot: Snapshot, seconds: float, seed: int,
     hf = HostFunctions().register("Echo", echo)
     hf.register("HostPrint", printer)
     pool = message_seeds()
-    sb = MultiUseSandbox.from_snapshot(snapshot, hf)
+    sb = MultiUseSandbox.from_snapshot(snapshot, host_functions=hf)
     start = time.monotonic()
     try:
         while time.monotonic() - start < seconds and (max_mutations is None
@@ -375,7 +375,7 @@ def fuzz_snapshots(snapshot: Snapshot, host_functions: HostFunctions, seconds: f
                 continue
             stats.count("loaded")
             try:
-                with MultiUseSandbox.from_snapshot(snap, host_functions) as sb:
+                with MultiUseSandbox.from_snapshot(snap, host_functions=host_functions) as sb:
                     sb.call("Probe")
                 stats.count("ran")
             except SnapcellError as e:
@@ -399,7 +399,7 @@ def _main() -> None:
     ap.add_argument("--seed", type=int, default=int(time.time()))
     args = ap.parse_args()
     hf = host_functions()
-    sb = UninitializedSandbox(guest_path("adversary"), FUZZ_CONFIG, hf).evolve()
+    sb = UninitializedSandbox(guest_path("adversary"), config=FUZZ_CONFIG, host_functions=hf).evolve()
     snap = sb.snapshot()
     sb.close()
     ref = reference(snap)

@@ -26,7 +26,7 @@ REFUSED = [
 def test_snapshot_refuses_what_save_would(name: str, args: tuple[Any, ...], field: str,
                                           attacker_snapshot: Snapshot,
                                           references: dict[int, Fingerprint]) -> None:
-    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions()) as sb:
         sb.call(name, *args)
         with pytest.raises(SnapshotStateError, match=field):
             sb.snapshot()
@@ -37,7 +37,7 @@ def test_snapshot_refuses_what_save_would(name: str, args: tuple[Any, ...], fiel
 
 @pytest.mark.parametrize("flags", [TF, AC, NT, RF, TF | AC | DF | NT])
 def test_rflags_are_sanitised_alike(flags: int, attacker_snapshot: Snapshot, tmp_path: Path) -> None:
-    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions()) as sb:
         sb.call("ReturnWithFlags", flags)
         snap = sb.snapshot()
         assert snap.cpu.rflags & (TF | AC | NT | RF) == 0
@@ -45,7 +45,7 @@ def test_rflags_are_sanitised_alike(flags: int, attacker_snapshot: Snapshot, tmp
         snap.save(str(tmp_path), "t")
         back = Snapshot.checked_load(str(tmp_path), "t")
         assert back.cpu.regs == snap.cpu.regs
-        with MultiUseSandbox.from_snapshot(back, host_functions()) as again:
+        with MultiUseSandbox.from_snapshot(back, host_functions=host_functions()) as again:
             # the guest resumes inside ReturnWithFlags, whose own void return answers this
             # call; then calls run normally: no stray #DB (TF) or #AC (AC)
             assert again.call("ScribbleAbi", 0) is None
@@ -59,7 +59,7 @@ SURVIVORS = [a for a in ATTACKS if a[2] in ("ok", "any") and a[0] not in ("IntN"
 def test_snapshot_and_save_agree(case: tuple[str, tuple[Any, ...], Any], attacker_snapshot: Snapshot,
                                  tmp_path: Path) -> None:
     name, args, _ = case
-    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions()) as sb:
         try:
             sb.call(name, *args)
         except SnapcellError:

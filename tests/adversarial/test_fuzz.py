@@ -14,7 +14,7 @@ SEED = int(os.environ.get("SNAPCELL_FUZZ_SEED", "20261202"))
 
 
 def _snapshot(adversary: str) -> Snapshot:
-    sb = UninitializedSandbox(adversary, FUZZ_CONFIG, host_functions()).evolve()
+    sb = UninitializedSandbox(adversary, config=FUZZ_CONFIG, host_functions=host_functions()).evolve()
     snap = sb.snapshot()
     sb.close()
     return snap

@@ -36,7 +36,7 @@ def _sandbox(snap: Snapshot, fn: Callable[[I32], I32] | None = None,
         hf.register("Evil", fn)
     if printer is not None:
         hf.register("HostPrint", printer)
-    return MultiUseSandbox.from_snapshot(snap, hf)
+    return MultiUseSandbox.from_snapshot(snap, host_functions=hf)
 
 
 def _still_in_step(sb: MultiUseSandbox, ref: Fingerprint) -> None:
@@ -182,7 +182,7 @@ def test_bad_return_value(bad: Any, attacker_snapshot: Snapshot,
 
 def test_host_function_that_closes_another_sandbox(attacker_snapshot: Snapshot,
                                                    references: dict[int, Fingerprint]) -> None:
-    other = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    other = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
 
     def evil(v: I32) -> I32:
         other.close()
@@ -203,7 +203,7 @@ def test_registering_host_functions_from_a_host_function(attacker_snapshot: Snap
         return v
 
     hf.register("Evil", evil)
-    with MultiUseSandbox.from_snapshot(attacker_snapshot, hf) as sb:
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=hf) as sb:
         assert sb.call("CallHost", "Evil", 3) == 3
         assert sb.call("CallHost", "Late", 11) == 11
         _still_in_step(sb, references[id(attacker_snapshot)])

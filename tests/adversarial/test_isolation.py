@@ -116,7 +116,7 @@ def test_attack_leaves_nothing(case: tuple[str, tuple[Any, ...], Outcome],
     ref_same, ref_other = references[id(attacker_snapshot)], references[id(other_snapshot)]
 
     # 1 + 2: the attacker recovers with restore() and then computes the fresh-VM fingerprint
-    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     attack(sb, name, args, allowed)
     sb.restore(attacker_snapshot)
     assert sb.status is SandboxStatus.READY
@@ -128,7 +128,7 @@ def test_attack_leaves_nothing(case: tuple[str, tuple[Any, ...], Outcome],
     attack(sb, name, args, allowed)
     machine, tainted = sb._core.machine, sb._core.machine.tainted
     sb.close()
-    victim = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    victim = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     try:
         reused = victim._core.machine is machine
         assert reused != tainted, "a tainted machine was reused (or a clean one was not)"
@@ -138,11 +138,11 @@ def test_attack_leaves_nothing(case: tuple[str, tuple[Any, ...], Outcome],
         victim.close()
 
     # 3b: a victim of another snapshot on the attacker's pooled machine (re-map path)
-    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     attack(sb, name, args, allowed)
     machine, tainted = sb._core.machine, sb._core.machine.tainted
     sb.close()
-    victim = MultiUseSandbox.from_snapshot(other_snapshot, host_functions())
+    victim = MultiUseSandbox.from_snapshot(other_snapshot, host_functions=host_functions())
     try:
         assert (victim._core.machine is machine) != tainted
         assert fingerprint(victim) == ref_other
@@ -154,7 +154,7 @@ def test_a_tainted_vcpu_is_replaced_on_restore(attacker_snapshot: Snapshot,
                                                references: dict[int, Fingerprint]) -> None:
     """`in` leaves an I/O completion pending inside KVM: the vCPU is discarded, the sandbox
     keeps working on a new one, and its interrupt handle follows."""
-    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     try:
         first = sb._core.machine
         with pytest.raises(MachineError, match="read from I/O port 0x10"):
@@ -175,7 +175,7 @@ def test_a_tainted_vcpu_is_replaced_on_restore(attacker_snapshot: Snapshot,
 
 def test_granted_ports_reject_input(attacker_snapshot: Snapshot) -> None:
     """The TSS bitmap cannot grant `out` without `in`; an `in` is a clear, poisoning error."""
-    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     try:
         with pytest.raises(MachineError) as e:
             sb.call("PortIn", 0x13, 1)
@@ -186,7 +186,7 @@ def test_granted_ports_reject_input(attacker_snapshot: Snapshot) -> None:
 
 
 def test_corrupt_output_poisons(attacker_snapshot: Snapshot) -> None:
-    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions())
+    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     try:
         with pytest.raises(GuestOutputError):
             sb.call("RawOut", b"\xff\xff\xff\x7f\x92", 0x10)
