@@ -47,7 +47,7 @@ def main() -> int:
         sb.call("AddToStatic", 11)
         print("static11", oci.save(sb.snapshot(), str(tmp), "static11"))
     base = oci.load(str(tmp), "static11", verify=True)
-    with MultiUseSandbox.from_snapshot(base, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(base, host_functions=make_host_functions()) as sb:
         sb.call("AllocAndWritePattern", 5000)
         print("pattern ", oci.save(sb.snapshot(), str(tmp), "pattern"))
     assert oci.inspect(str(tmp), "pattern")["depth"] == 2

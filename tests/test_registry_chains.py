@@ -141,7 +141,7 @@ def test_a_child_push_sends_only_its_new_layer(registry: Registry, proxy: Counti
     content.clear()
     for d in (fresh, tmp_path / "partial") if depth > 1 else (fresh,):
         with MultiUseSandbox.from_snapshot(Snapshot.checked_load(str(d), tags[-1]),
-                                           make_host_functions()) as sb:
+                                           host_functions=make_host_functions()) as sb:
             assert sb.call("GetStatic") == 11 + depth
 
 
@@ -186,7 +186,7 @@ def test_sessions_pause_to_and_resume_from_a_registry(registry: Registry, proxy:
     ref = f"{proxy.host}/sessions/s1:live"
     base = Snapshot.load(str(layout), "base")
     local = tmp_path / "local-session"
-    sb = MultiUseSandbox.from_snapshot(base, make_host_functions())
+    sb = MultiUseSandbox.from_snapshot(base, host_functions=make_host_functions())
     sb.call("AddToStatic", 7)
     sb.pause(ref, directory=str(local), insecure=True)          # first pause: a full snapshot
     first = proxy.sent

@@ -842,7 +842,7 @@ def test_an_empty_child_layer_is_valid(layout: Path) -> None:
     cfg["memory"]["layers"].append(digest)
     set_config(layout, cfg)
     snap = Snapshot.checked_load(str(layout), "base")
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         assert sb.call("GetStatic") == 11
 
 
@@ -851,7 +851,8 @@ def chain_template(tmp_path_factory: pytest.TempPathFactory, template_layout: Pa
     """The template plus "child" (a sandbox from "base" after AddToStatic(1): a 2-layer diff)."""
     d = tmp_path_factory.mktemp("chain") / "layout"
     shutil.copytree(template_layout, d)
-    with MultiUseSandbox.from_snapshot(Snapshot.load(str(d), "base"), make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(Snapshot.load(str(d), "base"),
+                                       host_functions=make_host_functions()) as sb:
         sb.call("AddToStatic", 1)
         sb.snapshot().save(str(d), "child")
     assert len(manifest_of(d, "child")["layers"]) == 2

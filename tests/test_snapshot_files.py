@@ -158,7 +158,7 @@ from snapcell import MultiUseSandbox, Snapshot
 from tests.conftest import make_host_functions
 for loader in (Snapshot.load, Snapshot.checked_load):
     snap = loader(sys.argv[1], sys.argv[2])
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         print(snap.digest, sb.call("GetStatic"), sb.call("Add", 20, 22), sb.call("EchoI32", -7))
 """
 
@@ -325,7 +325,8 @@ from snapcell import SandboxConfiguration, UninitializedSandbox
 from tests.conftest import make_host_functions, guest_path
 cfg = SandboxConfiguration(input_size=16 << 10, output_size=16 << 10, heap_size=256 << 10,
                            stack_size=32 << 10)
-sb = UninitializedSandbox(guest_path("simpleguest"), cfg, make_host_functions()).evolve()
+sb = UninitializedSandbox(guest_path("simpleguest"),
+                          config=cfg, host_functions=make_host_functions()).evolve()
 start = int(sys.argv[2])
 print("ready", flush=True)
 for i in range(start, start + 10_000):

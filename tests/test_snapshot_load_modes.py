@@ -69,7 +69,7 @@ def test_load_run_snapshot_save_works(layout: Path, v1_layout: Path, tmp_path: P
     src = layout if mode == "copy" else v1_layout
     loader = Snapshot.checked_load if checked else Snapshot.load
     snap = loader(str(src), tagged(src), mode=mode.split("-")[0])
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         assert sb.call("AddToStatic", 4) == 15
         child = sb.snapshot()                      # copied from the blob file: was EXDEV
         digest = child.save(str(tmp_path / "out"), "child")
@@ -78,7 +78,7 @@ def test_load_run_snapshot_save_works(layout: Path, v1_layout: Path, tmp_path: P
     for d, ref in ((tmp_path / "out", digest), (src, in_place)):
         again = Snapshot.checked_load(str(d), ref)
         assert again.generation == snap.generation + 1
-        with MultiUseSandbox.from_snapshot(again, make_host_functions()) as sb:
+        with MultiUseSandbox.from_snapshot(again, host_functions=make_host_functions()) as sb:
             assert sb.call("GetStatic") == 15
             assert sb.call("AddToStatic", 1) == 16
     assert oci.inspect(str(src), "child")["depth"] == (2 if src is layout else 1)
@@ -94,7 +94,7 @@ def test_map_mode_needs_a_format_1_layout(layout: Path) -> None:
 def test_copy_mode_survives_a_clobbered_blob(layout: Path, tmp_path: Path, how: str,
                                              checked: bool) -> None:
     snap = (Snapshot.checked_load if checked else Snapshot.load)(str(layout), "base")
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         expect = [sb.call("AddToStatic", 1), sb.call("Add", 20, 22)]
         for blob in memory_blobs(layout):
             clobber(blob, how)
@@ -102,10 +102,10 @@ def test_copy_mode_survives_a_clobbered_blob(layout: Path, tmp_path: Path, how: 
         assert [sb.call("AddToStatic", 1), sb.call("Add", 20, 22)] == expect
         child = sb.snapshot()
         child.save(str(tmp_path / "out"), "child")
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as fresh:  # a new sandbox
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as fresh:  # a new sandbox
         assert fresh.call("GetStatic") == 11
         sb2 = MultiUseSandbox.from_snapshot(Snapshot.checked_load(str(tmp_path / "out"), "child"),
-                                            make_host_functions())
+                                            host_functions=make_host_functions())
         with sb2:
             assert sb2.call("GetStatic") == 12
     if how == "rewrite":
@@ -118,7 +118,7 @@ import os, sys
 from snapcell import MultiUseSandbox, Snapshot
 from tests.conftest import make_host_functions
 snap = Snapshot.load(sys.argv[1], "static11", mode="map")
-sb = MultiUseSandbox.from_snapshot(snap, make_host_functions())
+sb = MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions())
 print(sb.call("AddToStatic", 1), flush=True)
 for blob in sys.argv[2:]:
     os.chmod(blob, 0o644)
@@ -155,7 +155,7 @@ def test_hard_linked_blobs_are_refused_by_map_mode_only(layout: Path, v1_layout:
     snap = Snapshot.checked_load(str(d), tag)           # copy mode: the copy is private
     for blob in memory_blobs(d, tag):
         clobber(tmp_path / blob.name, "truncate")
-    with MultiUseSandbox.from_snapshot(snap, make_host_functions()) as sb:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:
         assert sb.call("GetStatic") == 11
 
 

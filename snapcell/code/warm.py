@@ -31,7 +31,7 @@ def _unused_tool(request: bytes) -> bytes:
 def tool_host_functions(dispatch: object = _unused_tool) -> HostFunctions:
     """A host-function registry holding only `CodeTool` bound to `dispatch`."""
     return HostFunctions.empty().register(TOOL_FUNCTION, dispatch,  # type: ignore[arg-type]
-                                          TOOL_SIGNATURE)
+                                          signature=TOOL_SIGNATURE)
 
 
 def warm_snapshot(lang: str | Language) -> Snapshot:

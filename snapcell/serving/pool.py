@@ -167,8 +167,8 @@ def check_timeout(timeout: float | None) -> float | None:
 
 
 class SandboxPool:
-    """`size` ready sandboxes made with `MultiUseSandbox.from_snapshot(snapshot, host_functions,
-    config)`, shared by asyncio tasks::
+    """`size` ready sandboxes made with `MultiUseSandbox.from_snapshot(snapshot,
+    host_functions=..., config=...)`, shared by asyncio tasks::
 
         async with SandboxPool(snap, size=4, host_functions=funcs, max_queue=64) as pool:
             await pool.call("Add", 1, 2, timeout=1.0)

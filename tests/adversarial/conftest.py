@@ -115,7 +115,7 @@ def other_snapshot(adversary: str) -> Snapshot:
 
 def reference(snap: Snapshot) -> Fingerprint:
     """What a sandbox from `snap` computes on a fresh, never-pooled VM."""
-    sb = MultiUseSandbox.from_snapshot(snap, host_functions(), pooled=False)
+    sb = MultiUseSandbox.from_snapshot(snap, host_functions=host_functions(), pooled=False)
     try:
         return fingerprint(sb)
     finally:
