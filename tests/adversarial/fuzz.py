@@ -376,7 +376,7 @@ def fuzz_snapshots(snapshot: Snapshot, host_functions: HostFunctions, seconds: f
             stats.count("loaded")
             try:
                 with MultiUseSandbox.from_snapshot(snap, host_functions=host_functions) as sb:
-                    sb.call("Probe")
+                    sb.call("Probe", timeout=1.0)     # a mutated image may loop forever
                 stats.count("ran")
             except SnapcellError as e:
                 stats.count("run:" + type(e).__name__)
