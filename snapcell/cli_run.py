@@ -1,4 +1,4 @@
-"""`snapcell run`: run a JavaScript or Lua snippet in a code sandbox from the command line."""
+"""`snapcell run`: run a JavaScript, Lua or Python snippet in a code sandbox from the command line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 from .code import CodeSandbox
 from .errors import SnapcellError
 
-EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua"}
+EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
 
 def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
@@ -34,7 +34,7 @@ def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
 
 @click.command("run")
 @click.argument("code", required=False)
-@click.option("--lang", "lang", type=click.Choice(["js", "lua"]),
+@click.option("--lang", "lang", type=click.Choice(["js", "lua", "python"]),
               help="Language (default: from the -f file's extension).")
 @click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False),
               help="Read the code from a file.")
@@ -60,7 +60,7 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
         assert code is not None
         source, filename = code, ""
     if lang is None:
-        raise click.UsageError("--lang js|lua is required (no known file extension)")
+        raise click.UsageError("--lang js|lua|python is required (no known file extension)")
     if timeout <= 0:
         raise click.UsageError("--timeout must be positive")
     funcs = dict(load_tool(t) for t in tools)

@@ -29,6 +29,7 @@
 
 #ifndef SC_ARENA_NATIVE_TEST
 #include "snapcell.h"
+#include "snapcell_fs.h"
 #define MP_SOURCE 1
 #include "msgpuck.h"
 #endif
@@ -385,6 +386,13 @@ __sc_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
     case SYS_ioctl:
         return -ENOTTY;
     default:
+#ifndef SC_ARENA_NATIVE_TEST
+        {
+            long r; /* the in-guest file system (fs.c), when the guest mounted one */
+            if (sc_fs_syscall(nr, a0, a1, a2, a3, a4, a5, &r))
+                return r;
+        }
+#endif
         return forward_syscall(nr, a0, a1, a2, a3, a4, a5);
     }
 }
