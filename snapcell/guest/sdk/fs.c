@@ -108,6 +108,10 @@ static int mounted;
 static uint32_t tmp_entry;          /* the image's /tmp directory entry */
 
 static struct tmp_node nodes[SC_FS_MAX_NODES];
+/* Every node at or above this index is free: the scans below stop there, so a run that uses
+ * few files reads (and dirties) few pages of the table — each dirtied page costs a copy on
+ * every restore. */
+static uint32_t nodes_high;
 static struct fdesc fds[SC_FS_MAX_FDS];
 static size_t tmp_used, tmp_cap_total;
 static char cwd[SC_FS_PATH_MAX] = "/";
@@ -234,7 +238,7 @@ static FS_NOSSP long tmp_lookup(const char *path)
 {
     if (strcmp(path, TMP) == 0)
         return -2;                      /* /tmp itself: the image's directory, always empty-ish */
-    for (uint32_t i = 0; i < SC_FS_MAX_NODES; i++)
+    for (uint32_t i = 0; i < nodes_high; i++)
         if (nodes[i].linked && strcmp(nodes[i].path, path) == 0)
             return i;
     return -1;
@@ -263,6 +267,8 @@ static FS_NOSSP long node_new(const char *path, uint32_t mode)
             nd->linked = 1;
             nd->dirty = 1;
             nd->mtime = now_ns();
+            if (i >= nodes_high)
+                nodes_high = i + 1;
             return i;
         }
     }
@@ -318,7 +324,7 @@ static FS_NOSSP int tmp_is_dir(const char *path)
 static FS_NOSSP int tmp_has_children(const char *path)
 {
     size_t n = strlen(path);
-    for (uint32_t i = 0; i < SC_FS_MAX_NODES; i++)
+    for (uint32_t i = 0; i < nodes_high; i++)
         if (nodes[i].linked && strncmp(nodes[i].path, path, n) == 0 && nodes[i].path[n] == '/')
             return 1;
     return 0;
@@ -786,7 +792,7 @@ static FS_NOSSP long do_getdents(long fd, char *buf, size_t cap)
             strcpy(dir, d->idx == UINT32_MAX ? TMP : nodes[d->idx].path);
             uint64_t k = pos - 2, seen = 0;
             long found = -1;
-            for (uint32_t i = 0; i < SC_FS_MAX_NODES; i++) {
+            for (uint32_t i = 0; i < nodes_high; i++) {
                 if (!nodes[i].linked)
                     continue;
                 parent_of(nodes[i].path, par);
@@ -913,7 +919,7 @@ static FS_NOSSP long do_rename(long olddir, const char *uold, long newdir, const
     }
     size_t tl = strlen(to);
     if (dir) {                        /* the children's paths must fit under the new name */
-        for (uint32_t k = 0; k < SC_FS_MAX_NODES; k++)
+        for (uint32_t k = 0; k < nodes_high; k++)
             if (nodes[k].linked && strncmp(nodes[k].path, from, fl) == 0 && nodes[k].path[fl] == '/'
                 && strlen(nodes[k].path) - fl + tl >= SC_FS_PATH_MAX)
                 return -ENAMETOOLONG;
@@ -925,7 +931,7 @@ static FS_NOSSP long do_rename(long olddir, const char *uold, long newdir, const
     }
     if (dir) {
         char tail[SC_FS_PATH_MAX];
-        for (uint32_t k = 0; k < SC_FS_MAX_NODES; k++) {
+        for (uint32_t k = 0; k < nodes_high; k++) {
             if (nodes[k].linked && strncmp(nodes[k].path, from, fl) == 0 && nodes[k].path[fl] == '/') {
                 strcpy(tail, nodes[k].path + fl);
                 strcpy(nodes[k].path, to);
@@ -1225,6 +1231,7 @@ int sc_fs_mount(const void *image, size_t size, size_t tmp_limit, const char *di
     img_strings = p + soff;
     tmp_entry = (uint32_t)tmp_ent;
     memset(nodes, 0, sizeof nodes);
+    nodes_high = 0;
     memset(fds, 0, sizeof fds);
     fds[0].kind = fds[1].kind = fds[2].kind = FD_STD;
     tmp_used = 0;
@@ -1286,7 +1293,7 @@ int sc_fs_tmp_write(const char *upath, const void *data, size_t len)
 
 void sc_fs_tmp_clear(void)
 {
-    for (uint32_t i = 0; i < SC_FS_MAX_NODES; i++) {
+    for (uint32_t i = 0; i < nodes_high; i++) {
         if (nodes[i].linked) {
             nodes[i].linked = 0;
             nodes[i].path[0] = '\0';
@@ -1297,7 +1304,7 @@ void sc_fs_tmp_clear(void)
 
 int sc_fs_tmp_next(int *cursor, const char **path, const void **data, size_t *len, int *dirty)
 {
-    for (int i = *cursor; i >= 0 && i < SC_FS_MAX_NODES; i++) {
+    for (int i = *cursor; i >= 0 && i < (int)nodes_high; i++) {
         struct tmp_node *nd = &nodes[i];
         if (nd->linked && !is_dir_mode(nd->mode)) {
             *path = nd->path;
@@ -1313,8 +1320,9 @@ int sc_fs_tmp_next(int *cursor, const char **path, const void **data, size_t *le
 
 void sc_fs_tmp_clear_dirty(void)
 {
-    for (uint32_t i = 0; i < SC_FS_MAX_NODES; i++)
-        nodes[i].dirty = 0;
+    for (uint32_t i = 0; i < nodes_high; i++)
+        if (nodes[i].dirty)
+            nodes[i].dirty = 0;
 }
 
 size_t sc_fs_tmp_used(void) { return tmp_used; }
