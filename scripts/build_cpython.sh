@@ -72,6 +72,8 @@ mkdir -p Modules
 } > Modules/Setup.local
 
 make -s -j"$JOBS" python > make.log 2>&1 || { tail -40 make.log >&2; exit 1; }
-# the pure-Python part of the library: compiled by the new interpreter into build/lib.../
+# sysconfig's data module (build/lib.linux-x86_64-3.11/_sysconfigdata_*.py; test.support and
+# sysconfig import it), no extension modules: they are all built in
+make -s pybuilddir.txt >> make.log 2>&1 || { tail -40 make.log >&2; exit 1; }
 echo "$inputs" > "$OUT/.inputs-sha256"
 echo "build_cpython: built in $(( $(date +%s) - start )) s ($(ls -s --block-size=M python | cut -d' ' -f1) python)"

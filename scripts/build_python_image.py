@@ -7,7 +7,8 @@ The image (snapcell/guest/fsimage.py) holds the standard library under /usr/lib/
 every module's source and its byte code in __pycache__ (unchecked-hash .pyc, so imports read the
 byte code without comparing source timestamps), less the parts a sandbox cannot use (GUI, IDLE,
 ensurepip, the packages' own test suites), plus the few Lib/test modules the CPython referee
-runs (REFEREE_TESTS) with test.support, the runner guests/python/_snapcell_runner.py and an
+runs (REFEREE_TESTS) with test.support, sysconfig's generated data module, the runner
+guests/python/_snapcell_runner.py, the time zone database under /usr/share/zoneinfo and an
 empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S."""
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ EXCLUDE_DIRS = {"idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages"
 # test_python_suite.py, scripts/cpython_referee.py) with the data files they read.
 REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetimetester",
                  "test_collections", "test_statistics", "test_heapq", "test_bisect",
-                 "test_textwrap", "test_string", "test_fractions", "test_csv")
+                 "test_textwrap", "test_string", "test_fractions", "test_csv", "re_tests")
+# The time zone database (Debian's tzdata, installed by the set-up) for zoneinfo, less its
+# duplicate right/ and posix/ trees.
+ZONEINFO = Path("/usr/share/zoneinfo")
 TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
               "mathdata")
 
@@ -93,6 +97,17 @@ def main(out_dir: str) -> None:
         for src in sources:
             add(src, src.relative_to(LIB).as_posix())
         add(RUNNER, RUNNER.name)
+        obj = ROOT / "build" / "cpython" / "obj"      # sysconfig's data of this build
+        for gen in (obj / (obj / "pybuilddir.txt").read_text().strip()).glob("_sysconfigdata_*.py"):
+            add(gen, gen.name)
+    if not (ZONEINFO / "UTC").exists():
+        raise SystemExit("build_python_image: no /usr/share/zoneinfo (apt-get install tzdata)")
+    for z in sorted(ZONEINFO.rglob("*")):
+        rel = z.relative_to(ZONEINFO)
+        if z.is_file() and rel.parts[0] not in ("right", "posix") and not z.is_symlink():
+            files[f"/usr/share/zoneinfo/{rel.as_posix()}"] = z.read_bytes()
+        elif z.is_symlink() and z.resolve().is_file() and rel.parts[0] not in ("right", "posix"):
+            files[f"/usr/share/zoneinfo/{rel.as_posix()}"] = z.resolve().read_bytes()
     image = fsimage.build_image(files, dirs=("/tmp", f"{PREFIX}/site-packages"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
