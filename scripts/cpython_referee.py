@@ -53,6 +53,29 @@ def _referee(name):
 '''
 
 
+# Why a test may pass natively and not in the sandbox: what the sandbox leaves out by design.
+KNOWN = {
+    "test.test_json.test_tool.": "runs `python -m json.tool` in a subprocess",
+    "test.test_re.ReTests.test_regression_gh94675": "uses multiprocessing (fork and a pipe)",
+}
+RULES = (
+    ("[Errno 38] Function not implemented", "a system call the sandbox leaves out "
+                                            "(pipe/fork/exec, sockets, signals)"),
+    ("can't start new thread", "threads (there is one vCPU and no clone)"),
+)
+
+
+def explain(test_id: str, detail: str) -> str | None:
+    """The reason a sandbox-only failure is expected, or None when it is not explained."""
+    for prefix, why in KNOWN.items():
+        if test_id.startswith(prefix):
+            return why
+    for needle, why in RULES:
+        if needle in detail:
+            return why
+    return None
+
+
 def run_native(module: str, timeout: float = 900) -> dict[str, list[str]]:
     """The module's outcomes in a native process of the static build."""
     code = DRIVER + f"\nimport json, sys\nsys.stdout.write(json.dumps(_referee({module!r})))\n"
@@ -114,8 +137,9 @@ def main(argv: list[str]) -> None:
               f"| {n['run']} / {n['pass']} / {n['fail']} / {n['error']} / {n['skip']} |")
     for r in results:
         for tid, d in r["differences"].items():
-            print(f"\n{tid}: native {d['native'][0]}, sandbox {d['sandbox'][0]}\n"
-                  f"    {d['sandbox'][1].strip().splitlines()[-1] if d['sandbox'][1].strip() else ''}")
+            last = d["sandbox"][1].strip().splitlines()[-1] if d["sandbox"][1].strip() else ""
+            why = explain(tid, d["sandbox"][1]) or "NOT EXPLAINED"
+            print(f"- {tid}: native {d['native'][0]}, sandbox {d['sandbox'][0]} ({why}): {last}")
     if out_json:
         Path(out_json).write_text(json.dumps(results, indent=1))
 

@@ -80,37 +80,37 @@ def build_image(files: Mapping[str, bytes], dirs: tuple[str, ...] = ("/tmp",)) -
                 break
             p = _parent(p)
     paths = sorted(kinds)
-    index = {p: i for i, p in enumerate(paths)}
-    children: dict[bytes, list[bytes]] = {p: [] for p in paths if kinds[p] is None}
-    for p in paths[1:]:
-        parent = p.rsplit(b"/", 1)[0] or b"/"
-        children[parent].append(p)
+    index = {k: i for i, k in enumerate(paths)}
+    children: dict[bytes, list[bytes]] = {k: [] for k in paths if kinds[k] is None}
+    for k in paths[1:]:
+        children[k.rsplit(b"/", 1)[0] or b"/"].append(k)
     strings = b"".join(paths)
     count = len(paths)
     table_off = HEADER.size
     children_off = table_off + count * ENTRY.size
     child_list: list[int] = []
     child_start: dict[bytes, int] = {}
-    for p in paths:
-        if kinds[p] is None:
-            child_start[p] = len(child_list)
-            kids = sorted(children[p], key=lambda c: c.rsplit(b"/", 1)[1])
+    for k in paths:
+        if kinds[k] is None:
+            child_start[k] = len(child_list)
+            kids = sorted(children[k], key=lambda c: c.rsplit(b"/", 1)[1])
             child_list.extend(index[c] for c in kids)
     strings_off = children_off + 4 * len(child_list)
     data_off = -(-(strings_off + len(strings)) // DATA_ALIGN) * DATA_ALIGN
     blobs = bytearray()
     table = bytearray()
     pos = 0
-    for p in paths:
-        parent = index[p.rsplit(b"/", 1)[0] or b"/"] if p != b"/" else 0
-        data = kinds[p]
-        if data is None:
-            table += ENTRY.pack(pos, len(p), parent, DIR_MODE, child_start[p], len(children[p]))
+    for k in paths:
+        parent_index = index[k.rsplit(b"/", 1)[0] or b"/"] if k != b"/" else 0
+        contents = kinds[k]
+        if contents is None:
+            table += ENTRY.pack(pos, len(k), parent_index, DIR_MODE, child_start[k], len(children[k]))
         else:
-            table += ENTRY.pack(pos, len(p), parent, FILE_MODE, data_off + len(blobs), len(data))
-            blobs += data
+            table += ENTRY.pack(pos, len(k), parent_index, FILE_MODE, data_off + len(blobs),
+                                len(contents))
+            blobs += contents
             blobs += b"\0" * (-len(blobs) % DATA_ALIGN)
-        pos += len(p)
+        pos += len(k)
     total = data_off + len(blobs)
     out = bytearray(HEADER.pack(MAGIC, VERSION, count, table_off, children_off, strings_off,
                                 data_off, total))
