@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SRC=$ROOT/build/third_party/cpython
 ZSRC=$ROOT/build/third_party/zlib
-OUT=$ROOT/build/cpython
+OUT=${CPYTHON_BUILD_DIR:-$ROOT/build/cpython}    # another directory: e.g. to time a clean build
 JOBS=${JOBS:-2}
 # Modules left out: no musl library to link (nis, _uuid, _dbm/_gdbm, _crypt needs libcrypt
 # features musl lacks), sub-interpreters (one interpreter per sandbox), the fuzzing stub and

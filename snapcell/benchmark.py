@@ -223,10 +223,11 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
 
     r["code_python_cold_evolve"] = _time(evolve, 3 if quick else 10, 1)
     m = 20 if quick else 100
-    for name, cmd in (("peer_python3_c", [sys.executable, "-I", "-S", "-c", "1 + 1"]),
-                      ("peer_python3_c_site", ["python3", "-c", "1 + 1"]),
+    system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    for name, cmd in (("peer_python3_c", [system_python, "-c", "1 + 1"]),
+                      ("peer_python3_c_isolated_no_site", [system_python, "-I", "-S", "-c", "1 + 1"]),
                       ("peer_native_python_static_process", [str(STATIC_PYTHON), "-I", "-c", "1 + 1"])):
-        if shutil.which(cmd[0]) or Path(cmd[0]).exists():
+        if Path(cmd[0]).exists():
             r[name] = _time(functools.partial(subprocess.run, cmd, check=True,
                                               capture_output=True), m, 3)
     r["code_memory_python"] = _code_memory((1, 200), "python")
@@ -488,7 +489,7 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
                 r[f"peer_native_{lang}_process"]["median_us"] / run["median_us"])
     py_run = r.get("code_run_python_trivial")
     if py_run is not None:
-        for peer in ("peer_python3_c_site", "peer_native_python_static_process"):
+        for peer in ("peer_python3_c", "peer_native_python_static_process"):
             if peer in r:
                 out[f"python: {peer[5:]} / run"] = r[peer]["median_us"] / py_run["median_us"]
         out["python: run with one tool call / without"] = (
