@@ -163,12 +163,16 @@ class Watchdog:
     def arm(self, seconds: float, handle: InterruptHandle, call_id: int) -> None:
         """Kill call `call_id` of `handle` after `seconds` unless it ended."""
         with self._cv:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), handle, call_id))
+            entry = (time.monotonic() + seconds, next(self._seq), handle, call_id)
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="snapcell-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            # Wake the thread only when this deadline is now the earliest: otherwise it already
+            # sleeps until an earlier one (a wake-up per call costs a context switch).
+            if self._heap[0] is entry:
+                self._cv.notify()
 
     def _loop(self) -> None:
         while True:
