@@ -83,17 +83,19 @@ _KERNEL_FIELDS = ("Slab", "PageTables", "SecPageTables", "KernelStack", "Vmalloc
 
 
 def _memory_bytes() -> int:
-    """This process's anonymous + shmem RSS plus the kernel memory VMs use (slab, page tables,
-    vmalloc, per-cpu), in bytes — what creating sandboxes costs the host."""
+    """This process's anonymous + shmem memory plus the kernel memory VMs use (slab, page
+    tables, vmalloc, per-cpu), in bytes — what creating sandboxes costs the host. Proportional
+    set sizes (smaps_rollup Pss_*), not RSS: every sandbox maps its snapshot's memfd, and RSS
+    would count each shared snapshot page once per sandbox that touched it."""
     total = 0
     with open("/proc/meminfo") as f:
         for line in f:
             k, v = line.split(":")
             if k in _KERNEL_FIELDS:
                 total += int(v.split()[0]) * 1024
-    with open("/proc/self/status") as f:
+    with open("/proc/self/smaps_rollup") as f:
         for line in f:
-            if line.startswith(("RssAnon:", "RssShmem:")):
+            if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
                 total += int(line.split()[1]) * 1024
     return total
 
