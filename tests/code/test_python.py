@@ -217,6 +217,43 @@ sorted(os.listdir('.')), os.getcwd()
     assert py.run("import os\nos.listdir('/tmp')").value == []
 
 
+def test_tmp_is_part_of_snapshots_and_session_state() -> None:
+    with CodeSandbox("python", keep_state=True) as box:
+        box.run("open('notes.txt', 'w').write('kept')")
+        assert box.run("open('notes.txt').read()").value == "kept"
+        snap = box.snapshot()
+        box.reset()
+        assert box.run("import os\nos.path.exists('notes.txt')").value is False
+        with CodeSandbox("python", snapshot=snap) as fork:
+            assert fork.run("open('notes.txt').read()").value == "kept"
+
+
+def test_tempfile_shutil_and_pathlib(py: CodeSandbox) -> None:
+    code = """
+import tempfile, shutil, pathlib, os
+with tempfile.TemporaryDirectory() as d:
+    p = pathlib.Path(d, 'sub')
+    p.mkdir()
+    (p / 'a.txt').write_text('alpha')
+    shutil.copy(p / 'a.txt', p / 'b.txt')
+    names = sorted(x.name for x in p.iterdir())
+    kept = d
+with tempfile.NamedTemporaryFile('w+', delete=False, dir='.') as f:
+    f.write('x')
+[names, os.path.exists(kept), os.path.basename(f.name) in os.listdir('.'), input.__name__]
+"""
+    r = py.run(code)
+    assert r.error is None, r.error and r.error.stack
+    assert r.value == [["a.txt", "b.txt"], False, True, "input"]
+    assert py.run("input()").error.type == "EOFError"  # type: ignore[union-attr]
+
+
+def test_hash_secret_is_fixed_per_warm_snapshot() -> None:
+    """The documented decision (docs/code-sandboxes.md): siblings share the str hash secret."""
+    with CodeSandbox("python") as a, CodeSandbox("python") as b:
+        assert a.run("hash('snapcell')").value == b.run("hash('snapcell')").value
+
+
 def test_files_out_cap_and_tmp_limit() -> None:
     with CodeSandbox("python", max_files_out=1000) as box:
         r = box.run("open('a', 'w').write('x' * 600)\nopen('b', 'w').write('y' * 600)")

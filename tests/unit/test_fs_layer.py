@@ -274,3 +274,36 @@ def test_tmp_matches_a_model(lib: ctypes.CDLL, ops: list[tuple[str, str, bytes]]
 
 def test_fs_c_is_an_sdk_source() -> None:
     assert (Path(sdk_dir()) / "fs.c").exists()
+
+
+segment = st.text(alphabet="abcxyz_.-0", min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
+tree = st.dictionaries(st.lists(segment, min_size=1, max_size=4).map(lambda p: "/" + "/".join(p)),
+                       st.binary(max_size=300), max_size=20)
+
+
+def _consistent(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Drop paths that are also a directory of another path (a file cannot be a directory)."""
+    dirs = {p.rsplit("/", i)[0] for p in files for i in range(1, p.count("/"))}
+    return {p: d for p, d in files.items() if p not in dirs and p != "/tmp"
+            and not p.startswith("/tmp/")}
+
+
+@settings(max_examples=80, deadline=None)
+@given(tree)
+def test_any_tree_round_trips_and_mounts(lib: ctypes.CDLL, raw: dict[str, bytes]) -> None:
+    """Every file of a random tree reads back the same through read_image and through the guest
+    file system's system calls, and every directory lists exactly its children."""
+    files = _consistent(raw)
+    entries = read_image(build_image(files))
+    for path, data in files.items():
+        assert entries[path].data == data and not entries[path].is_dir
+    fs = FS(lib, files)
+    for path, data in files.items():
+        fd = fs.open(path)
+        assert fd >= 3, (path, fd)
+        assert fs.read_all(fd) == data
+        assert fs.call("close", fd) == 0
+        assert fs.stat(path)[1] == len(data)
+    for path, e in entries.items():
+        if e.is_dir:
+            assert fs.listdir(path) == list(e.children), path
