@@ -330,3 +330,22 @@ def test_cli_run_python(tmp_path: Path) -> None:
     assert p.returncode == 0 and json.loads(p.stdout)["value"] == 4.0
     p = snapcell_run("--lang", "python", "1/0")
     assert p.returncode == 1 and "ZeroDivisionError" in p.stderr
+
+
+@pytest.mark.parametrize("code,error", [
+    ("def f():\n    return f()\nf()", "RecursionError"),
+    ("import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1)\nf(0)", None),
+    ("eval('(' * 200000 + ')' * 200000)", None),                   # parser limits
+    ("import os\nos._exit(3)", "InternalError"),                   # leaves the interpreter
+    ("import sys\nsys.stdout = None\nprint('x')", None),
+    ("import gc\ngc.unfreeze()\ngc.collect()\n'x' * (6 << 20)", "InternalError"),  # > output buffer
+    ("import builtins\ndel builtins.print\nimport sys\ndel sys.modules['json']", None),
+    ("import signal\nsignal.alarm(1)\nsignal.pause()", None),
+])
+def test_hostile_python_fails_cleanly_and_the_sandbox_recovers(py: CodeSandbox, code: str,
+                                                                error: str | None) -> None:
+    r = py.run(code, timeout=10)
+    if error is not None:
+        assert r.error is not None and r.error.type == error, r
+    after = py.run("import json\nprint('ok')\njson.dumps([1])")
+    assert after.error is None and after.value == "[1]" and after.stdout == "ok\n"
