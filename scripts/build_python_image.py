@@ -30,12 +30,17 @@ EXCLUDE_DIRS = {"idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages"
 # test_python_suite.py, scripts/cpython_referee.py) with the data files they read.
 REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetimetester",
                  "test_collections", "test_statistics", "test_heapq", "test_bisect",
-                 "test_textwrap", "test_string", "test_fractions", "test_csv", "re_tests")
+                 "test_textwrap", "test_string", "test_fractions", "test_csv", "re_tests",
+                 "test_itertools", "test_functools", "test_dataclasses", "test_random",
+                 "test_struct", "test_base64", "test_zlib", "test_enum", "test_operator",
+                 "test_fstring", "test_string_literals", "dataclass_module_1",
+                 "dataclass_module_1_str", "dataclass_module_2", "dataclass_module_2_str",
+                 "dataclass_textanno")
 # The time zone database (Debian's tzdata, installed by the set-up) for zoneinfo, less its
 # duplicate right/ and posix/ trees.
 ZONEINFO = Path("/usr/share/zoneinfo")
 TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
-              "mathdata")
+              "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck")
 
 
 def _load_fsimage():  # the module alone: the snapcell package needs third-party libraries

@@ -24,7 +24,7 @@ SYS = {"read": 0, "write": 1, "open": 2, "close": 3, "stat": 4, "fstat": 5, "lse
        "pread64": 17, "pwrite64": 18, "access": 21, "fcntl": 72, "ftruncate": 77,
        "getcwd": 79, "chdir": 80, "rename": 82, "mkdir": 83, "rmdir": 84, "unlink": 87,
        "readlink": 89, "getdents64": 217, "openat": 257, "newfstatat": 262, "statx": 332,
-       "dup": 32, "getuid": 102, "socket": 41}
+       "dup": 32, "getuid": 102, "socket": 41, "uname": 63}
 O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0, 1, 2, 0o100, 0o200, 0o1000, 0o2000
 O_DIRECTORY = 0o200000
 AT_FDCWD = -100
@@ -226,6 +226,9 @@ def test_tmp_scratch_area(lib: ctypes.CDLL) -> None:
     assert fs.call("unlink", "/tmp/big") == 0
     assert lib.sc_fs_tmp_used() == 0
     assert fs.call("getuid") == 0
+    uts = ctypes.create_string_buffer(6 * 65)
+    assert fs.call("uname", uts) == 0
+    assert uts.raw[:5] == b"Linux" and uts.raw[4 * 65:4 * 65 + 6] == b"x86_64"
 
 
 def test_descriptor_limit(lib: ctypes.CDLL) -> None:
