@@ -224,6 +224,10 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
             sb.snapshot()
 
     r["code_python_cold_evolve"] = _time(evolve, 3 if quick else 10, 1)
+    cli = [sys.executable, "-m", "snapcell", "run", "--lang", "python", "1 + 1"]
+    r["code_cli_snapcell_run_python"] = _time(
+        functools.partial(subprocess.run, cli, check=True, capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))), 5 if quick else 20, 1)
     m = 20 if quick else 100
     system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
     for name, cmd in (("peer_python3_c", [system_python, "-c", "1 + 1"]),
