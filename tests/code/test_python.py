@@ -240,6 +240,10 @@ with tempfile.TemporaryDirectory() as d:
     kept = d
 with tempfile.NamedTemporaryFile('w+', delete=False, dir='.') as f:
     f.write('x')
+with tempfile.TemporaryFile() as t:        # O_TMPFILE is refused: falls back to an unlinked file
+    t.write(b'abc')
+    t.seek(0)
+    assert t.read() == b'abc'
 [names, os.path.exists(kept), os.path.basename(f.name) in os.listdir('.'), input.__name__]
 """
     r = py.run(code)
