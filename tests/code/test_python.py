@@ -345,6 +345,8 @@ def test_cli_run_python(tmp_path: Path) -> None:
     ("import gc\ngc.unfreeze()\ngc.collect()\n'x' * (6 << 20)", "InternalError"),  # > output buffer
     ("import builtins\ndel builtins.print\nimport sys\ndel sys.modules['json']", None),
     ("import signal\nsignal.alarm(1)\nsignal.pause()", None),
+    ("import sys\nsys.setrecursionlimit(10**6)\nl = []\nfor i in range(200000):\n    l = [l]\n"
+     "repr(l)", "InternalError"),                                    # C stack overflow: a fault
 ])
 def test_hostile_python_fails_cleanly_and_the_sandbox_recovers(py: CodeSandbox, code: str,
                                                                 error: str | None) -> None:
