@@ -334,6 +334,16 @@ def test_cli_run_python(tmp_path: Path) -> None:
     assert p.returncode == 0 and json.loads(p.stdout)["value"] == 4.0
     p = snapcell_run("--lang", "python", "1/0")
     assert p.returncode == 1 and "ZeroDivisionError" in p.stderr
+    data = tmp_path / "in.csv"
+    data.write_text("a,b\n1,2\n")
+    out = tmp_path / "out"
+    p = snapcell_run("--lang", "python", "--put", f"rows.csv={data}", "--save-files", str(out),
+                     "import os\nos.mkdir('r')\nopen('r/n.txt', 'w').write(str(len(open('rows.csv')"
+                     ".readlines())))")
+    assert p.returncode == 0, p.stderr
+    assert (out / "r" / "n.txt").read_text() == "2" and not (out / "rows.csv").exists()
+    p = snapcell_run("--lang", "python", "--put", "nonsense", "1")
+    assert p.returncode == 2
 
 
 @pytest.mark.parametrize("code,error", [
