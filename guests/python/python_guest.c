@@ -550,7 +550,6 @@ void snapcell_main(void)
     SET(program_name, L"python3");
     SET(executable, L"/usr/bin/python3");
     SET(home, L"/usr");
-    SET(run_filename, NULL);
     config.module_search_paths_set = 1;
     st = PyWideStringList_Append(&config.module_search_paths, L"/usr/lib/python3.11");
     if (PyStatus_Exception(st))
