@@ -318,6 +318,14 @@ def test_cpu_bound_code_and_clocks(py: CodeSandbox) -> None:
     assert r.value == [sum(i * i for i in range(200000)), True, True]
 
 
+def test_sleep_waits_and_the_time_limit_cuts_it(py: CodeSandbox) -> None:
+    r = py.run("import time\nt = time.monotonic()\ntime.sleep(0.05)\ntime.monotonic() - t")
+    assert r.error is None and 0.05 <= r.value < 1.0
+    r = py.run("import time\ntime.sleep(30)", timeout=0.3)
+    assert r.error is not None and r.error.type == "TimeoutError"
+    assert py.run("1").value == 1
+
+
 def snapcell_run(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "snapcell", "run", *args], capture_output=True,
