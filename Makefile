@@ -4,7 +4,7 @@ GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf build
 SDK     := $(wildcard snapcell/guest/sdk/*)
 # Interpreter guests (docs/code-sandboxes.md): third-party sources fetched by sha256 pin, built
 # once into static libraries, linked with our glue. Everything is cached under build/.
-CODE_GUESTS := build/guests/js.elf build/guests/lua.elf
+CODE_GUESTS := build/guests/js.elf build/guests/lua.elf build/guests/python.elf
 NATIVE      := build/native/qjs build/native/lua
 QJS_DIR     := build/third_party/quickjs-ng
 LUA_DIR     := build/third_party/lua
@@ -14,8 +14,15 @@ LUA_CORE    := lapi lauxlib lbaselib lcode lcorolib lctype ldblib ldebug ldo ldu
                lstrlib ltable ltablib ltm lundump lutf8lib lvm lzio
 LUA_SRCS     = $(addprefix $(LUA_DIR)/,$(addsuffix .c,$(LUA_CORE)))
 CODEBOX     := guests/common/codebox.c guests/common/codebox.h
+# The Python guest: CPython 3.11 + zlib built static with musl once (~6 min on 2 cores, cached
+# by input hash under build/cpython/), its standard library as a read-only file system image
+# linked into the guest (docs/code-sandboxes.md, "Python").
+CPY         := build/cpython
+CPY_SRC     := build/third_party/cpython
+CPY_STAMP   := $(CPY)/.inputs-sha256
+PY_IMAGE    := build/python/stdlib_image.S
 
-.PHONY: all setup guests code-guests native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz
+.PHONY: all setup guests code-guests native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
 
 all: demo
 
@@ -47,6 +54,25 @@ build/guests/js.elf: guests/js/js_guest.c $(CODEBOX) build/lib/libquickjs.a $(SD
 build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK) | setup
 	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c -I guests/common \
 	  -I $(LUA_DIR) --lib build/lib/liblua.a -o $@
+
+$(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
+              scripts/build_cpython.sh $(wildcard third_party/patches/cpython-*.patch)
+	JOBS=2 bash scripts/build_cpython.sh
+	touch $@
+
+$(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.py \
+             guests/python/_snapcell_runner.py
+	$(CPY)/obj/python scripts/build_python_image.py build/python
+
+build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(SDK) | setup
+	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c $(PY_IMAGE) \
+	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj --lib $(CPY)/obj/libpython3.11.a \
+	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
+	  --lib $(CPY)/prefix/lib/libz.a -o $@
+
+# CPython's own Lib/test modules inside a sandbox and natively (docs/code-sandboxes.md)
+cpython-referee: code-guests
+	$(PY) scripts/cpython_referee.py
 
 # Native builds of the same interpreter sources (the benchmark peer, the test-suite comparison)
 build/native/lua: $(LUA_DIR)/.snapcell-sha256

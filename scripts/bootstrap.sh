@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(gcc make musl-tools musl-dev libmsgpuck-dev gdb docker-registry python3-venv iproute2)
+PKGS=(gcc make musl-tools musl-dev libmsgpuck-dev gdb docker-registry python3-venv iproute2 tzdata patch dpkg-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +15,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian source packages (CPython and zlib for the Python guest: third_party/sources.toml) come
+# through `apt-get source`, which needs a deb-src entry.
+SRC_LIST=/etc/apt/sources.list.d/snapcell-src.sources
+if ! grep -rqs '^Types:.*deb-src\|^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "bootstrap: adding a deb-src entry ($SRC_LIST)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' \
+    'Suites: bookworm bookworm-updates' 'Components: main' \
+    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | $SUDO tee "$SRC_LIST" >/dev/null
+  $SUDO apt-get update -qq
 fi
 
 PY=${PYTHON:-python3}

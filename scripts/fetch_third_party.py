@@ -2,7 +2,9 @@
 
     python scripts/fetch_third_party.py NAME [NAME ...]
 
-Each archive is downloaded once into build/third_party/dl/ (kept while its sha256 matches),
+Each archive is downloaded once into build/third_party/dl/ (kept while its sha256 matches) —
+from its `url`, or, for a pin with `apt_source`, as the `file` of that Debian source package
+through `apt-get source --download-only` (the set-up adds the deb-src entry) —
 checked against the pinned sha256 and its `subdir` unpacked into build/third_party/NAME/, with a
 stamp file naming the hash, so a re-run with the same pin does nothing. A hash mismatch is an
 error and leaves nothing unpacked."""
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -48,6 +51,28 @@ def download(url: str, sha256: str) -> Path:
     return target
 
 
+def apt_download(package: str, filename: str, sha256: str) -> Path:
+    """The file `filename` of Debian source package `package`, fetched with apt-get source."""
+    dl = DEST / "dl"
+    dl.mkdir(parents=True, exist_ok=True)
+    target = dl / filename
+    if target.exists() and sha256_of(target) == sha256:
+        return target
+    with tempfile.TemporaryDirectory(dir=dl) as tmp:
+        proc = subprocess.run(["apt-get", "source", "--download-only", "-qq", package], cwd=tmp,
+                              capture_output=True, text=True)
+        got_file = Path(tmp, filename)
+        if not got_file.exists():
+            raise SystemExit(f"fetch_third_party: apt-get source {package} gave no {filename} "
+                             f"(is there a deb-src entry? run scripts/bootstrap.sh):\n"
+                             f"{proc.stderr.strip()}")
+        got = sha256_of(got_file)
+        if got != sha256:
+            raise SystemExit(f"fetch_third_party: {filename}: sha256 {got}, pinned {sha256}")
+        got_file.replace(target)
+    return target
+
+
 def unpack(name: str, archive: Path, subdir: str, sha256: str) -> Path:
     out = DEST / name
     stamp = out / ".snapcell-sha256"
@@ -73,7 +98,10 @@ def main(names: list[str]) -> None:
         if name not in pins:
             raise SystemExit(f"fetch_third_party: no pin for {name!r} in {PINS.name}")
         pin = pins[name]
-        archive = download(pin["url"], pin["sha256"])
+        if "apt_source" in pin:
+            archive = apt_download(pin["apt_source"], pin["file"], pin["sha256"])
+        else:
+            archive = download(pin["url"], pin["sha256"])
         print(unpack(name, archive, pin["subdir"], pin["sha256"]).relative_to(ROOT))
 
 

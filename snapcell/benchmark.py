@@ -167,18 +167,18 @@ def _tool_add(a: int, b: int) -> int:
     return a + b
 
 
-def _code_memory(counts: tuple[int, ...]) -> dict[str, Stats]:
-    """Host memory per idle JS code sandbox (after one run), beyond its dirty pages."""
+def _code_memory(counts: tuple[int, ...], lang: str = "js") -> dict[str, Stats]:
+    """Host memory per idle code sandbox of `lang` (after one run), beyond its dirty pages."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * max(counts) + 256)), hard))
-    warm_snapshot("js")
+    warm_snapshot(lang)
     out: dict[str, Stats] = {}
     for n in counts:
         before = _memory_bytes()
         boxes = []
         for _ in range(n):
-            box = CodeSandbox("js")
+            box = CodeSandbox(lang)
             box.run("1 + 1")
             boxes.append(box)
         after = _memory_bytes()
@@ -221,6 +221,54 @@ def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
         r["peer_node_e"] = _time(
             lambda: subprocess.run([node, "-e", "1 + 1"], check=True, capture_output=True), k, 1)
     r["code_memory_js"] = _code_memory((1, 100) if quick else (1, 100, 1000))
+    _python_benchmarks(r, quick)
+
+
+PYTHON_SNIPPET = ROOT / "benchmarks" / "python_snippet.py"
+STATIC_PYTHON = ROOT / "build" / "cpython" / "obj" / "python"
+
+
+def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
+    """Python code sandboxes (issue 12): from_snapshot + run("1 + 1") + result, restore + run,
+    a 100-line json/re snippet, a cold evolve of the guest, memory per idle sandbox and 200
+    live sandboxes; peers: `python3 -c` and a native process of the same static build."""
+    from .code.languages import language
+    from .code.warm import LAYOUT, tool_host_functions
+
+    n = 300 if quick else 2000
+    snap = warm_snapshot("python")
+
+    def fresh_box() -> None:
+        with CodeSandbox("python", snapshot=snap) as box:
+            box.run("1 + 1")
+
+    r["code_python_from_snapshot_run_trivial"] = _time(fresh_box, n // 2, 20)
+    with CodeSandbox("python", tools={"add": _tool_add}) as box:
+        r["code_run_python_trivial"] = _time(functools.partial(box.run, "1 + 1"), n, 100)
+        r["code_run_python_one_tool_call"] = _time(functools.partial(box.run, "add(1, 2)"), n, 100)
+        snippet = PYTHON_SNIPPET.read_text()
+        r["code_run_python_json_re_snippet"] = _time(functools.partial(box.run, snippet),
+                                                     n // 10, 5)
+    path = str(language("python").guest_path())
+
+    def evolve() -> None:
+        with UninitializedSandbox(path, LAYOUT, tool_host_functions()).evolve() as sb:
+            sb.snapshot()
+
+    r["code_python_cold_evolve"] = _time(evolve, 3 if quick else 10, 1)
+    cli = [sys.executable, "-m", "snapcell", "run", "--lang", "python", "1 + 1"]
+    r["code_cli_snapcell_run_python"] = _time(
+        functools.partial(subprocess.run, cli, check=True, capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))), 5 if quick else 20, 1)
+    m = 20 if quick else 100
+    system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    for name, cmd in (("peer_python3_c", [system_python, "-c", "1 + 1"]),
+                      ("peer_python3_c_isolated_no_site", [system_python, "-I", "-S", "-c", "1 + 1"]),
+                      ("peer_native_python_static_process", [str(STATIC_PYTHON), "-I", "-c", "1 + 1"])):
+        if Path(cmd[0]).exists():
+            r[name] = _time(functools.partial(subprocess.run, cmd, check=True,
+                                              capture_output=True), m, 3)
+    r["code_memory_python"] = _code_memory((1, 200), "python")
 
 
 def _throughput_worker(args: tuple[str, float]) -> int:
@@ -539,6 +587,13 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
         if f"peer_native_{lang}_process" in r:
             out[f"{lang}: fresh native process / run"] = (
                 r[f"peer_native_{lang}_process"]["median_us"] / run["median_us"])
+    py_run = r.get("code_run_python_trivial")
+    if py_run is not None:
+        for peer in ("peer_python3_c", "peer_native_python_static_process"):
+            if peer in r:
+                out[f"python: {peer[5:]} / run"] = r[peer]["median_us"] / py_run["median_us"]
+        out["python: run with one tool call / without"] = (
+            r["code_run_python_one_tool_call"]["median_us"] / py_run["median_us"])
     if "peer_node_e" in r and "code_run_js_trivial" in r:
         out["js: node -e / run"] = r["peer_node_e"]["median_us"] / r["code_run_js_trivial"]["median_us"]
     if "peer_fork_per_call" in r:
@@ -549,10 +604,12 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, v in report["results"].items():
-        if name in ("memory", "code_memory_js"):
-            what = "memory per sandbox" if name == "memory" else "memory per idle JS code sandbox"
+        if name in ("memory", "code_memory_js", "code_memory_python"):
+            what = {"memory": "memory per sandbox", "code_memory_js": "memory per idle JS code sandbox",
+                    "code_memory_python": "memory per idle Python code sandbox"}[name]
             for count, m in v.items():
-                rows.append((f"{what} ({count} alive): overhead / dirty MiB",
+                total = f", {m['total_mib']:.0f} MiB in all" if "total_mib" in m else ""
+                rows.append((f"{what} ({count} alive{total}): overhead / dirty MiB",
                              f"{m['overhead_mib_per_sandbox']:.3f}",
                              f"{m['dirty_mib_per_sandbox']:.3f}", str(count)))
         elif name == "sandboxes_per_second_all_cores":

@@ -1,4 +1,4 @@
-"""`snapcell run`: run a JavaScript or Lua snippet in a code sandbox from the command line."""
+"""`snapcell run`: run a JavaScript, Lua or Python snippet in a code sandbox from the command line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 from .code import CodeSandbox
 from .errors import SnapcellError
 
-EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua"}
+EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
 
 def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
@@ -32,9 +32,32 @@ def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
     return (name or attr), fn
 
 
+def _put(spec: str) -> tuple[str, bytes]:
+    """NAME=PATH → (NAME, the file's bytes); UsageError otherwise."""
+    name, sep, local = spec.partition("=")
+    if not sep or not name or not local:
+        raise click.UsageError(f"--put {spec!r}: expected NAME=PATH")
+    try:
+        return name, Path(local).read_bytes()
+    except OSError as e:
+        raise click.UsageError(f"--put {spec!r}: {e}") from None
+
+
+def _save_files(out: Path, files: dict[str, bytes]) -> None:
+    """Write a run's files under `out` (names were checked relative in the guest; checked again
+    here so nothing lands outside `out`)."""
+    root = out.resolve()
+    for name, data in files.items():
+        target = (root / name).resolve()
+        if root not in target.parents:
+            raise click.UsageError(f"refusing to write {name!r} outside {out}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
 @click.command("run")
 @click.argument("code", required=False)
-@click.option("--lang", "lang", type=click.Choice(["js", "lua"]),
+@click.option("--lang", "lang", type=click.Choice(["js", "lua", "python"]),
               help="Language (default: from the -f file's extension).")
 @click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False),
               help="Read the code from a file.")
@@ -45,8 +68,13 @@ def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Time limit in seconds.")
 @click.option("--memory-limit", type=int, default=64, show_default=True,
               help="Interpreter heap limit in MiB.")
+@click.option("--put", "puts", multiple=True, metavar="NAME=PATH",
+              help="Python: copy the local file PATH to /tmp/NAME in the sandbox (repeatable).")
+@click.option("--save-files", "save_dir", type=click.Path(file_okay=False),
+              help="Python: write the files the code wrote under /tmp into this directory.")
 def run_command(code: str | None, lang: str | None, path: str | None, tools: tuple[str, ...],
-                as_json: bool, timeout: float, memory_limit: int) -> None:
+                as_json: bool, timeout: float, memory_limit: int, puts: tuple[str, ...],
+                save_dir: str | None) -> None:
     """Run CODE (or -f FILE) in a fresh code sandbox. Exit status 0 on success, 1 when the code
     failed, 2 on a usage error."""
     if (code is None) == (path is None):
@@ -60,16 +88,19 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
         assert code is not None
         source, filename = code, ""
     if lang is None:
-        raise click.UsageError("--lang js|lua is required (no known file extension)")
+        raise click.UsageError("--lang js|lua|python is required (no known file extension)")
     if timeout <= 0:
         raise click.UsageError("--timeout must be positive")
     funcs = dict(load_tool(t) for t in tools)
+    files = dict(_put(p) for p in puts) if puts else None
     try:
         with CodeSandbox(lang, tools=funcs, timeout=timeout, memory_limit=memory_limit << 20,
                          filename=filename or None) as box:
-            result = box.run(source)
+            result = box.run(source, files=files)
     except SnapcellError as e:
         raise click.UsageError(str(e)) from None
+    if save_dir is not None:
+        _save_files(Path(save_dir), result.files)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:

@@ -128,8 +128,9 @@ int cb_parse_request(const char *p, uint32_t n, cb_request *req, char *why, size
         snprintf(why, whysz, "malformed request");
         return -1;
     }
-    if (mp_typeof(*r) != MP_ARRAY || mp_decode_array(&r) != 5) {
-        snprintf(why, whysz, "request is not a 5-element array");
+    uint32_t fields = mp_typeof(*r) == MP_ARRAY ? mp_decode_array(&r) : 0;
+    if (fields != 5 && fields != 6) {
+        snprintf(why, whysz, "request is not a 5- or 6-element array");
         return -1;
     }
     if (mp_typeof(*r) == MP_STR)
@@ -171,6 +172,35 @@ int cb_parse_request(const char *p, uint32_t n, cb_request *req, char *why, size
         len = sizeof req->filename - 1;
     memcpy(req->filename, fn, len);
     req->filename[len] = '\0';
+    req->has_files = 0;
+    req->files = NULL;
+    req->max_files_out = 0;
+    if (fields == 6) {
+        if (mp_typeof(*r) != MP_ARRAY || mp_decode_array(&r) != 2 || mp_typeof(*r) != MP_MAP) {
+            snprintf(why, whysz, "files: expected [map, max_files_out]");
+            return -1;
+        }
+        req->files = r;
+        uint32_t nf = mp_decode_map(&r);
+        for (uint32_t i = 0; i < nf; i++) {
+            if (mp_typeof(*r) != MP_STR) {
+                snprintf(why, whysz, "files: a name is not a string");
+                return -1;
+            }
+            mp_next(&r);
+            if (mp_typeof(*r) != MP_BIN) {
+                snprintf(why, whysz, "files: contents are not bytes");
+                return -1;
+            }
+            mp_next(&r);
+        }
+        if (mp_typeof(*r) != MP_UINT) {
+            snprintf(why, whysz, "files: max_files_out is not an unsigned integer");
+            return -1;
+        }
+        req->max_files_out = mp_decode_uint(&r);
+        req->has_files = 1;
+    }
     return 0;
 }
 
@@ -210,10 +240,12 @@ const cb_buf *cb_output(int stream) { return &out_bufs[stream == 2 ? 1 : 0]; }
 
 static cb_buf resp;
 
-cb_buf *cb_response_begin(int status)
+cb_buf *cb_response_begin(int status) { return cb_response_begin_ext(status, 0); }
+
+cb_buf *cb_response_begin_ext(int status, uint32_t extra)
 {
     cb_reset(&resp);
-    cb_array(&resp, 6);
+    cb_array(&resp, 6 + extra);
     cb_int(&resp, status);
     return &resp;
 }

@@ -6,9 +6,12 @@
  * Wire formats (MessagePack; the host side is snapcell/code/protocol.py):
  *   Run(bytes request) -> bytes response
  *     request  = [code(str|bin), [tool_name(str), ...], max_output(uint), memory_limit(uint),
- *                 filename(str)]
+ *                 filename(str)(, files)]
+ *                 files (guests with a file system: Python) = [{name(str): data(bin)},
+ *                 max_files_out(uint)]
  *     response = [status(0 ok | 1 error), value, stdout(bin), stderr(bin), truncated(bool),
- *                 error(nil | [type(str), message(str), stack(str), line(int, 0 = unknown)])]
+ *                 error(nil | [type(str), message(str), stack(str), line(int, 0 = unknown)])
+ *                 (, [{name(str): data(bin)}, files_truncated(bool)])]   (when files were asked)
  *   CodeTool(bytes request) -> bytes reply              (a host function)
  *     request  = [tool_name(str), [arg, ...]]
  *     reply    = [0, value] | [1, type(str), message(str)]
@@ -56,6 +59,9 @@ typedef struct {
     uint64_t max_output;
     uint64_t memory_limit;
     char filename[128];
+    int has_files;              /* the optional 6th element was given */
+    const char *files;          /* its map of name -> data (MessagePack), when has_files */
+    uint64_t max_files_out;
 } cb_request;
 
 /* Parse a Run request; 0 on success, -1 with a message in `why`. */
@@ -71,6 +77,9 @@ const cb_buf *cb_output(int stream);
 /* The response buffer: cb_response_begin() resets it and writes the status, then the caller
  * appends the value (status 0) or nil, and cb_response_finish() appends output and error. */
 cb_buf *cb_response_begin(int status);
+/* The same with `extra` fields after the six standard ones (the caller appends them after
+ * cb_response_finish). */
+cb_buf *cb_response_begin_ext(int status, uint32_t extra);
 cb_buf *cb_response(void);                   /* the response buffer as it is */
 /* Finish with an error (type, message, stack may be NULL) or with no error (type NULL). */
 void cb_response_finish(const char *type, const char *message, size_t message_len,

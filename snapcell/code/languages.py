@@ -15,12 +15,14 @@ _REPO_GUESTS = Path(__file__).resolve().parents[2] / "build" / "guests"
 @dataclass(frozen=True)
 class Language:
     """An interpreter guest: its short name, the guest ELF's file name, the default file name
-    errors and stack traces show, and the language's name for an out-of-memory error."""
+    errors and stack traces show, its display name, and whether it has a file system (then
+    runs take `files=` and return the files they wrote)."""
 
     name: str
     elf: str
     filename: str
     display: str
+    has_files: bool = False
 
     def guest_path(self) -> Path:
         """The guest ELF ($SNAPCELL_CODE_GUESTS, else the repository's build/guests/)."""
@@ -36,12 +38,14 @@ class Language:
 LANGUAGES: dict[str, Language] = {
     "js": Language("js", "js.elf", "main.js", "JavaScript (QuickJS-ng)"),
     "lua": Language("lua", "lua.elf", "main.lua", "Lua 5.4"),
+    "python": Language("python", "python.elf", "main.py", "Python 3.11 (CPython)", has_files=True),
 }
-_ALIASES = {"javascript": "js", "quickjs": "js", "lua54": "lua", "lua5.4": "lua"}
+_ALIASES = {"javascript": "js", "quickjs": "js", "lua54": "lua", "lua5.4": "lua", "py": "python",
+            "python3": "python", "cpython": "python"}
 
 
 def language(name: str) -> Language:
-    """The Language called `name` (or an alias: javascript, quickjs, lua5.4)."""
+    """The Language called `name` (or an alias: javascript, quickjs, lua5.4, py, python3)."""
     if not isinstance(name, str):
         raise ConfigurationError(f"language must be a string, got {type(name).__name__}")
     key = _ALIASES.get(name.lower(), name.lower())

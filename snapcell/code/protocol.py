@@ -17,10 +17,40 @@ MAX_TOOLS = 64
 Tool = Callable[..., Any]
 
 
+MAX_FILE_NAME = 200                # bytes of a file name under /tmp
+
+
 def encode_request(code: str | bytes, tools: list[str], max_output: int, memory_limit: int,
-                   filename: str) -> bytes:
-    """A Run request."""
-    return msgpack.packb([code, tools, max_output, memory_limit, filename], use_bin_type=True)
+                   filename: str, files: Mapping[str, bytes] | None = None,
+                   max_files_out: int = 0) -> bytes:
+    """A Run request; with `files` (guests with a file system) the files to put under /tmp
+    and the cap on the bytes of files sent back."""
+    req: list[Any] = [code, tools, max_output, memory_limit, filename]
+    if files is not None:
+        req.append([dict(files), max_files_out])
+    return msgpack.packb(req, use_bin_type=True)
+
+
+def check_files(files: Mapping[str, bytes | str] | None) -> dict[str, bytes]:
+    """Validate the `files=` of a run: relative paths (below /tmp in the guest) of at most
+    200 bytes, no empty, `.` or `..` components, contents bytes (or str, stored as UTF-8)."""
+    if files is None:
+        return {}
+    if not isinstance(files, Mapping):
+        raise ArgumentError(f"files must be a mapping of names to bytes, got {type(files).__name__}")
+    out: dict[str, bytes] = {}
+    for name, data in files.items():
+        if not isinstance(name, str) or not name or "\0" in name or name.startswith("/") \
+                or len(name.encode()) > MAX_FILE_NAME \
+                or any(part in ("", ".", "..") for part in name.split("/")):
+            raise ArgumentError(f"file name {name!r} must be a relative path of at most "
+                                f"{MAX_FILE_NAME} bytes without '', '.' or '..' components")
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ArgumentError(f"contents of file {name!r} must be bytes or str")
+        out[name] = bytes(data)
+    return out
 
 
 def _text(b: Any) -> str:
@@ -36,7 +66,16 @@ def unpack(data: bytes) -> Any:
 def decode_response(data: bytes, language: str) -> RunResult:
     """A RunResult from a Run response; a malformed response is a GuestOutputError."""
     try:
-        status, value, out, err, truncated, error = unpack(data)
+        fields = unpack(data)
+        files: dict[str, bytes] = {}
+        files_truncated = False
+        if isinstance(fields, list) and len(fields) == 7:
+            got, files_truncated = fields.pop()
+            if not isinstance(got, dict) or not all(
+                    isinstance(k, str) and isinstance(v, bytes) for k, v in got.items()):
+                raise ValueError("bad files")
+            files = got
+        status, value, out, err, truncated, error = fields
         if status not in (0, 1) or not isinstance(out, bytes) or not isinstance(err, bytes):
             raise ValueError("bad field types")
         code_error = None
@@ -46,7 +85,8 @@ def decode_response(data: bytes, language: str) -> RunResult:
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise GuestOutputError(f"malformed Run response from the {language} guest: {e}") from None
     return RunResult(value=value, stdout=_text(out), stderr=_text(err), error=code_error,
-                     output_truncated=bool(truncated))
+                     output_truncated=bool(truncated), files=files,
+                     files_truncated=bool(files_truncated))
 
 
 def check_tools(tools: Mapping[str, Tool] | None) -> dict[str, Tool]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SnapcellError
@@ -32,7 +32,9 @@ class CodeError(SnapcellError):
 class RunResult:
     """The outcome of one `CodeSandbox.run`: the value of the last expression (or the chunk's
     return value), the captured stdout and stderr, whether output hit the cap, the error (None
-    on success) and the wall time of the run in seconds."""
+    on success), the wall time of the run in seconds and — languages with a file system
+    (Python) — the files the run wrote under /tmp (name relative to /tmp → contents) and
+    whether some were left out for the size cap."""
 
     value: Any = None
     stdout: str = ""
@@ -40,6 +42,8 @@ class RunResult:
     error: CodeError | None = None
     output_truncated: bool = False
     duration: float = 0.0
+    files: dict[str, bytes] = field(default_factory=dict)
+    files_truncated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -56,7 +60,9 @@ class RunResult:
         """The result as a JSON-ready dict (bytes values become lists of ints)."""
         return {"ok": self.ok, "value": _jsonable(self.value), "stdout": self.stdout,
                 "stderr": self.stderr, "output_truncated": self.output_truncated,
-                "error": self.error.to_dict() if self.error is not None else None}
+                "error": self.error.to_dict() if self.error is not None else None,
+                **({"files": {k: v.decode("utf-8", "replace") for k, v in self.files.items()},
+                    "files_truncated": self.files_truncated} if self.files else {})}
 
 
 def _jsonable(v: Any) -> Any:

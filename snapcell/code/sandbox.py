@@ -17,9 +17,17 @@ from ..errors import (
 from ..guest.abi import FRAME_HEADER
 from ..sandbox import MultiUseSandbox, SandboxStatus, Snapshot
 from .languages import Language, language
-from .protocol import ToolDispatcher, check_tools, decode_response, encode_request
+from .protocol import ToolDispatcher, check_files, check_tools, decode_response, encode_request
 from .result import CodeError, RunResult
-from .warm import LAYOUT, MAX_MEMORY_LIMIT, MAX_OUTPUT, MIB, tool_host_functions, warm_snapshot
+from .warm import (
+    LAYOUT,
+    MAX_FILES_OUT,
+    MAX_MEMORY_LIMIT,
+    MAX_OUTPUT,
+    MIB,
+    tool_host_functions,
+    warm_snapshot,
+)
 
 _NO_TIMEOUT: Any = object()
 
@@ -41,7 +49,8 @@ def _timeout(v: Any) -> float | None:
 
 
 class CodeSandbox:
-    """A JavaScript (``"js"``, QuickJS-ng) or Lua (``"lua"``, 5.4) sandbox::
+    """A JavaScript (``"js"``, QuickJS-ng), Lua (``"lua"``, 5.4) or Python (``"python"``,
+    CPython 3.11 with its standard library) sandbox::
 
         with CodeSandbox("js", tools={"search": search}, timeout=1.0) as box:
             r = box.run("const hits = search('kvm'); console.log(hits.length); hits[0]")
@@ -57,13 +66,19 @@ class CodeSandbox:
     (exhaustion is the language's out-of-memory error), `max_output` bytes of stdout+stderr
     (writing more raises an output-limit error in the code). Tools are Python callables taking
     and returning JSON-like values (None, bool, int, float, str, bytes, list, dict), visible in
-    the code as global functions; a tool that raises is an exception in the code."""
+    the code as global functions; a tool that raises is an exception in the code.
+
+    Python sandboxes have a file system: the standard library read-only and a scratch /tmp (the
+    working directory). ``run(code, files={"data.csv": b"..."})`` puts files there first and
+    ``r.files`` holds the files the run wrote, up to `max_files_out` bytes in all."""
 
     def __init__(self, lang: str, tools: Mapping[str, Any] | None = None, *,
                  timeout: float | None = 5.0, memory_limit: int = 64 * MIB,
                  max_output: int = 1 * MIB, keep_state: bool = False,
-                 snapshot: Snapshot | None = None, filename: str | None = None) -> None:
+                 snapshot: Snapshot | None = None, filename: str | None = None,
+                 max_files_out: int = 1 * MIB) -> None:
         self.language: Language = language(lang)
+        self.max_files_out = _positive("max_files_out", max_files_out, MAX_FILES_OUT)
         self.timeout = _timeout(timeout)
         self.memory_limit = _positive("memory_limit", memory_limit, MAX_MEMORY_LIMIT)
         self.max_output = _positive("max_output", max_output, MAX_OUTPUT)
@@ -92,20 +107,26 @@ class CodeSandbox:
         """How many tool calls the code made in this sandbox so far."""
         return self._dispatch.calls
 
-    def run(self, code: str | bytes, *, timeout: Any = _NO_TIMEOUT) -> RunResult:
+    def run(self, code: str | bytes, *, timeout: Any = _NO_TIMEOUT,
+            files: Mapping[str, bytes | str] | None = None) -> RunResult:
         """Run `code`; returns a RunResult whose `error` is set when the code failed (a
         language exception, the time or memory limit, a crash of the interpreter). The sandbox
-        is usable afterwards in every case. `timeout` overrides the sandbox's for this run."""
+        is usable afterwards in every case. `timeout` overrides the sandbox's for this run;
+        `files` (Python) are written under /tmp before the code runs."""
         if not isinstance(code, (str, bytes)):
             raise ArgumentError(f"code must be str or bytes, got {type(code).__name__}")
+        if files is not None and not self.language.has_files:
+            raise ArgumentError(f"{self.language.display} sandboxes have no file system; "
+                                "files= is for Python")
+        in_files = check_files(files) if self.language.has_files else None
         limit = self.timeout if timeout is _NO_TIMEOUT else _timeout(timeout)
         sb = self._sb
         if sb.status is SandboxStatus.CLOSED:
             raise SandboxClosedError("the code sandbox is closed")
         request = encode_request(code, self._tool_names, self.max_output, self.memory_limit,
-                                 self.filename)
+                                 self.filename, in_files, self.max_files_out)
         if len(request) + FRAME_HEADER + 64 > LAYOUT.input_size:
-            raise ArgumentError(f"code of {len(code)} bytes does not fit the "
+            raise ArgumentError(f"code and files of {len(request)} bytes do not fit the "
                                 f"{LAYOUT.input_size}-byte input buffer")
         if self._dirty and not self.keep_state:
             sb.restore(self._base)

@@ -19,6 +19,7 @@ LAYOUT = SandboxConfiguration(input_size=1 * MIB, output_size=4 * MIB, heap_size
                               stack_size=2 * MIB)
 MAX_MEMORY_LIMIT = 128 * MIB      # the interpreter heap limit may go up to this
 MAX_OUTPUT = 2 * MIB              # stdout + stderr captured per run, at most
+MAX_FILES_OUT = 1 * MIB           # bytes of files a run sends back (Python), at most
 
 _lock = threading.Lock()
 _cache: dict[str, Snapshot] = {}

@@ -61,3 +61,34 @@ def test_decode_response() -> None:
 def test_check_tools_refuses(tools: Any) -> None:
     with pytest.raises(ArgumentError):
         check_tools(tools)
+
+
+file_names = st.lists(st.text(alphabet="abc._-", min_size=1, max_size=8)
+                      .filter(lambda s: s not in (".", "..")), min_size=1, max_size=3).map("/".join)
+
+
+@given(st.dictionaries(file_names, st.binary(max_size=50), max_size=5), st.booleans())
+def test_files_in_the_request_and_the_response(files: dict[str, bytes], truncated: bool) -> None:
+    from snapcell.code.protocol import check_files, encode_request
+    checked = check_files(files)
+    req = unpack(encode_request("1", [], 10, 20, "main.py", checked, 99))
+    assert req == ["1", [], 10, 20, "main.py", [checked, 99]]
+    assert len(unpack(encode_request("1", [], 10, 20, "main.py"))) == 5
+    resp = msgpack.packb([0, 1, b"", b"", False, None, [files, truncated]], use_bin_type=True)
+    r = decode_response(resp, "python")
+    assert r.files == files and r.files_truncated == truncated and r.value == 1
+
+
+@pytest.mark.parametrize("bad", [{"../x": b""}, {"/abs": b""}, {"a//b": b""}, {"": b""},
+                                 {"a/./b": b""}, {"x" * 201: b""}, {"ok": 3}, {"a\0b": b""}])
+def test_bad_file_names_and_contents(bad: dict[str, Any]) -> None:
+    from snapcell.code.protocol import check_files
+    with pytest.raises(ArgumentError):
+        check_files(bad)
+
+
+def test_malformed_files_in_a_response() -> None:
+    for files in ([{"a": "not bytes"}, False], [{1: b""}, False], ["x", False]):
+        with pytest.raises(GuestOutputError):
+            decode_response(msgpack.packb([0, 1, b"", b"", False, None, files],
+                                          use_bin_type=True), "python")

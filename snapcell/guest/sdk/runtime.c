@@ -24,11 +24,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 
 #include "snapcell_abi.h"
 
 #ifndef SC_ARENA_NATIVE_TEST
 #include "snapcell.h"
+#include "snapcell_fs.h"
 #define MP_SOURCE 1
 #include "msgpuck.h"
 #endif
@@ -350,6 +352,36 @@ static long forward_syscall(long nr, long a0, long a1, long a2, long a3, long a4
 #endif
 
 /*
+ * nanosleep / clock_nanosleep: the guest has no timer to wait on, so a sleep polls the host's
+ * clock (one exit per poll) until the deadline. The vCPU stays interruptible throughout (every
+ * poll returns to the host), so a run's time limit still cuts a long sleep.
+ */
+#define SC_NSEC 1000000000LL
+static SC_NOSSP long sys_sleep(long clock, long flags, const struct timespec *req,
+                               struct timespec *rem)
+{
+    struct timespec now;
+    if (!req || req->tv_nsec < 0 || req->tv_nsec >= SC_NSEC || req->tv_sec < 0)
+        return -EINVAL;
+    if (clock != CLOCK_REALTIME && clock != CLOCK_MONOTONIC && clock != CLOCK_BOOTTIME)
+        return -EINVAL;
+    long r = forward_syscall(SYS_clock_gettime, clock, (long)&now, 0, 0, 0, 0);
+    if (r)
+        return r;
+    long long deadline = (long long)req->tv_sec * SC_NSEC + req->tv_nsec;
+    if (!(flags & 1)) /* TIMER_ABSTIME */
+        deadline += (long long)now.tv_sec * SC_NSEC + now.tv_nsec;
+    while ((long long)now.tv_sec * SC_NSEC + now.tv_nsec < deadline) {
+        r = forward_syscall(SYS_clock_gettime, clock, (long)&now, 0, 0, 0, 0);
+        if (r)
+            return r;
+    }
+    if (rem)
+        rem->tv_sec = rem->tv_nsec = 0;
+    return 0;
+}
+
+/*
  * The C system call handler, called by __sc_syscall_entry (entry.S) with the Linux syscall
  * number and its six arguments; returns the value for rax (-errno on failure).
  * It may run before musl has set up TLS (fs base = 0): no TLS, no errno, no stack protector,
@@ -384,7 +416,22 @@ __sc_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
         return 1;
     case SYS_ioctl:
         return -ENOTTY;
+#ifndef SC_ARENA_NATIVE_TEST
+    case SYS_nanosleep:
+        return sys_sleep(CLOCK_MONOTONIC, 0, (const struct timespec *)a0, (struct timespec *)a1);
+    case SYS_clock_nanosleep:
+        return sys_sleep(a0, a1, (const struct timespec *)a2, (struct timespec *)a3);
+    case SYS_sched_yield:
+        return 0;
+#endif
     default:
+#ifndef SC_ARENA_NATIVE_TEST
+        {
+            long r; /* the in-guest file system (fs.c), when the guest mounted one */
+            if (sc_fs_syscall(nr, a0, a1, a2, a3, a4, a5, &r))
+                return r;
+        }
+#endif
         return forward_syscall(nr, a0, a1, a2, a3, a4, a5);
     }
 }

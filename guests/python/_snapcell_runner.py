@@ -1,0 +1,183 @@
+"""The Python side of a snapcell code-sandbox run (guests/python/python_guest.c calls `run`).
+
+Imported once while the guest initialises, so it and the warm modules below are in the warm
+snapshot. A run executes the code in __main__'s namespace (fresh in every sandbox: the host
+restores the snapshot between runs unless the session keeps its state); the value of a final
+expression statement is the result, as in the interactive interpreter.
+"""
+
+import ast
+import builtins
+import collections  # noqa: F401  (the warm set)
+import dataclasses  # noqa: F401
+import datetime  # noqa: F401
+import decimal  # noqa: F401
+import functools  # noqa: F401
+import io
+import itertools  # noqa: F401
+import json
+import linecache
+import math  # noqa: F401
+import random
+import re
+import statistics  # noqa: F401
+import string  # noqa: F401
+import sys
+import textwrap  # noqa: F401
+import traceback
+
+import _snapcell
+
+_main = sys.modules["__main__"].__dict__
+_HERE = __file__
+
+
+class OutputLimitError(Exception):
+    """stdout + stderr went past the run's output limit."""
+
+
+class ToolError(Exception):
+    """A tool call that could not be made (unknown tool, bad reply)."""
+
+
+builtins.OutputLimitError = OutputLimitError
+builtins.ToolError = ToolError
+
+
+class _Stream(io.TextIOBase):
+    """sys.stdout / sys.stderr: text goes to the run's captured output."""
+
+    def __init__(self, stream, name):
+        self._stream = stream
+        self._name = name
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    @property
+    def errors(self):
+        return "strict"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not _snapcell.write(self._stream, s):
+            raise OutputLimitError("output limit exceeded")
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+sys.stdout = sys.__stdout__ = _Stream(1, "<stdout>")
+sys.stderr = sys.__stderr__ = _Stream(2, "<stderr>")
+
+_exception_types = {}
+
+
+def _exception_type(name):
+    """The exception class a tool's failure is raised as: the built-in of that name, or an
+    Exception subclass of that name (cached)."""
+    t = getattr(builtins, name, None)
+    if isinstance(t, type) and issubclass(t, Exception):
+        return t
+    if name not in _exception_types:
+        ident = name if name.isidentifier() else "ToolError"
+        _exception_types[name] = type(ident, (Exception,), {"__module__": "tools"})
+    return _exception_types[name]
+
+
+def _make_tool(name):
+    call = _snapcell.call_tool
+
+    def tool(*args, **kwargs):
+        if kwargs:
+            raise TypeError(f"tool {name}() takes positional arguments only")
+        reply = call(name, args)
+        if reply[0]:
+            return reply[1]
+        raise _exception_type(reply[1])(reply[2])
+
+    tool.__name__ = tool.__qualname__ = name
+    return tool
+
+
+def reseed(seed):
+    """A new sandbox (from_snapshot / restore): fresh state for `random`."""
+    random.seed(int.from_bytes(seed, "little"))
+
+
+def _describe(e, filename):
+    """(type, message, stack, line) of an exception raised by the code."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == _HERE:
+        tb = tb.tb_next           # drop the runner's own frames
+    line = 0
+    if isinstance(e, SyntaxError) and e.filename == filename and e.lineno:
+        line = e.lineno
+    t = tb
+    while t is not None:
+        if t.tb_frame.f_code.co_filename == filename:
+            line = t.tb_lineno
+        t = t.tb_next
+    try:
+        stack = "".join(traceback.format_exception(type(e), e, tb))
+    except Exception:  # formatting can fail on hostile exceptions; the type still counts
+        stack = ""
+    try:
+        message = str(e)
+    except Exception:
+        message = "(unprintable exception)"
+    return (type(e).__qualname__, message, stack, line)
+
+
+def run(code, filename, tools):
+    """Run `code`; (True, value) or (False, (type, message, stack, line))."""
+    ns = _main
+    for name in tools:
+        ns[name] = _make_tool(name)
+    try:
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        try:
+            expr = compile(code, filename, "eval")        # a lone expression: the quick path
+        except SyntaxError:
+            expr = None
+        if expr is not None:
+            return (True, eval(expr, ns))
+        tree = ast.parse(code, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        if tree.body:
+            exec(compile(tree, filename, "exec"), ns)
+        return (True, eval(compile(last, filename, "eval"), ns) if last is not None else None)
+    except BaseException as e:  # noqa: B036  (SystemExit and all: the code's failure)
+        return (False, _describe(e, filename))
+
+
+def warm_up():
+    """Exercise the warm modules once so their lazy state (regex caches, decimal context, json
+    scanner) is in the snapshot, then freeze the GC generations: every object made so far is
+    left out of collections, so a run's collections stay small and touch few pages."""
+    json.loads(json.dumps({"a": [1, 2.5, "x", None, True]}))
+    re.compile(r"(\w+)@(\w+)\.com").findall("a@b.com c@d.com")
+    decimal.Decimal("1.10") + decimal.Decimal("2.20")
+    datetime.datetime(2024, 1, 2, 3, 4, 5).isoformat()
+    statistics.mean([1, 2, 3])
+    textwrap.dedent("  x\n  y\n")
+    run("x = [i * i for i in range(10)]\nsum(x)", "<warm-up>", ())
+    _main.pop("x", None)
+    import gc
+    gc.collect()
+    gc.freeze()

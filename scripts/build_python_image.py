@@ -1,0 +1,134 @@
+"""Build the Python guest's read-only file system image and the assembly file linking it in.
+
+    build/cpython/obj/python scripts/build_python_image.py OUT_DIR
+
+Run with the static CPython just built (so the byte code matches the guest's interpreter).
+The image (snapcell/guest/fsimage.py) holds the standard library under /usr/lib/python3.11:
+every module's source and its byte code in __pycache__ (unchecked-hash .pyc, so imports read the
+byte code without comparing source timestamps), less the parts a sandbox cannot use (GUI, IDLE,
+ensurepip, the packages' own test suites), plus the few Lib/test modules the CPython referee
+runs (REFEREE_TESTS) with test.support, sysconfig's generated data module, the runner
+guests/python/_snapcell_runner.py, the time zone database under /usr/share/zoneinfo and an
+empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S."""
+
+from __future__ import annotations
+
+import importlib.util
+import py_compile
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "build" / "third_party" / "cpython" / "Lib"
+RUNNER = ROOT / "guests" / "python" / "_snapcell_runner.py"
+PREFIX = "/usr/lib/python3.11"
+EXCLUDE_DIRS = {"idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "venv",
+                "lib2to3/tests", "distutils/tests", "unittest/test", "ctypes/test",
+                "sqlite3/test", "__pycache__", "test"}
+# Lib/test pieces in the image: test.support and the modules the referee runs (tests/code/
+# test_python_suite.py, scripts/cpython_referee.py) with the data files they read.
+REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetimetester",
+                 "test_collections", "test_statistics", "test_heapq", "test_bisect",
+                 "test_textwrap", "test_string", "test_fractions", "test_csv", "re_tests",
+                 "test_itertools", "test_functools", "test_dataclasses", "test_random",
+                 "test_struct", "test_base64", "test_zlib", "test_enum", "test_operator",
+                 "test_fstring", "test_string_literals", "dataclass_module_1",
+                 "dataclass_module_1_str", "dataclass_module_2", "dataclass_module_2_str",
+                 "dataclass_textanno")
+# The time zone database (Debian's tzdata, installed by the set-up) for zoneinfo, less its
+# duplicate right/ and posix/ trees.
+ZONEINFO = Path("/usr/share/zoneinfo")
+TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
+              "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck")
+
+
+def _load_fsimage():  # the module alone: the snapcell package needs third-party libraries
+    spec = importlib.util.spec_from_file_location("fsimage", ROOT / "snapcell/guest/fsimage.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fsimage"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _wanted(rel: Path) -> bool:
+    parts = rel.parts
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in EXCLUDE_DIRS or parts[i - 1] in ("__pycache__",):
+            return False
+    return True
+
+
+def _test_files() -> list[Path]:
+    test = LIB / "test"
+    out = [p for p in (test / "support").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    for name in TEST_FILES:
+        p = test / name
+        if p.is_dir():
+            out += [q for q in p.rglob("*") if q.is_file()]
+        elif p.exists():
+            out.append(p)
+    for name in REFEREE_TESTS:
+        p = test / name
+        if p.is_dir():
+            out += [q for q in p.rglob("*") if q.is_file() and "__pycache__" not in q.parts]
+        elif (test / f"{name}.py").exists():
+            out.append(test / f"{name}.py")
+    return out
+
+
+def main(out_dir: str) -> None:
+    fsimage = _load_fsimage()
+    if sys.implementation.cache_tag != "cpython-311":
+        raise SystemExit(f"build_python_image: run with CPython 3.11, not {sys.version}")
+    sources = [p for p in LIB.rglob("*") if p.is_file() and _wanted(p.relative_to(LIB))]
+    sources += _test_files()
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def add(src: Path, rel: str) -> None:
+            files[f"{PREFIX}/{rel}"] = src.read_bytes()
+            if src.suffix == ".py":
+                pyc = Path(tmp, "x.pyc")
+                try:
+                    py_compile.compile(str(src), cfile=str(pyc), dfile=f"{PREFIX}/{rel}",
+                                       doraise=True,
+                                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                except py_compile.PyCompileError:
+                    return           # e.g. lib2to3 test data with Python 2 syntax: source only
+                d, _, name = rel.rpartition("/")
+                cached = f"{d + '/' if d else ''}__pycache__/{name[:-3]}.cpython-311.pyc"
+                files[f"{PREFIX}/{cached}"] = pyc.read_bytes()
+        for src in sources:
+            add(src, src.relative_to(LIB).as_posix())
+        add(RUNNER, RUNNER.name)
+        obj = ROOT / "build" / "cpython" / "obj"      # sysconfig's data of this build
+        for gen in (obj / (obj / "pybuilddir.txt").read_text().strip()).glob("_sysconfigdata_*.py"):
+            add(gen, gen.name)
+    if not (ZONEINFO / "UTC").exists():
+        raise SystemExit("build_python_image: no /usr/share/zoneinfo (apt-get install tzdata)")
+    for z in sorted(ZONEINFO.rglob("*")):
+        rel = z.relative_to(ZONEINFO)
+        if z.is_file() and rel.parts[0] not in ("right", "posix") and not z.is_symlink():
+            files[f"/usr/share/zoneinfo/{rel.as_posix()}"] = z.read_bytes()
+        elif z.is_symlink() and z.resolve().is_file() and rel.parts[0] not in ("right", "posix"):
+            files[f"/usr/share/zoneinfo/{rel.as_posix()}"] = z.resolve().read_bytes()
+    image = fsimage.build_image(files, dirs=("/tmp", f"{PREFIX}/site-packages"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stdlib.img.part").write_bytes(image)
+    (out / "stdlib.img.part").replace(out / "stdlib.img")
+    (out / "stdlib_image.S").write_text(
+        "/* generated by scripts/build_python_image.py: the standard library image */\n"
+        '    .section .rodata.sc_python_image, "a"\n'
+        "    .balign 4096\n"
+        "    .globl sc_python_image, sc_python_image_end\n"
+        "sc_python_image:\n"
+        f'    .incbin "{(out / "stdlib.img").resolve()}"\n'
+        "sc_python_image_end:\n"
+        '    .section .note.GNU-stack, "", @progbits\n')
+    print(f"build_python_image: {len(files)} files, {len(image) / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

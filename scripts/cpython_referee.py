@@ -1,0 +1,154 @@
+"""CPython's own Lib/test modules as the referee of the Python sandbox: each module runs inside
+one code sandbox and natively in a process of the same static build (build/cpython/obj/python),
+and the outcomes are compared test by test.
+
+    .venv/bin/python scripts/cpython_referee.py [--json OUT] [MODULE ...]
+
+Prints a Markdown table (run / passed / failed / errors / skipped, sandbox vs native) and every
+test whose outcome differs, with the sandbox's error. tests/code/test_python_suite.py runs a
+small slice of this in `make test`; `make cpython-referee` runs the full selection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NATIVE = ROOT / "build" / "cpython" / "obj" / "python"
+MODULES = ("test_json", "test_re", "test_math", "test_datetime", "test_collections",
+           "test_statistics", "test_heapq", "test_bisect", "test_textwrap", "test_string",
+           "test_fractions", "test_csv", "test_itertools", "test_functools", "test_dataclasses",
+           "test_random", "test_struct", "test_base64", "test_zlib", "test_enum", "test_operator",
+           "test_fstring", "test_string_literals")
+
+# Runs the module's tests with unittest and returns the outcome of every test as a dict
+# {id: ["pass"|"fail"|"error"|"skip", detail]}. The same text runs in both places.
+DRIVER = r'''
+import io, unittest
+def _referee(name):
+    suite = unittest.defaultTestLoader.loadTestsFromName("test." + name)
+    out = {}
+    class R(unittest.TextTestResult):
+        def addSuccess(self, t):
+            super().addSuccess(t); out[t.id()] = ["pass", ""]
+        def addFailure(self, t, e):
+            super().addFailure(t, e); out[t.id()] = ["fail", self._exc_info_to_string(e, t)[-600:]]
+        def addError(self, t, e):
+            super().addError(t, e); out[t.id()] = ["error", self._exc_info_to_string(e, t)[-600:]]
+        def addSkip(self, t, why):
+            super().addSkip(t, why); out[t.id()] = ["skip", str(why)[:200]]
+        def addExpectedFailure(self, t, e):
+            super().addExpectedFailure(t, e); out[t.id()] = ["pass", "expected failure"]
+        def addUnexpectedSuccess(self, t):
+            super().addUnexpectedSuccess(t); out[t.id()] = ["fail", "unexpected success"]
+        def addSubTest(self, test, sub, err):
+            super().addSubTest(test, sub, err)
+            if err is not None:
+                kind = "fail" if issubclass(err[0], test.failureException) else "error"
+                out[sub.id()] = [kind, self._exc_info_to_string(err, test)[-600:]]
+    unittest.TextTestRunner(stream=io.StringIO(), resultclass=R, verbosity=0).run(suite)
+    return out
+'''
+
+
+# Why a test may pass natively and not in the sandbox: what the sandbox leaves out by design.
+KNOWN = {
+    "test.test_json.test_tool.": "runs `python -m json.tool` in a subprocess",
+    "test.test_re.ReTests.test_regression_gh94675": "uses multiprocessing (fork and a pipe)",
+}
+RULES = (
+    ("[Errno 38] Function not implemented", "a system call the sandbox leaves out "
+                                            "(pipe/fork/exec, sockets, signals)"),
+    ("can't start new thread", "threads (there is one vCPU and no clone)"),
+    ("MemoryError", "needs more than the sandbox's heap limit (128 MiB at most)"),
+)
+
+
+def explain(test_id: str, detail: str) -> str | None:
+    """The reason a sandbox-only failure is expected, or None when it is not explained."""
+    for prefix, why in KNOWN.items():
+        if test_id.startswith(prefix):
+            return why
+    for needle, why in RULES:
+        if needle in detail:
+            return why
+    return None
+
+
+def run_native(module: str, timeout: float = 900) -> dict[str, list[str]]:
+    """The module's outcomes in a native process of the static build."""
+    code = DRIVER + f"\nimport json, sys\nsys.stdout.write(json.dumps(_referee({module!r})))\n"
+    p = subprocess.run([str(NATIVE), "-I", "-c", code], capture_output=True, text=True,
+                       timeout=timeout, cwd="/tmp")
+    if p.returncode != 0:
+        raise RuntimeError(f"native {module} failed: {p.stderr[-2000:]}")
+    out: dict[str, list[str]] = json.loads(p.stdout.splitlines()[-1])
+    return out
+
+
+def run_sandbox(module: str, timeout: float = 900) -> dict[str, list[str]]:
+    """The module's outcomes inside one Python code sandbox."""
+    sys.path.insert(0, str(ROOT))
+    from snapcell import CodeSandbox
+
+    with CodeSandbox("python", timeout=timeout, memory_limit=128 << 20,
+                     max_output=2 << 20) as box:
+        r = box.run(DRIVER + f"\nimport json\njson.dumps(_referee({module!r}))")
+    if r.error is not None:
+        raise RuntimeError(f"sandbox {module} failed: {r.error.type}: {r.error.message}\n"
+                           f"{r.error.stack[-3000:]}")
+    out: dict[str, list[str]] = json.loads(r.value)
+    return out
+
+
+def counts(outcomes: dict[str, list[str]]) -> dict[str, int]:
+    """run / pass / fail / error / skip totals."""
+    c = {"run": len(outcomes), "pass": 0, "fail": 0, "error": 0, "skip": 0}
+    for kind, _ in outcomes.values():
+        c[kind] += 1
+    return c
+
+
+def compare(module: str) -> dict[str, Any]:
+    """Both runs of one module and the tests whose outcome differs."""
+    t0 = time.perf_counter()
+    native = run_native(module)
+    t1 = time.perf_counter()
+    try:
+        sandbox = run_sandbox(module)
+    except RuntimeError as e:            # the module did not even load: one error for all of it
+        sandbox = {f"test.{module} (import)": ["error", str(e)[-600:]]}
+    t2 = time.perf_counter()
+    diff = {tid: {"native": native.get(tid, ["absent", ""]), "sandbox": sandbox.get(tid, ["absent", ""])}
+            for tid in sorted(set(native) | set(sandbox))
+            if native.get(tid, ["absent"])[0] != sandbox.get(tid, ["absent"])[0]}
+    return {"module": module, "native": counts(native), "sandbox": counts(sandbox),
+            "native_s": round(t1 - t0, 2), "sandbox_s": round(t2 - t1, 2), "differences": diff}
+
+
+def main(argv: list[str]) -> None:
+    out_json = None
+    if argv[:1] == ["--json"]:
+        out_json, argv = argv[1], argv[2:]
+    results = [compare(m) for m in (argv or MODULES)]
+    print("| module | sandbox run / pass / fail / error / skip | native run / pass / fail / error / skip |")
+    print("|---|---|---|")
+    for r in results:
+        s, n = r["sandbox"], r["native"]
+        print(f"| {r['module']} | {s['run']} / {s['pass']} / {s['fail']} / {s['error']} / {s['skip']} "
+              f"| {n['run']} / {n['pass']} / {n['fail']} / {n['error']} / {n['skip']} |")
+    for r in results:
+        for tid, d in r["differences"].items():
+            last = d["sandbox"][1].strip().splitlines()[-1] if d["sandbox"][1].strip() else ""
+            why = explain(tid, d["sandbox"][1]) or "NOT EXPLAINED"
+            print(f"- {tid}: native {d['native'][0]}, sandbox {d['sandbox'][0]} ({why}): {last}")
+    if out_json:
+        Path(out_json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
