@@ -70,6 +70,11 @@ class _SystemImageCache:
                 self._items.popitem(last=False)   # mappings keep their file alive
         return img
 
+    def clear(self) -> None:
+        """Forget every cached image (mapped ones stay alive until unmapped)."""
+        with self._lock:
+            self._items.clear()
+
 
 system_images = _SystemImageCache()
 
