@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "snapcell"
-ORDER = ["kvm", "machine", "guest", "sandbox", "snapshot", "debug", "code", "cli"]
+ORDER = ["kvm", "machine", "guest", "sandbox", "snapshot", "debug", "code", "dask", "cli"]
 LEAVES = {"errors", "types"}     # shared by every layer; `types` only re-exports guest.values
 
 
