@@ -1,6 +1,7 @@
 """`LoopbackCluster`: a real Dask cluster of separate processes on 127.0.0.1 — `dask scheduler`
-and `dask worker --no-nanny` processes, dashboards off — for tests, benchmarks and trying
-things out on one machine. Each process is ours (started here, stopped here by pid)."""
+and `dask worker --no-nanny` processes, dashboards off and their HTTP servers on loopback — for
+tests, benchmarks and trying things out on one machine. Each process is ours: started here,
+stopped here by pid."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ class LoopbackCluster:
             self.directory = tempfile.mkdtemp(prefix="snapcell-dask-")
             self._own_dir = True
         sched_file = os.path.join(self.directory, "scheduler.json")
-        self.scheduler = self._spawn("scheduler", ["scheduler", "--host", HOST, "--port", "0",
-                                                   "--no-dashboard", "--scheduler-file",
-                                                   sched_file])
+        # --no-dashboard alone still opens the HTTP server (/health, /metrics) on 0.0.0.0
+        self.scheduler = self._spawn("scheduler", [
+            "scheduler", "--host", HOST, "--port", "0", "--no-dashboard",
+            "--dashboard-address", f"{HOST}:0", "--scheduler-file", sched_file])
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -82,7 +84,8 @@ class LoopbackCluster:
         saved, self.env = self.env, {**self.env, **extra}
         try:
             proc = self._spawn(name, ["worker", self.address, "--host", HOST, "--no-nanny",
-                                      "--no-dashboard", "--nthreads", str(self.nthreads),
+                                      "--no-dashboard", "--dashboard-address", f"{HOST}:0",
+                                      "--nthreads", str(self.nthreads),
                                       "--name", name, "--local-directory",
                                       os.path.join(self.directory, name)])
         finally:
@@ -110,17 +113,19 @@ class LoopbackCluster:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        """Stop the workers, then the scheduler (SIGTERM, SIGKILL after 10 s)."""
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop the workers and the scheduler: SIGTERM, SIGKILL after `grace` seconds (a worker
+        that lost a peer can hang closing its connection pool)."""
         procs = [*self.worker_procs.values(), self.scheduler]
         for p in procs:
             if p is not None and p.poll() is None:
                 p.terminate()
+        deadline = time.monotonic() + grace
         for p in procs:
             if p is None:
                 continue
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
