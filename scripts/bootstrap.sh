@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(gcc make musl-tools musl-dev libmsgpuck-dev gdb docker-registry python3-venv)
+PKGS=(gcc make musl-tools musl-dev libmsgpuck-dev gdb docker-registry python3-venv iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,6 +5,7 @@ stopped here by pid."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -18,6 +19,15 @@ from dataclasses import dataclass, field
 from ..errors import ConfigurationError
 
 HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies, so that a
+    crashed test run or benchmark leaves no cluster behind."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)   # resolved before the fork
 
 
 def _dask_cli() -> list[str]:
@@ -74,7 +84,8 @@ class LoopbackCluster:
         env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "False")
         with open(os.path.join(self.directory, f"{name}.log"), "wb") as log:
             return subprocess.Popen(_dask_cli() + args, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, cwd=self.directory, start_new_session=True)
+                                    env=env, cwd=self.directory, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
 
     def add_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start one more worker process called `name` (its pid: `.pid`)."""

@@ -4,11 +4,12 @@ Dask task per chunk; results come back in input order, each item's failure as it
 
 from __future__ import annotations
 
+from asyncio import CancelledError
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, Future, wait
+from distributed import Client, Future
 
 from ..code import RunResult, language
 from ..errors import ArgumentError, ConfigurationError
@@ -45,9 +46,10 @@ class Batch:
         """Every item's result in order; a chunk whose task itself failed (for example its
         workers kept dying) gives an ItemError for each of its items."""
         if self._done is None:
-            wait(self.futures)
-            ok = [f for f in self.futures if f.status == "finished"]
-            data = self.client.gather(ok) if ok else []
+            try:        # skip: failed chunks are looked at below, one by one
+                data = self.client.gather(self.futures, errors="skip")
+            except CancelledError:
+                data = [self.client.gather(f) for f in self.futures if f.status == "finished"]
             failed = {f.key: _exception(f) for f in self.futures if f.status != "finished"}
             self._done = _assemble(self.futures, self.sizes, data, failed, self.decode)
         return self._done
@@ -55,9 +57,11 @@ class Batch:
     async def aresult(self) -> list[Any]:
         """`result()` for an asynchronous client (``Client(..., asynchronous=True)``)."""
         if self._done is None:
-            await wait(self.futures)
-            ok = [f for f in self.futures if f.status == "finished"]
-            data = await self.client.gather(ok) if ok else []
+            try:
+                data = await self.client.gather(self.futures, errors="skip")
+            except CancelledError:
+                data = [await self.client.gather(f) for f in self.futures
+                        if f.status == "finished"]
             failed: dict[Any, ItemError] = {}
             for f in self.futures:
                 if f.status == "error":
