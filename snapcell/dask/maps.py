@@ -138,9 +138,9 @@ def submit_calls(client: Client, ref: str, function: str, inputs: Iterable[Any],
     size = _chunking(client, len(items), chunk_size)
     token = host_functions_token(host_functions)
     parts = chunks(items, size)
-    futures = [client.submit(call_chunk, str(sref), function, part, host_functions, token,
-                             timeout, pure=False, workers=_worker_list(workers))
-               for part in parts]
+    futures = client.map(call_chunk, parts, ref=str(sref), function=function,
+                         host_functions=host_functions, token=token, timeout=timeout,
+                         pure=False, workers=_worker_list(workers)) if parts else []
     return Batch(client, futures, [len(p) for p in parts], "call")
 
 
@@ -178,9 +178,9 @@ def submit_runs(client: Client, lang: str, snippets: Iterable[Any], *,
     opts = {"timeout": timeout, **limits}
     token = tools_token(tools)
     parts = chunks(items, size)
-    futures = [client.submit(run_chunk, spec.name, part, tools, token, snapshot, opts,
-                             pure=False, workers=_worker_list(workers))
-               for part in parts]
+    futures = client.map(run_chunk, parts, lang=spec.name, tools=tools, token=token,
+                         snapshot=snapshot, limits=opts, pure=False,
+                         workers=_worker_list(workers)) if parts else []
     return Batch(client, futures, [len(p) for p in parts], "run")
 
 

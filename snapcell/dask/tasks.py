@@ -32,7 +32,7 @@ def unpack_run(p: PackedRun) -> RunResult:
                      output_truncated=truncated, duration=duration)
 
 
-def call_chunk(ref: str, function: str, items: Sequence[Any],
+def call_chunk(items: Sequence[Any], *, ref: str, function: str,
                host_functions: HostFunctions | None, token: str,
                timeout: float | None) -> list[Any]:
     """Call `function` once per item (each a tuple of arguments or a single argument) in a
@@ -56,8 +56,9 @@ def call_chunk(ref: str, function: str, items: Sequence[Any],
     return out
 
 
-def run_chunk(lang: str, snippets: Sequence[Any], tools: Mapping[str, Any] | None, token: str,
-              snapshot: str | None, limits: dict[str, Any]) -> list[PackedRun | ItemError]:
+def run_chunk(snippets: Sequence[Any], *, lang: str, tools: Mapping[str, Any] | None,
+              token: str, snapshot: str | None,
+              limits: dict[str, Any]) -> list[PackedRun | ItemError]:
     """Run each snippet in a code sandbox of `lang` leased from this worker's pool; a packed
     RunResult per snippet (its `error` set when the code failed), or an ItemError when the
     snippet could not run at all."""
