@@ -141,10 +141,11 @@ class WorkerState:
         try:
             for item in refs:
                 ref, hf = item if isinstance(item, tuple) else (item, None)
-                self.call_pool(ref, hf).warm()
-        except SnapcellError as e:
-            self.warm_error = f"{type(e).__name__}: {e}"
-            log.error("snapcell: warming %s failed: %s", item, self.warm_error)
+                try:
+                    self.call_pool(ref, hf).warm()
+                except SnapcellError as e:      # the others still warm
+                    self.warm_error = f"{type(e).__name__}: {e}"
+                    log.error("snapcell: warming %s failed: %s", ref, self.warm_error)
         finally:
             self.warmed.set()
 

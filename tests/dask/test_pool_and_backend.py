@@ -63,6 +63,14 @@ def test_worker_state_verifies_once_and_refuses_for_good(snaps: Snaps, tmp_path:
     with pytest.raises(SnapshotReferenceError):
         state.call_pool("127.0.0.1:1/x:latest")
     state.close()
+    # warming: a snapshot that cannot be had is reported; the others still warm
+    warm = WorkerState(str(tmp_path / "cache2"), 2)
+    warm.warm([f"oci:{tmp_path / 'missing'}", f"oci:{snaps.layout}:fresh"])
+    assert warm.warmed.is_set() and warm.warm_error is not None
+    assert "SnapshotNotFound" in warm.warm_error
+    (pool,) = warm.stats()["pools"].values()
+    assert pool["size"] == pool["idle"] == 2
+    warm.close()
 
 
 def test_dask_backend_calls_and_runs_asynchronously(client: Client, snaps: Snaps) -> None:
