@@ -492,6 +492,14 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         _code_benchmarks(r, quick)
 
+    @step("dask scale-out")
+    def _() -> None:
+        try:
+            from .dask.bench import bench_dask
+        except ImportError:         # the dask extra is not installed
+            return
+        r.update(bench_dask(quick=quick, guest=guest_path))
+
     try:
         if console is not None:
             with Progress(console=console, transient=True) as progress:
@@ -596,6 +604,13 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
             r["code_run_python_one_tool_call"]["median_us"] / py_run["median_us"])
     if "peer_node_e" in r and "code_run_js_trivial" in r:
         out["js: node -e / run"] = r["peer_node_e"]["median_us"] / r["code_run_js_trivial"]["median_us"]
+    if "dask_map_calls_2_workers_chunked" in r:
+        local = r["local_pool_loop_call_restore"]["median_us"]
+        out["dask map_calls chunked / local pool loop (per item)"] = (
+            r["dask_map_calls_2_workers_chunked"]["median_us"] / local)
+        out["dask map_calls unchunked / chunked (per item)"] = (
+            r["dask_map_calls_2_workers_unchunked"]["median_us"]
+            / r["dask_map_calls_2_workers_chunked"]["median_us"])
     if "peer_fork_per_call" in r:
         out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
     return out
@@ -628,6 +643,8 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 text += f" ({v['per_s']:.0f}/s)"
             if v.get("failures"):
                 text += f" [{v['failures']:.0f} failed]"
+            if "items_per_s" in v:
+                text += f" ({v['items_per_s']:.0f} items/s)"
             rows.append((name, text, p99t, str(v["n"])))
     return rows
 

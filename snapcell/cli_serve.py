@@ -77,13 +77,17 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--idle-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Idle time after which a session is paused to a snapshot.")
 @click.option("--max-sessions", default=256, show_default=True, type=click.IntRange(0, 1 << 20))
+@click.option("--dask", "dask_address", default=None, metavar="tcp://SCHEDULER:PORT",
+              help="Hand calls, batches and code runs to this Dask cluster (docs/scale-out.md) "
+                   "instead of local pools; sessions stay local.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
                   insecure_registry: bool, registry_timeout: float, cache_dir: str | None,
                   api_key_file: str | None, host_functions: str | None, pool_size: int,
                   max_queue: int, call_timeout: float, max_timeout: float, max_body: int,
-                  max_batch: int, idle_seconds: float, max_sessions: int, log_level: str) -> None:
+                  max_batch: int, idle_seconds: float, max_sessions: int, dask_address: str | None,
+                  log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, metrics."""
     try:
         from .serving.server import serve
@@ -100,7 +104,8 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         host_functions=load_host_functions(host_functions) if host_functions else None,
         pool_size=pool_size, max_queue=max_queue, call_timeout=call_timeout,
         max_timeout=max_timeout, max_body=max_body, max_batch=max_batch,
-        idle_seconds=idle_seconds, max_sessions=max_sessions, **extra)  # type: ignore[arg-type]
+        idle_seconds=idle_seconds, max_sessions=max_sessions, dask=dask_address,
+        **extra)  # type: ignore[arg-type]
     try:
         serve(options, host, port, log_level)
     except SnapcellError as e:

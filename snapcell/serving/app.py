@@ -131,9 +131,13 @@ def create_app(service: Service) -> FastAPI:
         sig = _signature(served.snapshot.functions, function)
         args = args_from_json(function, sig, body.get("args", []))
         timeout = service.timeout(body.get("timeout"))
-        pool = await served.ready_pool()
         t0 = time.perf_counter()
-        value = await _until_disconnect(request, pool.call(function, *args, timeout=timeout))
+        if service.cluster is not None:      # serve --dask: the cluster's warm pools
+            value = await _until_disconnect(request, service.cluster.call(
+                _cluster_ref(served), function, list(args), timeout=timeout))
+        else:
+            pool = await served.ready_pool()
+            value = await _until_disconnect(request, pool.call(function, *args, timeout=timeout))
         return JSONResponse({"result": result_to_json(sig.ret, value),
                              "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
@@ -153,8 +157,13 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(413, "too_many_items", f"at most {service.options.max_batch} items a request")
         batch = [args_from_json(function, sig, a, f"items[{i}]") for i, a in enumerate(items)]
         timeout = service.timeout(body.get("timeout"))
-        pool = await served.ready_pool()
-        results = await _until_disconnect(request, pool.map(function, batch, timeout=timeout))
+        if service.cluster is not None:
+            raw = await _until_disconnect(request, service.cluster.map_calls(
+                _cluster_ref(served), function, batch, timeout=timeout))
+            results = [r.exception() if hasattr(r, "exception") else r for r in raw]
+        else:
+            pool = await served.ready_pool()
+            results = await _until_disconnect(request, pool.map(function, batch, timeout=timeout))
         return JSONResponse({"results": [_item(sig, r) for r in results]})
 
     # ---------------------------------------------------------------- sessions
@@ -216,7 +225,7 @@ def create_app(service: Service) -> FastAPI:
         stdout, stderr, error). 501 until a code-sandbox backend is installed."""
         tenant_of(request)
         body = await _json_object(request, {"lang", "code", "files", "timeout"})
-        if service.code.backend is None:
+        if service.cluster is None and service.code.backend is None:
             from .code import unavailable
             raise unavailable()
         lang, code, files = body.get("lang"), body.get("code"), body.get("files")
@@ -226,8 +235,13 @@ def create_app(service: Service) -> FastAPI:
                                       and all(isinstance(v, str) for v in files.values())):
             raise ArgumentError("files must be an object of file name → text")
         timeout = service.timeout(body.get("timeout"))
-        r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
-                                                               timeout=timeout))
+        if service.cluster is not None and not files:
+            from .code import CodeResult
+            r = CodeResult.of(await _until_disconnect(request, service.cluster.run(
+                lang, code, timeout=timeout)))
+        else:
+            r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
+                                                                   timeout=timeout))
         return {"value": r.value, "stdout": r.stdout, "stderr": r.stderr, "error": r.error}
 
     return app
@@ -239,6 +253,14 @@ def _error(exc: Exception) -> JSONResponse:
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _cluster_ref(served: Any) -> str:
+    ref = served.cluster_ref
+    if ref is None:
+        raise ApiError(409, "not_on_cluster", f"snapshot {served.ref!r} has no digest the cluster "
+                       "could load it by")
+    return ref  # type: ignore[no-any-return]
 
 
 def _signature(functions: Any, function: str) -> Signature:

@@ -38,6 +38,7 @@ class Served:
     pool: SandboxPool
     make_pool: Callable[[], SandboxPool]
     started: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cluster_ref: str | None = None      # the reference Dask workers load it by (serve --dask)
 
     async def ready_pool(self) -> SandboxPool:
         """The pool, started (its sandboxes created) on first use. A start that fails (e.g.
@@ -90,21 +91,24 @@ class Catalog:
         self._named_registry: dict[str, str] = {}      # name → registry reference
         self._pulling: dict[str, asyncio.Future[Served]] = {}
 
-    def _make(self, ref: str, source: str, snap: Snapshot) -> Served:
+    def _make(self, ref: str, source: str, snap: Snapshot,
+              cluster_ref: str | None = None) -> Served:
         p = self.pools
 
         def make() -> SandboxPool:
             return SandboxPool(snap, size=p.size, host_functions=p.host_functions,
                                max_queue=p.max_queue, config=p.config, timeout=p.timeout,
                                metrics=self.metrics, name=ref)
-        return Served(ref, source, snap, snap.digest, make(), make)
+        return Served(ref, source, snap, snap.digest, make(), make, cluster_ref=cluster_ref)
 
     def add_layout(self, name: str, path: str | os.PathLike[str], tag: str = "latest") -> Served:
         """Serve the snapshot `tag` of a local OCI layout as `name` (loaded and verified now)."""
         name = self._check_name(name)
         snap = Snapshot.checked_load(os.fspath(path), tag)
         # the path stays private: listings (seen by tenants) name only the tag
-        served = self._served[name] = self._make(name, f"local layout, tag {tag}", snap)
+        cluster_ref = f"oci:{os.path.abspath(path)}@{snap.digest}" if snap.digest else None
+        served = self._served[name] = self._make(name, f"local layout, tag {tag}", snap,
+                                                 cluster_ref)
         return served
 
     def add_registry(self, name: str, reference: str) -> None:
@@ -160,7 +164,8 @@ class Catalog:
         snap = await asyncio.get_running_loop().run_in_executor(None, pull)
         served = self._served.get(ref)
         if served is None:
-            served = self._served[ref] = self._make(ref, f"registry {registry_ref}", snap)
+            pinned = (f"{parsed.host}/{parsed.repository}@{snap.digest}" if snap.digest else None)
+            served = self._served[ref] = self._make(ref, f"registry {registry_ref}", snap, pinned)
         return served
 
     def listing(self) -> list[dict[str, Any]]:

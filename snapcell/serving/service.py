@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ConfigurationError
 from ..sandbox import HostFunctions
 from .auth import ApiKeys
 from .catalog import Catalog, PoolSettings
@@ -45,6 +45,7 @@ class ServeOptions:
     max_sessions_per_tenant: int = 32
     session_workers: int = 4
     code_concurrency: int = 2
+    dask: str | None = None             # scheduler address: calls and runs go to that cluster
 
 
 class Service:
@@ -71,6 +72,7 @@ class Service:
                                        workers=options.session_workers,
                                        max_queue=options.max_queue)
         self.code = CodePool(concurrency=options.code_concurrency, max_queue=options.max_queue)
+        self.cluster: Any = None         # a snapcell.dask.DaskBackend with --dask
         self._sweeper: asyncio.Task[Any] | None = None
 
     def timeout(self, requested: Any) -> float:
@@ -85,8 +87,18 @@ class Service:
         return t
 
     async def start(self) -> None:
-        """Start the pools of local snapshots and the idle-session sweeper."""
-        for ref in [s["ref"] for s in self.catalog.listing() if s.get("source", "").startswith("local")]:
+        """Start the pools of local snapshots (or, with `dask`, connect to the cluster) and the
+        idle-session sweeper."""
+        if self.options.dask is not None:
+            try:
+                from ..dask import DaskBackend
+            except ImportError as e:
+                raise ConfigurationError("--dask needs the 'dask' extra "
+                                         f"(pip install 'snapcell[dask]'): {e}") from None
+            self.cluster = await DaskBackend(
+                self.options.dask, plugin={"insecure": self.options.insecure_registries}).start()
+        local = [s["ref"] for s in self.catalog.listing() if s.get("source", "").startswith("local")]
+        for ref in local if self.cluster is None else ():
             served = await self.catalog.resolve(ref)
             await served.ready_pool()
         self._sweeper = asyncio.ensure_future(self.sessions.run_sweeper())
@@ -99,3 +111,5 @@ class Service:
                 await self._sweeper
         await self.sessions.close()
         await self.catalog.close()
+        if self.cluster is not None:
+            await self.cluster.close()

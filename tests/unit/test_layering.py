@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "snapcell"
-ORDER = ["kvm", "machine", "guest", "sandbox", "snapshot", "debug", "code", "serving", "cli"]
+ORDER = ["kvm", "machine", "guest", "sandbox", "snapshot", "debug", "code", "dask", "serving", "cli"]
 LEAVES = {"errors", "types", "shadowing", "_version"}   # shared by every layer; import nothing above them
 LEAF_IMPORTS = {"types": {"guest"}}         # `types` only re-exports guest.values
 CLI_MODULES = {"benchmark", "__main__"}     # plus every cli*.py module
