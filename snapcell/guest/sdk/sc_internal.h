@@ -10,7 +10,7 @@
  *
  * Names shared between files start with sc__. Compiling memory.c and syscalls.c with
  * -DSC_ARENA_NATIVE_TEST builds the system call handler without port I/O, so the arena can be
- * unit-tested natively (the test sets the arena up with sc_arena_test_setup()).
+ * unit-tested natively (tests/unit/test_arena.py sets the arena up with sc_arena_test_setup()).
  */
 #ifndef SC_INTERNAL_H
 #define SC_INTERNAL_H
