@@ -349,9 +349,9 @@ def _open_fds() -> int:
     are emptied: what remains is what a leak would leave."""
     import gc
 
+    from snapcell.guest.loader import system_images
     from snapcell.sandbox.pool import default_pool
     from snapcell.snapshot import content
-    from snapcell.guest.loader import system_images
     content.clear()
     default_pool().clear()
     system_images.clear()
