@@ -4,8 +4,8 @@
  *
  * Build:
  *   musl-gcc -static -no-pie -O2 -g -Wall -Wextra -iquote /usr/include -I snapcell/guest/sdk \
- *     -o build/guests/simpleguest.elf guests/simpleguest.c snapcell/guest/sdk/runtime.c \
- *     snapcell/guest/sdk/entry.S -lm
+ *     -o build/guests/simpleguest.elf guests/simpleguest.c snapcell/guest/sdk/{memory,syscalls,\
+ *     messages,dispatch,fs}.c snapcell/guest/sdk/entry.S -lm      (or: snapcell guest build)
  */
 #include <ctype.h>
 #include <stdint.h>

@@ -45,8 +45,9 @@ INT3 = 0xCC
 _FRAME = struct.Struct("<5Q")                 # RIP, CS, RFLAGS, RSP, SS
 _FRAME_REGS = ("rip", "cs", "eflags", "rsp", "ss")
 _XMM_OFFSET, _MXCSR_OFFSET = 160, 24          # legacy XSAVE region (Intel SDM Vol. 1, 10.5.1)
-# The SDK's registration table (guest/sdk/runtime.c): struct sc_func { u64 prefix; char *name;
-# u32 name_len; sc_guest_fn fn; sc_type ret; int nparams; sc_type params[16]; } funcs[]
+# The SDK's registration table (guest/sdk/dispatch.c; the struct is in sc_internal.h):
+# struct sc_func { u64 prefix; char *name; u32 name_len; sc_guest_fn fn; sc_type ret;
+# int nparams; sc_type params[16]; } funcs[]
 _SC_FUNC = struct.Struct("<QQI4xQ")
 _SC_FUNC_SIZE = 104
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import GuestBuildError
 
-SDK_SOURCES = ("runtime.c", "fs.c", "entry.S")
+SDK_SOURCES = ("memory.c", "syscalls.c", "messages.c", "dispatch.c", "fs.c", "entry.S")
 MSGPUCK_DIRS = ("/usr/include", "/usr/local/include")
 
 

@@ -2,7 +2,7 @@
  * snapcell guest SDK: the public API for guest authors.
  *
  * A guest is a static x86-64 musl program (see guests/README.md). It does NOT define main():
- * the SDK's runtime.c does. Instead it defines
+ * the SDK's dispatch.c does. Instead it defines
  *
  *     void snapcell_main(void) { sc_register("Add", Add, SC_I32, 2, SC_I32, SC_I32); ... }
  *
