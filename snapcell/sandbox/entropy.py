@@ -1,32 +1,19 @@
 """Per-sandbox entropy for the guest's getrandom() and its own PRNG seeds.
 
-Each sandbox reset draws 64 fresh bytes from a process-wide generator — BLAKE2b keyed with 32
-bytes from the OS, over a counter, re-keyed from the OS in a forked child — so that a reset
-costs no system call: 32 bytes key the sandbox's getrandom() stream, 32 become the seed the
-guest's own PRNGs take (sandbox/reseed.py). Siblings and restores never repeat a stream."""
+Each sandbox reset draws 64 bytes from the OS with one getrandom (os.urandom: fork-safe, and as
+cheap as any in-process generator measured here): 32 key the sandbox's getrandom() stream, 32
+become the seed the guest's own PRNGs take (sandbox/reseed.py). Siblings and restores never
+repeat a stream."""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
-
-_state: list[object] = []
-
-
-def _rekey() -> None:
-    _state[:] = [os.urandom(32), itertools.count(1)]
-
-
-_rekey()
-os.register_at_fork(after_in_child=_rekey)
 
 
 def fresh_bytes() -> bytes:
-    """64 bytes never returned before in this process (or in its parent)."""
-    key, counter = _state
-    n = next(counter)                            # type: ignore[call-overload]
-    return hashlib.blake2b(n.to_bytes(8, "little"), key=key).digest()   # type: ignore[arg-type]
+    """64 fresh bytes of OS randomness."""
+    return os.urandom(64)
 
 
 class Entropy:
