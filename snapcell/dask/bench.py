@@ -104,7 +104,7 @@ def bench_dask(quick: bool = False, guest: str = "") -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="snapcell-bench-dask-")
     registry = None
     try:
-        with UninitializedSandbox(guest, SandboxConfiguration()).evolve() as sb:
+        with UninitializedSandbox(guest, config=SandboxConfiguration()).evolve() as sb:
             snap = sb.snapshot()
         layout = os.path.join(tmp, "layout")
         digest = snap.save(layout, "bench")

@@ -102,7 +102,7 @@ class WorkerState:
         def make() -> SandboxPool[MultiUseSandbox]:
             snap = self.cache.get(sref)
             hf = host_functions if host_functions is not None else HostFunctions()
-            return SandboxPool(lambda: MultiUseSandbox.from_snapshot(snap, hf),
+            return SandboxPool(lambda: MultiUseSandbox.from_snapshot(snap, host_functions=hf),
                                lambda sb: sb.restore(snap), _close_sandbox, self.pool_size)
 
         return self._pool(("call", sref.key, token), make)

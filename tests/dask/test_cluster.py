@@ -162,7 +162,7 @@ def test_tampered_digest_fails_its_items_and_nothing_runs_from_it(
     it and a retry gets the same refusal without another download. A tampered local layout is
     refused by checked_load the same way."""
     layout = tmp_path / "bad"
-    with UninitializedSandbox(simpleguest, SandboxConfiguration()).evolve() as sb:
+    with UninitializedSandbox(simpleguest, config=SandboxConfiguration()).evolve() as sb:
         sb.call("AddToStatic", 4242)         # other memory: no blob shared with `snaps`
         digest = sb.snapshot().save(str(layout), "bad")
     sd_ref = f"{registry.host}/dask/tampered@{digest}"
