@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
+from .cli_options import load_host_functions
 from .errors import SnapcellError, SnapshotError
 from .guest.functions import Signature
 from .guest.values import ValueType, parse_text
@@ -139,13 +140,17 @@ def save_cmd(elf: str, directory: str, tag: str, calls: tuple[str, ...], input_s
               help="Call a guest function in a sandbox made from the snapshot (repeatable).")
 @click.option("--save", "save_tag", metavar="TAG",
               help="After the calls, save the sandbox into DIRECTORY under TAG (a diff on REF).")
+@click.option("--host-functions", "host_functions", default=None, metavar="MODULE:ATTR",
+              help="The host functions the snapshot needs: a HostFunctions object or a factory "
+                   "(module or path/to/file.py, then :attr). Default: HostPrint only.")
 def load_cmd(directory: str, ref: str, checked: bool, map_mode: bool,
-             calls: tuple[str, ...], save_tag: str | None) -> None:
+             calls: tuple[str, ...], save_tag: str | None, host_functions: str | None) -> None:
     """Load REF (tag or sha256: digest), create a sandbox from it and make CALLS. The snapshot's
-    host functions must be available: only HostPrint is, here."""
+    host functions must be given with --host-functions (HostPrint is always there)."""
     try:
+        funcs = load_host_functions(host_functions)
         snap = oci.load(directory, ref, checked, mode="map" if map_mode else "copy")
-        with MultiUseSandbox.from_snapshot(snap, host_functions=HostFunctions()) as sb:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=funcs) as sb:
             out.print(f"loaded {snap.digest}: {len(sb.functions)} guest functions, "
                       f"generation {snap.generation}")
             _run_calls(sb, calls)

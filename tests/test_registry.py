@@ -218,6 +218,47 @@ def test_unreachable_registry(layout: Path, tmp_path: Path) -> None:
         Snapshot.pull(f"127.0.0.1:{port}/x:base", str(tmp_path / "x"), insecure=True)
     assert time.monotonic() - t < 10
     assert not (tmp_path / "x").exists()
+    with pytest.raises(SnapshotRegistryError) as e:
+        Snapshot.pull(f"127.0.0.1:{port}/x:base", str(tmp_path / "x"), insecure=True)
+    msg = str(e.value)           # one line, the cause in words, no urllib3 pool description
+    assert "\n" not in msg and "connection refused" in msg and "HTTPConnectionPool" not in msg
+
+
+def test_tls_to_a_plain_http_registry_says_to_use_insecure(registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(SnapshotRegistryError) as e:
+        Snapshot.pull(f"{registry.host}/x:base", str(tmp_path / "x"))
+    assert "TLS" in str(e.value) and "insecure=True" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_transient_registry_errors_are_retried(tmp_path: Path) -> None:
+    """A registry that answers 503 twice, then 404: the pull retries (urllib3 Retry, with
+    back-off) and ends with the real answer."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(503 if len(seen) <= 2 else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(SnapshotNotFound):
+            Snapshot.pull(f"127.0.0.1:{srv.server_address[1]}/x:base", str(tmp_path / "x"),
+                          insecure=True)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(seen) == 3 and all("/manifests/base" in p for p in seen)
 
 
 # ------------------------------------------------------------------------------ tampering

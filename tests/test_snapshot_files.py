@@ -514,3 +514,15 @@ def test_every_snapshot_error_is_a_snapshot_error() -> None:
                 SnapshotReferenceError, SnapshotStateError):
         assert issubclass(cls, SnapshotError)
     assert sys.modules["snapcell.snapshot"] is not None
+
+
+def test_cli_load_with_host_functions(cli: Callable[..., Any], tmp_path: Path, simpleguest: str) -> None:
+    """A snapshot recorded with host functions loads from the CLI when they are supplied."""
+    d = str(tmp_path / "hf")
+    with UninitializedSandbox(simpleguest, host_functions=make_host_functions()).evolve() as sb:
+        sb.snapshot().save(d, "hf")
+    out = cli("load", d, "hf", "--host-functions", "tests.conftest:make_host_functions",
+              "--call", "Add 40 2").output
+    assert "Add(40, 2) = 42" in out
+    r = cli("load", d, "hf", "--call", "Add 1 2", code=1)          # HostAdd missing
+    assert "HostAdd" in r.output

@@ -147,6 +147,8 @@ class Client:
         self.verify: bool | str = ca_file if ca_file is not None else True
         self.registry: Any = oras.provider.Registry(hostname=ref.host, insecure=insecure,
                                                     tls_verify=self.verify, auth_backend="token")
+        _mount_retries(self.registry.session)
+        self.insecure = insecure
         self.basic: str | None = None
         if username is not None:
             self.basic = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
@@ -199,9 +201,14 @@ class Client:
                     stream=True, verify=self.verify, timeout=self.timeout,
                     allow_redirects=method in ("GET", "HEAD"))
             except requests.exceptions.SSLError as e:
-                raise SnapshotRegistryError(f"TLS error talking to {self.ref.host}: {e}") from None
+                hint = ("; if it is a plain-HTTP registry, pass insecure=True (--insecure)"
+                        if not self.insecure else "")
+                raise SnapshotRegistryError(f"TLS error talking to {self.ref.host}: "
+                                            f"{_reason(e)}{hint}") from None
             except requests.exceptions.RequestException as e:
-                raise SnapshotRegistryError(f"cannot reach registry {self.ref.host}: {e}") from None
+                raise SnapshotRegistryError(
+                    f"cannot reach registry {self.ref.host} ({_reason(e)}) after "
+                    f"{RETRIES.connect} retries; is it running, and is the address right?") from None
             if r.status_code == 401 and attempt < 2 and same_host and self._authenticate(r):
                 r.close()
                 continue
@@ -289,6 +296,52 @@ class Client:
     def get_blob(self, desc: Descriptor) -> Any:
         """A streaming response for a blob."""
         return self.request("GET", self.url(f"blobs/{desc.digest}"), expect=(200,))
+
+
+# Transient failures are retried with back-off (0.25, 0.5, 1 s) by urllib3's Retry: connection
+# failures for every method (nothing reached the server), read errors and 429/5xx answers only
+# for GET and HEAD (idempotent; an upload is never replayed behind the caller's back).
+RETRIES: Any = None
+
+
+def _mount_retries(session: Any) -> None:
+    global RETRIES
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+    if RETRIES is None:
+        RETRIES = Retry(total=5, connect=3, read=2, status=3, backoff_factor=0.25,
+                        status_forcelist=(429, 500, 502, 503, 504),
+                        allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False,
+                        respect_retry_after_header=True)
+    adapter = HTTPAdapter(max_retries=RETRIES)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost readable cause of a requests/urllib3 error (e.g. "connection refused",
+    "wrong version number"), not urllib3's pool description."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    best = ""
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            best = cur.strerror
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException):
+            cur = reason
+            continue
+        args = [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
+        cur = args[0] if args else cur.__cause__ or cur.__context__
+    if best:
+        return best.lower()
+    text = str(e)
+    m = re.search(r"\[SSL: [A-Z_]+\] ([^(\]]+)", text)
+    if m:
+        return m.group(1).strip()
+    m = re.search(r"Caused by \w+\((?:'[^']*', )?(?:<[^>]*>: )?'?([^')]+)", text)
+    return (m.group(1) if m else text)[:200].strip()
 
 
 def _chunks(r: Any, size: int) -> Iterator[bytes]:
