@@ -307,7 +307,7 @@ def _median_us_before(fn: Any, before: Any, n: int) -> float:
               help="Directory for the table, JSON and PNG plot.")
 def bench(quick: bool, as_json: bool, out: str) -> None:
     """Measure snapcell on this machine against the C KVM_RUN floor (see docs/benchmarks.md)."""
-    from .benchmark import run_benchmarks
+    from .bench import run_benchmarks
     try:
         report = run_benchmarks(quick=quick, out_dir=out, console=None if as_json else console)
     except SnapcellError as e:

@@ -39,10 +39,10 @@ ROW_TUPLE = re.compile(r'\(\s*"([a-z][A-Za-z0-9_]*)", \[')          # for name, 
 
 
 def benchmark_rows() -> list[re.Pattern[str]]:
-    """The row names `snapcell bench` writes — in snapcell/benchmark.py and the per-layer
-    bench modules it calls (f-string parts become wildcards)."""
+    """The row names `snapcell bench` writes (snapcell/bench/*.py; f-string parts become
+    wildcards)."""
     rows = []
-    sources = [ROOT / "snapcell/benchmark.py", *sorted((ROOT / "snapcell").glob("*/bench.py"))]
+    sources = sorted((ROOT / "snapcell" / "bench").glob("*.py"))
     for src in sources:
         text = src.read_text()
         for is_f, key in BENCH_KEY.findall(text):

@@ -326,8 +326,8 @@ def test_serve_snapshot_specs_and_host_functions() -> None:
     for bad in ("noequals", "=dir", "name="):
         with pytest.raises(click.BadParameter):
             _snapshot_specs((bad,))
-    assert isinstance(load_host_functions("snapcell.serving.bench:host_functions"), HostFunctions)
-    for bad in ("nomodule", "snapcell.nonexistent:x", "snapcell.serving.bench:missing",
-                "snapcell.serving.bench:stats"):
+    assert isinstance(load_host_functions("snapcell.bench.serving:host_functions"), HostFunctions)
+    for bad in ("nomodule", "snapcell.nonexistent:x", "snapcell.bench.serving:missing",
+                "snapcell.bench.serving:stats"):
         with pytest.raises(click.BadParameter):
             load_host_functions(bad)

@@ -22,14 +22,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from .code import CodeSandbox, warm_snapshot
-from .errors import ExecutionCancelled, SnapcellError
-from .guest.elf import GuestBinary
-from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
-from .snapshot.bench import config_for_total
-from .types import I32
+from ..code import CodeSandbox, warm_snapshot
+from ..errors import ExecutionCancelled, SnapcellError
+from ..guest.elf import GuestBinary
+from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
+from ..types import I32
+from .snapshots import config_for_total
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 C_FLOOR_SRC = ROOT / "benchmarks" / "c_floor.c"
 C_FLOOR_BIN = ROOT / "benchmarks" / "c_floor"
 GUEST = ROOT / "build" / "guests" / "simpleguest.elf"
@@ -83,7 +83,7 @@ def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
     the NoOp in its input buffer, runs it and exits again — a call with no host work at all."""
     import fcntl
 
-    from .kvm import ioctls
+    from ..kvm import ioctls
     sb = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
     sb.call("NoOp")
     fd, run = sb._core.machine.vcpu.fd, ioctls.KVM_RUN       # type: ignore[union-attr]  # noqa: SLF001
@@ -232,8 +232,8 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
     """Python code sandboxes (issue 12): from_snapshot + run("1 + 1") + result, restore + run,
     a 100-line json/re snippet, a cold evolve of the guest, memory per idle sandbox and 200
     live sandboxes; peers: `python3 -c` and a native process of the same static build."""
-    from .code.languages import language
-    from .code.warm import LAYOUT, tool_host_functions
+    from ..code.languages import language
+    from ..code.warm import LAYOUT, tool_host_functions
 
     n = 300 if quick else 2000
     snap = warm_snapshot("python")
@@ -447,7 +447,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
 
     @step("persistence")
     def _() -> None:
-        from .snapshot.bench import bench_persistence
+        from .snapshots import bench_persistence
         p = bench_persistence(quick=quick, guest=guest_path)
         for size in ("16MiB", "256MiB"):
             for k in ("save_ms", "load_ms", "checked_load_ms"):
@@ -479,7 +479,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
 
     @step("serving: pool, call_many, HTTP")
     def _() -> None:
-        from .serving import bench as serving
+        from . import serving
         r.update(serving.bench_pool(snap, hf, n // 2))
         r.update(serving.bench_call_many(snap, hf, 10_000, 3 if quick else 5))
         r.update(serving.bench_http(snap, 400 if quick else 3000))
@@ -495,7 +495,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     @step("dask scale-out")
     def _() -> None:
         try:
-            from .dask.bench import bench_dask
+            from .scaleout import bench_dask
         except ImportError:         # the dask extra is not installed
             return
         r.update(bench_dask(quick=quick, guest=guest_path))

@@ -23,7 +23,7 @@ from ..guest.elf import GuestBinary
 from ..machine.layout import GUEST_BASE, PAGE, page_down
 from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
 from ..sandbox.snapshot import Snapshot
-from . import content, oci, registry, verified
+from ..snapshot import content, oci, registry, verified
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 GUEST = ROOT / "build" / "guests" / "simpleguest.elf"

@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 
 from ..sandbox import HostFunctions, MultiUseSandbox, Snapshot
+from ..serving.pool import SandboxPool
 from ..types import I32
-from .pool import SandboxPool
 
 Stats = dict[str, float]
 
@@ -105,7 +105,7 @@ def bench_http(snap: Snapshot, requests: int, concurrencies: Sequence[int] = (1,
         proc = subprocess.Popen(
             [sys.executable, "-m", "snapcell", "serve", "--port", "0", "--snapshot",
              f"bench={os.path.join(tmp, 'layout')}#bench", "--host-functions",
-             "snapcell.serving.bench:host_functions", "--pool-size", str(pool_size),
+             "snapcell.bench.serving:host_functions", "--pool-size", str(pool_size),
              "--max-queue", "1024", "--cache-dir", os.path.join(tmp, "cache")],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:

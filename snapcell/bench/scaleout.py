@@ -16,11 +16,11 @@ from typing import Any
 
 from distributed import Client
 
+from ..dask.cluster import LoopbackCluster
+from ..dask.maps import install, map_calls
+from ..dask.plugin import worker_stats
+from ..dask.pool import SandboxPool
 from ..sandbox import MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
-from .cluster import LoopbackCluster
-from .maps import install, map_calls
-from .plugin import worker_stats
-from .pool import SandboxPool
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 Stats = dict[str, float]
