@@ -161,14 +161,22 @@ def call(elf: str, function: str, args: tuple[str, ...], host_functions: str | N
     """Initialise ELF and call FUNCTION with ARGS (parsed by the function's signature: integers
     in decimal or 0x/0o/0b, bools true/false, bytes as hex). Exit status 0 on success, 1 when the
     call failed, 2 on a usage error."""
+    sb, values, config = _prepare(elf, function, args, host_functions, as_json, raw, options)
+    with sb:
+        result = _call(sb, function, values)
+        write_result(function, sb.functions[function].ret, result, as_json=as_json, raw=raw)
+
+
+def _prepare(elf: str, function: str, args: tuple[str, ...], host_functions: str | None,
+             as_json: bool, raw: bool, options: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """What `call` and `debug` share: check the output flags, load the host functions, build the
+    configuration, initialise ELF and parse ARGS by FUNCTION's signature."""
     if as_json and raw:
         raise click.UsageError("--json and --raw exclude each other; give one")
     funcs = load_host_functions(host_functions)
     config = build_config(options)
     sb, values = _evolve_checked(elf, function, args, funcs, config)
-    with sb:
-        result = _call(sb, function, values)
-        write_result(function, sb.functions[function].ret, result, as_json=as_json, raw=raw)
+    return sb, values, config
 
 
 @main.command("debug", context_settings={"ignore_unknown_options": True})
@@ -185,15 +193,12 @@ def debug(elf: str, function: str, args: tuple[str, ...], port: int, host_functi
     """Call FUNCTION with ARGS in a sandbox that waits for gdb: prints the gdb command line to
     run in another terminal; the call stops at FUNCTION's entry (see docs/debugging.md), and
     its result is printed when gdb continues or detaches."""
-    if as_json and raw:
-        raise click.UsageError("--json and --raw exclude each other; give one")
-    funcs = load_host_functions(host_functions)
-    config = build_config(options)
-    sb, values = _evolve_checked(elf, function, args, funcs, config)
+    sb, values, config = _prepare(elf, function, args, host_functions, as_json, raw, options)
     with sb:
         snap = sb.snapshot()
     debug_config = config.replace(debug_port=port)
-    with MultiUseSandbox.from_snapshot(snap, host_functions=funcs, config=debug_config) as dbg:
+    with MultiUseSandbox.from_snapshot(snap, host_functions=sb.host_functions,
+                                       config=debug_config) as dbg:
         gdb = f"gdb -q -ex {shlex.quote(f'target remote 127.0.0.1:{dbg.debug_port}')} {shlex.quote(elf)}"
         click.echo(f"waiting for gdb on 127.0.0.1:{dbg.debug_port}; in another terminal run:", err=True)
         click.echo(gdb)

@@ -106,6 +106,11 @@ def server(kvm_ok: None, simpleguest: str, registry: Registry,
          "--allow-registry", f"{dead}/", "--insecure-registry", "--call-timeout", "10",
          "--registry-timeout", "5"], env)
     yield Server(url, proc, registry, ref, digest, dead)
+    stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    """Stop a `snapcell serve` this test started (SIGTERM, then SIGKILL after 20 s)."""
     proc.terminate()
     try:
         proc.wait(timeout=20)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -21,8 +20,8 @@ from ..dask.maps import install, map_calls
 from ..dask.plugin import worker_stats
 from ..dask.pool import SandboxPool
 from ..sandbox import MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
+from .snapshots import start_registry
 
-REGISTRY_BIN = "/usr/bin/docker-registry"
 Stats = dict[str, float]
 
 
@@ -32,34 +31,10 @@ def _row(per_item_s: list[float], n: int) -> Stats:
             "min_us": min(per_item_s) * 1e6, "items_per_s": 1 / med}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _registry(tmp: str) -> tuple[subprocess.Popen[bytes], str] | None:
     """A docker-registry on 127.0.0.1 (None when it is not installed)."""
-    if not os.path.exists(REGISTRY_BIN):
-        return None
-    port = _free_port()
-    cfg = os.path.join(tmp, "registry.yml")
-    with open(cfg, "w") as f:
-        f.write(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-                f"storage:\n  filesystem:\n    rootdirectory: {tmp}/storage\n"
-                f"http:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", cfg], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    return None
+    started = start_registry(tmp)
+    return None if started is None else (started[0], started[1])
 
 
 def _local_loop(snap: Snapshot, n: int, reps: int) -> Stats:

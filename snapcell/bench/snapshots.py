@@ -95,7 +95,7 @@ def _size_bench(guest: GuestBinary, total: int, n: int, workdir: str) -> dict[st
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
-def _start_registry(workdir: str) -> tuple[subprocess.Popen[bytes], str, str] | None:
+def start_registry(workdir: str) -> tuple[subprocess.Popen[bytes], str, str] | None:
     """A throw-away docker-registry on 127.0.0.1 (None when it is not installed)."""
     if not os.access(REGISTRY_BIN, os.X_OK):
         return None
@@ -200,7 +200,7 @@ def _diff_bench(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
     out["default_memory_size"] = sb3.config.memory_size if hasattr(sb3.config, "memory_size") \
         else float(oci.inspect(small, "session")["memory_size"])
     sb3.close()
-    reg = _start_registry(workdir)
+    reg = start_registry(workdir)
     if reg is not None:
         proc, host, storage = reg
         try:

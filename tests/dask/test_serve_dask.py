@@ -4,7 +4,6 @@ cluster (scheduler + two workers on 127.0.0.1) instead of its local pools."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from distributed import Client
 from snapcell.dask.cluster import LoopbackCluster
 
 from ..conftest import ROOT
-from ..test_serve import _start_server
+from ..test_serve import _start_server, stop_server
 from .conftest import STATIC, Snaps
 
 
@@ -25,12 +24,7 @@ def served(cluster: LoopbackCluster, client: Client, snaps: Snaps) -> Iterator[s
     proc, url = _start_server(["--snapshot", f"static={snaps.layout}#static", "--dask",
                                cluster.address, "--insecure-registry"], env)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_server(proc)
 
 
 def test_calls_batches_and_runs_go_to_the_cluster(served: str, client: Client) -> None:
