@@ -262,8 +262,6 @@ class GuestMapping:
                               libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
         self.view = memoryview((ctypes.c_ubyte * size).from_address(self.addr)).cast("B")
         self._scan = _PagemapScan(self.addr + GUEST_BASE, self.addr + size)
-        self._scan_all = _PagemapScan(self.addr, self.addr + size)
-        self._scan_system = _PagemapScan(self.addr, self.addr + GUEST_BASE)
 
     def _map(self, gpa: int, length: int, fd: int) -> None:
         libc.mmap(length, libc.PROT_READ | libc.PROT_WRITE,
@@ -295,60 +293,17 @@ class GuestMapping:
         runs = _scan_private(base + GUEST_BASE, base + self.size, self._scan)
         return [(a - base, b - a) for a, b in runs]
 
-    def private_pages(self, system: bool = True, guest: bool = True) -> list[tuple[int, int]]:
-        """Runs (guest address, length) of private pages in the system part, the guest part or
-        both (one PAGEMAP_SCAN)."""
-        if system and guest:
-            scan, start, end = self._scan_all, 0, self.size
-        elif system:
-            scan, start, end = self._scan_system, 0, GUEST_BASE
-        elif guest:
-            scan, start, end = self._scan, GUEST_BASE, self.size
-        else:
-            return []
-        base = self.addr
-        runs = _scan_private(base + start, base + end, scan)
-        return [(a - base, b - a) for a, b in runs]
-
     def reset_guest_pages(self, guest: MemoryImage) -> None:
-        """`reset_private_pages(None, guest)` on the hot path of every warm restore: one
-        PAGEMAP_SCAN of the guest part and a copy per run of private pages."""
+        """Make the guest part equal `guest` (the image mapped there) again by copying its bytes
+        over every private page: one PAGEMAP_SCAN and a copy per run. Unlike re-mapping this
+        keeps the pages mapped, so the guest does not pay first-touch faults again (the hot
+        path of every warm restore)."""
         base, view = self.addr, self.view
         runs = _scan_private(base + GUEST_BASE, base + self.size, self._scan)
         if runs:
             src, off = guest.read_view(), base + GUEST_BASE
             for a, b in runs:
                 view[a - base:b - base] = src[a - off:b - off]
-
-    def reset_private_pages(self, system: MemoryImage | None, guest: MemoryImage | None) -> int:
-        """Make the system part equal `system` and the guest part equal `guest` again by copying
-        the image's bytes over every private page of that part (each image must be the one
-        mapped there; None: the part was just re-mapped and has no private pages). Unlike
-        re-mapping this keeps the pages mapped, so the guest does not pay first-touch faults
-        again. Returns the number of bytes copied."""
-        if system is not None and system.size != GUEST_BASE:
-            raise ValueError("the system image does not match the system part")
-        if guest is not None and guest.size != self.size - GUEST_BASE:
-            raise ValueError("the image does not match the guest range")
-        runs = self.private_pages(system is not None, guest is not None)
-        if not runs:
-            return 0
-        view, total = self.view, 0
-        sys_view = system.read_view() if system is not None else None
-        guest_view = guest.read_view() if guest is not None else None
-        for addr, n in runs:
-            end = addr + n
-            if addr < GUEST_BASE:                     # a run may straddle GUEST_BASE
-                cut = min(end, GUEST_BASE)
-                assert sys_view is not None
-                view[addr:cut] = sys_view[addr:cut]
-                total += cut - addr
-                addr = cut
-            if addr < end:
-                assert guest_view is not None
-                view[addr:end] = guest_view[addr - GUEST_BASE:end - GUEST_BASE]
-                total += end - addr
-        return total
 
     def copy_from(self, image: MemoryImage, addr: int, n: int) -> None:
         """Copy [addr, addr + n) of the system part back from `image` (the mapped system

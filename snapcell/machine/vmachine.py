@@ -40,7 +40,6 @@ _U64 = struct.Struct("<Q")
 _U64_MASK = (1 << 64) - 1
 _DIRTY_REGS = kvm_run.kvm_dirty_regs.offset
 _IMMEDIATE_EXIT = kvm_run.immediate_exit.offset
-ABI_PAGE_END = ABI_PAGE_ADDR + PAGE
 _DIRTY_BOTH = ioctls.KVM_SYNC_X86_REGS | ioctls.KVM_SYNC_X86_SREGS
 _SYNC_REGS, _REGS_SIZE = kvm_run.sync_regs.offset, ctypes.sizeof(kvm_regs)
 _SYNC_SREGS, _SREGS_SIZE = kvm_run.sync_sregs.offset, ctypes.sizeof(kvm_sregs)
@@ -135,7 +134,7 @@ class Machine:
             # The system part: only the user-writable ABI page and the kernel/IST stacks can
             # hold written bytes (everything else is supervisor-only and has its Accessed and
             # Dirty bits preset, see paging.py; the isolation suite checks the whole part).
-            memory.view[ABI_PAGE_ADDR:ABI_PAGE_END] = system.read_view()[ABI_PAGE_ADDR:ABI_PAGE_END]
+            memory.copy_from(system, ABI_PAGE_ADDR, PAGE)
             if self.stacks_written:
                 memory.copy_from(system, KSTACK_BOTTOM, IST1_TOP - KSTACK_BOTTOM)
         else:

@@ -24,12 +24,11 @@ def next_generation() -> int:
     return g or next(_generations) & _MASK
 
 
-def write_generation(memory: GuestMapping, seed: bytes | None = None) -> int:
-    """Write a new generation and a 32-byte seed (fresh OS randomness unless given) into the
-    ABI page of `memory`; returns the generation. Call after guest memory is loaded."""
-    if seed is None:
-        seed = os.urandom(ABI_SEED_SIZE)
-    elif len(seed) != ABI_SEED_SIZE:
+def write_generation(memory: GuestMapping, seed: bytes) -> int:
+    """Write a new generation and the 32-byte `seed` into the ABI page of `memory`; returns the
+    generation. Called by every reset, after guest memory is loaded (`Core.reset`, which draws
+    the seed with the sandbox's own entropy in one getrandom)."""
+    if len(seed) != ABI_SEED_SIZE:
         raise ValueError(f"seed must be {ABI_SEED_SIZE} bytes")
     g = next_generation()
     memory.write(ABI_GENERATION, struct.pack("<Q", g) + seed)
