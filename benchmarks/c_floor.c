@@ -1,7 +1,11 @@
 /* The C floor for a guest call: the cheapest host -> guest -> `out` -> host round trip this
  * machine's KVM allows, with the same CPL3 set-up snapcell uses (GDT, TSS with an I/O bitmap,
  * 4-level page tables with U pages). The guest is `1: out %al, $0x10; jmp 1b`.
- * Usage: c_floor [iterations]   Prints one JSON object with nanosecond statistics. */
+ * Usage: c_floor [iterations]   Prints one JSON object with nanosecond statistics.
+ *        c_floor --serve        Reads a count per line on stdin, answers each with one line of
+ *                               that many round-trip times (ns, space-separated): the benchmark
+ *                               driver interleaves these batches with its Python rows, so the
+ *                               floor and the calls are measured in the same moments. */
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdint.h>
@@ -35,7 +39,8 @@ static int cmp(const void *a, const void *b) {
 static void die(const char *what) { perror(what); exit(1); }
 
 int main(int argc, char **argv) {
-    int n = argc > 1 ? atoi(argv[1]) : 20000;
+    int serve = argc > 1 && strcmp(argv[1], "--serve") == 0;
+    int n = argc > 1 && !serve ? atoi(argv[1]) : 20000;
     if (n < 100) n = 100;
     uint8_t *mem = mmap(NULL, MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) die("mmap");
@@ -93,8 +98,23 @@ int main(int argc, char **argv) {
     if (ioctl(vcpu, KVM_SET_REGS, &g)) die("KVM_SET_REGS");
 
     long long *t = malloc(sizeof *t * (size_t)n);
+    if (t == NULL) die("malloc");
     for (int i = 0; i < n / 10 + 100; i++)
         if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
+    if (serve) {
+        int k;
+        while (scanf("%d", &k) == 1 && k > 0 && k <= n) {
+            for (int i = 0; i < k; i++) {
+                long long a = now_ns();
+                if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
+                t[i] = now_ns() - a;
+            }
+            for (int i = 0; i < k; i++) printf(i ? " %lld" : "%lld", t[i]);
+            printf("\n");
+            fflush(stdout);
+        }
+        return 0;
+    }
     for (int i = 0; i < n; i++) {
         long long a = now_ns();
         if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");

@@ -59,18 +59,31 @@ def _time(fn: Callable[[], Any], n: int, warmup: int = 0,
     return _stats(out)
 
 
+BLOCK_WARMUP = 5        # untimed runs at the start of every block, for every row alike
+
+
 def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 100,
-                      warmup: int = 200) -> dict[str, Stats]:
+                      warmup: int = 200,
+                      batches: dict[str, Callable[[int], list[int]]] | None = None
+                      ) -> dict[str, Stats]:
     """Time several functions in alternating blocks of `block` samples, so that machine noise
-    (another process, frequency changes) falls on all of them alike; `n` samples each."""
+    (another process, frequency changes) falls on all of them alike; `n` samples each.
+    `batches` are rows measured elsewhere (the C floor process): `batch(k)` returns k samples
+    in ns, taken when called, so they alternate with the Python rows block by block. Every
+    block of every row starts with BLOCK_WARMUP untimed runs (the caches the other rows left)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[int]] = {k: [] for k in fns}
+    batches = batches or {}
+    samples: dict[str, list[int]] = {k: [] for k in (*batches, *fns)}
     clock = time.perf_counter_ns
-    while len(next(iter(samples.values()))) < n:
+    while min(len(v) for v in samples.values()) < n:
+        for k, batch in batches.items():
+            samples[k].extend(batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:])
         for k, fn in fns.items():
             out = samples[k]
+            for _ in range(BLOCK_WARMUP):
+                fn()
             for _ in range(block):
                 t = clock()
                 fn()
@@ -91,17 +104,76 @@ def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
     return lambda: ioctl(fd, run)
 
 
-def c_floor(n: int) -> Stats:
-    """The C KVM_RUN round-trip floor (benchmarks/c_floor.c, built when needed)."""
+def _c_floor_binary() -> str:
     if not C_FLOOR_BIN.exists() or C_FLOOR_BIN.stat().st_mtime < C_FLOOR_SRC.stat().st_mtime:
         cc = shutil.which("cc") or shutil.which("gcc")
         if cc is None:
             raise SnapcellError("no C compiler to build benchmarks/c_floor.c")
         subprocess.run([cc, "-O2", "-o", str(C_FLOOR_BIN), str(C_FLOOR_SRC)], check=True)
-    out = subprocess.run([str(C_FLOOR_BIN), str(n)], check=True, capture_output=True, text=True)
-    d = json.loads(out.stdout)
-    return {"n": d["n"], "median_us": d["median_ns"] / 1000, "p99_us": d["p99_ns"] / 1000,
-            "min_us": d["min_ns"] / 1000}
+    return str(C_FLOOR_BIN)
+
+
+class CFloor:
+    """The C floor as a process serving batches (`c_floor --serve`): `batch(k)` runs k round
+    trips there now and returns their times in ns, so the floor can be interleaved with the
+    Python rows it is compared with. A context manager; the process ends with it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([_c_floor_binary(), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def batch(self, k: int) -> list[int]:
+        """k round-trip times (ns) measured by the C process now."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{k}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        got = [int(x) for x in line.split()]
+        if len(got) != k:
+            raise SnapcellError(f"the C floor process answered {len(got)} samples, not {k}")
+        return got
+
+    def __enter__(self) -> "CFloor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
+    """The call rows of issue 17, interleaved block by block with the C floor and a bare Python
+    KVM_RUN loop on the same guest (the time inside KVM_RUN as Python sees it); host overhead =
+    a row's median minus its exits times the Python floor's (the round trip makes two).
+    This process and the C floor process are pinned to one CPU meanwhile, so that both run on
+    the same core and share whatever else loads the machine."""
+    base = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cpus)})            # inherited by the C floor process
+    try:
+        floor = _python_floor(snap, hf)
+        with CFloor() as cf:
+            r = _time_interleaved({
+                "python_floor_kvm_run": floor,
+                "call_noop": lambda: base.call("NoOp"),
+                "call_echo_i32": lambda: base.call("EchoI32", 7),
+                "call_host_roundtrip": lambda: base.call("Add", 1, 2)}, n,
+                batches={"c_floor_kvm_run": cf.batch})
+    finally:
+        os.sched_setaffinity(0, cpus)
+        base.close()
+    py = r["python_floor_kvm_run"]["median_us"]
+    for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2)):
+        r[f"host_overhead_{name}"] = {"n": r[name]["n"], "p99_us": float("nan"),
+                                      "median_us": r[name]["median_us"] - exits * py}
+    return r
 
 
 def _host_functions() -> HostFunctions:
@@ -377,26 +449,9 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     base = UninitializedSandbox(binary, config=SandboxConfiguration(), host_functions=hf).evolve()
     snap = base.snapshot()
 
-    @step("C floor")
+    @step("calls and the C floor")
     def _() -> None:
-        r["c_floor_kvm_run"] = c_floor(n * 2)
-
-    @step("calls")
-    def _() -> None:
-        # The split of issue 17: each call row and a bare Python KVM_RUN loop on the same guest
-        # (the time inside KVM_RUN as Python sees it), interleaved; host overhead = the
-        # difference of the medians (the round trip makes two exits).
-        floor = _python_floor(snap, hf)
-        got = _time_interleaved({
-            "python_floor_kvm_run": floor,
-            "call_noop": lambda: base.call("NoOp"),
-            "call_echo_i32": lambda: base.call("EchoI32", 7),
-            "call_host_roundtrip": lambda: base.call("Add", 1, 2)}, n)
-        r.update(got)
-        py = got["python_floor_kvm_run"]["median_us"]
-        for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2)):
-            r[f"host_overhead_{name}"] = {"n": got[name]["n"], "p99_us": float("nan"),
-                                          "median_us": got[name]["median_us"] - exits * py}
+        r.update(call_rows(snap, hf, n))
 
     @step("evolve")
     def _() -> None:

@@ -148,16 +148,20 @@ class CallCodec:
     `encode_framed(args)` == `frame(encode_call(name, params, [check_value(t, a) ...]))` and
     `decode(v)` == `decode_typed(ret, v)`, with the same exceptions."""
 
-    __slots__ = ("params", "decode", "void", "no_args_frame", "_prefix", "_kinds")
+    __slots__ = ("params", "decode", "void", "result_kind", "no_args_frame", "_prefix",
+                 "unchanged")
 
     def __init__(self, name: str, params: tuple[ValueType, ...], ret: ValueType) -> None:
         self.params = params
         self.decode = _result_decoder(ret)
         self.void = ret is ValueType.VOID
+        # which fixed result frames `fast_result` may recognise (see there)
+        self.result_kind = (RESULT_VOID if self.void else RESULT_INT if ret in INT_RANGES
+                            else RESULT_BOOL if ret is ValueType.BOOL else RESULT_OTHER)
         self._prefix = _double.pack_array_header(2) + _double.pack(name)
         empty = self._prefix + _double.pack_array_header(0)
         self.no_args_frame = _LEN.pack(len(empty)) + empty      # the framed call with no args
-        self._kinds = tuple(_arg_kind(t) for t in params)
+        self.unchanged = compile_unchanged(tuple(_arg_kind(t) for t in params))
 
     def encode_framed(self, args: tuple[Any, ...]) -> bytes:
         """The call message with its length prefix, ready for the input buffer; `args` must
@@ -165,7 +169,7 @@ class CallCodec:
         value that does not fit its type."""
         if not args:
             return self.no_args_frame
-        if _unchanged(args, self._kinds):
+        if self.unchanged(args):
             # check_value would return every value as it is, and none is an f32 (whose wire
             # form is not the packer's default): one C call packs the array and the values.
             payload = self._prefix + _double.pack(args)
@@ -175,32 +179,65 @@ class CallCodec:
         return _LEN.pack(len(payload)) + payload
 
 
-def _unchanged(values: tuple[Any, ...] | list[Any], kinds: tuple[tuple[int, int, int], ...]) -> bool:
-    """Whether check_value (and decode_typed) would accept every value of `values` for the
-    type of the same position in `kinds` (see _arg_kind) and return it unchanged. False means
-    "not known": the caller then checks the slow way."""
-    for v, (kind, lo, hi) in zip(values, kinds):
-        tv = type(v)
-        if kind == _K_INT:
-            if tv is int and lo <= v <= hi:
-                continue
-        elif kind == _K_STR:
-            if tv is str and v.isascii():      # ASCII is always encodable as UTF-8
-                continue
-        elif kind == _K_BYTES:
-            if tv is bytes:
-                continue
-        elif kind == _K_F64:
-            if tv is float:
-                continue
-        elif kind == _K_BOOL:
-            if tv is bool:
-                continue
-        elif kind == _K_VOID:
-            if v is None:
-                continue
-        return False
-    return True
+# ---------------------------------------------------------------- fixed result frames
+# Most results are one of a few 7-byte frames: u32 length 3, then [0, value] as MessagePack —
+# 0x92 (array of 2), 0x00 (status ok) and a one-byte value: nil (0xc0), false/true (0xc2/0xc3)
+# or a fixint (0x00-0x7f, 0xe0-0xff = -32..-1). `fast_result` recognises them from the first 8
+# bytes of the output buffer read as one little-endian u64, so the common call needs no
+# MessagePack decoding; every other frame goes the general way (read_message + checks).
+RESULT_OTHER, RESULT_VOID, RESULT_INT, RESULT_BOOL = range(4)
+FAST_MISS: Any = object()              # "not a fixed frame": decode the general way
+_HEAD_MASK = (1 << 48) - 1             # length (4 bytes), 0x92, 0x00
+_HEAD_OK = 0x00_92_00000003
+
+
+def fast_result(kind: int, word: int) -> Any:
+    """The result value of the fixed frame whose first 8 bytes are `word`, if `kind` (a
+    CallCodec's result_kind) allows it and the frame is one; else FAST_MISS. A value the
+    return type's decoder could refuse (a negative fixint) is a miss, so the general path
+    decides it."""
+    if word & _HEAD_MASK != _HEAD_OK:
+        return FAST_MISS
+    b = word >> 48 & 0xFF
+    if kind == RESULT_VOID:
+        return None if b == 0xC0 else FAST_MISS
+    if kind == RESULT_INT:
+        return b if b < 0x80 else FAST_MISS        # 0..127 fits every integer type
+    if kind == RESULT_BOOL:
+        return True if b == 0xC3 else False if b == 0xC2 else FAST_MISS
+    return FAST_MISS
+
+
+_CHECK_TEMPLATES = {
+    _K_INT: "(type({v}) is int and {lo} <= {v} <= {hi})",
+    _K_STR: "(type({v}) is str and {v}.isascii())",
+    _K_BYTES: "type({v}) is bytes",
+    _K_F64: "type({v}) is float",
+    _K_BOOL: "type({v}) is bool",
+    _K_VOID: "{v} is None",
+}
+
+
+def compile_unchanged(kinds: tuple[tuple[int, int, int], ...]) -> Callable[[Any], bool]:
+    """A check, specialised for one signature (`kinds`, see _arg_kind), of whether
+    check_value (and decode_typed) would accept every value and return it unchanged: exact
+    int types in range, float, bool, bytes, ASCII str (always encodable), None for void.
+    False means "not known": the caller then checks the slow way. One expression without a
+    loop (it runs on every call and host call), built from fixed templates and integer bounds
+    only: no outside text reaches the compiled source."""
+    names = [f"v{i}" for i in range(len(kinds))]
+    terms = [_CHECK_TEMPLATES.get(kind, "False").format(v=v, lo=int(lo), hi=int(hi))
+             for v, (kind, lo, hi) in zip(names, kinds)]
+    if not kinds:
+        src = "def check(a):\n    return len(a) == 0\n"
+    else:
+        unpack = ", ".join(names) + ("," if len(names) == 1 else "")
+        src = (f"def check(a):\n    if len(a) != {len(kinds)}:\n        return False\n"
+               f"    {unpack} = a\n    return {' and '.join(terms)}\n")
+    scope: dict[str, Any] = {}
+    exec(compile(src, "<snapcell.guest.codec.compile_unchanged>", "exec"), scope)  # noqa: S102
+    check: Callable[[Any], bool] = scope["check"]
+    return check
 
 
 _REPLY_OK = _double.pack_array_header(2) + _double.pack(0)
@@ -211,21 +248,21 @@ class HostCallCodec:
     `decode_args(args)` == `[decode_typed(t, a) ...]` and `reply(result)` ==
     `encode_reply_ok(ret, decode_typed(ret, result))`, with the same exceptions."""
 
-    __slots__ = ("params", "ret", "ret_name", "_kinds", "_ret_kind")
+    __slots__ = ("params", "ret", "ret_name", "_args_unchanged", "_ret_unchanged")
 
     def __init__(self, params: tuple[ValueType, ...], ret: ValueType) -> None:
         self.params, self.ret, self.ret_name = params, ret, ret.value
-        self._kinds = tuple(_arg_kind(t) for t in params)
-        self._ret_kind = (_arg_kind(ret),)
+        self._args_unchanged = compile_unchanged(tuple(_arg_kind(t) for t in params))
+        self._ret_unchanged = compile_unchanged((_arg_kind(ret),))
 
     def decode_args(self, args: list[Any]) -> list[Any]:
         """The checked argument values (CodecError for one that does not fit its type)."""
-        if _unchanged(args, self._kinds):
+        if self._args_unchanged(args):
             return args
         return [decode_typed(t, a) for t, a in zip(self.params, args)]
 
     def reply(self, result: Any) -> bytes:
         """The reply `[0, result]` (CodecError when the result does not fit the return type)."""
-        if _unchanged((result,), self._ret_kind):
+        if self._ret_unchanged((result,)):
             return _REPLY_OK + _double.pack(result)
         return encode_reply_ok(self.ret, decode_typed(self.ret, result))

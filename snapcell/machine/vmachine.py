@@ -29,10 +29,13 @@ from .memory import GuestMapping, MemoryImage
 
 _FRAME = struct.Struct("<5Q")
 # kvm_run from exit_reason (offset 8): exit_reason u32, 20 bytes up to the exit union at 32, then
-# io.direction u8, io.size u8, io.port u16, io.count u32.
+# io.direction u8, io.size u8, io.port u16, io.count u32 — read as one little-endian u64.
 _EXIT_OFFSET = kvm_run.exit_reason.offset
-_EXIT_IO = struct.Struct("<I20xBBHI")
+_EXIT_IO = struct.Struct("<I20xQ")
 assert _EXIT_OFFSET + 24 == kvm_run.u.offset
+# The one exit the ABI allows: KVM_EXIT_IO_OUT (direction 1) of size 1, count 1, any port.
+_IO_ONE_BYTE_OUT_MASK = 0xFFFFFFFF_0000_FFFF
+_IO_ONE_BYTE_OUT = (1 << 32) | (1 << 8) | ioctls.KVM_EXIT_IO_OUT
 _ioctl = fcntl.ioctl
 _KVM_RUN, _KVM_SET_XSAVE = ioctls.KVM_RUN, ioctls.KVM_SET_XSAVE
 # kvm_run's sync-regs area (offsets into the kvm_run page)
@@ -51,7 +54,7 @@ _CLEAR_EVENTS = bytes(kvm_vcpu_events(
 _DIRTY_ALL = _DIRTY_BOTH | ioctls.KVM_SYNC_X86_EVENTS
 _SYNC_FS_BASE = _SYNC_SREGS + kvm_sregs.fs.offset + kvm_segment.base.offset
 _SYNC_GS_BASE = _SYNC_SREGS + kvm_sregs.gs.offset + kvm_segment.base.offset
-_KVM_EXIT_IO, _KVM_EXIT_IO_OUT = ioctls.KVM_EXIT_IO, ioctls.KVM_EXIT_IO_OUT
+_KVM_EXIT_IO = ioctls.KVM_EXIT_IO
 
 
 class Machine:
@@ -241,11 +244,12 @@ class Machine:
         except BaseException:
             self.tainted = True
             raise
-        reason, direction, size, port, count = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
-        if reason == _KVM_EXIT_IO and direction == _KVM_EXIT_IO_OUT and count == 1 and size == 1:
+        reason, io = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
+        if reason == _KVM_EXIT_IO and io & _IO_ONE_BYTE_OUT_MASK == _IO_ONE_BYTE_OUT:
+            port: int = io >> 16 & 0xFFFF
             if port >= TRAP_PORT_BASE:           # a CPL0 stub: the CPU wrote a frame on the
                 self.stacks_written = True       # kernel or IST stack (reset copies them back)
-            return port  # type: ignore[no-any-return]
+            return port
         # Anything else may leave an operation half done inside KVM (an `in` or `ins` is
         # completed on the next KVM_RUN of this vCPU, into whatever state is loaded then).
         self.tainted = True

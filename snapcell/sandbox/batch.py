@@ -13,7 +13,7 @@ import msgpack
 
 from ..errors import ArgumentError, GuestError, GuestOutputError
 from ..guest.abi import FRAME_HEADER
-from ..guest.codec import CallCodec, _double, _unchanged, pack_list
+from ..guest.codec import CallCodec, _double, pack_list
 from ..guest.values import check_value
 from .core import MAX_ABORT_MESSAGE, Core, SandboxStatus
 
@@ -29,7 +29,7 @@ def encode_items(name: str, codec_: CallCodec, items: Sequence[Sequence[Any]],
     wrong arity or a value that does not fit its type. Nothing has run."""
     params = codec_.params
     n = len(params)
-    kinds = codec_._kinds
+    unchanged = codec_.unchanged
     out = []
     pack = _double.pack
     for i, args in enumerate(items):
@@ -39,7 +39,7 @@ def encode_items(name: str, codec_: CallCodec, items: Sequence[Sequence[Any]],
         if len(args) != n:
             raise ArgumentError(f"{describe}: item {i} has {len(args)} argument(s), "
                                 f"the function takes {n}")
-        if _unchanged(args, kinds):
+        if unchanged(args):
             out.append(pack(list(args)))
             continue
         try:

@@ -4,6 +4,7 @@ results, turn faults into errors and keep the sandbox's status."""
 from __future__ import annotations
 
 import enum
+import struct
 import threading
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -24,7 +25,7 @@ from ..errors import (
 )
 from ..guest import abi, codec
 from ..guest.abi import FRAME_HEADER, OUT_HOSTCALL, OUT_RETURN, OUT_SYSCALL
-from ..guest.codec import CallCodec, CodecError, HostCallCodec
+from ..guest.codec import FAST_MISS, CallCodec, CodecError, HostCallCodec, fast_result
 from ..guest.functions import Signature, parse_function_table
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.layout import AddressSpace, MemoryLayout
@@ -38,6 +39,7 @@ from .reseed import write_generation
 from .syscalls import SyscallHost
 
 MAX_ABORT_MESSAGE = 4096
+_U64 = struct.Struct("<Q")
 _get_ident = threading.get_ident
 
 
@@ -169,16 +171,17 @@ class Core:
         except ValueError as e:
             self._poison(GuestOutputError(f"guest init published a malformed function table: {e}"))
 
-    def call_payload(self, payload: bytes, name: str, sig: Signature,
-                     timeout: float | None = None) -> Any:
-        """Send an encoded, already-checked call and decode its result."""
-        framed = codec.frame(payload, self.layout.input_size)
-        return self.call_framed(framed, name, CallCodec(name, sig.params, sig.ret), timeout)
-
     def call_framed(self, framed: bytes, name: str, codec_: CallCodec,
                     timeout: float | None = None) -> Any:
-        """`call_payload` with the framed call and the function's codec (the call path of
-        MultiUseSandbox)."""
+        """Send a framed, already-checked call of guest function `name` (whose codec is
+        `codec_`) and decode its result — the call path of MultiUseSandbox.
+
+        The common call is written out here rather than in helpers (each Python call costs
+        measurably on this path, docs/benchmarks.md): write the frame, publish the call to
+        the interrupt handle, one KVM_RUN, and the result taken from the first 8 bytes of the
+        output buffer when it is a fixed frame (codec.fast_result). Anything else — a host
+        call, a syscall, a fault, an interrupt, a timeout or a debugger — continues in the
+        general loop (`_loop`)."""
         layout = self.layout
         n = len(framed)
         if n > layout.input_size:
@@ -189,11 +192,37 @@ class Core:
             raise SandboxBusyError("the sandbox is already running a call (a host function may "
                                    "not call back into its own sandbox; use one sandbox per "
                                    "thread)")
+        view = self.memory.view
         try:
-            self.memory.view[layout.input_addr:layout.input_addr + n] = framed
-            obj = self._run_to_return(timeout)
+            view[layout.input_addr:layout.input_addr + n] = framed
+            if timeout is not None or self.debugger is not None:
+                self._run(timeout)
+            else:
+                handle = self.interrupt
+                # handle.begin(), inlined: publish the call id, then the thread (the order
+                # InterruptHandle's killers rely on)
+                call_id = handle._call + 1
+                handle._call = call_id
+                handle._thread = _get_ident()
+                try:
+                    try:
+                        port = self.machine.run()
+                    except (InterruptedError, MachineFailure) as e:
+                        self._loop(handle, call_id, e)
+                    else:
+                        if port != OUT_RETURN:
+                            self._loop(handle, call_id, port)
+                except BaseException as e:
+                    self._abandoned(e)
+                    raise
+                finally:
+                    handle._thread = None          # handle.end(), inlined
         finally:
             busy.release()
+        value = fast_result(codec_.result_kind, _U64.unpack_from(view, layout.output_addr)[0])
+        if value is not FAST_MISS:
+            return value
+        obj = self._read_output()
         if isinstance(obj, list) and len(obj) == 2 and obj[0] == 0:
             value = obj[1]
             if value is None and codec_.void:
@@ -215,16 +244,15 @@ class Core:
             self._poison(GuestOutputError(f"corrupt guest output: {e}"))
 
     def _run_to_return(self, timeout: float | None = None) -> Any:
-        """Run until OUT_RETURN, serving host calls and syscalls; poison on anything fatal.
+        """Run until OUT_RETURN and decode the guest's message (init, batches)."""
+        self._run(timeout)
+        return self._read_output()
 
-        Cancellation (kill or timeout) is seen before every entry into the guest: a kill sets
-        kvm_run.immediate_exit, so the next KVM_RUN returns EINTR at once instead of entering
-        (the check is KVM's; the loop then finds the call cancelled). This is the hot path of
-        every call: the common case is one KVM_RUN ending in OUT_RETURN."""
+    def _run(self, timeout: float | None = None) -> None:
+        """Run the guest until OUT_RETURN as one call: published to the interrupt handle,
+        under the watchdog when `timeout` is given, with the debugger's hooks."""
         handle = self.interrupt
-        # handle.begin(), inlined (two Python calls cost measurably on this path): publish the
-        # call id, then the thread (the order InterruptHandle's killers rely on).
-        call_id = handle._call + 1
+        call_id = handle._call + 1             # handle.begin(), inlined (see call_framed)
         handle._call = call_id
         handle._thread = _get_ident()
         if timeout is not None:
@@ -232,41 +260,58 @@ class Core:
         try:
             if self.debugger is not None:
                 self.debugger.before_run()
-            run = self.machine.run
-            while True:
-                try:
-                    port = run()
-                except InterruptedError:
-                    if handle.cancelled():
-                        self._cancel(handle)
-                    handle.rearm()
-                    if self.debugger is not None:
-                        self.debugger.on_interrupted()
-                    continue
-                except MachineFailure as e:
-                    self._poison(MachineError(f"the vCPU stopped unexpectedly: {e}"))
-                if port == OUT_RETURN:
-                    break
-                self._serve_exit(port)
-                if handle.cancelled():        # killed while the host served the exit
-                    self._cancel(handle)
+            self._loop(handle, call_id, None)
         except BaseException as e:
-            # Whatever leaves the loop leaves the guest mid-call: never let the sandbox look
-            # Ready then, or the next call would read this call's result.
-            if self.status is SandboxStatus.READY:
-                self.status = SandboxStatus.POISONED
-                self.poison_reason = e if isinstance(e, PoisoningError) else CallAbandoned(
-                    f"the call was abandoned: {type(e).__name__}: {e}")
+            self._abandoned(e)
             raise
         finally:
-            handle._thread = None             # handle.end(), inlined
+            handle._thread = None
             if timeout is not None:
                 watchdog.disarm(handle, call_id)
-        layout = self.layout                  # _read_output(), inlined on the hot path
-        try:
-            return codec.read_message(self.memory.view, layout.output_addr, layout.output_size)
-        except CodecError as e:
-            self._poison(GuestOutputError(f"corrupt guest output: {e}"))
+
+    def _loop(self, handle: InterruptHandle, call_id: int,
+              first: int | InterruptedError | MachineFailure | None) -> None:
+        """Run until OUT_RETURN, serving host calls and syscalls; poison on anything fatal.
+        `first` is what the call's first KVM_RUN gave (a port, or the exception it raised),
+        or None to start with a KVM_RUN.
+
+        Cancellation (kill or timeout) is seen before every entry into the guest: a kill sets
+        kvm_run.immediate_exit, so the next KVM_RUN returns EINTR at once instead of entering
+        (the check is KVM's; the loop then finds the call cancelled)."""
+        run = self.machine.run
+        event = first
+        while True:
+            if event is None:
+                try:
+                    event = run()
+                except (InterruptedError, MachineFailure) as e:
+                    event = e
+            if type(event) is int:
+                if event == OUT_RETURN:
+                    return
+                if event == OUT_HOSTCALL:
+                    self._host_call()
+                else:
+                    self._serve_exit(event)
+                if handle._cancel == call_id:     # killed while the host served the exit
+                    self._cancel(handle)
+            elif isinstance(event, InterruptedError):
+                if handle.cancelled():
+                    self._cancel(handle)
+                handle.rearm()
+                if self.debugger is not None:
+                    self.debugger.on_interrupted()
+            else:
+                self._poison(MachineError(f"the vCPU stopped unexpectedly: {event}"))
+            event = None
+
+    def _abandoned(self, error: BaseException) -> None:
+        """Whatever leaves the run loop leaves the guest mid-call: never let the sandbox look
+        Ready then, or the next call would read this call's result."""
+        if self.status is SandboxStatus.READY:
+            self.status = SandboxStatus.POISONED
+            self.poison_reason = error if isinstance(error, PoisoningError) else CallAbandoned(
+                f"the call was abandoned: {type(error).__name__}: {error}")
 
     def _cancel(self, handle: InterruptHandle) -> NoReturn:
         handle.acknowledge()
@@ -275,11 +320,9 @@ class Core:
         self._poison(ExecutionCancelled("the call was cancelled by an interrupt handle"))
 
     def _serve_exit(self, port: int) -> None:
-        """Any exit but OUT_RETURN: a host call or syscall is served (the guest then resumes);
-        an abort or a CPU exception poisons, unless the debugger handled a trap."""
-        if port == OUT_HOSTCALL:
-            self._host_call()
-            return
+        """Any exit but OUT_RETURN and OUT_HOSTCALL (the call loop serves those): a syscall is
+        served (the guest then resumes); an abort or a CPU exception poisons, unless the
+        debugger handled a trap."""
         if port == OUT_SYSCALL:
             try:
                 self.syscalls.serve()
@@ -318,36 +361,47 @@ class Core:
         self._poison(GuestOutputError("guest aborted with a malformed abort message"))
 
     def _host_call(self) -> None:
-        obj = self._read_output()
-        if not (isinstance(obj, list) and len(obj) == 3 and isinstance(obj[0], str)
-                and isinstance(obj[1], list) and isinstance(obj[2], str)):
+        """Serve a host-function call: decode the request straight from the output buffer,
+        find the function and its codec (cached per registry version), call it and write the
+        framed reply into the input buffer — an error reply for anything the guest got wrong
+        or the function raised (the guest then decides)."""
+        layout = self.layout
+        view = self.memory.view
+        try:
+            obj = codec.read_message(view, layout.output_addr, layout.output_size)
+        except CodecError as e:
+            self._poison(GuestOutputError(f"corrupt guest output: {e}"))
+        if not (type(obj) is list and len(obj) == 3 and type(obj[0]) is str
+                and type(obj[1]) is list and type(obj[2]) is str):
             self._poison(GuestOutputError("malformed host-call request"))
         name, args, ret_name = obj
-        view, addr, size = self.memory.view, self.layout.input_addr, self.layout.input_size
+        entry = self._host_codecs.get(name)
+        if entry is None or entry[0] != self.host_functions.version:
+            entry = self._host_entry(name)
+        if entry is None:
+            reply = codec.encode_reply_error(f"host function {name!r} is not registered")
+        else:
+            reply = self._invoke(name, entry[1], entry[2], args, ret_name)
+        addr, size = layout.input_addr, layout.input_size
         try:
-            codec.write_frame(view, addr, size, self._invoke(name, args, ret_name))
+            codec.write_frame(view, addr, size, reply)
         except CodecError as e:
             codec.write_frame(view, addr, size, codec.encode_reply_error(f"{name}: {e}"))
 
-    def _host_function(self, name: str) -> tuple[HostFunction, HostCallCodec] | None:
-        """The registered host function `name` and its codec, cached per registry version (any
-        registration changes the version)."""
+    def _host_entry(self, name: str) -> tuple[int, HostFunction, HostCallCodec] | None:
+        """The registered host function `name` with its codec, cached under the registry's
+        version (any registration changes it); None when no such function is registered."""
         registry = self.host_functions
-        entry = self._host_codecs.get(name)
-        if entry is not None and entry[0] == registry.version:
-            return entry[1], entry[2]
         hf = registry.get(name)
         if hf is None:
             return None
-        hc = HostCallCodec(hf.signature.params, hf.signature.ret)
-        self._host_codecs[name] = (registry.version, hf, hc)
-        return hf, hc
+        entry = (registry.version, hf, HostCallCodec(hf.signature.params, hf.signature.ret))
+        self._host_codecs[name] = entry
+        return entry
 
-    def _invoke(self, name: str, args: list[Any], ret_name: str) -> bytes:
-        found = self._host_function(name)
-        if found is None:
-            return codec.encode_reply_error(f"host function {name!r} is not registered")
-        hf, hc = found
+    @staticmethod
+    def _invoke(name: str, hf: HostFunction, hc: HostCallCodec, args: list[Any],
+                ret_name: str) -> bytes:
         if len(args) != len(hc.params) or ret_name != hc.ret_name:
             return codec.encode_reply_error(
                 f"host function {name!r} is {hf.signature.describe(name)}; the guest called it "
