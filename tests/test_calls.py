@@ -31,6 +31,26 @@ def test_echo_ints(sandbox: MultiUseSandbox, name: str, values: tuple[object, ..
         assert r == v and type(r) is type(v)
 
 
+# Both sides of the call path's fixed result frames (one-byte MessagePack values: nil, bools,
+# fixints 0..127 are read without decoding; -32..-1 and everything wider go the general way).
+FIXINT_EDGES = (-33, -32, -1, 0, 1, 127, 128, 255, 256)
+
+
+@pytest.mark.parametrize("name", ["EchoI32", "EchoI64"])
+def test_results_at_the_fixed_frame_edges(sandbox: MultiUseSandbox, name: str) -> None:
+    for v in FIXINT_EDGES:
+        r = sandbox.call(name, v)
+        assert r == v and type(r) is int
+    for v in (0, 127, 128):
+        assert sandbox.call("EchoU32", v) == v
+    assert sandbox.call("NoOp") is None
+    assert sandbox.call("EchoBool", True) is True and sandbox.call("EchoBool", False) is False
+    assert sandbox.call("Echo", "") == "" and sandbox.call("EchoBytes", b"") == b""
+    sandbox.call("AddToStatic", -1000)
+    with pytest.raises(GuestError):                # an error result is never a fixed frame
+        sandbox.call("AddToStaticAndFail")
+
+
 @pytest.mark.parametrize("name,values", [("EchoF64", F64), ("EchoF32", F32)])
 def test_echo_floats(sandbox: MultiUseSandbox, name: str, values: tuple[float, ...]) -> None:
     for v in values:

@@ -5,6 +5,7 @@ every failure is a `CodecError`."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -218,13 +219,15 @@ _CHECK_TEMPLATES = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_unchanged(kinds: tuple[tuple[int, int, int], ...]) -> Callable[[Any], bool]:
     """A check, specialised for one signature (`kinds`, see _arg_kind), of whether
     check_value (and decode_typed) would accept every value and return it unchanged: exact
     int types in range, float, bool, bytes, ASCII str (always encodable), None for void.
     False means "not known": the caller then checks the slow way. One expression without a
     loop (it runs on every call and host call), built from fixed templates and integer bounds
-    only: no outside text reaches the compiled source."""
+    only: no outside text reaches the compiled source. Cached: signatures repeat across
+    sandboxes."""
     names = [f"v{i}" for i in range(len(kinds))]
     terms = [_CHECK_TEMPLATES.get(kind, "False").format(v=v, lo=int(lo), hi=int(hi))
              for v, (kind, lo, hi) in zip(names, kinds)]
@@ -238,6 +241,13 @@ def compile_unchanged(kinds: tuple[tuple[int, int, int], ...]) -> Callable[[Any]
     exec(compile(src, "<snapcell.guest.codec.compile_unchanged>", "exec"), scope)  # noqa: S102
     check: Callable[[Any], bool] = scope["check"]
     return check
+
+
+@functools.lru_cache(maxsize=4096)
+def call_codec(name: str, params: tuple[ValueType, ...], ret: ValueType) -> CallCodec:
+    """The (immutable, shared) CallCodec of a guest function: sandboxes of one snapshot call
+    the same functions, so each signature's codec is built once."""
+    return CallCodec(name, params, ret)
 
 
 _REPLY_OK = _double.pack_array_header(2) + _double.pack(0)
@@ -266,3 +276,9 @@ class HostCallCodec:
         if self._ret_unchanged((result,)):
             return _REPLY_OK + _double.pack(result)
         return encode_reply_ok(self.ret, decode_typed(self.ret, result))
+
+
+@functools.lru_cache(maxsize=4096)
+def host_call_codec(params: tuple[ValueType, ...], ret: ValueType) -> HostCallCodec:
+    """The (immutable, shared) HostCallCodec of a host-function signature."""
+    return HostCallCodec(params, ret)

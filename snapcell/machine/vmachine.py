@@ -324,6 +324,7 @@ class MachinePool:
         self.max_idle_per_size = max_idle_per_size
         self.max_idle_total = max_idle_total
         self._idle: dict[int, list[Machine]] = {}
+        self._total = 0                        # machines in _idle
         self._lock = threading.Lock()
         self.created = 0
         self.reused = 0
@@ -335,6 +336,7 @@ class MachinePool:
             idle = self._idle.get(memory_size)
             if idle:
                 self.reused += 1
+                self._total -= 1
                 for i in range(len(idle) - 1, -1, -1):
                     if idle[i].guest_image is image:
                         return idle.pop(i)
@@ -353,21 +355,22 @@ class MachinePool:
             return
         with self._lock:
             idle = self._idle.setdefault(machine.memory_size, [])
-            total = sum(len(v) for v in self._idle.values())
-            if len(idle) < self.max_idle_per_size and total < self.max_idle_total:
+            if len(idle) < self.max_idle_per_size and self._total < self.max_idle_total:
                 idle.append(machine)
+                self._total += 1
                 return
         machine.close()
 
     def idle_count(self) -> int:
         """Machines waiting in the pool."""
         with self._lock:
-            return sum(len(v) for v in self._idle.values())
+            return self._total
 
     def clear(self) -> None:
         """Close every idle machine."""
         with self._lock:
             machines = [m for v in self._idle.values() for m in v]
             self._idle.clear()
+            self._total = 0
         for m in machines:
             m.close()

@@ -136,7 +136,7 @@ class Core:
             sig = self._functions.get(name)
             if sig is None:
                 return None
-            c = self.codecs[name] = CallCodec(name, sig.params, sig.ret)
+            c = self.codecs[name] = codec.call_codec(name, sig.params, sig.ret)
         return c
 
     # ---------------------------------------------------------------- status
@@ -395,7 +395,7 @@ class Core:
         hf = registry.get(name)
         if hf is None:
             return None
-        entry = (registry.version, hf, HostCallCodec(hf.signature.params, hf.signature.ret))
+        entry = (registry.version, hf, codec.host_call_codec(hf.signature.params, hf.signature.ret))
         self._host_codecs[name] = entry
         return entry
 

@@ -1,0 +1,136 @@
+"""The call path's shortcuts (issue 17) against the general code they stand in for: fixed
+result frames read as one u64 (`codec.fast_result`) and the per-signature argument checks
+(`codec.compile_unchanged`). Pure logic, property-tested; the guest-facing behaviour is in
+tests/test_calls.py."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snapcell.guest import codec
+from snapcell.guest.values import INT_RANGES, ValueType, check_value
+
+RESULT_TYPES = [ValueType.VOID, ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64,
+                ValueType.BOOL, ValueType.STR, ValueType.F64]
+_MISS = object()
+
+
+def general(ret: ValueType, frame: bytes) -> Any:
+    """What Core.call_framed's general path returns for the output buffer `frame`: the value,
+    or _MISS for anything that is not an ok result the decoder accepts (errors, malformed)."""
+    (n,) = struct.unpack_from("<I", frame)
+    if n > len(frame) - 4:
+        return _MISS
+    try:
+        obj = msgpack.unpackb(frame[4:4 + n], raw=False, strict_map_key=True, use_list=True)
+    except Exception:
+        return _MISS
+    if not (isinstance(obj, list) and len(obj) == 2 and obj[0] == 0):
+        return _MISS
+    c = codec.CallCodec("F", (), ret)
+    if obj[1] is None and c.void:
+        return None
+    try:
+        return c.decode(obj[1])
+    except codec.CodecError:
+        return _MISS
+
+
+def check_fast(ret: ValueType, word: bytes) -> None:
+    c = codec.CallCodec("F", (), ret)
+    got = codec.fast_result(c.result_kind, struct.unpack("<Q", word)[0])
+    if got is codec.FAST_MISS:
+        return
+    want = general(ret, word)
+    assert want is not _MISS, (ret, word.hex())
+    assert got == want and type(got) is type(want), (ret, word.hex(), got, want)
+
+
+@pytest.mark.parametrize("ret", RESULT_TYPES)
+def test_every_one_byte_value_matches_the_general_path(ret: ValueType) -> None:
+    head = struct.pack("<I", 3) + b"\x92\x00"
+    hits = 0
+    for b in range(256):
+        word = head + bytes([b, 0x5A])          # byte 7 is beyond the frame: ignored
+        check_fast(ret, word)
+        c = codec.CallCodec("F", (), ret)
+        hits += codec.fast_result(c.result_kind, struct.unpack("<Q", word)[0]) \
+            is not codec.FAST_MISS
+    # void: nil; bool: false/true; ints: 0..127; str/f64: never
+    assert hits == {ValueType.VOID: 1, ValueType.BOOL: 2, ValueType.STR: 0,
+                    ValueType.F64: 0}.get(ret, 128)
+
+
+@given(st.sampled_from(RESULT_TYPES), st.binary(min_size=8, max_size=8))
+def test_any_word_is_a_miss_or_what_the_general_path_gives(ret: ValueType, word: bytes) -> None:
+    check_fast(ret, word)
+
+
+@given(st.sampled_from(RESULT_TYPES), st.binary(min_size=0, max_size=3),
+       st.integers(0, 255))
+def test_frames_of_other_lengths_are_misses(ret: ValueType, payload: bytes, pad: int) -> None:
+    frame = struct.pack("<I", len(payload)) + payload
+    word = (frame + bytes([pad]) * 8)[:8]
+    c = codec.CallCodec("F", (), ret)
+    got = codec.fast_result(c.result_kind, struct.unpack("<Q", word)[0])
+    if len(payload) != 3:
+        assert got is codec.FAST_MISS
+    else:
+        check_fast(ret, word)
+
+
+ARG_TYPES = [ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64, ValueType.F64,
+             ValueType.F32, ValueType.BOOL, ValueType.STR, ValueType.BYTES, ValueType.VOID]
+ANY_VALUE = st.one_of(st.integers(-(1 << 70), 1 << 70), st.floats(allow_nan=False),
+                      st.booleans(), st.text(max_size=4), st.binary(max_size=4), st.none(),
+                      st.builds(bytearray, st.binary(max_size=2)))
+
+
+def kind_tuple(types: list[ValueType]) -> tuple[tuple[int, int, int], ...]:
+    return tuple(codec._arg_kind(t) for t in types)
+
+
+@given(st.lists(st.tuples(st.sampled_from(ARG_TYPES), ANY_VALUE), max_size=5))
+def test_a_passing_check_means_check_value_returns_every_value_unchanged(
+        pairs: list[tuple[ValueType, Any]]) -> None:
+    types = [t for t, _ in pairs]
+    values = tuple(v for _, v in pairs)
+    check = codec.compile_unchanged(kind_tuple(types))
+    if check(values):
+        for t, v in pairs:
+            out = check_value(t, v)
+            assert out is v or (out == v and type(out) is type(v)), (t, v, out)
+            assert t is not ValueType.F32          # f32 values always take the slow path
+
+
+@given(st.lists(st.sampled_from([t for t in ARG_TYPES if t is not ValueType.F32]), max_size=5),
+       st.data())
+def test_exact_values_in_range_pass(types: list[ValueType], data: st.DataObject) -> None:
+    def value(t: ValueType) -> Any:
+        if t in INT_RANGES:
+            return data.draw(st.integers(*INT_RANGES[t]))
+        return data.draw({ValueType.F64: st.floats(), ValueType.BOOL: st.booleans(),
+                          ValueType.STR: st.text(alphabet=st.characters(max_codepoint=127)),
+                          ValueType.BYTES: st.binary(), ValueType.VOID: st.none()}[t])
+
+    values = tuple(value(t) for t in types)
+    check = codec.compile_unchanged(kind_tuple(types))
+    assert check(values)
+    assert not check(values + (0,))                 # a wrong count never passes
+    if values:
+        assert not check(values[:-1])
+
+
+def test_compiled_checks_are_shared_per_signature() -> None:
+    kinds = kind_tuple([ValueType.I32, ValueType.STR])
+    assert codec.compile_unchanged(kinds) is codec.compile_unchanged(kinds)
+    a = codec.call_codec("Add", (ValueType.I32, ValueType.I32), ValueType.I32)
+    assert a is codec.call_codec("Add", (ValueType.I32, ValueType.I32), ValueType.I32)
+    assert a.encode_framed((1, 2)) == codec.frame(
+        codec.encode_call("Add", (ValueType.I32, ValueType.I32), (1, 2)), 1 << 16)
