@@ -78,6 +78,7 @@ def unframe(view: memoryview, addr: int, capacity: int) -> bytes:
     return bytes(view[addr + FRAME_HEADER:addr + FRAME_HEADER + n])
 
 
+_unpackb = msgpack.unpackb
 _UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   UnicodeDecodeError, TypeError)
 
@@ -97,9 +98,8 @@ def read_message(view: memoryview, addr: int, capacity: int) -> Any:
     if n > capacity - FRAME_HEADER:
         raise CodecError(f"message length {n} exceeds the {capacity}-byte buffer")
     start = addr + FRAME_HEADER
-    try:
-        return msgpack.unpackb(view[start:start + n], raw=False, strict_map_key=True,
-                               use_list=True)
+    try:        # msgpack >= 1.0 defaults: raw=False, strict_map_key=True, use_list=True
+        return _unpackb(view[start:start + n])
     except _UNPACK_ERRORS as e:
         raise CodecError(f"malformed MessagePack: {e}") from None
 
@@ -150,7 +150,7 @@ class CallCodec:
     `decode(v)` == `decode_typed(ret, v)`, with the same exceptions."""
 
     __slots__ = ("params", "decode", "void", "result_kind", "no_args_frame", "_prefix",
-                 "unchanged")
+                 "unchanged", "encode_fixed")
 
     def __init__(self, name: str, params: tuple[ValueType, ...], ret: ValueType) -> None:
         self.params = params
@@ -163,6 +163,7 @@ class CallCodec:
         empty = self._prefix + _double.pack_array_header(0)
         self.no_args_frame = _LEN.pack(len(empty)) + empty      # the framed call with no args
         self.unchanged = compile_unchanged(tuple(_arg_kind(t) for t in params))
+        self.encode_fixed = compile_fixed_encoder(name, params)
 
     def encode_framed(self, args: tuple[Any, ...]) -> bytes:
         """The call message with its length prefix, ready for the input buffer; `args` must
@@ -170,6 +171,10 @@ class CallCodec:
         value that does not fit its type."""
         if not args:
             return self.no_args_frame
+        if self.encode_fixed is not None:
+            framed = self.encode_fixed(args)
+            if framed is not None:
+                return framed
         if self.unchanged(args):
             # check_value would return every value as it is, and none is an f32 (whose wire
             # form is not the packer's default): one C call packs the array and the values.
@@ -243,6 +248,87 @@ def compile_unchanged(kinds: tuple[tuple[int, int, int], ...]) -> Callable[[Any]
     return check
 
 
+# Fixed-width MessagePack forms of the argument types whose encoding can have one size for every
+# value: (format byte, struct code). The guest SDK (and any MessagePack reader) accepts
+# non-minimal integer forms; the spec only recommends the smallest.
+_FIXED_FORMS = {ValueType.I32: (0xD2, "i"), ValueType.U32: (0xCE, "I"),
+                ValueType.I64: (0xD3, "q"), ValueType.U64: (0xCF, "Q"),
+                ValueType.F64: (0xCB, "d")}
+
+
+def compile_fixed_encoder(name: str, params: tuple[ValueType, ...]
+                          ) -> Callable[[Any], bytes | None] | None:
+    """For a function whose parameters all have fixed-width wire forms (ints as int32/uint32/
+    int64/uint64, f64 as float64, bool), an encoder `enc(args)` of the framed call
+    `[name, [args]]` as one struct.pack — or None (for this function: not all fixed). `enc`
+    returns None when an argument is not exactly of its type and in range (the caller then
+    takes the general path, which raises the right error); its checks are those of
+    compile_unchanged. The frame's length and everything but the values are constants."""
+    if not params or not all(t in _FIXED_FORMS or t is ValueType.BOOL for t in params):
+        return None
+    head = _double.pack_array_header(2) + _double.pack(name) + _double.pack_array_header(len(params))
+    fmt, values, checks = [">", f"{len(head) + 4}s"], [], []
+    size = len(head)
+    for i, t in enumerate(params):
+        v = f"v{i}"
+        if t is ValueType.BOOL:
+            fmt.append("B")
+            values.append(f"195 if {v} else 194")          # 0xc3 true, 0xc2 false
+            size += 1
+        else:
+            byte, code = _FIXED_FORMS[t]
+            fmt.append(f"B{code}")
+            values.append(f"{byte}, {v}")
+            size += 1 + struct.calcsize(f">{code}")
+        kind = _arg_kind(t)
+        checks.append(_CHECK_TEMPLATES[kind[0]].format(v=v, lo=int(kind[1]), hi=int(kind[2])))
+    prefix = _LEN.pack(size) + head
+    names = ", ".join(f"v{i}" for i in range(len(params))) + ("," if len(params) == 1 else "")
+    src = (f"def enc(a):\n    if len(a) != {len(params)}:\n        return None\n"
+           f"    {names} = a\n    if not ({' and '.join(checks)}):\n        return None\n"
+           f"    return _pack(_prefix, {', '.join(values)})\n")
+    scope: dict[str, Any] = {"_pack": struct.Struct("".join(fmt)).pack, "_prefix": prefix}
+    exec(compile(src, "<snapcell.guest.codec.compile_fixed_encoder>", "exec"), scope)  # noqa: S102
+    enc: Callable[[Any], bytes | None] = scope["enc"]
+    return enc
+
+
+def compile_fixed_reply(ret: ValueType) -> Callable[[Any], bytes | None] | None:
+    """For a fixed-size return type (see compile_fixed_encoder; void too), `rep(result)` =
+    the framed host-call reply `[0, result]` as one struct.pack, or None when the result is
+    not exactly of its type and in range (the general path then decides). None for other
+    types."""
+    kind = _arg_kind(ret)
+    check = _CHECK_TEMPLATES[kind[0]].format(v="v", lo=int(kind[1]), hi=int(kind[2])) \
+        if kind[0] in _CHECK_TEMPLATES else "False"
+    if ret is ValueType.VOID:
+        frame = _LEN.pack(3) + _REPLY_OK + _double.pack(None)
+        return lambda v: frame if v is None else None
+    if ret is ValueType.BOOL:
+        fmt, value, size = ">6sB", "195 if v else 194", 3
+    elif ret in _FIXED_FORMS:
+        byte, code = _FIXED_FORMS[ret]
+        fmt, value, size = f">6sB{code}", f"{byte}, v", 3 + struct.calcsize(f">{code}")
+    else:
+        return None
+    src = f"def rep(v):\n    if not ({check}):\n        return None\n    return _pack(_prefix, {value})\n"
+    scope: dict[str, Any] = {"_pack": struct.Struct(fmt).pack,
+                             "_prefix": _LEN.pack(size) + _REPLY_OK}
+    exec(compile(src, "<snapcell.guest.codec.compile_fixed_reply>", "exec"), scope)  # noqa: S102
+    rep: Callable[[Any], bytes | None] = scope["rep"]
+    return rep
+
+
+@functools.lru_cache(maxsize=256)
+def compile_value_check(kind: tuple[int, int, int]) -> Callable[[Any], bool]:
+    """`compile_unchanged((kind,))` for one bare value: `check(v)`."""
+    src = f"def check(v):\n    return {_CHECK_TEMPLATES.get(kind[0], 'False').format(v='v', lo=int(kind[1]), hi=int(kind[2]))}\n"
+    scope: dict[str, Any] = {}
+    exec(compile(src, "<snapcell.guest.codec.compile_value_check>", "exec"), scope)  # noqa: S102
+    check: Callable[[Any], bool] = scope["check"]
+    return check
+
+
 @functools.lru_cache(maxsize=4096)
 def call_codec(name: str, params: tuple[ValueType, ...], ret: ValueType) -> CallCodec:
     """The (immutable, shared) CallCodec of a guest function: sandboxes of one snapshot call
@@ -256,24 +342,37 @@ _REPLY_OK = _double.pack_array_header(2) + _double.pack(0)
 class HostCallCodec:
     """Checking of one host function's arguments from the guest and encoding of its replies:
     `decode_args(args)` == `[decode_typed(t, a) ...]` and `reply(result)` ==
-    `encode_reply_ok(ret, decode_typed(ret, result))`, with the same exceptions."""
+    `encode_reply_ok(ret, decode_typed(ret, result))`, with the same exceptions.
+    `args_unchanged(args)`: the arguments are exactly what decode_args would return (the
+    right count, exact types in range), so the host call may use them as they are."""
 
-    __slots__ = ("params", "ret", "ret_name", "_args_unchanged", "_ret_unchanged")
+    __slots__ = ("params", "ret", "ret_name", "args_unchanged", "_ret_unchanged", "_fixed_reply")
 
     def __init__(self, params: tuple[ValueType, ...], ret: ValueType) -> None:
         self.params, self.ret, self.ret_name = params, ret, ret.value
-        self._args_unchanged = compile_unchanged(tuple(_arg_kind(t) for t in params))
-        self._ret_unchanged = compile_unchanged((_arg_kind(ret),))
+        self.args_unchanged = compile_unchanged(tuple(_arg_kind(t) for t in params))
+        self._ret_unchanged = compile_value_check(_arg_kind(ret))
+        self._fixed_reply = compile_fixed_reply(ret)
+
+    def reply_frame(self, result: Any) -> bytes:
+        """`reply(result)` with its length prefix (fixed-width forms for fixed-size types, see
+        compile_fixed_reply): what goes into the input buffer. CodecError as `reply`."""
+        if self._fixed_reply is not None:
+            framed = self._fixed_reply(result)
+            if framed is not None:
+                return framed
+        payload = self.reply(result)
+        return _LEN.pack(len(payload)) + payload
 
     def decode_args(self, args: list[Any]) -> list[Any]:
         """The checked argument values (CodecError for one that does not fit its type)."""
-        if self._args_unchanged(args):
+        if self.args_unchanged(args):
             return args
         return [decode_typed(t, a) for t, a in zip(self.params, args)]
 
     def reply(self, result: Any) -> bytes:
         """The reply `[0, result]` (CodecError when the result does not fit the return type)."""
-        if self._ret_unchanged((result,)):
+        if self._ret_unchanged(result):
             return _REPLY_OK + _double.pack(result)
         return encode_reply_ok(self.ret, decode_typed(self.ret, result))
 

@@ -240,11 +240,14 @@ class MultiUseSandbox:
             raise ArgumentError(f"{sig.describe(name)} takes {len(params)} "
                                 f"argument{'' if len(params) == 1 else 's'}, got {len(args)}")
         if args:
-            try:
-                framed = call_codec.encode_framed(args)
-            except (TypeError, ValueError):
-                self._argument_error(name, args)
-                raise
+            fixed = call_codec.encode_fixed
+            framed = fixed(args) if fixed is not None else None     # encode_framed's fast case
+            if framed is None:
+                try:
+                    framed = call_codec.encode_framed(args)
+                except (TypeError, ValueError):
+                    self._argument_error(name, args)
+                    raise
             if len(framed) > core.layout.input_size:
                 raise ArgumentError(f"arguments of {name} take {len(framed) - FRAME_HEADER} "
                                     f"bytes; the input buffer holds "

@@ -132,5 +132,77 @@ def test_compiled_checks_are_shared_per_signature() -> None:
     assert codec.compile_unchanged(kinds) is codec.compile_unchanged(kinds)
     a = codec.call_codec("Add", (ValueType.I32, ValueType.I32), ValueType.I32)
     assert a is codec.call_codec("Add", (ValueType.I32, ValueType.I32), ValueType.I32)
-    assert a.encode_framed((1, 2)) == codec.frame(
-        codec.encode_call("Add", (ValueType.I32, ValueType.I32), (1, 2)), 1 << 16)
+    framed = a.encode_framed((1, 2))
+    assert msgpack.unpackb(framed[4:]) == ["Add", [1, 2]]
+    assert len(framed) == 4 + struct.unpack_from("<I", framed)[0]
+
+
+FIXED = [ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64, ValueType.F64,
+         ValueType.BOOL]
+
+
+def exact_value(t: ValueType) -> st.SearchStrategy[Any]:
+    if t in INT_RANGES:
+        return st.integers(*INT_RANGES[t])
+    return st.floats() if t is ValueType.F64 else st.booleans()
+
+
+@given(st.lists(st.sampled_from(FIXED), min_size=1, max_size=17), st.data(),
+       st.text(min_size=1, max_size=40))
+def test_fixed_frames_decode_to_the_call(types: list[ValueType], data: st.DataObject,
+                                         name: str) -> None:
+    params = tuple(types)
+    enc = codec.compile_fixed_encoder(name, params)
+    assert enc is not None
+    values = tuple(data.draw(exact_value(t)) for t in types)
+    framed = enc(values)
+    assert framed is not None
+    (n,) = struct.unpack_from("<I", framed)
+    assert n == len(framed) - 4
+    got = msgpack.unpackb(framed[4:], raw=False)
+    assert got[0] == name and len(got[1]) == len(values)
+    for t, v, w in zip(types, values, got[1]):
+        assert w == v or (v != v and w != w)             # NaN
+        assert type(w) is type(v)
+    # the frame length does not depend on the values
+    other = tuple(data.draw(exact_value(t)) for t in types)
+    assert len(enc(other) or b"") == len(framed)
+
+
+@given(st.lists(st.sampled_from(FIXED), min_size=1, max_size=4), st.data())
+def test_fixed_encoder_refuses_what_check_value_would_change(types: list[ValueType],
+                                                               data: st.DataObject) -> None:
+    enc = codec.compile_fixed_encoder("F", tuple(types))
+    assert enc is not None
+    values = tuple(data.draw(ANY_VALUE) for _ in types)
+    framed = enc(values)
+    exact = codec.compile_unchanged(kind_tuple(types))(values)
+    assert (framed is not None) == exact
+    assert enc(values + (1,)) is None
+
+
+def test_no_fixed_encoder_for_variable_width_parameters() -> None:
+    for params in [(), (ValueType.STR,), (ValueType.I32, ValueType.BYTES), (ValueType.F32,)]:
+        assert codec.compile_fixed_encoder("F", params) is None
+
+
+@pytest.mark.parametrize("ret", FIXED + [ValueType.VOID, ValueType.STR, ValueType.F32])
+def test_fixed_replies_equal_the_general_reply(ret: ValueType) -> None:
+    hc = codec.HostCallCodec((), ret)
+    samples: list[Any] = {ValueType.VOID: [None], ValueType.STR: ["", "é"],
+                          ValueType.F32: [1.5], ValueType.BOOL: [True, False],
+                          ValueType.F64: [0.0, -1.5, float("inf")]}.get(
+        ret, list(INT_RANGES.get(ret, (0, 0))) + [0, 1, -1, 127, 128])
+    for v in samples:
+        try:
+            want = codec.encode_reply_ok(ret, codec.decode_typed(ret, v))
+        except codec.CodecError:
+            with pytest.raises(codec.CodecError):
+                hc.reply_frame(v)
+            continue
+        got = hc.reply_frame(v)
+        assert struct.unpack_from("<I", got)[0] == len(got) - 4
+        assert msgpack.unpackb(got[4:]) == msgpack.unpackb(want)
+    for bad in (True if ret is not ValueType.BOOL else 1, "x" if ret is not ValueType.STR else 1):
+        with pytest.raises(codec.CodecError):
+            hc.reply_frame(bad)
