@@ -78,12 +78,19 @@ class Core:
         self._host_codecs: dict[str, tuple[int, HostFunction, HostCallCodec]] = {}
         self.debugger: DebugHook | None = None
         self._busy = threading.Lock()              # held for the duration of a guest call
-        self.syscalls = self._syscall_host(machine)
+        self._syscalls: SyscallHost | None = None      # made at the first syscall exit
 
-    def _syscall_host(self, machine: Machine) -> SyscallHost:
-        assert machine.memory is not None
-        return SyscallHost(machine.memory, self.space, self._print, machine.set_fs_base,
-                           lambda: int(machine.get_sregs().fs.base), self.entropy.read)
+    @property
+    def syscalls(self) -> SyscallHost:
+        """The emulation of the guest's system calls on this sandbox's machine."""
+        host = self._syscalls
+        if host is None:
+            machine = self.machine
+            assert machine.memory is not None
+            host = self._syscalls = SyscallHost(
+                machine.memory, self.space, self._print, machine.set_fs_base,
+                lambda: int(machine.get_sregs().fs.base), self.entropy.read)
+        return host
 
     # ---------------------------------------------------------------- reset
     def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int, regs: bytes,
@@ -110,7 +117,7 @@ class Core:
         old.close()
         assert new.memory is not None
         self.machine, self.memory = new, new.memory
-        self.syscalls = self._syscall_host(new)
+        self._syscalls = None
         self.interrupt.retarget(new.run_struct)
         return new
 
@@ -128,9 +135,16 @@ class Core:
 
     @functions.setter
     def functions(self, table: Mapping[str, Signature]) -> None:
-        if table is not self._functions:     # restoring the same snapshot keeps the codecs
+        self.set_functions(table)
+
+    def set_functions(self, table: Mapping[str, Signature],
+                      codecs: dict[str, CallCodec] | None = None) -> None:
+        """Take `table` as the guest's function table. `codecs` is a cache of its functions'
+        codecs that sandboxes of one snapshot may share (codecs are immutable); by default
+        this sandbox starts its own. Restoring the same table keeps the codecs."""
+        if table is not self._functions:
             self._functions = table
-            self.codecs = {}
+            self.codecs = codecs if codecs is not None else {}
 
     def call_codec(self, name: str) -> CallCodec | None:
         """The (cached) codec of guest function `name`, None if the guest exports no such

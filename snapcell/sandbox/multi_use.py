@@ -110,6 +110,15 @@ def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, Me
     return got
 
 
+def _derived_codecs(snapshot: Snapshot) -> dict[str, Any]:
+    """The call codecs of `snapshot`'s functions, shared by every sandbox made from it."""
+    d = snapshot._derived
+    codecs = d.get("codecs")
+    if codecs is None:
+        codecs = d["codecs"] = {}
+    return codecs  # type: ignore[no-any-return]
+
+
 class MultiUseSandbox:
     """A ready sandbox. ``sandbox.call("Add", 1, 2)`` checks the arguments against the guest's
     published signature, runs the guest function and returns its result, or raises:
@@ -151,7 +160,10 @@ class MultiUseSandbox:
                                       ("host_functions", "config"), args,
                                       given(host_functions=host_functions, config=config))
             host_functions, config = opts.get("host_functions"), opts.get("config")
-        check_from_snapshot_arguments(snapshot, host_functions, config)
+        if not (isinstance(snapshot, Snapshot) and (host_functions is None or isinstance(
+                host_functions, HostFunctions)) and (config is None or isinstance(
+                config, SandboxConfiguration))):
+            check_from_snapshot_arguments(snapshot, host_functions, config)     # raises
         host_functions = host_functions if host_functions is not None else HostFunctions()
         exact = check_host_functions(snapshot, host_functions)
         check_host_compatible(snapshot)
@@ -160,12 +172,13 @@ class MultiUseSandbox:
         if config is None:
             config = default_config
         else:
-            for name in LAYOUT_FIELDS:
-                if getattr(config, name) != getattr(lay, name):
-                    warnings.warn(f"{name}={getattr(config, name)} ignored: the snapshot's layout "
-                                  f"has {name}={getattr(lay, name)}", SnapshotLayoutWarning,
-                                  stacklevel=2)
-            config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
+            differ = [n for n in LAYOUT_FIELDS if getattr(config, n) != getattr(lay, n)]
+            for name in differ:
+                warnings.warn(f"{name}={getattr(config, name)} ignored: the snapshot's layout "
+                              f"has {name}={getattr(lay, name)}", SnapshotLayoutWarning,
+                              stacklevel=2)
+            if differ:
+                config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
         pool = default_pool() if pooled else None
         machine = (pool.acquire(lay.memory_size, snapshot.image) if pool is not None
                    else Machine(kvm(), lay.memory_size))
@@ -187,7 +200,7 @@ class MultiUseSandbox:
                 core.debugger = attach_debugger(core, config.debug_port, snapshot.guest_sha256)
             if snapshot.initialised:
                 assert snapshot.functions is not None
-                core.functions = snapshot.functions
+                core.set_functions(snapshot.functions, _derived_codecs(snapshot))
             else:
                 core.initialise(config.max_execution_time)
         except BaseException:
@@ -368,7 +381,7 @@ class MultiUseSandbox:
         cpu = snapshot.cpu
         core.reset(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
                    cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
-        core.functions = snapshot.functions
+        core.set_functions(snapshot.functions, _derived_codecs(snapshot))
         if core.debugger is not None:
             core.debugger.after_restore()
         core.status, core.poison_reason = SandboxStatus.READY, None
