@@ -176,6 +176,50 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
     return r
 
 
+def call_phases(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
+    """Where a call's host time goes (issue 17's profile): the KVM_RUN ioctl wrapped to take a
+    timestamp before and after (a few hundred ns per call of its own), so each call splits
+    into host work before the first KVM_RUN, the KVM_RUNs, host work between them (serving
+    the host call) and after the last (reading the result). Medians of n calls each."""
+    from ..machine import vmachine
+    clock = time.perf_counter_ns
+    real = vmachine._ioctl
+    marks: list[int] = []
+
+    def timed(fd: int, request: int, *arg: Any) -> Any:
+        marks.append(clock())
+        try:
+            return real(fd, request, *arg)
+        finally:
+            marks.append(clock())
+
+    out: dict[str, list[int]] = {}
+    with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
+        calls = {"call_noop": ("NoOp",), "call_echo_i32": ("EchoI32", 7),
+                 "call_host_roundtrip": ("Add", 1, 2)}
+        vmachine._ioctl = timed                       # type: ignore[assignment]
+        try:
+            for i in range(n + 200):
+                for row, (name, *args) in calls.items():
+                    marks.clear()
+                    t0 = clock()
+                    sb.call(name, *args)
+                    t1 = clock()
+                    if i < 200:
+                        continue
+                    parts = {"before_run": marks[0] - t0, "after_run": t1 - marks[-1],
+                             "kvm_run": sum(marks[j + 1] - marks[j]
+                                            for j in range(0, len(marks), 2))}
+                    if len(marks) > 2:
+                        parts["between_runs"] = sum(marks[j + 1] - marks[j]
+                                                    for j in range(1, len(marks) - 1, 2))
+                    for part, v in parts.items():
+                        out.setdefault(f"phase_{row}_{part}", []).append(v)
+        finally:
+            vmachine._ioctl = real                    # type: ignore[assignment]
+    return {k: _stats(v) for k, v in out.items()}
+
+
 def _host_functions() -> HostFunctions:
     def host_add(a: I32, b: I32) -> I32:
         return a + b
@@ -452,6 +496,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     @step("calls and the C floor")
     def _() -> None:
         r.update(call_rows(snap, hf, n))
+        r.update(call_phases(snap, hf, n // 2))
 
     @step("evolve")
     def _() -> None:
