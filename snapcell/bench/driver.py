@@ -195,12 +195,13 @@ def call_phases(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
 
     out: dict[str, list[int]] = {}
     with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
-        calls = {"call_noop": ("NoOp",), "call_echo_i32": ("EchoI32", 7),
-                 "call_host_roundtrip": ("Add", 1, 2)}
+        calls: dict[str, tuple[str, tuple[int, ...]]] = {
+            "call_noop": ("NoOp", ()), "call_echo_i32": ("EchoI32", (7,)),
+            "call_host_roundtrip": ("Add", (1, 2))}
         vmachine._ioctl = timed                       # type: ignore[assignment]
         try:
             for i in range(n + 200):
-                for row, (name, *args) in calls.items():
+                for row, (name, args) in calls.items():
                     marks.clear()
                     t0 = clock()
                     sb.call(name, *args)
@@ -216,7 +217,7 @@ def call_phases(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
                     for part, v in parts.items():
                         out.setdefault(f"phase_{row}_{part}", []).append(v)
         finally:
-            vmachine._ioctl = real                    # type: ignore[assignment]
+            vmachine._ioctl = real
     return {k: _stats(v) for k, v in out.items()}
 
 

@@ -322,7 +322,8 @@ def compile_fixed_reply(ret: ValueType) -> Callable[[Any], bytes | None] | None:
 @functools.lru_cache(maxsize=256)
 def compile_value_check(kind: tuple[int, int, int]) -> Callable[[Any], bool]:
     """`compile_unchanged((kind,))` for one bare value: `check(v)`."""
-    src = f"def check(v):\n    return {_CHECK_TEMPLATES.get(kind[0], 'False').format(v='v', lo=int(kind[1]), hi=int(kind[2]))}\n"
+    term = _CHECK_TEMPLATES.get(kind[0], "False").format(v="v", lo=int(kind[1]), hi=int(kind[2]))
+    src = f"def check(v):\n    return {term}\n"
     scope: dict[str, Any] = {}
     exec(compile(src, "<snapcell.guest.codec.compile_value_check>", "exec"), scope)  # noqa: S102
     check: Callable[[Any], bool] = scope["check"]

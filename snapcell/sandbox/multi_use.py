@@ -113,10 +113,10 @@ def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, Me
 def _derived_codecs(snapshot: Snapshot) -> dict[str, Any]:
     """The call codecs of `snapshot`'s functions, shared by every sandbox made from it."""
     d = snapshot._derived
-    codecs = d.get("codecs")
+    codecs: dict[str, Any] | None = d.get("codecs")
     if codecs is None:
         codecs = d["codecs"] = {}
-    return codecs  # type: ignore[no-any-return]
+    return codecs
 
 
 class MultiUseSandbox:

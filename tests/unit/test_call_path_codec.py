@@ -161,7 +161,7 @@ def test_fixed_frames_decode_to_the_call(types: list[ValueType], data: st.DataOb
     assert n == len(framed) - 4
     got = msgpack.unpackb(framed[4:], raw=False)
     assert got[0] == name and len(got[1]) == len(values)
-    for t, v, w in zip(types, values, got[1]):
+    for v, w in zip(values, got[1]):
         assert w == v or (v != v and w != w)             # NaN
         assert type(w) is type(v)
     # the frame length does not depend on the values
