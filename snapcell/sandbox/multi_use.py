@@ -27,8 +27,16 @@ from ..guest.loader import system_images
 from ..guest.values import check_value
 from ..machine import Machine
 from ..machine.features import CpuFeatures, host_features, hypervisor_name
-from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
-from ..machine.memory import MemoryImage
+from ..machine.image import MERGE_GAP, MemoryImage, merge_runs
+from ..machine.layout import (
+    GUEST_BASE,
+    PAGE,
+    AddressSpace,
+    MemoryLayout,
+    Segment,
+    segment_regions,
+    system_regions,
+)
 from .arguments import check_from_snapshot_arguments
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
@@ -108,6 +116,28 @@ def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, Me
             SandboxConfiguration().replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS}),
             address_space(lay, segments), system_images.get(lay, segments))
     return got
+
+
+def _dirty_chunks(view: memoryview, dirty: list[tuple[int, int]],
+                  originals: Mapping[int, int]) -> list[tuple[int, bytearray]]:
+    """(image offset, bytes) of the guest's dirty page runs — runs at most MERGE_GAP apart
+    merged, their clean bytes in between copied too, so an image's pieces stay few — with the
+    original bytes under debugger breakpoints put back (breakpoints never leak into
+    snapshots)."""
+    runs = merge_runs(((addr - GUEST_BASE, n) for addr, n in dirty), MERGE_GAP)
+    originals = {a: b for a, b in originals.items() if GUEST_BASE <= a < len(view)}
+    for addr in originals:                 # a breakpoint's page is dirty; be sure anyway
+        off = (addr - GUEST_BASE) - (addr - GUEST_BASE) % PAGE
+        if not any(a <= off < a + n for a, n in runs):
+            runs = merge_runs(runs + [(off, PAGE)], 0)
+    chunks = [(off, bytearray(view[GUEST_BASE + off:GUEST_BASE + off + n])) for off, n in runs]
+    for addr, b in originals.items():
+        off = addr - GUEST_BASE
+        for a, data in chunks:
+            if a <= off < a + len(data):
+                data[off - a] = b
+                break
+    return chunks
 
 
 class MultiUseSandbox:
@@ -311,21 +341,18 @@ class MultiUseSandbox:
             raise SnapshotStateError(f"the guest's CPU state cannot be snapshotted: {problem}")
         regs.rflags = sanitize_rflags(int(regs.rflags))
         base = self._mapped.image
-        image = MemoryImage(base.size, "snapcell-snapshot")
         try:
-            image.copy_data_from(base)
-            chunks = [(addr - GUEST_BASE, machine.memory.view[addr:addr + n])
-                      for addr, n in machine.memory.dirty_guest_pages()]
-            image.write_chunks(chunks)   # type: ignore[arg-type]
-            if core.debugger is not None:    # breakpoints never leak into snapshots
-                image.write_chunks([(addr - GUEST_BASE, bytes([b]))
-                                    for addr, b in core.debugger.original_bytes().items()])
-            image.seal()
-            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
+            chunks = _dirty_chunks(machine.memory.view, machine.memory.dirty_guest_pages(),
+                                   core.debugger.original_bytes() if core.debugger is not None
+                                   else {})
+            # O(dirty): the mapped image's pieces overlaid by the dirty runs (one new memfd),
+            # flattened into one memfd beyond MAX_PIECES pieces (machine/image.py)
+            image = base.overlaid(chunks, "snapcell-snapshot")
         except OSError as e:         # e.g. the blob of a map-mode snapshot was truncated
-            image.close()
             raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
                                   e.errno) from None
+        try:
+            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
         except BaseException:
             image.close()
             raise
