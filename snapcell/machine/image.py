@@ -414,12 +414,13 @@ class MemoryImage:
 
     # -------------------------------------------------------------- layering
     def overlaid(self, chunks: Sequence[tuple[int, bytes | bytearray | memoryview]],
-                 name: str = "snapcell-snapshot", max_pieces: int = MAX_PIECES) -> "MemoryImage":
+                 name: str = "snapcell-snapshot", max_pieces: int | None = None) -> "MemoryImage":
         """A new sealed image equal to this (sealed) one with `chunks` (sorted, disjoint,
         page-aligned (offset, bytes)) written over it. The chunks go into one new sparse memfd
         at their image offsets and the result is this image's pieces overlaid by them: the cost
         is the chunks', not the image's. When that would take more than `max_pieces` pieces the
-        result is flattened into one memfd (a copy of this image's data plus the chunks)."""
+        result is flattened into one memfd (a copy of this image's data plus the chunks);
+        `max_pieces` defaults to MAX_PIECES."""
         if not self.sealed:
             raise ValueError("only a sealed image can be overlaid")
         layer = MemoryImage(self.size, name)
@@ -428,7 +429,7 @@ class MemoryImage:
             layer.seal()
             backing = layer._pieces[0][2]
             pieces = overlay(self.pieces, [(off, len(d), backing, off) for off, d in chunks])
-            if len(pieces) <= max_pieces:
+            if len(pieces) <= (MAX_PIECES if max_pieces is None else max_pieces):
                 return MemoryImage.compose(self.size, pieces)
         finally:
             layer.close()
@@ -444,15 +445,17 @@ class MemoryImage:
 
     @classmethod
     def from_files(cls, size: int, layers: Sequence[tuple[int, Sequence[tuple[int, int, int]]]],
-                   base: "MemoryImage | None" = None, *, small: int = SMALL_EXTENT,
-                   max_pieces: int = MAX_PIECES) -> "MemoryImage":
+                   base: "MemoryImage | None" = None, *, small: int | None = None,
+                   max_pieces: int | None = None) -> "MemoryImage":
         """A sealed copy-on-write image of layers of file data applied in order over `base`
         (or zeros): each layer is `(fd, [(image offset, length, file offset), ...])` (sorted,
         disjoint, page-aligned; the caller keeps `fd`, the image holds a duplicate). Extents of
         at least `small` bytes become pieces mapped from the file; smaller ones are copied into
         one overlay memfd, which also fills every hole, so the image tiles its range. When that
         takes more than `max_pieces` pieces, all but the (max_pieces - 1) // 2 largest file
-        pieces are copied into the overlay as well."""
+        pieces are copied into the overlay as well. Defaults: SMALL_EXTENT, MAX_PIECES."""
+        small = SMALL_EXTENT if small is None else small
+        max_pieces = MAX_PIECES if max_pieces is None else max_pieces
         if max_pieces < 3:
             raise ValueError("max_pieces must be at least 3")
         ovl = MemoryImage(size, "snapcell-mapped")
