@@ -158,6 +158,7 @@ def test_dirty_runs_close_together_are_one_piece(base_snapshot: Snapshot) -> Non
         sb.call("WriteAddress", heap + MERGE_GAP, 2)     # a gap of MERGE_GAP - 1 page: merged
         sb.call("WriteAddress", heap + 3 * MERGE_GAP, 3)  # a bigger gap: its own run
         child = sb.snapshot()
+        assert image_bytes(child) == guest_bytes(sb)     # the gap's clean pages came along
     off = heap - GUEST_BASE
     own = [(o, n) for o, n, b, _ in child.image.pieces
            if b is not base_snapshot.image.pieces[0][2] and o <= off + 3 * MERGE_GAP < o + n

@@ -118,19 +118,31 @@ def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, Me
     return got
 
 
-def _dirty_chunks(view: memoryview, dirty: list[tuple[int, int]],
+def _dirty_chunks(view: memoryview, dirty: list[tuple[int, int]], base: MemoryImage,
                   originals: Mapping[int, int]) -> list[tuple[int, bytearray]]:
     """(image offset, bytes) of the guest's dirty page runs — runs at most MERGE_GAP apart
-    merged, their clean bytes in between copied too, so an image's pieces stay few — with the
-    original bytes under debugger breakpoints put back (breakpoints never leak into
-    snapshots)."""
-    runs = merge_runs(((addr - GUEST_BASE, n) for addr, n in dirty), MERGE_GAP)
+    merged, the clean pages in between read from `base` (the mapped image: with pread, which
+    fails cleanly where a mapping of a truncated file would fault), so an image's pieces stay
+    few — with the original bytes under debugger breakpoints put back (breakpoints never leak
+    into snapshots)."""
+    own = sorted((addr - GUEST_BASE, n) for addr, n in dirty)
     originals = {a: b for a, b in originals.items() if GUEST_BASE <= a < len(view)}
-    for addr in originals:                 # a breakpoint's page is dirty; be sure anyway
-        off = (addr - GUEST_BASE) - (addr - GUEST_BASE) % PAGE
-        if not any(a <= off < a + n for a, n in runs):
-            runs = merge_runs(runs + [(off, PAGE)], 0)
-    chunks = [(off, bytearray(view[GUEST_BASE + off:GUEST_BASE + off + n])) for off, n in runs]
+    extra = [((a - GUEST_BASE) - (a - GUEST_BASE) % PAGE, PAGE) for a in originals]
+    chunks = []
+    j = 0
+    for off, n in merge_runs(own + extra, MERGE_GAP):
+        buf = bytearray(n)
+        pos = off
+        while j < len(own) and own[j][0] < off + n:
+            a, k = own[j]
+            j += 1
+            if a > pos:
+                buf[pos - off:a - off] = base.read(pos, a - pos)
+            buf[a - off:a - off + k] = view[GUEST_BASE + a:GUEST_BASE + a + k]
+            pos = a + k
+        if pos < off + n:
+            buf[pos - off:] = base.read(pos, off + n - pos)
+        chunks.append((off, buf))
     for addr, b in originals.items():
         off = addr - GUEST_BASE
         for a, data in chunks:
@@ -342,7 +354,7 @@ class MultiUseSandbox:
         regs.rflags = sanitize_rflags(int(regs.rflags))
         base = self._mapped.image
         try:
-            chunks = _dirty_chunks(machine.memory.view, machine.memory.dirty_guest_pages(),
+            chunks = _dirty_chunks(machine.memory.view, machine.memory.dirty_guest_pages(), base,
                                    core.debugger.original_bytes() if core.debugger is not None
                                    else {})
             # O(dirty): the mapped image's pieces overlaid by the dirty runs (one new memfd),
