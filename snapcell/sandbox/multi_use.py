@@ -58,6 +58,40 @@ def address_space(layout: MemoryLayout, segments: tuple[Segment, ...]) -> Addres
                         + layout.user_regions())
 
 
+def _dirty_chunks(view: memoryview, dirty: list[tuple[int, int]], base: MemoryImage,
+                  originals: Mapping[int, int]) -> list[tuple[int, bytearray]]:
+    """(image offset, bytes) of the guest's dirty page runs — runs at most MERGE_GAP apart
+    merged, the clean pages in between read from `base` (the mapped image: with pread, which
+    fails cleanly where a mapping of a truncated file would fault), so an image's pieces stay
+    few — with the original bytes under debugger breakpoints put back (breakpoints never leak
+    into snapshots)."""
+    own = sorted((addr - GUEST_BASE, n) for addr, n in dirty)
+    originals = {a: b for a, b in originals.items() if GUEST_BASE <= a < len(view)}
+    extra = [((a - GUEST_BASE) - (a - GUEST_BASE) % PAGE, PAGE) for a in originals]
+    chunks = []
+    j = 0
+    for off, n in merge_runs(own + extra, MERGE_GAP):
+        buf = bytearray(n)
+        pos = off
+        while j < len(own) and own[j][0] < off + n:
+            a, k = own[j]
+            j += 1
+            if a > pos:
+                buf[pos - off:a - off] = base.read(pos, a - pos)
+            buf[a - off:a - off + k] = view[GUEST_BASE + a:GUEST_BASE + a + k]
+            pos = a + k
+        if pos < off + n:
+            buf[pos - off:] = base.read(pos, off + n - pos)
+        chunks.append((off, buf))
+    for addr, b in originals.items():
+        off = addr - GUEST_BASE
+        for a, data in chunks:
+            if a <= off < a + len(data):
+                data[off - a] = b
+                break
+    return chunks
+
+
 def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> bool:
     """Raise SnapshotHostFunctionMismatch unless `offered` covers the snapshot's host functions
     by name and signature (extras are fine). Pre-init snapshots accept anything. Returns True
@@ -116,40 +150,6 @@ def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, Me
             SandboxConfiguration().replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS}),
             address_space(lay, segments), system_images.get(lay, segments))
     return got
-
-
-def _dirty_chunks(view: memoryview, dirty: list[tuple[int, int]], base: MemoryImage,
-                  originals: Mapping[int, int]) -> list[tuple[int, bytearray]]:
-    """(image offset, bytes) of the guest's dirty page runs — runs at most MERGE_GAP apart
-    merged, the clean pages in between read from `base` (the mapped image: with pread, which
-    fails cleanly where a mapping of a truncated file would fault), so an image's pieces stay
-    few — with the original bytes under debugger breakpoints put back (breakpoints never leak
-    into snapshots)."""
-    own = sorted((addr - GUEST_BASE, n) for addr, n in dirty)
-    originals = {a: b for a, b in originals.items() if GUEST_BASE <= a < len(view)}
-    extra = [((a - GUEST_BASE) - (a - GUEST_BASE) % PAGE, PAGE) for a in originals]
-    chunks = []
-    j = 0
-    for off, n in merge_runs(own + extra, MERGE_GAP):
-        buf = bytearray(n)
-        pos = off
-        while j < len(own) and own[j][0] < off + n:
-            a, k = own[j]
-            j += 1
-            if a > pos:
-                buf[pos - off:a - off] = base.read(pos, a - pos)
-            buf[a - off:a - off + k] = view[GUEST_BASE + a:GUEST_BASE + a + k]
-            pos = a + k
-        if pos < off + n:
-            buf[pos - off:] = base.read(pos, off + n - pos)
-        chunks.append((off, buf))
-    for addr, b in originals.items():
-        off = addr - GUEST_BASE
-        for a, data in chunks:
-            if a <= off < a + len(data):
-                data[off - a] = b
-                break
-    return chunks
 
 
 class MultiUseSandbox:
