@@ -135,7 +135,8 @@ def save_cmd(elf: str, directory: str, tag: str, calls: tuple[str, ...], input_s
 @click.argument("ref", default="latest")
 @click.option("--checked", is_flag=True, help="Also verify the memory layers' sha256.")
 @click.option("--map", "map_mode", is_flag=True,
-              help="Zero-copy map mode (format-1 layouts; the blob must stay unchanged).")
+              help="Zero-copy map mode: the layer files are mapped copy-on-write (they must stay "
+                   "unchanged while in use).")
 @click.option("--call", "calls", multiple=True, metavar="'NAME ARG...'",
               help="Call a guest function in a sandbox made from the snapshot (repeatable).")
 @click.option("--save", "save_tag", metavar="TAG",

@@ -638,6 +638,10 @@ def _diff_rows(d: dict[str, float]) -> dict[str, Any]:
         "diff_child_load_cold": row(d["child_load_cold_ms"], "2 layers copied"),
         "diff_full_load_cold": row(d["full_load_cold_ms"],
                                    f"{d['data_bytes'] / mib:.0f} MiB copied"),
+        "diff_child_load_cold_map": row(d["child_load_cold_map_ms"],
+                                        f"mode='map': {d['child_map_pieces']:.0f} pieces"),
+        "diff_full_load_cold_map": row(d["full_load_cold_map_ms"],
+                                       f"mode='map': {d['full_map_pieces']:.0f} pieces"),
         "diff_child_load_cached": row(d["child_load_cached_ms"], "process image cache"),
         "diff_child_checked_load_cold_recorded": row(d["child_checked_load_cold_ms"],
                                                      "verified-content record, no hashing"),
@@ -646,7 +650,8 @@ def _diff_rows(d: dict[str, float]) -> dict[str, Any]:
                                                "no record: every layer hashed"),
         "diff_full_checked_load_hashing": row(d["full_checked_load_hashing_ms"]),
         "session_pause_resume_256MiB": row(d["pause_resume_ms"],
-                                           f"chain depth {d['session_depth']:.0f}"),
+                                           f"chain depth {d['session_depth']:.0f}, ≤ "
+                                           f"{d['session_max_pieces']:.0f} image pieces"),
         "session_pause_resume_default": row(
             d["pause_resume_default_ms"], f"{d['default_memory_size'] / mib:.0f} MiB guest"),
     }

@@ -1,7 +1,8 @@
 """Persistence benchmarks for `snapcell bench`: save, load and checked_load of snapshots with
 16 MiB and 256 MiB of guest memory, cold start from a snapshot file versus from the guest ELF,
 and diff snapshots: save / push / load / checked_load of a child of a 256 MiB snapshot (62 MiB of
-data) that changed 1 MiB versus the full snapshot, and pause -> resume of a session. Medians in
+data) that changed 1 MiB versus the full snapshot (cold loads in both modes: copied and mapped
+copy-on-write), and pause -> resume of a session. Medians in
 milliseconds; never used by tests to assert timings."""
 
 from __future__ import annotations
@@ -157,13 +158,19 @@ def _diff_bench(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
     out["parent_layer_bytes"] = info_parent["layers"][0]["size"]
     out["data_bytes"] = info_parent["layers"][0]["stored_bytes"]
 
-    def cold(ref: str, verify: bool) -> Callable[..., Any]:
+    def cold(ref: str, verify: bool, mode: str = "copy") -> Callable[..., Any]:
         def run(*_: Any) -> Any:
-            return oci.load(d, ref, verify=verify)
+            return oci.load(d, ref, verify=verify, mode=mode)
         return run
 
     out["child_load_cold_ms"] = _median_ms(cold("child", False), n, content.clear)
     out["full_load_cold_ms"] = _median_ms(cold("parent", False), n, content.clear)
+    # copy-on-write loads: the layers' extents mapped from the files (issue 15)
+    out["child_load_cold_map_ms"] = _median_ms(cold("child", False, "map"), n, content.clear)
+    out["full_load_cold_map_ms"] = _median_ms(cold("parent", False, "map"), n, content.clear)
+    content.clear()
+    out["child_map_pieces"] = len(oci.load(d, "child", mode="map").image.pieces)
+    out["full_map_pieces"] = len(oci.load(d, "parent", mode="map").image.pieces)
     out["child_load_cached_ms"] = _median_ms(cold("child", False), max(n, 5))
     # checked_load: the layers are recorded as verified (saved by us): no hashing again
     out["child_checked_load_cold_ms"] = _median_ms(cold("child", True), n, content.clear)
@@ -173,15 +180,17 @@ def _diff_bench(guest: GuestBinary, n: int, workdir: str) -> dict[str, float]:
         out["full_checked_load_hashing_ms"] = _median_ms(cold("parent", True), n, content.clear)
     # pause -> resume on the same box
     sb2 = MultiUseSandbox.resume(d, HostFunctions(), ref="parent")
-    times = []
+    times, pieces = [], 0
     for _ in range(max(n, 5)):
         sb2.call("SetStatic")
         t = time.perf_counter_ns()
         sb2.pause(d, "session")
         sb2 = MultiUseSandbox.resume(d, HostFunctions())
         times.append(time.perf_counter_ns() - t)
+        pieces = max(pieces, len(sb2._snapshot.image.pieces))   # noqa: SLF001
     sb2.close()
     out["pause_resume_ms"] = statistics.median(times) / 1e6
+    out["session_max_pieces"] = pieces
     out["session_depth"] = oci.inspect(d, "session")["depth"]
     # the same with the default configuration (a small guest)
     small = os.path.join(workdir, "session-small")

@@ -1,27 +1,27 @@
-"""Guest memory: a memfd image and the host mappings of it.
+"""Guest memory: the host mappings of memory images.
 
-A `MemoryImage` is a memfd holding part of a guest's physical memory. Sandboxes map it
-MAP_PRIVATE, so pages are shared until a guest (or the host on its behalf) writes them:
-copy-on-write. A `GuestMapping` is one VM's memory: a system image below GUEST_BASE and a guest
-image above it."""
+A `MemoryImage` (image.py) is part of a guest's physical memory: pieces of memfds or snapshot
+files. Sandboxes map it MAP_PRIVATE, so pages are shared until a guest (or the host on its
+behalf) writes them: copy-on-write. A `GuestMapping` is one VM's memory: a system image below
+GUEST_BASE and a guest image above it."""
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 import struct
-import threading
 
 from ..kvm import libc
+from .image import MemoryImage
 from .layout import GUEST_BASE, PAGE
+
+__all__ = ["GuestMapping", "MemoryImage"]
 
 # /proc/self/pagemap entry top byte: bit 7 = present (63), bit 6 = swapped (62),
 # bit 5 = file-page or shared-anon (61). Private data = (present or swapped) and not file.
 _PRIVATE_PAGE = bytes(1 if (b & 0xC0) and not (b & 0x20) else 0 for b in range(256))
 _pagemap: list[int] = []
-_view_lock = threading.Lock()          # creation of MemoryImage read views
 
 
 def _pagemap_fd() -> int:
@@ -43,7 +43,11 @@ class _page_region(ctypes.Structure):
 
 # PAGEMAP_SCAN (Linux 6.7, <linux/fs.h>): _IOWR('f', 16, struct pm_scan_arg)
 _PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(_pm_scan_arg) << 16) | (ord("f") << 8) | 16
-_PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED = 1 << 2, 1 << 3, 1 << 4
+_PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED, _PAGE_IS_PFNZERO = 1 << 2, 1 << 3, 1 << 4, 1 << 5
+# Private = present or swapped, not file-backed, and not the shared zero page (which an
+# anonymous zero background of a layered image maps on a read: it holds zeros, the image's
+# content there).
+_NOT_PRIVATE = _PAGE_IS_FILE | _PAGE_IS_PFNZERO
 _REGIONS = 512
 _scan_supported: list[bool] = []
 _ioctl = fcntl.ioctl
@@ -59,7 +63,7 @@ class _PagemapScan:
         self.words = memoryview(self.regions).cast("B").cast("Q")   # start, end, categories
         self.arg = _pm_scan_arg(size=ctypes.sizeof(_pm_scan_arg), start=start, end=end,
                                 vec=ctypes.addressof(self.regions), vec_len=_REGIONS,
-                                category_inverted=_PAGE_IS_FILE, category_mask=_PAGE_IS_FILE,
+                                category_inverted=_NOT_PRIVATE, category_mask=_NOT_PRIVATE,
                                 category_anyof_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
                                 return_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED | _PAGE_IS_FILE)
 
@@ -109,142 +113,8 @@ def _scan_private(start: int, end: int, scan: _PagemapScan | None = None) -> lis
     return out
 
 
-# copy_file_range refuses copies between file systems (EXDEV) and some file types (EINVAL...).
-_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-_COPY_CHUNK = 1 << 20
-
-
-def _copy_by_reads(src: int, dst: int, n: int, off: int) -> int:
-    """Copy up to `n` bytes at `off` from `src` to `dst` with pread/pwrite; bytes copied."""
-    data = os.pread(src, n, off)
-    view = memoryview(data)
-    pos = off
-    while view:
-        k = os.pwrite(dst, view, pos)
-        view, pos = view[k:], pos + k
-    return len(data)
-
-
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-
-
-class MemoryImage:
-    """A memfd-backed guest memory image of `size` bytes (sparse: untouched pages cost nothing)."""
-
-    def __init__(self, size: int, name: str = "snapcell-guest") -> None:
-        if size <= 0 or size % PAGE:
-            raise ValueError(f"memory size must be a positive multiple of {PAGE}: {size}")
-        self.size = size
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(self.fd, size)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.sealed = False
-        self._view: memoryview | None = None
-        self._view_addr = 0
-
-    @classmethod
-    def from_fd(cls, fd: int, size: int, immutable: bool = False) -> "MemoryImage":
-        """Adopt an existing fd (ownership passes to the image). `immutable=True` declares that
-        nobody writes the file any more (e.g. a read-only snapshot blob on disk): it then counts
-        as sealed and may back snapshots. Only private mappings (and the read-only view below)
-        are ever made of it."""
-        self = cls.__new__(cls)
-        self.size, self.fd, self.sealed = size, fd, immutable
-        self._view, self._view_addr = None, 0
-        return self
-
-    def read_view(self) -> memoryview:
-        """A read-only view of the whole image: a shared read-only mapping, made on first use
-        and kept until `close` (resetting guest pages copies from it without a system call
-        per run). Allowed on sealed memfds; pages are populated as they are read."""
-        view = self._view
-        if view is None:
-            with _view_lock:
-                view = self._view
-                if view is None:
-                    if self.fd < 0:
-                        raise OSError(errno.EBADF, "the memory image is closed")
-                    addr = libc.mmap(self.size, libc.PROT_READ, libc.MAP_SHARED, self.fd)
-                    view = memoryview((ctypes.c_ubyte * self.size).from_address(addr)).cast("B")
-                    self._view, self._view_addr = view.toreadonly(), addr
-                    view = self._view
-        return view
-
-    def data_extents(self) -> list[tuple[int, int]]:
-        """(offset, length) of the regions holding data (holes read as zeros)."""
-        out = []
-        off = 0
-        while off < self.size:
-            try:
-                start = os.lseek(self.fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.size)
-            out.append((start, end - start))
-            off = end
-        return out
-
-    def write_chunks(self, chunks: list[tuple[int, bytes]]) -> None:
-        """Write (offset, bytes) chunks with pwrite (before sealing)."""
-        for off, data in chunks:
-            if off < 0 or off + len(data) > self.size:
-                raise ValueError(f"chunk [{off:#x}, {off + len(data):#x}) outside the image")
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self.fd, view, off)
-                view, off = view[n:], off + n
-
-    def copy_data_from(self, parent: "MemoryImage") -> None:
-        """Copy the data extents of `parent` (same size) into this image, keeping holes as holes
-        (SEEK_DATA/SEEK_HOLE; tmpfs supports both), so zero pages cost nothing."""
-        if parent.size != self.size:
-            raise ValueError("images differ in size")
-        in_kernel = True
-        for start, length in parent.data_extents():
-            pos, end = start, start + length
-            while pos < end:
-                if in_kernel:
-                    try:
-                        n = os.copy_file_range(parent.fd, self.fd, end - pos, pos, pos)
-                    except OSError as e:    # EXDEV: e.g. a snapshot blob on disk -> a memfd
-                        if e.errno not in _NO_COPY_FILE_RANGE:
-                            raise
-                        in_kernel = False
-                        continue
-                else:
-                    n = _copy_by_reads(parent.fd, self.fd, min(end - pos, _COPY_CHUNK), pos)
-                if n <= 0:
-                    raise OSError(errno.EIO, "the parent image ended early")
-                pos += n
-
-    def seal(self) -> None:
-        """Make the image immutable (F_SEAL_WRITE|SHRINK|GROW|SEAL): snapshots share it safely."""
-        if not self.sealed:
-            import fcntl
-            fcntl.fcntl(self.fd, libc.F_ADD_SEALS, libc.F_SEAL_WRITE | libc.F_SEAL_SHRINK
-                        | libc.F_SEAL_GROW | libc.F_SEAL_SEAL)
-            self.sealed = True
-
-    def close(self) -> None:
-        """Close the memfd and drop the read view (guests' private mappings stay valid)."""
-        view = getattr(self, "_view", None)
-        if view is not None:
-            self._view = None
-            view.release()
-            libc.munmap(self._view_addr, self.size)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class GuestMapping:
@@ -263,9 +133,10 @@ class GuestMapping:
         self.view = memoryview((ctypes.c_ubyte * size).from_address(self.addr)).cast("B")
         self._scan = _PagemapScan(self.addr + GUEST_BASE, self.addr + size)
 
-    def _map(self, gpa: int, length: int, fd: int) -> None:
+    def _map(self, gpa: int, length: int, fd: int, offset: int = 0) -> None:
         libc.mmap(length, libc.PROT_READ | libc.PROT_WRITE,
-                  libc.MAP_PRIVATE | libc.MAP_NORESERVE | libc.MAP_FIXED, fd, 0, self.addr + gpa)
+                  libc.MAP_PRIVATE | libc.MAP_NORESERVE | libc.MAP_FIXED, fd, offset,
+                  self.addr + gpa)
 
     def map_system(self, image: MemoryImage) -> None:
         """Privately map the system image at guest address 0."""
@@ -274,11 +145,19 @@ class GuestMapping:
         self._map(0, GUEST_BASE, image.fd)
 
     def map_guest(self, image: MemoryImage) -> None:
-        """Privately map a guest image at GUEST_BASE, discarding every private page there."""
+        """Privately map a guest image at GUEST_BASE, discarding every private page there: an
+        anonymous zero background when the pieces leave holes, then one MAP_FIXED|MAP_PRIVATE
+        mmap per piece at its backing offset."""
         if image.size != self.size - GUEST_BASE:
             raise ValueError(f"guest image of {image.size:#x} bytes does not fit a "
                              f"{self.size - GUEST_BASE:#x}-byte guest range")
-        self._map(GUEST_BASE, image.size, image.fd)
+        pieces = image.pieces
+        if not image.tiles:
+            libc.mmap(image.size, libc.PROT_READ | libc.PROT_WRITE,
+                      libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE | libc.MAP_FIXED,
+                      -1, 0, self.addr + GUEST_BASE)
+        for off, n, backing, boff in pieces:
+            self._map(GUEST_BASE + off, n, backing.fd, boff)
 
     def release(self) -> None:
         """Drop every mapping's pages and file references (anonymous zero memory again)."""

@@ -27,8 +27,16 @@ from ..guest.loader import system_images
 from ..guest.values import check_value
 from ..machine import Machine
 from ..machine.features import CpuFeatures, host_features, hypervisor_name
-from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Segment, segment_regions, system_regions
-from ..machine.memory import MemoryImage
+from ..machine.image import MERGE_GAP, MemoryImage, merge_runs
+from ..machine.layout import (
+    GUEST_BASE,
+    PAGE,
+    AddressSpace,
+    MemoryLayout,
+    Segment,
+    segment_regions,
+    system_regions,
+)
 from .arguments import check_from_snapshot_arguments
 from .config import LAYOUT_FIELDS, SandboxConfiguration
 from .core import Core, SandboxStatus
@@ -48,6 +56,40 @@ def address_space(layout: MemoryLayout, segments: tuple[Segment, ...]) -> Addres
     """What the guest may touch at CPL3 in this layout (cached: layouts repeat)."""
     return AddressSpace(system_regions(layout) + segment_regions(list(segments))
                         + layout.user_regions())
+
+
+def _dirty_chunks(view: memoryview, dirty: list[tuple[int, int]], base: MemoryImage,
+                  originals: Mapping[int, int]) -> list[tuple[int, bytearray]]:
+    """(image offset, bytes) of the guest's dirty page runs — runs at most MERGE_GAP apart
+    merged, the clean pages in between read from `base` (the mapped image: with pread, which
+    fails cleanly where a mapping of a truncated file would fault), so an image's pieces stay
+    few — with the original bytes under debugger breakpoints put back (breakpoints never leak
+    into snapshots)."""
+    own = sorted((addr - GUEST_BASE, n) for addr, n in dirty)
+    originals = {a: b for a, b in originals.items() if GUEST_BASE <= a < len(view)}
+    extra = [((a - GUEST_BASE) - (a - GUEST_BASE) % PAGE, PAGE) for a in originals]
+    chunks = []
+    j = 0
+    for off, n in merge_runs(own + extra, MERGE_GAP):
+        buf = bytearray(n)
+        pos = off
+        while j < len(own) and own[j][0] < off + n:
+            a, k = own[j]
+            j += 1
+            if a > pos:
+                buf[pos - off:a - off] = base.read(pos, a - pos)
+            buf[a - off:a - off + k] = view[GUEST_BASE + a:GUEST_BASE + a + k]
+            pos = a + k
+        if pos < off + n:
+            buf[pos - off:] = base.read(pos, off + n - pos)
+        chunks.append((off, buf))
+    for addr, b in originals.items():
+        off = addr - GUEST_BASE
+        for a, data in chunks:
+            if a <= off < a + len(data):
+                data[off - a] = b
+                break
+    return chunks
 
 
 def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> bool:
@@ -327,21 +369,18 @@ class MultiUseSandbox:
             raise SnapshotStateError(f"the guest's CPU state cannot be snapshotted: {problem}")
         regs.rflags = sanitize_rflags(int(regs.rflags))
         base = self._mapped.image
-        image = MemoryImage(base.size, "snapcell-snapshot")
         try:
-            image.copy_data_from(base)
-            chunks = [(addr - GUEST_BASE, machine.memory.view[addr:addr + n])
-                      for addr, n in machine.memory.dirty_guest_pages()]
-            image.write_chunks(chunks)   # type: ignore[arg-type]
-            if core.debugger is not None:    # breakpoints never leak into snapshots
-                image.write_chunks([(addr - GUEST_BASE, bytes([b]))
-                                    for addr, b in core.debugger.original_bytes().items()])
-            image.seal()
-            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
+            chunks = _dirty_chunks(machine.memory.view, machine.memory.dirty_guest_pages(), base,
+                                   core.debugger.original_bytes() if core.debugger is not None
+                                   else {})
+            # O(dirty): the mapped image's pieces overlaid by the dirty runs (one new memfd),
+            # flattened into one memfd beyond MAX_PIECES pieces (machine/image.py)
+            image = base.overlaid(chunks, "snapcell-snapshot")
         except OSError as e:         # e.g. the blob of a map-mode snapshot was truncated
-            image.close()
             raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
                                   e.errno) from None
+        try:
+            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
         except BaseException:
             image.close()
             raise

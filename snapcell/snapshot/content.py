@@ -10,7 +10,10 @@
   layer file changes its identity, so a modified layout never hits the cache. An entry is
   `trusted` when every layer was hashed (or vouched for by the verified-content record) when it
   was built: only trusted entries serve `checked_load`. Bounded by entries and bytes (LRU;
-  `set_cache_limits`, or SNAPCELL_IMAGE_CACHE_ENTRIES / SNAPCELL_IMAGE_CACHE_BYTES)."""
+  `set_cache_limits`, or SNAPCELL_IMAGE_CACHE_ENTRIES / SNAPCELL_IMAGE_CACHE_BYTES).
+  Images that map snapshot files (copy-on-write loads, `mode="map"`, and their descendants) are
+  kept apart from private ones: a copy-mode load is only ever served a private image (which
+  nothing done to the files can reach); a map-mode load may be served either."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ CACHE_ENTRIES = _env_int("SNAPCELL_IMAGE_CACHE_ENTRIES", 8)
 CACHE_BYTES = _env_int("SNAPCELL_IMAGE_CACHE_BYTES", 1 << 30)
 Identity = tuple[str, int, int, int, int, int]
 Key = tuple[Identity, ...]
+_Slot = tuple[bool, Key]              # (maps files, chain key)
 LayoutKey = tuple[int, int]
 
 
@@ -61,7 +65,7 @@ class _Entry:
 
 _lock = threading.Lock()
 _chains: "weakref.WeakKeyDictionary[Snapshot, dict[LayoutKey, Chain]]" = weakref.WeakKeyDictionary()
-_cache: "OrderedDict[Key, _Entry]" = OrderedDict()
+_cache: "OrderedDict[_Slot, _Entry]" = OrderedDict()
 
 
 def layout_key(root_fd: int) -> LayoutKey:
@@ -90,24 +94,43 @@ def chain_of(snapshot: Snapshot | None, layout: LayoutKey) -> Chain | None:
         return _chains.get(snapshot, {}).get(layout)
 
 
-def cached(key: Key) -> tuple[MemoryImage, bool] | None:
-    """(image, trusted) for a chain with exactly these layer identities, if cached."""
+def _slots(key: Key, mapped: bool) -> tuple[_Slot, ...]:
+    """Where to look for `key`: the private image first, then (when allowed) a mapped one."""
+    return ((False, key), (True, key)) if mapped else ((False, key),)
+
+
+def cached(key: Key, mapped: bool = False, trusted_only: bool = False
+           ) -> tuple[MemoryImage, bool] | None:
+    """(image, trusted) for a chain with exactly these layer identities, if cached: a private
+    image, or with `mapped` also one that maps the layer files (a private one first);
+    `trusted_only` skips untrusted entries."""
     with _lock:
-        e = _cache.get(key)
-        if e is None or e.image.fd < 0:
-            return None
-        _cache.move_to_end(key)
-        return e.image, e.trusted
+        for slot in _slots(key, mapped):
+            e = _cache.get(slot)
+            if e is not None and not e.image.closed and (e.trusted or not trusted_only):
+                _cache.move_to_end(slot)
+                return e.image, e.trusted
+    return None
 
 
-def longest_prefix(key: Key, trusted_only: bool) -> tuple[int, MemoryImage, bool] | None:
-    """The longest proper prefix of `key` that is cached: (layer count, image, trusted)."""
+def holds_trusted(key: Key, image: MemoryImage) -> bool:
+    """Whether `image` itself is cached, trusted, as the chain `key` (private or mapped)."""
+    with _lock:
+        return any(e is not None and e.image is image and e.trusted
+                   for e in (_cache.get(slot) for slot in _slots(key, True)))
+
+
+def longest_prefix(key: Key, trusted_only: bool, mapped: bool = False
+                   ) -> tuple[int, MemoryImage, bool] | None:
+    """The longest proper prefix of `key` that is cached: (layer count, image, trusted); with
+    `mapped` an image mapping the files may serve."""
     with _lock:
         for n in range(len(key) - 1, 0, -1):
-            e = _cache.get(key[:n])
-            if e is not None and e.image.fd >= 0 and (e.trusted or not trusted_only):
-                _cache.move_to_end(key[:n])
-                return n, e.image, e.trusted
+            for slot in _slots(key[:n], mapped):
+                e = _cache.get(slot)
+                if e is not None and not e.image.closed and (e.trusted or not trusted_only):
+                    _cache.move_to_end(slot)
+                    return n, e.image, e.trusted
     return None
 
 
@@ -127,15 +150,17 @@ def _evict() -> None:
 
 
 def put(key: Key, image: MemoryImage, trusted: bool, stored: int) -> None:
-    """Cache a sealed image (an existing trusted entry is never downgraded)."""
+    """Cache a sealed image (an existing trusted entry is never downgraded), as a private or a
+    mapped entry according to what the image is made of."""
     if stored > CACHE_BYTES or CACHE_ENTRIES == 0:
         return
+    slot = (image.maps_files, key)
     with _lock:
-        old = _cache.get(key)
-        if old is not None and old.trusted and not trusted and old.image.fd >= 0:
+        old = _cache.get(slot)
+        if old is not None and old.trusted and not trusted and not old.image.closed:
             return
-        _cache[key] = _Entry(image, trusted, stored)
-        _cache.move_to_end(key)
+        _cache[slot] = _Entry(image, trusted, stored)
+        _cache.move_to_end(slot)
         _evict()
 
 

@@ -192,13 +192,11 @@ def _write_layer(image: MemoryImage, source: Iterable[tuple[int, int]], base_lay
         off, end = start, start + length
         while off < end:
             want = min(COPY_CHUNK, end - off)
-            chunk = os.pread(image.fd, want, off)
-            if len(chunk) != want:
-                raise fail("the memory image ended early")
+            chunk = image.read(off, want)
             if base_layer:
                 runs = _nonzero_runs(chunk, off)
             elif parent is not None:
-                runs = _changed_runs(chunk, os.pread(parent.fd, want, off), off)
+                runs = _changed_runs(chunk, parent.read(off, want), off)
             else:
                 runs = [(off, want)]
             for a, n in runs:

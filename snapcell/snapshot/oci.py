@@ -168,32 +168,46 @@ def check_lineage(r: "Reader", e: Entry) -> None:
                    f"({parent.config.generation})")
 
 
-def _compose(fds: list[int], e: Entry, verify: bool,
-             progress: Progress | None) -> tuple[MemoryImage, bool]:
+def _compose(fds: list[int], e: Entry, verify: bool, progress: Progress | None,
+             mode: str = "copy") -> tuple[MemoryImage, bool]:
     """The memory image of a format-2 chain: from the process image cache when this exact chain
-    (same files, unchanged) is cached, else copied layer by layer into a new sealed memfd —
-    starting from the longest cached prefix — hashing what is copied unless the
-    verified-content record vouches for the file. Returns (image, trusted)."""
+    (same files, unchanged) is cached, else built from the longest cached prefix — copied layer
+    by layer into a new sealed memfd (`mode="copy"`, hashing what is copied unless the
+    verified-content record vouches for the file), or mapped copy-on-write from the layer files
+    (`mode="map"`, `_map_layers`). A copy-mode load is only served private images; a map-mode
+    load may be served a private or a mapped one. Returns (image, trusted)."""
     size = e.config.memory_size
     descs = e.manifest.layers
     n = len(descs)
     tables = [layers.read_table(fd, d.size, size, _layer_what(i, n, d))
               for i, (fd, d) in enumerate(zip(fds, descs))]
+    mapped = mode == "map"
+    if mapped:
+        for i, (fd, d) in enumerate(zip(fds, descs)):
+            if os.fstat(fd).st_nlink > 1:
+                raise SnapshotFormatError(
+                    f"{_layer_what(i, n, d)} ({d.digest}) has other hard links; mode='map' "
+                    "refuses it (it could be modified through another name): use mode='copy'")
     key = tuple(content.identity(d.digest, fd) for fd, d in zip(fds, descs))
     vouched = [verified.is_verified(fd, d.digest) for fd, d in zip(fds, descs)]
-    hit = content.cached(key)
-    if hit is not None and (not verify or hit[1] or all(vouched)):
+    hit = content.cached(key, mapped=mapped, trusted_only=verify and not all(vouched))
+    if hit is not None:
         if progress is not None:
             progress(size)
         return hit[0], hit[1] or all(vouched)
+    prefix = content.longest_prefix(key, trusted_only=verify and not all(vouched), mapped=mapped)
+    first = prefix[0] if prefix is not None else 0
+    trusted = prefix is None or prefix[2] or all(vouched[:first])
+    if mapped:
+        image = _map_layers(fds, tables, e, verify, vouched, first,
+                            prefix[1] if prefix is not None else None, progress)
+        trusted = trusted and all(verify or v for v in vouched[first:])
+        content.put(key, image, trusted, size)
+        return image, trusted
     image = MemoryImage(size, "snapcell-loaded")
     try:
-        first = 0
-        prefix = content.longest_prefix(key, trusted_only=verify and not all(vouched))
         if prefix is not None:
-            first = prefix[0]
             image.copy_data_from(prefix[1])
-        trusted = prefix is None or prefix[2] or all(vouched[:first])
         for i in range(first, n):
             fd, d = fds[i], descs[i]
             hash_it = verify and not vouched[i]
@@ -214,6 +228,45 @@ def _compose(fds: list[int], e: Entry, verify: bool,
     return image, trusted
 
 
+def _map_layers(fds: list[int], tables: list[layers.LayerTable], e: Entry, verify: bool,
+                vouched: list[bool], first: int, base: MemoryImage | None,
+                progress: Progress | None) -> MemoryImage:
+    """The copy-on-write image of layers `first`… of a chain over `base` (the cached image of
+    the layers before, or None): each layer's large extents are mapped from its file (every
+    extent starts page-aligned in the blob), small ones and whatever exceeds the piece cap are
+    copied (`MemoryImage.from_files`). With `verify`, each layer file the verified-content
+    record does not vouch for is hashed first; every file's identity must be unchanged after."""
+    descs = e.manifest.layers
+    n = len(descs)
+    before = [content.identity(d.digest, fd) for fd, d in zip(fds, descs)]
+    hashed = []
+    for i in range(first, n):
+        if verify and not vouched[i]:
+            check_digest(sha256_fd(fds[i], descs[i].size, progress), descs[i],
+                         _layer_what(i, n, descs[i]))
+            hashed.append(i)
+        elif progress is not None:
+            progress(descs[i].size)
+    spec = []
+    for i in range(first, n):
+        pos, extents = 0, []
+        for off, length in tables[i].extents:
+            extents.append((off, length, pos))
+            pos += length
+        spec.append((fds[i], extents))
+    image = MemoryImage.from_files(e.config.memory_size, spec, base)
+    try:
+        for i in range(first, n):
+            if content.identity(descs[i].digest, fds[i]) != before[i]:
+                raise fail(f"{_layer_what(i, n, descs[i])} changed while being read")
+    except BaseException:
+        image.close()
+        raise
+    for i in hashed:
+        verified.record(fds[i], descs[i].digest)
+    return image
+
+
 @no_raw_os_errors("loading the snapshot")
 def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False, *,
          mode: str = "copy", progress: Progress | None = None) -> Snapshot:
@@ -230,10 +283,11 @@ def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False
     `mode="copy"` (the default) copies the layers' stored bytes into a private sealed memfd:
     what `verify` hashes is that copy, and nothing done to the files afterwards (rewrite,
     truncation) reaches the snapshot. Repeated loads of an unchanged chain reuse the process's
-    cached image. `mode="map"` (format-1 layouts only: the raw blob is the image) keeps the blob
-    file itself as the image (zero-copy: sandboxes map it MAP_PRIVATE): the file must then not be
-    modified or truncated while the snapshot is in use — a truncation makes host accesses fault
-    with SIGBUS — and a hard-linked blob (st_nlink > 1) is refused."""
+    cached image. `mode="map"` keeps the blob files themselves as the image (zero-copy:
+    sandboxes map them MAP_PRIVATE; a format-1 blob is the image, a format-2 chain's extents
+    are mapped copy-on-write, later layers over earlier ones, small extents copied): the files
+    must then not be modified or truncated while the snapshot is in use — a truncation makes
+    host accesses fault with SIGBUS — and a hard-linked blob (st_nlink > 1) is refused."""
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {', '.join(LOAD_MODES)}, not {mode!r}")
     ref = check_ref(ref)
@@ -248,13 +302,9 @@ def load(path: str | os.PathLike[str], ref: str = "latest", verify: bool = False
         if e.manifest.version == 1:
             image = _load_v1(r, e, verify, mode, progress)
         else:
-            if mode == "map":
-                raise SnapshotStateError(
-                    "mode='map' needs a format-1 layout (one raw memory blob); format-2 layers "
-                    "store extents, not an image, and are always copied: use mode='copy'")
             fds = _open_layers(r, e)
             try:
-                image, _ = _compose(fds, e, verify, progress)
+                image, _ = _compose(fds, e, verify, progress, mode)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -394,7 +444,7 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "la
     encode_config(snapshot)                     # SnapshotStateError for pre-init snapshots
     image = snapshot.image
     size = snapshot.layout.memory_size - GUEST_BASE
-    if image.size != size or image.fd < 0:
+    if image.size != size or image.closed:
         raise SnapshotStateError("the snapshot's memory image is closed or has the wrong size")
     with Writer(path) as w:
         where = content.layout_key(w.root)
@@ -419,8 +469,7 @@ def save(snapshot: Snapshot, path: str | os.PathLike[str], tag: str | None = "la
             parent = parent_chain.digest
             # the new image is the parent chain's content only if the base image is
             parent_key = tuple(w.identity(x) for x in parent_chain.layers)
-            hit = content.cached(parent_key)
-            trusted = hit is not None and base is not None and hit[0] is base.image and hit[1]
+            trusted = base is not None and content.holds_trusted(parent_key, base.image)
         else:
             new_layer = _write_layer(w, image, None, progress)
             assert isinstance(new_layer, Descriptor)

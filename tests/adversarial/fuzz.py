@@ -5,7 +5,8 @@
   type checks against the declared signatures, host-function dispatch).
 - ``snapshots``: mutated OCI layouts — JSON fields changed and re-digested so that the
   mutation reaches deep validation, raw byte flips, truncated and extended blobs — loaded with
-  `Snapshot.load` / `checked_load`, and run when accepted.
+  `Snapshot.load` / `checked_load`, in both load modes (copy, and map: format-2 layers mapped
+  copy-on-write), and run when accepted.
 
 Invariant: the host only ever raises snapcell errors, host functions only ever see arguments of
 their declared types, no descriptor leaks, and a sandbox restored after any mutation computes
@@ -362,6 +363,7 @@ def _open_fds() -> int:
 def fuzz_snapshots(snapshot: Snapshot, host_functions: HostFunctions, seconds: float, seed: int,
                    max_mutations: int | None = None) -> Stats:
     """Load mutated copies of `snapshot`'s saved layout for `seconds`."""
+    from snapcell.snapshot import content
     rng = random.Random(seed)
     stats = Stats("snapshots")
     with tempfile.TemporaryDirectory(prefix="snapcell-fuzz-") as tmp:
@@ -376,15 +378,21 @@ def fuzz_snapshots(snapshot: Snapshot, host_functions: HostFunctions, seconds: f
             what = mutator.make(work)
             stats.mutations += 1
             loader = Snapshot.checked_load if rng.random() < 0.3 else Snapshot.load
+            mode = "map" if rng.random() < 0.4 else "copy"   # map: the layers mapped CoW
+            if mode == "map":
+                content.clear()              # (else a cached private image may serve it)
             try:
-                snap = loader(str(work), "base")
+                snap = loader(str(work), "base", mode=mode)
             except SnapcellError as e:
                 stats.count(type(e).__name__)
                 continue
             except Exception as e:
-                stats.crashes.append(f"{what}: {loader.__name__}: {type(e).__name__}: {e}")
+                stats.crashes.append(f"{what}: {loader.__name__} ({mode}): "
+                                     f"{type(e).__name__}: {e}")
                 continue
             stats.count("loaded")
+            if snap.image.maps_files:
+                stats.count("mapped")
             try:
                 with MultiUseSandbox.from_snapshot(snap, host_functions=host_functions) as sb:
                     sb.call("Probe", timeout=1.0)     # a mutated image may loop forever

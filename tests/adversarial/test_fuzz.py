@@ -38,3 +38,4 @@ def test_fuzz_snapshot_files(adversary: str) -> None:
     assert stats.mutations > 20
     assert not stats.crashes, "\n".join(stats.crashes[:10])
     assert stats.outcomes.get("SnapshotFormatError")
+    assert stats.outcomes.get("mapped"), stats.outcomes     # map mode really mapped layers
