@@ -31,6 +31,15 @@ from .test_snapshot_files import blob_path, manifest_of
 CONFIG = SandboxConfiguration(heap_size=8 << 20)       # room for writes far apart
 
 
+@pytest.fixture(scope="module", autouse=True)
+def always_layer() -> Iterator[None]:
+    """Images layer whatever their size in this module (its guests hold a few MiB: below
+    FLATTEN_BELOW snapshot() would flatten them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(image_mod, "FLATTEN_BELOW", 0)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """An empty image cache and warm pool around each test."""
@@ -360,3 +369,24 @@ def test_map_mode_risk_a_file_changed_after_load_reaches_sandboxes(chain: Path,
         assert sb.call("ReadAddress", addr) == before ^ 0x5A5A     # the change reached it
     with MultiUseSandbox.from_snapshot(copied, host_functions=make_host_functions()) as sb:
         assert sb.call("ReadAddress", addr) == before              # the private copy did not
+
+
+def test_small_images_are_flattened_not_layered(monkeypatch: pytest.MonkeyPatch,
+                                                simpleguest: str) -> None:
+    """Below FLATTEN_BELOW bytes of data a snapshot is one memfd (one VMA per sandbox: the
+    restore path's PAGEMAP_SCAN walks one mapping); above it, the dirty runs are overlaid."""
+    with UninitializedSandbox(simpleguest, config=CONFIG,
+                              host_functions=make_host_functions()).evolve() as sb:
+        sb.call("AllocAndWritePattern", 2 << 20)
+        data = sum(n for _, n in sb._snapshot.image.data_extents())
+        monkeypatch.setattr(image_mod, "FLATTEN_BELOW", data)
+        small = sb.snapshot()
+        assert len(small.image.pieces) == 1
+        sb.call("AddToStatic", 1)
+        monkeypatch.setattr(image_mod, "FLATTEN_BELOW", 0)
+        layered = sb.snapshot()
+        assert len(layered.image.pieces) > 1
+        assert image_bytes(flat(layered)) == image_bytes(layered)
+        sb.restore(small)
+        assert guest_bytes(sb) == image_bytes(small)
+        assert sb.call("GetStatic") == 0

@@ -34,6 +34,11 @@ from .layout import PAGE
 MAX_PIECES = 64               # pieces (= VMAs per sandbox) of an image before it is flattened
 MERGE_GAP = 64 << 10          # dirty runs this close are stored as one run (clean bytes copied)
 SMALL_EXTENT = 64 << 10       # file extents below this are copied, not mapped (from_files)
+# An image holding at most this much data is flattened by `overlaid` rather than layered: the
+# copy costs at most a few ms once, while every piece costs each restore and pooled
+# from_snapshot of the snapshot (one more VMA for PAGEMAP_SCAN to walk: ten pieces measured
+# +2.9 µs per restore, ~15 %; docs/benchmarks.md, restore_16MiB).
+FLATTEN_BELOW = 4 << 20
 
 _view_lock = threading.Lock()          # creation of MemoryImage read views
 # copy_file_range refuses copies between file systems (EXDEV) and some file types (EINVAL...).
@@ -418,21 +423,26 @@ class MemoryImage:
         """A new sealed image equal to this (sealed) one with `chunks` (sorted, disjoint,
         page-aligned (offset, bytes)) written over it. The chunks go into one new sparse memfd
         at their image offsets and the result is this image's pieces overlaid by them: the cost
-        is the chunks', not the image's. When that would take more than `max_pieces` pieces the
-        result is flattened into one memfd (a copy of this image's data plus the chunks);
-        `max_pieces` defaults to MAX_PIECES."""
+        is the chunks', not the image's. When that would take more than `max_pieces` pieces, or
+        this image holds at most FLATTEN_BELOW bytes of data, the result is flattened into one
+        memfd (a copy of this image's data plus the chunks); `max_pieces` defaults to
+        MAX_PIECES."""
         if not self.sealed:
             raise ValueError("only a sealed image can be overlaid")
-        layer = MemoryImage(self.size, name)
+        cap = MAX_PIECES if max_pieces is None else max_pieces
+        small = sum(n for _, n in self.data_extents()) <= FLATTEN_BELOW
+        layer = None if small else MemoryImage(self.size, name)     # small: flattened below
         try:
-            layer.write_chunks(chunks)
-            layer.seal()
-            backing = layer._pieces[0][2]
-            pieces = overlay(self.pieces, [(off, len(d), backing, off) for off, d in chunks])
-            if len(pieces) <= (MAX_PIECES if max_pieces is None else max_pieces):
-                return MemoryImage.compose(self.size, pieces)
+            if layer is not None:
+                layer.write_chunks(chunks)
+                layer.seal()
+                backing = layer._pieces[0][2]
+                pieces = overlay(self.pieces, [(off, len(d), backing, off) for off, d in chunks])
+                if len(pieces) <= cap:
+                    return MemoryImage.compose(self.size, pieces)
         finally:
-            layer.close()
+            if layer is not None:
+                layer.close()
         flat = MemoryImage(self.size, name)
         try:
             flat.copy_data_from(self)

@@ -17,6 +17,27 @@ from snapcell.machine import image
 from snapcell.machine.image import MemoryImage, coalesce, fill_gaps, merge_runs, overlay
 from snapcell.machine.layout import PAGE
 
+
+@pytest.fixture(scope="module", autouse=True)
+def always_layer() -> object:
+    """These images hold a few pages: without this, overlaid() would flatten them (see
+    test_small_images_flatten)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(image, "FLATTEN_BELOW", 0)
+        yield
+
+
+def test_small_images_flatten(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = MemoryImage(64 * PAGE)
+    base.write_chunks([(0, b"\1" * PAGE)])
+    base.seal()
+    monkeypatch.setattr(image, "FLATTEN_BELOW", PAGE)          # one page of data: small
+    child = base.overlaid([(8 * PAGE, b"\2" * PAGE)])
+    assert len(child.pieces) == 1
+    assert bytes(child.read_view()) == b"\1" * PAGE + bytes(7 * PAGE) + b"\2" * PAGE + bytes(55 * PAGE)
+    monkeypatch.setattr(image, "FLATTEN_BELOW", 0)
+    assert len(base.overlaid([(8 * PAGE, b"\2" * PAGE)]).pieces) > 1
+
 PAGES = 48
 SIZE = PAGES * PAGE
 
