@@ -223,8 +223,14 @@ class Core:
                 handle._call = call_id
                 handle._thread = _get_ident()
                 try:
+                    run = self.machine.run
                     try:
-                        port = self.machine.run()
+                        port = run()
+                        while port == OUT_HOSTCALL:        # host calls, served right here
+                            self._host_call()
+                            if handle._cancel == call_id:
+                                self._cancel(handle)
+                            port = run()
                     except (InterruptedError, MachineFailure) as e:
                         self._loop(handle, call_id, e)
                     else:
