@@ -355,6 +355,61 @@ class HostCallCodec:
         self._ret_unchanged = compile_value_check(_arg_kind(ret))
         self._fixed_reply = compile_fixed_reply(ret)
 
+    def server(self, name: str, fn: Callable[..., Any]) -> Callable[[Any, str], bytes | None]:
+        """`serve(args, ret_name)`: the host function `fn` (registered as `name` with this
+        codec's signature) applied to a decoded request and its framed reply, in one compiled
+        function — the host-call fast path. None, before `fn` is called, when the request is
+        not exactly what decode_args would pass on unchanged (another return type or argument
+        count, a value not exactly of its type or out of range): the caller then takes the
+        general path, which names the problem. What `fn` raises propagates; a result that does
+        not fit the return type gives the framed error reply."""
+        kinds = tuple(_arg_kind(t) for t in self.params)
+        names = [f"v{i}" for i in range(len(kinds))]
+        lines = ["def serve(a, r):"]
+        if all(k[0] in _CHECK_TEMPLATES for k in kinds):
+            lines.append(f"    if r != {self.ret_name!r} or len(a) != {len(kinds)}:")
+            lines.append("        return None")
+            if kinds:
+                lines.append(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = a")
+                checks = " and ".join(_CHECK_TEMPLATES[k[0]].format(v=v, lo=int(k[1]), hi=int(k[2]))
+                                      for v, k in zip(names, kinds))
+                lines.append(f"    if not ({checks}):")
+                lines.append("        return None")
+            lines.append(f"    res = _fn({', '.join(names)})")
+        else:
+            lines.append(f"    if r != {self.ret_name!r} or not _args_ok(a):")
+            lines.append("        return None")
+            lines.append("    res = _fn(*a)")
+        ret = self.ret
+        scope: dict[str, Any] = {"_fn": fn, "_args_ok": self.args_unchanged,
+                                 "_other": lambda res: self._reply_or_error(name, res)}
+        if ret is ValueType.VOID:
+            scope["_nil"] = _LEN.pack(3) + _REPLY_OK + _double.pack(None)
+            lines += ["    if res is None:", "        return _nil"]
+        elif ret is ValueType.BOOL or ret in _FIXED_FORMS:
+            kind = _arg_kind(ret)
+            check = _CHECK_TEMPLATES[kind[0]].format(v="res", lo=int(kind[1]), hi=int(kind[2]))
+            if ret is ValueType.BOOL:
+                fmt, value, size = ">6sB", "195 if res else 194", 3
+            else:
+                byte, code = _FIXED_FORMS[ret]
+                fmt, value = f">6sB{code}", f"{byte}, res"
+                size = 3 + struct.calcsize(f">{code}")
+            scope["_pack"], scope["_prefix"] = struct.Struct(fmt).pack, _LEN.pack(size) + _REPLY_OK
+            lines += [f"    if {check}:", f"        return _pack(_prefix, {value})"]
+        lines.append("    return _other(res)")
+        exec(compile("\n".join(lines) + "\n", "<snapcell.guest.codec.HostCallCodec.server>",
+                     "exec"), scope)  # noqa: S102
+        serve: Callable[[Any, str], bytes | None] = scope["serve"]
+        return serve
+
+    def _reply_or_error(self, name: str, result: Any) -> bytes:
+        try:
+            return self.reply_frame(result)
+        except CodecError as e:
+            payload = encode_reply_error(f"host function {name!r} returned a bad value: {e}")
+            return _LEN.pack(len(payload)) + payload
+
     def reply_frame(self, result: Any) -> bytes:
         """`reply(result)` with its length prefix (fixed-width forms for fixed-size types, see
         compile_fixed_reply): what goes into the input buffer. CodecError as `reply`."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import enum
 import struct
 import threading
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from ..errors import (
@@ -43,6 +44,14 @@ _U64 = struct.Struct("<Q")
 _get_ident = threading.get_ident
 
 
+# a registered host function: (registry version, function, codec, compiled server)
+_HostEntry = tuple[int, HostFunction, HostCallCodec, Callable[[Any, str], "bytes | None"]]
+
+
+_servers: "weakref.WeakKeyDictionary[HostFunction, Callable[[Any, str], bytes | None]]" = \
+    weakref.WeakKeyDictionary()
+
+
 def _bad_result(name: str, error: CodecError) -> bytes:
     return codec.encode_reply_error(f"host function {name!r} returned a bad value: {error}")
 
@@ -75,7 +84,7 @@ class Core:
         self.poison_reason: SnapcellError | None = None
         self._functions: Mapping[str, Signature] = {}
         self.codecs: dict[str, CallCodec] = {}     # name → codec, filled by call_codec()
-        self._host_codecs: dict[str, tuple[int, HostFunction, HostCallCodec]] = {}
+        self._host_codecs: dict[str, _HostEntry] = {}
         self.debugger: DebugHook | None = None
         self._busy = threading.Lock()              # held for the duration of a guest call
         self._syscalls: SyscallHost | None = None      # made at the first syscall exit
@@ -404,41 +413,43 @@ class Core:
             entry = self._host_entry(name)
         if entry is None:
             reply = codec.encode_reply_error(f"host function {name!r} is not registered")
-        elif ret_name == entry[2].ret_name and entry[2].args_unchanged(args):
-            # the common case: arguments usable as they are (count and exact types checked)
-            try:
-                result = entry[1].fn(*args)
-            except Exception as e:  # the guest sees the host function's failure
-                reply = codec.encode_reply_error(f"host function {name!r} raised "
-                                                 f"{type(e).__name__}: {e}")
-            else:
-                try:
-                    framed = entry[2].reply_frame(result)
-                except CodecError as e:
-                    reply = _bad_result(name, e)
-                else:
-                    n = len(framed)
-                    if n <= layout.input_size:
-                        addr = layout.input_addr
-                        view[addr:addr + n] = framed
-                        return
-                    reply = framed[FRAME_HEADER:]          # too large: an error reply below
         else:
-            reply = self._invoke(name, entry[1], entry[2], args, ret_name)
+            # the common case: arguments usable as they are, served by one compiled function
+            # (HostCallCodec.server); None means "not exactly that", decided in full below
+            try:
+                framed = entry[3](args, ret_name)
+            except Exception as e:  # the guest sees the host function's failure
+                framed, reply = None, codec.encode_reply_error(
+                    f"host function {name!r} raised {type(e).__name__}: {e}")
+            else:
+                if framed is None:
+                    reply = self._invoke(name, entry[1], entry[2], args, ret_name)
+            if framed is not None:
+                n = len(framed)
+                if n <= layout.input_size:
+                    addr = layout.input_addr
+                    view[addr:addr + n] = framed
+                    return
+                reply = framed[FRAME_HEADER:]              # too large: an error reply below
         addr, size = layout.input_addr, layout.input_size
         try:
             codec.write_frame(view, addr, size, reply)
         except CodecError as e:
             codec.write_frame(view, addr, size, codec.encode_reply_error(f"{name}: {e}"))
 
-    def _host_entry(self, name: str) -> tuple[int, HostFunction, HostCallCodec] | None:
-        """The registered host function `name` with its codec, cached under the registry's
-        version (any registration changes it); None when no such function is registered."""
+    def _host_entry(self, name: str) -> _HostEntry | None:
+        """The registered host function `name` with its codec and compiled server, cached
+        under the registry's version (any registration changes it); None when no such
+        function is registered."""
         registry = self.host_functions
         hf = registry.get(name)
         if hf is None:
             return None
-        entry = (registry.version, hf, codec.host_call_codec(hf.signature.params, hf.signature.ret))
+        hc = codec.host_call_codec(hf.signature.params, hf.signature.ret)
+        serve = _servers.get(hf)
+        if serve is None:                 # compiled once per registered function, not per sandbox
+            serve = _servers[hf] = hc.server(name, hf.fn)
+        entry = (registry.version, hf, hc, serve)
         self._host_codecs[name] = entry
         return entry
 

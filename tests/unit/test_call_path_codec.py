@@ -206,3 +206,45 @@ def test_fixed_replies_equal_the_general_reply(ret: ValueType) -> None:
     for bad in (True if ret is not ValueType.BOOL else 1, "x" if ret is not ValueType.STR else 1):
         with pytest.raises(codec.CodecError):
             hc.reply_frame(bad)
+
+
+RET_TYPES = FIXED + [ValueType.VOID, ValueType.STR, ValueType.BYTES, ValueType.F32]
+
+
+@given(st.lists(st.sampled_from(ARG_TYPES), max_size=4), st.sampled_from(RET_TYPES), st.data())
+def test_the_compiled_host_server_equals_the_general_path(params: list[ValueType],
+                                                           ret: ValueType,
+                                                           data: st.DataObject) -> None:
+    hc = codec.HostCallCodec(tuple(params), ret)
+    args = [data.draw(ANY_VALUE) for _ in range(data.draw(st.integers(0, 5)))]
+    ret_name = data.draw(st.sampled_from([ret.value, "i32", "str"]))
+    result = data.draw(ANY_VALUE)
+    calls: list[tuple[Any, ...]] = []
+
+    def fn(*a: Any) -> Any:
+        calls.append(a)
+        return result
+
+    got = hc.server("F", fn)(args, ret_name)
+    fast_ok = ret_name == hc.ret_name and hc.args_unchanged(args)
+    if got is None:
+        assert not calls and not fast_ok
+        return
+    assert fast_ok and calls == [tuple(args)]
+    assert struct.unpack_from("<I", got)[0] == len(got) - 4
+    try:
+        want = msgpack.unpackb(hc.reply(result))
+    except codec.CodecError:
+        assert msgpack.unpackb(got[4:])[0] == 1           # an error reply
+        return
+    assert msgpack.unpackb(got[4:]) == want
+
+
+def test_the_compiled_host_server_lets_the_function_raise() -> None:
+    def boom(a: int) -> int:
+        raise KeyError(a)
+
+    serve = codec.HostCallCodec((ValueType.I32,), ValueType.I32).server("Boom", boom)
+    with pytest.raises(KeyError):
+        serve([1], "i32")
+    assert serve([True], "i32") is None and serve([1], "i64") is None and serve([], "i32") is None
