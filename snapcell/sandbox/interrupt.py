@@ -29,6 +29,8 @@ def install_signal(offset: int) -> int:
     """Install the no-op handler for SIGRTMIN+offset (once; main thread only). An application's
     own handler on that signal is never replaced: choose another `interrupt_signal` instead."""
     signum = signal.SIGRTMIN + offset
+    if signum in _installed:              # every sandbox creation asks: no lock once installed
+        return signum
     with _install_lock:
         if signum in _installed:
             return signum
