@@ -12,6 +12,7 @@ from snapcell import MultiUseSandbox, Snapshot, UninitializedSandbox
 from snapcell.bench.driver import CFloor, _host_functions, call_phases, call_rows
 from snapcell.errors import SnapcellError
 from snapcell.machine import vmachine
+from snapcell.sandbox import core
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_call_rows_interleave_and_split(bench_snapshot: Snapshot) -> None:
 def test_call_phases_count_every_run_and_restore_the_ioctl(bench_snapshot: Snapshot) -> None:
     real = vmachine._ioctl
     r = call_phases(bench_snapshot, _host_functions(), 50)
-    assert vmachine._ioctl is real
+    assert vmachine._ioctl is real and core._ioctl is real
     for row in ("call_noop", "call_echo_i32", "call_host_roundtrip"):
         for part in ("before_run", "kvm_run", "after_run"):
             assert r[f"phase_{row}_{part}"]["n"] == 50

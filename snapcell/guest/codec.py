@@ -193,8 +193,8 @@ class CallCodec:
 # MessagePack decoding; every other frame goes the general way (read_message + checks).
 RESULT_OTHER, RESULT_VOID, RESULT_INT, RESULT_BOOL = range(4)
 FAST_MISS: Any = object()              # "not a fixed frame": decode the general way
-_HEAD_MASK = (1 << 48) - 1             # length (4 bytes), 0x92, 0x00
-_HEAD_OK = 0x00_92_00000003
+RESULT_HEAD_MASK = (1 << 48) - 1       # length (4 bytes), 0x92, 0x00
+RESULT_HEAD_OK = 0x00_92_00000003
 
 
 def fast_result(kind: int, word: int) -> Any:
@@ -202,7 +202,7 @@ def fast_result(kind: int, word: int) -> Any:
     CallCodec's result_kind) allows it and the frame is one; else FAST_MISS. A value the
     return type's decoder could refuse (a negative fixint) is a miss, so the general path
     decides it."""
-    if word & _HEAD_MASK != _HEAD_OK:
+    if word & RESULT_HEAD_MASK != RESULT_HEAD_OK:
         return FAST_MISS
     b = word >> 48 & 0xFF
     if kind == RESULT_VOID:

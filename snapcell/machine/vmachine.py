@@ -36,6 +36,14 @@ assert _EXIT_OFFSET + 24 == kvm_run.u.offset
 # The one exit the ABI allows: KVM_EXIT_IO_OUT (direction 1) of size 1, count 1, any port.
 _IO_ONE_BYTE_OUT_MASK = 0xFFFFFFFF_0000_FFFF
 _IO_ONE_BYTE_OUT = (1 << 32) | (1 << 8) | ioctls.KVM_EXIT_IO_OUT
+EXIT_AT = _EXIT_OFFSET
+EXIT_UNPACK = _EXIT_IO.unpack_from
+KVM_EXIT_IO = ioctls.KVM_EXIT_IO
+
+
+def one_byte_out(port: int) -> int:
+    """The io word (see _EXIT_IO) of a one-byte, count-1 `out` to `port`."""
+    return _IO_ONE_BYTE_OUT | (port & 0xFFFF) << 16
 _ioctl = fcntl.ioctl
 _KVM_RUN, _KVM_SET_XSAVE = ioctls.KVM_RUN, ioctls.KVM_SET_XSAVE
 # kvm_run's sync-regs area (offsets into the kvm_run page)
@@ -82,8 +90,9 @@ class Machine:
         self.system_image: MemoryImage | None = None   # what is mapped below / above GUEST_BASE
         self.guest_image: MemoryImage | None = None
         self.run_struct = self.vcpu.run
-        self._fd = self.vcpu.fd
-        self._run_bytes = memoryview((ctypes.c_ubyte * ctypes.sizeof(kvm_run)).from_address(
+        self.fd = self.vcpu.fd                  # the vCPU fd and its kvm_run page as bytes:
+        # what `run` (and Core's written-out first KVM_RUN of a call) use
+        self.run_bytes = memoryview((ctypes.c_ubyte * ctypes.sizeof(kvm_run)).from_address(
             self.vcpu.run_addr)).cast("B")
         self._base_sregs_bytes = bytes(self.base_sregs)
         self.thread_id: int | None = None
@@ -169,7 +178,7 @@ class Machine:
         KVM applies them at the next KVM_RUN, which saves two ioctls; the accessors below read
         the pending values while they are not yet applied. The area is written as bytes through
         the kvm_run view (this runs on every restore and from_snapshot)."""
-        run = self._run_bytes
+        run = self.run_bytes
         run[_SYNC_SREGS:_SYNC_SREGS + _SREGS_SIZE] = self._base_sregs_bytes
         _U64.pack_into(run, _SYNC_FS_BASE, fs_base & _U64_MASK)
         _U64.pack_into(run, _SYNC_GS_BASE, gs_base & _U64_MASK)
@@ -177,7 +186,7 @@ class Machine:
         run[_SYNC_EVENTS:_SYNC_EVENTS + _EVENTS_SIZE] = _CLEAR_EVENTS
         _U64.pack_into(run, _DIRTY_REGS, _DIRTY_ALL)
         run[_IMMEDIATE_EXIT] = 0
-        _ioctl(self._fd, _KVM_SET_XSAVE, xsave if xsave is not None else self.initial_xsave)
+        _ioctl(self.fd, _KVM_SET_XSAVE, xsave if xsave is not None else self.initial_xsave)
 
     def _flush_pending(self) -> None:
         """Apply pending sync-regs with ioctls (before reading or partially changing state)."""
@@ -236,15 +245,26 @@ class Machine:
         for any other exit and lets InterruptedError (a signal) propagate.
 
         The hot path of every call: one KVM_RUN (Vcpu.run_once inlined) and one unpack of the
-        exit reason and the io fields straight from the kvm_run page."""
+        exit reason and the io fields straight from the kvm_run page.
+
+        Core.call_framed writes the first KVM_RUN of a call out itself, on this contract: an
+        ioctl failure other than InterruptedError sets `tainted`; the exit is read with
+        `EXIT_UNPACK(run_bytes, EXIT_AT)` as (reason, io); any exit but (KVM_EXIT_IO,
+        `one_byte_out(port)`) for a port below TRAP_PORT_BASE goes through `exit_port`, which
+        keeps this machine's bookkeeping (taint, kernel stacks)."""
         try:
-            _ioctl(self._fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
+            _ioctl(self.fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
         except InterruptedError:
             raise
         except BaseException:
             self.tainted = True
             raise
-        reason, io = _EXIT_IO.unpack_from(self._run_bytes, _EXIT_OFFSET)
+        reason, io = _EXIT_IO.unpack_from(self.run_bytes, _EXIT_OFFSET)
+        return self.exit_port(reason, io)
+
+    def exit_port(self, reason: int, io: int) -> int:
+        """The port of a one-byte `out` exit (`run`'s second half: `reason` and the io word as
+        read from kvm_run); MachineFailure, tainting the machine, for any other exit."""
         if reason == _KVM_EXIT_IO and io & _IO_ONE_BYTE_OUT_MASK == _IO_ONE_BYTE_OUT:
             port: int = io >> 16 & 0xFFFF
             if port >= TRAP_PORT_BASE:           # a CPL0 stub: the CPU wrote a frame on the
@@ -254,12 +274,14 @@ class Machine:
         # completed on the next KVM_RUN of this vCPU, into whatever state is loaded then).
         self.tainted = True
         if reason == _KVM_EXIT_IO:
-            io = self.run_struct.u.io
-            if io.direction == ioctls.KVM_EXIT_IO_IN:
-                raise MachineFailure("IO", f"the guest read from I/O port {io.port:#x} (in, size "
-                                     f"{io.size}, count {io.count}); guest ports are write-only")
-            raise MachineFailure("IO", f"output to I/O port {io.port:#x} of size {io.size}, count "
-                                 f"{io.count}; the ABI takes one one-byte `out` per exit")
+            run_io = self.run_struct.u.io
+            if run_io.direction == ioctls.KVM_EXIT_IO_IN:
+                raise MachineFailure("IO", f"the guest read from I/O port {run_io.port:#x} (in, "
+                                     f"size {run_io.size}, count {run_io.count}); guest ports are "
+                                     "write-only")
+            raise MachineFailure("IO", f"output to I/O port {run_io.port:#x} of size "
+                                 f"{run_io.size}, count {run_io.count}; the ABI takes one "
+                                 "one-byte `out` per exit")
         raise MachineFailure(*self.describe_exit(reason))
 
     def describe_exit(self, reason: int) -> tuple[str, str]:
@@ -302,8 +324,8 @@ class Machine:
 
     def close(self) -> None:
         """Release the vCPU, VM and memory mapping (idempotent)."""
-        self._fd = -1
-        run_bytes = self.__dict__.pop("_run_bytes", None)
+        self.fd = -1
+        run_bytes = self.__dict__.pop("run_bytes", None)
         if run_bytes is not None:          # the kvm_run page is unmapped with the vCPU
             run_bytes.release()
         if self.vcpu is not None:

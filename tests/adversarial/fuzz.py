@@ -190,9 +190,11 @@ def fuzz_messages(snapshot: Snapshot, seconds: float, seed: int,
             except Exception as e:          # anything else is a host bug
                 stats.crashes.append(f"port {port:#x} data {data[:200].hex()}: {type(e).__name__}: {e}")
             sb.restore(snapshot)
-            if reference is not None and stats.mutations % 2000 == 0 and not reference(sb):
-                stats.crashes.append(f"after {stats.mutations} mutations the restored sandbox "
-                                     "differs from a fresh one")
+            if reference is not None and stats.mutations % 2000 == 0:
+                if not reference(sb):
+                    stats.crashes.append(f"after {stats.mutations} mutations the restored "
+                                         "sandbox differs from a fresh one")
+                sb.restore(snapshot)        # the check ran a call: back to the snapshot
         if reference is not None and not reference(sb):
             stats.crashes.append("the restored sandbox differs from a fresh one at the end")
     finally:
