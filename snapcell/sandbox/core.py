@@ -244,25 +244,28 @@ class Core:
                 try:
                     machine = self.machine
                     try:
-                        # Machine.run, written out (on the contract in its docstring): the exit,
-                        # a one-byte `out` to OUT_RETURN in the common case, is one comparison
-                        try:
-                            _ioctl(machine.fd, _KVM_RUN)
-                        except InterruptedError:
-                            raise
-                        except BaseException:
-                            machine.tainted = True
-                            raise
-                        reason, io = _EXIT_UNPACK(machine.run_bytes, _EXIT_AT)
-                        if reason != _KVM_EXIT_IO or io != _RETURN_IO:
+                        # Machine.run, written out (on the contract in its docstring); the exit
+                        # of the common call, a one-byte `out` to OUT_RETURN, is one comparison.
+                        # Host calls are served in this loop, each followed by the next KVM_RUN.
+                        while True:
+                            try:
+                                _ioctl(machine.fd, _KVM_RUN)
+                            except InterruptedError:
+                                raise
+                            except BaseException:
+                                machine.tainted = True
+                                raise
+                            reason, io = _EXIT_UNPACK(machine.run_bytes, _EXIT_AT)
+                            if reason == _KVM_EXIT_IO and io == _RETURN_IO:
+                                break
                             port = machine.exit_port(reason, io)
-                            while port == OUT_HOSTCALL:    # host calls, served right here
-                                self._host_call()
-                                if handle._cancel == call_id:
-                                    self._cancel(handle)
-                                port = machine.run()
-                            if port != OUT_RETURN:
-                                self._loop(handle, call_id, port)
+                            if port != OUT_HOSTCALL:
+                                if port != OUT_RETURN:
+                                    self._loop(handle, call_id, port)
+                                break
+                            self._host_call()
+                            if handle._cancel == call_id:      # killed during the host call
+                                self._cancel(handle)
                     except (InterruptedError, MachineFailure) as e:
                         self._loop(handle, call_id, e)
                 except BaseException as e:
