@@ -64,15 +64,20 @@ BLOCK_WARMUP = 5        # untimed runs at the start of every block, for every ro
 
 def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 100,
                       warmup: int = 200,
-                      batches: dict[str, Callable[[int], list[int]]] | None = None
-                      ) -> dict[str, Stats]:
+                      batches: dict[str, Callable[[int], list[int]]] | None = None,
+                      before: dict[str, Callable[[], Any]] | None = None) -> dict[str, Stats]:
     """Time several functions in alternating blocks of `block` samples, so that machine noise
     (another process, frequency changes) falls on all of them alike; `n` samples each.
     `batches` are rows measured elsewhere (the C floor process): `batch(k)` returns k samples
     in ns, taken when called, so they alternate with the Python rows block by block. Every
-    block of every row starts with BLOCK_WARMUP untimed runs (the caches the other rows left)."""
-    for fn in fns.values():
+    block of every row starts with BLOCK_WARMUP untimed runs (the caches the other rows left).
+    `before[row]`, when given, runs untimed before each run of that row."""
+    before = before or {}
+    for k, fn in fns.items():
+        pre = before.get(k)
         for _ in range(warmup):
+            if pre is not None:
+                pre()
             fn()
     batches = batches or {}
     samples: dict[str, list[int]] = {k: [] for k in (*batches, *fns)}
@@ -81,10 +86,14 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 10
         for k, batch in batches.items():
             samples[k].extend(batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:])
         for k, fn in fns.items():
-            out = samples[k]
+            out, pre = samples[k], before.get(k)
             for _ in range(BLOCK_WARMUP):
+                if pre is not None:
+                    pre()
                 fn()
             for _ in range(block):
+                if pre is not None:
+                    pre()
                 t = clock()
                 fn()
                 out.append(clock() - t)
@@ -524,28 +533,34 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
 
     @step("restore 2-256 MiB")
     def _() -> None:
-        for mib in (2, 16, 64, 256):
-            if mib == 2:
-                cfg = SandboxConfiguration(heap_size=256 << 10, input_size=64 << 10,
-                                           output_size=64 << 10, stack_size=64 << 10)
-            else:
-                cfg = config_for_total(binary, mib * MIB)
-            with UninitializedSandbox(binary, config=cfg, host_functions=hf).evolve() as sb:
+        # all sizes interleaved block by block, so that their ratio is taken in one period
+        boxes: list[MultiUseSandbox] = []
+        rows: dict[str, Callable[[], Any]] = {}
+        dirty: dict[str, Callable[[], Any]] = {}
+        try:
+            for mib in (2, 16, 64, 256):
+                if mib == 2:
+                    cfg = SandboxConfiguration(heap_size=256 << 10, input_size=64 << 10,
+                                               output_size=64 << 10, stack_size=64 << 10)
+                else:
+                    cfg = config_for_total(binary, mib * MIB)
+                sb = UninitializedSandbox(binary, config=cfg, host_functions=hf).evolve()
+                boxes.append(sb)
                 s = sb.snapshot()
                 label = f"{s.memory_size / MIB:.0f}MiB"
-
-                def dirty(sb: MultiUseSandbox = sb) -> None:
-                    sb.call("AddToStatic", 1)
-
-                def restore(sb: MultiUseSandbox = sb, s: Snapshot = s) -> None:
-                    sb.restore(s)
 
                 def restore_call(sb: MultiUseSandbox = sb, s: Snapshot = s) -> None:
                     sb.restore(s)
                     sb.call("NoOp")
 
-                r[f"restore_{label}"] = _time(restore, n // 10, 50, before=dirty)
-                r[f"restore_then_call_{label}"] = _time(restore_call, n // 10, 50, before=dirty)
+                rows[f"restore_{label}"] = functools.partial(sb.restore, s)
+                rows[f"restore_then_call_{label}"] = restore_call
+                dirty[f"restore_{label}"] = dirty[f"restore_then_call_{label}"] = \
+                    functools.partial(sb.call, "AddToStatic", 1)
+            r.update(_time_interleaved(rows, n // 10, block=20, warmup=50, before=dirty))
+        finally:
+            for sb in boxes:
+                sb.close()
 
     @step("persistence")
     def _() -> None:
