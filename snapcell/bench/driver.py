@@ -535,7 +535,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         # all sizes interleaved block by block, so that their ratio is taken in one period
         boxes: list[MultiUseSandbox] = []
-        rows: dict[str, Callable[[], Any]] = {}
+        out: dict[str, Callable[[], Any]] = {}
         dirty: dict[str, Callable[[], Any]] = {}
         try:
             for mib in (2, 16, 64, 256):
@@ -553,11 +553,11 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                     sb.restore(s)
                     sb.call("NoOp")
 
-                rows[f"restore_{label}"] = functools.partial(sb.restore, s)
-                rows[f"restore_then_call_{label}"] = restore_call
+                out[f"restore_{label}"] = functools.partial(sb.restore, s)
+                out[f"restore_then_call_{label}"] = restore_call
                 dirty[f"restore_{label}"] = dirty[f"restore_then_call_{label}"] = \
                     functools.partial(sb.call, "AddToStatic", 1)
-            r.update(_time_interleaved(rows, n // 10, block=20, warmup=50, before=dirty))
+            r.update(_time_interleaved(out, n // 10, block=20, warmup=50, before=dirty))
         finally:
             for sb in boxes:
                 sb.close()
