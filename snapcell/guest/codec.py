@@ -78,8 +78,8 @@ def unframe(view: memoryview, addr: int, capacity: int) -> bytes:
     return bytes(view[addr + FRAME_HEADER:addr + FRAME_HEADER + n])
 
 
-_unpackb = msgpack.unpackb
-_UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+unpackb = msgpack.unpackb      # msgpack >= 1.0: raw=False, strict_map_key, use_list
+UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   UnicodeDecodeError, TypeError)
 
 
@@ -87,7 +87,7 @@ def unpack(payload: bytes | memoryview) -> Any:
     """Decode one MessagePack object that must fill the payload exactly."""
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
-    except _UNPACK_ERRORS as e:
+    except UNPACK_ERRORS as e:
         raise CodecError(f"malformed MessagePack: {e}") from None
 
 
@@ -99,8 +99,8 @@ def read_message(view: memoryview, addr: int, capacity: int) -> Any:
         raise CodecError(f"message length {n} exceeds the {capacity}-byte buffer")
     start = addr + FRAME_HEADER
     try:        # msgpack >= 1.0 defaults: raw=False, strict_map_key=True, use_list=True
-        return _unpackb(view[start:start + n])
-    except _UNPACK_ERRORS as e:
+        return unpackb(view[start:start + n])
+    except UNPACK_ERRORS as e:
         raise CodecError(f"malformed MessagePack: {e}") from None
 
 

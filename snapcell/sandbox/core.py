@@ -47,9 +47,12 @@ from .syscalls import SyscallHost
 
 MAX_ABORT_MESSAGE = 4096
 _U64 = struct.Struct("<Q")
+_LEN = struct.Struct("<I")
+_unpackb = codec.unpackb
 _ioctl = fcntl.ioctl
 _KVM_RUN = ioctls.KVM_RUN
 _RETURN_IO = one_byte_out(OUT_RETURN)          # the exit that ends a call
+_HOSTCALL_IO = one_byte_out(OUT_HOSTCALL)      # a host call
 _HEAD_MASK, _HEAD_OK = codec.RESULT_HEAD_MASK, codec.RESULT_HEAD_OK
 _get_ident = threading.get_ident
 
@@ -256,16 +259,17 @@ class Core:
                                 machine.tainted = True
                                 raise
                             reason, io = _EXIT_UNPACK(machine.run_bytes, _EXIT_AT)
-                            if reason == _KVM_EXIT_IO and io == _RETURN_IO:
-                                break
-                            port = machine.exit_port(reason, io)
-                            if port != OUT_HOSTCALL:
-                                if port != OUT_RETURN:
-                                    self._loop(handle, call_id, port)
-                                break
-                            self._host_call()
-                            if handle._cancel == call_id:      # killed during the host call
-                                self._cancel(handle)
+                            if reason == _KVM_EXIT_IO:
+                                if io == _RETURN_IO:
+                                    break
+                                if io == _HOSTCALL_IO:     # (both ports are below the trap
+                                    self._host_call()      # ports: nothing to record)
+                                    if handle._cancel == call_id:  # killed during it
+                                        self._cancel(handle)
+                                    continue
+                            # anything else: the machine's bookkeeping, then the general loop
+                            self._loop(handle, call_id, machine.exit_port(reason, io))
+                            break
                     except (InterruptedError, MachineFailure) as e:
                         self._loop(handle, call_id, e)
                 except BaseException as e:
@@ -433,10 +437,15 @@ class Core:
         or the function raised (the guest then decides)."""
         layout = self.layout
         view = self.memory.view
+        addr = layout.output_addr                  # codec.read_message, written out
+        (n,) = _LEN.unpack_from(view, addr)
+        if n > layout.output_size - FRAME_HEADER:
+            self._poison(GuestOutputError(f"corrupt guest output: message length {n} exceeds "
+                                          f"the {layout.output_size}-byte buffer"))
         try:
-            obj = codec.read_message(view, layout.output_addr, layout.output_size)
-        except CodecError as e:
-            self._poison(GuestOutputError(f"corrupt guest output: {e}"))
+            obj = _unpackb(view[addr + FRAME_HEADER:addr + FRAME_HEADER + n])
+        except codec.UNPACK_ERRORS as e:
+            self._poison(GuestOutputError(f"corrupt guest output: malformed MessagePack: {e}"))
         if not (type(obj) is list and len(obj) == 3 and type(obj[0]) is str
                 and type(obj[1]) is list and type(obj[2]) is str):
             self._poison(GuestOutputError("malformed host-call request"))

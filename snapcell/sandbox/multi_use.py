@@ -297,16 +297,16 @@ class MultiUseSandbox:
         if args:
             fixed = call_codec.encode_fixed
             framed = fixed(args) if fixed is not None else None     # encode_framed's fast case
-            if framed is None:
+            if framed is None:      # (a fixed frame is at most ~410 bytes: it always fits)
                 try:
                     framed = call_codec.encode_framed(args)
                 except (TypeError, ValueError):
                     self._argument_error(name, args)
                     raise
-            if len(framed) > core.layout.input_size:
-                raise ArgumentError(f"arguments of {name} take {len(framed) - FRAME_HEADER} "
-                                    f"bytes; the input buffer holds "
-                                    f"{core.layout.input_size - FRAME_HEADER}")
+                if len(framed) > core.layout.input_size:
+                    raise ArgumentError(f"arguments of {name} take {len(framed) - FRAME_HEADER} "
+                                        f"bytes; the input buffer holds "
+                                        f"{core.layout.input_size - FRAME_HEADER}")
         else:       # a name of at most MAX_NAME bytes always fits (input_size >= 4 KiB)
             framed = call_codec.no_args_frame
         if timeout is None:
