@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from snapcell import Snapshot, UninitializedSandbox
+from snapcell.bench.serving import stop_process
 
 from .conftest import ROOT, make_host_functions
 from .test_registry import Registry, _free_port, registry
@@ -111,12 +112,7 @@ def server(kvm_ok: None, simpleguest: str, registry: Registry,
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
     """Stop a `snapcell serve` this test started (SIGTERM, then SIGKILL after 20 s)."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, grace=20)
 
 
 def call(c: httpx.Client, fn: str, *args: Any, ref: str = "simple", **extra: Any) -> httpx.Response:

@@ -127,13 +127,19 @@ def bench_http(snap: Snapshot, requests: int, concurrencies: Sequence[int] = (1,
             for c in concurrencies:
                 out[f"http_call_add_{c}_clients"] = asyncio.run(_load(url, c, requests))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     return out
+
+
+def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:
+    """Stop a process this program started (a `snapcell serve`): SIGTERM, then SIGKILL after
+    `grace` seconds; waits for it either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 async def _load(url: str, clients: int, requests: int) -> Stats:

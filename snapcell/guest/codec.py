@@ -78,8 +78,8 @@ def unframe(view: memoryview, addr: int, capacity: int) -> bytes:
     return bytes(view[addr + FRAME_HEADER:addr + FRAME_HEADER + n])
 
 
-unpackb = msgpack.unpackb      # msgpack >= 1.0: raw=False, strict_map_key, use_list
-UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+_unpackb = msgpack.unpackb     # msgpack >= 1.0: raw=False, strict_map_key, use_list
+_UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   UnicodeDecodeError, TypeError)
 
 
@@ -87,7 +87,7 @@ def unpack(payload: bytes | memoryview) -> Any:
     """Decode one MessagePack object that must fill the payload exactly."""
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
-    except UNPACK_ERRORS as e:
+    except _UNPACK_ERRORS as e:
         raise CodecError(f"malformed MessagePack: {e}") from None
 
 
@@ -99,8 +99,8 @@ def read_message(view: memoryview, addr: int, capacity: int) -> Any:
         raise CodecError(f"message length {n} exceeds the {capacity}-byte buffer")
     start = addr + FRAME_HEADER
     try:        # msgpack >= 1.0 defaults: raw=False, strict_map_key=True, use_list=True
-        return unpackb(view[start:start + n])
-    except UNPACK_ERRORS as e:
+        return _unpackb(view[start:start + n])
+    except _UNPACK_ERRORS as e:
         raise CodecError(f"malformed MessagePack: {e}") from None
 
 
@@ -224,6 +224,19 @@ _CHECK_TEMPLATES = {
 }
 
 
+def _check(kind: tuple[int, int, int], v: str) -> str:
+    """The expression checking that the value named `v` is exactly of `kind` (see _arg_kind)
+    and in range; "False" for kinds with no such check (f32: always the slow path)."""
+    template = _CHECK_TEMPLATES.get(kind[0])
+    return "False" if template is None else template.format(v=v, lo=int(kind[1]), hi=int(kind[2]))
+
+
+def _compiled(src: str, name: str, scope: dict[str, Any]) -> Any:
+    """The function `name` defined by `src` (built here from fixed templates and numbers only)."""
+    exec(compile(src, f"<snapcell.guest.codec.{name}>", "exec"), scope)  # noqa: S102
+    return scope[name]
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_unchanged(kinds: tuple[tuple[int, int, int], ...]) -> Callable[[Any], bool]:
     """A check, specialised for one signature (`kinds`, see _arg_kind), of whether
@@ -234,17 +247,14 @@ def compile_unchanged(kinds: tuple[tuple[int, int, int], ...]) -> Callable[[Any]
     only: no outside text reaches the compiled source. Cached: signatures repeat across
     sandboxes."""
     names = [f"v{i}" for i in range(len(kinds))]
-    terms = [_CHECK_TEMPLATES.get(kind, "False").format(v=v, lo=int(lo), hi=int(hi))
-             for v, (kind, lo, hi) in zip(names, kinds)]
+    terms = [_check(kind, v) for v, kind in zip(names, kinds)]
     if not kinds:
         src = "def check(a):\n    return len(a) == 0\n"
     else:
         unpack = ", ".join(names) + ("," if len(names) == 1 else "")
         src = (f"def check(a):\n    if len(a) != {len(kinds)}:\n        return False\n"
                f"    {unpack} = a\n    return {' and '.join(terms)}\n")
-    scope: dict[str, Any] = {}
-    exec(compile(src, "<snapcell.guest.codec.compile_unchanged>", "exec"), scope)  # noqa: S102
-    check: Callable[[Any], bool] = scope["check"]
+    check: Callable[[Any], bool] = _compiled(src, "check", {})
     return check
 
 
@@ -280,17 +290,33 @@ def compile_fixed_encoder(name: str, params: tuple[ValueType, ...]
             fmt.append(f"B{code}")
             values.append(f"{byte}, {v}")
             size += 1 + struct.calcsize(f">{code}")
-        kind = _arg_kind(t)
-        checks.append(_CHECK_TEMPLATES[kind[0]].format(v=v, lo=int(kind[1]), hi=int(kind[2])))
+        checks.append(_check(_arg_kind(t), v))
     prefix = _LEN.pack(size) + head
     names = ", ".join(f"v{i}" for i in range(len(params))) + ("," if len(params) == 1 else "")
     src = (f"def enc(a):\n    if len(a) != {len(params)}:\n        return None\n"
            f"    {names} = a\n    if not ({' and '.join(checks)}):\n        return None\n"
            f"    return _pack(_prefix, {', '.join(values)})\n")
-    scope: dict[str, Any] = {"_pack": struct.Struct("".join(fmt)).pack, "_prefix": prefix}
-    exec(compile(src, "<snapcell.guest.codec.compile_fixed_encoder>", "exec"), scope)  # noqa: S102
-    enc: Callable[[Any], bytes | None] = scope["enc"]
+    enc: Callable[[Any], bytes | None] = _compiled(
+        src, "enc", {"_pack": struct.Struct("".join(fmt)).pack, "_prefix": prefix})
     return enc
+
+
+def _reply_source(ret: ValueType, v: str, scope: dict[str, Any]) -> list[str] | None:
+    """Lines returning the framed host-call reply `[0, <v>]` of a fixed-size return type
+    (fixed-width forms; void too) when the value named `v` is exactly of the type, filling
+    `scope` with what they use; None for other types."""
+    if ret is ValueType.VOID:
+        scope["_nil"] = _LEN.pack(3) + _REPLY_OK + _double.pack(None)
+        return [f"    if {v} is None:", "        return _nil"]
+    if ret is ValueType.BOOL:
+        fmt, value, size = ">6sB", f"195 if {v} else 194", 3
+    elif ret in _FIXED_FORMS:
+        byte, code = _FIXED_FORMS[ret]
+        fmt, value, size = f">6sB{code}", f"{byte}, {v}", 3 + struct.calcsize(f">{code}")
+    else:
+        return None
+    scope["_pack"], scope["_prefix"] = struct.Struct(fmt).pack, _LEN.pack(size) + _REPLY_OK
+    return [f"    if {_check(_arg_kind(ret), v)}:", f"        return _pack(_prefix, {value})"]
 
 
 def compile_fixed_reply(ret: ValueType) -> Callable[[Any], bytes | None] | None:
@@ -298,35 +324,20 @@ def compile_fixed_reply(ret: ValueType) -> Callable[[Any], bytes | None] | None:
     the framed host-call reply `[0, result]` as one struct.pack, or None when the result is
     not exactly of its type and in range (the general path then decides). None for other
     types."""
-    kind = _arg_kind(ret)
-    check = _CHECK_TEMPLATES[kind[0]].format(v="v", lo=int(kind[1]), hi=int(kind[2])) \
-        if kind[0] in _CHECK_TEMPLATES else "False"
-    if ret is ValueType.VOID:
-        frame = _LEN.pack(3) + _REPLY_OK + _double.pack(None)
-        return lambda v: frame if v is None else None
-    if ret is ValueType.BOOL:
-        fmt, value, size = ">6sB", "195 if v else 194", 3
-    elif ret in _FIXED_FORMS:
-        byte, code = _FIXED_FORMS[ret]
-        fmt, value, size = f">6sB{code}", f"{byte}, v", 3 + struct.calcsize(f">{code}")
-    else:
+    scope: dict[str, Any] = {}
+    lines = _reply_source(ret, "v", scope)
+    if lines is None:
         return None
-    src = f"def rep(v):\n    if not ({check}):\n        return None\n    return _pack(_prefix, {value})\n"
-    scope: dict[str, Any] = {"_pack": struct.Struct(fmt).pack,
-                             "_prefix": _LEN.pack(size) + _REPLY_OK}
-    exec(compile(src, "<snapcell.guest.codec.compile_fixed_reply>", "exec"), scope)  # noqa: S102
-    rep: Callable[[Any], bytes | None] = scope["rep"]
+    rep: Callable[[Any], bytes | None] = _compiled(
+        "\n".join(["def rep(v):", *lines, "    return None"]) + "\n", "rep", scope)
     return rep
 
 
 @functools.lru_cache(maxsize=256)
 def compile_value_check(kind: tuple[int, int, int]) -> Callable[[Any], bool]:
     """`compile_unchanged((kind,))` for one bare value: `check(v)`."""
-    term = _CHECK_TEMPLATES.get(kind[0], "False").format(v="v", lo=int(kind[1]), hi=int(kind[2]))
-    src = f"def check(v):\n    return {term}\n"
-    scope: dict[str, Any] = {}
-    exec(compile(src, "<snapcell.guest.codec.compile_value_check>", "exec"), scope)  # noqa: S102
-    check: Callable[[Any], bool] = scope["check"]
+    check: Callable[[Any], bool] = _compiled(f"def check(v):\n    return {_check(kind, 'v')}\n",
+                                             "check", {})
     return check
 
 
@@ -371,8 +382,7 @@ class HostCallCodec:
             lines.append("        return None")
             if kinds:
                 lines.append(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = a")
-                checks = " and ".join(_CHECK_TEMPLATES[k[0]].format(v=v, lo=int(k[1]), hi=int(k[2]))
-                                      for v, k in zip(names, kinds))
+                checks = " and ".join(_check(k, v) for v, k in zip(names, kinds))
                 lines.append(f"    if not ({checks}):")
                 lines.append("        return None")
             lines.append(f"    res = _fn({', '.join(names)})")
@@ -380,27 +390,12 @@ class HostCallCodec:
             lines.append(f"    if r != {self.ret_name!r} or not _args_ok(a):")
             lines.append("        return None")
             lines.append("    res = _fn(*a)")
-        ret = self.ret
         scope: dict[str, Any] = {"_fn": fn, "_args_ok": self.args_unchanged,
                                  "_other": lambda res: self._reply_or_error(name, res)}
-        if ret is ValueType.VOID:
-            scope["_nil"] = _LEN.pack(3) + _REPLY_OK + _double.pack(None)
-            lines += ["    if res is None:", "        return _nil"]
-        elif ret is ValueType.BOOL or ret in _FIXED_FORMS:
-            kind = _arg_kind(ret)
-            check = _CHECK_TEMPLATES[kind[0]].format(v="res", lo=int(kind[1]), hi=int(kind[2]))
-            if ret is ValueType.BOOL:
-                fmt, value, size = ">6sB", "195 if res else 194", 3
-            else:
-                byte, code = _FIXED_FORMS[ret]
-                fmt, value = f">6sB{code}", f"{byte}, res"
-                size = 3 + struct.calcsize(f">{code}")
-            scope["_pack"], scope["_prefix"] = struct.Struct(fmt).pack, _LEN.pack(size) + _REPLY_OK
-            lines += [f"    if {check}:", f"        return _pack(_prefix, {value})"]
+        lines += _reply_source(self.ret, "res", scope) or []
         lines.append("    return _other(res)")
-        exec(compile("\n".join(lines) + "\n", "<snapcell.guest.codec.HostCallCodec.server>",
-                     "exec"), scope)  # noqa: S102
-        serve: Callable[[Any, str], bytes | None] = scope["serve"]
+        serve: Callable[[Any, str], bytes | None] = _compiled("\n".join(lines) + "\n", "serve",
+                                                             scope)
         return serve
 
     def _reply_or_error(self, name: str, result: Any) -> bytes:

@@ -47,8 +47,6 @@ from .syscalls import SyscallHost
 
 MAX_ABORT_MESSAGE = 4096
 _U64 = struct.Struct("<Q")
-_LEN = struct.Struct("<I")
-_unpackb = codec.unpackb
 _ioctl = fcntl.ioctl
 _KVM_RUN = ioctls.KVM_RUN
 _RETURN_IO = one_byte_out(OUT_RETURN)          # the exit that ends a call
@@ -437,15 +435,10 @@ class Core:
         or the function raised (the guest then decides)."""
         layout = self.layout
         view = self.memory.view
-        addr = layout.output_addr                  # codec.read_message, written out
-        (n,) = _LEN.unpack_from(view, addr)
-        if n > layout.output_size - FRAME_HEADER:
-            self._poison(GuestOutputError(f"corrupt guest output: message length {n} exceeds "
-                                          f"the {layout.output_size}-byte buffer"))
         try:
-            obj = _unpackb(view[addr + FRAME_HEADER:addr + FRAME_HEADER + n])
-        except codec.UNPACK_ERRORS as e:
-            self._poison(GuestOutputError(f"corrupt guest output: malformed MessagePack: {e}"))
+            obj = codec.read_message(view, layout.output_addr, layout.output_size)
+        except CodecError as e:
+            self._poison(GuestOutputError(f"corrupt guest output: {e}"))
         if not (type(obj) is list and len(obj) == 3 and type(obj[0]) is str
                 and type(obj[1]) is list and type(obj[2]) is str):
             self._poison(GuestOutputError("malformed host-call request"))
