@@ -72,24 +72,18 @@ void cb_int(cb_buf *b, int64_t v)
 void cb_double(cb_buf *b, double v) { CB_PUT(b, 9, mp_encode_double(w_, v)); }
 void cb_array(cb_buf *b, uint32_t n) { CB_PUT(b, 5, mp_encode_array(w_, n)); }
 void cb_map(cb_buf *b, uint32_t n) { CB_PUT(b, 5, mp_encode_map(w_, n)); }
-void cb_str(cb_buf *b, const char *p, size_t n)
+/* A str or bin: its header (5 bytes at most), then the bytes. */
+static void cb_blob(cb_buf *b, const char *p, size_t n, int bin)
 {
     if (n > UINT32_MAX) {
         b->oom = 1;
         return;
     }
-    CB_PUT(b, 5, mp_encode_strl(w_, (uint32_t)n));
+    CB_PUT(b, 5, bin ? mp_encode_binl(w_, (uint32_t)n) : mp_encode_strl(w_, (uint32_t)n));
     cb_append(b, p, n);
 }
-void cb_bin(cb_buf *b, const char *p, size_t n)
-{
-    if (n > UINT32_MAX) {
-        b->oom = 1;
-        return;
-    }
-    CB_PUT(b, 5, mp_encode_binl(w_, (uint32_t)n));
-    cb_append(b, p, n);
-}
+void cb_str(cb_buf *b, const char *p, size_t n) { cb_blob(b, p, n, 0); }
+void cb_bin(cb_buf *b, const char *p, size_t n) { cb_blob(b, p, n, 1); }
 
 int cb_utf8_valid(const char *s, size_t n)
 {

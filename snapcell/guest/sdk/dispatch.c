@@ -345,14 +345,9 @@ static void batch_put_result(const struct sc_func *f, const sc_value *res)
         batch_put_error(res->err_code, res->str.ptr, res->str.ptr ? res->str.len : 0);
         return;
     }
-    const char *problem = sc__value_problem(res);
-    if (problem) {
-        batch_put_errorf(-1, "function '%s' returned an invalid value: %s", f->name, problem);
-        return;
-    }
-    if (res->type != f->ret) {
-        batch_put_errorf(-1, "function '%s' returned %s, but is declared to return %s", f->name,
-                         sc_type_name(res->type), sc_type_name(f->ret));
+    char why[SC_MAX_NAME + 160];
+    if (sc__result_problem(f, res, why, sizeof why)) {
+        batch_put_errorf(-1, "%s", why);
         return;
     }
     uint64_t size = sc__value_size(res);

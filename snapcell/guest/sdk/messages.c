@@ -386,6 +386,22 @@ void sc__write_errorf(int32_t code, const char *fmt, ...)
     write_error(code, sc__err_msg, n);
 }
 
+const char *sc__result_problem(const struct sc_func *f, const sc_value *res, char *why,
+                               size_t whysz)
+{
+    const char *problem = sc__value_problem(res);
+    if (problem) {
+        snprintf(why, whysz, "function '%s' returned an invalid value: %s", f->name, problem);
+        return why;
+    }
+    if (res->type != f->ret) {
+        snprintf(why, whysz, "function '%s' returned %s, but is declared to return %s", f->name,
+                 sc_type_name(res->type), sc_type_name(f->ret));
+        return why;
+    }
+    return NULL;
+}
+
 void sc__write_result(const struct sc_func *f, const sc_value *res)
 {
     if (res->is_error) {
@@ -394,14 +410,9 @@ void sc__write_result(const struct sc_func *f, const sc_value *res)
         write_error(res->err_code, msg, len);
         return;
     }
-    const char *problem = sc__value_problem(res);
-    if (problem) {
-        sc__write_errorf(-1, "function '%s' returned an invalid value: %s", f->name, problem);
-        return;
-    }
-    if (res->type != f->ret) {
-        sc__write_errorf(-1, "function '%s' returned %s, but is declared to return %s", f->name,
-                     sc_type_name(res->type), sc_type_name(f->ret));
+    char why[SC_MAX_NAME + 160];
+    if (sc__result_problem(f, res, why, sizeof why)) {
+        sc__write_errorf(-1, "%s", why);
         return;
     }
     uint64_t total = 1 + 1 + sc__value_size(res);

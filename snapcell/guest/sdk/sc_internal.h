@@ -97,6 +97,9 @@ int sc__rd_array(sc_rd *r, uint32_t *count);
 int sc__rd_scalar(const sc_rd *r, enum mp_type t);
 int sc__decode_value(sc_rd *r, sc_type want, sc_value *out, char *why, size_t whysz);
 void sc__write_errorf(int32_t code, const char *fmt, ...) SC_PRINTF(2, 3);
+/* Why `res` cannot be `f`'s result (written into `why`, which is returned), NULL when it can. */
+const char *sc__result_problem(const struct sc_func *f, const sc_value *res, char *why,
+                               size_t whysz);
 void sc__write_result(const struct sc_func *f, const sc_value *res);
 
 /* ---- small helpers (inline: every call uses them) ----------------------------------------- */
