@@ -9,7 +9,12 @@ from .snapshot import Snapshot
 
 
 def check_from_snapshot_arguments(snapshot: object, host_functions: object, config: object) -> None:
-    """The argument checks of `MultiUseSandbox.from_snapshot`."""
+    """The argument checks of `MultiUseSandbox.from_snapshot` (the usual case first: it runs on
+    every sandbox creation)."""
+    if isinstance(snapshot, Snapshot) and (host_functions is None or isinstance(
+            host_functions, HostFunctions)) and (config is None or isinstance(
+            config, SandboxConfiguration)):
+        return
     expect("snapshot", snapshot, Snapshot, "take one with sb.snapshot() or load one with "
            "Snapshot.load(directory, tag)")
     if host_functions is not None:

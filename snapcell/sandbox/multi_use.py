@@ -202,10 +202,7 @@ class MultiUseSandbox:
                                       ("host_functions", "config"), args,
                                       given(host_functions=host_functions, config=config))
             host_functions, config = opts.get("host_functions"), opts.get("config")
-        if not (isinstance(snapshot, Snapshot) and (host_functions is None or isinstance(
-                host_functions, HostFunctions)) and (config is None or isinstance(
-                config, SandboxConfiguration))):
-            check_from_snapshot_arguments(snapshot, host_functions, config)     # raises
+        check_from_snapshot_arguments(snapshot, host_functions, config)
         host_functions = host_functions if host_functions is not None else HostFunctions()
         exact = check_host_functions(snapshot, host_functions)
         check_host_compatible(snapshot)
