@@ -140,6 +140,37 @@ def test_timeout(sandbox: MultiUseSandbox) -> None:
     assert sandbox.call("Echo", "fine", timeout=30) == "fine"
 
 
+def test_timeouts_fire_on_each_watchdog_path(sandbox: MultiUseSandbox,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arming takes the lock only when the watchdog might look too late (interrupt.Watchdog):
+    a deadline later than the thread's next wake is armed lock-free. Drive each path: the
+    lock-free one (the thread idling at the shortest timeout seen), an earlier deadline than
+    the thread's wake, and arming after the thread went to sleep for good."""
+    from snapcell.sandbox.interrupt import Watchdog, watchdog
+    monkeypatch.setattr(Watchdog, "IDLE_ROUNDS", 3)
+    snap = sandbox.snapshot()
+
+    def spins(timeout: float) -> None:
+        with pytest.raises(ExecutionTimeout):
+            sandbox.call("Spin", timeout=timeout)
+        sandbox.restore(snap)
+
+    for _ in range(50):                     # the first arms through the lock, the rest not
+        assert sandbox.call("EchoI32", 3, timeout=0.2) == 3
+    deadline = time.monotonic() + 5
+    while watchdog._wake_at == float("inf") and time.monotonic() < deadline:
+        time.sleep(0.01)                    # the thread has scanned and idles every 0.2 s
+    assert watchdog._wake_at < float("inf") and sandbox.interrupt_handle()._watched
+    spins(0.2)                              # lock-free: a deadline after the next wake
+    spins(0.01)                             # earlier than the thread's wake: through the lock
+    deadline = time.monotonic() + 10
+    while watchdog._wake_at < float("inf") and time.monotonic() < deadline:
+        time.sleep(0.05)                    # three idle wakes, then asleep until woken
+    assert watchdog._wake_at == float("inf")
+    spins(0.05)
+    assert sandbox.call("EchoI32", 4, timeout=30) == 4
+
+
 def test_config_max_execution_time(kvm_ok: None, simpleguest: str) -> None:
     cfg = SandboxConfiguration(max_execution_time=0.05)
     with UninitializedSandbox(simpleguest, config=cfg).evolve() as sb:

@@ -81,6 +81,16 @@ def unframe(view: memoryview, addr: int, capacity: int) -> bytes:
 _unpackb = msgpack.unpackb     # msgpack >= 1.0: raw=False, strict_map_key, use_list
 _UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   UnicodeDecodeError, TypeError)
+#: The frame's length prefix; what read_message decodes a payload with, and what that raises
+#: on malformed MessagePack — for a caller that writes read_message out on a hot path.
+LEN, unpackb, UNPACK_ERRORS = _LEN, _unpackb, _UNPACK_ERRORS
+
+#: What a compiled host server (HostCallCodec.server) returns when it wrote the reply itself:
+#: empty, which no frame is (a frame has at least its 4-byte length).
+WRITTEN = b""
+#: A compiled host server: (args, ret_name, buffer, offset) → WRITTEN, a framed reply to write,
+#: or None for "not exactly: take the general path".
+HostServer = Callable[[Any, str, Any, int], "bytes | None"]
 
 
 def unpack(payload: bytes | memoryview) -> Any:
@@ -301,22 +311,29 @@ def compile_fixed_encoder(name: str, params: tuple[ValueType, ...]
     return enc
 
 
-def _reply_source(ret: ValueType, v: str, scope: dict[str, Any]) -> list[str] | None:
+def _reply_source(ret: ValueType, v: str, scope: dict[str, Any],
+                  into: bool = False) -> list[str] | None:
     """Lines returning the framed host-call reply `[0, <v>]` of a fixed-size return type
     (fixed-width forms; void too) when the value named `v` is exactly of the type, filling
-    `scope` with what they use; None for other types."""
+    `scope` with what they use; None for other types. With `into`, the lines write the frame
+    at offset `o` of the buffer `w` instead (one struct.pack_into) and return WRITTEN."""
     if ret is ValueType.VOID:
-        scope["_nil"] = _LEN.pack(3) + _REPLY_OK + _double.pack(None)
-        return [f"    if {v} is None:", "        return _nil"]
-    if ret is ValueType.BOOL:
-        fmt, value, size = ">6sB", f"195 if {v} else 194", 3
+        fmt, values, check = ">6sB", "0xC0", f"{v} is None"
+    elif ret is ValueType.BOOL:
+        fmt, values, check = ">6sB", f"195 if {v} else 194", _check(_arg_kind(ret), v)
     elif ret in _FIXED_FORMS:
         byte, code = _FIXED_FORMS[ret]
-        fmt, value, size = f">6sB{code}", f"{byte}, {v}", 3 + struct.calcsize(f">{code}")
+        fmt, values, check = f">6sB{code}", f"{byte}, {v}", _check(_arg_kind(ret), v)
     else:
         return None
-    scope["_pack"], scope["_prefix"] = struct.Struct(fmt).pack, _LEN.pack(size) + _REPLY_OK
-    return [f"    if {_check(_arg_kind(ret), v)}:", f"        return _pack(_prefix, {value})"]
+    packer = struct.Struct(fmt)
+    scope["_prefix"] = _LEN.pack(packer.size - FRAME_HEADER) + _REPLY_OK
+    if into:
+        scope["_pack_into"], scope["_WRITTEN"] = packer.pack_into, WRITTEN
+        return [f"    if {check}:", f"        _pack_into(w, o, _prefix, {values})",
+                "        return _WRITTEN"]
+    scope["_pack"] = packer.pack
+    return [f"    if {check}:", f"        return _pack(_prefix, {values})"]
 
 
 def compile_fixed_reply(ret: ValueType) -> Callable[[Any], bytes | None] | None:
@@ -366,17 +383,20 @@ class HostCallCodec:
         self._ret_unchanged = compile_value_check(_arg_kind(ret))
         self._fixed_reply = compile_fixed_reply(ret)
 
-    def server(self, name: str, fn: Callable[..., Any]) -> Callable[[Any, str], bytes | None]:
-        """`serve(args, ret_name)`: the host function `fn` (registered as `name` with this
-        codec's signature) applied to a decoded request and its framed reply, in one compiled
-        function — the host-call fast path. None, before `fn` is called, when the request is
-        not exactly what decode_args would pass on unchanged (another return type or argument
-        count, a value not exactly of its type or out of range): the caller then takes the
-        general path, which names the problem. What `fn` raises propagates; a result that does
-        not fit the return type gives the framed error reply."""
+    def server(self, name: str, fn: Callable[..., Any]) -> HostServer:
+        """`serve(args, ret_name, buffer, offset)`: the host function `fn` (registered as
+        `name` with this codec's signature) applied to a decoded request, in one compiled
+        function — the host-call fast path. A reply of a fixed-size type (void too) exactly of
+        its type is written as a frame at `offset` of `buffer` (one struct.pack_into; the
+        caller guarantees 16 bytes of room) and WRITTEN returned; any other reply is returned
+        framed, not written. None, before `fn` is called, when the request is not exactly what
+        decode_args would pass on unchanged (another return type or argument count, a value
+        not exactly of its type or out of range): the caller then takes the general path,
+        which names the problem. What `fn` raises propagates; a result that does not fit the
+        return type gives the framed error reply."""
         kinds = tuple(_arg_kind(t) for t in self.params)
         names = [f"v{i}" for i in range(len(kinds))]
-        lines = ["def serve(a, r):"]
+        lines = ["def serve(a, r, w, o):"]
         if all(k[0] in _CHECK_TEMPLATES for k in kinds):
             lines.append(f"    if r != {self.ret_name!r} or len(a) != {len(kinds)}:")
             lines.append("        return None")
@@ -392,10 +412,9 @@ class HostCallCodec:
             lines.append("    res = _fn(*a)")
         scope: dict[str, Any] = {"_fn": fn, "_args_ok": self.args_unchanged,
                                  "_other": lambda res: self._reply_or_error(name, res)}
-        lines += _reply_source(self.ret, "res", scope) or []
+        lines += _reply_source(self.ret, "res", scope, into=True) or []
         lines.append("    return _other(res)")
-        serve: Callable[[Any, str], bytes | None] = _compiled("\n".join(lines) + "\n", "serve",
-                                                             scope)
+        serve: HostServer = _compiled("\n".join(lines) + "\n", "serve", scope)
         return serve
 
     def _reply_or_error(self, name: str, result: Any) -> bytes:

@@ -8,7 +8,7 @@ import fcntl
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..errors import (
@@ -53,14 +53,21 @@ _RETURN_IO = one_byte_out(OUT_RETURN)          # the exit that ends a call
 _HOSTCALL_IO = one_byte_out(OUT_HOSTCALL)      # a host call
 _HEAD_MASK, _HEAD_OK = codec.RESULT_HEAD_MASK, codec.RESULT_HEAD_OK
 _get_ident = threading.get_ident
+_LEN_UNPACK = codec.LEN.unpack_from
+_unpackb, _UNPACK_ERRORS = codec.unpackb, codec.UNPACK_ERRORS
 
 
 # a registered host function: (registry version, function, codec, compiled server)
-_HostEntry = tuple[int, HostFunction, HostCallCodec, Callable[[Any, str], "bytes | None"]]
+_HostEntry = tuple[int, HostFunction, HostCallCodec, codec.HostServer]
 
 
-_servers: "weakref.WeakKeyDictionary[HostFunction, Callable[[Any, str], bytes | None]]" = \
+_servers: "weakref.WeakKeyDictionary[HostFunction, codec.HostServer]" = \
     weakref.WeakKeyDictionary()
+
+
+def _raised(name: str, error: Exception) -> bytes:
+    return codec.encode_reply_error(f"host function {name!r} raised {type(error).__name__}: "
+                                    f"{error}")
 
 
 def _bad_result(name: str, error: CodecError) -> bytes:
@@ -216,10 +223,11 @@ class Core:
 
         The common call is written out here rather than in helpers (each Python call costs
         measurably on this path, docs/benchmarks.md): write the frame, publish the call to
-        the interrupt handle, one KVM_RUN, and the result taken from the first 8 bytes of the
-        output buffer when it is a fixed frame (codec.fast_result). Anything else — a host
-        call, a syscall, a fault, an interrupt, a timeout or a debugger — continues in the
-        general loop (`_loop`)."""
+        the interrupt handle (and to the watchdog, for a timeout), one KVM_RUN, and the result
+        taken from the first 8 bytes of the output buffer when it is a fixed frame
+        (codec.fast_result); the common host call is served in the same loop. Anything else —
+        a syscall, a fault, an interrupt or a timeout — continues in the general loop
+        (`_loop`); a call under the debugger runs there from the start."""
         layout = self.layout
         n = len(framed)
         if n > layout.input_size:
@@ -233,7 +241,7 @@ class Core:
         view = self.memory.view
         try:
             view[layout.input_addr:layout.input_addr + n] = framed
-            if timeout is not None or self.debugger is not None:
+            if self.debugger is not None:
                 self._run(timeout)
             else:
                 handle = self.interrupt
@@ -242,8 +250,11 @@ class Core:
                 call_id = handle._call + 1
                 handle._call = call_id
                 handle._thread = _get_ident()
+                if timeout is not None:
+                    watchdog.arm(timeout, handle, call_id)
                 try:
                     machine = self.machine
+                    host_codecs, registry = self._host_codecs, self.host_functions
                     try:
                         # Machine.run, written out (on the contract in its docstring); the exit
                         # of the common call, a one-byte `out` to OUT_RETURN, is one comparison.
@@ -261,7 +272,34 @@ class Core:
                                 if io == _RETURN_IO:
                                     break
                                 if io == _HOSTCALL_IO:     # (both ports are below the trap
-                                    self._host_call()      # ports: nothing to record)
+                                    # ports: nothing to record) the common host call, written
+                                    # out: a well-formed request for a function with a
+                                    # compiled server; anything else takes _host_call
+                                    entry = None
+                                    m = _LEN_UNPACK(view, layout.output_addr)[0]
+                                    if m <= layout.output_size - FRAME_HEADER:
+                                        start = layout.output_addr + FRAME_HEADER
+                                        try:
+                                            obj = _unpackb(view[start:start + m])
+                                        except _UNPACK_ERRORS:
+                                            obj = None
+                                        if type(obj) is list and len(obj) == 3:
+                                            hname, args, ret_name = obj
+                                            if type(hname) is str and type(args) is list:
+                                                entry = host_codecs.get(hname)
+                                    if entry is None or entry[0] != registry.version:
+                                        self._host_call()
+                                    else:
+                                        try:
+                                            reply = entry[3](args, ret_name, view,
+                                                             layout.input_addr)
+                                        except Exception as e:  # the guest sees the failure
+                                            self._write_reply(hname, _raised(hname, e))
+                                        else:
+                                            if reply is None:   # not exactly: in full
+                                                self._host_call()
+                                            elif reply:         # (not WRITTEN in place)
+                                                self._write_framed(hname, reply)
                                     if handle._cancel == call_id:  # killed during it
                                         self._cancel(handle)
                                     continue
@@ -275,6 +313,7 @@ class Core:
                     raise
                 finally:
                     handle._thread = None          # handle.end(), inlined
+                    handle._armed = None           # watchdog.disarm(), inlined
         finally:
             busy.release()
         # codec.fast_result, written out (its definition is property-tested against the
@@ -452,20 +491,31 @@ class Core:
             # the common case: arguments usable as they are, served by one compiled function
             # (HostCallCodec.server); None means "not exactly that", decided in full below
             try:
-                framed = entry[3](args, ret_name)
+                framed = entry[3](args, ret_name, view, layout.input_addr)
             except Exception as e:  # the guest sees the host function's failure
-                framed, reply = None, codec.encode_reply_error(
-                    f"host function {name!r} raised {type(e).__name__}: {e}")
+                framed, reply = None, _raised(name, e)
             else:
                 if framed is None:
                     reply = self._invoke(name, entry[1], entry[2], args, ret_name)
             if framed is not None:
-                n = len(framed)
-                if n <= layout.input_size:
-                    addr = layout.input_addr
-                    view[addr:addr + n] = framed
-                    return
-                reply = framed[FRAME_HEADER:]              # too large: an error reply below
+                if framed:                      # (not codec.WRITTEN: the server wrote that)
+                    self._write_framed(name, framed)
+                return
+        self._write_reply(name, reply)
+
+    def _write_framed(self, name: str, framed: bytes) -> None:
+        """Put a framed host-call reply into the input buffer (an error reply when too large)."""
+        layout = self.layout
+        if len(framed) <= layout.input_size:
+            self.memory.view[layout.input_addr:layout.input_addr + len(framed)] = framed
+        else:
+            self._write_reply(name, framed[FRAME_HEADER:])
+
+    def _write_reply(self, name: str, reply: bytes) -> None:
+        """Frame the host-call reply `reply` (of host function `name`) into the input buffer,
+        or an error reply in its place when it does not fit."""
+        layout = self.layout
+        view = self.memory.view
         addr, size = layout.input_addr, layout.input_size
         try:
             codec.write_frame(view, addr, size, reply)
@@ -502,8 +552,7 @@ class Core:
         try:
             result = hf.fn(*values)
         except Exception as e:  # the guest sees the host function's failure
-            return codec.encode_reply_error(f"host function {name!r} raised "
-                                            f"{type(e).__name__}: {e}")
+            return _raised(name, e)
         try:
             return hc.reply(result)
         except CodecError as e:

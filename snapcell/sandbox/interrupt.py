@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -19,6 +20,7 @@ from ..errors import ConfigurationError
 _installed: set[int] = set()
 _install_lock = threading.Lock()
 _get_ident = threading.get_ident
+_monotonic = time.monotonic
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -72,6 +74,8 @@ class InterruptHandle:
         self._cancel: int | None = None          # id of the call a kill targeted
         self._timed_out = False
         self._observed = 0                       # id of the last call that saw its cancellation
+        self._armed: tuple[float, int] | None = None   # the current call's (deadline, id)
+        self._watched = False                    # known to the watchdog's thread
 
     # ---- used by the call loop (the vCPU thread)
     # `begin` and `end` are inlined in Core's call loop: keep the two in step.
@@ -159,22 +163,44 @@ class InterruptHandle:
 class Watchdog:
     """One thread that kills calls whose deadline passed.
 
-    Armed calls live in a dict (handle → deadline, call id) that `disarm` empties at the end
-    of each call, so finished calls cost the thread nothing; the thread is woken only when a
-    new deadline is earlier than the one it sleeps until (a run of calls with the same timeout
-    wakes it about once per timeout period, not once per call)."""
+    Arming is lock-free in the usual case, so a call with a timeout costs little more than one
+    without. A call stores its (deadline, call id) in its handle (`_armed`) and takes the lock
+    only when the thread might not look in time: the handle is new to the watchdog, or the
+    deadline is earlier than `_wake_at`, the moment the thread next looks. The thread scans
+    its handles at every wake; while it scans, `_wake_at` is +inf, so that a call arming
+    meanwhile takes the lock and wakes it again. Whatever the interleaving, a deadline is seen
+    by a scan, or its call wakes the thread, or the thread wakes no later than the deadline.
+
+    With nothing armed the thread wakes every `_idle` seconds, the shortest timeout armed
+    through the lock since it last went idle: a run of calls with timeouts at least that long
+    then never takes the lock. After `IDLE_ROUNDS` such wakes with nothing armed it sleeps
+    until the next call wakes it."""
+
+    IDLE_ROUNDS = 20
 
     def __init__(self) -> None:
-        self._armed: dict[InterruptHandle, tuple[float, int]] = {}
+        self._handles: weakref.WeakSet[InterruptHandle] = weakref.WeakSet()
+        self._fired: weakref.WeakKeyDictionary[InterruptHandle, int] = \
+            weakref.WeakKeyDictionary()             # handle → id of the call last killed
         self._cv = threading.Condition()
         self._wake_at = float("inf")           # when the thread next looks at the deadlines
+        self._idle = float("inf")
+        self._idle_rounds = 0
         self._thread: threading.Thread | None = None
 
     def arm(self, seconds: float, handle: InterruptHandle, call_id: int) -> None:
         """Kill call `call_id` of `handle` after `seconds` unless it ends (`disarm`) first."""
-        deadline = time.monotonic() + seconds
+        deadline = _monotonic() + seconds
+        handle._armed = (deadline, call_id)     # published before _wake_at is read
+        if deadline >= self._wake_at and handle._watched:
+            return                              # the thread looks before the deadline
         with self._cv:
-            self._armed[handle] = (deadline, call_id)
+            self._idle_rounds = 0
+            if handle not in self._handles:
+                self._handles.add(handle)
+                handle._watched = True
+            if seconds < self._idle:
+                self._idle = seconds
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="snapcell-watchdog",
                                                 daemon=True)
@@ -185,24 +211,33 @@ class Watchdog:
 
     def disarm(self, handle: InterruptHandle, call_id: int) -> None:
         """Call `call_id` of `handle` ended: forget its deadline."""
-        with self._cv:
-            armed = self._armed.get(handle)
-            if armed is not None and armed[1] == call_id:
-                del self._armed[handle]
+        handle._armed = None
 
     def _loop(self) -> None:
         while True:
             expired: list[tuple[InterruptHandle, int]] = []
             with self._cv:
-                now = time.monotonic()
+                self._wake_at = float("inf")       # arming now takes the lock (see the class)
+                now = _monotonic()
                 wake = float("inf")
-                for handle, (deadline, call_id) in list(self._armed.items()):
-                    if deadline <= now:
-                        del self._armed[handle]
+                for handle in list(self._handles):
+                    armed = handle._armed
+                    if armed is None:
+                        continue
+                    deadline, call_id = armed
+                    if deadline > now:
+                        wake = min(wake, deadline)
+                    elif self._fired.get(handle) != call_id:
+                        self._fired[handle] = call_id
                         expired.append((handle, call_id))
-                    elif deadline < wake:
-                        wake = deadline
                 if not expired:
+                    if wake < float("inf"):
+                        self._idle_rounds = 0
+                    elif self._idle_rounds < self.IDLE_ROUNDS and self._idle < float("inf"):
+                        self._idle_rounds += 1
+                        wake = now + self._idle
+                    else:
+                        self._idle = float("inf")
                     self._wake_at = wake
                     self._cv.wait(None if wake == float("inf") else wake - now)
                     continue

@@ -225,7 +225,13 @@ def test_the_compiled_host_server_equals_the_general_path(params: list[ValueType
         calls.append(a)
         return result
 
-    got = hc.server("F", fn)(args, ret_name)
+    buf = bytearray(b"\xaa" * 32)
+    got = hc.server("F", fn)(args, ret_name, buf, 8)
+    if got == codec.WRITTEN:                 # a fixed reply, written in place at offset 8
+        got = bytes(buf[8:12 + struct.unpack_from("<I", buf, 8)[0]])
+        assert buf[:8] + buf[8 + len(got):] == b"\xaa" * (32 - len(got))
+    else:
+        assert buf == b"\xaa" * 32
     fast_ok = ret_name == hc.ret_name and hc.args_unchanged(args)
     if got is None:
         assert not calls and not fast_ok
@@ -245,6 +251,9 @@ def test_the_compiled_host_server_lets_the_function_raise() -> None:
         raise KeyError(a)
 
     serve = codec.HostCallCodec((ValueType.I32,), ValueType.I32).server("Boom", boom)
+    buf = bytearray(16)
     with pytest.raises(KeyError):
-        serve([1], "i32")
-    assert serve([True], "i32") is None and serve([1], "i64") is None and serve([], "i32") is None
+        serve([1], "i32", buf, 0)
+    assert serve([True], "i32", buf, 0) is None and serve([1], "i64", buf, 0) is None \
+        and serve([], "i32", buf, 0) is None
+    assert buf == bytearray(16)
