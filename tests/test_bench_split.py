@@ -41,7 +41,7 @@ def test_call_rows_interleave_and_split(bench_snapshot: Snapshot) -> None:
     r = call_rows(bench_snapshot, _host_functions(), 200)
     assert os.sched_getaffinity(0) == cpus           # the pinning is undone
     rows = ("c_floor_kvm_run", "python_floor_kvm_run", "call_noop", "call_echo_i32",
-            "call_host_roundtrip")
+            "call_host_roundtrip", "call_noop_timeout")
     for name in rows:
         assert r[name]["n"] == 200 and 0 < r[name]["min_us"] <= r[name]["median_us"]
     py = r["python_floor_kvm_run"]["median_us"]
@@ -49,6 +49,8 @@ def test_call_rows_interleave_and_split(bench_snapshot: Snapshot) -> None:
         r["call_noop"]["median_us"] - py)
     assert r["host_overhead_call_host_roundtrip"]["median_us"] == pytest.approx(
         r["call_host_roundtrip"]["median_us"] - 2 * py)
+    assert r["host_overhead_call_noop_timeout"]["median_us"] == pytest.approx(
+        r["call_noop_timeout"]["median_us"] - py)
 
 
 def test_call_phases_count_every_run_and_restore_the_ioctl(bench_snapshot: Snapshot) -> None:

@@ -161,6 +161,7 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
     """The call rows of issue 17, interleaved block by block with the C floor and a bare Python
     KVM_RUN loop on the same guest (the time inside KVM_RUN as Python sees it); host overhead =
     a row's median minus its exits times the Python floor's (the round trip makes two).
+    `call_noop_timeout` is a NoOp under a 5 s timeout, as code sandboxes and the service call.
     This process and the C floor process are pinned to one CPU meanwhile, so that both run on
     the same core and share whatever else loads the machine."""
     base = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
@@ -173,13 +174,15 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
                 "python_floor_kvm_run": floor,
                 "call_noop": lambda: base.call("NoOp"),
                 "call_echo_i32": lambda: base.call("EchoI32", 7),
-                "call_host_roundtrip": lambda: base.call("Add", 1, 2)}, n,
+                "call_host_roundtrip": lambda: base.call("Add", 1, 2),
+                "call_noop_timeout": lambda: base.call("NoOp", timeout=5.0)}, n,
                 batches={"c_floor_kvm_run": cf.batch})
     finally:
         os.sched_setaffinity(0, cpus)
         base.close()
     py = r["python_floor_kvm_run"]["median_us"]
-    for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2)):
+    for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2),
+                        ("call_noop_timeout", 1)):
         r[f"host_overhead_{name}"] = {"n": r[name]["n"], "p99_us": float("nan"),
                                       "median_us": r[name]["median_us"] - exits * py}
     return r
@@ -687,6 +690,7 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     pooled = r["from_snapshot_first_result_pooled"]["median_us"]
     out = {
         "call_noop / C floor": r["call_noop"]["median_us"] / floor,
+        "call_noop_timeout / C floor": r["call_noop_timeout"]["median_us"] / floor,
         "python KVM_RUN floor / C floor": r["python_floor_kvm_run"]["median_us"] / floor,
         "call_echo_i32 / C floor": r["call_echo_i32"]["median_us"] / floor,
         "host round trip / C floor": r["call_host_roundtrip"]["median_us"] / floor,
