@@ -30,6 +30,34 @@ def test_round_trip_every_type(sandbox: MultiUseSandbox, suffix: str, values: tu
         assert sandbox.call(f"RoundTripHost{suffix}", v) == v
 
 
+def test_fixed_layout_host_calls_are_read_in_place(sandbox: MultiUseSandbox,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK writes fixed-size host-call arguments in fixed-width forms, and the host reads
+    such requests in place (HostCallCodec.matcher) from the second call of a function on: only
+    the first call of each, and every call of a function with variable-size or f32 parameters,
+    is decoded in full (Core._host_call). Results are the same either way, at the edges too."""
+    core = sandbox._core                               # noqa: SLF001
+    full: list[int] = []
+    real = core._host_call                             # noqa: SLF001
+    monkeypatch.setattr(core, "_host_call", lambda: (full.append(1), real())[1])
+    cases = [("I32", (-(2**31), 2**31 - 1)), ("U32", (0, 2**32 - 1)),
+             ("I64", (-(2**63), 2**63 - 1)), ("U64", (0, 2**64 - 1)),
+             ("F64", (2.5e-300, -math.inf)), ("Bool", (True, False))]
+    for suffix, values in cases:
+        for v in values * 2:
+            assert sandbox.call(f"RoundTripHost{suffix}", v) == v
+    assert sandbox.call("Add", -5, 2**31 - 3) == 2**31 - 8
+    assert sandbox.call("Add", 1, 2) == 3
+    assert len(full) == len(cases) + 1                 # one full decode per function
+    for v in ("x", "y"):
+        assert sandbox.call("RoundTripHostStr", v) == v
+    assert sandbox.call("RoundTripHostF32", 1.5) == 1.5
+    assert len(full) == len(cases) + 4
+    with pytest.raises(GuestError, match="out of range"):
+        sandbox.call("Add", 2**31 - 1, 1)              # matched; the reply is the error
+    assert len(full) == len(cases) + 4
+
+
 def test_host_add(sandbox: MultiUseSandbox) -> None:
     assert sandbox.call("Add", 40, 2) == 42
 

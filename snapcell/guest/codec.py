@@ -81,9 +81,8 @@ def unframe(view: memoryview, addr: int, capacity: int) -> bytes:
 _unpackb = msgpack.unpackb     # msgpack >= 1.0: raw=False, strict_map_key, use_list
 _UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   UnicodeDecodeError, TypeError)
-#: The frame's length prefix; what read_message decodes a payload with, and what that raises
-#: on malformed MessagePack — for a caller that writes read_message out on a hot path.
-LEN, unpackb, UNPACK_ERRORS = _LEN, _unpackb, _UNPACK_ERRORS
+#: The frame's length prefix (u32, little-endian).
+LEN = _LEN
 
 #: What a compiled host server (HostCallCodec.server) returns when it wrote the reply itself:
 #: empty, which no frame is (a frame has at least its 4-byte length).
@@ -91,6 +90,12 @@ WRITTEN = b""
 #: A compiled host server: (args, ret_name, buffer, offset) → WRITTEN, a framed reply to write,
 #: or None for "not exactly: take the general path".
 HostServer = Callable[[Any, str, Any, int], "bytes | None"]
+#: A compiled host-request matcher (HostCallCodec.matcher): (buffer, request offset, reply
+#: offset) → WRITTEN, a framed reply to write, or None for "not this layout".
+HostMatcher = Callable[[Any, int, int], "bytes | None"]
+#: The key a matcher is found by: a frame's first 8 bytes.
+MATCH_KEY = struct.Struct("<Q")
+_U64_LE = MATCH_KEY
 
 
 def unpack(payload: bytes | memoryview) -> Any:
@@ -410,12 +415,65 @@ class HostCallCodec:
             lines.append(f"    if r != {self.ret_name!r} or not _args_ok(a):")
             lines.append("        return None")
             lines.append("    res = _fn(*a)")
-        scope: dict[str, Any] = {"_fn": fn, "_args_ok": self.args_unchanged,
-                                 "_other": lambda res: self._reply_or_error(name, res)}
-        lines += _reply_source(self.ret, "res", scope, into=True) or []
-        lines.append("    return _other(res)")
+        scope: dict[str, Any] = {"_args_ok": self.args_unchanged}
+        lines += self._serve_tail(name, fn, scope)
         serve: HostServer = _compiled("\n".join(lines) + "\n", "serve", scope)
         return serve
+
+    def _serve_tail(self, name: str, fn: Callable[..., Any], scope: dict[str, Any]) -> list[str]:
+        """The end of a compiled server (and matcher): the reply to `res`, `fn`'s result —
+        written in place at `o` of `w` when it is exactly of a fixed-size type, else framed."""
+        scope["_fn"], scope["_other"] = fn, lambda res: self._reply_or_error(name, res)
+        return [*(_reply_source(self.ret, "res", scope, into=True) or []),
+                "    return _other(res)"]
+
+    def matcher(self, name: str, fn: Callable[..., Any]) -> tuple[int, HostMatcher] | None:
+        """For a signature whose parameters all have fixed-width forms (see
+        compile_fixed_encoder; bool too), the request `[name, [args], ret_name]` as the guest
+        SDK writes it has one layout: every byte but the values is a constant, and so is its
+        length. `match(buffer, at, offset)` reads a framed request at `at` of `buffer` in place
+        (one struct.unpack_from) and, when every constant byte matches, calls `fn` and replies
+        as `server` does (at `offset`); None, before `fn` is called, for anything else (another
+        function, another form of the same values, other bytes), which the caller then
+        decodes in full. A request it accepts decodes, as MessagePack, to exactly the values
+        `fn` is given. Returned with its key: the frame's first 8 bytes as a little-endian
+        u64 (length, array header, name header and at least one more constant byte), which
+        the caller looks candidates up by. None for other signatures."""
+        if not all(t in _FIXED_FORMS or t is ValueType.BOOL for t in self.params):
+            return None
+        head = (_double.pack_array_header(3) + _double.pack(name)
+                + _double.pack_array_header(len(self.params)))
+        tail = _double.pack(self.ret_name)
+        fmt, conds, values = [">I", f"{len(head)}s"], ["p == _head"], []
+        size = len(head) + len(tail)
+        fields = ["n", "p"]
+        for i, t in enumerate(self.params):
+            if t is ValueType.BOOL:                       # 0xc3 true, 0xc2 false
+                fmt.append("B")
+                fields.append(f"b{i}")
+                conds.append(f"(b{i} == 195 or b{i} == 194)")
+                values.append(f"b{i} == 195")
+                size += 1
+            else:
+                byte, code = _FIXED_FORMS[t]
+                fmt.append(f"B{code}")
+                fields += [f"f{i}", f"v{i}"]
+                conds.append(f"f{i} == {byte}")
+                values.append(f"v{i}")
+                size += 1 + struct.calcsize(f">{code}")
+        fmt.append(f"{len(tail)}s")
+        fields.append("r")
+        conds.append("r == _tail")
+        framed_head = _LEN.pack(size) + head
+        # the frame's length is little-endian, the struct big-endian: compare it byte-swapped
+        conds.insert(0, f"n == {int.from_bytes(_LEN.pack(size), 'big')}")
+        scope: dict[str, Any] = {"_unpack": struct.Struct("".join(fmt)).unpack_from,
+                                 "_head": head, "_tail": tail}
+        lines = ["def match(w, q, o):", f"    {', '.join(fields)} = _unpack(w, q)",
+                 f"    if not ({' and '.join(conds)}):", "        return None",
+                 f"    res = _fn({', '.join(values)})", *self._serve_tail(name, fn, scope)]
+        match: HostMatcher = _compiled("\n".join(lines) + "\n", "match", scope)
+        return _U64_LE.unpack_from(framed_head)[0], match
 
     def _reply_or_error(self, name: str, result: Any) -> bytes:
         try:

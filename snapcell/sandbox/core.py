@@ -53,8 +53,7 @@ _RETURN_IO = one_byte_out(OUT_RETURN)          # the exit that ends a call
 _HOSTCALL_IO = one_byte_out(OUT_HOSTCALL)      # a host call
 _HEAD_MASK, _HEAD_OK = codec.RESULT_HEAD_MASK, codec.RESULT_HEAD_OK
 _get_ident = threading.get_ident
-_LEN_UNPACK = codec.LEN.unpack_from
-_unpackb, _UNPACK_ERRORS = codec.unpackb, codec.UNPACK_ERRORS
+_MATCH_KEY = codec.MATCH_KEY.unpack_from
 
 
 # a registered host function: (registry version, function, codec, compiled server)
@@ -63,11 +62,18 @@ _HostEntry = tuple[int, HostFunction, HostCallCodec, codec.HostServer]
 
 _servers: "weakref.WeakKeyDictionary[HostFunction, codec.HostServer]" = \
     weakref.WeakKeyDictionary()
+_matchers: "weakref.WeakKeyDictionary[HostFunction, tuple[int, codec.HostMatcher] | None]" = \
+    weakref.WeakKeyDictionary()
 
 
 def _raised(name: str, error: Exception) -> bytes:
     return codec.encode_reply_error(f"host function {name!r} raised {type(error).__name__}: "
                                     f"{error}")
+
+
+def _raised_frame(name: str, error: Exception) -> bytes:
+    payload = _raised(name, error)
+    return codec.LEN.pack(len(payload)) + payload
 
 
 def _bad_result(name: str, error: CodecError) -> bytes:
@@ -103,6 +109,8 @@ class Core:
         self._functions: Mapping[str, Signature] = {}
         self.codecs: dict[str, CallCodec] = {}     # name → codec, filled by call_codec()
         self._host_codecs: dict[str, _HostEntry] = {}
+        # host-request matchers by their key: (registry version, ((matcher, name), ...))
+        self._matchers: dict[int, tuple[int, tuple[tuple[codec.HostMatcher, str], ...]]] = {}
         self.debugger: DebugHook | None = None
         self._busy = threading.Lock()              # held for the duration of a guest call
         self._syscalls: SyscallHost | None = None      # made at the first syscall exit
@@ -254,7 +262,6 @@ class Core:
                     watchdog.arm(timeout, handle, call_id)
                 try:
                     machine = self.machine
-                    host_codecs, registry = self._host_codecs, self.host_functions
                     try:
                         # Machine.run, written out (on the contract in its docstring); the exit
                         # of the common call, a one-byte `out` to OUT_RETURN, is one comparison.
@@ -273,33 +280,25 @@ class Core:
                                     break
                                 if io == _HOSTCALL_IO:     # (both ports are below the trap
                                     # ports: nothing to record) the common host call, written
-                                    # out: a well-formed request for a function with a
-                                    # compiled server; anything else takes _host_call
-                                    entry = None
-                                    m = _LEN_UNPACK(view, layout.output_addr)[0]
-                                    if m <= layout.output_size - FRAME_HEADER:
-                                        start = layout.output_addr + FRAME_HEADER
-                                        try:
-                                            obj = _unpackb(view[start:start + m])
-                                        except _UNPACK_ERRORS:
-                                            obj = None
-                                        if type(obj) is list and len(obj) == 3:
-                                            hname, args, ret_name = obj
-                                            if type(hname) is str and type(args) is list:
-                                                entry = host_codecs.get(hname)
-                                    if entry is None or entry[0] != registry.version:
+                                    # out: a request of one fixed layout, matched in place
+                                    # (HostCallCodec.matcher); anything else: _host_call
+                                    reply = None
+                                    found = self._matchers.get(
+                                        _MATCH_KEY(view, layout.output_addr)[0])
+                                    if found is not None \
+                                            and found[0] == self.host_functions.version:
+                                        for match, hname in found[1]:
+                                            try:
+                                                reply = match(view, layout.output_addr,
+                                                              layout.input_addr)
+                                            except Exception as e:  # the guest sees it
+                                                reply = _raised_frame(hname, e)
+                                            if reply is not None:
+                                                break
+                                    if reply is None:
                                         self._host_call()
-                                    else:
-                                        try:
-                                            reply = entry[3](args, ret_name, view,
-                                                             layout.input_addr)
-                                        except Exception as e:  # the guest sees the failure
-                                            self._write_reply(hname, _raised(hname, e))
-                                        else:
-                                            if reply is None:   # not exactly: in full
-                                                self._host_call()
-                                            elif reply:         # (not WRITTEN in place)
-                                                self._write_framed(hname, reply)
+                                    elif reply:                # (not WRITTEN in place)
+                                        self._write_framed(hname, reply)
                                     if handle._cancel == call_id:  # killed during it
                                         self._cancel(handle)
                                     continue
@@ -536,6 +535,16 @@ class Core:
             serve = _servers[hf] = hc.server(name, hf.fn)
         entry = (registry.version, hf, hc, serve)
         self._host_codecs[name] = entry
+        if hf not in _matchers:
+            _matchers[hf] = hc.matcher(name, hf.fn)
+        keyed = _matchers[hf]
+        if keyed is not None:             # found in place from the next call on
+            key, match = keyed
+            found = self._matchers.get(key)
+            if found is None or found[0] != registry.version:
+                self._matchers[key] = (registry.version, ((match, name),))
+            elif all(m is not match for m, _ in found[1]):   # another function, same key
+                self._matchers[key] = (registry.version, (*found[1], (match, name)))
         return entry
 
     @staticmethod

@@ -209,4 +209,32 @@ def test_registering_host_functions_from_a_host_function(attacker_snapshot: Snap
         _still_in_step(sb, references[id(attacker_snapshot)])
 
 
+def test_requests_read_in_place_follow_the_registry(attacker_snapshot: Snapshot,
+                                                    references: dict[int, Fingerprint]) -> None:
+    """Host-call requests of one fixed layout are read in place, found by their first 8 bytes
+    (HostCallCodec.matcher). Two functions whose requests share those bytes (same length,
+    same first two name bytes) are both served right, and a function replaced in the registry
+    between or during calls is never served by its old matcher."""
+    hf = host_functions()
+    hf.register("Twin1", lambda v: v + 1, signature=hf.get("Echo").signature)  # type: ignore[union-attr]
+    hf.register("Twin2", lambda v: v + 2, signature=hf.get("Echo").signature)  # type: ignore[union-attr]
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=hf) as sb:
+        for i in range(20):
+            assert sb.call("CallHost", f"Twin{1 + i % 2}", i) == i + 1 + i % 2
+        shared = [m for _, m in sb._core._matchers.values() if len(m) > 1]  # noqa: SLF001
+        assert [sorted(name for _, name in m) for m in shared] == [["Twin1", "Twin2"]]
+        hf.register("Twin1", lambda v: v * 100, signature=hf.get("Echo").signature)  # type: ignore[union-attr]
+        assert sb.call("CallHost", "Twin1", 3) == 300
+        assert sb.call("CallHost", "Twin2", 3) == 5
+
+        def swap(v: I32) -> I32:      # replaces Twin2 while the guest is in a call
+            hf.register("Twin2", lambda x: -x, signature=hf.get("Echo").signature)  # type: ignore[union-attr]
+            return v
+
+        hf.register("Evil", swap)
+        assert sb.call("CallHost", "Evil", 1) == 1
+        assert sb.call("CallHost", "Twin2", 7) == -7
+        _still_in_step(sb, references[id(attacker_snapshot)])
+
+
 _ = HostFunctions

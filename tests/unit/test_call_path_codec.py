@@ -257,3 +257,113 @@ def test_the_compiled_host_server_lets_the_function_raise() -> None:
     assert serve([True], "i32", buf, 0) is None and serve([1], "i64", buf, 0) is None \
         and serve([], "i32", buf, 0) is None
     assert buf == bytearray(16)
+
+
+# ---------------------------------------------------------------- host requests read in place
+def sdk_request(name: str, params: tuple[ValueType, ...], ret: ValueType,
+                values: tuple[Any, ...]) -> bytes:
+    """A framed host-call request `[name, [values], ret]` as the guest SDK writes it
+    (sc_call_host: integers in fixed-width forms), built from the fixed call encoder."""
+    if params:
+        enc = codec.compile_fixed_encoder(name, params)
+        assert enc is not None
+        call = enc(values)
+        assert call is not None
+        body = call[5:]                                  # after the length and fixarray(2)
+    else:
+        body = msgpack.packb(name) + b"\x90"
+    payload = b"\x93" + body + msgpack.packb(ret.value)
+    return struct.pack("<I", len(payload)) + payload
+
+
+def reply_of(got: bytes | None, buf: bytearray, at: int) -> bytes | None:
+    """A compiled server's or matcher's reply as a frame, wherever it went."""
+    if got == codec.WRITTEN:
+        return bytes(buf[at:at + 4 + struct.unpack_from("<I", buf, at)[0]])
+    return got
+
+
+def same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and (a == b or (a != a and b != b))
+
+
+@given(st.lists(st.sampled_from(FIXED), max_size=5), st.sampled_from(RET_TYPES), st.data(),
+       st.text(min_size=1, max_size=40))
+def test_sdk_requests_are_matched_in_place_like_the_server(params: list[ValueType],
+                                                           ret: ValueType, data: st.DataObject,
+                                                           name: str) -> None:
+    hc = codec.HostCallCodec(tuple(params), ret)
+    values = tuple(data.draw(exact_value(t)) for t in params)
+    result = data.draw(ANY_VALUE)
+    calls: list[tuple[Any, ...]] = []
+
+    def fn(*a: Any) -> Any:
+        calls.append(a)
+        return result
+
+    keyed = hc.matcher(name, fn)
+    assert keyed is not None
+    key, match = keyed
+    frame = sdk_request(name, tuple(params), ret, values)
+    assert codec.MATCH_KEY.unpack_from(frame)[0] == key
+    buf = bytearray(b"\xaa" * 8) + frame + bytearray(b"\xaa" * 40)
+    got = reply_of(match(buf, 8, 8 + len(frame)), buf, 8 + len(frame))
+    assert len(calls) == 1 and all(same(a, b) for a, b in zip(calls[0], values))
+    sbuf = bytearray(64)
+    want = reply_of(hc.server(name, fn)(list(values), ret.value, sbuf, 0), sbuf, 0)
+    assert got == want
+
+
+MUTATION = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=4)
+
+
+@given(st.lists(st.sampled_from(FIXED), max_size=4), st.sampled_from(RET_TYPES), st.data(),
+       st.text(min_size=1, max_size=12), MUTATION, st.integers(-3, 3))
+def test_a_matched_request_is_exactly_what_it_decodes_to(params: list[ValueType],
+                                                         ret: ValueType, data: st.DataObject,
+                                                         name: str,
+                                                         changes: list[tuple[int, int]],
+                                                         resize: int) -> None:
+    """Any bytes at all (an SDK request with bytes changed and its end moved, so other forms,
+    other names, lengths and types): the matcher calls the function only when the frame
+    decodes, as MessagePack, to exactly [name, [the values it passed], ret]."""
+    hc = codec.HostCallCodec(tuple(params), ret)
+    calls: list[tuple[Any, ...]] = []
+    keyed = hc.matcher(name, lambda *a: calls.append(a))
+    assert keyed is not None
+    frame = bytearray(sdk_request(name, tuple(params),
+                                  ret, tuple(data.draw(exact_value(t)) for t in params)))
+    for at, byte in changes:
+        if at < len(frame):
+            frame[at] = byte
+    if resize < 0:
+        del frame[resize:]
+    else:
+        frame += bytes(resize)
+    buf = frame + bytearray(512)
+    got = keyed[1](buf, 0, len(frame) + 8)
+    if got is None:
+        assert not calls
+        return
+    assert len(calls) == 1
+    (n,) = struct.unpack_from("<I", buf)
+    decoded = msgpack.unpackb(bytes(buf[4:4 + n]), raw=False, strict_map_key=True)
+    assert decoded[0] == name and decoded[2] == ret.value and len(decoded) == 3
+    assert len(decoded[1]) == len(calls[0]) and all(same(a, b) for a, b in zip(decoded[1], calls[0]))
+
+
+def test_no_matcher_for_variable_width_parameters() -> None:
+    for params in [(ValueType.STR,), (ValueType.I32, ValueType.BYTES), (ValueType.F32,)]:
+        assert codec.HostCallCodec(params, ValueType.I32).matcher("F", lambda *a: 0) is None
+    assert codec.HostCallCodec((), ValueType.STR).matcher("F", lambda: "") is not None
+
+
+def test_minimal_forms_are_left_to_the_full_decoder() -> None:
+    """The same request with MessagePack's smallest int forms (any other writer) is not
+    matched: the caller decodes it in full."""
+    hc = codec.HostCallCodec((ValueType.I32, ValueType.I32), ValueType.I32)
+    keyed = hc.matcher("HostAdd", lambda a, b: a + b)
+    assert keyed is not None
+    payload = msgpack.packb(["HostAdd", [1, 2], "i32"])
+    buf = bytearray(struct.pack("<I", len(payload)) + payload + bytes(64))
+    assert keyed[1](buf, 0, 32) is None

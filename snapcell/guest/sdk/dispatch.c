@@ -475,6 +475,30 @@ const char *sc_host_error(void) { return host_err; }
 
 static int read_host_reply(const char *name, sc_type ret, sc_value *result);
 
+/* A host-call argument: integers in their fixed-width forms (int32, uint32, int64, uint64;
+ * f32, f64 and bool have one size already), so that the request of a function with only
+ * such parameters has one layout the host can read in place (docs/guest-abi.md, "Host
+ * calls"); strings and bytes as sc__value_encode. */
+static uint64_t host_arg_size(const sc_value *v)
+{
+    switch (v->type) {
+    case SC_I32: case SC_U32: return 5;
+    case SC_I64: case SC_U64: return 9;
+    default: return sc__value_size(v);
+    }
+}
+
+static char *host_arg_encode(char *w, const sc_value *v)
+{
+    switch (v->type) {
+    case SC_I32: w = mp_store_u8(w, 0xd2); return mp_store_u32(w, (uint32_t)v->i32);
+    case SC_U32: w = mp_store_u8(w, 0xce); return mp_store_u32(w, v->u32);
+    case SC_I64: w = mp_store_u8(w, 0xd3); return mp_store_u64(w, (uint64_t)v->i64);
+    case SC_U64: w = mp_store_u8(w, 0xcf); return mp_store_u64(w, v->u64);
+    default: return sc__value_encode(w, v);
+    }
+}
+
 int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...)
 {
     sc_value a[SC_MAX_PARAMS];
@@ -505,7 +529,7 @@ int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...
             problem = "an sc_error value is not an argument";
         if (problem)
             return host_fail("sc_call_host(\"%s\"): argument %d: %s", name, i, problem);
-        total += sc__value_size(&a[i]);
+        total += host_arg_size(&a[i]);
     }
     if (!sc__out_fits(total))
         return host_fail("host call request too large (%llu bytes > output buffer)",
@@ -519,7 +543,7 @@ int sc_call_host(const char *name, sc_type ret, sc_value *result, int nargs, ...
     w = mp_encode_str(w, name, (uint32_t)nlen);
     w = mp_encode_array(w, (uint32_t)nargs);
     for (int i = 0; i < nargs; i++)
-        w = sc__value_encode(w, &a[i]);
+        w = host_arg_encode(w, &a[i]);
     w = mp_encode_str(w, sc__type_names[ret], (uint32_t)strlen(sc__type_names[ret]));
     sc__out_commit(w);
 
