@@ -3,6 +3,7 @@ one run (docs/benchmarks.md). Never used by tests to assert timings."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,19 @@ class CFloor:
             self.proc.stdout.close()
 
 
+@contextlib.contextmanager
+def pinned_floor() -> Iterator[CFloor]:
+    """This process pinned to one CPU (the C floor process started here inherits it) and the
+    C floor serving batches there, for rows measured in the same moments as the floor."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cpus)})
+    try:
+        with CFloor() as cf:
+            yield cf
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
     """The call rows of issue 17, interleaved block by block with the C floor and a bare Python
     KVM_RUN loop on the same guest (the time inside KVM_RUN as Python sees it); host overhead =
@@ -165,11 +179,9 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
     This process and the C floor process are pinned to one CPU meanwhile, so that both run on
     the same core and share whatever else loads the machine."""
     base = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(cpus)})            # inherited by the C floor process
     try:
-        floor = _python_floor(snap, hf)
-        with CFloor() as cf:
+        with pinned_floor() as cf:
+            floor = _python_floor(snap, hf)
             r = _time_interleaved({
                 "python_floor_kvm_run": floor,
                 "call_noop": lambda: base.call("NoOp"),
@@ -178,7 +190,6 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
                 "call_noop_timeout": lambda: base.call("NoOp", timeout=5.0)}, n,
                 batches={"c_floor_kvm_run": cf.batch})
     finally:
-        os.sched_setaffinity(0, cpus)
         base.close()
     py = r["python_floor_kvm_run"]["median_us"]
     for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2),
@@ -526,7 +537,10 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
             with MultiUseSandbox.from_snapshot(snap, host_functions=hf, pooled=pooled) as sb:
                 sb.call("NoOp")
 
-        r["from_snapshot_first_result_pooled"] = _time(lambda: first(True), n // 10, 50)
+        with pinned_floor() as cf:       # the floor of these moments, beside the absolute time
+            r.update(_time_interleaved({"from_snapshot_first_result_pooled": lambda: first(True)},
+                                       n // 10, block=20, warmup=50,
+                                       batches={"c_floor_during_from_snapshot": cf.batch}))
         r["from_snapshot_first_result_unpooled"] = _time(lambda: first(False), n // 40, 5)
 
     @step("snapshot()")
@@ -560,7 +574,9 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                 out[f"restore_then_call_{label}"] = restore_call
                 dirty[f"restore_{label}"] = dirty[f"restore_then_call_{label}"] = \
                     functools.partial(sb.call, "AddToStatic", 1)
-            r.update(_time_interleaved(out, n // 10, block=20, warmup=50, before=dirty))
+            with pinned_floor() as cf:
+                r.update(_time_interleaved(out, n // 10, block=20, warmup=50, before=dirty,
+                                           batches={"c_floor_during_restore": cf.batch}))
         finally:
             for sb in boxes:
                 sb.close()
