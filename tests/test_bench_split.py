@@ -51,6 +51,13 @@ def test_call_rows_interleave_and_split(bench_snapshot: Snapshot) -> None:
         r["call_host_roundtrip"]["median_us"] - 2 * py)
     assert r["host_overhead_call_noop_timeout"]["median_us"] == pytest.approx(
         r["call_noop_timeout"]["median_us"] - py)
+    fast = r["c_floor_kvm_run_fastest_period"]["n"]           # whole blocks of the fastest rounds
+    assert 0 < fast <= r["c_floor_kvm_run"]["n"] + 100 and fast % 100 == 0
+    for name in rows[1:]:
+        assert r[f"{name}_fastest_period"]["n"] == fast
+    assert r["host_overhead_call_host_roundtrip_fastest_period"]["median_us"] == pytest.approx(
+        r["call_host_roundtrip_fastest_period"]["median_us"]
+        - 2 * r["python_floor_kvm_run_fastest_period"]["median_us"])
 
 
 def test_call_phases_count_every_run_and_restore_the_ioctl(bench_snapshot: Snapshot) -> None:

@@ -61,18 +61,27 @@ def _time(fn: Callable[[], Any], n: int, warmup: int = 0,
 
 
 BLOCK_WARMUP = 5        # untimed runs at the start of every block, for every row alike
+# This machine kind switches speed every fraction of a second (the C floor at ≈ 25, ≈ 29 or
+# 29–36 µs: the host's other tenants). A round of an interleaved step whose floor block is
+# within FASTEST_BAND of the step's fastest rounds (their 5th percentile) is a round of the
+# fastest period; its rows are also reported over those rounds alone (`*_fastest_period`).
+FASTEST_BAND = 1.06
 
 
 def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 100,
                       warmup: int = 200,
                       batches: dict[str, Callable[[int], list[int]]] | None = None,
-                      before: dict[str, Callable[[], Any]] | None = None) -> dict[str, Stats]:
+                      before: dict[str, Callable[[], Any]] | None = None,
+                      fastest: tuple[str, ...] = ()) -> dict[str, Stats]:
     """Time several functions in alternating blocks of `block` samples, so that machine noise
     (another process, frequency changes) falls on all of them alike; `n` samples each.
     `batches` are rows measured elsewhere (the C floor process): `batch(k)` returns k samples
     in ns, taken when called, so they alternate with the Python rows block by block. Every
     block of every row starts with BLOCK_WARMUP untimed runs (the caches the other rows left).
-    `before[row]`, when given, runs untimed before each run of that row."""
+    `before[row]`, when given, runs untimed before each run of that row. With batches, the
+    rows named in `fastest` (and the first batch row) are also given as `<row>_fastest_period`:
+    their samples from the rounds whose first batch row's block was in the fastest period
+    (FASTEST_BAND) — a round is one block of every row, so its rows ran in the same moments."""
     before = before or {}
     for k, fn in fns.items():
         pre = before.get(k)
@@ -82,12 +91,15 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 10
             fn()
     batches = batches or {}
     samples: dict[str, list[int]] = {k: [] for k in (*batches, *fns)}
+    rounds: list[tuple[float, dict[str, list[int]]]] = []    # (floor block median, samples)
     clock = time.perf_counter_ns
     while min(len(v) for v in samples.values()) < n:
+        got: dict[str, list[int]] = {}
         for k, batch in batches.items():
-            samples[k].extend(batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:])
+            got[k] = batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:]
         for k, fn in fns.items():
-            out, pre = samples[k], before.get(k)
+            out: list[int] = []
+            got[k], pre = out, before.get(k)
             for _ in range(BLOCK_WARMUP):
                 if pre is not None:
                     pre()
@@ -98,7 +110,25 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 10
                 t = clock()
                 fn()
                 out.append(clock() - t)
-    return {k: _stats(v[:n]) for k, v in samples.items()}
+        for k, v in got.items():
+            samples[k].extend(v)
+        if batches:
+            rounds.append((statistics.median(got[next(iter(batches))]), got))
+    r = {k: _stats(v[:n]) for k, v in samples.items()}
+    if rounds and fastest:
+        r.update(fastest_period(rounds, (next(iter(batches)), *fastest)))
+    return r
+
+
+def fastest_period(rounds: list[tuple[float, dict[str, list[int]]]],
+                   rows: tuple[str, ...]) -> dict[str, Stats]:
+    """`<row>_fastest_period` for each of `rows`: the samples of the rounds whose floor block
+    median is within FASTEST_BAND of the 5th percentile of all rounds' (see _time_interleaved).
+    """
+    floors = sorted(f for f, _ in rounds)
+    limit = floors[len(floors) // 20] * FASTEST_BAND
+    fast = [got for f, got in rounds if f <= limit]
+    return {f"{k}_fastest_period": _stats([x for got in fast for x in got[k]]) for k in rows}
 
 
 def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
@@ -188,15 +218,21 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
                 "call_echo_i32": lambda: base.call("EchoI32", 7),
                 "call_host_roundtrip": lambda: base.call("Add", 1, 2),
                 "call_noop_timeout": lambda: base.call("NoOp", timeout=5.0)}, n,
-                batches={"c_floor_kvm_run": cf.batch})
+                batches={"c_floor_kvm_run": cf.batch}, fastest=CALL_ROWS)
     finally:
         base.close()
-    py = r["python_floor_kvm_run"]["median_us"]
-    for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2),
-                        ("call_noop_timeout", 1)):
-        r[f"host_overhead_{name}"] = {"n": r[name]["n"], "p99_us": float("nan"),
-                                      "median_us": r[name]["median_us"] - exits * py}
+    for suffix in ("", "_fastest_period"):
+        py = r[f"python_floor_kvm_run{suffix}"]["median_us"]
+        for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2),
+                            ("call_noop_timeout", 1)):
+            row = r[f"{name}{suffix}"]
+            r[f"host_overhead_{name}{suffix}"] = {"n": row["n"], "p99_us": float("nan"),
+                                                  "median_us": row["median_us"] - exits * py}
     return r
+
+
+CALL_ROWS = ("python_floor_kvm_run", "call_noop", "call_echo_i32", "call_host_roundtrip",
+             "call_noop_timeout")
 
 
 def call_phases(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
@@ -540,7 +576,8 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
         with pinned_floor() as cf:       # the floor of these moments, beside the absolute time
             r.update(_time_interleaved({"from_snapshot_first_result_pooled": lambda: first(True)},
                                        n // 10, block=20, warmup=50,
-                                       batches={"c_floor_during_from_snapshot": cf.batch}))
+                                       batches={"c_floor_during_from_snapshot": cf.batch},
+                                       fastest=("from_snapshot_first_result_pooled",)))
         r["from_snapshot_first_result_unpooled"] = _time(lambda: first(False), n // 40, 5)
 
     @step("snapshot()")
@@ -576,7 +613,8 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                     functools.partial(sb.call, "AddToStatic", 1)
             with pinned_floor() as cf:
                 r.update(_time_interleaved(out, n // 10, block=20, warmup=50, before=dirty,
-                                           batches={"c_floor_during_restore": cf.batch}))
+                                           batches={"c_floor_during_restore": cf.batch},
+                                           fastest=tuple(k for k in out if "then" not in k)))
         finally:
             for sb in boxes:
                 sb.close()
@@ -716,11 +754,23 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
         "from_snapshot unpooled / pooled":
             r["from_snapshot_first_result_unpooled"]["median_us"] / pooled,
     }
-    restores = {k: v for k, v in r.items() if k.startswith("restore_") and "then" not in k}
+    restores = {k: v for k, v in r.items() if k.startswith("restore_") and "then" not in k
+                and not k.endswith("_fastest_period")}
     sizes = sorted(restores, key=lambda k: float(k.split("_")[1][:-3]))
     if len(sizes) >= 2:
         out[f"{sizes[-1]} / {sizes[1]}"] = (restores[sizes[-1]]["median_us"]
                                             / restores[sizes[1]]["median_us"])
+        fast = [r.get(f"{k}_fastest_period") for k in (sizes[-1], sizes[1])]
+        if fast[0] and fast[1]:
+            out[f"{sizes[-1]} / {sizes[1]} (fastest period)"] = (fast[0]["median_us"]
+                                                                 / fast[1]["median_us"])
+    if "c_floor_kvm_run_fastest_period" in r:
+        f = r["c_floor_kvm_run_fastest_period"]["median_us"]
+        for row, what in (("call_noop", "call_noop"), ("call_echo_i32", "call_echo_i32"),
+                          ("call_host_roundtrip", "host round trip"),
+                          ("call_noop_timeout", "call_noop_timeout")):
+            out[f"{what} / C floor (fastest period)"] = (
+                r[f"{row}_fastest_period"]["median_us"] / f)
     if "pool_call_noop" in r:
         out["pool call / direct call (NoOp)"] = (r["pool_call_noop"]["median_us"]
                                                  / r["direct_call_noop_same_run"]["median_us"])
