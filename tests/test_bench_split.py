@@ -38,10 +38,14 @@ def test_the_c_floor_refuses_a_count_it_cannot_hold(kvm_ok: None) -> None:
 
 def test_call_rows_interleave_and_split(bench_snapshot: Snapshot) -> None:
     cpus = os.sched_getaffinity(0)
-    r = call_rows(bench_snapshot, _host_functions(), 200)
+    hf = _host_functions()
+    with MultiUseSandbox.from_snapshot(bench_snapshot, host_functions=hf) as other:
+        r = call_rows(bench_snapshot, hf, 200, {"X": (other, bench_snapshot)})
+        assert other.call("GetStatic") == 0 and other.call("AddToStatic", 2) == 2  # restored
     assert os.sched_getaffinity(0) == cpus           # the pinning is undone
     rows = ("c_floor_kvm_run", "python_floor_kvm_run", "call_noop", "call_echo_i32",
-            "call_host_roundtrip", "call_noop_timeout")
+            "call_host_roundtrip", "call_noop_timeout", "from_snapshot_first_result_pooled",
+            "restore_X_beside_calls")
     for name in rows:
         assert r[name]["n"] == 200 and 0 < r[name]["min_us"] <= r[name]["median_us"]
     py = r["python_floor_kvm_run"]["median_us"]

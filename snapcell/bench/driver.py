@@ -201,24 +201,38 @@ def pinned_floor() -> Iterator[CFloor]:
         os.sched_setaffinity(0, cpus)
 
 
-def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
-    """The call rows of issue 17, interleaved block by block with the C floor and a bare Python
-    KVM_RUN loop on the same guest (the time inside KVM_RUN as Python sees it); host overhead =
-    a row's median minus its exits times the Python floor's (the round trip makes two).
+def call_rows(snap: Snapshot, hf: HostFunctions, n: int,
+              restores: dict[str, tuple[MultiUseSandbox, Snapshot]] | None = None
+              ) -> dict[str, Stats]:
+    """The rows of issue 17's targets, interleaved block by block with the C floor and a bare
+    Python KVM_RUN loop on the same guest (the time inside KVM_RUN as Python sees it), so that
+    all of them are taken in the same moments: the calls, `from_snapshot` → first result
+    (pooled) and, for each `restores` entry (label → sandbox and a snapshot of it), its
+    restore after a call dirtied it (`restore_<label>_beside_calls`). Host overhead = a call
+    row's median minus its exits times the Python floor's (the round trip makes two).
     `call_noop_timeout` is a NoOp under a 5 s timeout, as code sandboxes and the service call.
     This process and the C floor process are pinned to one CPU meanwhile, so that both run on
     the same core and share whatever else loads the machine."""
+    def first() -> None:
+        with MultiUseSandbox.from_snapshot(snap, host_functions=hf) as sb:
+            sb.call("NoOp")
+
     base = MultiUseSandbox.from_snapshot(snap, host_functions=hf)
+    rows: dict[str, Callable[[], Any]] = {
+        "call_noop": lambda: base.call("NoOp"),
+        "call_echo_i32": lambda: base.call("EchoI32", 7),
+        "call_host_roundtrip": lambda: base.call("Add", 1, 2),
+        "call_noop_timeout": lambda: base.call("NoOp", timeout=5.0),
+        "from_snapshot_first_result_pooled": first}
+    dirty: dict[str, Callable[[], Any]] = {}
+    for label, (sb, s) in (restores or {}).items():
+        rows[f"restore_{label}_beside_calls"] = functools.partial(sb.restore, s)
+        dirty[f"restore_{label}_beside_calls"] = functools.partial(sb.call, "AddToStatic", 1)
     try:
         with pinned_floor() as cf:
-            floor = _python_floor(snap, hf)
-            r = _time_interleaved({
-                "python_floor_kvm_run": floor,
-                "call_noop": lambda: base.call("NoOp"),
-                "call_echo_i32": lambda: base.call("EchoI32", 7),
-                "call_host_roundtrip": lambda: base.call("Add", 1, 2),
-                "call_noop_timeout": lambda: base.call("NoOp", timeout=5.0)}, n,
-                batches={"c_floor_kvm_run": cf.batch}, fastest=CALL_ROWS)
+            r = _time_interleaved({"python_floor_kvm_run": _python_floor(snap, hf), **rows}, n,
+                                  batches={"c_floor_kvm_run": cf.batch}, before=dirty,
+                                  fastest=("python_floor_kvm_run", *rows))
     finally:
         base.close()
     for suffix in ("", "_fastest_period"):
@@ -229,10 +243,6 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
             r[f"host_overhead_{name}{suffix}"] = {"n": row["n"], "p99_us": float("nan"),
                                                   "median_us": row["median_us"] - exits * py}
     return r
-
-
-CALL_ROWS = ("python_floor_kvm_run", "call_noop", "call_echo_i32", "call_host_roundtrip",
-             "call_noop_timeout")
 
 
 def call_phases(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
@@ -556,7 +566,14 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
 
     @step("calls and the C floor")
     def _() -> None:
-        r.update(call_rows(snap, hf, n))
+        boxes = {f"{mib}MiB": UninitializedSandbox(
+            binary, config=config_for_total(binary, mib * MIB), host_functions=hf).evolve()
+            for mib in (16, 256)}
+        try:
+            r.update(call_rows(snap, hf, n, {k: (sb, sb.snapshot()) for k, sb in boxes.items()}))
+        finally:
+            for sb in boxes.values():
+                sb.close()
         r.update(call_phases(snap, hf, n // 2))
 
     @step("evolve")
@@ -573,11 +590,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
             with MultiUseSandbox.from_snapshot(snap, host_functions=hf, pooled=pooled) as sb:
                 sb.call("NoOp")
 
-        with pinned_floor() as cf:       # the floor of these moments, beside the absolute time
-            r.update(_time_interleaved({"from_snapshot_first_result_pooled": lambda: first(True)},
-                                       n // 10, block=20, warmup=50,
-                                       batches={"c_floor_during_from_snapshot": cf.batch},
-                                       fastest=("from_snapshot_first_result_pooled",)))
+        # (pooled: measured with the calls, in the same moments as the C floor)
         r["from_snapshot_first_result_unpooled"] = _time(lambda: first(False), n // 40, 5)
 
     @step("snapshot()")
@@ -764,6 +777,11 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
         if fast[0] and fast[1]:
             out[f"{sizes[-1]} / {sizes[1]} (fastest period)"] = (fast[0]["median_us"]
                                                                  / fast[1]["median_us"])
+    for suffix, what in (("", ""), ("_fastest_period", " (fastest period)")):
+        big, small = (r.get(f"restore_{m}MiB_beside_calls{suffix}") for m in (256, 16))
+        if big and small:
+            out[f"restore 256/16 MiB beside the calls{what}"] = (big["median_us"]
+                                                                 / small["median_us"])
     if "c_floor_kvm_run_fastest_period" in r:
         f = r["c_floor_kvm_run_fastest_period"]["median_us"]
         for row, what in (("call_noop", "call_noop"), ("call_echo_i32", "call_echo_i32"),
