@@ -570,7 +570,10 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
             binary, config=config_for_total(binary, mib * MIB), host_functions=hf).evolve()
             for mib in (16, 256)}
         try:
-            r.update(call_rows(snap, hf, n, {k: (sb, sb.snapshot()) for k, sb in boxes.items()}))
+            # (at least 5,000 samples each even with --quick: the fastest-period rows use a
+            # part of them)
+            r.update(call_rows(snap, hf, max(n, 5000),
+                               {k: (sb, sb.snapshot()) for k, sb in boxes.items()}))
         finally:
             for sb in boxes.values():
                 sb.close()
@@ -768,7 +771,7 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
             r["from_snapshot_first_result_unpooled"]["median_us"] / pooled,
     }
     restores = {k: v for k, v in r.items() if k.startswith("restore_") and "then" not in k
-                and not k.endswith("_fastest_period")}
+                and not k.endswith(("_fastest_period", "_beside_calls"))}
     sizes = sorted(restores, key=lambda k: float(k.split("_")[1][:-3]))
     if len(sizes) >= 2:
         out[f"{sizes[-1]} / {sizes[1]}"] = (restores[sizes[-1]]["median_us"]
