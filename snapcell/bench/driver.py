@@ -62,9 +62,9 @@ def _time(fn: Callable[[], Any], n: int, warmup: int = 0,
 
 BLOCK_WARMUP = 5        # untimed runs at the start of every block, for every row alike
 # This machine kind switches speed every fraction of a second (the C floor at ≈ 25, ≈ 29 or
-# 29–36 µs: the host's other tenants). A round of an interleaved step whose floor block is
-# within FASTEST_BAND of the step's fastest rounds (their 5th percentile) is a round of the
-# fastest period; its rows are also reported over those rounds alone (`*_fastest_period`).
+# 33–36 µs: the host's other tenants). A block of an interleaved step whose floor level is
+# within FASTEST_BAND of the step's fastest blocks (their 5th percentile) ran in the fastest
+# period; rows are also reported over those blocks alone (`*_fastest_period`).
 FASTEST_BAND = 1.06
 
 
@@ -78,10 +78,13 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 10
     `batches` are rows measured elsewhere (the C floor process): `batch(k)` returns k samples
     in ns, taken when called, so they alternate with the Python rows block by block. Every
     block of every row starts with BLOCK_WARMUP untimed runs (the caches the other rows left).
-    `before[row]`, when given, runs untimed before each run of that row. With batches, the
-    rows named in `fastest` (and the first batch row) are also given as `<row>_fastest_period`:
-    their samples from the rounds whose first batch row's block was in the fastest period
-    (FASTEST_BAND) — a round is one block of every row, so its rows ran in the same moments."""
+    `before[row]`, when given, runs untimed before each run of that row.
+
+    With batches, the rows named in `fastest` (and the first batch row) are also given as
+    `<row>_fastest_period`: their blocks that ran in the machine's fastest period. A short
+    probe of the first batch row (PROBE samples) follows every block of those rows, so each
+    block lies between two floor measurements; its level is the slower of the two (the first
+    one is the round's floor block for the round's first row). See fastest_period."""
     before = before or {}
     for k, fn in fns.items():
         pre = before.get(k)
@@ -91,44 +94,56 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 10
             fn()
     batches = batches or {}
     samples: dict[str, list[int]] = {k: [] for k in (*batches, *fns)}
-    rounds: list[tuple[float, dict[str, list[int]]]] = []    # (floor block median, samples)
+    levels: list[tuple[str, float, list[int]]] = []        # (row, floor level, block samples)
+    floor = next(iter(batches), None)
     clock = time.perf_counter_ns
     while min(len(v) for v in samples.values()) < n:
-        got: dict[str, list[int]] = {}
+        level = 0.0
         for k, batch in batches.items():
-            got[k] = batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:]
+            got = batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:]
+            samples[k].extend(got)
+            if k == floor:
+                level = statistics.median(got)
+                if fastest:
+                    levels.append((k, level, got))
         for k, fn in fns.items():
-            out: list[int] = []
-            got[k], pre = out, before.get(k)
+            out, pre = samples[k], before.get(k)
             for _ in range(BLOCK_WARMUP):
                 if pre is not None:
                     pre()
                 fn()
+            mark = len(out)
             for _ in range(block):
                 if pre is not None:
                     pre()
                 t = clock()
                 fn()
                 out.append(clock() - t)
-        for k, v in got.items():
-            samples[k].extend(v)
-        if batches:
-            rounds.append((statistics.median(got[next(iter(batches))]), got))
+            if floor is not None and k in fastest:
+                after = statistics.median(batches[floor](PROBE + BLOCK_WARMUP)[BLOCK_WARMUP:])
+                levels.append((k, max(level, after), out[mark:]))
+                level = after
     r = {k: _stats(v[:n]) for k, v in samples.items()}
-    if rounds and fastest:
-        r.update(fastest_period(rounds, (next(iter(batches)), *fastest)))
+    if levels:
+        r.update(fastest_period(levels))
     return r
 
 
-def fastest_period(rounds: list[tuple[float, dict[str, list[int]]]],
-                   rows: tuple[str, ...]) -> dict[str, Stats]:
-    """`<row>_fastest_period` for each of `rows`: the samples of the rounds whose floor block
-    median is within FASTEST_BAND of the 5th percentile of all rounds' (see _time_interleaved).
-    """
-    floors = sorted(f for f, _ in rounds)
-    limit = floors[len(floors) // 20] * FASTEST_BAND
-    fast = [got for f, got in rounds if f <= limit]
-    return {f"{k}_fastest_period": _stats([x for got in fast for x in got[k]]) for k in rows}
+PROBE = 20      # samples of the floor probe after each block of a row with a fastest period
+
+
+def fastest_period(levels: list[tuple[str, float, list[int]]]) -> dict[str, Stats]:
+    """`<row>_fastest_period` for every row in `levels` ((row, floor level, samples) per
+    block): the samples of the blocks whose floor level is within FASTEST_BAND of the 5th
+    percentile of all blocks' levels (see _time_interleaved)."""
+    ordered = sorted(level for _, level, _ in levels)
+    limit = ordered[len(ordered) // 20] * FASTEST_BAND
+    fast: dict[str, list[int]] = {}
+    for row, level, got in levels:
+        kept = fast.setdefault(row, [])
+        if level <= limit:
+            kept.extend(got)
+    return {f"{k}_fastest_period": _stats(v) for k, v in fast.items() if v}
 
 
 def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
@@ -236,12 +251,14 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int,
     finally:
         base.close()
     for suffix in ("", "_fastest_period"):
-        py = r[f"python_floor_kvm_run{suffix}"]["median_us"]
+        floor = r.get(f"python_floor_kvm_run{suffix}")
         for name, exits in (("call_noop", 1), ("call_echo_i32", 1), ("call_host_roundtrip", 2),
                             ("call_noop_timeout", 1)):
-            row = r[f"{name}{suffix}"]
-            r[f"host_overhead_{name}{suffix}"] = {"n": row["n"], "p99_us": float("nan"),
-                                                  "median_us": row["median_us"] - exits * py}
+            row = r.get(f"{name}{suffix}")
+            if floor is not None and row is not None:
+                r[f"host_overhead_{name}{suffix}"] = {
+                    "n": row["n"], "p99_us": float("nan"),
+                    "median_us": row["median_us"] - exits * floor["median_us"]}
     return r
 
 
@@ -790,8 +807,9 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
         for row, what in (("call_noop", "call_noop"), ("call_echo_i32", "call_echo_i32"),
                           ("call_host_roundtrip", "host round trip"),
                           ("call_noop_timeout", "call_noop_timeout")):
-            out[f"{what} / C floor (fastest period)"] = (
-                r[f"{row}_fastest_period"]["median_us"] / f)
+            if f"{row}_fastest_period" in r:
+                out[f"{what} / C floor (fastest period)"] = (
+                    r[f"{row}_fastest_period"]["median_us"] / f)
     if "pool_call_noop" in r:
         out["pool call / direct call (NoOp)"] = (r["pool_call_noop"]["median_us"]
                                                  / r["direct_call_noop_same_run"]["median_us"])
