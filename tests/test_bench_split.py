@@ -58,7 +58,7 @@ def test_call_rows_interleave_and_split(bench_snapshot: Snapshot) -> None:
     fast = {k[:-len("_fastest_period")]: v["n"] for k, v in r.items()
             if k.endswith("_fastest_period") and not k.startswith("host_overhead")}
     assert fast and set(fast) <= set(rows)                    # whole blocks of the fastest period
-    assert all(0 < m <= r[k]["n"] + 100 and m % 100 == 0 for k, m in fast.items())
+    assert all(0 < m <= r[k]["n"] + 25 and m % 25 == 0 for k, m in fast.items())
     if "call_host_roundtrip" in fast and "python_floor_kvm_run" in fast:
         assert r["host_overhead_call_host_roundtrip_fastest_period"]["median_us"] == \
             pytest.approx(r["call_host_roundtrip_fastest_period"]["median_us"]

@@ -129,7 +129,7 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 10
     return r
 
 
-PROBE = 20      # samples of the floor probe after each block of a row with a fastest period
+PROBE = 10      # samples of the floor probe after each block of a row with a fastest period
 
 
 def fastest_period(levels: list[tuple[str, float, list[int]]]) -> dict[str, Stats]:
@@ -245,9 +245,11 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int,
         dirty[f"restore_{label}_beside_calls"] = functools.partial(sb.call, "AddToStatic", 1)
     try:
         with pinned_floor() as cf:
+            # short blocks (25 samples, a floor probe after each): a period can change
+            # within a few milliseconds
             r = _time_interleaved({"python_floor_kvm_run": _python_floor(snap, hf), **rows}, n,
-                                  batches={"c_floor_kvm_run": cf.batch}, before=dirty,
-                                  fastest=("python_floor_kvm_run", *rows))
+                                  block=25, batches={"c_floor_kvm_run": cf.batch},
+                                  before=dirty, fastest=("python_floor_kvm_run", *rows))
     finally:
         base.close()
     for suffix in ("", "_fastest_period"):
