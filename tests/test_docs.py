@@ -36,6 +36,7 @@ BENCH_KEY = re.compile(r'(?:r|out)\[(f?)"([^"]*)"\]\s*=')
 
 ROW_LITERAL = re.compile(r'^\s*"([a-z][A-Za-z0-9_]*)": row\(', re.M)   # {"name": row(...)}
 ROW_TUPLE = re.compile(r'\(\s*"([a-z][A-Za-z0-9_]*)", \[')          # for name, cmd in (("name", [...
+ROW_TIMED = re.compile(r'^\s*"([a-z][A-Za-z0-9_]*)": lambda\b', re.M)    # _time_interleaved({"name": lambda
 
 
 def benchmark_rows() -> list[re.Pattern[str]]:
@@ -48,7 +49,8 @@ def benchmark_rows() -> list[re.Pattern[str]]:
         for is_f, key in BENCH_KEY.findall(text):
             parts = re.split(r"\{[^}]*\}", key) if is_f else [key]
             rows.append(re.compile("[A-Za-z0-9]+".join(re.escape(p) for p in parts)))
-        rows += [re.compile(re.escape(k)) for k in ROW_LITERAL.findall(text) + ROW_TUPLE.findall(text)]
+        rows += [re.compile(re.escape(k)) for k in
+                 ROW_LITERAL.findall(text) + ROW_TUPLE.findall(text) + ROW_TIMED.findall(text)]
     return rows
 
 

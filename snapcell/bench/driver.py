@@ -238,7 +238,7 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int,
         "call_echo_i32": lambda: base.call("EchoI32", 7),
         "call_host_roundtrip": lambda: base.call("Add", 1, 2),
         "call_noop_timeout": lambda: base.call("NoOp", timeout=5.0),
-        "from_snapshot_first_result_pooled": first}
+        "from_snapshot_first_result_pooled": lambda: first()}
     dirty: dict[str, Callable[[], Any]] = {}
     for label, (sb, s) in (restores or {}).items():
         rows[f"restore_{label}_beside_calls"] = functools.partial(sb.restore, s)
