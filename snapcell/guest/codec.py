@@ -95,7 +95,6 @@ HostServer = Callable[[Any, str, Any, int], "bytes | None"]
 HostMatcher = Callable[[Any, int, int], "bytes | None"]
 #: The key a matcher is found by: a frame's first 8 bytes.
 MATCH_KEY = struct.Struct("<Q")
-_U64_LE = MATCH_KEY
 
 
 def unpack(payload: bytes | memoryview) -> Any:
@@ -473,7 +472,7 @@ class HostCallCodec:
                  f"    if not ({' and '.join(conds)}):", "        return None",
                  f"    res = _fn({', '.join(values)})", *self._serve_tail(name, fn, scope)]
         match: HostMatcher = _compiled("\n".join(lines) + "\n", "match", scope)
-        return _U64_LE.unpack_from(framed_head)[0], match
+        return MATCH_KEY.unpack_from(framed_head)[0], match
 
     def _reply_or_error(self, name: str, result: Any) -> bytes:
         try:
