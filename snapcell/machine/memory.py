@@ -30,6 +30,21 @@ def _pagemap_fd() -> int:
     return _pagemap[0]
 
 
+def _forget_pagemap() -> None:
+    """In a forked child: the inherited descriptor still reads the *parent's* page tables
+    (/proc/self named the parent when it was opened), so a scan would miss this process's
+    private pages and a reset would leave a previous tenant's data in place. Close it; the
+    next scan opens this process's own."""
+    if _pagemap:
+        try:
+            os.close(_pagemap.pop())
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_forget_pagemap)
+
+
 class _pm_scan_arg(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",

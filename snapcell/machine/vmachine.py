@@ -388,6 +388,15 @@ class MachinePool:
         with self._lock:
             return self._total
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the idle machines are the parent's (their VMs belong to the
+        parent's address space; KVM refuses them here), and the lock may have been held by
+        another thread of the parent. Close this process's copies of them, without the lock."""
+        machines = [m for v in self._idle.values() for m in v]
+        self._idle, self._total, self._lock = {}, 0, threading.Lock()
+        for m in machines:
+            m.close()
+
     def clear(self) -> None:
         """Close every idle machine."""
         with self._lock:

@@ -9,6 +9,7 @@ process that kills calls whose deadline passed."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -209,6 +210,19 @@ class Watchdog:
                 self._wake_at = deadline
                 self._cv.notify()
 
+    def after_fork(self) -> None:
+        """In a forked child: the thread did not survive the fork (and the lock may have been
+        held by some other thread of the parent), so start over — the next timeout starts a
+        new thread and registers its handle again. Registered with os.register_at_fork."""
+        for handle in list(self._handles):
+            handle._watched = False
+        self._handles = weakref.WeakSet()
+        self._fired = weakref.WeakKeyDictionary()
+        self._cv = threading.Condition()
+        self._wake_at = self._idle = float("inf")
+        self._idle_rounds = 0
+        self._thread = None
+
     def disarm(self, handle: InterruptHandle, call_id: int) -> None:
         """Call `call_id` of `handle` ended: forget its deadline."""
         handle._armed = None
@@ -246,6 +260,7 @@ class Watchdog:
 
 
 watchdog = Watchdog()
+os.register_at_fork(after_in_child=watchdog.after_fork)   # timeouts work in forked children
 
 try:   # the common case: snapcell is imported on the main thread
     if threading.current_thread() is threading.main_thread():

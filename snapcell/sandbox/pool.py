@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from ..errors import KvmUnavailableError
@@ -18,6 +19,18 @@ def kvm() -> Kvm:
         return shared_kvm()
     except KvmUnavailable as e:
         raise KvmUnavailableError(str(e)) from None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with no warm machines of its own (see
+    MachinePool.forget_after_fork) and a new pool lock."""
+    global _lock
+    _lock = threading.Lock()
+    if _pool is not None:
+        _pool.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_pool() -> MachinePool:

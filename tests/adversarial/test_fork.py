@@ -1,0 +1,89 @@
+"""A process that forks keeps its guarantees in the child: what the parent cached per process
+(the pagemap handle every reset scans with, the warm VM pool, the timeout watchdog's thread)
+is the parent's, so the child starts each of them over. Before that, a child's restore read
+the *parent's* page tables, missed the child's dirty pages and left one tenant's writes in
+place for the next; the child was handed the parent's pooled machines (KVM refuses them:
+EIO); and timeouts never fired (the watchdog thread did not survive the fork)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from snapcell import ExecutionTimeout, MultiUseSandbox, Snapshot
+
+from .conftest import Fingerprint, fingerprint, host_functions
+
+
+def _in_child(check: Callable[[], str]) -> str:
+    """Run `check` in a forked child; returns what it returned ("ok" or a problem), or the
+    exception it raised, as text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                     # the child: never returns
+        os.close(r)
+        signal.alarm(20)                             # a hang fails the test, not the suite
+        try:
+            out = check()
+        except BaseException as e:  # noqa: BLE001  (reported to the parent)
+            out = f"{type(e).__name__}: {e}"
+        os.write(w, out.encode()[:4000])
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (status, got)
+    return got
+
+
+def test_a_forked_child_resets_its_own_memory(attacker_snapshot: Snapshot,
+                                              references: dict[int, Fingerprint]) -> None:
+    ref = references[id(attacker_snapshot)]
+    idle = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
+    idle.close()                                     # an idle machine in the parent's pool
+    parent = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
+    parent.call("DirtyStackAndHeap", 7)
+    parent.restore(attacker_snapshot)                # the parent has scanned its page tables
+    # `parent` stays open across the fork, so the child's machines are mapped where the
+    # parent has no guest memory: a scan of the parent's page tables would find nothing there
+
+    def child() -> str:
+        for pooled in (False, True):
+            sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions(),
+                                               pooled=pooled)
+            for n in (1, 64, 300):
+                sb.call("DirtyStackAndHeap", n)
+                sb.restore(attacker_snapshot)
+                if fingerprint(sb) != ref:
+                    return (f"pooled={pooled}: after DirtyStackAndHeap({n}) and restore, "
+                            "not the fresh-VM state")
+            sb.close()
+        again = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
+        return "ok" if fingerprint(again) == ref else "the child's pooled reuse kept state"
+
+    try:
+        assert _in_child(child) == "ok"
+    finally:
+        parent.close()
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions()) as sb:
+        assert fingerprint(sb) == ref                # the parent is unaffected
+
+
+def test_timeouts_fire_in_a_forked_child(attacker_snapshot: Snapshot) -> None:
+    with MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions()) as sb:
+        sb.call("Probe", timeout=5.0)                # the parent's watchdog thread runs
+
+    def child() -> str:
+        with MultiUseSandbox.from_snapshot(attacker_snapshot,
+                                           host_functions=host_functions()) as c:
+            t = time.monotonic()
+            try:
+                c.call("Spin", timeout=0.1)
+            except ExecutionTimeout:
+                return "ok" if time.monotonic() - t < 30 else "the timeout fired very late"
+            return "Spin returned"
+
+    assert _in_child(child) == "ok"
