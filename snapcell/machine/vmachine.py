@@ -391,11 +391,9 @@ class MachinePool:
     def forget_after_fork(self) -> None:
         """In a forked child: the idle machines are the parent's (their VMs belong to the
         parent's address space; KVM refuses them here), and the lock may have been held by
-        another thread of the parent. Close this process's copies of them, without the lock."""
-        machines = [m for v in self._idle.values() for m in v]
+        another thread of the parent. Drop them, without the lock and without closing them
+        now: a child that exits or execs at once (the usual fork) pays nothing for them."""
         self._idle, self._total, self._lock = {}, 0, threading.Lock()
-        for m in machines:
-            m.close()
 
     def clear(self) -> None:
         """Close every idle machine."""
