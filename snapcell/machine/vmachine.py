@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import os
 import struct
 import threading
 
@@ -71,6 +72,7 @@ class Machine:
     def __init__(self, kvm: Kvm, memory_size: int) -> None:
         self.kvm = kvm
         self.memory_size = memory_size
+        self.pid = os.getpid()         # KVM serves a VM only to the process that created it
         self.vm = kvm.create_vm()
         self.vcpu = None
         self.memory: GuestMapping | None = None
@@ -126,9 +128,12 @@ class Machine:
         if self.tainted:
             raise MachineFailure("TAINTED", "this machine's vCPU may hold a pending operation "
                                  "of an earlier guest; it must be replaced, not reset")
-        warm = self.load_images(system, guest)
-        self.set_syscall_entry(lstar)
-        self.set_user_state(regs, fs_base, gs_base, xsave)
+        try:
+            warm = self.load_images(system, guest)
+            self.set_syscall_entry(lstar)
+            self.set_user_state(regs, fs_base, gs_base, xsave)
+        except OSError as e:             # half reset: never to be used again
+            raise self.ioctl_failure("reset", e) from None
         return warm
 
     # ---------------------------------------------------------------- memory
@@ -248,7 +253,8 @@ class Machine:
         exit reason and the io fields straight from the kvm_run page.
 
         Core.call_framed writes the first KVM_RUN of a call out itself, on this contract: an
-        ioctl failure other than InterruptedError sets `tainted`; the exit is read with
+        ioctl failure other than InterruptedError sets `tainted` (an OSError is raised as
+        `ioctl_failure`'s MachineFailure); the exit is read with
         `EXIT_UNPACK(run_bytes, EXIT_AT)` as (reason, io); any exit but (KVM_EXIT_IO,
         `one_byte_out(port)`) for a port below TRAP_PORT_BASE goes through `exit_port`, which
         keeps this machine's bookkeeping (taint, kernel stacks)."""
@@ -256,11 +262,24 @@ class Machine:
             _ioctl(self.fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
         except InterruptedError:
             raise
+        except OSError as e:
+            raise self.ioctl_failure("KVM_RUN", e) from None
         except BaseException:
             self.tainted = True
             raise
         reason, io = _EXIT_IO.unpack_from(self.run_bytes, _EXIT_OFFSET)
         return self.exit_port(reason, io)
+
+    def ioctl_failure(self, what: str, error: OSError) -> MachineFailure:
+        """A failed vCPU ioctl as a MachineFailure, tainting this machine; it says so when the
+        machine was created by another process (a fork's parent), which KVM refuses (EIO)."""
+        self.tainted = True
+        detail = str(error)
+        if os.getpid() != self.pid:
+            detail += ("; this VM belongs to the process that created it (before a fork): "
+                       "create sandboxes in the process that uses them, or restore() this one, "
+                       "which moves it to a VM of this process")
+        return MachineFailure(what, detail)
 
     def exit_port(self, reason: int, io: int) -> int:
         """The port of a one-byte `out` exit (`run`'s second half: `reason` and the io word as

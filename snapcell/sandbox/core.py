@@ -132,14 +132,22 @@ class Core:
               fs_base: int, gs_base: int, xsave: Any) -> None:
         """Give this sandbox a new state (restore, from_snapshot): `Machine.reset`, the one
         routine every reuse goes through, on this machine — or, when the machine is tainted
-        (an exit that may leave KVM mid-instruction), on a replacement, the tainted one being
-        closed. Reseeds guest entropy: the host's getrandom stream, and a new generation + seed in the
-        ABI page for the guest's own PRNGs (sandbox/reseed.py). Refused while a call runs."""
+        (an exit that may leave KVM mid-instruction) or refuses the reset (an ioctl failed, as
+        for a VM of a fork's parent), on a replacement, the old one being closed. Reseeds
+        guest entropy: the host's getrandom stream, and a new generation + seed in the ABI
+        page for the guest's own PRNGs (sandbox/reseed.py). Refused while a call runs."""
         self.check_idle()
         machine = self.machine
         if machine.tainted:
             machine = self._replace_machine(guest)
-        machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+        try:
+            machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+        except MachineFailure:           # the VM refused (tainted now): reset a new one
+            machine = self._replace_machine(guest)
+            try:
+                machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+            except MachineFailure as e:
+                raise MachineError(f"the VM could not be reset: {e}") from None
         assert machine.memory is not None
         # one getrandom: the host's stream for the guest's getrandom(), and the seed the
         # guest's own PRNGs take at their next call (with a new generation)
@@ -271,6 +279,8 @@ class Core:
                                 _ioctl(machine.fd, _KVM_RUN)
                             except InterruptedError:
                                 raise
+                            except OSError as e:
+                                raise machine.ioctl_failure("KVM_RUN", e) from None
                             except BaseException:
                                 machine.tainted = True
                                 raise

@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from snapcell import ExecutionTimeout, MultiUseSandbox, Snapshot
+from snapcell import ExecutionTimeout, MachineError, MultiUseSandbox, SandboxStatus, Snapshot
 
 from .conftest import Fingerprint, fingerprint, host_functions
 
@@ -87,3 +87,31 @@ def test_timeouts_fire_in_a_forked_child(attacker_snapshot: Snapshot) -> None:
             return "Spin returned"
 
     assert _in_child(child) == "ok"
+
+
+def test_a_parents_sandbox_in_the_child_fails_clearly_and_restore_moves_it(
+        attacker_snapshot: Snapshot, references: dict[int, Fingerprint]) -> None:
+    """KVM serves a VM only to the process that created it. In a child, a call on a sandbox
+    the parent made is a clear MachineError (it poisons), and restore() moves the sandbox to
+    a VM of the child, where it computes exactly the fresh-VM state."""
+    ref = references[id(attacker_snapshot)]
+    sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
+    sb.call("DirtyStackAndHeap", 5)
+
+    def child() -> str:
+        try:
+            sb.call("Probe")
+            return "a call on the parent's VM succeeded"
+        except MachineError as e:
+            if "fork" not in str(e) or sb.status is not SandboxStatus.POISONED:
+                return f"unclear: {e} ({sb.status})"
+        sb.restore(attacker_snapshot)
+        return "ok" if fingerprint(sb) == ref else "restored, but not the fresh-VM state"
+
+    try:
+        assert _in_child(child) == "ok"
+        sb.call("DirtyStackAndHeap", 1)                  # the parent's sandbox still works
+        sb.restore(attacker_snapshot)
+        assert fingerprint(sb) == ref
+    finally:
+        sb.close()
