@@ -72,7 +72,7 @@ class Machine:
     def __init__(self, kvm: Kvm, memory_size: int) -> None:
         self.kvm = kvm
         self.memory_size = memory_size
-        self.pid = os.getpid()         # KVM serves a VM only to the process that created it
+        self.process = _process[0]     # KVM serves a VM only to the process that created it
         self.vm = kvm.create_vm()
         self.vcpu = None
         self.memory: GuestMapping | None = None
@@ -128,6 +128,11 @@ class Machine:
         if self.tainted:
             raise MachineFailure("TAINTED", "this machine's vCPU may hold a pending operation "
                                  "of an earlier guest; it must be replaced, not reset")
+        if self.process != _process[0]:
+            # a fork's child: the kvm_run page is a shared mapping of the parent's vCPU, so
+            # writing the sync-regs area here would change the parent's registers
+            self.tainted = True
+            raise MachineFailure("FORKED", _FORKED)
         try:
             warm = self.load_images(system, guest)
             self.set_syscall_entry(lstar)
@@ -275,10 +280,8 @@ class Machine:
         machine was created by another process (a fork's parent), which KVM refuses (EIO)."""
         self.tainted = True
         detail = str(error)
-        if os.getpid() != self.pid:
-            detail += ("; this VM belongs to the process that created it (before a fork): "
-                       "create sandboxes in the process that uses them, or restore() this one, "
-                       "which moves it to a VM of this process")
+        if self.process != _process[0]:
+            detail += f"; {_FORKED}"
         return MachineFailure(what, detail)
 
     def exit_port(self, reason: int, io: int) -> int:
@@ -354,6 +357,21 @@ class Machine:
         if self.memory is not None:
             self.memory.close()
             self.memory = None
+
+
+# Bumped in every forked child (os.register_at_fork): a machine made before the fork belongs to
+# the parent's process, which alone KVM serves, and shares its kvm_run page with the parent.
+_process = [0]
+_FORKED = ("this VM belongs to the process that created it (before a fork): create sandboxes "
+           "in the process that uses them, or restore() this one, which moves it to a VM of "
+           "this process")
+
+
+def _after_fork_in_child() -> None:
+    _process[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MachinePool:

@@ -91,14 +91,16 @@ def test_timeouts_fire_in_a_forked_child(attacker_snapshot: Snapshot) -> None:
 
 def test_a_parents_sandbox_in_the_child_fails_clearly_and_restore_moves_it(
         attacker_snapshot: Snapshot, references: dict[int, Fingerprint]) -> None:
-    """KVM serves a VM only to the process that created it. In a child, a call on a sandbox
-    the parent made is a clear MachineError (it poisons), and restore() moves the sandbox to
-    a VM of the child, where it computes exactly the fresh-VM state."""
+    """KVM serves a VM only to the process that created it, and the vCPU's kvm_run page stays
+    a mapping shared with the parent. In a child, a call on a sandbox the parent made is a
+    clear MachineError (it poisons); restore() — after that call, or straight away — moves the
+    sandbox to a VM of the child without writing the parent's kvm_run page, and it then
+    computes exactly the fresh-VM state."""
     ref = references[id(attacker_snapshot)]
     sb = MultiUseSandbox.from_snapshot(attacker_snapshot, host_functions=host_functions())
     sb.call("DirtyStackAndHeap", 5)
 
-    def child() -> str:
+    def call_first() -> str:
         try:
             sb.call("Probe")
             return "a call on the parent's VM succeeded"
@@ -108,8 +110,18 @@ def test_a_parents_sandbox_in_the_child_fails_clearly_and_restore_moves_it(
         sb.restore(attacker_snapshot)
         return "ok" if fingerprint(sb) == ref else "restored, but not the fresh-VM state"
 
+    def restore_first() -> str:
+        sb.restore(attacker_snapshot)
+        return "ok" if fingerprint(sb) == ref else "restored, but not the fresh-VM state"
+
     try:
-        assert _in_child(child) == "ok"
+        machine = sb._core.machine                       # noqa: SLF001
+        shared = bytes(machine.run_bytes)
+        for child in (call_first, restore_first):
+            assert _in_child(child) == "ok", child.__name__
+            # the child never wrote the parent's kvm_run page: no registers queued for the
+            # parent's next KVM_RUN, no kill flag cleared
+            assert bytes(machine.run_bytes) == shared and int(machine.run_struct.kvm_dirty_regs) == 0
         sb.call("DirtyStackAndHeap", 1)                  # the parent's sandbox still works
         sb.restore(attacker_snapshot)
         assert fingerprint(sb) == ref
