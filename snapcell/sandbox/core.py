@@ -53,6 +53,9 @@ _RETURN_IO = one_byte_out(OUT_RETURN)          # the exit that ends a call
 _HOSTCALL_IO = one_byte_out(OUT_HOSTCALL)      # a host call
 _HEAD_MASK, _HEAD_OK = codec.RESULT_HEAD_MASK, codec.RESULT_HEAD_OK
 _get_ident = threading.get_ident
+_BUSY = ("the sandbox is busy (a call, restore, snapshot or close is running): a host function "
+         "may not call, restore, snapshot or close its own sandbox, and one sandbox serves one "
+         "thread at a time")
 _MATCH_KEY = codec.MATCH_KEY.unpack_from
 
 
@@ -87,6 +90,9 @@ class SandboxStatus(enum.Enum):
     READY = "ready"
     POISONED = "poisoned"
     CLOSED = "closed"
+
+
+_CLOSED = SandboxStatus.CLOSED
 
 
 class Core:
@@ -130,13 +136,22 @@ class Core:
     # ---------------------------------------------------------------- reset
     def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int, regs: bytes,
               fs_base: int, gs_base: int, xsave: Any) -> None:
-        """Give this sandbox a new state (restore, from_snapshot): `Machine.reset`, the one
-        routine every reuse goes through, on this machine — or, when the machine is tainted
-        (an exit that may leave KVM mid-instruction) or refuses the reset (an ioctl failed, as
-        for a VM of a fork's parent), on a replacement, the old one being closed. Reseeds
-        guest entropy: the host's getrandom stream, and a new generation + seed in the ABI
-        page for the guest's own PRNGs (sandbox/reseed.py). Refused while a call runs."""
-        self.check_idle()
+        """`reset_held`, holding the sandbox meanwhile (`take`; SandboxBusyError while a call
+        or another restore, snapshot or close runs)."""
+        self.take()
+        try:
+            self.reset_held(system, guest, lstar, regs, fs_base, gs_base, xsave)
+        finally:
+            self.give()
+
+    def reset_held(self, system: MemoryImage, guest: MemoryImage, lstar: int, regs: bytes,
+                   fs_base: int, gs_base: int, xsave: Any) -> None:
+        """Give this sandbox a new state (restore, from_snapshot; the caller holds it, see
+        `take`): `Machine.reset`, the one routine every reuse goes through, on this machine —
+        or, when the machine is tainted (an exit that may leave KVM mid-instruction) or refuses
+        the reset (an ioctl failed, as for a VM of a fork's parent), on a replacement, the old
+        one being closed. Reseeds guest entropy: the host's getrandom stream, and a new
+        generation + seed in the ABI page for the guest's own PRNGs (sandbox/reseed.py)."""
         machine = self.machine
         if machine.tainted:
             machine = self._replace_machine(guest)
@@ -167,8 +182,22 @@ class Core:
     def check_idle(self) -> None:
         """Raise SandboxBusyError while a call runs (e.g. from inside a host function)."""
         if self._busy.locked():
-            raise SandboxBusyError("the sandbox is running a call: a host function may not call, "
-                                   "restore, snapshot or close its own sandbox")
+            raise SandboxBusyError(_BUSY)
+
+    def closed(self) -> bool:
+        """Whether the sandbox is closed."""
+        return self.status is SandboxStatus.CLOSED
+
+    def take(self) -> None:
+        """Hold the sandbox for a restore, snapshot, close or init, so that none of them
+        interleaves with a call or with each other (another thread's, or a host function's
+        on its own sandbox): SandboxBusyError when it is held. `give` releases it."""
+        if not self._busy.acquire(False):
+            raise SandboxBusyError(_BUSY)
+
+    def give(self) -> None:
+        """Release what `take` held."""
+        self._busy.release()
 
     # ---------------------------------------------------------------- functions
     @property
@@ -217,12 +246,11 @@ class Core:
     # ---------------------------------------------------------------- running
     def initialise(self, timeout: float | None = None) -> None:
         """Run guest init until it publishes its function table."""
-        if not self._busy.acquire(False):
-            self.check_idle()
+        self.take()
         try:
             obj = self._run_to_return(timeout)
         finally:
-            self._busy.release()
+            self.give()
         try:
             if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == abi.TABLE_TAG):
                 raise ValueError("not a function table message")
@@ -251,11 +279,11 @@ class Core:
                              f"{layout.input_size}-byte buffer")
         busy = self._busy
         if not busy.acquire(False):      # re-entered from a host function, or a second thread
-            raise SandboxBusyError("the sandbox is already running a call (a host function may "
-                                   "not call back into its own sandbox; use one sandbox per "
-                                   "thread)")
+            raise SandboxBusyError(_BUSY)
         view = self.memory.view
         try:
+            if self.status is _CLOSED:   # closed by another thread since the caller checked
+                raise SandboxClosedError("the sandbox is closed")
             view[layout.input_addr:layout.input_addr + n] = framed
             if self.debugger is not None:
                 self._run(timeout)
@@ -581,12 +609,17 @@ class Core:
         """Release the machine (back to its pool when it has one; tainted machines are closed).
         Refused while a call runs."""
         if self.status is not SandboxStatus.CLOSED:
-            self.check_idle()
-            self.status = SandboxStatus.CLOSED
-            if self.debugger is not None:
-                self.debugger.close()
-                self.debugger = None
-            if self.pool is not None:
-                self.pool.release(self.machine)
-            else:
-                self.machine.close()
+            self.take()
+            try:
+                if self.closed():                 # by another thread, meanwhile
+                    return
+                self.status = SandboxStatus.CLOSED
+                if self.debugger is not None:
+                    self.debugger.close()
+                    self.debugger = None
+                if self.pool is not None:
+                    self.pool.release(self.machine)
+                else:
+                    self.machine.close()
+            finally:
+                self.give()

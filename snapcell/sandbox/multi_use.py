@@ -351,7 +351,15 @@ class MultiUseSandbox:
         """An immutable snapshot of the current state (the cached one when nothing changed)."""
         core = self._core
         core.check_ready()
-        core.check_idle()
+        core.take()
+        try:
+            core.check_ready()          # (again: another thread may have closed it meanwhile)
+            return self._snapshot_held()
+        finally:
+            core.give()
+
+    def _snapshot_held(self) -> Snapshot:
+        core = self._core
         key = (self._version, core.host_functions.version)
         if self._cached is not None and self._cache_key == key:
             return self._cached
@@ -415,16 +423,23 @@ class MultiUseSandbox:
         check_host_compatible(snapshot)
         assert snapshot.functions is not None
         cpu = snapshot.cpu
-        core.reset(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
-                   cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
-        core.set_functions(snapshot.functions, _derived_codecs(snapshot))
-        if core.debugger is not None:
-            core.debugger.after_restore()
-        core.status, core.poison_reason = SandboxStatus.READY, None
-        self._snapshot = self._mapped = snapshot
-        self._version += 1
-        if exact:
-            self._cached, self._cache_key = snapshot, (self._version, core.host_functions.version)
+        core.take()             # the reset and the bookkeeping as one, against other threads
+        try:
+            if core.status is SandboxStatus.CLOSED:    # closed by another thread meanwhile
+                core.check_ready()
+            core.reset_held(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
+                            cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
+            core.set_functions(snapshot.functions, _derived_codecs(snapshot))
+            if core.debugger is not None:
+                core.debugger.after_restore()
+            core.status, core.poison_reason = SandboxStatus.READY, None
+            self._snapshot = self._mapped = snapshot
+            self._version += 1
+            if exact:
+                self._cached, self._cache_key = snapshot, (self._version,
+                                                           core.host_functions.version)
+        finally:
+            core.give()
 
     # ---------------------------------------------------------------- sessions
     def pause(self, target: "str | os.PathLike[str]", tag: str = "session",
