@@ -10,7 +10,6 @@ import threading
 import pytest
 
 from snapcell import (
-    MultiUseSandbox,
     SandboxBusyError,
     SandboxClosedError,
     SandboxStatus,

@@ -92,7 +92,7 @@ class SandboxStatus(enum.Enum):
     CLOSED = "closed"
 
 
-_CLOSED = SandboxStatus.CLOSED
+_CLOSED: SandboxStatus = SandboxStatus.CLOSED    # (typed so that re-checks after a hold pass mypy)
 
 
 class Core:
@@ -136,22 +136,13 @@ class Core:
     # ---------------------------------------------------------------- reset
     def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int, regs: bytes,
               fs_base: int, gs_base: int, xsave: Any) -> None:
-        """`reset_held`, holding the sandbox meanwhile (`take`; SandboxBusyError while a call
-        or another restore, snapshot or close runs)."""
-        self.take()
-        try:
-            self.reset_held(system, guest, lstar, regs, fs_base, gs_base, xsave)
-        finally:
-            self.give()
-
-    def reset_held(self, system: MemoryImage, guest: MemoryImage, lstar: int, regs: bytes,
-                   fs_base: int, gs_base: int, xsave: Any) -> None:
         """Give this sandbox a new state (restore, from_snapshot; the caller holds it, see
-        `take`): `Machine.reset`, the one routine every reuse goes through, on this machine —
-        or, when the machine is tainted (an exit that may leave KVM mid-instruction) or refuses
-        the reset (an ioctl failed, as for a VM of a fork's parent), on a replacement, the old
-        one being closed. Reseeds guest entropy: the host's getrandom stream, and a new
-        generation + seed in the ABI page for the guest's own PRNGs (sandbox/reseed.py)."""
+        `take`, or has the only reference to it): `Machine.reset`, the one routine every reuse
+        goes through, on this machine — or, when the machine is tainted (an exit that may leave
+        KVM mid-instruction) or refuses the reset (an ioctl failed, as for a VM of a fork's
+        parent), on a replacement, the old one being closed. Reseeds guest entropy: the host's
+        getrandom stream, and a new generation + seed in the ABI page for the guest's own PRNGs
+        (sandbox/reseed.py)."""
         machine = self.machine
         if machine.tainted:
             machine = self._replace_machine(guest)
@@ -183,10 +174,6 @@ class Core:
         """Raise SandboxBusyError while a call runs (e.g. from inside a host function)."""
         if self._busy.locked():
             raise SandboxBusyError(_BUSY)
-
-    def closed(self) -> bool:
-        """Whether the sandbox is closed."""
-        return self.status is SandboxStatus.CLOSED
 
     def take(self) -> None:
         """Hold the sandbox for a restore, snapshot, close or init, so that none of them
@@ -611,7 +598,7 @@ class Core:
         if self.status is not SandboxStatus.CLOSED:
             self.take()
             try:
-                if self.closed():                 # by another thread, meanwhile
+                if self.status is _CLOSED:        # by another thread, meanwhile
                     return
                 self.status = SandboxStatus.CLOSED
                 if self.debugger is not None:

@@ -233,8 +233,9 @@ class MultiUseSandbox:
         core = Core(machine, lay, space, host_functions, pool, handle)
         try:
             cpu = snapshot.cpu
-            core.reset(system_image, snapshot.image, snapshot.syscall_entry, cpu.kvm_regs_bytes,
-                       cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
+            # (a new core no other thread can reach yet: nothing to hold)
+            core.reset(system_image, snapshot.image, snapshot.syscall_entry,
+                       cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
             if config.debug_port is not None:
                 core.debugger = attach_debugger(core, config.debug_port, snapshot.guest_sha256)
             if snapshot.initialised:
@@ -427,8 +428,8 @@ class MultiUseSandbox:
         try:
             if core.status is SandboxStatus.CLOSED:    # closed by another thread meanwhile
                 core.check_ready()
-            core.reset_held(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
-                            cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
+            core.reset(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
+                       cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
             core.set_functions(snapshot.functions, _derived_codecs(snapshot))
             if core.debugger is not None:
                 core.debugger.after_restore()
