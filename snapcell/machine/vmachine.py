@@ -371,6 +371,12 @@ def _after_fork_in_child() -> None:
     _process[0] += 1
 
 
+def forks() -> int:
+    """How many forks separate this process from the one that imported snapcell: an object
+    that records it at creation can tell, cheaply, that it was made in a fork's parent."""
+    return _process[0]
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 

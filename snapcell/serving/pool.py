@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import ArgumentError, ExecutionTimeout, PoolClosed, PoolFull, SnapcellError
+from ..machine.vmachine import forks
 from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus, Snapshot
 from ..sandbox.interrupt import install_signal
 from .metrics import PoolMetrics
@@ -207,6 +208,7 @@ class SandboxPool:
         self._started = False
         self._closed = False
         self._start_lock: asyncio.Lock | None = None
+        self._forks = forks()           # the process it serves (its threads do not fork)
         m = self.metrics
         self._m_errors = m.errors
         self._m_calls = m.calls
@@ -247,6 +249,7 @@ class SandboxPool:
         pool is closed."""
         if self._closed:
             raise PoolClosed("the pool is closed")
+        self._check_process()
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
@@ -269,6 +272,14 @@ class SandboxPool:
             except BaseException:
                 await self.close()
                 raise
+
+    def _check_process(self) -> None:
+        """PoolClosed in a forked child: the workers (threads) and their sandboxes stayed in
+        the parent, so a job queued here would wait forever."""
+        if self._forks != forks():
+            raise PoolClosed("this pool was made in another process (before a fork): its "
+                             "worker threads and sandboxes are that process's; make pools in "
+                             "the process that uses them")
 
     async def close(self) -> None:
         """Stop the workers after the jobs already queued, and close the sandboxes."""
@@ -355,6 +366,7 @@ class SandboxPool:
         """Queue a job (the pool is started); PoolFull when it may not wait."""
         if self._closed:
             raise PoolClosed("the pool is closed")
+        self._check_process()
         if not isinstance(name, str):
             raise ArgumentError(f"function name must be a str, got {type(name).__name__}")
         t = check_timeout(timeout) if timeout is not None else self.timeout

@@ -7,12 +7,21 @@ EIO); and timeouts never fired (the watchdog thread did not survive the fork).""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from collections.abc import Callable
 
-from snapcell import ExecutionTimeout, MachineError, MultiUseSandbox, SandboxStatus, Snapshot
+from snapcell import (
+    ExecutionTimeout,
+    MachineError,
+    MultiUseSandbox,
+    PoolClosed,
+    SandboxPool,
+    SandboxStatus,
+    Snapshot,
+)
 
 from .conftest import Fingerprint, fingerprint, host_functions
 
@@ -127,3 +136,29 @@ def test_a_parents_sandbox_in_the_child_fails_clearly_and_restore_moves_it(
         assert fingerprint(sb) == ref
     finally:
         sb.close()
+
+
+def test_a_parents_pool_refuses_work_in_the_child(attacker_snapshot: Snapshot) -> None:
+    """A SandboxPool's workers are threads of the process that started it: in a forked child a
+    call would wait forever for them, so the pool refuses it (PoolClosed) at once."""
+    async def main() -> None:
+        pool = SandboxPool(attacker_snapshot, size=1, host_functions=host_functions())
+        await pool.start()
+        try:
+            assert await pool.call("Probe") is not None
+
+            def child() -> str:
+                async def use() -> str:
+                    try:
+                        await asyncio.wait_for(pool.call("Probe"), 10)
+                    except PoolClosed as e:
+                        return "ok" if "fork" in str(e) else f"unclear: {e}"
+                    return "the call ran"
+                return asyncio.run(use())
+
+            assert _in_child(child) == "ok"
+            assert await pool.call("Probe") is not None           # the parent's still works
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
