@@ -81,9 +81,6 @@ def unframe(view: memoryview, addr: int, capacity: int) -> bytes:
 _unpackb = msgpack.unpackb     # msgpack >= 1.0: raw=False, strict_map_key, use_list
 _UNPACK_ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                   UnicodeDecodeError, TypeError)
-#: The frame's length prefix (u32, little-endian).
-LEN = _LEN
-
 #: What a compiled host server (HostCallCodec.server) returns when it wrote the reply itself:
 #: empty, which no frame is (a frame has at least its 4-byte length).
 WRITTEN = b""

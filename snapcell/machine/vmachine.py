@@ -257,23 +257,28 @@ class Machine:
         The hot path of every call: one KVM_RUN (Vcpu.run_once inlined) and one unpack of the
         exit reason and the io fields straight from the kvm_run page.
 
-        Core.call_framed writes the first KVM_RUN of a call out itself, on this contract: an
-        ioctl failure other than InterruptedError sets `tainted` (an OSError is raised as
-        `ioctl_failure`'s MachineFailure); the exit is read with
+        Core.call_framed writes the first KVM_RUN of a call out itself, on this contract: what
+        the ioctl raises is raised as `run_failed(error)`; the exit is read with
         `EXIT_UNPACK(run_bytes, EXIT_AT)` as (reason, io); any exit but (KVM_EXIT_IO,
         `one_byte_out(port)`) for a port below TRAP_PORT_BASE goes through `exit_port`, which
         keeps this machine's bookkeeping (taint, kernel stacks)."""
         try:
             _ioctl(self.fd, _KVM_RUN)       # no third argument: see Vcpu.run_once
-        except InterruptedError:
-            raise
-        except OSError as e:
-            raise self.ioctl_failure("KVM_RUN", e) from None
-        except BaseException:
-            self.tainted = True
-            raise
+        except BaseException as e:
+            raise self.run_failed(e) from None
         reason, io = _EXIT_IO.unpack_from(self.run_bytes, _EXIT_OFFSET)
         return self.exit_port(reason, io)
+
+    def run_failed(self, error: BaseException) -> BaseException:
+        """What a KVM_RUN that raised `error` raises: InterruptedError (a signal) as it is; any
+        other OSError as `ioctl_failure`'s MachineFailure; anything else (KeyboardInterrupt...)
+        as it is. All but the signal taint this machine."""
+        if isinstance(error, InterruptedError):
+            return error
+        if isinstance(error, OSError):
+            return self.ioctl_failure("KVM_RUN", error)
+        self.tainted = True
+        return error
 
     def ioctl_failure(self, what: str, error: OSError) -> MachineFailure:
         """A failed vCPU ioctl as a MachineFailure, tainting this machine; it says so when the

@@ -57,26 +57,22 @@ _BUSY = ("the sandbox is busy (a call, restore, snapshot or close is running): a
          "may not call, restore, snapshot or close its own sandbox, and one sandbox serves one "
          "thread at a time")
 _MATCH_KEY = codec.MATCH_KEY.unpack_from
+_WRITTEN = codec.WRITTEN
 
 
 # a registered host function: (registry version, function, codec, compiled server)
 _HostEntry = tuple[int, HostFunction, HostCallCodec, codec.HostServer]
 
 
-_servers: "weakref.WeakKeyDictionary[HostFunction, codec.HostServer]" = \
-    weakref.WeakKeyDictionary()
-_matchers: "weakref.WeakKeyDictionary[HostFunction, tuple[int, codec.HostMatcher] | None]" = \
-    weakref.WeakKeyDictionary()
+# per registered host function, compiled once (not per sandbox): its server and, for a request
+# of one fixed layout, its matcher with the key it is found by
+_Compiled = tuple[codec.HostServer, "tuple[int, codec.HostMatcher] | None"]
+_compiled: "weakref.WeakKeyDictionary[HostFunction, _Compiled]" = weakref.WeakKeyDictionary()
 
 
 def _raised(name: str, error: Exception) -> bytes:
     return codec.encode_reply_error(f"host function {name!r} raised {type(error).__name__}: "
                                     f"{error}")
-
-
-def _raised_frame(name: str, error: Exception) -> bytes:
-    payload = _raised(name, error)
-    return codec.LEN.pack(len(payload)) + payload
 
 
 def _bad_result(name: str, error: CodecError) -> bytes:
@@ -169,11 +165,6 @@ class Core:
         self._syscalls = None
         self.interrupt.retarget(new.run_struct)
         return new
-
-    def check_idle(self) -> None:
-        """Raise SandboxBusyError while a call runs (e.g. from inside a host function)."""
-        if self._busy.locked():
-            raise SandboxBusyError(_BUSY)
 
     def take(self) -> None:
         """Hold the sandbox for a restore, snapshot, close or init, so that none of them
@@ -292,13 +283,8 @@ class Core:
                         while True:
                             try:
                                 _ioctl(machine.fd, _KVM_RUN)
-                            except InterruptedError:
-                                raise
-                            except OSError as e:
-                                raise machine.ioctl_failure("KVM_RUN", e) from None
-                            except BaseException:
-                                machine.tainted = True
-                                raise
+                            except BaseException as e:
+                                raise machine.run_failed(e) from None
                             reason, io = _EXIT_UNPACK(machine.run_bytes, _EXIT_AT)
                             if reason == _KVM_EXIT_IO:
                                 if io == _RETURN_IO:
@@ -317,7 +303,8 @@ class Core:
                                                 reply = match(view, layout.output_addr,
                                                               layout.input_addr)
                                             except Exception as e:  # the guest sees it
-                                                reply = _raised_frame(hname, e)
+                                                self._write_reply(hname, _raised(hname, e))
+                                                reply = _WRITTEN
                                             if reply is not None:
                                                 break
                                     if reply is None:
@@ -555,14 +542,12 @@ class Core:
         if hf is None:
             return None
         hc = codec.host_call_codec(hf.signature.params, hf.signature.ret)
-        serve = _servers.get(hf)
-        if serve is None:                 # compiled once per registered function, not per sandbox
-            serve = _servers[hf] = hc.server(name, hf.fn)
+        compiled = _compiled.get(hf)
+        if compiled is None:
+            compiled = _compiled[hf] = (hc.server(name, hf.fn), hc.matcher(name, hf.fn))
+        serve, keyed = compiled
         entry = (registry.version, hf, hc, serve)
         self._host_codecs[name] = entry
-        if hf not in _matchers:
-            _matchers[hf] = hc.matcher(name, hf.fn)
-        keyed = _matchers[hf]
         if keyed is not None:             # found in place from the next call on
             key, match = keyed
             found = self._matchers.get(key)
