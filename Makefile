@@ -1,6 +1,7 @@
 # snapcell — see README.md. Every target does its own set-up (apt packages, .venv, guests).
 PY      := .venv/bin/python
-GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf build/guests/adversary.elf
+GUESTS  := build/guests/simpleguest.elf build/guests/simpleguest-debug.elf build/guests/adversary.elf \
+           build/guests/cpuprobe.elf
 SDK     := $(wildcard snapcell/guest/sdk/*)
 # Interpreter guests (docs/code-sandboxes.md): third-party sources fetched by sha256 pin, built
 # once into static libraries, linked with our glue. Everything is cached under build/.

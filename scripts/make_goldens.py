@@ -4,15 +4,17 @@
 Goldens are the format-stability contract: tests/test_snapshot_files.py loads them with the
 current code and checks the guest state they carry. They hold their own memory, so they keep
 loading when the guest binary changes; regenerate them only when the format itself changes
-(bump FORMAT_VERSION) or the guest ABI does. They record this host's CPU features and
-hypervisor, so they load on machines of the same kind.
+(bump FORMAT_VERSION) or the guest ABI does. From format 3 on they are made under the portable
+CPU baseline (SandboxConfiguration's default), so they load on every host of this machine kind
+whatever its CPU; they record the hypervisor (PVM). The format-2 goldens record the CPU of the
+host kind without AVX-512 (their configs were re-recorded once, their memory untouched).
 
 Layout: tests/goldens/simpleguest-v<FORMAT_VERSION>/ with tags
   static11  simpleguest after AddToStatic(11)
   pattern   the same, then AllocAndWritePattern(5000) — from format 2 on a diff: a sandbox made
             from the loaded static11, so its manifest is static11's layer plus one new layer
 Small configuration (16 KiB buffers, 256 KiB heap, 32 KiB stack): ~1.5 MiB of memory per tag.
-Older goldens (simpleguest-v1: one raw memory blob per tag) stay in the repository unchanged."""
+Older goldens (simpleguest-v1: one raw memory blob per tag; simpleguest-v2) stay in the repository."""
 
 from __future__ import annotations
 

@@ -112,15 +112,19 @@ def snapshot_group() -> None:
 @click.option("--output-size", type=int, help="Output buffer bytes.")
 @click.option("--heap-size", type=int, help="Heap arena bytes.")
 @click.option("--stack-size", type=int, help="Stack bytes.")
+@click.option("--cpu-baseline", default="portable", show_default=True, metavar="LEVEL|host|FILE",
+              help="The CPU the guest may rely on: x86-64-v2, x86-64-v3, x86-64-v4, portable "
+                   "(x86-64-v3), host, or a JSON file (docs/snapshot-format.md).")
 def save_cmd(elf: str, directory: str, tag: str, calls: tuple[str, ...], input_size: int | None,
-             output_size: int | None, heap_size: int | None, stack_size: int | None) -> None:
+             output_size: int | None, heap_size: int | None, stack_size: int | None,
+             cpu_baseline: str) -> None:
     """Initialise ELF, make CALLS, and save a snapshot into DIRECTORY under TAG."""
-    sizes = {k: v for k, v in (("input_size", input_size), ("output_size", output_size),
-                               ("heap_size", heap_size), ("stack_size", stack_size)) if v is not None}
+    options: dict[str, Any] = {
+        k: v for k, v in (("input_size", input_size), ("output_size", output_size),
+                          ("heap_size", heap_size), ("stack_size", stack_size)) if v is not None}
     try:
-        with UninitializedSandbox(elf,
-
- config=SandboxConfiguration(**sizes), host_functions=HostFunctions()).evolve() as sb:
+        config = SandboxConfiguration(**options, cpu_baseline=cpu_baseline)
+        with UninitializedSandbox(elf, config=config, host_functions=HostFunctions()).evolve() as sb:
             _run_calls(sb, calls)
             snap = sb.snapshot()
             with _progress("save", snap.image.size) as advance:

@@ -136,7 +136,7 @@ def test_golden_snapshots_give_the_same_results_as_separate_calls(kvm_ok: None) 
     from snapcell.machine.features import host_features
     from snapcell.snapshot import oci
     for d in golden_dirs():
-        if oci.inspect(str(d), "static11")["cpu_vendor"] != host_features(shared_kvm()).vendor:
+        if oci.inspect(str(d), "static11")["cpu_vendor"] not in ("any", host_features(shared_kvm()).vendor):
             continue
         snap = Snapshot.checked_load(str(d), "static11")
         with MultiUseSandbox.from_snapshot(snap, host_functions=make_host_functions()) as sb:

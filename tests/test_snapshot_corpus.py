@@ -31,10 +31,10 @@ from snapcell.errors import (
     SnapshotIncompatibleHost,
     SnapshotNotFound,
 )
-from snapcell.machine.features import host_features
+from snapcell.machine.baselines import feature_table, host_cpu, xsave_component_names
 from snapcell.sandbox.pool import kvm
 from snapcell.snapshot import layers
-from snapcell.snapshot.schema import TOP_KEYS
+from snapcell.snapshot.schema import TOP_KEYS_V3
 
 from .conftest import make_host_functions, open_fds
 from .test_snapshot_files import (
@@ -401,26 +401,24 @@ def non_exec_addr(c: dict[str, Any]) -> int:
     return int(next(s["vaddr"] for s in c["segments"] if "x" not in s["perm"]))
 
 
-def host_word_plus(c: dict[str, Any]) -> None:
-    """Ask for a CPU feature bit the host lacks."""
-    host = dict(host_features(kvm()).words)
-    for name, bits in host.items():
-        missing = ~bits & 0xFFFFFFFF
-        if missing:
-            c["cpu_features"]["words"][name] = bits | (missing & -missing)
-            return
-    raise AssertionError("host has every feature bit")
+def host_feature_plus(c: dict[str, Any]) -> None:
+    """Ask for a CPU feature the host lacks (in the snapshot's baseline)."""
+    host = host_cpu(kvm()).features
+    lacking = sorted(set(feature_table()) - host)
+    assert lacking, "host has every feature snapcell knows"
+    c["cpu_baseline"]["features"] = sorted(set(c["cpu_baseline"]["features"]) | {lacking[0]})
 
 
 def host_xcr0_plus(c: dict[str, Any]) -> None:
-    """Ask for an XSAVE component the host lacks (in the snapshot's XCR0)."""
-    x = host_features(kvm()).xcr0
-    c["cpu_features"]["xcr0"] = x | (~x & -~x)
+    """Ask for an XSAVE component the host lacks (in the snapshot's baseline)."""
+    x = host_cpu(kvm()).xcr0
+    known = sum(1 << b for b in xsave_component_names())
+    c["cpu_baseline"]["xcr0"] |= (~x & known) & -(~x & known)
 
 
 def xstate_beyond_xcr0(c: dict[str, Any]) -> None:
     """XSTATE_BV with a component outside the snapshot's XCR0."""
-    xcr0 = c["cpu_features"]["xcr0"]
+    xcr0 = c["cpu_baseline"]["xcr0"]
     xsave_edit(512, "<Q", lambda v: v | (~xcr0 & -~xcr0) & ((1 << 63) - 1))(c)
 
 
@@ -433,10 +431,11 @@ def mxcsr_outside_mask(c: dict[str, Any]) -> None:
 F = SnapshotFormatError
 H = SnapshotIncompatibleHost
 BOUNDS: dict[str, tuple[Callable[[dict[str, Any]], None], type[BaseException]]] = {
-    **{f"missing {k}": (deleter(k), F) for k in TOP_KEYS},
+    **{f"missing {k}": (deleter(k), F) for k in TOP_KEYS_V3},
     "unknown top-level field": (setter("created", "2024-01-01"), F),
-    "format_version 3 (newer)": (setter("format_version", 3), F),
+    "format_version 4 (newer)": (setter("format_version", 4), F),
     "format_version 1 in a format-2 manifest": (setter("format_version", 1), F),
+    "format_version 2 with a format-3 CPU baseline": (setter("format_version", 2), F),
     "format_version 0": (setter("format_version", 0), F),
     "format_version str": (setter("format_version", "1"), F),
     "format_version bool": (setter("format_version", True), F),
@@ -447,17 +446,27 @@ BOUNDS: dict[str, tuple[Callable[[dict[str, Any]], None], type[BaseException]]] 
     "arch not a string": (setter("arch", 64), F),
     "hypervisor other": (lambda c: c.update(hypervisor="kvm" if c["hypervisor"] != "kvm" else "kvm-pvm"), H),
     "hypervisor unknown": (setter("hypervisor", "xen"), F),
-    "cpu vendor other": (lambda c: c["cpu_features"].update(
-        vendor="GenuineIntel" if c["cpu_features"]["vendor"] != "GenuineIntel" else "AuthenticAMD"), H),
-    "cpu vendor empty": (setter("cpu_features.vendor", ""), F),
-    "cpu vendor control chars": (setter("cpu_features.vendor", "Genuine\nIntel"), F),
-    "cpu feature the host lacks": (host_word_plus, H),
-    "cpu feature word unknown name": (lambda c: c["cpu_features"]["words"].update({"cpuid": 0}), F),
-    "cpu feature word over 32 bits": (lambda c: c["cpu_features"]["words"].update({"0x1.0.ecx": 1 << 32}), F),
-    "cpu feature words not an object": (setter("cpu_features.words", []), F),
+    "cpu vendor other": (setter("cpu_baseline.vendor", "CentaurHauls"), H),
+    "cpu vendor empty": (setter("cpu_baseline.vendor", ""), F),
+    "cpu vendor control chars": (setter("cpu_baseline.vendor", "Genuine\nIntel"), F),
+    "cpu baseline name empty": (setter("cpu_baseline.name", ""), F),
+    "cpu baseline name with a slash": (setter("cpu_baseline.name", "../v3"), F),
+    "cpu feature the host lacks": (host_feature_plus, H),
+    "cpu feature unknown name": (lambda c: c["cpu_baseline"]["features"].append("zz_unknown"), F),
+    "cpu features unsorted": (lambda c: c["cpu_baseline"]["features"].reverse(), F),
+    "cpu features repeated": (lambda c: c["cpu_baseline"]["features"].append(
+        c["cpu_baseline"]["features"][-1]), F),
+    "cpu feature not a string": (lambda c: c["cpu_baseline"]["features"].append(7), F),
+    "cpu features not a list": (setter("cpu_baseline.features", {}), F),
     "cpu xcr0 beyond the host": (host_xcr0_plus, H),
-    "cpu xcr0 without sse": (setter("cpu_features.xcr0", 1), F),
-    "cpu features unknown field": (lambda c: c["cpu_features"].update(family=6), F),
+    "cpu xcr0 without sse": (setter("cpu_baseline.xcr0", 1), F),
+    "cpu xcr0 not an integer": (setter("cpu_baseline.xcr0", "7"), F),
+    "cpu xcr0 over 64 bits": (setter("cpu_baseline.xcr0", 1 << 64 | 7), F),
+    "cpu xcr0 AVX without the avx feature": (lambda c: c["cpu_baseline"].update(
+        features=sorted(set(c["cpu_baseline"]["features"]) - {"avx"}), xcr0=7), F),
+    "cpu baseline unknown field": (lambda c: c["cpu_baseline"].update(family=6), F),
+    "cpu baseline base field (only for custom files)": (lambda c: c["cpu_baseline"].update(
+        base="x86-64-v2"), F),
     **{f"layout {k} off by a page": (with_config(lambda c, o, k=k: c["layout"].update(
         {k: o["layout"][k] + 4096})), F)
        for k in ("elf_end", "input_addr", "input_size", "output_addr", "output_size", "heap_addr",

@@ -54,6 +54,18 @@ class kvm_xsave(ctypes.Structure):
     _fields_ = [("region", u32 * 1024)]
 
 
+class kvm_xcr(ctypes.Structure):
+    """One extended control register (XCR0 is number 0)."""
+
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class kvm_xcrs(ctypes.Structure):
+    """KVM_GET/SET_XCRS argument."""
+
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * 16), ("padding", u64 * 16)]
+
+
 class kvm_debugregs(ctypes.Structure):
     """DR0-3, DR6, DR7 (KVM_GET/SET_DEBUGREGS)."""
 

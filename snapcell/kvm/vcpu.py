@@ -16,6 +16,7 @@ from .structs import (
     kvm_run,
     kvm_sregs,
     kvm_vcpu_events,
+    kvm_xcrs,
     kvm_xsave,
 )
 
@@ -72,6 +73,19 @@ class Vcpu:
     def set_xsave(self, xsave: kvm_xsave) -> None:
         """KVM_SET_XSAVE."""
         fcntl.ioctl(self.fd, ioctls.KVM_SET_XSAVE, xsave)
+
+    def get_xcr0(self) -> int:
+        """XCR0 of the vCPU (KVM_GET_XCRS)."""
+        x = kvm_xcrs()
+        fcntl.ioctl(self.fd, ioctls.KVM_GET_XCRS, x)
+        return next((int(x.xcrs[i].value) for i in range(min(x.nr_xcrs, 16)) if x.xcrs[i].xcr == 0), 0)
+
+    def set_xcr0(self, value: int) -> None:
+        """KVM_SET_XCRS with XCR0 = `value` (EINVAL when it names components the vCPU's CPUID
+        does not offer, lacks x87, or has AVX without SSE)."""
+        x = kvm_xcrs(nr_xcrs=1)
+        x.xcrs[0].xcr, x.xcrs[0].value = 0, value
+        fcntl.ioctl(self.fd, ioctls.KVM_SET_XCRS, x)
 
     def get_vcpu_events(self) -> kvm_vcpu_events:
         """KVM_GET_VCPU_EVENTS: pending/injected exception, interrupt and NMI state."""

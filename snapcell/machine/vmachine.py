@@ -15,7 +15,9 @@ import threading
 
 from ..kvm import Kvm, ioctls
 from ..kvm.structs import kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xsave
+from .baselines import CpuBaseline
 from .cpu import (
+    CR4_OSXSAVE,
     ERROR_CODE_VECTORS,
     MSR_LSTAR,
     RFLAGS_RESERVED1,
@@ -69,8 +71,12 @@ _KVM_EXIT_IO = ioctls.KVM_EXIT_IO
 class Machine:
     """A VM + vCPU with `memory_size` bytes of guest memory (one KVM slot at guest address 0)."""
 
-    def __init__(self, kvm: Kvm, memory_size: int) -> None:
+    def __init__(self, kvm: Kvm, memory_size: int, baseline: CpuBaseline | None = None) -> None:
         self.kvm = kvm
+        # CPUID can only be set before the first KVM_RUN: a machine serves one baseline's
+        # CPUID for life (pools keep machines per `baseline_key`)
+        self.baseline_key = baseline.key if baseline is not None else None
+        self.cpu_setup: tuple[int, bool] | None = None     # (XCR0, CR4.OSXSAVE) applied
         self.memory_size = memory_size
         self.process = _process[0]     # KVM serves a VM only to the process that created it
         self.vm = kvm.create_vm()
@@ -80,7 +86,8 @@ class Machine:
             self.memory = GuestMapping(memory_size)
             self.vm.set_user_memory_region(0, 0, memory_size, self.memory.addr)
             self.vcpu = self.vm.create_vcpu(0)
-            self.vcpu.set_cpuid2(kvm.supported_cpuid())
+            self.vcpu.set_cpuid2(baseline.cpuid_for(kvm.supported_cpuid()) if baseline is not None
+                                 else kvm.supported_cpuid())
             self.base_sregs = configure_sregs(self.vcpu.get_sregs())
             self.vcpu.set_sregs(self.base_sregs)
             self.vcpu.set_msrs(syscall_msrs(0))
@@ -140,6 +147,29 @@ class Machine:
         except OSError as e:             # half reset: never to be used again
             raise self.ioctl_failure("reset", e) from None
         return warm
+
+    def use_baseline(self, baseline: CpuBaseline, host_xcr0: int) -> None:
+        """Set the guest's CR4.OSXSAVE and XCR0 for `baseline` (skipped when unchanged; call
+        before `reset`, which loads the control registers). CR4.OSXSAVE is set only when the
+        baseline has AVX state: CPUID.1:ECX.OSXSAVE follows it even under PVM, so dispatching
+        code takes no AVX path under a baseline without AVX. XCR0 limits the XSAVE state the
+        guest may use where the hypervisor applies it (VT-x/SVM; PVM keeps the host's)."""
+        xcr0 = baseline.xcr0 & host_xcr0 if baseline.legacy is None else host_xcr0
+        setup = (xcr0, baseline.avx_state and baseline.legacy is None)
+        if setup == self.cpu_setup:
+            return
+        assert self.vcpu is not None
+        if setup[1]:
+            self.base_sregs.cr4 |= CR4_OSXSAVE
+        else:
+            self.base_sregs.cr4 &= ~CR4_OSXSAVE
+        self._base_sregs_bytes = bytes(self.base_sregs)
+        try:
+            self.vcpu.set_sregs(self.base_sregs)
+            self.vcpu.set_xcr0(xcr0 if setup[1] else xcr0 & 0x3)
+        except OSError as e:
+            raise self.ioctl_failure("CPU baseline set-up", e) from None
+        self.cpu_setup = setup
 
     # ---------------------------------------------------------------- memory
     def load_images(self, system: MemoryImage, guest: MemoryImage) -> bool:
@@ -393,17 +423,18 @@ class MachinePool:
         self.kvm = kvm
         self.max_idle_per_size = max_idle_per_size
         self.max_idle_total = max_idle_total
-        self._idle: dict[int, list[Machine]] = {}
+        self._idle: dict[tuple[int, object], list[Machine]] = {}   # by (memory size, baseline key)
         self._total = 0                        # machines in _idle
         self._lock = threading.Lock()
         self.created = 0
         self.reused = 0
 
-    def acquire(self, memory_size: int, image: MemoryImage | None = None) -> Machine:
-        """An idle machine of that size — preferably one that last ran `image`, whose memory can
-        be reset by copying instead of re-mapping — or a new one."""
+    def acquire(self, memory_size: int, image: MemoryImage | None = None,
+                baseline: CpuBaseline | None = None) -> Machine:
+        """An idle machine of that size and CPU baseline — preferably one that last ran `image`,
+        whose memory can be reset by copying instead of re-mapping — or a new one."""
         with self._lock:
-            idle = self._idle.get(memory_size)
+            idle = self._idle.get((memory_size, baseline.key if baseline is not None else None))
             if idle:
                 self.reused += 1
                 self._total -= 1
@@ -412,7 +443,7 @@ class MachinePool:
                         return idle.pop(i)
                 return idle.pop()
             self.created += 1
-        return Machine(self.kvm, memory_size)
+        return Machine(self.kvm, memory_size, baseline)
 
     def release(self, machine: Machine) -> None:
         """Return a machine. It keeps its memory mapping (the next user of the same snapshot resets
@@ -424,7 +455,7 @@ class MachinePool:
             machine.close()
             return
         with self._lock:
-            idle = self._idle.setdefault(machine.memory_size, [])
+            idle = self._idle.setdefault((machine.memory_size, machine.baseline_key), [])
             if len(idle) < self.max_idle_per_size and self._total < self.max_idle_total:
                 idle.append(machine)
                 self._total += 1

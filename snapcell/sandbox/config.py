@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import signal
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..machine.baselines import HOST, BaselineError, CpuBaseline, resolve
 from ..machine.layout import MAX_MEMORY, PAGE
 from .deprecation import positional_options, unknown_field
 
@@ -25,6 +27,12 @@ class SandboxConfiguration:
     delay between interrupt retries, the signal offset above SIGRTMIN used to interrupt a vCPU,
     and a TCP port on 127.0.0.1 for gdb (None = no debugging; 0 = any free port).
 
+    `cpu_baseline` is the CPU the guest may rely on, recorded in every snapshot of it: a level
+    (`"x86-64-v2"`, `"x86-64-v3"`, `"x86-64-v4"`), `"portable"` (the default, x86-64-v3: every
+    x86-64 server CPU of the last ~8 years), `"host"` (all of this host's features, for a
+    homogeneous fleet), a path to a JSON file, or a `CpuBaseline` (docs/snapshot-format.md, "CPU
+    baselines"). Sandboxes made from a snapshot use the snapshot's baseline.
+
     Every field is keyword-only (by position they still work, with a DeprecationWarning, until
     snapcell 0.3); an unknown field is a ConfigurationError naming the closest one."""
 
@@ -36,6 +44,7 @@ class SandboxConfiguration:
     interrupt_retry_delay: float = 0.0005
     interrupt_signal: int = 0
     debug_port: int | None = None
+    cpu_baseline: "str | os.PathLike[str] | CpuBaseline" = "portable"
 
     def __post_init__(self) -> None:
         for name in LAYOUT_FIELDS:
@@ -63,6 +72,15 @@ class SandboxConfiguration:
         p = self.debug_port
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535):
             raise ConfigurationError(f"debug_port must be a TCP port or None, got {p!r}")
+        b = self.cpu_baseline
+        if not isinstance(b, (str, os.PathLike, CpuBaseline)):
+            raise ConfigurationError(f"cpu_baseline must be a level name, 'host', a JSON file path "
+                                     f"or a CpuBaseline, got {type(b).__name__}")
+        if b != HOST:
+            try:
+                resolve(b)                   # unknown names and bad files fail here, early
+            except BaselineError as e:
+                raise ConfigurationError(str(e)) from None
 
     def layout_values(self) -> dict[str, int]:
         """The layout fields by name."""

@@ -31,6 +31,7 @@ from ..guest.codec import RESULT_BOOL, RESULT_INT, RESULT_VOID, CallCodec, Codec
 from ..guest.functions import Signature, parse_function_table
 from ..kvm import ioctls
 from ..machine import Machine, MachineFailure, MachinePool
+from ..machine.baselines import CpuBaseline, host_cpu
 from ..machine.layout import AddressSpace, MemoryLayout
 from ..machine.memory import GuestMapping, MemoryImage
 from ..machine.vmachine import EXIT_AT as _EXIT_AT
@@ -116,6 +117,7 @@ class Core:
         self.debugger: DebugHook | None = None
         self._busy = threading.Lock()              # held for the duration of a guest call
         self._syscalls: SyscallHost | None = None      # made at the first syscall exit
+        self.baseline: CpuBaseline | None = None       # the CPU baseline `reset` applies
 
     @property
     def syscalls(self) -> SyscallHost:
@@ -140,14 +142,15 @@ class Core:
         getrandom stream, and a new generation + seed in the ABI page for the guest's own PRNGs
         (sandbox/reseed.py)."""
         machine = self.machine
-        if machine.tainted:
-            machine = self._replace_machine(guest)
+        baseline = self.baseline
+        if machine.tainted or (baseline is not None and machine.baseline_key != baseline.key):
+            machine = self._replace_machine(guest)     # (CPUID is fixed for a VM's life)
         try:
-            machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+            self._reset_on(machine, system, guest, lstar, regs, fs_base, gs_base, xsave)
         except MachineFailure:           # the VM refused (tainted now): reset a new one
             machine = self._replace_machine(guest)
             try:
-                machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+                self._reset_on(machine, system, guest, lstar, regs, fs_base, gs_base, xsave)
             except MachineFailure as e:
                 raise MachineError(f"the VM could not be reset: {e}") from None
         assert machine.memory is not None
@@ -155,10 +158,16 @@ class Core:
         # guest's own PRNGs take at their next call (with a new generation)
         write_generation(machine.memory, self.entropy.reseed())
 
+    def _reset_on(self, machine: Machine, system: MemoryImage, guest: MemoryImage, lstar: int,
+                  regs: bytes, fs_base: int, gs_base: int, xsave: Any) -> None:
+        if self.baseline is not None:
+            machine.use_baseline(self.baseline, host_cpu(machine.kvm).xcr0)
+        machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+
     def _replace_machine(self, guest: MemoryImage) -> Machine:
         old = self.machine
-        new = (self.pool.acquire(old.memory_size, guest) if self.pool is not None
-               else Machine(old.kvm, old.memory_size))
+        new = (self.pool.acquire(old.memory_size, guest, self.baseline) if self.pool is not None
+               else Machine(old.kvm, old.memory_size, self.baseline))
         old.close()
         assert new.memory is not None
         self.machine, self.memory = new, new.memory

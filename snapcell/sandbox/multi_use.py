@@ -26,7 +26,8 @@ from ..guest.functions import Signature, unknown_function_message
 from ..guest.loader import system_images
 from ..guest.values import check_value
 from ..machine import Machine
-from ..machine.features import CpuFeatures, host_features, hypervisor_name
+from ..machine.baselines import CpuBaseline, HostCpu, host_baseline, host_cpu
+from ..machine.features import hypervisor_name
 from ..machine.image import MERGE_GAP, MemoryImage, merge_runs
 from ..machine.layout import (
     GUEST_BASE,
@@ -111,9 +112,10 @@ def check_host_functions(snapshot: Snapshot, offered: HostFunctions) -> bool:
     raise AssertionError("covers() and signatures() disagree")  # pragma: no cover
 
 
-def check_host(abi_version: int, arch: str, hypervisor: str, features: CpuFeatures) -> CpuFeatures:
-    """Refuse state made for another ABI, architecture, hypervisor or a richer CPU
-    (SnapshotIncompatibleHost). Returns this host's features."""
+def check_host(abi_version: int, arch: str, hypervisor: str, baseline: CpuBaseline) -> HostCpu:
+    """Refuse state made for another ABI, architecture, hypervisor, or under a CPU baseline
+    this host does not offer (SnapshotIncompatibleHost, naming what is missing and the fix).
+    Returns this host's CPU."""
     if abi_version != ABI_VERSION:
         raise SnapshotIncompatibleHost(f"snapshot uses guest ABI {abi_version}, "
                                        f"this snapcell speaks {ABI_VERSION}")
@@ -122,20 +124,37 @@ def check_host(abi_version: int, arch: str, hypervisor: str, features: CpuFeatur
     if hypervisor != hypervisor_name():
         raise SnapshotIncompatibleHost(f"snapshot was taken under {hypervisor}, "
                                        f"this host runs {hypervisor_name()}")
-    host = host_features(kvm())
-    lacking = features.missing_on(host)
+    host = host_cpu(kvm())
+    lacking = baseline.missing_on(host)
     if lacking:
-        raise SnapshotIncompatibleHost("this CPU lacks features the snapshot may use: "
-                                       + ", ".join(lacking))
+        raise SnapshotIncompatibleHost(baseline_refusal(baseline, lacking))
     return host
+
+
+def baseline_refusal(baseline: CpuBaseline, lacking: list[str]) -> str:
+    """The refusal of a snapshot whose CPU baseline this host lacks, in words."""
+    what = ("the CPU it was taken on (a format 1/2 snapshot records its host, not a baseline)"
+            if baseline.legacy is not None else f"its CPU baseline {baseline.name!r}")
+    return (f"this host lacks {'; '.join(lacking)}, which the snapshot may use: {what} needs "
+            "them. Run it on a host that has them, or re-save it under a baseline this host "
+            "offers (evolve the guest with SandboxConfiguration(cpu_baseline='x86-64-v3') or "
+            "'x86-64-v2'; `snapcell snapshot inspect` shows a snapshot's baseline)")
 
 
 def check_host_compatible(snapshot: Snapshot) -> None:
     """`check_host` for a snapshot (once: the snapshot and this host do not change)."""
     derived = snapshot._derived
     if "host_ok" not in derived:
-        check_host(snapshot.abi_version, snapshot.arch, snapshot.hypervisor, snapshot.cpu_features)
+        check_host(snapshot.abi_version, snapshot.arch, snapshot.hypervisor, snapshot.cpu_baseline)
         derived["host_ok"] = True
+
+
+def derived_baseline(snapshot: Snapshot) -> CpuBaseline:
+    """The baseline of snapshots taken from sandboxes of `snapshot`: its own, or for a format
+    1/2 snapshot (which recorded its host, not a baseline) this host's: the guest may rely on
+    anything the host offers."""
+    b = snapshot.cpu_baseline
+    return b if b.legacy is None else host_baseline(host_cpu(kvm()))
 
 
 def _derived(snapshot: Snapshot) -> tuple[SandboxConfiguration, AddressSpace, MemoryImage]:
@@ -219,8 +238,9 @@ class MultiUseSandbox:
             if differ:
                 config = config.replace(**{n: getattr(lay, n) for n in LAYOUT_FIELDS})
         pool = default_pool() if pooled else None
-        machine = (pool.acquire(lay.memory_size, snapshot.image) if pool is not None
-                   else Machine(kvm(), lay.memory_size))
+        baseline = snapshot.cpu_baseline
+        machine = (pool.acquire(lay.memory_size, snapshot.image, baseline) if pool is not None
+                   else Machine(kvm(), lay.memory_size, baseline))
         try:
             signum = install_signal(config.interrupt_signal)
         except BaseException:
@@ -231,6 +251,7 @@ class MultiUseSandbox:
             raise
         handle = InterruptHandle(signum, config.interrupt_retry_delay, machine.run_struct)
         core = Core(machine, lay, space, host_functions, pool, handle)
+        core.baseline = baseline
         try:
             cpu = snapshot.cpu
             # (a new core no other thread can reach yet: nothing to hold)
@@ -386,16 +407,17 @@ class MultiUseSandbox:
             raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
                                   e.errno) from None
         try:
-            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave())
+            parent = self._snapshot
+            baseline = derived_baseline(parent)
+            cpu = CpuState.capture(regs, fs_base, gs_base, machine.get_xsave(), baseline.xcr0)
         except BaseException:
             image.close()
             raise
-        parent = self._snapshot
         snap = Snapshot(image=image, layout=core.layout, segments=parent.segments,
                         syscall_entry=parent.syscall_entry, cpu=cpu, initialised=True,
                         functions=dict(core.functions), host_functions=core.host_functions.signatures(),
                         generation=parent.generation + 1, guest_sha256=parent.guest_sha256,
-                        cpu_features=host_features(kvm()), hypervisor=hypervisor_name(),
+                        cpu_baseline=baseline, hypervisor=hypervisor_name(),
                         delta=MemoryDelta(weakref.ref(self._mapped),
                                           tuple((off, len(data)) for off, data in chunks)))
         self._cached, self._cache_key = snap, key
@@ -428,6 +450,7 @@ class MultiUseSandbox:
         try:
             if core.status is SandboxStatus.CLOSED:    # closed by another thread meanwhile
                 core.check_ready()
+            core.baseline = snapshot.cpu_baseline
             core.reset(_derived(snapshot)[2], snapshot.image, snapshot.syscall_entry,
                        cpu.kvm_regs_bytes, cpu.fs_base, cpu.gs_base, cpu.kvm_xsave_shared)
             core.set_functions(snapshot.functions, _derived_codecs(snapshot))

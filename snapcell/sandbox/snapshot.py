@@ -21,12 +21,13 @@ from ..errors import SnapshotError
 from ..guest.abi import ABI_VERSION
 from ..guest.functions import Signature
 from ..kvm.structs import GPR_NAMES, kvm_regs, kvm_xsave
-from ..machine.features import CpuFeatures
+from ..machine.baselines import CpuBaseline
 from ..machine.layout import MemoryLayout, Segment
 from ..machine.memory import MemoryImage
 
 ARCH = "x86_64"
 XSAVE_SIZE = ctypes.sizeof(kvm_xsave)
+XSAVE_XSTATE_BV = 512               # the XSAVE header follows the 512-byte legacy region
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,19 @@ class CpuState:
         return self.to_kvm_xsave()
 
     @classmethod
-    def capture(cls, regs: kvm_regs, fs_base: int, gs_base: int, xsave: kvm_xsave) -> "CpuState":
-        """From KVM structures."""
-        return cls(tuple(int(getattr(regs, n)) for n in GPR_NAMES), fs_base, gs_base,
-                   bytes(memoryview(xsave).cast("B")))
+    def capture(cls, regs: kvm_regs, fs_base: int, gs_base: int, xsave: kvm_xsave,
+                xcr0: int = ~0) -> "CpuState":
+        """From KVM structures. XSAVE components outside `xcr0` (the baseline's) are dropped:
+        XSTATE_BV loses their bits, so XRSTOR puts them in their initial state. A snapshot is
+        taken between calls, where every vector and opmask register is dead (all are
+        caller-saved in the SysV ABI), so this changes nothing the guest relies on; and where
+        the hypervisor cannot limit XCR0 (PVM), it keeps a snapshot from carrying state, e.g.
+        AVX-512's, that a baseline host cannot restore."""
+        area = bytearray(memoryview(xsave).cast("B"))
+        bv = int.from_bytes(area[XSAVE_XSTATE_BV:XSAVE_XSTATE_BV + 8], "little")
+        if bv & ~xcr0:
+            area[XSAVE_XSTATE_BV:XSAVE_XSTATE_BV + 8] = (bv & xcr0).to_bytes(8, "little")
+        return cls(tuple(int(getattr(regs, n)) for n in GPR_NAMES), fs_base, gs_base, bytes(area))
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +154,7 @@ class Snapshot:
     host_functions: Mapping[str, Signature] | None
     generation: int
     guest_sha256: str
-    cpu_features: CpuFeatures
+    cpu_baseline: CpuBaseline
     hypervisor: str
     abi_version: int = ABI_VERSION
     arch: str = ARCH
@@ -185,7 +195,8 @@ class Snapshot:
                        "heap_size": self.layout.heap_size, "stack_size": self.layout.stack_size},
             "functions": {n: s.describe(n) for n, s in (self.functions or {}).items()},
             "host_functions": {n: s.describe(n) for n, s in (self.host_functions or {}).items()},
-            "cpu_vendor": self.cpu_features.vendor, "hypervisor": self.hypervisor,
+            "cpu_vendor": self.cpu_baseline.vendor or "any", "hypervisor": self.hypervisor,
+            "cpu_baseline": self.cpu_baseline.describe(),
             "abi_version": self.abi_version, "arch": self.arch,
         }
 

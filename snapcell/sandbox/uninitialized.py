@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArgumentError, GuestLoadError, SandboxStateError
+from ..errors import ArgumentError, ConfigurationError, GuestLoadError, SandboxStateError
 from ..guest.elf import GuestBinary
 from ..guest.loader import build_guest_image
 from ..kvm.structs import GPR_NAMES
+from ..machine.baselines import BaselineError, CpuBaseline, best_level, host_cpu, resolve
 from ..machine.cpu import RFLAGS_RESERVED1
-from ..machine.features import host_features, hypervisor_name
+from ..machine.features import hypervisor_name
 from ..machine.layout import LayoutError, MemoryLayout
 from .config import SandboxConfiguration
 from .deprecation import expect, positional_options
@@ -43,6 +44,7 @@ def pre_init_snapshot(guest: GuestBinary, config: SandboxConfiguration) -> Snaps
         layout = MemoryLayout.compute(guest.end, **config.layout_values())
     except LayoutError as e:
         raise GuestLoadError(f"guest does not fit the configured layout: {e}") from None
+    baseline = cpu_baseline_for(config)
     built = build_guest_image(guest, layout)
     regs = [0] * len(GPR_NAMES)
     regs[GPR_NAMES.index("rip")] = built.entry
@@ -51,8 +53,26 @@ def pre_init_snapshot(guest: GuestBinary, config: SandboxConfiguration) -> Snaps
     return Snapshot(image=built.image, layout=layout, segments=tuple(guest.machine_segments()),
                     syscall_entry=guest.syscall_entry, cpu=CpuState(tuple(regs), 0, 0, None),
                     initialised=False, functions=None, host_functions=None, generation=0,
-                    guest_sha256=guest.sha256, cpu_features=host_features(kvm()),
+                    guest_sha256=guest.sha256, cpu_baseline=baseline,
                     hypervisor=hypervisor_name())
+
+
+def cpu_baseline_for(config: SandboxConfiguration) -> CpuBaseline:
+    """The configuration's CPU baseline, which this host must offer (ConfigurationError
+    naming what it lacks otherwise)."""
+    host = host_cpu(kvm())
+    try:
+        baseline = resolve(config.cpu_baseline, kvm())
+    except BaselineError as e:
+        raise ConfigurationError(str(e)) from None
+    lacking = baseline.missing_on(host)
+    if lacking:
+        best = best_level(host)
+        raise ConfigurationError(
+            f"this host lacks {'; '.join(lacking)}, which cpu_baseline {baseline.name!r} "
+            f"promises the guest; choose a baseline this host offers"
+            + (f" ({best!r} is the highest level it does, or 'host')" if best else " ('host')"))
+    return baseline
 
 
 class UninitializedSandbox:

@@ -29,6 +29,7 @@ from .content import Chain
 from .files import Entry, Reader, Writer, feed_zeros, write_sparse
 from .schema import (
     MAX_LAYERS,
+    SnapshotConfig,
     check_xsave,
     encode_config,
     fail,
@@ -382,8 +383,20 @@ def inspect(path: str | os.PathLike[str], ref: str = "latest") -> dict[str, Any]
     d.update(tag=e.tag, digest=e.digest, config_digest=e.manifest.config.digest,
              memory_digest=e.manifest.layer.digest,
              memory_disk_bytes=sum(x["disk_bytes"] for x in rows), depth=len(rows),
-             layers=rows, parent_present=parent_present)
+             layers=rows, parent_present=parent_present, host=_host_fit(e.config))
     return d
+
+
+def _host_fit(config: SnapshotConfig) -> dict[str, Any]:
+    """Whether this host offers the snapshot's CPU baseline: what it lacks, in words (None
+    when /dev/kvm cannot be opened: inspect works without KVM)."""
+    from ..machine.baselines import best_level, host_cpu
+    from ..sandbox.pool import kvm
+    try:
+        host = host_cpu(kvm())
+    except OSError:
+        return {"lacks": None, "best_level": None}
+    return {"lacks": config.cpu_baseline.missing_on(host), "best_level": best_level(host)}
 
 
 @no_raw_os_errors("verifying the snapshot")

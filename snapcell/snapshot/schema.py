@@ -21,14 +21,15 @@ from typing import Any
 from ..errors import ConfigurationError, SnapshotFormatError, SnapshotStateError
 from ..guest.functions import Signature, parse_function_table
 from ..kvm.structs import GPR_NAMES
+from ..machine.baselines import BaselineError, CpuBaseline, from_record
 from ..machine.features import CpuFeatures
 from ..machine.layout import GUEST_BASE, MAX_MEMORY, PAGE, LayoutError, MemoryLayout, Perm, Segment, page_up
 from ..sandbox.config import LAYOUT_FIELDS, SandboxConfiguration
 from ..sandbox.snapshot import XSAVE_SIZE, CpuState, Snapshot
 from ..sandbox.user_state import USER_ADDR_LIMIT, executable, sanitize_rflags, user_state_problem
 
-FORMAT_VERSION = 2                    # written by this snapcell
-SUPPORTED_VERSIONS = (1, 2)           # read by it
+FORMAT_VERSION = 3                    # written by this snapcell
+SUPPORTED_VERSIONS = (1, 2, 3)        # read by it
 
 # Size caps applied before any JSON is read.
 OCI_LAYOUT_CAP = 4 << 10
@@ -72,6 +73,9 @@ TOP_KEYS = ("format_version", "abi_version", "arch", "hypervisor", "cpu_features
             "segments", "syscall_entry", "cpu_state", "initialised", "functions", "host_functions",
             "generation", "guest_sha256", "memory")
 TOP_KEYS_V2 = TOP_KEYS + ("parent",)
+# format 3: the CPU baseline the snapshot was made under replaces the host's recorded features
+TOP_KEYS_V3 = tuple(k if k != "cpu_features" else "cpu_baseline" for k in TOP_KEYS_V2)
+LEGACY_BASELINE = "recorded-host"      # the name a format 1/2 record gets in memory
 
 
 def fail(message: str) -> SnapshotFormatError:
@@ -166,7 +170,7 @@ class SnapshotConfig:
     abi_version: int
     arch: str
     hypervisor: str
-    cpu_features: CpuFeatures
+    cpu_baseline: CpuBaseline
     layout: MemoryLayout
     segments: tuple[Segment, ...]
     syscall_entry: int
@@ -185,7 +189,7 @@ class SnapshotConfig:
                         syscall_entry=self.syscall_entry, cpu=self.cpu, initialised=True,
                         functions=dict(self.functions), host_functions=dict(self.host_functions),
                         generation=self.generation, guest_sha256=self.guest_sha256,
-                        cpu_features=self.cpu_features, hypervisor=self.hypervisor,
+                        cpu_baseline=self.cpu_baseline, hypervisor=self.hypervisor,
                         abi_version=self.abi_version, arch=self.arch, digest=digest)
 
     def describe(self) -> dict[str, Any]:
@@ -199,7 +203,8 @@ class SnapshotConfig:
                          for s in self.segments],
             "functions": {n: s.describe(n) for n, s in self.functions.items()},
             "host_functions": {n: s.describe(n) for n, s in self.host_functions.items()},
-            "cpu_vendor": self.cpu_features.vendor, "hypervisor": self.hypervisor,
+            "cpu_vendor": self.cpu_baseline.vendor or "any", "hypervisor": self.hypervisor,
+            "cpu_baseline": self.cpu_baseline.describe(),
             "abi_version": self.abi_version, "arch": self.arch,
             "format_version": self.format_version, "parent": self.parent,
         }
@@ -243,9 +248,7 @@ def config_document(snap: Snapshot, parent: str | None = None,
         "abi_version": snap.abi_version,
         "arch": snap.arch,
         "hypervisor": snap.hypervisor,
-        "cpu_features": {"vendor": snap.cpu_features.vendor,
-                         "words": {n: v for n, v in snap.cpu_features.words},
-                         "xcr0": snap.cpu_features.xcr0},
+        "cpu_baseline": snap.cpu_baseline.to_record(),
         "layout": {k: getattr(lay, k) for k in LAYOUT_KEYS},
         "segments": [{"vaddr": s.vaddr, "memsz": s.memsz, "perm": p}
                      for s, p in zip(snap.segments, perm_names)],
@@ -280,7 +283,7 @@ def encode_config(snap: Snapshot, parent: str | None = None,
 def _layout(v: object) -> MemoryLayout:
     d = obj(v, "layout", LAYOUT_KEYS)
     vals = {k: integer(d[k], f"layout.{k}", 0, MAX_MEMORY) for k in LAYOUT_KEYS}
-    sizes = {k: vals[k] for k in LAYOUT_FIELDS}
+    sizes: dict[str, Any] = {k: vals[k] for k in LAYOUT_FIELDS}
     try:
         SandboxConfiguration(**sizes)       # the sizes a sandbox can be configured with
         lay = MemoryLayout.compute(vals["elf_end"], **sizes)
@@ -375,6 +378,25 @@ def _cpu_features(v: object) -> CpuFeatures:
     return CpuFeatures(vendor, words, xcr0)
 
 
+def _legacy_baseline(v: object) -> CpuBaseline:
+    """A format 1/2 record of the host's features, as a baseline compared the old way."""
+    rec = _cpu_features(v)
+    return CpuBaseline(LEGACY_BASELINE, frozenset(), rec.xcr0, rec.vendor, legacy=rec)
+
+
+def _cpu_baseline(v: object) -> CpuBaseline:
+    d = obj(v, "cpu_baseline", ("name", "vendor", "features", "xcr0"))
+    if isinstance(d["xcr0"], int) and not isinstance(d["xcr0"], bool):
+        integer(d["xcr0"], "cpu_baseline.xcr0")
+    try:
+        b = from_record(d, "cpu_baseline")
+    except BaselineError as e:
+        raise fail(str(e)) from None
+    if sorted(b.features) != d["features"]:
+        raise fail("cpu_baseline.features must be sorted and without repeats")
+    return b
+
+
 def _host_table(v: object) -> dict[str, Signature]:
     return parse_function_table(array(v, "host_functions", MAX_HOST_FUNCTIONS),
                                 MAX_HOST_FUNCTIONS, "host function")
@@ -397,7 +419,7 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     XSAVE state components. Raises SnapshotFormatError."""
     top = loads_strict(data, "config", CONFIG_CAP)
     if not isinstance(top, dict) or "format_version" not in top:
-        obj(top, "config", TOP_KEYS_V2)             # raises: not an object / missing fields
+        obj(top, "config", TOP_KEYS_V3)             # raises: not an object / missing fields
     version = integer(top["format_version"], "format_version", 0, U32_MAX)
     if version > FORMAT_VERSION:
         raise fail(f"snapshot format version {version} was written by a newer snapcell; this "
@@ -406,7 +428,7 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     if version not in SUPPORTED_VERSIONS:
         raise fail(f"snapshot format version {version} is not supported (this snapcell reads "
                    f"versions {SUPPORTED_VERSIONS[0]}-{SUPPORTED_VERSIONS[-1]})")
-    d = obj(top, "config", TOP_KEYS if version == 1 else TOP_KEYS_V2)
+    d = obj(top, "config", {1: TOP_KEYS, 2: TOP_KEYS_V2}.get(version, TOP_KEYS_V3))
     parent = None
     if version >= 2 and d["parent"] is not None:
         parent = string(d["parent"], "parent", DIGEST, 71)
@@ -415,7 +437,8 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     hypervisor = string(d["hypervisor"], "hypervisor", max_len=32)
     if hypervisor not in HYPERVISORS:
         raise fail(f"hypervisor {hypervisor!r} is not one of {', '.join(HYPERVISORS)}")
-    features = _cpu_features(d["cpu_features"])
+    baseline = (_legacy_baseline(d["cpu_features"]) if version < 3
+                else _cpu_baseline(d["cpu_baseline"]))
     if d["initialised"] is not True:
         raise fail("initialised must be true: pre-init snapshots are never saved")
     lay = _layout(d["layout"])
@@ -423,7 +446,7 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     syscall_entry = integer(d["syscall_entry"], "syscall_entry")
     if not executable(segments, syscall_entry):
         raise fail(f"syscall_entry {syscall_entry:#x} is not in an executable segment")
-    limits = (features.xcr0,) if host_xcr0 is None else (features.xcr0, host_xcr0)
+    limits = (baseline.xcr0,) if host_xcr0 is None else (baseline.xcr0, host_xcr0)
     cpu = _cpu_state(d["cpu_state"], lay, segments, limits)
     functions = _parse("functions", parse_function_table, d["functions"])
     host_functions = _parse("host_functions", _host_table, d["host_functions"])
@@ -444,6 +467,6 @@ def decode_config(data: bytes, host_xcr0: int | None = None) -> SnapshotConfig:
     if size != lay.memory_size - GUEST_BASE:
         raise fail(f"memory.size {size:#x} disagrees with the layout "
                    f"({lay.memory_size - GUEST_BASE:#x} = memory_size - {GUEST_BASE:#x})")
-    return SnapshotConfig(version, abi_version, arch, hypervisor, features, lay, segments,
+    return SnapshotConfig(version, abi_version, arch, hypervisor, baseline, lay, segments,
                           syscall_entry, cpu, functions, host_functions, generation,
                           guest_sha256, size, parent, layers)

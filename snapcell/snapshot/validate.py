@@ -24,7 +24,7 @@ from ..errors import (
     SnapshotNotFound,
     SnapshotReferenceError,
 )
-from ..machine.features import CpuFeatures
+from ..machine.baselines import HostCpu
 from ..machine.layout import PAGE
 from .schema import (
     CONFIG_CAP,
@@ -310,7 +310,7 @@ def check_consistent(manifest: Manifest, config: SnapshotConfig) -> None:
     """Manifest and config must be of the same format; a format-1 memory layer's size must be
     the config's memory size; format-2 layers must be exactly those the config names (their
     sizes are checked against the image when their tables are read)."""
-    if manifest.version != config.format_version:
+    if manifest.version != min(config.format_version, 2):     # format 3 = 2 + a CPU baseline
         raise fail(f"a format-{manifest.version} manifest has a format-{config.format_version} "
                    "config")
     if manifest.version == 1 and manifest.layer.size != config.memory_size:
@@ -330,11 +330,11 @@ def check_digest(data: bytes | str, descriptor: Descriptor, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------ host gates
-def host_gates(config: SnapshotConfig) -> CpuFeatures:
-    """Refuse a snapshot for another ABI, architecture, hypervisor or a richer CPU
-    (SnapshotIncompatibleHost). Returns the host's features."""
+def host_gates(config: SnapshotConfig) -> HostCpu:
+    """Refuse a snapshot for another ABI, architecture, hypervisor or a CPU baseline this host
+    lacks (SnapshotIncompatibleHost). Returns the host's CPU."""
     from ..sandbox.multi_use import check_host
-    return check_host(config.abi_version, config.arch, config.hypervisor, config.cpu_features)
+    return check_host(config.abi_version, config.arch, config.hypervisor, config.cpu_baseline)
 
 
 # ------------------------------------------------------------------------------ safe files

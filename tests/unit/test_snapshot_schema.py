@@ -17,7 +17,7 @@ from snapcell.errors import SnapshotFormatError, SnapshotNotFound, SnapshotRefer
 from snapcell.guest.functions import Signature
 from snapcell.guest.values import ValueType
 from snapcell.kvm.structs import GPR_NAMES
-from snapcell.machine.features import CpuFeatures
+from snapcell.machine.baselines import named
 from snapcell.machine.layout import GUEST_BASE, MemoryLayout, Perm, Segment
 from snapcell.machine.memory import MemoryImage
 from snapcell.sandbox.snapshot import CpuState, Snapshot
@@ -28,7 +28,7 @@ ELF_END = 0x428000
 LAYOUT = MemoryLayout.compute(ELF_END, 16 << 10, 16 << 10, 64 << 10, 32 << 10)
 SEGMENTS = (Segment(0x400000, 0x190, Perm.R), Segment(0x401000, 0x10000, Perm.R | Perm.X),
             Segment(0x412000, 0x15123, Perm.R | Perm.W))
-FEATURES = CpuFeatures("AuthenticAMD", (("0x1.0.ecx", 0x1234), ("0x7.0.ebx", 0x5)), 0x7)
+BASELINE = named("x86-64-v3")
 
 
 def xsave(mxcsr: int = 0x1F80, mask: int = 0xFFFF, xstate_bv: int = 0x3, xcomp_bv: int = 0) -> bytes:
@@ -53,7 +53,7 @@ def snapshot(**changes: Any) -> Snapshot:
         functions={"Echo": Signature((ValueType.STR,), ValueType.STR),
                    "NoOp": Signature((), ValueType.VOID)},
         host_functions={"HostPrint": Signature((ValueType.STR,), ValueType.I32)},
-        generation=3, guest_sha256="ab" * 32, cpu_features=FEATURES, hypervisor="kvm-pvm")
+        generation=3, guest_sha256="ab" * 32, cpu_baseline=BASELINE, hypervisor="kvm-pvm")
     fields.update(changes)
     return Snapshot(**fields)
 
@@ -73,7 +73,7 @@ def test_round_trip_and_canonical_bytes() -> None:
     assert cfg.functions == snap.functions and cfg.host_functions == snap.host_functions
     assert cfg.cpu.regs[:-1] == snap.cpu.regs[:-1] and cfg.cpu.rflags == 0x246 & ~0x200
     assert cfg.cpu.xsave == snap.cpu.xsave and cfg.cpu.fs_base == 0x430000
-    assert dict(cfg.cpu_features.words) == dict(FEATURES.words)
+    assert cfg.cpu_baseline == BASELINE and cfg.format_version == 3
     assert cfg.memory_size == LAYOUT.memory_size - GUEST_BASE
     again = cfg.to_snapshot(snap.image, "sha256:" + "0" * 64)
     assert schema.encode_config(again) == data            # re-saving gives the same bytes
