@@ -654,6 +654,12 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
             for sb in boxes:
                 sb.close()
 
+    @step("CPU baselines")
+    def _() -> None:
+        from .baselines import bench_baselines
+        with pinned_floor() as cf:
+            r.update(bench_baselines(binary, hf, n // 10, _time_interleaved, cf))
+
     @step("persistence")
     def _() -> None:
         from .snapshots import bench_persistence
@@ -849,6 +855,8 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
             / r["dask_map_calls_2_workers_chunked"]["median_us"])
     if "peer_fork_per_call" in r:
         out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
+    from .baselines import baseline_ratios
+    out.update(baseline_ratios(r))
     return out
 
 
