@@ -57,7 +57,8 @@ def baseline_ratios(r: dict[str, Any]) -> dict[str, float]:
     for what in ("from_snapshot", "restore_call", "call"):
         a, b = r.get(f"baseline_portable_{what}"), r.get(f"baseline_host_{what}")
         if a and b:
-            label = {"from_snapshot": "from_snapshot + call", "restore_call": "restore + call"}.get(what, what)
+            label = {"from_snapshot": "from_snapshot + call",
+                     "restore_call": "restore + call"}.get(what, what)
             out[f"baseline portable / host: {label}"] = (
                 a["median_us"] / b["median_us"])
     return out
