@@ -74,6 +74,9 @@ def _musl_gcc() -> str:
 
 def _opt(debug: bool) -> list[str]:
     opt = ["-O0", "-g3", "-fno-omit-frame-pointer"] if debug else ["-O2", "-g"]
+    # Code for the lowest x86-64 level (gcc's default, stated): a guest runs under every CPU
+    # baseline, and nothing here dispatches on CPUID (docs/security.md, "CPU baselines").
+    opt += ["-march=x86-64", "-mtune=generic"]
     # Probe every page of large stack frames so no frame can jump over the guard page.
     opt.append("-fstack-clash-protection")
     return opt
