@@ -9,6 +9,7 @@ from ..guest.functions import Signature
 from ..guest.values import ValueType
 from ..sandbox import HostFunctions, SandboxConfiguration, Snapshot, UninitializedSandbox
 from .languages import Language, language
+from .warmcache import load_or_build
 
 KIB, MIB = 1 << 10, 1 << 20
 TOOL_FUNCTION = "CodeTool"
@@ -23,6 +24,7 @@ MAX_FILES_OUT = 1 * MIB           # bytes of files a run sends back (Python), at
 
 _lock = threading.Lock()
 _cache: dict[str, Snapshot] = {}
+_sources: dict[str, str] = {}      # language → 'disk', 'built' or 'uncached' (warmcache.py)
 
 
 def _unused_tool(request: bytes) -> bytes:
@@ -36,8 +38,9 @@ def tool_host_functions(dispatch: object = _unused_tool) -> HostFunctions:
 
 
 def warm_snapshot(lang: str | Language) -> Snapshot:
-    """The snapshot of `lang`'s initialised interpreter, evolved on first use (about 0.1 s) and
-    cached for the life of the process."""
+    """The snapshot of `lang`'s initialised interpreter, cached for the life of the process: on
+    first use loaded from the warm-snapshot cache on disk (warmcache.py), or evolved (0.1-1 s)
+    and saved there."""
     spec = lang if isinstance(lang, Language) else language(lang)
     snap = _cache.get(spec.name)
     if snap is not None:
@@ -46,14 +49,25 @@ def warm_snapshot(lang: str | Language) -> Snapshot:
         snap = _cache.get(spec.name)
         if snap is None:
             path = spec.guest_path()
-            with UninitializedSandbox(str(path),
-                                      config=LAYOUT, host_functions=tool_host_functions()).evolve() as sb:
-                snap = sb.snapshot()
-            _cache[spec.name] = snap
+
+            def evolve() -> Snapshot:
+                with UninitializedSandbox(str(path), config=LAYOUT,
+                                          host_functions=tool_host_functions()).evolve() as sb:
+                    return sb.snapshot()
+
+            snap, how = load_or_build(path, LAYOUT, TOOL_SIGNATURE.describe(TOOL_FUNCTION), evolve)
+            _cache[spec.name], _sources[spec.name] = snap, how
     return snap
+
+
+def warm_source(lang: str) -> str | None:
+    """Where this process's warm snapshot of `lang` came from: 'disk', 'built', 'uncached', or
+    None when it has none yet."""
+    return _sources.get(language(lang).name)
 
 
 def forget_warm_snapshots() -> None:
     """Drop the cache (the next sandbox of each language evolves a fresh interpreter)."""
     with _lock:
         _cache.clear()
+        _sources.clear()

@@ -21,9 +21,15 @@ PT_BASE = PAGE_TABLES_ADDR + 3 * PAGE
 
 def pte_for(addr: int, perm: Perm) -> int:
     """The leaf entry for one page with the given permissions (not present when NONE)."""
+    flags = pte_flags(perm)
+    return addr | flags if flags else 0
+
+
+def pte_flags(perm: Perm) -> int:
+    """The flag bits of a leaf entry with the given permissions (0: not present)."""
     if not perm & (Perm.R | Perm.W | Perm.X):
         return 0
-    e = addr | PTE_P | PTE_A | PTE_D
+    e = PTE_P | PTE_A | PTE_D
     if perm & Perm.W:
         e |= PTE_RW
     if perm & Perm.USER:
@@ -45,8 +51,14 @@ def build_page_tables(regions: list[Region], memory_size: int) -> list[tuple[int
     pd = b"".join(struct.pack("<Q", (PT_BASE + i * PAGE) | upper) for i in range(n_pt))
     pts = bytearray(n_pt * PAGE)
     for r in regions:
-        for a in range(r.start, r.end, PAGE):
-            if a >= n_pt * 512 * PAGE:
-                raise ValueError(f"region {r.name} beyond the mapped memory")
-            struct.pack_into("<Q", pts, (a // PAGE) * 8, pte_for(a, r.perm))
+        if r.end > n_pt * 512 * PAGE and r.end > r.start:
+            raise ValueError(f"region {r.name} beyond the mapped memory")
+        flags = pte_flags(r.perm)
+        if not flags:
+            continue
+        # one region's entries at once: `addr | flags` for each of its pages (no Perm
+        # arithmetic per page: a 160 MiB guest has ~43,000 of them)
+        first, count = r.start // PAGE, (r.end - r.start + PAGE - 1) // PAGE
+        pts[first * 8:(first + count) * 8] = struct.pack(
+            f"<{count}Q", *range(first * PAGE | flags, (first + count) * PAGE | flags, PAGE))
     return [(PML4_ADDR, pml4), (PDPT_ADDR, pdpt), (PD_ADDR, pd), (PT_BASE, bytes(pts))]
