@@ -102,9 +102,7 @@ def _make_tool(name):
     call = _snapcell.call_tool
 
     def tool(*args, **kwargs):
-        if kwargs:
-            raise TypeError(f"tool {name}() takes positional arguments only")
-        reply = call(name, args)
+        reply = call(name, args, kwargs) if kwargs else call(name, args)
         if reply[0]:
             return reply[1]
         raise _exception_type(reply[1])(reply[2])
