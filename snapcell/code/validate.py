@@ -178,5 +178,6 @@ def decode(data: bytes, language: str, max_output: int,
     try:
         return check_response(unpack(data), max_output, max_files_out)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise GuestOutputError(f"malformed Run response from the {language} guest: {e}") from None
+        raise GuestOutputError(f"malformed Run response from the {language} guest: "
+                               f"{e or type(e).__name__}") from None
 
