@@ -332,6 +332,23 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_snapcell", NULL, -1
 
 static PyObject *init_module(void) { return PyModule_Create(&module); }
 
+/* CPython's C-API test modules are linked in with the static build; take them out of the table
+ * of built-in modules so that no code can import them (_testcapi writes to arbitrary memory). */
+static void drop_test_modules(void)
+{
+    static const char *const drop[] = {"_testcapi", "_testbuffer", "_testclinic",
+                                       "_testinternalcapi", "_testmultiphase", "_testimportmultiple"};
+    struct _inittab *t = PyImport_Inittab, *w = t;
+    for (; t->name; t++) {
+        int keep = 1;
+        for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
+            keep &= strcmp(t->name, drop[i]) != 0;
+        if (keep)
+            *w++ = *t;
+    }
+    *w = *t;
+}
+
 /* ---- Run ----------------------------------------------------------------------------------- */
 
 static PyObject *runner_run, *runner_reseed;
@@ -534,6 +551,7 @@ void snapcell_main(void)
     install_allocators();
     if (PyImport_AppendInittab("_snapcell", init_module) != 0)
         sc_abort(1, "PyImport_AppendInittab failed");
+    drop_test_modules();
 
     PyConfig config;
     PyConfig_InitIsolatedConfig(&config);
