@@ -41,7 +41,8 @@ def test_tools_by_keyword(lang: str) -> None:
         if lang != "python":                   # one object whose keys are no parameters: positional
             code = "echo({query: 'kvm'})" if lang == "js" else "return echo({query = 'kvm'})"
             assert box.run(code).value == [{"query": "kvm"}]
-            code = "search({query: 'a', nope: 1})" if lang == "js" else "return search({query = 'a', nope = 1})"
+            code = ("search({query: 'a', nope: 1})" if lang == "js"
+                    else "return search({query = 'a', nope = 1})")
             assert box.run(code).value[0].startswith("{")   # the object went as `query`
         else:
             assert box.run("search('kvm', limit=1)").value == ["kvm-0"]
