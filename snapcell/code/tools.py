@@ -77,7 +77,8 @@ class _Job:
 
     def __init__(self, fn: Tool, args: list[Any], kwargs: dict[str, Any]) -> None:
         self.fn, self.args, self.kwargs = fn, args, kwargs
-        self.done = threading.Event()
+        self.done = threading.Lock()            # held until the call finished (cheaper than an Event)
+        self.done.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -107,7 +108,7 @@ class _Worker:
                     job.value = value
                 except BaseException as e:  # noqa: BLE001  (handed to the calling thread)
                     job.error = e
-                job.done.set()
+                job.done.release()
         finally:
             self.loop.close()
 
@@ -115,7 +116,7 @@ class _Worker:
         """Run `job`; False when it did not finish within `timeout` seconds (the worker is then
         abandoned and an `async` tool's task cancelled)."""
         self.jobs.put(job)
-        if job.done.wait(timeout):
+        if job.done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             return True
         self.jobs.put(None)                       # exit after the call in progress
         loop, task = job.loop, job.task
