@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import queue
 import re
 import threading
@@ -23,6 +24,14 @@ TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 MAX_TOOLS = 64
 Tool = Callable[..., Any]
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_forks = [0]      # bumped in a forked child: a worker thread of the parent does not exist there
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def check_tools(tools: Mapping[str, Tool] | None) -> dict[str, Tool]:
@@ -92,6 +101,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.fork = _forks[0]
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self._serve, name="snapcell-tool", daemon=True).start()
 
@@ -203,7 +213,7 @@ class ToolDispatcher:
         if remaining is not None and remaining <= 0:
             raise ToolTimeout
         worker = self._worker
-        if worker is None:
+        if worker is None or worker.fork != _forks[0]:
             worker = self._worker = _Worker()
             weakref.finalize(self, worker.jobs.put, None)     # no thread outlives its sandbox
         job = _Job(fn, args, kwargs)

@@ -126,3 +126,17 @@ def test_dispatcher_keywords_async_and_deadline() -> None:
     assert unpack(d(msgpack.packb(["aecho", ["x"]]))) == [0, "x"] and not d.expired
     assert unpack(d(msgpack.packb(["search", [], {"nope": 1}])))[:2] == [1, "TypeError"]
     d.close()
+
+
+def test_dispatcher_in_a_forked_child() -> None:
+    import os
+    d = ToolDispatcher({"search": search}, 1 << 20)
+    d.begin(time.monotonic() + 5, None)
+    assert unpack(d(msgpack.packb(["search", ["a"]]))) == [0, ["a", 3, False]]
+    pid = os.fork()
+    if pid == 0:                        # the child: the parent's worker thread is not here
+        ok = unpack(d(msgpack.packb(["search", ["b"]]))) == [0, ["b", 3, False]]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    d.close()
