@@ -391,7 +391,8 @@ static sc_value Spin(const sc_value *a)
 /* ---- a compromised interpreter guest ------------------------------------------------------ */
 
 /* Run(request) -> response, speaking the code protocol (guests/common/codebox.h). The request's
- * code is the response to send: raw bytes, or — when it is the MessagePack array
+ * code (raw, or a str "hex:<hex digits>") is the response to send: raw bytes, or — when it
+ * is the MessagePack array
  * [head(bin), fill(uint), count(uint), tail(bin), [tool_request(bin), ...]] — the tool requests
  * are sent to the CodeTool host function first (their replies ignored), then the response is
  * head, `count` bytes of `fill`, tail (large responses from a small request). */
@@ -409,6 +410,21 @@ static sc_value Run(const sc_value *a)
         code = mp_decode_bin(&r, &n);
     else
         return sc_error(1, "Run: code is not str or bin");
+    static char *unhexed;
+    if (n >= 4 && memcmp(code, "hex:", 4) == 0) {   /* "hex:..." (JSON carries no raw bytes) */
+        free(unhexed);
+        if (!(unhexed = malloc(n / 2 + 1)))
+            return sc_error(1, "Run: out of memory");
+        uint32_t k = 0;
+        for (uint32_t i = 4; i + 1 < n; i += 2) {
+            unsigned v;
+            if (sscanf(code + i, "%2x", &v) != 1)
+                return sc_error(1, "Run: bad hex");
+            unhexed[k++] = (char)v;
+        }
+        code = unhexed;
+        n = k;
+    }
     const char *c = code, *cend = code + n;
     chk = c;
     if (n == 0 || mp_typeof(*c) != MP_ARRAY || mp_check(&chk, cend) || chk != cend
