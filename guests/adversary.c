@@ -4,12 +4,15 @@
  * memory, or to confuse the host. Probe is the victim's measurement: a checksum of everything
  * a previous tenant could have left in reach of this guest (uninitialised stack and heap, the
  * ABI page, vector registers, MXCSR, the x87 control word, FS/GS bases, RFLAGS).
+ * Run is a compromised interpreter guest (tests/adversarial/test_code_guest.py): it answers a
+ * code sandbox's Run request with whatever bytes the "code" asks for.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "msgpuck.h"
 #include "snapcell.h"
 #include "snapcell_abi.h"
 
@@ -385,8 +388,87 @@ static sc_value Spin(const sc_value *a)
     return sc_void();
 }
 
+/* ---- a compromised interpreter guest ------------------------------------------------------ */
+
+/* Run(request) -> response, speaking the code protocol (guests/common/codebox.h). The request's
+ * code (raw, or a str "hex:<hex digits>") is the response to send: raw bytes, or — when it
+ * is the MessagePack array
+ * [head(bin), fill(uint), count(uint), tail(bin), [tool_request(bin), ...]] — the tool requests
+ * are sent to the CodeTool host function first (their replies ignored), then the response is
+ * head, `count` bytes of `fill`, tail (large responses from a small request). */
+static sc_value Run(const sc_value *a)
+{
+    static char *out;
+    const char *r = (const char *)a[0].bytes.ptr, *end = r + a[0].bytes.len, *chk = r;
+    if (mp_check(&chk, end) || mp_typeof(*r) != MP_ARRAY || mp_decode_array(&r) < 1)
+        return sc_error(1, "Run: not a request");
+    const char *code;
+    uint32_t n;
+    if (mp_typeof(*r) == MP_STR)
+        code = mp_decode_str(&r, &n);
+    else if (mp_typeof(*r) == MP_BIN)
+        code = mp_decode_bin(&r, &n);
+    else
+        return sc_error(1, "Run: code is not str or bin");
+    static char *unhexed;
+    if (n >= 4 && memcmp(code, "hex:", 4) == 0) {   /* "hex:..." (JSON carries no raw bytes) */
+        free(unhexed);
+        if (!(unhexed = malloc(n / 2 + 1)))
+            return sc_error(1, "Run: out of memory");
+        uint32_t k = 0;
+        for (uint32_t i = 4; i + 1 < n; i += 2) {
+            unsigned v;
+            if (sscanf(code + i, "%2x", &v) != 1)
+                return sc_error(1, "Run: bad hex");
+            unhexed[k++] = (char)v;
+        }
+        code = unhexed;
+        n = k;
+    }
+    const char *c = code, *cend = code + n;
+    chk = c;
+    if (n == 0 || mp_typeof(*c) != MP_ARRAY || mp_check(&chk, cend) || chk != cend
+            || mp_decode_array(&c) != 5)
+        return sc_bytes(code, n);
+    uint32_t hl, tl;
+    if (mp_typeof(*c) != MP_BIN)
+        return sc_bytes(code, n);
+    const char *head = mp_decode_bin(&c, &hl);
+    if (mp_typeof(*c) != MP_UINT)
+        return sc_bytes(code, n);
+    int fill = (int)mp_decode_uint(&c);
+    if (mp_typeof(*c) != MP_UINT)
+        return sc_bytes(code, n);
+    uint64_t count = mp_decode_uint(&c);
+    if (mp_typeof(*c) != MP_BIN)
+        return sc_bytes(code, n);
+    const char *tail = mp_decode_bin(&c, &tl);
+    if (mp_typeof(*c) != MP_ARRAY)
+        return sc_bytes(code, n);
+    for (uint32_t i = 0, calls = mp_decode_array(&c); i < calls; i++) {
+        if (mp_typeof(*c) != MP_BIN)
+            return sc_bytes(code, n);
+        uint32_t ql;
+        const char *q = mp_decode_bin(&c, &ql);
+        sc_value reply;
+        (void)sc_call_host("CodeTool", SC_BYTES, &reply, 1, sc_bytes(q, ql));
+    }
+    uint64_t cap = SC_ABI_PAGE->output_size;
+    if (count > cap)
+        count = cap;
+    free(out);
+    out = malloc(hl + count + tl + 1);
+    if (!out)
+        return sc_error(1, "Run: out of memory");
+    memcpy(out, head, hl);
+    memset(out + hl, fill, count);
+    memcpy(out + hl + count, tail, tl);
+    return sc_bytes(out, (uint32_t)(hl + count + tl));
+}
+
 void snapcell_main(void)
 {
+    sc_register("Run", Run, SC_BYTES, 1, SC_BYTES);
     sc_register("Probe", Probe, SC_U64, 0);
     sc_register("PortIn", PortIn, SC_U32, 2, SC_U32, SC_U32);
     sc_register("PortInString", PortInString, SC_U64, 3, SC_U32, SC_U32, SC_U64);

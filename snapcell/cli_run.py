@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 
 import click
 
+from .cli_options import _import_target
 from .code import CodeSandbox
 from .errors import SnapcellError
 
@@ -18,17 +18,21 @@ EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
 
 def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
-    """`module:function` or `name=module:function` → (name, callable); UsageError otherwise."""
-    name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    module, _, attr = target.partition(":")
+    """`module:function` or `name=module:function` → (name, callable); the module is importable
+    from the current directory or is a path to a .py file (`./tools.py:lookup`); UsageError
+    otherwise."""
+    name, _, target = spec.partition("=") if "=" in spec.partition(":")[0] else ("", "", spec)
+    module, _, attr = target.rpartition(":")
     if not module or not attr:
-        raise click.UsageError(f"--tool {spec!r}: expected module:function or name=module:function")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise click.UsageError(f"--tool {spec!r}: {e}") from None
+        raise click.UsageError(f"--tool {spec!r}: expected module:function or name=module:function "
+                               "(the module importable from the current directory, or a path to "
+                               "a .py file: ./tools.py:lookup)")
+    mod = _import_target(module, "--tool", spec)
+    fn = getattr(mod, attr, None)
+    if fn is None:
+        raise click.UsageError(f"--tool {spec!r}: {module} has no attribute {attr!r}")
     if not callable(fn):
-        raise click.UsageError(f"--tool {spec!r}: {module}.{attr} is not callable")
+        raise click.UsageError(f"--tool {spec!r}: {module}:{attr} is not callable")
     return (name or attr), fn
 
 

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
+from . import cli_options
 from .errors import SnapcellError
 from .sandbox import HostFunctions
 
 
 def load_host_functions(spec: str) -> HostFunctions:
-    """`module:attribute`, a HostFunctions or a callable returning one."""
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise click.BadParameter("expected MODULE:ATTRIBUTE", param_hint="--host-functions")
+    """`module:attribute` (the module importable from the current directory, or a path to a
+    .py file): a HostFunctions or a callable returning one; BadParameter otherwise."""
     try:
-        obj = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise click.BadParameter(f"cannot load {spec}: {e}", param_hint="--host-functions") from None
-    if callable(obj) and not isinstance(obj, HostFunctions):
-        try:
-            obj = obj()
-        except Exception as e:
-            raise click.BadParameter(f"{spec}() failed: {type(e).__name__}: {e}",
-                                     param_hint="--host-functions") from None
-    if not isinstance(obj, HostFunctions):
-        raise click.BadParameter(f"{spec} is not a HostFunctions", param_hint="--host-functions")
-    return obj
+        return cli_options.load_host_functions(spec, "--host-functions")
+    except click.BadParameter:
+        raise
+    except click.UsageError as e:
+        raise click.BadParameter(e.message, param_hint="--host-functions") from None
 
 
 def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:

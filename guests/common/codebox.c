@@ -285,11 +285,20 @@ int cb_call_tool(const char *name, size_t name_len, const cb_buf *args_array,
                  const char **value, const char **value_end,
                  const char **err_type, const char **err_msg)
 {
+    return cb_call_tool_kw(name, name_len, args_array, NULL, value, value_end, err_type, err_msg);
+}
+
+int cb_call_tool_kw(const char *name, size_t name_len, const cb_buf *args_array,
+                    const cb_buf *kwargs_map, const char **value, const char **value_end,
+                    const char **err_type, const char **err_msg)
+{
     cb_reset(&tool_req);
-    cb_array(&tool_req, 2);
+    cb_array(&tool_req, kwargs_map ? 3 : 2);
     cb_str(&tool_req, name, name_len);
     cb_append(&tool_req, args_array->p, args_array->len);
-    if (tool_req.oom || args_array->oom)
+    if (kwargs_map)
+        cb_append(&tool_req, kwargs_map->p, kwargs_map->len);
+    if (tool_req.oom || args_array->oom || (kwargs_map && kwargs_map->oom))
         return tool_fail("InternalError", "out of memory encoding the tool call", 36, err_type, err_msg);
     sc_value res;
     if (sc_call_host("CodeTool", SC_BYTES, &res, 1, sc_bytes(tool_req.p, (uint32_t)tool_req.len)) != 0) {

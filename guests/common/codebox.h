@@ -13,7 +13,7 @@
  *                 error(nil | [type(str), message(str), stack(str), line(int, 0 = unknown)])
  *                 (, [{name(str): data(bin)}, files_truncated(bool)])]   (when files were asked)
  *   CodeTool(bytes request) -> bytes reply              (a host function)
- *     request  = [tool_name(str), [arg, ...]]
+ *     request  = [tool_name(str), [arg, ...](, {keyword(str): arg})]
  *     reply    = [0, value] | [1, type(str), message(str)]
  */
 #ifndef CODEBOX_H
@@ -91,6 +91,11 @@ void cb_response_finish(const char *type, const char *message, size_t message_le
 int cb_call_tool(const char *name, size_t name_len, const cb_buf *args_array,
                  const char **value, const char **value_end,
                  const char **err_type, const char **err_msg);
+
+/* The same with keyword arguments: `kwargs_map` (an encoded map of str -> value), or NULL. */
+int cb_call_tool_kw(const char *name, size_t name_len, const cb_buf *args_array,
+                    const cb_buf *kwargs_map, const char **value, const char **value_end,
+                    const char **err_type, const char **err_msg);
 
 /* xoshiro256**: reseeded with the ABI page seed on every new sandbox (call cb_rng_init once
  * in snapcell_main; extra hooks may be registered with sc_on_reseed as well). */

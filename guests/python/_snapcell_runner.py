@@ -84,6 +84,27 @@ sys.stdout = sys.__stdout__ = _Stream(1, "<stdout>")
 sys.stderr = sys.__stderr__ = _Stream(2, "<stderr>")
 
 _exception_types = {}
+_set_recursion_limit = sys.setrecursionlimit
+TRACEBACK_FRAMES = 100    # a stack trace shows the innermost frames, at most this many
+
+
+def _recursion_cap():
+    """The deepest recursion limit the guest honours: Python frames of that depth fit the heap
+    limit (CPython 3.11 reports a frame it could not allocate as a bare SystemError) and fail
+    fast with RecursionError; C-level recursion that deep ends on the guest's stack guard."""
+    limit = _snapcell.memory()[1]
+    return 20000 if limit < 0 else max(1000, min(20000, limit // 4096))
+
+
+def setrecursionlimit(limit):
+    """sys.setrecursionlimit, clamped to _recursion_cap() (sys.getrecursionlimit tells)."""
+    _set_recursion_limit(limit)
+    cap = _recursion_cap()
+    if limit > cap:
+        _set_recursion_limit(cap)
+
+
+sys.setrecursionlimit = setrecursionlimit
 
 
 def _exception_type(name):
@@ -102,9 +123,7 @@ def _make_tool(name):
     call = _snapcell.call_tool
 
     def tool(*args, **kwargs):
-        if kwargs:
-            raise TypeError(f"tool {name}() takes positional arguments only")
-        reply = call(name, args)
+        reply = call(name, args, kwargs) if kwargs else call(name, args)
         if reply[0]:
             return reply[1]
         raise _exception_type(reply[1])(reply[2])
@@ -131,8 +150,12 @@ def _describe(e, filename):
         if t.tb_frame.f_code.co_filename == filename:
             line = t.tb_lineno
         t = t.tb_next
+    depth, t = 0, tb
+    while t is not None and depth <= TRACEBACK_FRAMES:
+        depth, t = depth + 1, t.tb_next
+    limit = -TRACEBACK_FRAMES if depth > TRACEBACK_FRAMES else None
     try:
-        stack = "".join(traceback.format_exception(type(e), e, tb))
+        stack = "".join(traceback.format_exception(type(e), e, tb, limit=limit))
     except Exception:  # formatting can fail on hostile exceptions; the type still counts
         stack = ""
     try:

@@ -286,21 +286,24 @@ static PyObject *m_write(PyObject *self, PyObject *args)
     return PyBool_FromLong(cb_output_write(stream, s, (size_t)n) == 0);
 }
 
-/* _snapcell.call_tool(name, args_tuple) -> (True, value) | (False, type, message) */
+/* _snapcell.call_tool(name, args_tuple[, kwargs_dict]) -> (True, value) | (False, type, message) */
 static PyObject *m_call_tool(PyObject *self, PyObject *args)
 {
     (void)self;
     const char *name;
     Py_ssize_t nlen;
-    PyObject *targs;
-    static cb_buf enc;
-    if (!PyArg_ParseTuple(args, "s#O!", &name, &nlen, &PyTuple_Type, &targs))
+    PyObject *targs, *tkw = NULL;
+    static cb_buf enc, enc_kw;
+    if (!PyArg_ParseTuple(args, "s#O!|O!", &name, &nlen, &PyTuple_Type, &targs, &PyDict_Type, &tkw))
         return NULL;
     cb_reset(&enc);
     if (encode(&enc, targs, 0))
         return NULL;
+    cb_reset(&enc_kw);
+    if (tkw && encode(&enc_kw, tkw, 0))
+        return NULL;
     const char *v, *vend, *et, *em;
-    if (cb_call_tool(name, (size_t)nlen, &enc, &v, &vend, &et, &em) != 0)
+    if (cb_call_tool_kw(name, (size_t)nlen, &enc, tkw ? &enc_kw : NULL, &v, &vend, &et, &em) != 0)
         return Py_BuildValue("(Oss)", Py_False, et, em);
     PyObject *value = decode(&v, 0);
     if (!value)
@@ -328,6 +331,23 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_snapcell", NULL, -1
                                     NULL, NULL, NULL, NULL};
 
 static PyObject *init_module(void) { return PyModule_Create(&module); }
+
+/* CPython's C-API test modules are linked in with the static build; take them out of the table
+ * of built-in modules so that no code can import them (_testcapi writes to arbitrary memory). */
+static void drop_test_modules(void)
+{
+    static const char *const drop[] = {"_testcapi", "_testbuffer", "_testclinic",
+                                       "_testinternalcapi", "_testmultiphase", "_testimportmultiple"};
+    struct _inittab *t = PyImport_Inittab, *w = t;
+    for (; t->name; t++) {
+        int keep = 1;
+        for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
+            keep &= strcmp(t->name, drop[i]) != 0;
+        if (keep)
+            *w++ = *t;
+    }
+    *w = *t;
+}
 
 /* ---- Run ----------------------------------------------------------------------------------- */
 
@@ -531,6 +551,7 @@ void snapcell_main(void)
     install_allocators();
     if (PyImport_AppendInittab("_snapcell", init_module) != 0)
         sc_abort(1, "PyImport_AppendInittab failed");
+    drop_test_modules();
 
     PyConfig config;
     PyConfig_InitIsolatedConfig(&config);

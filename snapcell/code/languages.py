@@ -15,14 +15,16 @@ _REPO_GUESTS = Path(__file__).resolve().parents[2] / "build" / "guests"
 @dataclass(frozen=True)
 class Language:
     """An interpreter guest: its short name, the guest ELF's file name, the default file name
-    errors and stack traces show, its display name, and whether it has a file system (then
-    runs take `files=` and return the files they wrote)."""
+    errors and stack traces show, its display name, whether it has a file system (then
+    runs take `files=` and return the files they wrote) and keyword arguments (else a tool
+    called with one plain object takes its keys as keyword arguments)."""
 
     name: str
     elf: str
     filename: str
     display: str
     has_files: bool = False
+    keywords: bool = False      # calls pass keyword arguments (else one object may stand for them)
 
     def guest_path(self) -> Path:
         """The guest ELF ($SNAPCELL_CODE_GUESTS, else the repository's build/guests/)."""
@@ -38,7 +40,8 @@ class Language:
 LANGUAGES: dict[str, Language] = {
     "js": Language("js", "js.elf", "main.js", "JavaScript (QuickJS-ng)"),
     "lua": Language("lua", "lua.elf", "main.lua", "Lua 5.4"),
-    "python": Language("python", "python.elf", "main.py", "Python 3.11 (CPython)", has_files=True),
+    "python": Language("python", "python.elf", "main.py", "Python 3.11 (CPython)", has_files=True,
+                       keywords=True),
 }
 _ALIASES = {"javascript": "js", "quickjs": "js", "lua54": "lua", "lua5.4": "lua", "py": "python",
             "python3": "python", "cpython": "python"}

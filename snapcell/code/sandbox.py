@@ -9,8 +9,10 @@ from typing import Any
 from ..errors import (
     ArgumentError,
     ConfigurationError,
+    ExecutionCancelled,
     ExecutionTimeout,
     GuestError,
+    GuestOutputError,
     PoisoningError,
     SandboxClosedError,
 )
@@ -88,7 +90,8 @@ class CodeSandbox:
             raise ConfigurationError("filename must be a non-empty string of under 100 bytes")
         self._tools = check_tools(tools)
         self._tool_names = sorted(self._tools)
-        self._dispatch = ToolDispatcher(self._tools, LAYOUT.input_size - 64)
+        self._dispatch = ToolDispatcher(self._tools, LAYOUT.input_size - 64,
+                                        object_keywords=not self.language.keywords)
         if snapshot is not None and not isinstance(snapshot, Snapshot):
             raise TypeError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
         self._base = snapshot if snapshot is not None else warm_snapshot(self.language)
@@ -132,18 +135,29 @@ class CodeSandbox:
             sb.restore(self._base)
         self._dirty = True
         start = time.perf_counter()
+        dispatch = self._dispatch
+        if self._tools:
+            dispatch.begin(None if limit is None else time.monotonic() + limit,
+                           sb.interrupt_handle().kill)
         try:
             raw = sb.call("Run", request, timeout=limit)
-        except ExecutionTimeout:
-            return self._failed("TimeoutError", f"the run exceeded its time limit of {limit} s",
-                                start)
+        except ExecutionCancelled as e:
+            if isinstance(e, ExecutionTimeout) or dispatch.expired:
+                return self._failed("TimeoutError",
+                                    f"the run exceeded its time limit of {limit} s", start)
+            return self._failed("InternalError", f"the run was cancelled: {e}", start)
         except PoisoningError as e:
             return self._failed("InternalError", f"the interpreter crashed: {e}", start)
         except GuestError as e:
             return RunResult(error=CodeError("InternalError", e.message, "", 0,
                                              self.language.name),
                              duration=time.perf_counter() - start)
-        result = decode_response(raw, self.language.name)
+        try:
+            result = decode_response(raw, self.language.name, self.max_output,
+                                     None if in_files is None else self.max_files_out)
+        except GuestOutputError as e:
+            return self._failed("InternalError",
+                                f"the interpreter guest returned an invalid result: {e}", start)
         result.duration = time.perf_counter() - start
         return result
 
@@ -178,7 +192,8 @@ class CodeSandbox:
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
-        """Release the micro-VM. Idempotent."""
+        """Release the micro-VM (and the tools' worker thread). Idempotent."""
+        self._dispatch.close()
         self._sb.close()
 
     def __enter__(self) -> "CodeSandbox":

@@ -15,7 +15,14 @@ from ..code import RunResult, language
 from ..errors import ArgumentError, ConfigurationError
 from ..sandbox import HostFunctions
 from .items import ItemError, auto_chunk_size, check_chunk_size, chunks
-from .plugin import SnapcellPlugin, host_functions_token, tools_token
+from .plugin import (
+    PLUGIN_NAME,
+    PluginMissing,
+    SnapcellPlugin,
+    WorkerState,
+    host_functions_token,
+    tools_token,
+)
 from .refs import parse_snapshot_ref
 from .tasks import PackedRun, call_chunk, run_chunk, unpack_run
 
@@ -122,6 +129,24 @@ def _worker_list(workers: Workers) -> list[str] | None:
     return [workers] if isinstance(workers, str) else list(workers)
 
 
+def _has_plugin(dask_worker: Any) -> bool:
+    return isinstance(getattr(dask_worker.plugins.get(PLUGIN_NAME), "state", None), WorkerState)
+
+
+def check_plugin(client: Client, workers: Workers = None) -> None:
+    """Raise PluginMissing, once and before anything is submitted, when a worker the batch may
+    run on (all of them, or `workers`) has no snapcell plugin. A synchronous client only (an
+    asynchronous one's tasks report PluginMissing per item)."""
+    if client.asynchronous:
+        return
+    have = client.run(_has_plugin, workers=_worker_list(workers))
+    missing = sorted(w for w, ok in have.items() if not ok)
+    if missing:
+        raise PluginMissing(f"{len(missing)} of {len(have)} workers have no snapcell plugin "
+                            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): "
+                            "call snapcell.dask.install(client) first")
+
+
 def submit_calls(client: Client, ref: str, function: str, inputs: Iterable[Any], *,
                  host_functions: HostFunctions | None = None, timeout: float | None = None,
                  chunk_size: int | None = None, workers: Workers = None) -> Batch:
@@ -136,6 +161,8 @@ def submit_calls(client: Client, ref: str, function: str, inputs: Iterable[Any],
         raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
     items = list(inputs)
     size = _chunking(client, len(items), chunk_size)
+    if items:
+        check_plugin(client, workers)
     token = host_functions_token(host_functions)
     parts = chunks(items, size)
     futures = client.map(call_chunk, parts, ref=str(sref), function=function,
@@ -155,7 +182,8 @@ def map_calls(client: Client, ref: str, function: str, inputs: Iterable[Any], *,
     arguments, or a single argument. Every item runs on fresh snapshot state. A failed item
     (bad arguments, a guest fault, its `timeout`, a snapshot that fails verification) is an
     `ItemError` in its place; no item's failure fails the batch. Items go `chunk_size` to a
-    Dask task (default: about 4 tasks per worker thread); `workers` restricts where."""
+    Dask task (default: about 4 tasks per worker thread); `workers` restricts where. A cluster
+    without the snapcell plugin (`install`) raises PluginMissing before anything runs."""
     return submit_calls(client, ref, function, inputs, host_functions=host_functions,
                         timeout=timeout, chunk_size=chunk_size, workers=workers).result()
 
@@ -175,6 +203,8 @@ def submit_runs(client: Client, lang: str, snippets: Iterable[Any], *,
         snapshot = str(parse_snapshot_ref(snapshot))
     items = list(snippets)
     size = _chunking(client, len(items), chunk_size)
+    if items:
+        check_plugin(client, workers)
     opts = {"timeout": timeout, **limits}
     token = tools_token(tools)
     parts = chunks(items, size)

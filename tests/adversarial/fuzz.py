@@ -13,7 +13,7 @@ their declared types, no descriptor leaks, and a sandbox restored after any muta
 the fresh-VM fingerprint. ``make fuzz`` runs both for a bounded time and prints mutations per
 minute; the test suite runs a short slice (tests/adversarial/test_fuzz.py).
 
-    python -m tests.adversarial.fuzz --seconds 300 [--target messages|snapshots] [--seed N]
+    python -m tests.adversarial.fuzz --seconds 300 [--target messages|snapshots|responses] [--seed N]
 """
 
 from __future__ import annotations
@@ -416,7 +416,8 @@ def _main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=300.0, help="per target")
-    ap.add_argument("--target", choices=("messages", "snapshots", "all"), default="all")
+    ap.add_argument("--target", choices=("messages", "snapshots", "responses", "all"),
+                    default="all")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     args = ap.parse_args()
     hf = host_functions()
@@ -434,6 +435,13 @@ def _main() -> None:
             print("  CRASH", c)
     if args.target in ("snapshots", "all"):
         st = fuzz_snapshots(snap, hf, args.seconds, args.seed)
+        print(st.line())
+        failed |= bool(st.crashes)
+        for c in st.crashes[:20]:
+            print("  CRASH", c)
+    if args.target in ("responses", "all"):
+        from tests.adversarial.fuzz_code import fuzz_responses, hostile_snapshot
+        st = fuzz_responses(hostile_snapshot(guest_path("adversary")), args.seconds, args.seed)
         print(st.line())
         failed |= bool(st.crashes)
         for c in st.crashes[:20]:

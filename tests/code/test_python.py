@@ -106,8 +106,11 @@ def test_tools_are_python_functions() -> None:
         assert r.error is not None and r.error.type == "LookupError"
         r = box.run("try:\n    weird()\nexcept Exception as e:\n    t = type(e).__name__\nt")
         assert r.value == "Weird"
-        r = box.run("search(q='x')")
+        r = box.run("search(q='x', n=2)")           # keyword arguments (issue 24)
+        assert r.value == [{"title": "X", "rank": 0}, {"title": "X", "rank": 1}]
+        r = box.run("search('x', nope=1)")
         assert r.error is not None and r.error.type == "TypeError"
+        assert "nope" in r.error.message
         r = box.run("search({1, 2})")
         assert r.error is not None and r.error.type == "TypeError"
         assert box.run("search.__name__").value == "search"

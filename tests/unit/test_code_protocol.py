@@ -75,7 +75,7 @@ def test_files_in_the_request_and_the_response(files: dict[str, bytes], truncate
     assert req == ["1", [], 10, 20, "main.py", [checked, 99]]
     assert len(unpack(encode_request("1", [], 10, 20, "main.py"))) == 5
     resp = msgpack.packb([0, 1, b"", b"", False, None, [files, truncated]], use_bin_type=True)
-    r = decode_response(resp, "python")
+    r = decode_response(resp, "python", max_files_out=1 << 20)
     assert r.files == files and r.files_truncated == truncated and r.value == 1
 
 
@@ -91,4 +91,4 @@ def test_malformed_files_in_a_response() -> None:
     for files in ([{"a": "not bytes"}, False], [{1: b""}, False], ["x", False]):
         with pytest.raises(GuestOutputError):
             decode_response(msgpack.packb([0, 1, b"", b"", False, None, files],
-                                          use_bin_type=True), "python")
+                                          use_bin_type=True), "python", max_files_out=99)
