@@ -146,7 +146,9 @@ class Machine:
         """Make all of guest memory equal `system` + `guest`. An image not mapped yet is
         mapped (MAP_FIXED, dropping every private page of that part); in a part whose image is
         already mapped, the private pages are copied back from the image instead, which keeps
-        the guest's pages (and KVM's shadow page tables) warm. Both parts are always covered:
+        the guest's pages (and KVM's shadow page tables) warm — all but those the reset policy
+        drops back onto the image (a large growth, machine/warmset.py), so that one run that
+        dirtied much memory does not make every later reset copy it. Both parts are always covered:
         the system part holds the user-writable ABI page and the kernel stacks. Returns True
         when the guest part took the warm path."""
         memory = self.memory
@@ -416,13 +418,16 @@ class MachinePool:
 
     def release(self, machine: Machine) -> None:
         """Return a machine. It keeps its memory mapping (the next user of the same snapshot resets
-        it by copying; every user resets it with `Machine.reset`); tainted machines and machines
-        beyond the pool's bounds are closed."""
+        it by copying; every user resets it with `Machine.reset`), less the private pages kept
+        warm beyond the reset policy's floor (`GuestMapping.trim_guest_pages`: a machine that a
+        user's runs bloated comes back like a new one); tainted machines and machines beyond the
+        pool's bounds are closed."""
         if machine.memory is None or machine.vcpu is None:
             return
         if machine.tainted:
             machine.close()
             return
+        machine.memory.trim_guest_pages()
         with self._lock:
             idle = self._idle.setdefault(machine.memory_size, [])
             if len(idle) < self.max_idle_per_size and self._total < self.max_idle_total:

@@ -32,7 +32,7 @@ from ..guest.functions import Signature, parse_function_table
 from ..kvm import ioctls
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.layout import AddressSpace, MemoryLayout
-from ..machine.memory import GuestMapping, MemoryImage
+from ..machine.memory import GuestMapping, MemoryImage, ResetStats
 from ..machine.vmachine import EXIT_AT as _EXIT_AT
 from ..machine.vmachine import EXIT_UNPACK as _EXIT_UNPACK
 from ..machine.vmachine import KVM_EXIT_IO as _KVM_EXIT_IO
@@ -154,6 +154,12 @@ class Core:
         # one getrandom: the host's stream for the guest's getrandom(), and the seed the
         # guest's own PRNGs take at their next call (with a new generation)
         write_generation(machine.memory, self.entropy.reseed())
+
+    @property
+    def last_reset(self) -> ResetStats:
+        """What the last reset did to guest memory: pages found private, copied back, dropped
+        (machine/warmset.py), or re-mapped — the cost of a restore is in these numbers."""
+        return self.memory.last_reset
 
     def _replace_machine(self, guest: MemoryImage) -> Machine:
         old = self.machine
