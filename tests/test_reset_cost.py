@@ -161,3 +161,36 @@ def test_code_runs_after_a_heavy_run(kvm_ok: None, lang: str) -> None:
             assert nxt.run(LIGHT_CODE[lang]).value == 2
         s = stats(nxt._sb)
         assert s.dropped == 0 and s.private <= warm.private + SLACK
+
+
+def test_a_sandbox_pool_worker_after_a_heavy_job(big: Snapshot) -> None:
+    """`SandboxPool` restores its sandbox after every job, whoever sent it: the jobs after one
+    that dirtied 64 MiB restore only what they wrote."""
+    import asyncio
+
+    from snapcell.serving import SandboxPool
+
+    seen: list[ResetStats] = []
+    reset = SandboxPool._reset
+
+    def recording(self: SandboxPool, sb: MultiUseSandbox | None) -> MultiUseSandbox | None:
+        out = reset(self, sb)
+        if out is not None:
+            seen.append(out._core.last_reset)
+        return out
+
+    async def main() -> None:
+        async with SandboxPool(big, size=1, host_functions=make_host_functions()) as pool:
+            for _ in range(3):
+                assert await pool.call("AddToStatic", 5) == 5
+            await pool.call("AllocAndWritePattern", HEAVY)
+            for _ in range(3):
+                assert await pool.call("AddToStatic", 5) == 5
+                assert await pool.call("ReadPattern") == b""
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SandboxPool, "_reset", recording)
+        asyncio.run(main())
+    warm, heavy, after = seen[2], seen[3], seen[4:]
+    assert heavy.dropped >= HEAVY_PAGES and heavy.copied <= warm.copied + SLACK
+    assert all(s.dropped == 0 and s.private <= warm.private + SLACK for s in after)

@@ -202,13 +202,13 @@ class GuestMapping:
         reset did is in the returned `ResetStats` (also `last_reset`)."""
         base, view = self.addr, self.view
         runs = _scan_private(base + GUEST_BASE, base + self.size, self._scan)
-        copy, drop = self.warm.plan(runs)
+        copy, drop, stats = self.warm.plan(runs)
         if copy:
             src, off = guest.read_view(), base + GUEST_BASE
             for a, b in copy:
                 view[a - base:b - base] = src[a - off:b - off]
         self._drop(drop)
-        stats = self.last_reset = ResetStats(pages(runs), pages(copy), pages(drop))
+        self.last_reset = stats
         return stats
 
     def trim_guest_pages(self) -> int:

@@ -24,10 +24,12 @@ The set arithmetic is on *runs*: sorted, disjoint `(start, end)` byte ranges, pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 from .layout import PAGE
 
 Runs = list[tuple[int, int]]
+_START, _END = itemgetter(0), itemgetter(1)
 
 GROWTH_PAGES = 256        # newly private pages one reset keeps (1 MiB)
 FLOOR_PAGES = 512         # kept pages that never decay (2 MiB): the worst lasting copy cost
@@ -36,7 +38,7 @@ DECAY_RESETS = 256        # resets after which pages kept beyond the floor are d
 
 def pages(runs: Runs) -> int:
     """Number of pages in `runs`."""
-    return sum(b - a for a, b in runs) // PAGE
+    return (sum(map(_END, runs)) - sum(map(_START, runs))) // PAGE
 
 
 def subtract(a: Runs, b: Runs) -> Runs:
@@ -47,15 +49,19 @@ def subtract(a: Runs, b: Runs) -> Runs:
         while j < nb and b[j][1] <= start:
             j += 1
         k = j
-        while start < end:
-            if k >= nb or b[k][0] >= end:
-                out.append((start, end))
-                break
+        while k < nb:
             bs, be = b[k]
+            if bs >= end:
+                break
             if bs > start:
                 out.append((start, bs))
-            start = max(start, be)
+            if be > start:
+                start = be
+            if start >= end:
+                break
             k += 1
+        if start < end:
+            out.append((start, end))
     return out
 
 
@@ -63,13 +69,18 @@ def intersect(a: Runs, b: Runs) -> Runs:
     """The parts of `a` also in `b`."""
     out: Runs = []
     i = j = 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] <= b[j][1]:
+    na, nb = len(a), len(b)
+    while i < na and j < nb:
+        a0, a1 = a[i]
+        b0, b1 = b[j]
+        start = a0 if a0 > b0 else b0
+        if a1 <= b1:
+            if start < a1:
+                out.append((start, a1))
             i += 1
         else:
+            if start < b1:
+                out.append((start, b1))
             j += 1
     return out
 
@@ -111,6 +122,7 @@ class WarmSet:
         """Forget everything (the image was mapped afresh: nothing is private)."""
         self.base: Runs = []
         self.extra: Runs = []
+        self.kept: Runs = []              # base and extra together
         self.base_pages = self.extra_pages = 0
         self.dropped: Runs = []           # what the previous reset dropped
         self.age = 0                      # resets since `extra` became non-empty
@@ -125,17 +137,30 @@ class WarmSet:
             self.extra = union(self.extra, runs)
             self.extra_pages = pages(self.extra)
 
-    def plan(self, private: Runs) -> tuple[Runs, Runs]:
-        """(runs to copy back, runs to drop) for a reset that found `private`; together they
-        are exactly `private`."""
+    def plan(self, private: Runs) -> tuple[Runs, Runs, ResetStats]:
+        """(runs to copy back, runs to drop, what that is in pages) for a reset that found
+        `private`; the runs to copy and to drop together are exactly `private`."""
+        if private == self.kept and not self.dropped and not self.extra:
+            # the hot path: the kept pages are private (they are copied, not dropped), and
+            # nothing else is
+            n = self.base_pages
+            return private, [], ResetStats(n, n, 0)
         drop: Runs = []
-        if pages(private) != self.base_pages + self.extra_pages or self.dropped:
-            # something became private (kept pages stay private: they are copied, not dropped)
-            self.base = intersect(self.base, private)
-            self.extra = intersect(self.extra, private)
-            self.base_pages, self.extra_pages = pages(self.base), pages(self.extra)
-            new = subtract(subtract(private, self.base), self.extra)
+        total, kept = pages(private), self.base_pages + self.extra_pages
+        if private == self.kept and not self.dropped:
+            pass
+        elif 0 < total - kept <= self.growth and not self.extra and total <= self.floor:
+            # warming up: everything private is the base (it holds the old base)
+            self.base, self.base_pages, self.dropped = private, total, []
+        else:
+            new = subtract(private, self.base)
+            if self.extra:
+                new = subtract(new, self.extra)
             n = pages(new)
+            if total - n != kept:      # a kept page is not private any more (not expected:
+                self.base = intersect(self.base, private)    # swapped pages count as private)
+                self.extra = intersect(self.extra, private)
+                self.base_pages, self.extra_pages = pages(self.base), pages(self.extra)
             if n <= self.growth:
                 self._keep(new)
                 self.dropped = []
@@ -149,11 +174,15 @@ class WarmSet:
                 drop = union(drop, self.extra)
                 self.dropped = union(self.dropped, self.extra)
                 self.extra, self.extra_pages, self.age = [], 0, 0
-        return (subtract(private, drop) if drop else private), drop
+        self.kept = union(self.base, self.extra) if self.extra else self.base
+        dropped = pages(drop)
+        return (subtract(private, drop) if drop else private), drop, \
+            ResetStats(total, total - dropped, dropped)
 
     def trim(self) -> Runs:
         """The extra runs, forgotten (to drop before another user gets the machine); the base
         stays warm."""
         extra = self.extra
         self.extra, self.extra_pages, self.age, self.dropped = [], 0, 0, []
+        self.kept = self.base
         return extra

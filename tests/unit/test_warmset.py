@@ -58,9 +58,10 @@ def test_every_private_page_is_copied_or_dropped_once(
     kept: set[int] = set()
     for written in writes:
         private = kept | written
-        copy, drop = w.plan(runs_of(private))
+        copy, drop, stats = w.plan(runs_of(private))
         c, d = set_of(copy), set_of(drop)
         assert c | d == private and not c & d
+        assert (stats.private, stats.copied, stats.dropped) == (len(private), len(c), len(d))
         assert w.base_pages <= floor
         assert set_of(w.base) | set_of(w.extra) == c
         kept = c
@@ -72,21 +73,21 @@ def test_every_private_page_is_copied_or_dropped_once(
 def test_growth_is_dropped_unless_written_twice_in_a_row() -> None:
     w = WarmSet(growth=4, floor=8, decay=3)
     small = runs_of({0, 1, 2})
-    assert w.plan(small) == (small, [])                       # warming up: kept
-    assert w.plan(small) == (small, [])                       # nothing new: hot path
+    assert w.plan(small)[:2] == (small, [])  # warming up: kept
+    assert w.plan(small)[:2] == (small, [])  # nothing new: hot path
     heavy = runs_of({0, 1, 2} | set(range(10, 40)))
-    copy, drop = w.plan(heavy)                                # one large run: dropped
+    copy, drop, _ = w.plan(heavy)  # one large run: dropped
     assert set_of(copy) == {0, 1, 2} and set_of(drop) == set(range(10, 40))
-    assert w.plan(small) == (small, [])                       # back to the working set
-    w.plan(heavy)                                             # dropped again ...
-    copy, drop = w.plan(heavy)                                # ... written again: kept
+    assert w.plan(small)[:2] == (small, [])  # back to the working set
+    w.plan(heavy)  # dropped again ...
+    copy, drop, _ = w.plan(heavy)  # ... written again: kept
     assert set_of(copy) == set(set_of(heavy)) and drop == []
     assert w.base_pages <= 8 and w.extra_pages > 0
     # kept beyond the floor: copied by `decay` resets in all (the one that kept it counts),
     # then dropped
     for _ in range(2):
-        assert w.plan(heavy) == (heavy, [])
-    copy, drop = w.plan(heavy)
+        assert w.plan(heavy)[:2] == (heavy, [])
+    copy, drop, _ = w.plan(heavy)
     assert set_of(drop) == set_of(w.dropped) and len(set_of(drop)) > 0
     assert set_of(copy) | set_of(drop) == set_of(heavy)
     assert w.extra == []
@@ -102,5 +103,5 @@ def test_trim_drops_only_the_extra() -> None:
     assert set_of(w.trim()) == set(range(5, 15))
     assert w.extra == [] and set_of(w.base) == {0, 1} and w.dropped == []
     # after a trim, the next growth counts as new again (not "written twice")
-    copy, drop = w.plan(big)
+    copy, drop, _ = w.plan(big)
     assert set_of(drop) == set(range(5, 15))
