@@ -13,8 +13,9 @@ against ~0.2–0.6 µs to copy a page back. So resets copy every page they keep,
 bounds what they keep: a run cannot make every later reset slower by dirtying much memory once.
 
 - A reset that finds at most `growth` pages newly private keeps them (the working set warming
-  up). A larger growth is dropped at once — unless those pages were dropped by the previous
-  reset too (two runs in a row wrote them: a working set), then they are kept.
+  up). A larger growth is dropped at once — but pages dropped within the last `remember`
+  resets that come back are kept (a run that wrote them before wrote them again: a working
+  set, such as a module imported run after run with other runs in between).
 - Kept pages form the *base* up to `floor` pages; beyond it they are *extra*, which is dropped
   after `decay` resets (a ski-rental bound: by then copying them has cost about what faulting
   them in once does) and whenever the machine goes back to the pool for another user (`trim`).
@@ -34,6 +35,7 @@ _START, _END = itemgetter(0), itemgetter(1)
 GROWTH_PAGES = 256        # newly private pages one reset keeps (1 MiB)
 FLOOR_PAGES = 512         # kept pages that never decay (2 MiB): the worst lasting copy cost
 DECAY_RESETS = 256        # resets after which pages kept beyond the floor are dropped
+REMEMBER_RESETS = 16      # resets after which a drop is forgotten
 
 
 def pages(runs: Runs) -> int:
@@ -114,8 +116,8 @@ class WarmSet:
     private runs a reset found into the runs to copy back and the runs to drop."""
 
     def __init__(self, growth: int = GROWTH_PAGES, floor: int = FLOOR_PAGES,
-                 decay: int = DECAY_RESETS) -> None:
-        self.growth, self.floor, self.decay = growth, floor, decay
+                 decay: int = DECAY_RESETS, remember: int = REMEMBER_RESETS) -> None:
+        self.growth, self.floor, self.decay, self.remember = growth, floor, decay, remember
         self.clear()
 
     def clear(self) -> None:
@@ -124,7 +126,8 @@ class WarmSet:
         self.extra: Runs = []
         self.kept: Runs = []              # base and extra together
         self.base_pages = self.extra_pages = 0
-        self.dropped: Runs = []           # what the previous reset dropped
+        self.dropped: Runs = []           # what the resets of the last `remember` dropped
+        self.since_drop = 0               # resets since the last drop
         self.age = 0                      # resets since `extra` became non-empty
 
     def _keep(self, runs: Runs) -> None:
@@ -140,18 +143,22 @@ class WarmSet:
     def plan(self, private: Runs) -> tuple[Runs, Runs, ResetStats]:
         """(runs to copy back, runs to drop, what that is in pages) for a reset that found
         `private`; the runs to copy and to drop together are exactly `private`."""
-        if private == self.kept and not self.dropped and not self.extra:
+        if self.dropped:
+            self.since_drop += 1
+            if self.since_drop > self.remember:
+                self.dropped = []
+        if private == self.kept and not self.extra:
             # the hot path: the kept pages are private (they are copied, not dropped), and
             # nothing else is
             n = self.base_pages
             return private, [], ResetStats(n, n, 0)
         drop: Runs = []
         total, kept = pages(private), self.base_pages + self.extra_pages
-        if private == self.kept and not self.dropped:
+        if private == self.kept:
             pass
         elif 0 < total - kept <= self.growth and not self.extra and total <= self.floor:
             # warming up: everything private is the base (it holds the old base)
-            self.base, self.base_pages, self.dropped = private, total, []
+            self.base, self.base_pages = private, total
         else:
             new = subtract(private, self.base)
             if self.extra:
@@ -163,17 +170,17 @@ class WarmSet:
                 self.base_pages, self.extra_pages = pages(self.base), pages(self.extra)
             if n <= self.growth:
                 self._keep(new)
-                self.dropped = []
             else:
-                again = intersect(new, self.dropped)     # written by two runs in a row
+                again = intersect(new, self.dropped)     # written again since dropped
                 self._keep(again)
-                drop = self.dropped = subtract(new, again)
+                drop = subtract(new, again)
         if self.extra:
             self.age += 1
             if self.age > self.decay:
                 drop = union(drop, self.extra)
-                self.dropped = union(self.dropped, self.extra)
                 self.extra, self.extra_pages, self.age = [], 0, 0
+        if drop:
+            self.dropped, self.since_drop = union(self.dropped, drop), 0
         self.kept = union(self.base, self.extra) if self.extra else self.base
         dropped = pages(drop)
         return (subtract(private, drop) if drop else private), drop, \

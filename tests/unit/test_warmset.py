@@ -70,27 +70,32 @@ def test_every_private_page_is_copied_or_dropped_once(
         assert set_of(w.base) | set_of(w.extra) == kept
 
 
-def test_growth_is_dropped_unless_written_twice_in_a_row() -> None:
-    w = WarmSet(growth=4, floor=8, decay=3)
+def test_growth_is_dropped_unless_written_again_soon() -> None:
+    w = WarmSet(growth=4, floor=8, decay=3, remember=2)
     small = runs_of({0, 1, 2})
-    assert w.plan(small)[:2] == (small, [])  # warming up: kept
-    assert w.plan(small)[:2] == (small, [])  # nothing new: hot path
+    assert w.plan(small)[:2] == (small, [])             # warming up: kept
+    assert w.plan(small)[:2] == (small, [])             # nothing new: hot path
     heavy = runs_of({0, 1, 2} | set(range(10, 40)))
-    copy, drop, _ = w.plan(heavy)  # one large run: dropped
+    copy, drop, stats = w.plan(heavy)                   # one large run: dropped
     assert set_of(copy) == {0, 1, 2} and set_of(drop) == set(range(10, 40))
-    assert w.plan(small)[:2] == (small, [])  # back to the working set
-    w.plan(heavy)  # dropped again ...
-    copy, drop, _ = w.plan(heavy)  # ... written again: kept
-    assert set_of(copy) == set(set_of(heavy)) and drop == []
+    assert (stats.private, stats.copied, stats.dropped) == (33, 3, 30)
+    for _ in range(3):                                  # `remember` resets later: forgotten
+        assert w.plan(small)[:2] == (small, [])
+    copy, drop, _ = w.plan(heavy)                       # so dropped again ...
+    assert set_of(drop) == set(range(10, 40))
+    assert w.plan(small)[:2] == (small, [])
+    copy, drop, _ = w.plan(heavy)                       # ... and written again soon: kept
+    assert copy == heavy and drop == []
     assert w.base_pages <= 8 and w.extra_pages > 0
     # kept beyond the floor: copied by `decay` resets in all (the one that kept it counts),
     # then dropped
     for _ in range(2):
         assert w.plan(heavy)[:2] == (heavy, [])
     copy, drop, _ = w.plan(heavy)
-    assert set_of(drop) == set_of(w.dropped) and len(set_of(drop)) > 0
+    assert drop and set_of(drop) <= set(range(10, 40)) and w.extra == []
     assert set_of(copy) | set_of(drop) == set_of(heavy)
-    assert w.extra == []
+    copy, drop, _ = w.plan(heavy)                       # written again: kept again
+    assert copy == heavy and drop == []
 
 
 def test_trim_drops_only_the_extra() -> None:
