@@ -48,7 +48,7 @@ def bench_after_heavy_run(quick: bool = False) -> dict[str, dict[str, float]]:
     `code_first_run_after_heavy_run_pooled_vm_{lang}`: from_snapshot + its first run, which
     pays for dropping the heavy run's pages."""
     n, block = (200, 50) if quick else (1000, 100)
-    rounds, per = (2, 30) if quick else (4, 50)
+    rounds, per = (2, 30) if quick else (8, 50)
     r: dict[str, dict[str, float]] = {}
     for lang, trivial in TRIVIAL.items():
         with CodeSandbox(lang, **LIMITS) as ref, CodeSandbox(lang, **LIMITS) as heavy:
