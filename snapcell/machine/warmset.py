@@ -40,7 +40,8 @@ REMEMBER_RESETS = 16      # resets after which a drop is forgotten
 
 def pages(runs: Runs) -> int:
     """Number of pages in `runs`."""
-    return (sum(map(_END, runs)) - sum(map(_START, runs))) // PAGE
+    n: int = sum(map(_END, runs)) - sum(map(_START, runs))
+    return n // PAGE
 
 
 def subtract(a: Runs, b: Runs) -> Runs:
