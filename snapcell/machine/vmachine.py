@@ -151,9 +151,9 @@ class Machine:
         already mapped, the private pages are copied back from the image instead, which keeps
         the guest's pages (and KVM's shadow page tables) warm — all but those the reset policy
         drops back onto the image (a large growth, machine/warmset.py), so that one run that
-        dirtied much memory does not make every later reset copy it. Both parts are always covered:
-        the system part holds the user-writable ABI page and the kernel stacks. Returns True
-        when the guest part took the warm path."""
+        dirtied much memory does not make every later reset copy it; nothing when `scrub` left
+        it clean. Both parts are always covered: the system part holds the user-writable ABI
+        page and the kernel stacks. Returns True when the guest part took the warm path."""
         memory = self.memory
         assert memory is not None
         guest_mapped = self.guest_image is guest
