@@ -11,6 +11,7 @@ every time the state is exactly the snapshot's again (every byte of guest memory
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,28 @@ def test_a_sandbox_pool_worker_after_a_heavy_job(big: Snapshot) -> None:
     warm, heavy, after = seen[2], seen[3], seen[4:]
     assert heavy.dropped >= HEAVY_PAGES and heavy.copied <= warm.copied + SLACK
     assert all(s.dropped == 0 and s.private <= warm.private + SLACK for s in after)
+
+
+def test_a_snapshot_after_a_dropped_heavy_call_holds_only_what_differs(big: Snapshot,
+                                                                       tmp_path: Path) -> None:
+    """Pages a reset dropped are the image's again, so a snapshot taken after it (and the
+    diff layer a save cuts from its MemoryDelta) holds only what the later calls changed — and
+    loads back exactly."""
+    hf = make_host_functions()
+    with MultiUseSandbox.from_snapshot(big, host_functions=hf) as sb:
+        sb.call("AllocAndWritePattern", HEAVY)
+        sb.restore(big)
+        assert stats(sb).dropped >= HEAVY_PAGES
+        light(sb)
+        child = sb.snapshot()
+        assert child.delta is not None
+        assert sum(n for _, n in child.delta.extents) < 4 * MIB
+        big.save(tmp_path, "parent")
+        child.save(tmp_path, "child")
+        sb.call("AllocAndWritePattern", 4096)
+        sb.restore(child)
+        assert sb.call("GetStatic") == 5 and sb.call("ReadPattern") == b""
+    loaded = Snapshot.load(tmp_path, "child")
+    assert bytes(loaded.image.read_view()) == bytes(child.image.read_view())
+    with MultiUseSandbox.from_snapshot(loaded, host_functions=hf) as sb:
+        assert memory_is(sb, child) and sb.call("GetStatic") == 5
