@@ -28,6 +28,8 @@ from ..errors import ExecutionCancelled, SnapcellError
 from ..guest.elf import GuestBinary
 from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
 from ..types import I32
+from .heavy import bench_after_heavy_run
+from .heavy import ratios as heavy_ratios
 from .snapshots import config_for_total
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -707,6 +709,10 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         _code_benchmarks(r, quick)
 
+    @step("code runs after a heavy run")
+    def _() -> None:
+        r.update(bench_after_heavy_run(quick))
+
     @step("dask scale-out")
     def _() -> None:
         try:
@@ -857,6 +863,7 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
         out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
+    out.update(heavy_ratios(r))
     return out
 
 

@@ -15,8 +15,9 @@ import struct
 from ..kvm import libc
 from .image import MemoryImage
 from .layout import GUEST_BASE, PAGE
+from .warmset import ResetStats, WarmSet, pages
 
-__all__ = ["GuestMapping", "MemoryImage"]
+__all__ = ["GuestMapping", "MemoryImage", "ResetStats"]
 
 # /proc/self/pagemap entry top byte: bit 7 = present (63), bit 6 = swapped (62),
 # bit 5 = file-page or shared-anon (61). Private data = (present or swapped) and not file.
@@ -147,6 +148,8 @@ class GuestMapping:
                               libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
         self.view = memoryview((ctypes.c_ubyte * size).from_address(self.addr)).cast("B")
         self._scan = _PagemapScan(self.addr + GUEST_BASE, self.addr + size)
+        self.warm = WarmSet()             # which private pages warm resets keep (warmset.py)
+        self.last_reset = ResetStats()    # what the last warm reset did
 
     def _map(self, gpa: int, length: int, fd: int, offset: int = 0) -> None:
         libc.mmap(length, libc.PROT_READ | libc.PROT_WRITE,
@@ -173,12 +176,15 @@ class GuestMapping:
                       -1, 0, self.addr + GUEST_BASE)
         for off, n, backing, boff in pieces:
             self._map(GUEST_BASE + off, n, backing.fd, boff)
+        self.warm.clear()
+        self.last_reset = ResetStats(remapped=True)
 
     def release(self) -> None:
         """Drop every mapping's pages and file references (anonymous zero memory again)."""
         libc.mmap(self.size, libc.PROT_READ | libc.PROT_WRITE,
                   libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE | libc.MAP_FIXED,
                   -1, 0, self.addr)
+        self.warm.clear()
 
     def dirty_guest_pages(self) -> list[tuple[int, int]]:
         """Runs (guest address, length) of guest-range pages that hold private (copy-on-write)
@@ -187,17 +193,38 @@ class GuestMapping:
         runs = _scan_private(base + GUEST_BASE, base + self.size, self._scan)
         return [(a - base, b - a) for a, b in runs]
 
-    def reset_guest_pages(self, guest: MemoryImage) -> None:
-        """Make the guest part equal `guest` (the image mapped there) again by copying its bytes
-        over every private page: one PAGEMAP_SCAN and a copy per run. Unlike re-mapping this
-        keeps the pages mapped, so the guest does not pay first-touch faults again (the hot
-        path of every warm restore)."""
+    def reset_guest_pages(self, guest: MemoryImage) -> ResetStats:
+        """Make the guest part equal `guest` (the image mapped there) again: one PAGEMAP_SCAN
+        for the private pages, then per run either a copy of the image's bytes over it (the
+        page stays mapped, so the guest does not pay a fault for it again: the hot path of
+        every warm restore) or, for pages the reset policy does not keep warm
+        (machine/warmset.py), MADV_DONTNEED, which maps the image's page there again. What the
+        reset did is in the returned `ResetStats` (also `last_reset`)."""
         base, view = self.addr, self.view
         runs = _scan_private(base + GUEST_BASE, base + self.size, self._scan)
-        if runs:
+        copy, drop, stats = self.warm.plan(runs)
+        if copy:
             src, off = guest.read_view(), base + GUEST_BASE
-            for a, b in runs:
+            for a, b in copy:
                 view[a - base:b - base] = src[a - off:b - off]
+        self._drop(drop)
+        self.last_reset = stats
+        return stats
+
+    def trim_guest_pages(self) -> int:
+        """Drop the private pages kept warm beyond the reset policy's floor (before the machine
+        serves another user, whose working set is not the last one's); the number of pages
+        dropped."""
+        drop = self.warm.trim()
+        self._drop(drop)
+        return pages(drop)
+
+    @staticmethod
+    def _drop(runs: list[tuple[int, int]]) -> None:
+        # MAP_PRIVATE: drops the private copies; a file/memfd piece shows the backing's page
+        # again and the anonymous background (the image's zero holes) zeros
+        for a, b in runs:
+            libc.madvise(a, b - a, libc.MADV_DONTNEED)
 
     def copy_from(self, image: MemoryImage, addr: int, n: int) -> None:
         """Copy [addr, addr + n) of the system part back from `image` (the mapped system

@@ -113,6 +113,9 @@ class Machine:
         # A tainted machine is never reset or pooled again: it is closed and replaced.
         self.tainted = False
         self.stacks_written = False    # an exception frame was pushed since the last reset
+        # The guest part equals `guest_image` and nothing ran since (`scrub`, when the machine
+        # went back to the pool): the next reset to the same image skips the guest part.
+        self.guest_clean = False
 
     # ---------------------------------------------------------------- reset
     def reset(self, system: MemoryImage, guest: MemoryImage, lstar: int,
@@ -176,9 +179,11 @@ class Machine:
         """Make all of guest memory equal `system` + `guest`. An image not mapped yet is
         mapped (MAP_FIXED, dropping every private page of that part); in a part whose image is
         already mapped, the private pages are copied back from the image instead, which keeps
-        the guest's pages (and KVM's shadow page tables) warm. Both parts are always covered:
-        the system part holds the user-writable ABI page and the kernel stacks. Returns True
-        when the guest part took the warm path."""
+        the guest's pages (and KVM's shadow page tables) warm — all but those the reset policy
+        drops back onto the image (a large growth, machine/warmset.py), so that one run that
+        dirtied much memory does not make every later reset copy it; nothing when `scrub` left
+        it clean. Both parts are always covered: the system part holds the user-writable ABI
+        page and the kernel stacks. Returns True when the guest part took the warm path."""
         memory = self.memory
         assert memory is not None
         guest_mapped = self.guest_image is guest
@@ -194,11 +199,29 @@ class Machine:
             self.system_image = system
         self.stacks_written = False
         if guest_mapped:
-            memory.reset_guest_pages(guest)
+            if not self.guest_clean:
+                memory.reset_guest_pages(guest)
         else:
             memory.map_guest(guest)
             self.guest_image = guest
+        self.guest_clean = False
         return guest_mapped
+
+    def scrub(self) -> bool:
+        """Reset the guest part to its image now, with the private pages kept warm beyond the
+        reset policy's floor dropped (`GuestMapping.trim_guest_pages`), and mark it clean, so
+        that the next reset to the same image has nothing to do there: a machine going back to
+        the pool pays for what its last user left (a run that dirtied 64 MiB: their drop)
+        instead of its next user. False (nothing done) when there is no live image to reset
+        to."""
+        memory, image = self.memory, self.guest_image
+        if memory is None or image is None or image.closed or self.tainted \
+                or self.process != _process[0]:
+            return False
+        memory.trim_guest_pages()
+        memory.reset_guest_pages(image)
+        self.guest_clean = True
+        return True
 
     # ---------------------------------------------------------------- registers
     def set_syscall_entry(self, lstar: int) -> None:
@@ -447,11 +470,18 @@ class MachinePool:
 
     def release(self, machine: Machine) -> None:
         """Return a machine. It keeps its memory mapping (the next user of the same snapshot resets
-        it by copying; every user resets it with `Machine.reset`); tainted machines and machines
-        beyond the pool's bounds are closed."""
+        it by copying; every user resets it with `Machine.reset`), its guest part reset here
+        (`Machine.scrub`: a machine that a user's runs bloated comes back like a new one, and
+        its last user pays for that, not the next); tainted machines and machines beyond the
+        pool's bounds are closed."""
         if machine.memory is None or machine.vcpu is None:
             return
-        if machine.tainted:
+        if machine.tainted or self._total >= self.max_idle_total:   # (re-checked below)
+            machine.close()
+            return
+        try:
+            machine.scrub()
+        except OSError:
             machine.close()
             return
         with self._lock:

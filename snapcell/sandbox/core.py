@@ -33,7 +33,7 @@ from ..kvm import ioctls
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.baselines import CpuBaseline, host_cpu
 from ..machine.layout import AddressSpace, MemoryLayout
-from ..machine.memory import GuestMapping, MemoryImage
+from ..machine.memory import GuestMapping, MemoryImage, ResetStats
 from ..machine.vmachine import EXIT_AT as _EXIT_AT
 from ..machine.vmachine import EXIT_UNPACK as _EXIT_UNPACK
 from ..machine.vmachine import KVM_EXIT_IO as _KVM_EXIT_IO
@@ -163,6 +163,12 @@ class Core:
         if self.baseline is not None:
             machine.use_baseline(self.baseline, host_cpu(machine.kvm).xcr0)
         machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
+
+    @property
+    def last_reset(self) -> ResetStats:
+        """What the last reset did to guest memory: pages found private, copied back, dropped
+        (machine/warmset.py), or re-mapped — the cost of a restore is in these numbers."""
+        return self.memory.last_reset
 
     def _replace_machine(self, guest: MemoryImage) -> Machine:
         old = self.machine
