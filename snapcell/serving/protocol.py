@@ -220,7 +220,8 @@ def fd_plan(max_connections: int, soft: int, hard: int) -> tuple[int, int]:
     new_soft = soft if (soft >= need or soft == resource.RLIM_INFINITY) else \
         (need if hard == resource.RLIM_INFINITY else min(hard, need))
     if new_soft != resource.RLIM_INFINITY and new_soft < need:
-        max_connections = max(16, new_soft - REFUSING_SLOTS - min(FD_RESERVE, new_soft // 2))
+        fit = new_soft - REFUSING_SLOTS - min(FD_RESERVE, new_soft // 2)
+        max_connections = min(max_connections, max(16, fit))
     return new_soft, max_connections
 
 
