@@ -5,7 +5,9 @@ Per connection, one deadline at a time, each a fixed point in time that arriving
 push back (so trickling a byte a second gains nothing):
 
 - **head**: a request head must be complete within `header_timeout` of the connection's start,
-  or of the first byte of a later request on a kept-alive connection; else 408 and close;
+  or of the first byte of a later request on a kept-alive connection; else 408 and close. Each
+  head deadline is drawn between 75 and 100% of `header_timeout`, so that connections opened
+  together (an attack's burst) expire, and come back, spread out rather than all at once;
 - **body**: the body must be complete within `body_timeout` of its head; else 408 and close
   (the handler sees a disconnect);
 - **idle**: a kept-alive connection is closed `keep_alive_timeout` after its last response,
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import resource
 import time
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ log = logging.getLogger("uvicorn.error")     # configured by uvicorn.Config
 
 REFUSING_SLOTS = 128        # connections over the cap that still get a 503 before closing
 REFUSE_HEAD_SECONDS = 1.0   # how long a refused connection may take to send its request head
+HEAD_JITTER = 0.25          # head deadlines are drawn from [1 - HEAD_JITTER, 1] x header_timeout
 FD_RESERVE = 1024           # descriptors kept for everything but connections (VMs, files, ...)
 
 
@@ -123,7 +127,7 @@ class GuardedH11Protocol(H11Protocol):
             self.app = _refuse
             self._arm("head", min(self.limits.header_timeout, REFUSE_HEAD_SECONDS))
             return
-        self._arm("head", self.limits.header_timeout)
+        self._arm("head", self._head_seconds())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
@@ -167,9 +171,12 @@ class GuardedH11Protocol(H11Protocol):
         # between requests: idle, or the head of the next request arriving
         if self._phase == "idle" and self.conn.their_state is h11.IDLE \
                 and self.conn.trailing_data[0]:
-            self._arm("head", self.limits.header_timeout)
+            self._arm("head", self._head_seconds())
         elif self._phase not in ("idle", "head"):
             self._arm("idle", self.limits.keep_alive_timeout)
+
+    def _head_seconds(self) -> float:
+        return self.limits.header_timeout * (1 - HEAD_JITTER * random.random())
 
     def _arm(self, phase: str, seconds: float) -> None:
         self._cancel()
