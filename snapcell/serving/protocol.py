@@ -144,8 +144,13 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """A malformed request (h11 refused it): a JSON 400, then close."""
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.disconnected = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True                   # its handler's writes go nowhere
+            cycle.message_event.set()
+            if cycle.response_started:                  # mid-response: cannot answer
+                self.transport.close()
+                return
         self.transport.write(error_response(400, "Bad Request", "bad_http", msg))
         self.transport.close()
 
