@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import time
 import urllib.parse
@@ -53,7 +54,6 @@ def server(kvm_ok: None, simpleguest: str, tmp_path_factory: pytest.TempPathFact
         sb.snapshot().save(str(tmp / "layout"), "v1")
     keys = tmp / "keys"
     keys.write_text(f"alice {ALICE}\nbob sha256:{hashlib.sha256(BOB.encode()).hexdigest()}\n")
-    import os
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc, url = _start_server(
         ["--snapshot", f"simple={tmp / 'layout'}#v1", "--host-functions",
