@@ -160,7 +160,7 @@ def create_app(service: Service) -> FastAPI:
             pool = await served.ready_pool()
             value = await _until_disconnect(request, pool.call(function, *args, timeout=timeout))
         return SafeJSONResponse({"result": result_to_json(sig.ret, value),
-                             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
+                                 "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
     @app.post("/v1/snapshots/{ref:path}/map/{function}", tags=["snapshots"],
               openapi_extra={"requestBody": MAP_BODY})
