@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -185,6 +187,42 @@ def test_connections_over_the_cap_are_refused_clearly(server: Hardened) -> None:
             break
         assert r.status_code == 503 and time.monotonic() < deadline, r.text
         time.sleep(0.1)
+
+
+def test_silent_connections_at_a_low_descriptor_limit(kvm_ok: None, tmp_path: Path) -> None:
+    """The issue's case: with nofile 1024 (hard), 1,224 silent connections made authenticated
+    calls time out. Now the cap shrinks to fit the descriptors (with a warning), calls beyond it
+    are refused at once with a JSON 503, and served again as soon as the silent ones go."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(4096, resource.getrlimit(
+        resource.RLIMIT_NOFILE)[0]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc, url = _start_server(["--cache-dir", str(tmp_path / "cache"), "--header-timeout", "30"],
+                              env, prefix=("prlimit", "--nofile=1024:1024"))
+    port = int(url.rsplit(":", 1)[1])
+    silent = []
+    try:
+        for _ in range(1224):
+            try:
+                silent.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT))
+            except OSError:          # the backlog is full: refused by the kernel, not a hang
+                break
+        time.sleep(2.0)      # accepted; those beyond the cap refused (1 s to send a head)
+        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert fds < 1024 - 100, fds                  # the cap kept descriptors to spare
+        r = httpx.get(url + "/healthz", timeout=WAIT)
+        assert r.status_code == 503 and error_of(r)["type"] == "connection_limit", r.text
+    finally:
+        for s in silent:
+            s.close()
+    try:
+        deadline = time.monotonic() + WAIT
+        while (r := httpx.get(url + "/healthz", timeout=WAIT)).status_code != 200:
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+    finally:
+        stop_server(proc)
+    assert proc.stderr is not None
+    assert "too low for --max-connections 2048" in proc.stderr.read()
 
 
 def test_malformed_http_gets_a_json_400(server: Hardened) -> None:

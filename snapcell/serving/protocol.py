@@ -26,11 +26,13 @@ import json
 import logging
 import random
 import resource
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("uvicorn.error")     # configured by uvicorn.Config
@@ -39,6 +41,9 @@ REFUSING_SLOTS = 128        # connections over the cap that still get a 503 befo
 REFUSE_HEAD_SECONDS = 1.0   # how long a refused connection may take to send its request head
 HEAD_JITTER = 0.25          # head deadlines are drawn from [1 - HEAD_JITTER, 1] x header_timeout
 FD_RESERVE = 1024           # descriptors kept for everything but connections (VMs, files, ...)
+ACCEPT_BATCH = 128          # connections asyncio accepts per event-loop pass (uvicorn's backlog)
+ACCEPT_PASSES = 4           # passes a refused connection's descriptor may live for
+LISTEN_BACKLOG = 2048       # the kernel's queue of connections not yet accepted
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,6 @@ class GuardedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._seen_cycle: Any = None
-        self._refused = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -123,7 +127,6 @@ class GuardedH11Protocol(H11Protocol):
         if open_now >= cap:
             _refusals.warn("refusing a new connection with 503: %d connections open "
                            "(--max-connections %d)", open_now, cap)
-            self._refused = True
             self.app = _refuse
             self._arm("head", min(self.limits.header_timeout, REFUSE_HEAD_SECONDS))
             return
@@ -224,31 +227,58 @@ def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
     return type("SnapcellH11Protocol", (GuardedH11Protocol,), {"limits": limits})
 
 
-def fd_plan(max_connections: int, soft: int, hard: int) -> tuple[int, int]:
-    """(nofile soft limit to set, connection cap to use): enough descriptors for the cap plus
-    the refusing slots plus FD_RESERVE, up to the hard limit; a smaller cap if even the hard
-    limit is too low."""
-    need = max_connections + REFUSING_SLOTS + FD_RESERVE
-    new_soft = soft if (soft >= need or soft == resource.RLIM_INFINITY) else \
-        (need if hard == resource.RLIM_INFINITY else min(hard, need))
-    if new_soft != resource.RLIM_INFINITY and new_soft < need:
-        fit = new_soft - REFUSING_SLOTS - min(FD_RESERVE, new_soft // 2)
+@dataclass(frozen=True)
+class FdPlan:
+    """How descriptors are shared: the nofile soft limit to set, the connection cap, and how
+    many connections asyncio may accept per event-loop pass (uvicorn's `backlog`)."""
+
+    soft: int
+    max_connections: int
+    accept_batch: int
+
+
+def fd_plan(max_connections: int, soft: int, hard: int) -> FdPlan:
+    """Enough descriptors for the cap, the refusing slots, the connections accepted but not yet
+    refused (asyncio accepts a batch per pass and a refused connection's descriptor lives for
+    a few passes: ACCEPT_PASSES batches) and FD_RESERVE — raising the soft limit up to the
+    hard one; a smaller batch and cap if even the hard limit is too low."""
+    batch = ACCEPT_BATCH
+    need = max_connections + REFUSING_SLOTS + ACCEPT_PASSES * batch + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return FdPlan(soft, max_connections, batch)
+    new_soft = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    if new_soft < need:
+        batch = max(8, min(ACCEPT_BATCH, new_soft // 32))
+        fit = (new_soft - REFUSING_SLOTS - ACCEPT_PASSES * batch
+               - min(FD_RESERVE, new_soft // 2))
         max_connections = min(max_connections, max(16, fit))
-    return new_soft, max_connections
+    return FdPlan(new_soft, max_connections, batch)
 
 
-def raise_nofile(limits: ConnectionLimits) -> ConnectionLimits:
+def raise_nofile(limits: ConnectionLimits) -> tuple[ConnectionLimits, int]:
     """Raise this process's RLIMIT_NOFILE soft limit so that `limits.max_connections` fit
-    (never above the hard limit); the limits with a lower cap, and a warning, if they cannot."""
+    (never above the hard limit). The limits to use — with a lower cap, and a warning, if they
+    cannot fit — and the accept batch."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    new_soft, cap = fd_plan(limits.max_connections, soft, hard)
-    if new_soft != soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
-        log.info("raised the open-file soft limit from %d to %d", soft, new_soft)
-    if cap != limits.max_connections:
+    plan = fd_plan(limits.max_connections, soft, hard)
+    if plan.soft != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (plan.soft, hard))
+        log.info("raised the open-file soft limit from %d to %d", soft, plan.soft)
+    if plan.max_connections != limits.max_connections:
         log.warning("open-file limit %d (hard %d) is too low for --max-connections %d: using %d; "
-                    "raise it (e.g. LimitNOFILE= in the systemd unit)", new_soft, hard,
-                    limits.max_connections, cap)
-        return ConnectionLimits(limits.header_timeout, limits.body_timeout,
-                                limits.keep_alive_timeout, cap)
-    return limits
+                    "raise it (e.g. LimitNOFILE= in the systemd unit)", plan.soft, hard,
+                    limits.max_connections, plan.max_connections)
+        limits = ConnectionLimits(limits.header_timeout, limits.body_timeout,
+                                  limits.keep_alive_timeout, plan.max_connections)
+    return limits, plan.accept_batch
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, its listening sockets' kernel backlog set to LISTEN_BACKLOG after
+    start-up (uvicorn's `backlog` is also asyncio's accept batch, kept small: fd_plan)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, then widen the kernel's accept queue."""
+        await super().startup(sockets=sockets)
+        for sock in sockets or ():
+            sock.listen(LISTEN_BACKLOG)

@@ -9,7 +9,7 @@ import socket
 import sys
 
 from ..errors import ConfigurationError
-from .protocol import ConnectionLimits, protocol_class, raise_nofile
+from .protocol import ConnectionLimits, Server, protocol_class, raise_nofile
 from .service import ServeOptions, Service
 
 DEFAULT_HOST = "127.0.0.1"
@@ -67,8 +67,9 @@ def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_P
                             timeout_graceful_shutdown=5,
                             timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)))
     # after Config, which sets up the uvicorn loggers raise_nofile writes to
-    config.http = protocol_class(raise_nofile(limits))
-    server = uvicorn.Server(config)
+    limits, config.backlog = raise_nofile(limits)
+    config.http = protocol_class(limits)
+    server = Server(config)
     try:
         server.run(sockets=[sock])
     finally:

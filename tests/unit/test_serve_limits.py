@@ -22,7 +22,14 @@ from snapcell.serving.jsonvalues import (
     nonfinite,
     parse_body,
 )
-from snapcell.serving.protocol import FD_RESERVE, REFUSING_SLOTS, ConnectionLimits, fd_plan
+from snapcell.serving.protocol import (
+    ACCEPT_BATCH,
+    ACCEPT_PASSES,
+    FD_RESERVE,
+    REFUSING_SLOTS,
+    ConnectionLimits,
+    fd_plan,
+)
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
@@ -89,17 +96,19 @@ def test_nonfinite_spelling() -> None:
 @given(st.integers(1, 1 << 20), st.integers(16, 1 << 21), st.integers(16, 1 << 21))
 def test_fd_plan(cap: int, soft: int, hard: int) -> None:
     soft = min(soft, hard)
-    new_soft, new_cap = fd_plan(cap, soft, hard)
-    assert soft <= new_soft <= max(soft, hard)
-    assert min(cap, 16) <= new_cap <= cap                 # never raised, never below 16
-    need = cap + REFUSING_SLOTS + FD_RESERVE
+    plan = fd_plan(cap, soft, hard)
+    assert soft <= plan.soft <= max(soft, hard)                 # never beyond the hard limit
+    assert min(cap, 16) <= plan.max_connections <= cap          # never raised, never below 16
+    assert 8 <= plan.accept_batch <= ACCEPT_BATCH
+    need = cap + REFUSING_SLOTS + ACCEPT_PASSES * ACCEPT_BATCH + FD_RESERVE
     if soft < need:
-        assert new_soft == min(hard, need)
-    if new_soft >= need:
-        assert new_cap == cap
-    else:                                                   # what is left fits the descriptors
-        assert new_cap <= max(16, new_soft - REFUSING_SLOTS - min(FD_RESERVE, new_soft // 2))
-    assert fd_plan(cap, soft, resource.RLIM_INFINITY)[1] == cap
+        assert plan.soft == min(hard, need)
+    if plan.soft >= need:
+        assert (plan.max_connections, plan.accept_batch) == (cap, ACCEPT_BATCH)
+    elif plan.max_connections > 16:            # what is left fits the descriptors, with reserve
+        used = plan.max_connections + REFUSING_SLOTS + ACCEPT_PASSES * plan.accept_batch
+        assert used + min(FD_RESERVE, plan.soft // 2) <= plan.soft
+    assert fd_plan(cap, soft, resource.RLIM_INFINITY).max_connections == cap
 
 
 def test_connection_limits_are_checked() -> None:
