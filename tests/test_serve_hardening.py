@@ -283,6 +283,16 @@ def test_non_finite_floats_render_one_way(server: Hardened) -> None:
         assert r.json()["value"] == calls
 
 
+def test_code_values_that_are_not_valid_unicode_still_render(server: Hardened) -> None:
+    """A JS string may hold a lone surrogate; whatever the code sandbox makes of it, the
+    response is JSON (never a 500 from rendering)."""
+    with server.client() as c:
+        for code in ("'\\ud800' + 'x'", "['\\udfff', {k: '\\ud83d'}]", "console.log('\\ud800'); 1"):
+            r = c.post("/v1/run", json={"lang": "js", "code": code})
+            assert r.status_code < 500, (code, r.text)
+            json.loads(r.content)
+
+
 # ------------------------------------------------------------------------------ fuzz
 def _fields(spec: dict[str, Any], method: str, path: str) -> list[str]:
     op = spec["paths"][path][method]

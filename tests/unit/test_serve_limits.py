@@ -116,3 +116,10 @@ def test_connection_limits_are_checked() -> None:
         ConnectionLimits(header_timeout=0)
     with pytest.raises(ValueError):
         ConnectionLimits(max_connections=0)
+
+
+def test_responses_always_render() -> None:
+    from snapcell.serving.app import SafeJSONResponse
+    assert SafeJSONResponse({"a": [1.5, "é"]}).body == '{"a":[1.5,"é"]}'.encode()
+    r = SafeJSONResponse({"a": [math.nan, -math.inf], "\ud800": "x\udfff"})
+    assert _strict(r.body) == {"a": ["NaN", "-Infinity"], "\ud800": "x\udfff"}
