@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -30,7 +29,6 @@ from .limits import BodyLimit
 from .service import Service
 
 T = TypeVar("T")
-log = logging.getLogger("uvicorn.error")
 
 
 class SafeJSONResponse(JSONResponse):
@@ -102,8 +100,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error in %s %s", request.method, request.url.path[:200],
-                  exc_info=exc)
+        # a bug: Starlette re-raises it after this reply, and uvicorn logs it with its traceback
         return _error(ApiError(500, "internal_error", "internal error (logged by the service)"))
 
     @app.exception_handler(RequestValidationError)
