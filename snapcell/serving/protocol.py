@@ -1,5 +1,5 @@
 """The HTTP/1.1 protocol of `snapcell serve`: uvicorn's h11 protocol with the read deadlines
-and the connection cap uvicorn lacks (docs/serving.md, "Connection limits").
+and the connection cap uvicorn lacks (docs/serving.md, "Connection limits and hostile clients").
 
 Per connection, one deadline at a time, each a fixed point in time that arriving bytes do not
 push back (so trickling a byte a second gains nothing):
@@ -17,7 +17,8 @@ push back (so trickling a byte a second gains nothing):
 
 Beyond `max_connections` open connections, a new connection's request is answered `503` with a
 JSON error (`connection_limit`) and `Connection: close`; beyond `max_connections +
-REFUSING_SLOTS` a new connection is closed at once. Both are logged (at most once a second)."""
+REFUSING_SLOTS` a new connection is closed at once. Both are logged (at most once a second).
+`fd_plan` sizes the open-file limit for that, and for asyncio's accept batches (`Server`)."""
 
 from __future__ import annotations
 
