@@ -201,20 +201,20 @@ def test_silent_connections_at_a_low_descriptor_limit(kvm_ok: None, tmp_path: Pa
     port = int(url.rsplit(":", 1)[1])
     silent = []
     try:
-        for _ in range(1224):
-            try:
-                silent.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT))
-            except OSError:          # the backlog is full: refused by the kernel, not a hang
-                break
-        time.sleep(2.0)      # accepted; those beyond the cap refused (1 s to send a head)
-        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
-        assert fds < 1024 - 100, fds                  # the cap kept descriptors to spare
-        r = httpx.get(url + "/healthz", timeout=WAIT)
-        assert r.status_code == 503 and error_of(r)["type"] == "connection_limit", r.text
-    finally:
-        for s in silent:
-            s.close()
-    try:
+        try:
+            for _ in range(1224):
+                try:
+                    silent.append(socket.create_connection(("127.0.0.1", port), timeout=WAIT))
+                except OSError:      # the backlog is full: refused by the kernel, not a hang
+                    break
+            time.sleep(2.0)  # accepted; those beyond the cap refused (1 s to send a head)
+            fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            assert fds < 1024 - 100, fds              # the cap kept descriptors to spare
+            r = httpx.get(url + "/healthz", timeout=WAIT)
+            assert r.status_code == 503 and error_of(r)["type"] == "connection_limit", r.text
+        finally:
+            for s in silent:
+                s.close()
         deadline = time.monotonic() + WAIT
         while (r := httpx.get(url + "/healthz", timeout=WAIT)).status_code != 200:
             assert r.status_code == 503 and time.monotonic() < deadline, r.text
