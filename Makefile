@@ -98,8 +98,11 @@ FUZZ_SECONDS ?= 300
 fuzz: guests
 	$(PY) -m tests.adversarial.fuzz --seconds $(FUZZ_SECONDS)
 
+# Long stress runs and load tests that assert latencies (never part of `make test`):
+# tests/soak_serve.py is `snapcell serve` under 1,000 slow connections beside 64 good clients.
 soak: guests
 	SNAPCELL_STRESS_SECONDS=300 $(PY) -m pytest -q tests/test_interrupts.py -k stress
+	$(PY) -m pytest -q -s tests/soak_serve.py
 
 bench: guests $(NATIVE) benchmarks/c_floor
 	$(PY) -m snapcell bench

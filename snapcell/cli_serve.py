@@ -70,6 +70,17 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--dask", "dask_address", default=None, metavar="tcp://SCHEDULER:PORT",
               help="Hand calls, batches and code runs to this Dask cluster (docs/scale-out.md) "
                    "instead of local pools; sessions stay local.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds a request head may take to arrive (beyond: 408 and close).")
+@click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds a request body may take to arrive after its head (beyond: 408).")
+@click.option("--keep-alive-timeout", default=5.0, show_default=True,
+              type=click.FloatRange(min=0.01),
+              help="Seconds an idle kept-alive connection stays open after its last response.")
+@click.option("--max-connections", default=2048, show_default=True,
+              type=click.IntRange(1, 1 << 20),
+              help="Open connections; beyond, new ones get 503 (the open-file limit is raised "
+                   "to fit).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -77,9 +88,11 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   api_key_file: str | None, host_functions: str | None, pool_size: int,
                   max_queue: int, call_timeout: float, max_timeout: float, max_body: int,
                   max_batch: int, idle_seconds: float, max_sessions: int, dask_address: str | None,
-                  log_level: str) -> None:
+                  header_timeout: float, body_timeout: float, keep_alive_timeout: float,
+                  max_connections: int, log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, metrics."""
     try:
+        from .serving.protocol import ConnectionLimits
         from .serving.server import serve
         from .serving.service import ServeOptions
     except ImportError as e:
@@ -97,6 +110,9 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         idle_seconds=idle_seconds, max_sessions=max_sessions, dask=dask_address,
         **extra)  # type: ignore[arg-type]
     try:
-        serve(options, host, port, log_level)
+        serve(options, host, port, log_level,
+              ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
+                               keep_alive_timeout=keep_alive_timeout,
+                               max_connections=max_connections))
     except SnapcellError as e:
         raise click.ClickException(str(e)) from None

@@ -55,8 +55,9 @@ class Server:
         return 0.0
 
 
-def _start_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "snapcell", "serve", "--port", "0", *args],
+def _start_server(args: list[str], env: dict[str, str],
+                  prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "snapcell", "serve", "--port", "0", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None

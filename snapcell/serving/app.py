@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -18,17 +17,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
 from ..guest.functions import Signature
 from .auth import key_from_headers
 from .errors import ApiError, BodyTooLarge, error_body
-from .jsonvalues import args_from_json, result_to_json
+from .jsonvalues import args_from_json, dumps_safe, parse_body, result_to_json
 from .limits import BodyLimit
 from .service import Service
 
 T = TypeVar("T")
+
+
+class SafeJSONResponse(JSONResponse):
+    """The service's JSON responses: rendering never fails (non-finite floats as "NaN",
+    "Infinity", "-Infinity"; text that is not valid Unicode as JSON escapes)."""
+
+    def render(self, content: Any) -> bytes:
+        """The body of `content`."""
+        try:
+            return super().render(content)
+        except (ValueError, UnicodeEncodeError):
+            return dumps_safe(content)
 
 CALL_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "properties": {
@@ -69,7 +81,8 @@ def create_app(service: Service) -> FastAPI:
             await service.close()
 
     app = FastAPI(title="snapcell", version=__version__, lifespan=lifespan,
-                  description="Hypervisor-isolated micro-VM sandboxes started from snapshots.")
+                  description="Hypervisor-isolated micro-VM sandboxes started from snapshots.",
+                  default_response_class=SafeJSONResponse)
     app.add_middleware(BodyLimit, max_body=service.options.max_body)
 
     @app.exception_handler(SnapcellError)
@@ -84,6 +97,11 @@ def create_app(service: Service) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(ApiError(exc.status_code, kind, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug: Starlette re-raises it after this reply, and uvicorn logs it with its traceback
+        return _error(ApiError(500, "internal_error", "internal error (logged by the service)"))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,8 +156,8 @@ def create_app(service: Service) -> FastAPI:
         else:
             pool = await served.ready_pool()
             value = await _until_disconnect(request, pool.call(function, *args, timeout=timeout))
-        return JSONResponse({"result": result_to_json(sig.ret, value),
-                             "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
+        return SafeJSONResponse({"result": result_to_json(sig.ret, value),
+                                 "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
     @app.post("/v1/snapshots/{ref:path}/map/{function}", tags=["snapshots"],
               openapi_extra={"requestBody": MAP_BODY})
@@ -164,7 +182,7 @@ def create_app(service: Service) -> FastAPI:
         else:
             pool = await served.ready_pool()
             results = await _until_disconnect(request, pool.map(function, batch, timeout=timeout))
-        return JSONResponse({"results": [_item(sig, r) for r in results]})
+        return SafeJSONResponse({"results": [_item(sig, r) for r in results]})
 
     # ---------------------------------------------------------------- sessions
     @app.post("/v1/sessions", tags=["sessions"], status_code=201,
@@ -202,7 +220,7 @@ def create_app(service: Service) -> FastAPI:
         args = args_from_json(function, sig, body.get("args", []))
         timeout = service.timeout(body.get("timeout"))
         value = await _until_disconnect(request, s.call(function, *args, timeout=timeout))
-        return JSONResponse({"result": result_to_json(sig.ret, value), "session": s.describe()})
+        return SafeJSONResponse({"result": result_to_json(sig.ret, value), "session": s.describe()})
 
     @app.post("/v1/sessions/{session_id}/pause", tags=["sessions"])
     async def pause_session(session_id: str, request: Request) -> dict[str, Any]:
@@ -252,7 +270,7 @@ def _error(exc: Exception) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 429 else {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body, status_code=status, headers=headers)
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
 def _cluster_ref(served: Any) -> str:
@@ -285,12 +303,11 @@ async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
         raw = await request.body()
     except BodyTooLarge as e:
         raise ApiError(413, "body_too_large", str(e)) from None
+    except ClientDisconnect:        # gone, or cut off by the body deadline (protocol.py)
+        raise ApiError(408, "request_timeout", "the request body did not arrive") from None
     if not raw.strip():
         return {}
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    obj = parse_body(raw)
     if not isinstance(obj, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     extra = set(obj) - allowed

@@ -10,12 +10,14 @@ backend (no interpreter guest built, or `register_backend(None)`) every run rais
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
+from .jsonvalues import nonfinite
 
 
 class CodeBox(Protocol):
@@ -50,7 +52,7 @@ class CodeResult:
     @classmethod
     def of(cls, result: Any) -> "CodeResult":
         """From a backend's result object (the value made JSON-able: bytes as
-        {"base64": ...}, non-finite floats as strings; a CodeError as its dict)."""
+        {"base64": ...}, non-finite floats as "NaN", "Infinity", "-Infinity"; a CodeError as its dict)."""
         err = getattr(result, "error", None)
         if err is not None:
             err = err.to_dict() if hasattr(err, "to_dict") else str(err)
@@ -63,8 +65,8 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         import base64
         return {"base64": base64.b64encode(v).decode("ascii")}
-    if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")):
-        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return nonfinite(v)         # "NaN", "Infinity", "-Infinity", as calls render them
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, dict):

@@ -5,20 +5,29 @@
 - str: JSON strings; bool: true/false; void: null;
 - bytes: base64 strings (RFC 4648, standard alphabet, padded).
 
-Results go the other way: bytes as base64, non-finite floats as those three strings."""
+Results go the other way: bytes as base64, non-finite floats as those three strings — in every
+response of the service (`nonfinite`, `json_safe`, `dumps_safe`).
+
+Request bodies are parsed by `parse_body`: strict JSON in UTF-8 (no NaN/Infinity literals, no
+numbers beyond what any field can hold, no strings that are not valid Unicode, at most
+`MAX_DEPTH` levels of nesting); anything else is a 400 `malformed_json`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from typing import Any
 
 from ..errors import ArgumentError
 from ..guest.functions import Signature
 from ..guest.values import INT_RANGES, ValueType
+from .errors import ApiError
 
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+MAX_DEPTH = 64          # nesting of arrays and objects in a request body
+MAX_INT_DIGITS = 20     # no field holds more than a 64-bit integer
 
 
 def arg_from_json(t: ValueType, v: Any, where: str) -> Any:
@@ -32,7 +41,10 @@ def arg_from_json(t: ValueType, v: Any, where: str) -> Any:
             return _SPECIAL[v]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ArgumentError(f"{where}: expected {t.value} (a JSON number), got {_kind(v)}")
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise ArgumentError(f"{where}: {t.value} out of range") from None
     if t is ValueType.BYTES:
         if not isinstance(v, str):
             raise ArgumentError(f"{where}: expected bytes (a base64 string), got {_kind(v)}")
@@ -68,7 +80,7 @@ def result_to_json(t: ValueType, v: Any) -> Any:
     if isinstance(v, (bytes, bytearray)):
         return base64.b64encode(bytes(v)).decode("ascii")
     if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        return nonfinite(v)
     return v
 
 
@@ -86,3 +98,110 @@ def _kind(v: Any) -> str:
     if isinstance(v, dict):
         return "an object"
     return type(v).__name__
+
+
+class _Refused(ValueError):
+    """A JSON number or constant the service does not accept."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise _Refused(f"the number {text[:40]} is out of range")
+    return v
+
+
+def _parse_constant(text: str) -> Any:
+    raise _Refused(f"{text} is not JSON (non-finite numbers are the strings \"NaN\", "
+                   "\"Infinity\", \"-Infinity\")")
+
+
+def parse_body(raw: bytes) -> Any:
+    """A request body as a JSON value; ApiError(400, "malformed_json") for anything but strict
+    JSON in UTF-8 within the limits above."""
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                           parse_constant=_parse_constant)
+    except _Refused as e:
+        raise ApiError(400, "malformed_json", f"the body is not acceptable JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json",
+                       f"the body nests deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:    # JSONDecodeError is a ValueError
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    check_value(value)
+    return value
+
+
+def check_value(value: Any) -> None:
+    """ApiError(400) if `value` nests deeper than MAX_DEPTH or holds a string (or key) that is
+    not valid Unicode (a lone surrogate from a `\\ud800` escape). Iterative: no recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            _check_text(v)
+        elif isinstance(v, (list, dict)):
+            if depth > MAX_DEPTH:
+                raise ApiError(400, "malformed_json",
+                               f"the body nests deeper than {MAX_DEPTH} levels")
+            if isinstance(v, dict):
+                for k in v:
+                    _check_text(k)
+                stack.extend((x, depth + 1) for x in v.values())
+            else:
+                stack.extend((x, depth + 1) for x in v)
+
+
+def _check_text(s: str) -> None:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "malformed_json", "the body holds a string that is not valid "
+                           "Unicode (an unpaired surrogate escape)") from None
+
+
+def nonfinite(v: float) -> str:
+    """The JSON rendering of a non-finite float: "NaN", "Infinity" or "-Infinity"."""
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (at any depth) as `nonfinite` renders it; other
+    values unchanged. Iterative: no recursion."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else nonfinite(value)
+    if not isinstance(value, (list, tuple, dict)):
+        return value
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        v, parent, key = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            parent[key] = nonfinite(v)
+        elif isinstance(v, (list, tuple)):
+            out: list[Any] = [None] * len(v)
+            parent[key] = out
+            stack.extend((x, out, i) for i, x in enumerate(v))
+        elif isinstance(v, dict):
+            obj: dict[Any, Any] = dict.fromkeys(v)
+            parent[key] = obj
+            stack.extend((x, obj, k) for k, x in v.items())
+        else:
+            parent[key] = v
+    return root[0]
+
+
+def dumps_safe(content: Any) -> bytes:
+    """`content` as JSON that always renders: non-finite floats as `nonfinite` renders them,
+    strings that are not valid Unicode as JSON escapes (the text is then pure ASCII)."""
+    return json.dumps(json_safe(content), ensure_ascii=True, allow_nan=False,
+                      separators=(",", ":")).encode("ascii")

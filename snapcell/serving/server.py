@@ -4,10 +4,12 @@ actual address is known before the first request)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import sys
 
 from ..errors import ConfigurationError
+from .protocol import ConnectionLimits, Server, protocol_class, raise_nofile
 from .service import ServeOptions, Service
 
 DEFAULT_HOST = "127.0.0.1"
@@ -43,8 +45,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log_level: str = "warning") -> None:
-    """Serve until SIGINT/SIGTERM. A non-loopback `host` needs API keys."""
+          log_level: str = "warning", limits: ConnectionLimits | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. A non-loopback `host` needs API keys. `limits`: read
+    deadlines and the connection cap (the open-file soft limit is raised to fit them)."""
     import uvicorn
     from prometheus_client import disable_created_metrics
 
@@ -53,6 +56,7 @@ def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     if not is_loopback(host) and options.api_key_file is None:
         raise ConfigurationError(f"refusing to listen on {host} without --api-key-file: only "
                                  "loopback addresses may be served without API keys")
+    limits = limits or ConnectionLimits()
     service = Service(options)
     app = create_app(service)
     sock = bind(host, port)
@@ -60,8 +64,12 @@ def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     shown = f"[{host}]" if ":" in host else host
     print(f"snapcell serve: listening on http://{shown}:{actual}", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=5,
+                            timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)))
+    # after Config, which sets up the uvicorn loggers raise_nofile writes to
+    limits, config.backlog = raise_nofile(limits)
+    config.http = protocol_class(limits)
+    server = Server(config)
     try:
         server.run(sockets=[sock])
     finally:
