@@ -23,6 +23,7 @@ from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
 from ..guest.functions import Signature
 from .auth import key_from_headers
+from .contexts import ContextService, contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
 from .jsonvalues import args_from_json, result_to_json
 from .limits import BodyLimit
@@ -60,12 +61,17 @@ RUN_BODY = {"content": {"application/json": {"schema": {
 def create_app(service: Service) -> FastAPI:
     """The ASGI application of `service` (limits applied by the BodyLimit middleware)."""
 
+    contexts = ContextService(service.options.contexts, service.options.cache_dir,
+                              service.options.max_queue)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await contexts.start()
         try:
             yield
         finally:
+            await contexts.close()
             await service.close()
 
     app = FastAPI(title="snapcell", version=__version__, lifespan=lifespan,
@@ -99,6 +105,8 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: "
                            "Bearer <key> or X-API-Key)" if key is None else "invalid API key")
         return tenant
+
+    app.include_router(contexts_router(service, contexts, tenant_of))
 
     # ---------------------------------------------------------------- open endpoints
     @app.get("/healthz", tags=["service"])
@@ -242,7 +250,7 @@ def create_app(service: Service) -> FastAPI:
         else:
             r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
                                                                    timeout=timeout))
-        return {"value": r.value, "stdout": r.stdout, "stderr": r.stderr, "error": r.error}
+        return r.to_json()
 
     return app
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
@@ -46,17 +46,35 @@ class CodeResult:
     stdout: str
     stderr: str
     error: dict[str, Any] | str | None
+    files: dict[str, Any] = field(default_factory=dict)
+    display: list[dict[str, Any]] = field(default_factory=list)
+    duration_ms: float = 0.0
 
     @classmethod
     def of(cls, result: Any) -> "CodeResult":
         """From a backend's result object (the value made JSON-able: bytes as
-        {"base64": ...}, non-finite floats as strings; a CodeError as its dict)."""
+        {"base64": ...}, non-finite floats as strings; a CodeError as its dict; files as
+        text, or {"base64": ...} when not UTF-8)."""
         err = getattr(result, "error", None)
         if err is not None:
             err = err.to_dict() if hasattr(err, "to_dict") else str(err)
+        files = {}
+        for name, data in (getattr(result, "files", None) or {}).items():
+            try:
+                files[str(name)] = bytes(data).decode("utf-8")
+            except UnicodeDecodeError:
+                files[str(name)] = _jsonable(bytes(data))
         return cls(_jsonable(getattr(result, "value", None)),
                    str(getattr(result, "stdout", "") or ""),
-                   str(getattr(result, "stderr", "") or ""), err)
+                   str(getattr(result, "stderr", "") or ""), err, files,
+                   list(getattr(result, "display", None) or []),
+                   round(float(getattr(result, "duration", 0.0) or 0.0) * 1000, 3))
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body of a run."""
+        return {"value": self.value, "stdout": self.stdout, "stderr": self.stderr,
+                "error": self.error, "files": self.files, "display": self.display,
+                "duration_ms": self.duration_ms}
 
 
 def _jsonable(v: Any) -> Any:
