@@ -5,7 +5,7 @@ that serves contexts from it:
 
 - ``layout/`` — one OCI image layout: each language's warm interpreter once (tag
   ``base-<lang>-<guest sha256 prefix>``) and every context as **one diff layer** on the
-  interpreter image it started from (tag = the context id). A checkpoint rewrites the context's
+  interpreter image it started from (tag ``<context id>.v<version>``). A checkpoint rewrites the context's
   layer against that image (never a chain of layers), so a context costs its changed pages
   whatever its history (~1 MiB for a small conversation).
 - ``contexts/<id>.json`` — the context's record: tenant, language, the manifest digest of its
@@ -210,16 +210,12 @@ class ContextStore:
 
     def delete(self, cid: str, tenant: str = "default") -> None:
         """Forget context `cid` (its layer goes at the next `collect`)."""
-        self.record(cid, tenant)
+        rec = self.record(cid, tenant)
         try:
             self._path(cid).unlink()
         except FileNotFoundError:
             raise ContextNotFound(f"no context {cid!r}") from None
-        try:
-            collect.rm(self.layout, [cid])
-        except SnapcellError:
-            pass
-        self._garbage += 1
+        self._untag(_tag(cid, rec.version))
 
     def expire(self, now: float | None = None) -> list[str]:
         """Delete every context unused for longer than the idle expiry; their ids."""
@@ -254,9 +250,11 @@ class ContextStore:
         rebased = dataclasses.replace(snap, digest=None,
                                       delta=MemoryDelta(weakref.ref(base), extents))
         n, used = self.usage(rec.tenant)
-        digest = rebased.save(self.layout, rec.id, max_depth=2)
+        old_tag, new_tag = _tag(rec.id, rec.version), _tag(rec.id, rec.version + 1)
+        digest = rebased.save(self.layout, new_tag, max_depth=2)
         size = _top_layer_size(self.layout, digest)
         if used - rec.bytes + size > self.limits.max_bytes:
+            self._untag(new_tag)
             raise ContextLimitExceeded(
                 f"the checkpoint would take the tenant's contexts to {used - rec.bytes + size} "
                 f"bytes on disk, the most allowed is {self.limits.max_bytes}")
@@ -264,7 +262,20 @@ class ContextStore:
         rec.version += 1
         rec.used = time.time()
         self._write(rec)
+        self._untag(old_tag)          # (the record names the new checkpoint from now on)
+
+    def _untag(self, tag: str) -> None:
+        try:
+            collect.rm(self.layout, [tag])
+        except SnapcellError:
+            return
         self._garbage += 1
+
+
+def _tag(cid: str, version: int) -> str:
+    """The layout tag of checkpoint `version` of a context (each checkpoint gets its own, so a
+    record always names a tagged, complete checkpoint)."""
+    return f"{cid}.v{version}"
 
 
 def _layer_extents(layout: str, digest: str) -> tuple[tuple[int, int], ...]:

@@ -112,7 +112,9 @@ def parse_display(raw: bytes) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         return []
     out: list[dict[str, Any]] = []
-    for item in items[:MAX_BUNDLES]:
+    for item in items:
+        if len(out) == MAX_BUNDLES:
+            break
         if not isinstance(item, dict):
             continue
         bundle: dict[str, Any] = {}
