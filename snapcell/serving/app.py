@@ -23,7 +23,8 @@ from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
 from ..guest.functions import Signature
 from .auth import key_from_headers
-from .contexts import ContextService, contexts_router
+from .contexts import ContextService
+from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
 from .jsonvalues import args_from_json, result_to_json
 from .limits import BodyLimit
@@ -64,12 +65,15 @@ def create_app(service: Service) -> FastAPI:
     contexts = ContextService(service.options.contexts, service.options.cache_dir,
                               service.options.max_queue)
 
+    mcp_running: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         await contexts.start()
         try:
-            yield
+            async with mcp_running:
+                yield
         finally:
             await contexts.close()
             await service.close()
@@ -106,7 +110,10 @@ def create_app(service: Service) -> FastAPI:
                            "Bearer <key> or X-API-Key)" if key is None else "invalid API key")
         return tenant
 
-    app.include_router(contexts_router(service, contexts, tenant_of))
+    app.include_router(contexts_router(service, contexts, tenant_of, _json_object))
+    with contextlib.suppress(ImportError):      # /mcp needs the `mcp` extra
+        from .mcp import mount
+        mcp_running = mount(app, service, contexts)
 
     # ---------------------------------------------------------------- open endpoints
     @app.get("/healthz", tags=["service"])

@@ -56,7 +56,7 @@ class CodeResult:
         {"base64": ...}, non-finite floats as strings; a CodeError as its dict; files as
         text, or {"base64": ...} when not UTF-8)."""
         err = getattr(result, "error", None)
-        if err is not None:
+        if err is not None and not isinstance(err, dict):
             err = err.to_dict() if hasattr(err, "to_dict") else str(err)
         files = {}
         for name, data in (getattr(result, "files", None) or {}).items():
