@@ -193,3 +193,59 @@ def test_context_operations(shared: tuple[Path, Path]) -> None:
             assert r.json()["display"] == [{"text/plain": "hi"}]
     finally:
         a.stop()
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, object]]]:
+    """(event, data) pairs of a server-sent event stream."""
+    import json
+    kind = ""
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[len("event: "):]
+        elif line.startswith("data: "):
+            yield kind, json.loads(line[len("data: "):])
+
+
+def test_streamed_runs(shared: tuple[Path, Path]) -> None:
+    store, keys = shared
+    a = Replica(store, keys)
+    sse = {"Accept": "text/event-stream"}
+    try:
+        with a.client() as c:
+            cid = c.post("/v1/contexts", json={"lang": "python"}).json()["id"]
+            run(c, cid, "import time\nstate = 'kept'")
+            c.post(f"/v1/contexts/{cid}/pause")
+            # prints, sleeps, prints: the first chunk arrives while the run still sleeps. The
+            # client then goes away, which kills the run: that the second half never ran
+            # shows the first chunk was delivered before the run ended.
+            code = "print('first', flush=True)\ntime.sleep(30)\nprint('second')\ndone = 1"
+            with c.stream("POST", f"/v1/contexts/{cid}/run", json={"code": code},
+                          headers=sse) as r:
+                assert r.status_code == 200
+                assert r.headers["content-type"].startswith("text/event-stream")
+                first = next(_events(r.iter_lines()))
+            assert first == ("stdout", {"text": "first\n"})
+            body = run(c, cid, "(state, 'done' in globals())")
+            assert body["value"] == ["kept", False], body
+            # a whole streamed run: chunks in order, then the result
+            with c.stream("POST", f"/v1/contexts/{cid}/run", headers=sse, json={
+                    "code": "import sys\nprint('a')\nsys.stderr.write('b\\n')\nprint('c')\n7"}) as r:
+                events = list(_events(r.iter_lines()))
+            assert events[:3] == [("stdout", {"text": "a\n"}), ("stderr", {"text": "b\n"}),
+                                  ("stdout", {"text": "c\n"})]
+            assert events[3][0] == "result" and events[3][1]["value"] == 7
+            assert events[3][1]["stdout"] == "a\nc\n" and len(events) == 4
+            # /v1/run streams too; errors before the run are plain responses
+            with c.stream("POST", "/v1/run", headers=sse,
+                          json={"lang": "python", "code": "print(1)\nprint(2)"}) as r:
+                events = list(_events(r.iter_lines()))
+            assert [e for e, _ in events] == ["stdout", "stdout", "result"]
+            r = c.post("/v1/contexts/ctx_0123456789abcdef01234567/run", headers=sse,
+                       json={"code": "1"})
+            assert r.status_code == 404 and error_of(r)["type"] == "unknown_context"
+            with c.stream("POST", "/v1/run", headers=sse,
+                          json={"lang": "js", "code": "console.log('j'); 2"}) as r:
+                events = list(_events(r.iter_lines()))
+            assert events == [("stdout", {"text": "j\n"}), ("result", events[1][1])]
+    finally:
+        a.stop()

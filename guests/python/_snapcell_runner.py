@@ -163,10 +163,40 @@ class _Stream(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if not _snapcell.write(self._stream, s):
             raise OutputLimitError("output limit exceeded")
+        if _streaming[0] is not None:
+            _pending.append((self._stream, s))
+            if "\n" in s:
+                _flush_output()
         return len(s)
 
     def flush(self):
         pass
+
+
+# Streaming: when the host lists the `_snapcell_output` tool in a run, output also goes to
+# the host line by line (one tool call per flush) while the code runs; otherwise it costs
+# nothing more than the captured buffer.
+STREAM_TOOL = "_snapcell_output"
+_streaming = [None]
+_pending = []
+
+
+def _flush_output():
+    """Send the pending output chunks to the host ([[stream, text], ...])."""
+    send = _streaming[0]
+    if send is None or not _pending:
+        return
+    chunks = []
+    for stream, text in _pending:
+        if chunks and chunks[-1][0] == stream:
+            chunks[-1][1] += text
+        else:
+            chunks.append([stream, text])
+    _pending.clear()
+    try:
+        send(chunks)
+    except Exception:  # the host stopped listening: the output stays in the result
+        _streaming[0] = None
 
 
 sys.stdout = sys.__stdout__ = _Stream(1, "<stdout>")
@@ -235,7 +265,19 @@ def run(code, filename, tools):
     """Run `code`; (True, value) or (False, (type, message, stack, line))."""
     ns = _main
     for name in tools:
-        ns[name] = _make_tool(name)
+        if name == STREAM_TOOL:
+            _streaming[0] = _make_tool(name)
+        else:
+            ns[name] = _make_tool(name)
+    try:
+        return _run(code, filename, ns)
+    finally:
+        _flush_output()
+        _streaming[0] = None
+
+
+def _run(code, filename, ns):
+    """`run` without the streaming bookkeeping."""
     if _displays or _shown[0]:
         _clear_display()
         _shown[0] = False

@@ -43,7 +43,7 @@ from ..snapshot.validate import resolve
 from .languages import Language, language
 from .protocol import check_files
 from .result import RunResult
-from .sandbox import CodeSandbox
+from .streaming import StreamingCodeSandbox
 from .warm import warm_snapshot
 
 MIB = 1 << 20
@@ -303,7 +303,7 @@ class CodeContext:
     def __init__(self, store: ContextStore, rec: ContextRecord, *,
                  timeout: float | None = 5.0) -> None:
         self.store, self.rec, self.timeout = store, rec, timeout
-        self._box: CodeSandbox | None = None
+        self._box: StreamingCodeSandbox | None = None
         self._extents: tuple[tuple[int, int], ...] = ()   # of the loaded checkpoint vs base
         self._loaded = -1                                 # version the box holds
         self._dirty = False
@@ -329,7 +329,7 @@ class CodeContext:
         return {**self.rec.describe(), "state": "live" if self.live else "paused"}
 
     # ---------------------------------------------------------------- the micro-VM
-    def _ensure(self) -> CodeSandbox:
+    def _ensure(self) -> StreamingCodeSandbox:
         """The live sandbox, resumed from the newest checkpoint when it is newer than what the
         sandbox holds (another process ran the context meanwhile)."""
         stored = self.store.record(self.rec.id, self.rec.tenant)
@@ -346,8 +346,8 @@ class CodeContext:
         if self._box is not None:
             self._box.close()
             self._box = None
-        self._box = CodeSandbox(stored.lang, snapshot=snap, keep_state=True,
-                                timeout=self.timeout)
+        self._box = StreamingCodeSandbox(stored.lang, snapshot=snap, keep_state=True,
+                                         timeout=self.timeout)
         self._extents, self._loaded, self._dirty = extents, stored.version, False
         return self._box
 
@@ -355,20 +355,17 @@ class CodeContext:
             timeout: Any = None, on_output: Callable[[str, str], None] | None = None
             ) -> RunResult:
         """Run `code` in the context's state (`files` under /tmp first, Python). A run cut by
-        its time limit or a crash resets the context to its last checkpoint."""
+        its time limit or a crash resets the context to its last checkpoint. `on_output(stream,
+        text)` receives stdout and stderr while the code runs (`StreamingCodeSandbox`)."""
         box = self._ensure()
-        r = box.run(code, files=files, timeout=self.timeout if timeout is None else timeout) \
-            if files is not None else \
-            box.run(code, timeout=self.timeout if timeout is None else timeout)
+        options: dict[str, Any] = {"timeout": self.timeout if timeout is None else timeout}
+        if files is not None:
+            options["files"] = files
+        r = box.run(code, on_output=on_output, **options)
         if r.error is not None and r.error.type in ("TimeoutError", "InternalError"):
             self._loaded = -1                 # the interpreter was reset: back to the checkpoint
         else:
             self._dirty = True
-        if on_output is not None:
-            if r.stdout:
-                on_output("stdout", r.stdout)
-            if r.stderr:
-                on_output("stderr", r.stderr)
         return r
 
     @property
@@ -444,6 +441,13 @@ class CodeContext:
         if not language(self.rec.lang).has_files:
             raise ArgumentError(f"{language(self.rec.lang).display} contexts have no file "
                                 "system")
+
+    def kill(self) -> None:
+        """Cut the run in progress (from another thread); the context goes back to its last
+        checkpoint."""
+        box = self._box
+        if box is not None:
+            box._sb.interrupt_handle().kill()       # noqa: SLF001
 
     def close(self) -> None:
         """Release the micro-VM without checkpointing."""

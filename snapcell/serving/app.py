@@ -29,6 +29,7 @@ from .errors import ApiError, BodyTooLarge, error_body
 from .jsonvalues import args_from_json, result_to_json
 from .limits import BodyLimit
 from .service import Service
+from .streaming import event_stream, wants_stream
 
 T = TypeVar("T")
 
@@ -254,6 +255,10 @@ def create_app(service: Service) -> FastAPI:
             from .code import CodeResult
             r = CodeResult.of(await _until_disconnect(request, service.cluster.run(
                 lang, code, timeout=timeout)))
+        elif wants_stream(request):         # server-sent events: output while it runs
+            return event_stream(lambda on_output: service.code.run(  # type: ignore[return-value]
+                code, lang=lang, files=files, timeout=timeout, on_output=on_output),
+                lambda r: r.to_json())
         else:
             r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
                                                                    timeout=timeout))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,13 +93,15 @@ def _jsonable(v: Any) -> Any:
 class _Box:
     """A `CodeSandbox` for one run, with the run's files."""
 
+    streams = True          # run takes on_output
+
     def __init__(self, box: Any, files: Mapping[str, str] | None) -> None:
         self._box, self._files = box, files
 
-    def run(self, code: str) -> Any:
+    def run(self, code: str, on_output: Callable[[str, str], None] | None = None) -> Any:
         if self._files:
-            return self._box.run(code, files=self._files)
-        return self._box.run(code)
+            return self._box.run(code, files=self._files, on_output=on_output)
+        return self._box.run(code, on_output=on_output)
 
     def kill(self) -> None:
         self._box._sb.interrupt_handle().kill()     # noqa: SLF001 (cancel from another thread)
@@ -131,9 +133,10 @@ class CodeSandboxBackend:
         import inspect
 
         from ..code import CodeSandbox
+        from ..code.streaming import StreamingCodeSandbox
         if files and "files" not in inspect.signature(CodeSandbox.run).parameters:
             raise ArgumentError("files are not supported by this build's code sandboxes")
-        return _Box(CodeSandbox(lang, timeout=timeout), files)
+        return _Box(StreamingCodeSandbox(lang, timeout=timeout), files)
 
 
 _UNSET: Any = object()
@@ -185,9 +188,12 @@ class CodePool:
 
     async def run(self, code: str, *, lang: str | None = None,
                   files: Mapping[str, str] | None = None,
-                  timeout: float | None = None) -> CodeResult:
+                  timeout: float | None = None,
+                  on_output: Callable[[str, str], None] | None = None) -> CodeResult:
         """Run `code` in a fresh `lang` sandbox (default: the backend's first language);
-        `CodeSandboxUnavailable` without a backend."""
+        `CodeSandboxUnavailable` without a backend. `on_output(stream, text)` (called on a
+        worker thread) receives stdout and stderr while the code runs, when the backend
+        streams (else once, at the end)."""
         backend = self.backend
         if backend is None:
             raise unavailable()
@@ -213,7 +219,14 @@ class CodePool:
             b = backend.open(lang, files=files, timeout=timeout)
             box.append(b)
             try:
-                return CodeResult.of(b.run(code))
+                if on_output is not None and getattr(b, "streams", False):
+                    return CodeResult.of(b.run(code, on_output=on_output))  # type: ignore[call-arg]
+                r = CodeResult.of(b.run(code))
+                if on_output is not None:
+                    for stream, text in (("stdout", r.stdout), ("stderr", r.stderr)):
+                        if text:
+                            on_output(stream, text)
+                return r
             finally:
                 b.close()
         try:

@@ -105,9 +105,17 @@ class ContextService:
 
     @contextlib.asynccontextmanager
     async def using(self, cid: str, tenant: str) -> AsyncIterator[CodeContext]:
-        """The context, held for one request (its requests run one at a time)."""
+        """The context, held for one request (its requests run one at a time; at most
+        `max_queue` requests wait, beyond that `PoolFull`)."""
         live = await self._get(cid, tenant)
-        async with live.lock:
+        if self._waiting >= self.max_queue:
+            raise PoolFull("too many context requests waiting; retry later")
+        self._waiting += 1
+        try:
+            await live.lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             if self._live.get(cid) is not live:     # deleted meanwhile
                 raise ContextNotFound(f"no context {cid!r}")
             if live.pending is not None:
@@ -120,6 +128,8 @@ class ContextService:
                 live.used = time.monotonic()
                 if live.ctx.dirty:
                     live.pending = asyncio.ensure_future(self._checkpoint_later(live))
+        finally:
+            live.lock.release()
 
     async def _checkpoint_later(self, live: _Live) -> None:
         await asyncio.sleep(self.options.checkpoint_delay)
@@ -171,9 +181,18 @@ class ContextService:
         return ctx
 
     async def apply(self, cid: str, tenant: str, op: Callable[[CodeContext], T]) -> T:
-        """`op(context)` on a worker thread, holding the context."""
+        """`op(context)` on a worker thread, holding the context. Cancelling the caller (a
+        client that went away) kills the run and waits for its end: the context goes back
+        to its last checkpoint."""
         async with self.using(cid, tenant) as ctx:
-            return await self._in_thread(op, ctx)
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, op, ctx)
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                ctx.kill()
+                with contextlib.suppress(BaseException):
+                    await fut
+                raise
 
     async def run(self, cid: str, tenant: str, code: str, *,
                   files: Mapping[str, str | bytes] | None = None, timeout: float | None = None,

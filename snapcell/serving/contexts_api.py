@@ -14,6 +14,7 @@ from ..errors import ArgumentError, ConfigurationError
 from .code import CodeResult
 from .contexts import ContextService
 from .errors import ApiError, BodyTooLarge
+from .streaming import OnOutput, event_stream, wants_stream
 
 T = TypeVar("T")
 
@@ -88,9 +89,10 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
         return Response(status_code=204)
 
     @router.post("/{cid}/run", openapi_extra={"requestBody": CONTEXT_RUN_BODY})
-    async def run(cid: str, request: Request) -> JSONResponse:
+    async def run(cid: str, request: Request) -> Response:
         """Run code in the context's state → value, stdout, stderr, error, files, display,
-        duration_ms."""
+        duration_ms (with `Accept: text/event-stream`: stdout/stderr events while it runs,
+        then a result event)."""
         tenant = tenant_of(request)
         body = await _json_object(request, {"code", "files", "timeout"})
         code, files = body.get("code"), body.get("files")
@@ -100,6 +102,15 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
                                       and all(isinstance(v, str) for v in files.values())):
             raise ArgumentError("files must be an object of file name → text")
         timeout = service.timeout(body.get("timeout"))
+        if wants_stream(request):
+            with _api_errors():
+                contexts.describe(cid, tenant)          # 404 before the stream starts
+
+            async def start(on_output: OnOutput) -> Any:
+                with _api_errors():
+                    return await contexts.run(cid, tenant, code, files=files, timeout=timeout,
+                                              on_output=on_output)
+            return event_stream(start, result_json)
         with _api_errors():
             r = await contexts.run(cid, tenant, code, files=files, timeout=timeout)
         return JSONResponse(result_json(r))
