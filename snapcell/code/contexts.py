@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import ArgumentError, SessionNotFound, SnapcellError, SnapshotNotFound
 from ..sandbox import Snapshot
 from ..sandbox.snapshot import MemoryDelta
-from ..snapshot import collect, layers
+from ..snapshot import collect, layers, oci
 from ..snapshot.files import Reader
 from ..snapshot.validate import resolve
 from .languages import Language, language
@@ -48,6 +48,7 @@ from .warm import warm_snapshot
 
 MIB = 1 << 20
 CONTEXT_ID = re.compile(r"ctx_[0-9a-f]{24}\Z")
+_TAG = re.compile(r"(ctx_[0-9a-f]{24})\.v([0-9]{1,12})\Z")
 _BASE_TAG = "base-{lang}-{sha}"
 
 
@@ -237,10 +238,16 @@ class ContextStore:
         return gone
 
     def collect(self, min_garbage: int = 1) -> None:
-        """Delete the layout's blobs no context or base needs any more, once at least
-        `min_garbage` checkpoints or deletions have left some."""
-        if self._garbage >= min_garbage:
-            self._garbage = 0
+        """Drop the tags of superseded checkpoints and delete the layout's blobs no context or
+        base needs any more, once at least `min_garbage` checkpoints or deletions of this
+        store left some."""
+        if self._garbage < min_garbage or not os.path.isdir(self.layout):
+            return
+        self._garbage = 0
+        stale = self.stale_tags()
+        if stale:
+            collect.rm(self.layout, stale, collect=True)
+        else:
             collect.gc(self.layout)
 
     def _save(self, rec: ContextRecord, snap: Snapshot, extents: tuple[tuple[int, int], ...],
@@ -250,7 +257,7 @@ class ContextStore:
         rebased = dataclasses.replace(snap, digest=None,
                                       delta=MemoryDelta(weakref.ref(base), extents))
         n, used = self.usage(rec.tenant)
-        old_tag, new_tag = _tag(rec.id, rec.version), _tag(rec.id, rec.version + 1)
+        new_tag = _tag(rec.id, rec.version + 1)
         digest = rebased.save(self.layout, new_tag, max_depth=2)
         size = _top_layer_size(self.layout, digest)
         if used - rec.bytes + size > self.limits.max_bytes:
@@ -262,7 +269,7 @@ class ContextStore:
         rec.version += 1
         rec.used = time.time()
         self._write(rec)
-        self._untag(old_tag)          # (the record names the new checkpoint from now on)
+        self._garbage += 1            # the old tag: `collect` removes it with its layer
 
     def _untag(self, tag: str) -> None:
         try:
@@ -270,6 +277,29 @@ class ContextStore:
         except SnapcellError:
             return
         self._garbage += 1
+
+    def stale_tags(self) -> list[str]:
+        """Tags of checkpoints no record names any more: older versions of a context, and
+        every version of a deleted one."""
+        versions: dict[str, int | None] = {}
+        out = []
+        for tag, _digest in oci.entries(self.layout):
+            m = _TAG.match(tag or "")
+            if m is None:
+                continue
+            cid, version = m.group(1), int(m.group(2))
+            if cid not in versions:
+                try:
+                    data = json.loads(self._path(cid).read_bytes())
+                    versions[cid] = int(data["version"])
+                except FileNotFoundError:
+                    versions[cid] = None
+                except (OSError, ValueError, TypeError, KeyError):
+                    versions[cid] = -1            # unreadable: keep everything
+            current = versions[cid]
+            if current is None or 0 <= version < current:
+                out.append(str(tag))
+        return out
 
 
 def _tag(cid: str, version: int) -> str:
@@ -341,7 +371,9 @@ class CodeContext:
         if stored.digest is None:
             snap = base
         else:
-            snap = Snapshot.checked_load(self.store.layout, stored.digest)
+            # mapped copy-on-write from the layer files (written once, never changed):
+            # resuming reads only the pages the context touches, not the interpreter image
+            snap = Snapshot.checked_load(self.store.layout, stored.digest, mode="map")
             extents = _layer_extents(self.store.layout, stored.digest)
         if self._box is not None:
             self._box.close()

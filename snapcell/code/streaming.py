@@ -71,6 +71,9 @@ class StreamingCodeSandbox(CodeSandbox):
                     on_output(stream, text)
         return r
 
+    def __enter__(self) -> "StreamingCodeSandbox":
+        return self
+
     @property
     def tools(self) -> dict[str, Any]:
         """The tools the code can call."""

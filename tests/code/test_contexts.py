@@ -105,10 +105,11 @@ def test_store_keeps_one_checkpoint_per_context(tmp_path: Path) -> None:
     for i in range(3):
         ctx.run(f"v = {i}")
         ctx.checkpoint()
+    store.collect()
     tags = sorted(t for t, _ in entries(store.layout) if t and t.startswith("ctx_"))
     assert tags == [f"{ctx.id}.v3"]
-    store.collect()
     assert ContextStore(tmp_path).open(ctx.id, "t").run("return v").value == 2
     store.delete(ctx.id, "t")
+    store.collect()
     assert not [t for t, _ in entries(store.layout) if t and t.startswith("ctx_")]
     ctx.close()

@@ -42,3 +42,14 @@ def test_context_runs_stream(tmp_path: Path) -> None:
     r = ctx.run("for i in range(3): print(i + x)", on_output=lambda s, t: got.append(t))
     assert got == ["1\n", "2\n", "3\n"] and r.stdout == "1\n2\n3\n"
     ctx.close()
+
+
+def test_a_run_that_prints_nothing_makes_no_host_call() -> None:
+    with StreamingCodeSandbox("python") as box:
+        before = box.tool_calls
+        for _ in range(3):
+            assert box.run("x = [i for i in range(100)]\nlen(x)",
+                           on_output=lambda s, t: None).value == 100
+        assert box.tool_calls == before
+        box.run("print(1)\nprint(2, end='')", on_output=lambda s, t: None)
+        assert box.tool_calls == before + 2           # one per line, one for the tail
