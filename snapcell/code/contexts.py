@@ -5,12 +5,13 @@ that serves contexts from it:
 
 - ``layout/`` — one OCI image layout: each language's warm interpreter once (tag
   ``base-<lang>-<guest sha256 prefix>``) and every context as **one diff layer** on the
-  interpreter image it started from (tag ``<context id>.v<version>``). A checkpoint rewrites the context's
-  layer against that image (never a chain of layers), so a context costs its changed pages
-  whatever its history (~1 MiB for a small conversation).
-- ``contexts/<id>.json`` — the context's record: tenant, language, the manifest digest of its
-  last checkpoint, its version (one more per checkpoint), bytes on disk, last use. Written
-  atomically after the snapshot, so a record always names a complete checkpoint.
+  interpreter image it started from (tag ``<context id>.v<version>``). A checkpoint rewrites
+  the context's layer against that image (never a chain of layers), so a context costs its
+  changed pages whatever its history (~1 MiB for a small conversation).
+- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, the manifest
+  digest of its last checkpoint, its version (one more per checkpoint), bytes on disk, last
+  use. Written atomically after the snapshot, so a record always names a complete checkpoint;
+  `collect` drops the tags of superseded checkpoints and the blobs nothing needs.
 
 `CodeContext.run` keeps state across runs (`CodeSandbox(keep_state=True)`); `checkpoint()`
 saves it to the store; `pause()` checkpoints and releases the micro-VM; any process resumes a
@@ -72,7 +73,7 @@ class ContextLimits:
 
 @dataclass
 class ContextRecord:
-    """What the store keeps about a context (``contexts/<id>.json``)."""
+    """What the store keeps about a context (``contexts/<tenant hash>/<id>.json``)."""
 
     id: str
     tenant: str
@@ -143,15 +144,28 @@ class ContextStore:
             return snap
 
     # ---------------------------------------------------------------- records
-    def _path(self, cid: str) -> Path:
-        return self.records / f"{cid}.json"
+    def _dir(self, tenant: str) -> Path:
+        """The directory of a tenant's records (named by a hash: any tenant name is safe)."""
+        return self.records / hashlib.sha256(tenant.encode()).hexdigest()[:24]
+
+    def _path(self, cid: str, tenant: str) -> Path:
+        return self._dir(tenant) / f"{cid}.json"
+
+    def _all_records(self) -> list[ContextRecord]:
+        out = []
+        for p in self.records.glob("*/ctx_*.json"):
+            try:
+                out.append(ContextRecord(**json.loads(p.read_bytes())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return out
 
     def record(self, cid: str, tenant: str) -> ContextRecord:
         """The record of context `cid` of `tenant`; ContextNotFound otherwise."""
         if not isinstance(cid, str) or not CONTEXT_ID.match(cid):
             raise ContextNotFound(f"no context {str(cid)[:80]!r}")
         try:
-            data = json.loads(self._path(cid).read_bytes())
+            data = json.loads(self._path(cid, tenant).read_bytes())
             rec = ContextRecord(**data)
         except (OSError, ValueError, TypeError):
             raise ContextNotFound(f"no context {cid!r}") from None
@@ -160,14 +174,16 @@ class ContextStore:
         return rec
 
     def _write(self, rec: ContextRecord) -> None:
-        tmp = self.records / f".{rec.id}.{secrets.token_hex(4)}.tmp"
+        d = self._dir(rec.tenant)
+        d.mkdir(exist_ok=True)
+        tmp = d / f".{rec.id}.{secrets.token_hex(4)}.tmp"
         tmp.write_text(json.dumps(dataclasses.asdict(rec)))
-        os.replace(tmp, self._path(rec.id))
+        os.replace(tmp, self._path(rec.id, rec.tenant))
 
     def of_tenant(self, tenant: str) -> list[ContextRecord]:
         """The records of `tenant`'s contexts."""
         out = []
-        for p in self.records.glob("ctx_*.json"):
+        for p in self._dir(tenant).glob("ctx_*.json"):
             try:
                 rec = ContextRecord(**json.loads(p.read_bytes()))
             except (OSError, ValueError, TypeError):
@@ -213,7 +229,7 @@ class ContextStore:
         """Forget context `cid` (its layer goes at the next `collect`)."""
         rec = self.record(cid, tenant)
         try:
-            self._path(cid).unlink()
+            self._path(cid, tenant).unlink()
         except FileNotFoundError:
             raise ContextNotFound(f"no context {cid!r}") from None
         self._untag(_tag(cid, rec.version))
@@ -224,11 +240,7 @@ class ContextStore:
             return []
         now = time.time() if now is None else now
         gone = []
-        for p in self.records.glob("ctx_*.json"):
-            try:
-                rec = ContextRecord(**json.loads(p.read_bytes()))
-            except (OSError, ValueError, TypeError):
-                continue
+        for rec in self._all_records():
             if now - rec.used > self.limits.idle_expiry:
                 try:
                     self.delete(rec.id, rec.tenant)
@@ -281,23 +293,15 @@ class ContextStore:
     def stale_tags(self) -> list[str]:
         """Tags of checkpoints no record names any more: older versions of a context, and
         every version of a deleted one."""
-        versions: dict[str, int | None] = {}
+        versions = {rec.id: rec.version for rec in self._all_records()}
+        unreadable = {p.stem for p in self.records.glob("*/ctx_*.json")} - set(versions)
         out = []
         for tag, _digest in oci.entries(self.layout):
             m = _TAG.match(tag or "")
-            if m is None:
+            if m is None or m.group(1) in unreadable:     # (unreadable record: keep all)
                 continue
-            cid, version = m.group(1), int(m.group(2))
-            if cid not in versions:
-                try:
-                    data = json.loads(self._path(cid).read_bytes())
-                    versions[cid] = int(data["version"])
-                except FileNotFoundError:
-                    versions[cid] = None
-                except (OSError, ValueError, TypeError, KeyError):
-                    versions[cid] = -1            # unreadable: keep everything
-            current = versions[cid]
-            if current is None or 0 <= version < current:
+            current = versions.get(m.group(1))
+            if current is None or int(m.group(2)) < current:
                 out.append(str(tag))
         return out
 

@@ -76,7 +76,7 @@ def test_records_belong_to_their_tenant_and_limits_hold(tmp_path: Path) -> None:
     with pytest.raises(ContextLimitExceeded):
         store._check_room("alice")
     store._check_room("bob")
-    (tmp_path / "contexts" / f"{'ctx_' + '1' * 24}.json").write_text("{not json")
+    (store._dir("alice") / f"{'ctx_' + '1' * 24}.json").write_text("{not json")
     assert [r.id for r in store.of_tenant("alice")] == [rec.id]
     assert store.expire(now=2.0) == []
     assert store.expire(now=1.0 + 8 * 24 * 3600) == [rec.id]     # (no layout yet: record only)
