@@ -249,3 +249,23 @@ def test_streamed_runs(shared: tuple[Path, Path]) -> None:
             assert events == [("stdout", {"text": "j\n"}), ("result", events[1][1])]
     finally:
         a.stop()
+
+
+def test_idle_contexts_are_paused_and_resume(shared: tuple[Path, Path]) -> None:
+    store, keys = shared
+    a = Replica(store, keys, "--context-idle-seconds", "0.2")
+    try:
+        with a.client() as c:
+            cid = c.post("/v1/contexts", json={"lang": "lua"}).json()["id"]
+            run(c, cid, "t = {1, 2, 3}")
+            assert c.get(f"/v1/contexts/{cid}").json()["state"] == "live"
+            for _ in range(600):                 # the sweeper pauses it (polled, not timed)
+                if c.get(f"/v1/contexts/{cid}").json()["state"] == "paused":
+                    break
+                subprocess.run(["sleep", "0.05"], check=True)
+            desc = c.get(f"/v1/contexts/{cid}").json()
+            assert desc["state"] == "paused" and desc["version"] >= 1 and desc["bytes"] > 0
+            assert run(c, cid, "return #t")["value"] == 3
+            assert [x["state"] for x in c.get("/v1/contexts").json()["contexts"]] == ["live"]
+    finally:
+        a.stop()
