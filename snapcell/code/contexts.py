@@ -277,6 +277,9 @@ class ContextStore:
             raise ContextLimitExceeded(
                 f"the checkpoint would take the tenant's contexts to {used - rec.bytes + size} "
                 f"bytes on disk, the most allowed is {self.limits.max_bytes}")
+        if not self._path(rec.id, rec.tenant).exists():     # deleted meanwhile (elsewhere)
+            self._untag(new_tag)
+            raise ContextNotFound(f"no context {rec.id!r}")
         rec.digest, rec.bytes = digest, size
         rec.version += 1
         rec.used = time.time()
@@ -451,7 +454,12 @@ class CodeContext:
         size = snap.image.size
         own = snap.delta.extents if snap.delta is not None else ((0, size),)
         extents = layers.merge(self._extents + tuple(own), size)
-        self.store._save(rec, snap, extents, self.store._base(rec.base))   # noqa: SLF001
+        self.store._write(rec)                                  # noqa: SLF001
+        try:
+            self.store._save(rec, snap, extents, self.store._base(rec.base))   # noqa: SLF001
+        except BaseException:
+            self.store._path(rec.id, rec.tenant).unlink(missing_ok=True)   # noqa: SLF001
+            raise
         return child
 
     # ---------------------------------------------------------------- files

@@ -113,3 +113,14 @@ def test_store_keeps_one_checkpoint_per_context(tmp_path: Path) -> None:
     store.collect()
     assert not [t for t, _ in entries(store.layout) if t and t.startswith("ctx_")]
     ctx.close()
+
+
+def test_a_context_deleted_elsewhere_is_not_brought_back(tmp_path: Path) -> None:
+    ctx = ContextStore(tmp_path).create("lua", "t")
+    ctx.run("v = 1")
+    ContextStore(tmp_path).delete(ctx.id, "t")
+    with pytest.raises(ContextNotFound):
+        ctx.checkpoint()
+    with pytest.raises(ContextNotFound):
+        ContextStore(tmp_path).open(ctx.id, "t")
+    ctx.close()
