@@ -69,7 +69,7 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
     with tempfile.TemporaryDirectory(prefix="snapcell-bench-store-") as tmp:
         store = ContextStore(tmp, ContextLimits(max_contexts=contexts, max_bytes=1 << 40))
         store.base_for("python")
-        before = _disk(store.layout)
+        before = _disk(store.root)
         ckpt, ids = [], []
         for i in range(contexts):
             ctx = store.create("python", "bench")
@@ -81,7 +81,7 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
             ctx.close()
             ids.append(ctx.id)
         store.collect()
-        per = (_disk(store.layout) - before) / contexts
+        per = (_disk(store.root) - before) / contexts
         out["context_checkpoint_python"] = stats(ckpt)
         out["context_disk_per_paused_python"] = {
             "n": contexts, "median_us": float("nan"), "p99_us": float("nan"),
@@ -108,12 +108,14 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
     return out
 
 
-def _disk(path: str) -> int:
-    total = 0
+def _disk(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk under `path`, each inode once (shards hard-link the interpreter images)."""
+    seen: dict[tuple[int, int], int] = {}
     for root, _dirs, files in os.walk(path):
         for f in files:
-            total += os.stat(os.path.join(root, f)).st_blocks * 512
-    return total
+            st = os.stat(os.path.join(root, f))
+            seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return sum(seen.values())
 
 
 def bench_streaming(n: int) -> dict[str, Stats]:

@@ -3,15 +3,18 @@
 A `ContextStore` is a directory shared by every process (every replica of `snapcell serve`)
 that serves contexts from it:
 
-- ``layout/`` — one OCI image layout: each language's warm interpreter once (tag
-  ``base-<lang>-<guest sha256 prefix>``) and every context as **one diff layer** on the
-  interpreter image it started from (tag ``<context id>.v<version>``). A checkpoint rewrites
-  the context's layer against that image (never a chain of layers), so a context costs its
-  changed pages whatever its history (~1 MiB for a small conversation).
-- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, the manifest
-  digest of its last checkpoint, its version (one more per checkpoint), bytes on disk, last
-  use. Written atomically after the snapshot, so a record always names a complete checkpoint;
-  `collect` drops the tags of superseded checkpoints and the blobs nothing needs.
+- ``layout/`` — an OCI image layout with each language's warm interpreter image (tag
+  ``base-<lang>-<guest sha256 prefix>``), saved there once.
+- ``shards/<nn>/`` — SHARDS OCI layouts (a context's is chosen by its id), each with its own
+  copy of the interpreter images and the checkpoints of its contexts: every context as **one
+  diff layer** on its interpreter image (tag ``<context id>.v<version>``). A checkpoint
+  rewrites the context's layer against that image (never a chain of layers), so a context
+  costs its changed pages whatever its history (~1 MiB for a small conversation); sharding
+  keeps each layout's index small (saves and loads parse it).
+- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, shard, the
+  manifest digest of its last checkpoint, its version (one more per checkpoint), bytes on
+  disk, last use. Written atomically after the snapshot, so a record always names a complete
+  checkpoint; `collect` drops the tags of superseded checkpoints and the blobs nothing needs.
 
 `CodeContext.run` keeps state across runs (`CodeSandbox(keep_state=True)`); `checkpoint()`
 saves it to the store; `pause()` checkpoints and releases the micro-VM; any process resumes a
@@ -48,6 +51,7 @@ from .streaming import StreamingCodeSandbox
 from .warm import warm_snapshot
 
 MIB = 1 << 20
+SHARDS = 16
 CONTEXT_ID = re.compile(r"ctx_[0-9a-f]{24}\Z")
 _TAG = re.compile(r"(ctx_[0-9a-f]{24})\.v([0-9]{1,12})\Z")
 _BASE_TAG = "base-{lang}-{sha}"
@@ -84,6 +88,7 @@ class ContextRecord:
     digest: str | None = None        # manifest of the last checkpoint (None: the base itself)
     base: str = ""                   # manifest digest of the interpreter image
     bytes: int = 0                   # the checkpoint's own layer on disk
+    layout: str = ""                 # the shard holding its checkpoints (relative to the store)
 
     def describe(self) -> dict[str, Any]:
         """The JSON view (no tenant)."""
@@ -111,9 +116,9 @@ class ContextStore:
         self.records.mkdir(parents=True, exist_ok=True)
         self.limits = limits
         self._lock = threading.Lock()
-        self._bases: dict[str, Snapshot] = {}           # manifest digest → loaded base
+        self._bases: dict[tuple[str, str], Snapshot] = {}   # (shard, manifest digest) → base
         self._base_of_lang: dict[str, str] = {}
-        self._garbage = 0
+        self._garbage: dict[str, int] = {}   # shard → superseded checkpoints and deletions
 
     # ---------------------------------------------------------------- bases
     def base_for(self, lang: str) -> tuple[str, Snapshot]:
@@ -123,7 +128,7 @@ class ContextStore:
         with self._lock:
             digest = self._base_of_lang.get(spec.name)
             if digest is not None:
-                return digest, self._bases[digest]
+                return digest, self._bases[("", digest)]
             tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
             try:
                 snap = Snapshot.checked_load(self.layout, tag)
@@ -131,17 +136,51 @@ class ContextStore:
                 warm_snapshot(spec).save(self.layout, tag, max_depth=1)
                 snap = Snapshot.checked_load(self.layout, tag)
             assert snap.digest is not None
-            self._bases[snap.digest] = snap
+            self._bases[("", snap.digest)] = snap
             self._base_of_lang[spec.name] = snap.digest
             return snap.digest, snap
 
-    def _base(self, digest: str) -> Snapshot:
+    def _base(self, shard: str, digest: str) -> Snapshot:
+        """The interpreter image `digest` of `shard` (its checkpoints are diffs on it)."""
         with self._lock:
-            snap = self._bases.get(digest)
+            snap = self._bases.get((shard, digest))
             if snap is None:
-                snap = Snapshot.checked_load(self.layout, digest)
-                self._bases[digest] = snap
+                snap = Snapshot.checked_load(str(self.root / shard), digest)
+                self._bases[(shard, digest)] = snap
             return snap
+
+    # ---------------------------------------------------------------- shards
+    # Checkpoints live in SHARDS layouts, each with its own copy of the interpreter images
+    # (saved there from the main layout's once): an index of thousands of tags would make
+    # every save and load parse all of them, and a chain's layers must be in its layout.
+    def _shard_for(self, cid: str, lang: str) -> tuple[str, str]:
+        """(shard, manifest digest of `lang`'s interpreter image there) for a new context."""
+        rel = f"shards/{int(cid[4:8], 16) % SHARDS:02x}"
+        spec = language(lang)
+        key = (rel, "lang:" + spec.name)
+        with self._lock:
+            known = self._bases.get(key)
+        if known is not None:
+            assert known.digest is not None
+            return rel, known.digest
+        _, main = self.base_for(spec.name)
+        tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
+        path = str(self.root / rel)
+        try:
+            snap = Snapshot.checked_load(path, tag)
+        except SnapshotNotFound:
+            main.save(path, tag, max_depth=1)
+            snap = Snapshot.checked_load(path, tag)
+        assert snap.digest is not None
+        with self._lock:
+            self._bases[key] = snap
+            self._bases.setdefault((rel, snap.digest), snap)
+        return rel, snap.digest
+
+    def shards(self) -> list[str]:
+        """Every shard layout (relative to the store)."""
+        return sorted(str(p.relative_to(self.root)) for p in self.root.glob("shards/*")
+                      if (p / "oci-layout").is_file())
 
     # ---------------------------------------------------------------- records
     def _dir(self, tenant: str) -> Path:
@@ -212,10 +251,11 @@ class ContextStore:
         """A new context of `lang` (a fresh interpreter) for `tenant`."""
         spec = language(lang)
         self._check_room(tenant)
-        base_digest, _ = self.base_for(spec.name)
         now = time.time()
-        rec = ContextRecord(id="ctx_" + secrets.token_hex(12), tenant=tenant, lang=spec.name,
-                            created=now, used=now, base=base_digest)
+        cid = "ctx_" + secrets.token_hex(12)
+        shard, base = self._shard_for(cid, spec.name)
+        rec = ContextRecord(id=cid, tenant=tenant, lang=spec.name, created=now, used=now,
+                            base=base, layout=shard)
         self._write(rec)
         return CodeContext(self, rec, timeout=timeout)
 
@@ -232,7 +272,7 @@ class ContextStore:
             self._path(cid, tenant).unlink()
         except FileNotFoundError:
             raise ContextNotFound(f"no context {cid!r}") from None
-        self._untag(_tag(cid, rec.version))
+        self._untag(rec.layout, _tag(cid, rec.version))
 
     def expire(self, now: float | None = None) -> list[str]:
         """Delete every context unused for longer than the idle expiry; their ids."""
@@ -253,14 +293,16 @@ class ContextStore:
         """Drop the tags of superseded checkpoints and delete the layout's blobs no context or
         base needs any more, once at least `min_garbage` checkpoints or deletions of this
         store left some."""
-        if self._garbage < min_garbage or not os.path.isdir(self.layout):
+        if sum(self._garbage.values()) < min_garbage:
             return
-        self._garbage = 0
+        shards, self._garbage = self._garbage, {}
         stale = self.stale_tags()
-        if stale:
-            collect.rm(self.layout, stale, collect=True)
-        else:
-            collect.gc(self.layout)
+        for shard in sorted(shards):
+            tags = stale.get(shard, [])
+            if tags:
+                collect.rm(str(self.root / shard), tags, collect=True)
+            else:
+                collect.gc(str(self.root / shard))
 
     def _save(self, rec: ContextRecord, snap: Snapshot, extents: tuple[tuple[int, int], ...],
               base: Snapshot) -> None:
@@ -270,42 +312,45 @@ class ContextStore:
                                       delta=MemoryDelta(weakref.ref(base), extents))
         n, used = self.usage(rec.tenant)
         new_tag = _tag(rec.id, rec.version + 1)
-        digest = rebased.save(self.layout, new_tag, max_depth=2)
-        size = _top_layer_size(self.layout, digest)
+        layout = str(self.root / rec.layout)
+        digest = rebased.save(layout, new_tag, max_depth=2)
+        size = _top_layer_size(layout, digest)
         if used - rec.bytes + size > self.limits.max_bytes:
-            self._untag(new_tag)
+            self._untag(rec.layout, new_tag)
             raise ContextLimitExceeded(
                 f"the checkpoint would take the tenant's contexts to {used - rec.bytes + size} "
                 f"bytes on disk, the most allowed is {self.limits.max_bytes}")
         if not self._path(rec.id, rec.tenant).exists():     # deleted meanwhile (elsewhere)
-            self._untag(new_tag)
+            self._untag(rec.layout, new_tag)
             raise ContextNotFound(f"no context {rec.id!r}")
         rec.digest, rec.bytes = digest, size
         rec.version += 1
         rec.used = time.time()
         self._write(rec)
-        self._garbage += 1            # the old tag: `collect` removes it with its layer
+        # (the old tag: `collect` removes it with its layer)
+        self._garbage[rec.layout] = self._garbage.get(rec.layout, 0) + 1
 
-    def _untag(self, tag: str) -> None:
+    def _untag(self, shard: str, tag: str) -> None:
         try:
-            collect.rm(self.layout, [tag])
+            collect.rm(str(self.root / shard), [tag])
         except SnapcellError:
             return
-        self._garbage += 1
+        self._garbage[shard] = self._garbage.get(shard, 0) + 1
 
-    def stale_tags(self) -> list[str]:
-        """Tags of checkpoints no record names any more: older versions of a context, and
-        every version of a deleted one."""
+    def stale_tags(self) -> dict[str, list[str]]:
+        """Shard → tags of checkpoints no record names any more: older versions of a
+        context, and every version of a deleted one."""
         versions = {rec.id: rec.version for rec in self._all_records()}
         unreadable = {p.stem for p in self.records.glob("*/ctx_*.json")} - set(versions)
-        out = []
-        for tag, _digest in oci.entries(self.layout):
-            m = _TAG.match(tag or "")
-            if m is None or m.group(1) in unreadable:     # (unreadable record: keep all)
-                continue
-            current = versions.get(m.group(1))
-            if current is None or int(m.group(2)) < current:
-                out.append(str(tag))
+        out: dict[str, list[str]] = {}
+        for shard in self.shards():
+            for tag, _digest in oci.entries(str(self.root / shard)):
+                m = _TAG.match(tag or "")
+                if m is None or m.group(1) in unreadable:     # (unreadable record: keep all)
+                    continue
+                current = versions.get(m.group(1))
+                if current is None or int(m.group(2)) < current:
+                    out.setdefault(shard, []).append(str(tag))
         return out
 
 
@@ -373,15 +418,16 @@ class CodeContext:
         if self._box is not None and stored.version == self._loaded:
             return self._box
         self.rec = stored
-        base = self.store._base(stored.base)                    # noqa: SLF001
+        base = self.store._base(stored.layout, stored.base)     # noqa: SLF001
         extents: tuple[tuple[int, int], ...] = ()
         if stored.digest is None:
             snap = base
         else:
             # mapped copy-on-write from the layer files (written once, never changed):
             # resuming reads only the pages the context touches, not the interpreter image
-            snap = Snapshot.checked_load(self.store.layout, stored.digest, mode="map")
-            extents = _layer_extents(self.store.layout, stored.digest)
+            layout = str(self.store.root / stored.layout)
+            snap = Snapshot.checked_load(layout, stored.digest, mode="map")
+            extents = _layer_extents(layout, stored.digest)
         if self._box is not None:
             self._box.close()
             self._box = None
@@ -417,7 +463,7 @@ class CodeContext:
         if self._box is None or not self._dirty:
             return
         snap = self._box.snapshot()
-        base = self.store._base(self.rec.base)                  # noqa: SLF001
+        base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
         size = snap.image.size
         own = snap.delta.extents if snap.delta is not None else ((0, size),)
         extents = layers.merge(self._extents + tuple(own), size)
@@ -435,7 +481,7 @@ class CodeContext:
 
     def reset(self) -> None:
         """Back to a fresh interpreter (saved at once)."""
-        base = self.store._base(self.rec.base)                  # noqa: SLF001
+        base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
         self._ensure()
         assert self._box is not None
         self._box.restore(base)
@@ -448,15 +494,17 @@ class CodeContext:
         box = self._ensure()
         snap = box.snapshot()
         now = time.time()
-        rec = ContextRecord(id="ctx_" + secrets.token_hex(12), tenant=self.rec.tenant,
-                            lang=self.rec.lang, created=now, used=now, base=self.rec.base)
+        cid = "ctx_" + secrets.token_hex(12)
+        shard, base = self.store._shard_for(cid, self.rec.lang)        # noqa: SLF001
+        rec = ContextRecord(id=cid, tenant=self.rec.tenant, lang=self.rec.lang, created=now,
+                            used=now, base=base, layout=shard)
         child = CodeContext(self.store, rec, timeout=self.timeout)
         size = snap.image.size
         own = snap.delta.extents if snap.delta is not None else ((0, size),)
         extents = layers.merge(self._extents + tuple(own), size)
         self.store._write(rec)                                  # noqa: SLF001
         try:
-            self.store._save(rec, snap, extents, self.store._base(rec.base))   # noqa: SLF001
+            self.store._save(rec, snap, extents, self.store._base(rec.layout, rec.base))   # noqa: SLF001
         except BaseException:
             self.store._path(rec.id, rec.tenant).unlink(missing_ok=True)   # noqa: SLF001
             raise

@@ -21,7 +21,7 @@ def test_state_survives_pause_and_other_stores(tmp_path: Path) -> None:
         ctx = ContextStore(tmp_path).open(ctx.id, "alice")
     assert ctx.run("x").value == 53 and ctx.run("len(l11)").value == 100
     ctx.pause()
-    info = inspect(store.layout, f"{ctx.id}.v{ctx.rec.version}")
+    info = inspect(str(store.root / ctx.rec.layout), f"{ctx.id}.v{ctx.rec.version}")
     assert info["depth"] == 2
     assert 0 < ctx.rec.bytes == info["layers"][-1]["size"] < 8 << 20
     with pytest.raises(ContextNotFound):
@@ -106,12 +106,13 @@ def test_store_keeps_one_checkpoint_per_context(tmp_path: Path) -> None:
         ctx.run(f"v = {i}")
         ctx.checkpoint()
     store.collect()
-    tags = sorted(t for t, _ in entries(store.layout) if t and t.startswith("ctx_"))
+    shard = str(store.root / ctx.rec.layout)
+    tags = sorted(t for t, _ in entries(shard) if t and t.startswith("ctx_"))
     assert tags == [f"{ctx.id}.v3"]
     assert ContextStore(tmp_path).open(ctx.id, "t").run("return v").value == 2
     store.delete(ctx.id, "t")
     store.collect()
-    assert not [t for t, _ in entries(store.layout) if t and t.startswith("ctx_")]
+    assert not [t for t, _ in entries(shard) if t and t.startswith("ctx_")]
     ctx.close()
 
 
