@@ -61,8 +61,9 @@ def bench_http(n: int) -> dict[str, Stats]:
 
 def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
     """`contexts` paused Python contexts (a short conversation each, checkpointed) in one
-    store: checkpoint time, disk per context; then `resumes` resumes as another replica does
-    (the interpreter image loaded, the context's checkpoint not)."""
+    store: checkpoint time, disk per context (the shards' copies of the interpreter image
+    included); then `resumes` resumes as another replica does (the interpreter image of the
+    context's shard loaded, the context's checkpoint not)."""
     from ..code.contexts import ContextLimits, ContextStore
     from ..snapshot import content
     out: dict[str, Stats] = {}
@@ -91,7 +92,8 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
         for cid in ids[:resumes]:
             content.clear()                       # another replica: nothing of it cached
             other = ContextStore(tmp, store.limits)
-            other.base_for("python")              # ...that has served Python before
+            rec = other.record(cid, "bench")      # ...that has served Python from this
+            other._base(rec.layout, rec.base)     # noqa: SLF001  (context's shard before)
             t = time.perf_counter()
             ctx = other.open(cid, "bench")
             ctx._ensure()                         # noqa: SLF001 (the resume alone)
