@@ -49,7 +49,6 @@ class _Live:
         self.ctx = ctx
         self.lock = asyncio.Lock()
         self.used = time.monotonic()
-        self.runs = 0
         self.pending: asyncio.Task[Any] | None = None     # the scheduled checkpoint
 
 
@@ -107,17 +106,19 @@ class ContextService:
     async def using(self, cid: str, tenant: str) -> AsyncIterator[CodeContext]:
         """The context, held for one request (its requests run one at a time; at most
         `max_queue` requests wait, beyond that `PoolFull`)."""
-        live = await self._get(cid, tenant)
-        if self._waiting >= self.max_queue:
-            raise PoolFull("too many context requests waiting; retry later")
-        self._waiting += 1
+        while True:
+            live = await self._get(cid, tenant)
+            if self._waiting >= self.max_queue:
+                raise PoolFull("too many context requests waiting; retry later")
+            self._waiting += 1
+            try:
+                await live.lock.acquire()
+            finally:
+                self._waiting -= 1
+            if self._live.get(cid) is live:
+                break
+            live.lock.release()         # paused or deleted meanwhile: look it up again
         try:
-            await live.lock.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            if self._live.get(cid) is not live:     # deleted meanwhile
-                raise ContextNotFound(f"no context {cid!r}")
             if live.pending is not None:
                 live.pending.cancel()
                 live.pending = None
