@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_mcp import mcp_command
 from .cli_options import (
     build_config,
     config_options,
@@ -324,6 +325,7 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
 main.add_command(snapshot_group)
 main.add_command(run_command)
 main.add_command(serve_command)
+main.add_command(mcp_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -81,6 +81,17 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
               type=click.IntRange(1, 1 << 20),
               help="Open connections; beyond, new ones get 503 (the open-file limit is raised "
                    "to fit).")
+@click.option("--context-store", type=click.Path(file_okay=False), default=None,
+              help="Directory of code contexts, shared by replicas (default <cache dir>/contexts).")
+@click.option("--max-contexts", default=32, show_default=True, type=click.IntRange(0, 1 << 20),
+              help="Code contexts per tenant.")
+@click.option("--context-max-bytes", default=256 << 20, show_default=True,
+              type=click.IntRange(0), help="Bytes of paused code contexts per tenant on disk.")
+@click.option("--context-expiry", default=7 * 24 * 3600.0, show_default=True,
+              type=click.FloatRange(min=1), help="Seconds unused after which a context is deleted.")
+@click.option("--context-idle-seconds", default=60.0, show_default=True,
+              type=click.FloatRange(min=0.01),
+              help="Idle time after which a context's micro-VM is released (it stays in the store).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -89,9 +100,13 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   max_queue: int, call_timeout: float, max_timeout: float, max_body: int,
                   max_batch: int, idle_seconds: float, max_sessions: int, dask_address: str | None,
                   header_timeout: float, body_timeout: float, keep_alive_timeout: float,
-                  max_connections: int, log_level: str) -> None:
-    """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, metrics."""
+                  max_connections: int, context_store: str | None, max_contexts: int,
+                  context_max_bytes: int, context_expiry: float, context_idle_seconds: float,
+                  log_level: str) -> None:
+    """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
+    MCP, metrics."""
     try:
+        from .serving.contexts import ContextOptions
         from .serving.protocol import ConnectionLimits
         from .serving.server import serve
         from .serving.service import ServeOptions
@@ -108,6 +123,9 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         pool_size=pool_size, max_queue=max_queue, call_timeout=call_timeout,
         max_timeout=max_timeout, max_body=max_body, max_batch=max_batch,
         idle_seconds=idle_seconds, max_sessions=max_sessions, dask=dask_address,
+        contexts=ContextOptions(store=context_store, max_contexts=max_contexts,
+                                max_bytes=context_max_bytes, idle_expiry=context_expiry,
+                                idle_seconds=context_idle_seconds),
         **extra)  # type: ignore[arg-type]
     try:
         serve(options, host, port, log_level,

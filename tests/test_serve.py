@@ -404,7 +404,11 @@ def test_run_code(server: Server) -> None:
     with server.client() as c:
         r = c.post("/v1/run", json={"lang": "js", "code": "console.log('x'); [1, 'a', null]"})
         assert r.status_code == 200, r.text
-        assert r.json() == {"value": [1, "a", None], "stdout": "x\n", "stderr": "", "error": None}
+        body = r.json()
+        assert {k: body[k] for k in ("value", "stdout", "stderr", "error", "files", "display")} \
+            == {"value": [1, "a", None], "stdout": "x\n", "stderr": "", "error": None,
+                "files": {}, "display": []}
+        assert body["duration_ms"] > 0
         r = c.post("/v1/run", json={"lang": "lua", "code": "return 6 * 7"})
         assert r.json()["value"] == 42
         r = c.post("/v1/run", json={"lang": "js", "code": "while (true) {}", "timeout": 0.2})

@@ -7,6 +7,7 @@ expression statement is the result, as in the interactive interpreter.
 """
 
 import ast
+import base64
 import builtins
 import collections  # noqa: F401  (the warm set)
 import dataclasses  # noqa: F401
@@ -18,6 +19,7 @@ import itertools  # noqa: F401
 import json
 import linecache
 import math  # noqa: F401
+import os
 import random
 import re
 import statistics  # noqa: F401
@@ -42,6 +44,93 @@ class ToolError(Exception):
 
 builtins.OutputLimitError = OutputLimitError
 builtins.ToolError = ToolError
+
+# Rich output (IPython's display protocol): `display(obj)` and a last value with `_repr_*_`
+# methods become MIME bundles, handed to the host as this file among the run's files
+# (snapcell/code/result.py takes it out of them).
+_DISPLAY_FILE = "/tmp/.snapcell/display.json"
+_REPRS = (("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
+          ("image/svg+xml", "_repr_svg_"), ("image/png", "_repr_png_"),
+          ("image/jpeg", "_repr_jpeg_"), ("application/json", "_repr_json_"))
+_displays = []
+
+
+def _bundle(obj):
+    """The MIME bundle of `obj`: its `_repr_*_` outputs plus text/plain; None without any."""
+    bundle = {}
+    for mime, name in _REPRS:
+        method = getattr(type(obj), name, None)
+        if method is None:
+            continue
+        try:
+            data = method(obj)
+        except Exception:
+            continue
+        if isinstance(data, tuple) and len(data) == 2:
+            data = data[0]                     # (data, metadata)
+        if data is None:
+            continue
+        if mime in ("image/png", "image/jpeg"):
+            if isinstance(data, str):
+                data = data.encode("ascii", "replace")
+                try:
+                    base64.b64decode(data, validate=True)
+                except ValueError:
+                    continue
+                bundle[mime] = data.decode("ascii")
+            elif isinstance(data, (bytes, bytearray)):
+                bundle[mime] = base64.b64encode(bytes(data)).decode("ascii")
+        elif mime == "application/json":
+            try:
+                json.dumps(data)
+            except (TypeError, ValueError):
+                continue
+            bundle[mime] = data
+        elif isinstance(data, str):
+            bundle[mime] = data
+    if not bundle:
+        return None
+    try:
+        bundle["text/plain"] = repr(obj)
+    except Exception:
+        pass
+    return bundle
+
+
+def display(*objs):
+    """Show `objs` as rich output of this run (their `_repr_*_` MIME bundles)."""
+    for obj in objs:
+        bundle = _bundle(obj) or {"text/plain": obj if isinstance(obj, str) else repr(obj)}
+        _displays.append(bundle)
+
+
+builtins.display = display
+
+
+def _flush_display(value):
+    """Write this run's bundles (the `display()` calls, then the last value's) for the host;
+    True when the value had a bundle of its own."""
+    bundle = _bundle(value) if value is not None else None
+    if bundle is not None:
+        _displays.append(bundle)
+    if not _displays:
+        return False
+    try:
+        os.makedirs("/tmp/.snapcell", exist_ok=True)
+        with open(_DISPLAY_FILE, "w") as f:
+            json.dump(_displays, f)
+    except (OSError, TypeError, ValueError):
+        pass
+    _displays.clear()
+    return bundle is not None
+
+
+def _clear_display():
+    _displays.clear()
+    try:
+        os.remove(_DISPLAY_FILE)
+    except OSError:
+        pass
 
 
 class _Stream(io.TextIOBase):
@@ -74,10 +163,40 @@ class _Stream(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         if not _snapcell.write(self._stream, s):
             raise OutputLimitError("output limit exceeded")
+        if _streaming[0] is not None:
+            _pending.append((self._stream, s))
+            if "\n" in s:
+                _flush_output()
         return len(s)
 
     def flush(self):
         pass
+
+
+# Streaming: when the host lists the `_snapcell_output` tool in a run, output also goes to
+# the host line by line (one tool call per flush) while the code runs; otherwise it costs
+# nothing more than the captured buffer.
+STREAM_TOOL = "_snapcell_output"
+_streaming = [None]
+_pending = []
+
+
+def _flush_output():
+    """Send the pending output chunks to the host ([[stream, text], ...])."""
+    send = _streaming[0]
+    if send is None or not _pending:
+        return
+    chunks = []
+    for stream, text in _pending:
+        if chunks and chunks[-1][0] == stream:
+            chunks[-1][1] += text
+        else:
+            chunks.append([stream, text])
+    _pending.clear()
+    try:
+        send(chunks)
+    except Exception:  # the host stopped listening: the output stays in the result
+        _streaming[0] = None
 
 
 sys.stdout = sys.__stdout__ = _Stream(1, "<stdout>")
@@ -169,7 +288,22 @@ def run(code, filename, tools):
     """Run `code`; (True, value) or (False, (type, message, stack, line))."""
     ns = _main
     for name in tools:
-        ns[name] = _make_tool(name)
+        if name == STREAM_TOOL:
+            _streaming[0] = _make_tool(name)
+        else:
+            ns[name] = _make_tool(name)
+    try:
+        return _run(code, filename, ns)
+    finally:
+        _flush_output()
+        _streaming[0] = None
+
+
+def _run(code, filename, ns):
+    """`run` without the streaming bookkeeping."""
+    if _displays or _shown[0]:
+        _clear_display()
+        _shown[0] = False
     try:
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
@@ -177,16 +311,27 @@ def run(code, filename, tools):
         except SyntaxError:
             expr = None
         if expr is not None:
-            return (True, eval(expr, ns))
-        tree = ast.parse(code, filename, "exec")
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        if tree.body:
-            exec(compile(tree, filename, "exec"), ns)
-        return (True, eval(compile(last, filename, "eval"), ns) if last is not None else None)
+            value = eval(expr, ns)
+        else:
+            tree = ast.parse(code, filename, "exec")
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            if tree.body:
+                exec(compile(tree, filename, "exec"), ns)
+            value = eval(compile(last, filename, "eval"), ns) if last is not None else None
     except BaseException as e:  # noqa: B036  (SystemExit and all: the code's failure)
+        _displays.clear()
         return (False, _describe(e, filename))
+    if _displays or (value is not None and not isinstance(value, _PLAIN)):
+        if _flush_display(value):
+            value = None            # a rich value is returned as its display bundle
+        _shown[0] = True
+    return (True, value)
+
+
+_PLAIN = (int, float, str, bytes, bool, list, dict, tuple)
+_shown = [False]        # a display file was written by an earlier run (remove it first)
 
 
 def warm_up():

@@ -701,6 +701,11 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
         r.update(serving.bench_call_many(snap, hf, 10_000, 3 if quick else 5))
         r.update(serving.bench_http(snap, 400 if quick else 3000))
 
+    @step("code contexts")
+    def _() -> None:
+        from .contexts import bench_contexts
+        r.update(bench_contexts(quick))
+
     @step("peers")
     def _() -> None:
         r.update(_peers(n))

@@ -98,37 +98,46 @@ def bench_http(snap: Snapshot, requests: int, concurrencies: Sequence[int] = (1,
     `pool_size`), `requests` requests at each client concurrency; latency per request and
     requests/s. The load generator (httpx, asyncio) runs in this process: both share the
     machine's cores."""
-    import httpx
     out: dict[str, Stats] = {}
     with tempfile.TemporaryDirectory(prefix="snapcell-bench-serve-") as tmp:
         snap.save(os.path.join(tmp, "layout"), "bench")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "snapcell", "serve", "--port", "0", "--snapshot",
-             f"bench={os.path.join(tmp, 'layout')}#bench", "--host-functions",
+        proc, url = start_serve(
+            ["--snapshot", f"bench={os.path.join(tmp, 'layout')}#bench", "--host-functions",
              "snapcell.bench.serving:host_functions", "--pool-size", str(pool_size),
-             "--max-queue", "1024", "--cache-dir", os.path.join(tmp, "cache")],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "--max-queue", "1024", "--cache-dir", os.path.join(tmp, "cache")])
         try:
-            assert proc.stdout is not None
-            m = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
-            if m is None:
-                raise RuntimeError("snapcell serve did not start")
-            url = m.group(0)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("snapcell serve did not become healthy")
-                time.sleep(0.05)
             for c in concurrencies:
                 out[f"http_call_add_{c}_clients"] = asyncio.run(_load(url, c, requests))
         finally:
             stop_process(proc)
     return out
+
+
+def start_serve(args: Sequence[str]) -> "tuple[subprocess.Popen[str], str]":
+    """A `snapcell serve --port 0 ARGS` process on 127.0.0.1, healthy, and its URL (stop it
+    with `stop_process`)."""
+    import httpx
+    proc = subprocess.Popen([sys.executable, "-m", "snapcell", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
+        if m is None:
+            raise RuntimeError("snapcell serve did not start")
+        url = m.group(0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("snapcell serve did not become healthy")
+            time.sleep(0.05)
+    except BaseException:
+        stop_process(proc)
+        raise
 
 
 def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:

@@ -23,10 +23,13 @@ from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
 from ..guest.functions import Signature
 from .auth import key_from_headers
+from .contexts import ContextService
+from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
 from .jsonvalues import args_from_json, dumps_safe, parse_body, result_to_json
 from .limits import BodyLimit
 from .service import Service
+from .streaming import event_stream, wants_stream
 
 T = TypeVar("T")
 
@@ -72,12 +75,20 @@ RUN_BODY = {"content": {"application/json": {"schema": {
 def create_app(service: Service) -> FastAPI:
     """The ASGI application of `service` (limits applied by the BodyLimit middleware)."""
 
+    contexts = ContextService(service.options.contexts, service.options.cache_dir,
+                              service.options.max_queue)
+
+    mcp_running: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await contexts.start()
         try:
-            yield
+            async with mcp_running:
+                yield
         finally:
+            await contexts.close()
             await service.close()
 
     app = FastAPI(title="snapcell", version=__version__, lifespan=lifespan,
@@ -117,6 +128,11 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: "
                            "Bearer <key> or X-API-Key)" if key is None else "invalid API key")
         return tenant
+
+    app.include_router(contexts_router(service, contexts, tenant_of, _json_object))
+    with contextlib.suppress(ImportError):      # /mcp needs the `mcp` extra
+        from .mcp import mount
+        mcp_running = mount(app, service, contexts)
 
     # ---------------------------------------------------------------- open endpoints
     @app.get("/healthz", tags=["service"])
@@ -257,10 +273,14 @@ def create_app(service: Service) -> FastAPI:
             from .code import CodeResult
             r = CodeResult.of(await _until_disconnect(request, service.cluster.run(
                 lang, code, timeout=timeout)))
+        elif wants_stream(request):         # server-sent events: output while it runs
+            return event_stream(lambda on_output: service.code.run(  # type: ignore[return-value]
+                code, lang=lang, files=files, timeout=timeout, on_output=on_output),
+                lambda r: r.to_json())
         else:
             r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
                                                                    timeout=timeout))
-        return {"value": r.value, "stdout": r.stdout, "stderr": r.stderr, "error": r.error}
+        return r.to_json()
 
     return app
 

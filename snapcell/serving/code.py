@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
@@ -48,17 +48,35 @@ class CodeResult:
     stdout: str
     stderr: str
     error: dict[str, Any] | str | None
+    files: dict[str, Any] = field(default_factory=dict)
+    display: list[dict[str, Any]] = field(default_factory=list)
+    duration_ms: float = 0.0
 
     @classmethod
     def of(cls, result: Any) -> "CodeResult":
         """From a backend's result object (the value made JSON-able: bytes as
-        {"base64": ...}, non-finite floats as "NaN", "Infinity", "-Infinity"; a CodeError as its dict)."""
+        {"base64": ...}, non-finite floats as "NaN", "Infinity", "-Infinity"; a CodeError as its
+        dict; files as text, or {"base64": ...} when not UTF-8)."""
         err = getattr(result, "error", None)
-        if err is not None:
+        if err is not None and not isinstance(err, dict):
             err = err.to_dict() if hasattr(err, "to_dict") else str(err)
+        files = {}
+        for name, data in (getattr(result, "files", None) or {}).items():
+            try:
+                files[str(name)] = bytes(data).decode("utf-8")
+            except UnicodeDecodeError:
+                files[str(name)] = _jsonable(bytes(data))
         return cls(_jsonable(getattr(result, "value", None)),
                    str(getattr(result, "stdout", "") or ""),
-                   str(getattr(result, "stderr", "") or ""), err)
+                   str(getattr(result, "stderr", "") or ""), err, files,
+                   list(getattr(result, "display", None) or []),
+                   round(float(getattr(result, "duration", 0.0) or 0.0) * 1000, 3))
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body of a run."""
+        return {"value": self.value, "stdout": self.stdout, "stderr": self.stderr,
+                "error": self.error, "files": self.files, "display": self.display,
+                "duration_ms": self.duration_ms}
 
 
 def _jsonable(v: Any) -> Any:
@@ -77,13 +95,15 @@ def _jsonable(v: Any) -> Any:
 class _Box:
     """A `CodeSandbox` for one run, with the run's files."""
 
+    streams = True          # run takes on_output
+
     def __init__(self, box: Any, files: Mapping[str, str] | None) -> None:
         self._box, self._files = box, files
 
-    def run(self, code: str) -> Any:
+    def run(self, code: str, on_output: Callable[[str, str], None] | None = None) -> Any:
         if self._files:
-            return self._box.run(code, files=self._files)
-        return self._box.run(code)
+            return self._box.run(code, files=self._files, on_output=on_output)
+        return self._box.run(code, on_output=on_output)
 
     def kill(self) -> None:
         self._box._sb.interrupt_handle().kill()     # noqa: SLF001 (cancel from another thread)
@@ -115,9 +135,10 @@ class CodeSandboxBackend:
         import inspect
 
         from ..code import CodeSandbox
+        from ..code.streaming import StreamingCodeSandbox
         if files and "files" not in inspect.signature(CodeSandbox.run).parameters:
             raise ArgumentError("files are not supported by this build's code sandboxes")
-        return _Box(CodeSandbox(lang, timeout=timeout), files)
+        return _Box(StreamingCodeSandbox(lang, timeout=timeout), files)
 
 
 _UNSET: Any = object()
@@ -169,9 +190,12 @@ class CodePool:
 
     async def run(self, code: str, *, lang: str | None = None,
                   files: Mapping[str, str] | None = None,
-                  timeout: float | None = None) -> CodeResult:
+                  timeout: float | None = None,
+                  on_output: Callable[[str, str], None] | None = None) -> CodeResult:
         """Run `code` in a fresh `lang` sandbox (default: the backend's first language);
-        `CodeSandboxUnavailable` without a backend."""
+        `CodeSandboxUnavailable` without a backend. `on_output(stream, text)` (called on a
+        worker thread) receives stdout and stderr while the code runs, when the backend
+        streams (else once, at the end)."""
         backend = self.backend
         if backend is None:
             raise unavailable()
@@ -197,7 +221,14 @@ class CodePool:
             b = backend.open(lang, files=files, timeout=timeout)
             box.append(b)
             try:
-                return CodeResult.of(b.run(code))
+                if on_output is not None and getattr(b, "streams", False):
+                    return CodeResult.of(b.run(code, on_output=on_output))  # type: ignore[call-arg]
+                r = CodeResult.of(b.run(code))
+                if on_output is not None:
+                    for stream, text in (("stdout", r.stdout), ("stderr", r.stderr)):
+                        if text:
+                            on_output(stream, text)
+                return r
             finally:
                 b.close()
         try:

@@ -14,6 +14,7 @@ from ..sandbox import HostFunctions
 from .auth import ApiKeys
 from .catalog import Catalog, PoolSettings
 from .code import CodePool
+from .contexts import ContextOptions
 from .metrics import PoolMetrics
 from .pool import check_timeout
 from .sessions import SessionManager
@@ -46,6 +47,7 @@ class ServeOptions:
     session_workers: int = 4
     code_concurrency: int = 2
     dask: str | None = None             # scheduler address: calls and runs go to that cluster
+    contexts: ContextOptions = field(default_factory=ContextOptions)
 
 
 class Service:

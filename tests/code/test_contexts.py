@@ -1,0 +1,127 @@
+"""Code contexts in the library (`snapcell.code.contexts`): state across runs, checkpoints in a
+store that other `ContextStore`s (other processes) resume, one diff layer per context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapcell.code.contexts import ContextLimitExceeded, ContextLimits, ContextNotFound, ContextStore
+from snapcell.snapshot import inspect
+
+
+def test_state_survives_pause_and_other_stores(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path)
+    ctx = store.create("python", "alice")
+    assert ctx.run("x = 41").ok and ctx.run("x + 1").value == 42
+    for i in range(12):          # many checkpoints and resumes: still one layer on the base
+        ctx.run(f"x += 1\nl{i} = list(range(100))")
+        ctx.pause()
+        ctx = ContextStore(tmp_path).open(ctx.id, "alice")
+    assert ctx.run("x").value == 53 and ctx.run("len(l11)").value == 100
+    ctx.pause()
+    info = inspect(str(store.root / ctx.rec.layout), f"{ctx.id}.v{ctx.rec.version}")
+    assert info["depth"] == 2
+    assert 0 < ctx.rec.bytes == info["layers"][-1]["size"] < 8 << 20
+    with pytest.raises(ContextNotFound):
+        store.open(ctx.id, "bob")
+
+
+def test_a_live_context_picks_up_a_newer_checkpoint(tmp_path: Path) -> None:
+    a = ContextStore(tmp_path).create("python", "t")
+    a.run("v = 1")
+    a.checkpoint()
+    b = ContextStore(tmp_path).open(a.id, "t")
+    b.run("v = 2")
+    b.checkpoint()
+    assert a.run("v").value == 2          # a's VM is replaced by b's checkpoint
+    a.close()
+    b.close()
+
+
+def test_fork_reset_timeout_and_files(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path)
+    ctx = store.create("python", "t", timeout=1.0)
+    ctx.run("import math\nk = 3")
+    ctx.checkpoint()
+    ctx.run("k = 4")
+    r = ctx.run("while True: pass", timeout=0.2)
+    assert r.error is not None and r.error.type == "TimeoutError"
+    assert ctx.run("k").value == 3                    # back to the last checkpoint
+    child = ctx.fork()
+    child.run("k = 9")
+    assert ctx.run("k").value == 3 and child.run("k").value == 9
+    ctx.write_file("d/f.bin", b"\0\1")
+    assert ctx.read_file("d/f.bin") == b"\0\1"
+    with pytest.raises(FileNotFoundError):
+        ctx.read_file("missing")
+    ctx.reset()
+    assert ctx.run("k").error is not None
+    js = store.create("js", "t")
+    js.run("globalThis.a = 1")
+    assert js.run("a + 1").value == 2
+    with pytest.raises(Exception, match="no file system"):
+        js.write_file("x", b"")
+    for c in (ctx, child, js):
+        c.close()
+
+
+def test_limits_per_tenant(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path, ContextLimits(max_contexts=2, max_bytes=1))
+    a = store.create("lua", "t")
+    store.create("lua", "t")
+    with pytest.raises(ContextLimitExceeded):
+        store.create("lua", "t")
+    store.create("lua", "other")
+    a.run("x = {} for i = 1, 1000 do x[i] = i end")
+    with pytest.raises(ContextLimitExceeded):
+        a.checkpoint()                     # over the bytes budget: refused, state kept live
+    assert a.run("return #x").value == 1000
+    store.delete(a.id, "t")
+    with pytest.raises(ContextNotFound):
+        store.open(a.id, "t")
+    a.close()
+
+
+def test_rich_output(tmp_path: Path) -> None:
+    ctx = ContextStore(tmp_path).create("python", "t")
+    r = ctx.run("class T:\n  def _repr_json_(self): return {'n': 1}\n"
+                "  def _repr_markdown_(self): return '# t'\ndisplay(1, 'a')\nT()")
+    assert r.value is None and r.files == {}
+    assert r.display == [{"text/plain": "1"}, {"text/plain": "a"},
+                         {"text/markdown": "# t", "application/json": {"n": 1},
+                          "text/plain": r.display[2]["text/plain"]}]
+    assert ctx.run("2").display == []
+    r = ctx.run("display(T())\nraise ValueError('x')")
+    assert r.error is not None and r.display == []
+    ctx.close()
+
+
+def test_store_keeps_one_checkpoint_per_context(tmp_path: Path) -> None:
+    from snapcell.snapshot.oci import entries
+    store = ContextStore(tmp_path)
+    ctx = store.create("lua", "t")
+    for i in range(3):
+        ctx.run(f"v = {i}")
+        ctx.checkpoint()
+    store.collect()
+    shard = str(store.root / ctx.rec.layout)
+    tags = sorted(t for t, _ in entries(shard) if t and t.startswith("ctx_"))
+    assert tags == [f"{ctx.id}.v3"]
+    assert ContextStore(tmp_path).open(ctx.id, "t").run("return v").value == 2
+    store.delete(ctx.id, "t")
+    store.collect()
+    assert not [t for t, _ in entries(shard) if t and t.startswith("ctx_")]
+    ctx.close()
+
+
+def test_a_context_deleted_elsewhere_is_not_brought_back(tmp_path: Path) -> None:
+    ctx = ContextStore(tmp_path).create("lua", "t")
+    ctx.run("v = 1")
+    ContextStore(tmp_path).delete(ctx.id, "t")
+    with pytest.raises(ContextNotFound):
+        ctx.checkpoint()
+    with pytest.raises(ContextNotFound):
+        ContextStore(tmp_path).open(ctx.id, "t")
+    ctx.close()
