@@ -61,7 +61,7 @@ $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/
 	touch $@
 
 $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.py \
-             guests/python/_snapcell_runner.py
+             guests/python/_snapcell_runner.py guests/python/_snapcell_sandbox.py
 	$(CPY)/obj/python scripts/build_python_image.py build/python
 
 build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(SDK) | setup

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "build" / "third_party" / "cpython" / "Lib"
 RUNNER = ROOT / "guests" / "python" / "_snapcell_runner.py"
+SANDBOX = ROOT / "guests" / "python" / "_snapcell_sandbox.py"  # imported by the runner
 PREFIX = "/usr/lib/python3.11"
 EXCLUDE_DIRS = {"idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "venv",
                 "lib2to3/tests", "distutils/tests", "unittest/test", "ctypes/test",
@@ -102,6 +103,7 @@ def main(out_dir: str) -> None:
         for src in sources:
             add(src, src.relative_to(LIB).as_posix())
         add(RUNNER, RUNNER.name)
+        add(SANDBOX, SANDBOX.name)
         obj = ROOT / "build" / "cpython" / "obj"      # sysconfig's data of this build
         for gen in (obj / (obj / "pybuilddir.txt").read_text().strip()).glob("_sysconfigdata_*.py"):
             add(gen, gen.name)

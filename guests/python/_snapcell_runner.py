@@ -27,7 +27,9 @@ import textwrap  # noqa: F401
 import traceback
 
 import _snapcell
+import _snapcell_sandbox as _sandbox
 
+_sandbox.install()
 _main = sys.modules["__main__"].__dict__
 _HERE = __file__
 
@@ -120,9 +122,7 @@ def reseed(seed):
 
 def _describe(e, filename):
     """(type, message, stack, line) of an exception raised by the code."""
-    tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == _HERE:
-        tb = tb.tb_next           # drop the runner's own frames
+    tb = _code_frames(e.__traceback__, filename)
     line = 0
     if isinstance(e, SyntaxError) and e.filename == filename and e.lineno:
         line = e.lineno
@@ -139,6 +139,7 @@ def _describe(e, filename):
         message = str(e)
     except Exception:
         message = "(unprintable exception)"
+    message, stack = _teaching(e, message, stack)
     return (type(e).__qualname__, message, stack, line)
 
 
@@ -149,21 +150,76 @@ def run(code, filename, tools):
         ns[name] = _make_tool(name)
     try:
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        try:
-            expr = compile(code, filename, "eval")        # a lone expression: the quick path
+        try:                                              # a lone expression: the quick path
+            expr = compile(code, filename, "eval", _TOP_AWAIT)
         except SyntaxError:
             expr = None
         if expr is not None:
+            if expr.co_flags & _CO_COROUTINE:
+                return (True, _sandbox.run_coroutine(_run_async(None, expr, ns)))
             return (True, eval(expr, ns))
         tree = ast.parse(code, filename, "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        if tree.body:
-            exec(compile(tree, filename, "exec"), ns)
-        return (True, eval(compile(last, filename, "eval"), ns) if last is not None else None)
-    except BaseException as e:  # noqa: B036  (SystemExit and all: the code's failure)
+        body = compile(tree, filename, "exec", _TOP_AWAIT) if tree.body else None
+        tail = compile(last, filename, "eval", _TOP_AWAIT) if last is not None else None
+        if any(c is not None and c.co_flags & _CO_COROUTINE for c in (body, tail)):
+            return (True, _sandbox.run_coroutine(_run_async(body, tail, ns)))
+        if body is not None:
+            exec(body, ns)
+        return (True, eval(tail, ns) if tail is not None else None)
+    except SystemExit as e:
+        ok, message = _sandbox.exit_outcome(e)
+        if ok:
+            return (True, None)                           # sys.exit() / sys.exit(0)
+        kind, _, stack, line = _describe(e, filename)
+        return (False, (kind, message, stack, line))
+    except BaseException as e:  # noqa: B036  (KeyboardInterrupt and all: the code's failure)
         return (False, _describe(e, filename))
+
+
+# ---- top-level await, frames and errors that teach (the sandbox's part of a run) ----------------
+
+_TOP_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+_CO_COROUTINE = 0x80                                      # inspect.CO_COROUTINE
+
+
+async def _run_async(body, tail, ns):
+    """A run with top-level `await`: the body, then the last expression's value, in one loop."""
+    if body is not None:
+        r = eval(body, ns)
+        if body.co_flags & _CO_COROUTINE:
+            await r
+    if tail is None:
+        return None
+    r = eval(tail, ns)
+    return (await r) if tail.co_flags & _CO_COROUTINE else r
+
+
+def _code_frames(tb, filename):
+    """The traceback from the code's first frame on (the runner's and asyncio's frames that
+    lead there dropped); without one, from the first frame outside the runner."""
+    t = tb
+    while t is not None and t.tb_frame.f_code.co_filename != filename:
+        t = t.tb_next
+    if t is not None:
+        return t
+    while tb is not None and tb.tb_frame.f_code.co_filename == _HERE:
+        tb = tb.tb_next
+    return tb
+
+
+def _teaching(e, message, stack):
+    """(message, stack) with the sandbox's hint added when `e` comes from something it leaves
+    out (a module not in the image, a host path)."""
+    try:
+        hint = _sandbox.teach(e)
+    except Exception:
+        hint = None
+    if not hint:
+        return message, stack
+    return f"{message}. {hint}", f"{stack}hint: {hint}\n"
 
 
 def warm_up():
