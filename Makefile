@@ -47,9 +47,14 @@ build/lib/libquickjs.a: $(QJS_DIR)/.snapcell-sha256
 build/lib/liblua.a: $(LUA_DIR)/.snapcell-sha256
 	$(PY) -m snapcell guest build --static-lib $(LUA_SRCS) -o $@
 
-build/guests/js.elf: guests/js/js_guest.c $(CODEBOX) build/lib/libquickjs.a $(SDK) | setup
+# the JS guest's prelude (web APIs, timers) as a C byte array
+build/js/prelude.h: guests/js/prelude.js
+	mkdir -p build/js
+	$(PY) -c "import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'w').write('static const char js_prelude[] = {' + ','.join(map(str, d)) + ',0};\n')" $< $@
+
+build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h $(CODEBOX) build/lib/libquickjs.a $(SDK) | setup
 	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c -I guests/common \
-	  -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
+	  -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
 
 build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK) | setup
 	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c -I guests/common \
