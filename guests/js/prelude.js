@@ -433,10 +433,12 @@
     const Intl = {};
     for (const name of ["NumberFormat", "DateTimeFormat", "Collator", "PluralRules",
                         "RelativeTimeFormat", "ListFormat", "DisplayNames", "Segmenter", "Locale"]) {
-        define(Intl, name, { [name]() {
+        const ctor = function () {
             throw new RangeError(`Intl.${name} is not available ${SANDBOX}: QuickJS-ng has no ` +
                 `Intl; format the value yourself (toFixed, padStart, getFullYear...)`);
-        } }[name]);
+        };
+        Object.defineProperty(ctor, "name", { value: name });
+        define(Intl, name, ctor);
     }
     define(Intl, "getCanonicalLocales", function getCanonicalLocales() {
         throw new RangeError(`Intl is not available ${SANDBOX}`);
