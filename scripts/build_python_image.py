@@ -36,7 +36,8 @@ REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetime
                  "test_struct", "test_base64", "test_zlib", "test_enum", "test_operator",
                  "test_fstring", "test_string_literals", "dataclass_module_1",
                  "dataclass_module_1_str", "dataclass_module_2", "dataclass_module_2_str",
-                 "dataclass_textanno")
+                 "dataclass_textanno",
+                 "test_asyncio", "test_sqlite3", "test_lzma", "test_bz2")  # issue 26's modules
 # The time zone database (Debian's tzdata, installed by the set-up) for zoneinfo, less its
 # duplicate right/ and posix/ trees.
 ZONEINFO = Path("/usr/share/zoneinfo")

@@ -273,6 +273,13 @@ def teach(e):
     """A hint for an exception caused by something the sandbox leaves out, else None."""
     if isinstance(e, ModuleNotFoundError) and e.name:
         return NOT_IN_IMAGE.format(name=repr(e.name))
+    if isinstance(e, MemoryError):
+        import _snapcell
+        limit = _snapcell.memory()[1]
+        if limit > 0:
+            return (f"the run's memory limit is {limit / 2**20:.0f} MiB (CodeSandbox("
+                    "memory_limit=...), at most 128 MiB; lzma's default preset alone needs "
+                    "~94 MiB to compress: pass preset=3 or less)")
     if type(e).__name__ == "URLError" and "unknown url type: https" in str(e):
         return NO_NETWORK + " (and there is no ssl module)"    # urllib without _ssl
     if isinstance(e, FileNotFoundError) and isinstance(e.filename, str):
