@@ -42,7 +42,8 @@ REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetime
 # duplicate right/ and posix/ trees.
 ZONEINFO = Path("/usr/share/zoneinfo")
 TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
-              "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck")
+              "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck",
+              "ssl_cert.pem", "ssl_key.pem", "pycacert.pem", "keycert3.pem")  # test_asyncio.utils
 
 
 def _load_fsimage():  # the module alone: the snapcell package needs third-party libraries

@@ -192,6 +192,12 @@ def _patch_asyncio(asyncio):
         def _write_to_self(self):
             pass
 
+        async def shutdown_default_executor(self, timeout=None):
+            # asyncio joins the executor from a new thread; no thread of it ever started
+            self._executor_shutdown_called = True
+            if self._default_executor is not None:
+                self._default_executor.shutdown(wait=False)
+
         def add_signal_handler(self, sig, callback, *args):
             raise RuntimeError("the sandbox delivers no signals")
 
