@@ -22,6 +22,9 @@ CPY         := build/cpython
 CPY_SRC     := build/third_party/cpython
 CPY_STAMP   := $(CPY)/.inputs-sha256
 PY_IMAGE    := build/python/stdlib_image.S
+# bzip2, liblzma and SQLite for _bz2, _lzma and _sqlite3 (built static with CPython)
+CPY_DBLIB_SRCS := $(addsuffix /.snapcell-sha256,$(addprefix build/third_party/,bzip2 xz-utils sqlite3))
+CPY_DBLIBS  := $(addprefix --lib $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a)
 
 .PHONY: all setup guests code-guests native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
 
@@ -48,28 +51,35 @@ build/lib/libquickjs.a: $(QJS_DIR)/.snapcell-sha256
 build/lib/liblua.a: $(LUA_DIR)/.snapcell-sha256
 	$(PY) -m snapcell guest build --static-lib $(LUA_SRCS) -o $@
 
-build/guests/js.elf: guests/js/js_guest.c $(CODEBOX) build/lib/libquickjs.a $(SDK) | setup
+# the JS guest's prelude (web APIs, timers) as a C byte array
+build/js/prelude.h: guests/js/prelude.js
+	mkdir -p build/js
+	$(PY) -c "import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'w').write('static const char js_prelude[] = {' + ','.join(map(str, d)) + ',0};\n')" $< $@
+
+build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h $(CODEBOX) build/lib/libquickjs.a $(SDK) | setup
 	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c -I guests/common \
-	  -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
+	  -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
 
 build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK) | setup
 	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c -I guests/common \
 	  -I $(LUA_DIR) --lib build/lib/liblua.a -o $@
 
 $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
+              $(CPY_DBLIB_SRCS) \
               scripts/build_cpython.sh $(wildcard third_party/patches/cpython-*.patch)
 	JOBS=2 bash scripts/build_cpython.sh
 	touch $@
 
 $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.py \
-             guests/python/_snapcell_runner.py
+             guests/python/_snapcell_runner.py guests/python/_snapcell_sandbox.py
 	$(CPY)/obj/python scripts/build_python_image.py build/python
 
 build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c $(PY_IMAGE) \
-	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj --lib $(CPY)/obj/libpython3.11.a \
+	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
+	  --lib $(CPY)/obj/libpython3.11.a \
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
-	  --lib $(CPY)/prefix/lib/libz.a -o $@
+	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) -o $@
 
 # CPython's own Lib/test modules inside a sandbox and natively (docs/code-sandboxes.md)
 cpython-referee: code-guests

@@ -31,6 +31,16 @@ command -v musl-gcc >/dev/null || { echo "build_cpython: musl-gcc missing (musl-
 
 inputs=$(cat "$SRC/.snapcell-sha256" "$ZSRC/.snapcell-sha256" "$0" third_party/patches/cpython-*.patch \
          | sha256sum | cut -d' ' -f1)
+# ---- _bz2, _lzma, _sqlite3 (inputs): the sources of their libraries --------------------------
+DBLIBS="bzip2 xz-utils sqlite3"
+for d in $DBLIBS; do
+  [ -f "$ROOT/build/third_party/$d/.snapcell-sha256" ] || {
+    echo "build_cpython: sources missing; run scripts/fetch_third_party.py $DBLIBS" >&2; exit 1; }
+done
+inputs=$( { echo "$inputs"; for d in $DBLIBS; do cat "$ROOT/build/third_party/$d/.snapcell-sha256"; done; } \
+         | sha256sum | cut -d' ' -f1)
+# ---- end of the _bz2, _lzma, _sqlite3 inputs --------------------------------------------------
+
 if [ -f "$OUT/.inputs-sha256" ] && [ "$(cat "$OUT/.inputs-sha256")" = "$inputs" ] \
    && [ -f "$OUT/obj/libpython3.11.a" ] && [ -x "$OUT/obj/python" ]; then
   exit 0
@@ -45,6 +55,38 @@ CFLAGS_COMMON="-O2 -fno-pie -fstack-clash-protection"
 cp -r "$ZSRC" "$OUT/zlib"
 (cd "$OUT/zlib" && CFLAGS="$CFLAGS_COMMON" ./configure --static --prefix="$OUT/prefix" >/dev/null \
    && make -s -j"$JOBS" libz.a >/dev/null && make -s install >/dev/null)
+
+# ---- bzip2, liblzma, SQLite: static musl libraries for _bz2, _lzma, _sqlite3 ----------------
+# Installed in $OUT/prefix like zlib, where configure finds them (pkg-config files for liblzma and
+# sqlite3; bzip2 has none: its header and -lbz2 are checked directly). SQLite is the amalgamation
+# made from Debian's source tree (tclsh makes it, the host compiler its generators), compiled
+# with musl; no loadable extensions (a static guest loads no shared objects).
+cp -r "$ROOT/build/third_party/bzip2" "$OUT/bzip2"
+make -s -C "$OUT/bzip2" -j"$JOBS" libbz2.a CC=musl-gcc CFLAGS="$CFLAGS_COMMON -D_FILE_OFFSET_BITS=64" \
+  >/dev/null
+install -m 644 "$OUT/bzip2/libbz2.a" "$OUT/prefix/lib/"
+install -m 644 "$OUT/bzip2/bzlib.h" "$OUT/prefix/include/"
+cp -a "$ROOT/build/third_party/xz-utils" "$OUT/xz"      # -a: keep mtimes (no autotools rerun)
+(cd "$OUT/xz" && CFLAGS="$CFLAGS_COMMON" LDFLAGS="-static -no-pie" ./configure --prefix="$OUT/prefix" --disable-shared \
+   --enable-static --disable-threads --disable-nls --disable-xz --disable-xzdec --disable-lzmadec \
+   --disable-lzmainfo --disable-lzma-links --disable-scripts --disable-doc >/dev/null \
+   && make -s -C src/liblzma -j"$JOBS" >/dev/null && make -s -C src/liblzma install >/dev/null)
+cp -a "$ROOT/build/third_party/sqlite3" "$OUT/sqlite-src"
+(cd "$OUT/sqlite-src" && CC=cc ./configure --disable-tcl --disable-readline >/dev/null \
+   && make -s sqlite3.c >/dev/null)
+SQLITE_DEFS="-DSQLITE_OMIT_LOAD_EXTENSION -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_MATH_FUNCTIONS"
+(cd "$OUT/sqlite-src" && musl-gcc $CFLAGS_COMMON $SQLITE_DEFS -c sqlite3.c -o sqlite3.o \
+   && ar rcs "$OUT/prefix/lib/libsqlite3.a" sqlite3.o)
+install -m 644 "$OUT/sqlite-src/sqlite3.h" "$OUT/prefix/include/"
+cat > "$OUT/prefix/lib/pkgconfig/sqlite3.pc" <<PC
+prefix=$OUT/prefix
+Name: SQLite
+Description: SQL database engine (static, musl)
+Version: $(cat "$OUT/sqlite-src/VERSION")
+Libs: -L\${prefix}/lib -lsqlite3
+Cflags: -I\${prefix}/include
+PC
+# ---- end of bzip2, liblzma, SQLite ------------------------------------------------------------
 
 # ---- CPython: configure ----------------------------------------------------------------------
 cp "$SRC/configure" "$OUT/configure"

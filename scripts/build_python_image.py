@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "build" / "third_party" / "cpython" / "Lib"
 RUNNER = ROOT / "guests" / "python" / "_snapcell_runner.py"
+SANDBOX = ROOT / "guests" / "python" / "_snapcell_sandbox.py"  # imported by the runner
 PREFIX = "/usr/lib/python3.11"
 EXCLUDE_DIRS = {"idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "venv",
                 "lib2to3/tests", "distutils/tests", "unittest/test", "ctypes/test",
@@ -35,12 +36,14 @@ REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetime
                  "test_struct", "test_base64", "test_zlib", "test_enum", "test_operator",
                  "test_fstring", "test_string_literals", "dataclass_module_1",
                  "dataclass_module_1_str", "dataclass_module_2", "dataclass_module_2_str",
-                 "dataclass_textanno")
+                 "dataclass_textanno",
+                 "test_asyncio", "test_sqlite3", "test_lzma", "test_bz2")  # issue 26's modules
 # The time zone database (Debian's tzdata, installed by the set-up) for zoneinfo, less its
 # duplicate right/ and posix/ trees.
 ZONEINFO = Path("/usr/share/zoneinfo")
 TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
-              "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck")
+              "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck",
+              "ssl_cert.pem", "ssl_key.pem", "pycacert.pem", "keycert3.pem")  # test_asyncio.utils
 
 
 def _load_fsimage():  # the module alone: the snapcell package needs third-party libraries
@@ -102,6 +105,7 @@ def main(out_dir: str) -> None:
         for src in sources:
             add(src, src.relative_to(LIB).as_posix())
         add(RUNNER, RUNNER.name)
+        add(SANDBOX, SANDBOX.name)
         obj = ROOT / "build" / "cpython" / "obj"      # sysconfig's data of this build
         for gen in (obj / (obj / "pybuilddir.txt").read_text().strip()).glob("_sysconfigdata_*.py"):
             add(gen, gen.name)

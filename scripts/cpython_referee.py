@@ -23,7 +23,8 @@ MODULES = ("test_json", "test_re", "test_math", "test_datetime", "test_collectio
            "test_statistics", "test_heapq", "test_bisect", "test_textwrap", "test_string",
            "test_fractions", "test_csv", "test_itertools", "test_functools", "test_dataclasses",
            "test_random", "test_struct", "test_base64", "test_zlib", "test_enum", "test_operator",
-           "test_fstring", "test_string_literals")
+           "test_fstring", "test_string_literals", "test_sqlite3", "test_lzma", "test_bz2",
+           "test_asyncio")
 
 # Runs the module's tests with unittest and returns the outcome of every test as a dict
 # {id: ["pass"|"fail"|"error"|"skip", detail]}. The same text runs in both places.
@@ -59,10 +60,28 @@ def _referee(name):
 KNOWN = {
     "test.test_json.test_tool.": "runs `python -m json.tool` in a subprocess",
     "test.test_re.ReTests.test_regression_gh94675": "uses multiprocessing (fork and a pipe)",
+    "test.test_sqlite3.test_dbapi.ThreadTests.": "threads (its sub-tests each start one)",
+    "test.test_sqlite3.test_transactions.TransactionTests.test_locking":
+        "expects a file lock between two connections (one process: SQLite's unix-none VFS)",
+    "test.test_sqlite3.test_transactions.TransactionTests.test_raise_timeout":
+        "expects a file lock between two connections (one process: SQLite's unix-none VFS)",
+    "test.test_asyncio.test_buffered_proto.": "a TCP server and client (the sandbox has no network)",
+    "test.test_asyncio.test_threads.": "asyncio.to_thread (threads: one vCPU, no clone)",
 }
+# test_asyncio modules whose import makes a socket (test.support.socket_helper's
+# skip_unless_bind_unix_socket decorator), so none of their tests load in the sandbox
+for _m in ("test_base_events", "test_events", "test_server", "test_sock_lowlevel",
+           "test_streams", "test_unix_events"):
+    KNOWN[f"test.test_asyncio.{_m}."] = KNOWN[f"unittest.loader._FailedTest.test.test_asyncio.{_m}"] = (
+        "the module makes a socket while it is imported, so none of its tests load (no network)")
 RULES = (
     ("[Errno 38] Function not implemented", "a system call the sandbox leaves out "
                                             "(pipe/fork/exec, sockets, signals)"),
+    ("the sandbox has no processes", "starts a process (the sandbox has none)"),
+    ("the sandbox has no pipes", "makes a pipe (no other process or thread to share it with)"),
+    ("the sandbox has no network", "opens a socket (the sandbox has no network)"),
+    ("the sandbox delivers no signals", "installs a signal handler (nothing delivers signals)"),
+    ("for asyncio to watch", "watches a socket or pipe (the sandbox has none)"),
     ("can't start new thread", "threads (there is one vCPU and no clone)"),
     ("MemoryError", "needs more than the sandbox's heap limit (128 MiB at most)"),
 )

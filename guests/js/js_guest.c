@@ -7,14 +7,20 @@
  * Built-ins: the ECMAScript standard library, console.log/info/debug (stdout) and
  * console.warn/error (stderr), captured with a per-run cap, tools as global functions, and a
  * Math.random reseeded on every new sandbox. There is no file, process or network API.
+ * guests/js/prelude.js (embedded as build/js/prelude.h) adds the web APIs agents expect
+ * (timers, TextEncoder/TextDecoder, atob/btoa, URL, structuredClone, crypto, console.table)
+ * and en-US-only locale formatting; the event loop below drives its timers.
  */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "codebox.h"
 #include "quickjs.h"
 #include "snapcell.h"
+#include "prelude.h"                   /* js_prelude[]: guests/js/prelude.js */
 
 #define JS_STACK_LIMIT (1024 * 1024)  /* JS stack (the guest's is larger: see snapcell/code) */
 #define BASE_MEMORY_LIMIT ((size_t)64 << 20)
@@ -383,8 +389,12 @@ static sc_value respond(void)
     return sc_bytes(r->p, (uint32_t)r->len);
 }
 
+/* ---- the event loop (timers of guests/js/prelude.js) ------------------------------------- */
+
+static JSValue timer_control, timer_fire;      /* the prelude's control object, its fire() */
+
 /* Run pending jobs (promise reactions); the first failing job's exception wins. */
-static JSValue settle(JSValue v)
+static JSValue run_jobs(JSValue v)
 {
     for (;;) {
         JSContext *c2;
@@ -401,6 +411,46 @@ static JSValue settle(JSValue v)
             break;
         }
     }
+    return v;
+}
+
+static int timers_pending(void)
+{
+    int32_t n = 0;
+    JSValue c = JS_GetPropertyStr(ctx, timer_control, "count");
+    if (JS_ToInt32(ctx, &n, c))
+        JS_FreeValue(ctx, JS_GetException(ctx));
+    JS_FreeValue(ctx, c);
+    return n > 0;
+}
+
+/* Wait ms on the host's clock (the SDK's nanosleep polls it: the run's time limit applies). */
+static void wait_ms(double ms)
+{
+    if (!(ms > 0))
+        return;
+    struct timespec ts = {(time_t)(ms / 1000), (long)(fmod(ms, 1000) * 1e6)};
+    nanosleep(&ts, NULL);
+}
+
+/* Jobs, then timers in due order, until neither is left; then the value, promises settled. An
+ * exception thrown by a job or a timer callback ends the loop and is the run's error. */
+static JSValue settle(JSValue v)
+{
+    for (;;) {
+        v = run_jobs(v);
+        if (JS_IsException(v) || !timers_pending())
+            break;
+        JSValue r = JS_Call(ctx, timer_fire, timer_control, 0, NULL);
+        if (JS_IsException(r)) {
+            JS_FreeValue(ctx, v);
+            return JS_EXCEPTION;
+        }
+        double wait = 0;
+        JS_ToFloat64(ctx, &wait, r);
+        JS_FreeValue(ctx, r);
+        wait_ms(wait);
+    }
     if (!JS_IsException(v) && JS_IsPromise(v)) {
         JSPromiseStateEnum st = JS_PromiseState(ctx, v);
         JSValue res = JS_PromiseResult(ctx, v);
@@ -410,12 +460,77 @@ static JSValue settle(JSValue v)
             v = JS_EXCEPTION;
         } else if (st == JS_PROMISE_PENDING) {
             JS_FreeValue(ctx, res);
-            v = JS_ThrowInternalError(ctx, "the script's promise never settled");
+            v = JS_ThrowInternalError(ctx, "the script's promise never settled (no timer or job "
+                                      "is left that could settle it)");
         } else {
             v = res;
         }
     }
     return v;
+}
+
+/* A script with top-level await is evaluated as an async function: its promise resolves to
+ * {value: completion value}, whose own promise (if any) is settled in turn. */
+static JSValue eval_script(const char *code, size_t len, const char *filename)
+{
+    int is_async = memmem(code, len, "await", 5) != NULL;
+    JSValue v = JS_Eval(ctx, code, len, filename,
+                        JS_EVAL_TYPE_GLOBAL | (is_async ? JS_EVAL_FLAG_ASYNC : 0));
+    v = settle(v);
+    if (is_async && !JS_IsException(v)) {
+        JSValue inner = JS_GetPropertyStr(ctx, v, "value");
+        JS_FreeValue(ctx, v);
+        v = JS_IsException(inner) ? inner : settle(inner);
+    }
+    return v;
+}
+
+/* ---- the prelude's native helpers ----------------------------------------------------------- */
+
+static JSValue js_now(JSContext *c, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val, (void)argc, (void)argv;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return JS_NewFloat64(c, (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6);
+}
+
+/* randomBytes(n): an ArrayBuffer of n bytes from getrandom (the sandbox's entropy) */
+static JSValue js_random_bytes(JSContext *c, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val, (void)argc;
+    uint32_t n;
+    uint8_t buf[65536];
+    if (JS_ToUint32(c, &n, argv[0]))
+        return JS_EXCEPTION;
+    if (n > sizeof buf)
+        return JS_ThrowRangeError(c, "at most %u random bytes at once", (unsigned)sizeof buf);
+    for (uint32_t got = 0; got < n;) {
+        ssize_t r = getrandom(buf + got, n - got, 0);
+        if (r <= 0)
+            return JS_ThrowInternalError(c, "getrandom failed");
+        got += (uint32_t)r;
+    }
+    return JS_NewArrayBufferCopy(c, buf, n);
+}
+
+static void install_prelude(JSValueConst global)
+{
+    JSValue fn = JS_Eval(ctx, js_prelude, sizeof js_prelude - 1, "<prelude>", JS_EVAL_TYPE_GLOBAL);
+    JSValue sc = JS_NewObject(ctx);
+    JS_SetPropertyStr(ctx, sc, "now", JS_NewCFunction(ctx, js_now, "now", 0));
+    JS_SetPropertyStr(ctx, sc, "randomBytes", JS_NewCFunction(ctx, js_random_bytes, "randomBytes", 1));
+    JSValue argv[2] = {JS_DupValue(ctx, global), sc};
+    timer_control = JS_IsException(fn) ? JS_EXCEPTION : JS_Call(ctx, fn, JS_UNDEFINED, 2, argv);
+    JS_FreeValue(ctx, argv[0]);
+    JS_FreeValue(ctx, argv[1]);
+    JS_FreeValue(ctx, fn);
+    if (JS_IsException(timer_control)) {
+        JSValue e = JS_GetException(ctx);
+        const char *m = JS_ToCString(ctx, e);
+        sc_abort(1, "the JS prelude failed: %s", m ? m : "?");
+    }
+    timer_fire = JS_GetPropertyStr(ctx, timer_control, "fire");
 }
 
 static void install_tools(const cb_request *req)
@@ -447,8 +562,7 @@ static sc_value Run(const sc_value *args)
     JS_UpdateStackTop(rt);
     install_tools(&req);
     JS_SetMemoryLimit(rt, req.memory_limit ? (size_t)req.memory_limit : BASE_MEMORY_LIMIT);
-    JSValue v = JS_Eval(ctx, code_buf.p, code_buf.len - 1, req.filename, JS_EVAL_TYPE_GLOBAL);
-    v = settle(v);
+    JSValue v = eval_script(code_buf.p, code_buf.len - 1, req.filename);
     /* encoding the result and errors may need memory beyond the script's limit */
     JS_SetMemoryLimit(rt, (size_t)-1);
     if (JS_IsException(v)) {
@@ -493,6 +607,7 @@ void snapcell_main(void)
     JSValue math = JS_GetPropertyStr(ctx, global, "Math");
     JS_SetPropertyStr(ctx, math, "random", JS_NewCFunction(ctx, js_random, "random", 0));
     JS_FreeValue(ctx, math);
+    install_prelude(global);
     JS_FreeValue(ctx, global);
     /* warm up: the first evaluation's one-time work lands in the snapshot */
     const char *warm = "JSON.stringify({a:[1,2,{b:'c'}]}); /x+/.test('xx'); [3,1,2].sort(); 'ab'.split('');";

@@ -29,7 +29,9 @@ import textwrap  # noqa: F401
 import traceback
 
 import _snapcell
+import _snapcell_sandbox as _sandbox
 
+_sandbox.install()
 _main = sys.modules["__main__"].__dict__
 _HERE = __file__
 
@@ -258,9 +260,7 @@ def reseed(seed):
 
 def _describe(e, filename):
     """(type, message, stack, line) of an exception raised by the code."""
-    tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == _HERE:
-        tb = tb.tb_next           # drop the runner's own frames
+    tb = _code_frames(e.__traceback__, filename)
     line = 0
     if isinstance(e, SyntaxError) and e.filename == filename and e.lineno:
         line = e.lineno
@@ -281,6 +281,7 @@ def _describe(e, filename):
         message = str(e)
     except Exception:
         message = "(unprintable exception)"
+    message, stack = _teaching(e, message, stack)
     return (type(e).__qualname__, message, stack, line)
 
 
@@ -306,21 +307,36 @@ def _run(code, filename, ns):
         _shown[0] = False
     try:
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        try:
-            expr = compile(code, filename, "eval")        # a lone expression: the quick path
+        try:                                              # a lone expression: the quick path
+            expr = compile(code, filename, "eval", _TOP_AWAIT)
         except SyntaxError:
             expr = None
         if expr is not None:
-            value = eval(expr, ns)
+            if expr.co_flags & _CO_COROUTINE:
+                value = _sandbox.run_coroutine(_run_async(None, expr, ns))
+            else:
+                value = eval(expr, ns)
         else:
             tree = ast.parse(code, filename, "exec")
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
                 last = ast.Expression(tree.body.pop().value)
-            if tree.body:
-                exec(compile(tree, filename, "exec"), ns)
-            value = eval(compile(last, filename, "eval"), ns) if last is not None else None
-    except BaseException as e:  # noqa: B036  (SystemExit and all: the code's failure)
+            body = compile(tree, filename, "exec", _TOP_AWAIT) if tree.body else None
+            tail = compile(last, filename, "eval", _TOP_AWAIT) if last is not None else None
+            if any(c is not None and c.co_flags & _CO_COROUTINE for c in (body, tail)):
+                value = _sandbox.run_coroutine(_run_async(body, tail, ns))
+            else:
+                if body is not None:
+                    exec(body, ns)
+                value = eval(tail, ns) if tail is not None else None
+    except SystemExit as e:
+        ok, message = _sandbox.exit_outcome(e)
+        if not ok:
+            _displays.clear()
+            kind, _, stack, line = _describe(e, filename)
+            return (False, (kind, message, stack, line))
+        value = None                                      # sys.exit() / sys.exit(0)
+    except BaseException as e:  # noqa: B036  (KeyboardInterrupt and all: the code's failure)
         _displays.clear()
         return (False, _describe(e, filename))
     if _displays or (value is not None and not isinstance(value, _PLAIN)):
@@ -332,6 +348,49 @@ def _run(code, filename, ns):
 
 _PLAIN = (int, float, str, bytes, bool, list, dict, tuple)
 _shown = [False]        # a display file was written by an earlier run (remove it first)
+
+
+# ---- top-level await, frames and errors that teach (the sandbox's part of a run) ----------------
+
+_TOP_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+_CO_COROUTINE = 0x80                                      # inspect.CO_COROUTINE
+
+
+async def _run_async(body, tail, ns):
+    """A run with top-level `await`: the body, then the last expression's value, in one loop."""
+    if body is not None:
+        r = eval(body, ns)
+        if body.co_flags & _CO_COROUTINE:
+            await r
+    if tail is None:
+        return None
+    r = eval(tail, ns)
+    return (await r) if tail.co_flags & _CO_COROUTINE else r
+
+
+def _code_frames(tb, filename):
+    """The traceback from the code's first frame on (the runner's and asyncio's frames that
+    lead there dropped); without one, from the first frame outside the runner."""
+    t = tb
+    while t is not None and t.tb_frame.f_code.co_filename != filename:
+        t = t.tb_next
+    if t is not None:
+        return t
+    while tb is not None and tb.tb_frame.f_code.co_filename == _HERE:
+        tb = tb.tb_next
+    return tb
+
+
+def _teaching(e, message, stack):
+    """(message, stack) with the sandbox's hint added when `e` comes from something it leaves
+    out (a module not in the image, a host path)."""
+    try:
+        hint = _sandbox.teach(e)
+    except Exception:
+        hint = None
+    if not hint:
+        return message, stack
+    return f"{message}. {hint}", f"{stack}hint: {hint}\n"
 
 
 def warm_up():

@@ -526,6 +526,20 @@ static sc_value Run(const sc_value *args)
     return respond();
 }
 
+/* ---- SQLite (_sqlite3): one process, so no file locks ------------------------------------------ */
+
+#include <sqlite3.h>
+
+/* The guest is one process with one thread: nothing else can open a database file, and the
+ * in-guest file system has no fcntl locks. SQLite's "unix-none" VFS (its unix VFS without
+ * locking) becomes the default, so sqlite3.connect("data.db") works under /tmp. */
+static void sqlite_without_locks(void)
+{
+    sqlite3_vfs *v = sqlite3_vfs_find("unix-none");
+    if (!v || sqlite3_vfs_register(v, 1) != SQLITE_OK)
+        sc_abort(1, "SQLite has no unix-none VFS");
+}
+
 /* ---- init ---------------------------------------------------------------------------------- */
 
 static void fail_status(const char *what, PyStatus st)
@@ -541,6 +555,7 @@ void snapcell_main(void)
         sc_abort(1, "the standard library image is malformed");
     cb_rng_init();
     sc_on_reseed(on_reseed);
+    sqlite_without_locks();
 
     PyPreConfig pre;
     PyPreConfig_InitIsolatedConfig(&pre);

@@ -17,6 +17,7 @@ from ..machine.memory import GuestMapping
 
 SYS_WRITE, SYS_WRITEV, SYS_GETTIMEOFDAY, SYS_ARCH_PRCTL = 1, 20, 96, 158
 SYS_EXIT, SYS_EXIT_GROUP, SYS_CLOCK_GETTIME, SYS_GETRANDOM = 60, 231, 228, 318
+SYS_CLOCK_GETRES = 229
 ARCH_SET_FS, ARCH_GET_FS = 0x1002, 0x1003
 MAX_IOV = 1024
 MAX_WRITE = 1 << 20
@@ -73,6 +74,17 @@ class SyscallHost:
                 return -errno.EFAULT
             ns = time.clock_gettime_ns(clock)
             struct.pack_into("<qq", self.memory.view, a[1], ns // 1_000_000_000, ns % 1_000_000_000)
+            return 0
+        if nr == SYS_CLOCK_GETRES:       # time.get_clock_info, asyncio's loop clock
+            clock = CLOCKS.get(a[0])
+            if clock is None:
+                return -errno.EINVAL
+            if a[1]:
+                if not self.space.user_range(a[1], 16, write=True):
+                    return -errno.EFAULT
+                ns = round(time.clock_getres(clock) * 1_000_000_000)
+                struct.pack_into("<qq", self.memory.view, a[1], ns // 1_000_000_000,
+                                 ns % 1_000_000_000)
             return 0
         if nr == SYS_GETTIMEOFDAY:
             if a[0]:

@@ -45,4 +45,6 @@ def test_lib_test_module_in_sandbox_matches_native(module: str, min_tests: int) 
 def test_explanations_are_specific() -> None:
     assert referee.explain("x.y", "OSError: [Errno 38] Function not implemented")
     assert referee.explain("x.y", "RuntimeError: can't start new thread")
+    assert referee.explain("x.y", "OSError: [Errno 38] the sandbox has no processes: ...")
+    assert referee.explain("x.y", "OSError: [Errno 38] the sandbox has no network unless ...")
     assert referee.explain("x.y", "AssertionError: 1 != 2") is None
