@@ -21,8 +21,15 @@ CPY         := build/cpython
 CPY_SRC     := build/third_party/cpython
 CPY_STAMP   := $(CPY)/.inputs-sha256
 PY_IMAGE    := build/python/stdlib_image.S
+# The dynamic Python guest (docs/code-sandboxes.md, "Packages and images"): the same CPython
+# linked as a dynamic musl 1.2.5 executable that loads PyPI's musllinux wheels unchanged, with
+# musl's dynamic linker beside it (the host loads that file as the guest's interpreter).
+MUSL        := build/musl
+MUSL_STAMP  := $(MUSL)/.inputs-sha256
+PY_DYN      := build/guests/python-dyn.elf build/guests/ld-musl-x86_64.so.1 build/guests/python-dyn.img
+CTYPES_SO   := _ctypes.cpython-311-x86_64-linux-musl.so
 
-.PHONY: all setup guests code-guests native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
+.PHONY: all setup guests code-guests python-dyn native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
 
 all: demo
 
@@ -31,9 +38,11 @@ setup: .venv/.snapcell-installed
 .venv/.snapcell-installed: pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 
-guests: setup $(GUESTS) $(CODE_GUESTS)
+guests: setup $(GUESTS) $(CODE_GUESTS) $(PY_DYN)
 
 code-guests: setup $(CODE_GUESTS)
+
+python-dyn: setup $(PY_DYN)
 
 native-interpreters: $(NATIVE)
 
@@ -56,6 +65,7 @@ build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK
 	  -I $(LUA_DIR) --lib build/lib/liblua.a -o $@
 
 $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
+              build/third_party/libffi/.snapcell-sha256 \
               scripts/build_cpython.sh $(wildcard third_party/patches/cpython-*.patch)
 	JOBS=2 bash scripts/build_cpython.sh
 	touch $@
@@ -67,6 +77,27 @@ $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.p
 build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c $(PY_IMAGE) \
 	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj --lib $(CPY)/obj/libpython3.11.a \
+	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
+	  --lib $(CPY)/prefix/lib/libz.a -o $@
+
+$(MUSL_STAMP): build/third_party/musl/.snapcell-sha256 scripts/build_musl.sh
+	JOBS=2 bash scripts/build_musl.sh
+	touch $@
+
+build/guests/python-dyn.img: $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.py \
+             guests/python/_snapcell_runner.py guests/python/_snapcell_dynamic.py
+	$(CPY)/obj/python scripts/build_python_image.py build/python-dyn --name base \
+	  --lib-dynload $(CPY)/obj/$(CTYPES_SO)
+	cp build/python-dyn/base.img $@
+
+build/guests/ld-musl-x86_64.so.1: $(MUSL_STAMP)
+	mkdir -p build/guests && cp $(MUSL)/lib/libc.so $@
+
+build/guests/python-dyn.elf: guests/python/python_guest.c guests/python/libregion.S \
+             guests/python/image_slot.S $(CODEBOX) $(CPY_STAMP) $(MUSL_STAMP) $(SDK) | setup
+	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c \
+	  guests/python/libregion.S guests/python/image_slot.S --dynamic $(MUSL) \
+	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj --whole-lib $(CPY)/obj/libpython3.11.a \
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
 	  --lib $(CPY)/prefix/lib/libz.a -o $@
 

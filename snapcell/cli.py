@@ -85,15 +85,26 @@ def guest() -> None:
               help="A third-party source compiled with its warnings silenced (repeatable).")
 @click.option("--lib", "libraries", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Link a static library (.a) into the guest (repeatable).")
+@click.option("--whole-lib", "whole_libraries", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="With --dynamic: link a static library whole, every symbol exported (repeatable).")
+@click.option("--dynamic", "dynamic", default="", type=click.Path(file_okay=False),
+              help="Link a dynamic guest against the musl build at this prefix (its dynamic "
+                   "linker is the guest's interpreter).")
 @click.option("--static-lib", is_flag=True,
               help="Compile SOURCES (as third-party code) into a static library instead of a guest.")
 @click.option("-j", "--jobs", default=0, show_default=True, help="Parallel compile jobs (0 = CPUs).")
 def guest_build(sources: tuple[str, ...], output: str, debug: bool, includes: tuple[str, ...],
                 defines: tuple[str, ...], third_party: tuple[str, ...], libraries: tuple[str, ...],
-                static_lib: bool, jobs: int) -> None:
-    """Compile C SOURCES with the guest SDK and musl into a static guest ELF."""
+                whole_libraries: tuple[str, ...], dynamic: str, static_lib: bool,
+                jobs: int) -> None:
+    """Compile C SOURCES with the guest SDK and musl into a guest ELF (static, or dynamic with
+    --dynamic)."""
+    if whole_libraries and not dynamic:
+        raise click.UsageError("--whole-lib needs --dynamic")
     options = BuildOptions(include_dirs=includes, defines=defines, third_party=third_party,
-                           libraries=libraries, jobs=jobs)
+                           libraries=libraries, jobs=jobs, dynamic=dynamic,
+                           whole_libraries=whole_libraries)
     if static_lib:
         if third_party or libraries:
             raise click.UsageError("--static-lib takes SOURCES only (no --third-party/--lib)")

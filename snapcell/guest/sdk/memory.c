@@ -27,6 +27,7 @@
  * runtime does not depend on the initial contents of the arena; munmap does not touch the
  * pages. madvise(MADV_DONTNEED) zeroes the (allocated) pages of its range immediately.
  * PROT_* flags are ignored: every arena page is readable and writable (never executable).
+ * A dynamic guest's file-backed and MAP_FIXED mappings go to its library region (libmap.c).
  */
 static uint64_t arena_map[ARENA_WORDS];
 static uintptr_t arena_base;
@@ -173,6 +174,15 @@ SC_NOSSP long sc__sys_mmap(uint64_t addr, uint64_t len, uint64_t prot, uint64_t 
     (void)addr; /* a hint only: ignored */
     (void)prot; /* all arena pages are RW, NX */
     (void)fd;   /* ignored for MAP_ANONYMOUS, as on Linux */
+#ifndef SC_ARENA_NATIVE_TEST
+    /* a dynamic guest's shared objects: the library region (libmap.c) */
+    if (sc__lib_present()) {
+        if ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) || !(flags & MAP_ANONYMOUS))
+            return sc__lib_mmap(addr, len, prot, flags, fd, off);
+        if (prot & PROT_EXEC)
+            return -EACCES; /* anonymous memory is never executable (EPERM: musl says ENOMEM) */
+    }
+#endif
     if (len == 0 || (off & (PAGE - 1)))
         return -EINVAL;
     if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
@@ -196,6 +206,10 @@ SC_NOSSP long sc__sys_munmap(uint64_t addr, uint64_t len)
     size_t i, n;
     if ((addr & (PAGE - 1)) || len == 0)
         return -EINVAL;
+#ifndef SC_ARENA_NATIVE_TEST
+    if (sc__lib_owns(addr))
+        return sc__lib_munmap(addr, len);
+#endif
     if (!arena_ready() || !arena_range(addr, len, &i, &n))
         return -EINVAL; /* only arena memory can be unmapped */
     arena_release(i, n); /* pages not handed out are ignored, as Linux does */
