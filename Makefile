@@ -28,8 +28,12 @@ MUSL        := build/musl
 MUSL_STAMP  := $(MUSL)/.inputs-sha256
 PY_DYN      := build/guests/python-dyn.elf build/guests/ld-musl-x86_64.so.1 build/guests/python-dyn.img
 CTYPES_SO   := _ctypes.cpython-311-x86_64-linux-musl.so
+# The default data image (docs/code-sandboxes.md, "Packages and images"): the wheels pinned by
+# images/data/requirements.lock, rebuilt when the lock or the dynamic guest changes.
+DATA_IMAGE  := build/images/data/.lock-sha256
+DATA_PRELOAD := numpy,pandas,matplotlib.pyplot
 
-.PHONY: all setup guests code-guests python-dyn native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
+.PHONY: all setup guests code-guests python-dyn data-image native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
 
 all: demo
 
@@ -43,6 +47,14 @@ guests: setup $(GUESTS) $(CODE_GUESTS) $(PY_DYN)
 code-guests: setup $(CODE_GUESTS)
 
 python-dyn: setup $(PY_DYN)
+
+data-image: setup $(DATA_IMAGE)
+
+$(DATA_IMAGE): images/data/requirements.lock $(PY_DYN) snapcell/code/images.py
+	rm -rf build/images/data
+	$(PY) -m snapcell image build python -r images/data/requirements.lock \
+	  --preload $(DATA_PRELOAD) -o build/images/data:latest
+	sha256sum images/data/requirements.lock | cut -d' ' -f1 > $@
 
 native-interpreters: $(NATIVE)
 
@@ -80,14 +92,15 @@ build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(S
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
 	  --lib $(CPY)/prefix/lib/libz.a -o $@
 
-$(MUSL_STAMP): build/third_party/musl/.snapcell-sha256 scripts/build_musl.sh
+$(MUSL_STAMP): build/third_party/musl/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
+              scripts/build_musl.sh
 	JOBS=2 bash scripts/build_musl.sh
 	touch $@
 
-build/guests/python-dyn.img: $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.py \
-             guests/python/_snapcell_runner.py guests/python/_snapcell_dynamic.py
+build/guests/python-dyn.img: $(CPY_STAMP) $(MUSL_STAMP) scripts/build_python_image.py \
+             snapcell/guest/fsimage.py guests/python/_snapcell_runner.py guests/python/_snapcell_dynamic.py
 	$(CPY)/obj/python scripts/build_python_image.py build/python-dyn --name base \
-	  --lib-dynload $(CPY)/obj/$(CTYPES_SO)
+	  --lib-dynload $(CPY)/obj/$(CTYPES_SO) --usr-lib $(MUSL)/lib/libz.so.1
 	cp build/python-dyn/base.img $@
 
 build/guests/ld-musl-x86_64.so.1: $(MUSL_STAMP)
@@ -117,10 +130,10 @@ build/native/qjs: guests/js/qjs_native.c $(QJS_DIR)/.snapcell-sha256
 build/guests/%.elf: guests/%.c $(SDK) | setup
 	$(PY) -m snapcell guest build $< -o $@
 
-demo: guests
-	$(PY) -m snapcell demo build/guests/simpleguest.elf
+demo: guests $(DATA_IMAGE)
+	$(PY) -m snapcell demo build/guests/simpleguest.elf --image build/images/data:latest
 
-test: guests build/native/lua benchmarks/c_floor
+test: guests $(DATA_IMAGE) build/native/lua benchmarks/c_floor
 	$(PY) -m pytest -q tests
 
 # Mutation fuzzing of guest output messages and snapshot files (FUZZ_SECONDS per target).

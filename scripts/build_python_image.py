@@ -15,7 +15,8 @@ empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S.
 
 builds the image of the dynamic guest (docs/code-sandboxes.md, "Packages and images") instead:
 the same tree plus DIR (unpacked wheels) as site-packages, with byte code, less the packages'
-test suites, and the extension modules SO (e.g. _ctypes) in lib-dynload, the warm-up
+test suites, the extension modules SO (e.g. _ctypes) in lib-dynload, the shared libraries of
+--usr-lib (libz.so.1, which musllinux wheels may need) in /usr/lib, the warm-up
 guests/python/_snapcell_dynamic.py as sitecustomize and, with --image-config FILE, FILE as
 _snapcell_image.json (the image's name, packages and preload list); written as OUT_DIR/NAME.img
 and OUT_DIR/NAME_image.S."""
@@ -104,7 +105,8 @@ def _site_files(site: Path) -> list[tuple[Path, str]]:
 
 
 def main(out_dir: str, name: str = "stdlib", site: str | None = None,
-         dynload: tuple[str, ...] = (), config: str | None = None) -> None:
+         dynload: tuple[str, ...] = (), config: str | None = None,
+         usr_lib: tuple[str, ...] = ()) -> None:
     fsimage = _load_fsimage()
     if sys.implementation.cache_tag != "cpython-311":
         raise SystemExit(f"build_python_image: run with CPython 3.11, not {sys.version}")
@@ -133,6 +135,8 @@ def main(out_dir: str, name: str = "stdlib", site: str | None = None,
                 add(src, rel)
         for so in dynload:
             files[f"{PREFIX}/lib-dynload/{Path(so).name}"] = Path(so).read_bytes()
+        for so in usr_lib:
+            files[f"/usr/lib/{Path(so).name}"] = Path(so).read_bytes()
         if site is not None or dynload:
             add(DYNAMIC, "sitecustomize.py")
         if config is not None:
@@ -172,5 +176,6 @@ if __name__ == "__main__":
     ap.add_argument("--site-packages", dest="site")
     ap.add_argument("--lib-dynload", dest="dynload", nargs="*", default=[])
     ap.add_argument("--image-config", dest="config")
+    ap.add_argument("--usr-lib", dest="usr_lib", nargs="*", default=[])
     a = ap.parse_args()
-    main(a.out_dir, a.name, a.site, tuple(a.dynload), a.config)
+    main(a.out_dir, a.name, a.site, tuple(a.dynload), a.config, tuple(a.usr_lib))

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_image import data_demo, image_group
 from .cli_options import (
     build_config,
     config_options,
@@ -234,7 +235,12 @@ def _median_us(fn: Any, n: int) -> float:
                 default="build/guests/simpleguest.elf")
 @click.option("--sandboxes", default=200, show_default=True,
               help="How many sandboxes to create from the snapshot.")
-def demo(elf: str, sandboxes: int) -> None:
+@click.option("--image", "image", default=None, metavar="LAYOUT:TAG",
+              help="Also run Python on this package image (a pandas summary and a chart PNG "
+                   "written to --out) and a JS snippet.")
+@click.option("--out", "out_dir", default="build/demo", show_default=True,
+              help="Where the data demo writes its chart.")
+def demo(elf: str, sandboxes: int, image: str | None, out_dir: str) -> None:
     """The main job: evolve a guest once, make typed calls and host round trips, snapshot it,
     create many ready sandboxes straight from the snapshot, restore, and print timings."""
     printed: list[str] = []
@@ -304,6 +310,8 @@ def demo(elf: str, sandboxes: int) -> None:
     timings.add_row("from_snapshot → call → close, pooled",
                     f"{_median_us(pooled_round, sandboxes):.1f} µs")
     console.print(timings)
+    if image is not None:
+        data_demo(console, image, out_dir)
 
 
 def _median_us_before(fn: Any, before: Any, n: int) -> float:
@@ -333,6 +341,7 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
 
 
 main.add_command(snapshot_group)
+main.add_command(image_group)
 main.add_command(run_command)
 main.add_command(serve_command)
 

@@ -11,6 +11,10 @@ initialises, before the warm snapshot is taken:
    executable;
 4. makes import errors say what happened: a module missing from the image names the image and
    how to add the package; native code refused by the seal says so.
+
+It seals even when the warm-up fails; the failure is kept in WARM_ERROR, which the image build
+checks (snapcell/code/images.py), so a broken preload fails the build instead of being lost in
+the guest's stderr. matplotlib gets the Agg backend and a config directory under /tmp.
 """
 
 import importlib
@@ -18,6 +22,7 @@ import importlib.machinery
 import json
 import os
 import sys
+import traceback
 
 _LIB = "/usr/lib/python3.11"
 _DYNLOAD = _LIB + "/lib-dynload"
@@ -70,22 +75,37 @@ def _sealed_create_module(self, spec):
             f"(--preload {spec.name.split('.')[0]}). ({e})", name=spec.name) from None
 
 
-def _warm_up() -> None:
+WARM_ERROR = None        # the warm-up's failure (a traceback), checked by the image build
+LOAD_ERRORS = {}         # extension modules that could not be loaded: path -> why
+
+
+def _warm_up(cfg: dict) -> None:
     if _DYNLOAD not in sys.path:
         sys.path.append(_DYNLOAD)
-    cfg = _config()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("MPLCONFIGDIR", "/tmp/.matplotlib")
     for name in cfg.get("preload", []):
         importlib.import_module(name)
     import ctypes
     for path in _extension_files():
         try:
             ctypes.CDLL(path)
-        except OSError:
-            pass              # cannot load here: importing it will say why
-    ctypes.CDLL(None).sc_lib_seal()
+        except OSError as e:
+            LOAD_ERRORS[path] = str(e)     # importing it will say why, too
+
+
+def _seal(cfg: dict) -> None:
     _NotInImage.image = cfg.get("name", "?")
     sys.meta_path.append(_NotInImage)
     importlib.machinery.ExtensionFileLoader.create_module = _sealed_create_module
+    import ctypes
+    ctypes.CDLL(None).sc_lib_seal()
 
 
-_warm_up()
+_cfg = _config()
+try:
+    _warm_up(_cfg)
+except BaseException:
+    WARM_ERROR = traceback.format_exc(limit=8)
+finally:
+    _seal(_cfg)

@@ -8,6 +8,6 @@
     .balign 2097152
     .globl sc_lib_region, sc_lib_region_end
 sc_lib_region:
-    .skip 320 << 20
+    .skip 256 << 20
 sc_lib_region_end:
     .section .note.GNU-stack, "", @progbits

@@ -29,8 +29,9 @@ from ..errors import ConfigurationError, SnapcellError
 from ..guest.elf import GuestBinary
 from ..guest.fsimage import build_image as fs_build_image
 from ..guest.fsimage import read_image
-from ..sandbox import Snapshot, UninitializedSandbox
-from ..sandbox.wx_seal import seal
+from ..machine.layout import MAX_MEMORY, PAGE
+from ..sandbox import SandboxConfiguration, Snapshot, UninitializedSandbox
+from ..sandbox.wx_seal import EXEC_MAP_SYMBOL, seal
 from ..snapshot import oci
 from .languages import _REPO_GUESTS, GUEST_DIR_ENV
 from .warm import LAYOUT, tool_host_functions
@@ -40,6 +41,7 @@ PYTHON_VERSION = "3.11"
 PREFIX = "/usr/lib/python3.11"
 SITE = PREFIX + "/site-packages"
 DYNAMIC_GUEST = "python-dyn.elf"          # with python-dyn.img (its standard library image)
+MAX_HEAP = 512 << 20
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-"
                     r"(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
 _MISSING = re.compile(r"(?:No matching distribution found for|Could not find a version that "
@@ -211,14 +213,49 @@ def build_image_bytes(base: bytes, wheels: list[Wheel], config: dict[str, object
     return fs_build_image(image_files(base, wheels, config), dirs=("/tmp", SITE))
 
 
+def image_layout(binary: GuestBinary) -> SandboxConfiguration:
+    """The code sandboxes' layout with the heap arena grown into the guest memory the image
+    leaves (at most MAX_HEAP): packages allocate more than the stdlib guest (OpenBLAS reserves a
+    128 MiB buffer; pages never used cost nothing)."""
+    fixed = LAYOUT.input_size + LAYOUT.output_size + LAYOUT.stack_size + 4 * PAGE
+    room = (MAX_MEMORY - binary.end - fixed) // (2 << 20) * (2 << 20)
+    if room < LAYOUT.heap_size:
+        raise ImageBuildError(f"the image leaves {room >> 20} MiB of guest memory for the heap; "
+                              f"at least {LAYOUT.heap_size >> 20} MiB is needed (fewer packages)")
+    return LAYOUT.replace(heap_size=min(room, MAX_HEAP))
+
+
+_CHECK = ("import sys, ctypes\nw = sys.modules.get('sitecustomize')\n"
+          "[getattr(w, 'WARM_ERROR', 'no warm-up ran'), ctypes.CDLL(None).sc_lib_is_sealed(), "
+          "getattr(w, 'LOAD_ERRORS', {})]")
+
+
 def evolve_image(guest: Path, fs_image: Path) -> Snapshot:
     """The dynamic guest initialised on `fs_image` (its warm-up imports the preload list and
-    seals), its snapshot sealed W^X by the host."""
+    seals), its snapshot sealed W^X by the host. A failed warm-up (a preload that does not
+    import, an extension module that does not load) is an ImageBuildError."""
+    from .sandbox import CodeSandbox
     binary = GuestBinary.from_file(str(guest), fs_image=str(fs_image))
-    with UninitializedSandbox(binary, config=LAYOUT,
+    exec_map = binary.symbols.get(EXEC_MAP_SYMBOL)
+    if exec_map is None:
+        raise ImageBuildError(f"{guest} is not a dynamic guest (no {EXEC_MAP_SYMBOL})")
+    with UninitializedSandbox(binary, config=image_layout(binary),
                               host_functions=tool_host_functions()).evolve() as sb:
-        snap = sb.snapshot()
-    return seal(snap)
+        snap = seal(sb.snapshot(), exec_map)
+    with CodeSandbox("python", snapshot=snap, timeout=60.0) as box:
+        r = box.run(_CHECK)
+    if r.error is not None:
+        raise ImageBuildError(f"the image's warm-up cannot be checked: {r.error}")
+    error, sealed, unloadable = r.value
+    if error:
+        raise ImageBuildError(f"the image's warm-up failed in the guest:\n{error}")
+    if unloadable:
+        path, why = next(iter(sorted(unloadable.items())))
+        raise ImageBuildError(f"{len(unloadable)} extension module(s) of the image cannot be "
+                              f"loaded in the guest, e.g. {path}: {why}")
+    if sealed != 1:
+        raise ImageBuildError("the guest did not seal itself after its warm-up")
+    return snap
 
 
 # ------------------------------------------------------------------------------- use

@@ -9,23 +9,20 @@ from then on executing data written at run time faults, writing library code fau
 nothing new can be made executable (the guest's own SDK refuses executable mappings after
 `sc_lib_seal()` with a clear error; the page tables enforce it whatever the guest does).
 
-The shared objects are found by the host in the snapshot's memory: a page of the region that
-starts with an ELF header (musl maps a library's file from offset 0, so its header is the first
-page of its span) with program headers inside the region. What the guest wrote there can only
-choose *which* region pages become read + execute instead of read + write: never both."""
+Which region pages are code comes from the guest SDK's record of the protections it was asked
+for (`sc_lib_exec_map`: one bit per region page, set while the page is mapped with PROT_EXEC),
+read by the host from the snapshot's memory. Whatever the guest wrote there can only choose
+*which* region pages become read + execute instead of read + write: never both."""
 
 from __future__ import annotations
 
 import dataclasses
 import struct
 
-from ..machine.layout import GUEST_BASE, PAGE, Perm, Segment, page_down, page_up
+from ..machine.layout import GUEST_BASE, PAGE, Perm, Segment
 from .snapshot import Snapshot
 
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
-_ET_DYN, _EM_X86_64, _PT_LOAD, _PF_X = 3, 62, 1, 1
-_MAX_PHNUM = 64
+EXEC_MAP_SYMBOL = "sc_lib_exec_map"
 RWX = Perm.R | Perm.W | Perm.X
 
 
@@ -35,58 +32,43 @@ def library_regions(segments: tuple[Segment, ...]) -> list[Segment]:
     return [s for s in segments if s.perm & RWX == RWX]
 
 
-def _library_code(read: "_Reader", lo: int, hi: int, page: int) -> list[tuple[int, int]]:
-    """The executable spans of the shared object whose ELF header is at `page`, if it is one
-    that lies inside [lo, hi)."""
-    head = read(page, _EHDR.size)
-    ident, etype, machine, _v, _entry, phoff, _sh, _fl, _eh, phentsize, phnum = \
-        _EHDR.unpack(head)[:11]
-    if ident[:4] != b"\x7fELF" or ident[4] != 2 or etype != _ET_DYN or machine != _EM_X86_64 \
-            or phentsize != _PHDR.size or not 0 < phnum <= _MAX_PHNUM \
-            or page + phoff + phnum * phentsize > hi:
+def code_spans(snapshot: Snapshot, exec_map: int) -> list[tuple[int, int]]:
+    """[start, end) of the pages of the (first) library region that the guest's bitmap at
+    `exec_map` marks executable, merged. A bitmap outside guest memory marks nothing."""
+    regions = library_regions(snapshot.segments)
+    if not regions:
         return []
-    table = read(page + phoff, phnum * phentsize)
-    loads = [ph for ph in _PHDR.iter_unpack(table) if ph[0] == _PT_LOAD]
-    if not loads or page_down(loads[0][2]) != 0:
-        return []        # not mapped from file offset 0: the header is not the span's start
-    base = page - page_down(min(ph[3] for ph in loads))
-    out = []
-    for _t, flags, _off, vaddr, _pa, _fs, memsz, _al in loads:
-        if not flags & _PF_X or memsz == 0:
-            continue
-        a, z = base + page_down(vaddr), base + page_up(vaddr + memsz)
-        if lo <= a < z <= hi:
-            out.append((a, z))
-    return out
+    region = regions[0]
+    pages = region.memsz // PAGE
+    nbytes = (pages + 63) // 64 * 8
+    off = exec_map - GUEST_BASE
+    if exec_map % 8 or off < 0 or off + nbytes > snapshot.image.size:
+        return []
+    return [(region.vaddr + a * PAGE, region.vaddr + z * PAGE)
+            for a, z in bit_runs(snapshot.image.read(off, nbytes), pages)]
 
 
-class _Reader:
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.image = snapshot.image
-
-    def __call__(self, addr: int, n: int) -> bytes:
-        return self.image.read(addr - GUEST_BASE, n)
-
-
-def code_spans(snapshot: Snapshot) -> list[tuple[int, int]]:
-    """[start, end) of the code of every shared object loaded into the library region(s),
-    sorted and merged."""
-    read = _Reader(snapshot)
-    spans: list[tuple[int, int]] = []
-    for seg in library_regions(snapshot.segments):
-        lo, hi = seg.vaddr, seg.vaddr + seg.memsz
-        for off, n in snapshot.image.data_extents():
-            a, z = max(lo, page_up(off + GUEST_BASE)), min(hi, off + GUEST_BASE + n)
-            for page in range(a, z, PAGE):
-                if read(page, 4) == b"\x7fELF":
-                    spans += _library_code(read, lo, hi, page)
-    merged: list[tuple[int, int]] = []
-    for a, z in sorted(spans):
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(z, merged[-1][1]))
-        else:
-            merged.append((a, z))
-    return merged
+def bit_runs(bitmap: bytes, count: int) -> list[tuple[int, int]]:
+    """[first, end) of each run of set bits among the first `count` bits of a little-endian
+    bitmap of 64-bit words."""
+    words = struct.unpack(f"<{len(bitmap) // 8}Q", bitmap[:len(bitmap) // 8 * 8])
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    for w, word in enumerate(words):
+        if word == (0 if start is None else (1 << 64) - 1):
+            continue                                 # nothing changes within this word
+        for b in range(64):
+            i = w * 64 + b
+            if i >= count:
+                break
+            if (word >> b) & 1 and start is None:
+                start = i
+            elif not (word >> b) & 1 and start is not None:
+                runs.append((start, i))
+                start = None
+    if start is not None:
+        runs.append((start, min(count, len(words) * 64)))
+    return runs
 
 
 def sealed_segments(segments: tuple[Segment, ...], code: list[tuple[int, int]]
@@ -112,12 +94,13 @@ def sealed_segments(segments: tuple[Segment, ...], code: list[tuple[int, int]]
     return tuple(out)
 
 
-def seal(snapshot: Snapshot) -> Snapshot:
-    """`snapshot` with its library region sealed (W^X); the same snapshot when it has none.
-    The memory image is shared, not copied."""
+def seal(snapshot: Snapshot, exec_map: int) -> Snapshot:
+    """`snapshot` with its library region(s) sealed (W^X), the code pages read from the guest's
+    bitmap at `exec_map` (the address of its EXEC_MAP_SYMBOL); the same snapshot when it has no
+    region. The memory image is shared, not copied."""
     if not library_regions(snapshot.segments):
         return snapshot
-    segments = sealed_segments(snapshot.segments, code_spans(snapshot))
+    segments = sealed_segments(snapshot.segments, code_spans(snapshot, exec_map))
     return dataclasses.replace(snapshot, segments=segments, digest=None, delta=snapshot.delta)
 
 

@@ -102,8 +102,8 @@ def test_no_new_code_after_the_seal(base_snapshot: Snapshot) -> None:
                     "importlib.import_module('_ctypes')")
         assert r.error is not None and r.error.type == "ImportError"
         assert "sealed W^X" in r.error.message
-        r = box.run("import mmap\nmmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC)")
-        assert r.error is not None and r.error.type == "PermissionError"
+        r = box.run("import ctypes\nctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)()")
+        assert r.error is not None and r.error.type in ("MemoryError", "InternalError"), r
 
 
 def test_package_without_musllinux_wheel_is_refused(tmp_path: Path) -> None:

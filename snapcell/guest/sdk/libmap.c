@@ -36,6 +36,22 @@ extern char sc_lib_region_end[] __attribute__((weak));
 static uintptr_t lib_next;   /* first region page never handed out (0: not set up yet) */
 static int lib_sealed;
 
+/* Bit i set: region page i is mapped executable now (the protection of its last mmap or
+ * mprotect). The host reads it to seal the snapshot (snapcell/sandbox/wx_seal.py): those pages
+ * become read + execute, every other region page read + write. */
+#define LIB_MAP_WORDS ((size_t)(SC_MAX_MEMORY / SC_PAGE_SIZE / 64))
+uint64_t sc_lib_exec_map[LIB_MAP_WORDS];
+
+static SC_NOSSP void exec_mark(uintptr_t lo, uintptr_t addr, uint64_t n, int exec)
+{
+    for (uint64_t i = (addr - lo) / PAGE, end = i + n / PAGE; i < end && i / 64 < LIB_MAP_WORDS; i++) {
+        if (exec)
+            sc_lib_exec_map[i / 64] |= (uint64_t)1 << (i % 64);
+        else
+            sc_lib_exec_map[i / 64] &= ~((uint64_t)1 << (i % 64));
+    }
+}
+
 static SC_NOSSP int lib_ready(uintptr_t *lo, uintptr_t *hi)
 {
     uintptr_t a = (uintptr_t)sc_lib_region, b = (uintptr_t)sc_lib_region_end;
@@ -100,6 +116,7 @@ SC_NOSSP long sc__lib_mmap(uint64_t addr, uint64_t len, uint64_t prot, uint64_t 
     if (copy)
         memcpy((void *)dst, (const char *)data + off, (size_t)copy);
     memset((char *)dst + copy, 0, (size_t)(n - copy));
+    exec_mark(lo, dst, n, (prot & PROT_EXEC) != 0);
     return (long)dst;
 }
 
@@ -117,6 +134,7 @@ SC_NOSSP long sc__lib_munmap(uint64_t addr, uint64_t len)
     if (lib_sealed)
         return -EPERM;        /* sealed code pages are read-only: leave them */
     memset((void *)(uintptr_t)addr, 0, (size_t)n);
+    exec_mark(lo, (uintptr_t)addr, n, 0);
     if (addr + n == lib_next)
         lib_next = addr;
     return 0;
@@ -124,12 +142,18 @@ SC_NOSSP long sc__lib_munmap(uint64_t addr, uint64_t len)
 
 SC_NOSSP long sc__lib_mprotect(uint64_t addr, uint64_t len, uint64_t prot)
 {
-    (void)len;
+    uintptr_t lo, hi;
     if (addr & (PAGE - 1))
         return -EINVAL;
     if (lib_sealed && (prot & PROT_EXEC))
         return -EACCES;       /* W^X seal: nothing becomes executable after warm-up */
-    return 0;                 /* otherwise page permissions are the host's (docs/guest-abi.md) */
+    if (!lib_sealed && len && lib_ready(&lo, &hi) && addr >= lo && addr < lib_next) {
+        uint64_t n = (len + PAGE - 1) & ~(PAGE - 1);
+        if (n > lib_next - addr)
+            n = lib_next - addr;
+        exec_mark(lo, (uintptr_t)addr, n, (prot & PROT_EXEC) != 0);
+    }
+    return 0;                 /* page permissions are the host's (docs/guest-abi.md) */
 }
 
 /* After warm-up: refuse every new executable mapping from now on (sc__lib_mmap). */
