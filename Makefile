@@ -29,9 +29,10 @@ MUSL_STAMP  := $(MUSL)/.inputs-sha256
 PY_DYN      := build/guests/python-dyn.elf build/guests/ld-musl-x86_64.so.1 build/guests/python-dyn.img
 CTYPES_SO   := _ctypes.cpython-311-x86_64-linux-musl.so
 # The default data image (docs/code-sandboxes.md, "Packages and images"): the wheels pinned by
-# images/data/requirements.lock, rebuilt when the lock or the dynamic guest changes.
+# images/data/requirements.lock, warmed with the modules of images/data/preload.txt imported;
+# rebuilt when either or the dynamic guest changes.
 DATA_IMAGE  := build/images/data/.lock-sha256
-DATA_PRELOAD := numpy,pandas,matplotlib.pyplot
+DATA_PRELOAD = $(shell cat images/data/preload.txt)
 
 .PHONY: all setup guests code-guests python-dyn data-image native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
 
@@ -50,7 +51,7 @@ python-dyn: setup $(PY_DYN)
 
 data-image: setup $(DATA_IMAGE)
 
-$(DATA_IMAGE): images/data/requirements.lock $(PY_DYN) snapcell/code/images.py
+$(DATA_IMAGE): images/data/requirements.lock images/data/preload.txt $(PY_DYN) snapcell/code/images.py
 	rm -rf build/images/data
 	$(PY) -m snapcell image build python -r images/data/requirements.lock \
 	  --preload $(DATA_PRELOAD) -o build/images/data:latest

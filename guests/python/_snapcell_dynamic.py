@@ -14,7 +14,8 @@ initialises, before the warm snapshot is taken:
 
 It seals even when the warm-up fails; the failure is kept in WARM_ERROR, which the image build
 checks (snapcell/code/images.py), so a broken preload fails the build instead of being lost in
-the guest's stderr. matplotlib gets the Agg backend and a config directory under /tmp.
+the guest's stderr. matplotlib gets the Agg backend and a config directory under /tmp; when
+pyplot is preloaded, one figure is drawn so runs find fonts and caches warm.
 """
 
 import importlib
@@ -86,12 +87,27 @@ def _warm_up(cfg: dict) -> None:
     os.environ.setdefault("MPLCONFIGDIR", "/tmp/.matplotlib")
     for name in cfg.get("preload", []):
         importlib.import_module(name)
+    if "matplotlib.pyplot" in sys.modules:
+        _warm_matplotlib()
     import ctypes
     for path in _extension_files():
         try:
             ctypes.CDLL(path)
         except OSError as e:
             LOAD_ERRORS[path] = str(e)     # importing it will say why, too
+
+
+def _warm_matplotlib() -> None:
+    """Draw one figure, so runs find the fonts loaded and the renderer's caches filled."""
+    import io
+
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1], [1, 0], label="warm-up")
+    ax.set_title("warm-up")
+    ax.legend()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
 
 
 def _seal(cfg: dict) -> None:
