@@ -10,8 +10,6 @@ from rich.console import Console
 
 from .errors import SnapcellError
 
-out = Console(highlight=False)
-
 
 @click.group("image")
 def image_group() -> None:
@@ -37,9 +35,9 @@ def build_cmd(language: str, requirements: str, preload: str, ref: str) -> None:
         built = build_image(requirements, ref, preload=mods)
     except SnapcellError as e:
         raise click.ClickException(str(e)) from None
-    out.print(f"built {built.ref} {built.digest}: {len(built.wheels)} wheels, "
-              f"{built.image_bytes / 2**20:.0f} MiB of files, lock {built.lock}, "
-              f"{time.perf_counter() - start:.0f} s")
+    click.echo(f"built {built.ref} {built.digest}: {len(built.wheels)} wheel(s), "
+               f"{built.image_bytes / 2**20:.0f} MiB of files, lock {built.lock}, "
+               f"{time.perf_counter() - start:.0f} s")
 
 
 DEMO_CODE = """\
