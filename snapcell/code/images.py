@@ -7,8 +7,8 @@ the image, builds the guest's read-only file system image (the dynamic guest's s
 image plus the wheels' files under site-packages, with byte code), evolves the dynamic guest on
 it with the preload list imported, seals the snapshot W^X (snapcell/sandbox/wx_seal.py) and
 saves it into an OCI layout under a tag: the format push/pull, diff layers, Dask and
-`snapcell serve` already use. `image_snapshot("LAYOUT:TAG")` loads it back (once per process)
-for `CodeSandbox("python", image=...)`."""
+`snapcell serve` already use. `image_snapshot("LAYOUT:TAG")` (image_store.py) loads it back
+(once per process) for `CodeSandbox("python", image=...)`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from ..machine.layout import MAX_MEMORY, PAGE
 from ..sandbox import SandboxConfiguration, Snapshot, UninitializedSandbox
 from ..sandbox.wx_seal import EXEC_MAP_SYMBOL, seal
 from ..snapshot import oci
+from .image_store import image_snapshot, parse_image_ref
 from .languages import _REPO_GUESTS, GUEST_DIR_ENV
 from .warm import LAYOUT, tool_host_functions
 
@@ -61,16 +61,6 @@ class Wheel:
     version: str
     path: Path
     sha256: str
-
-
-def parse_image_ref(ref: str) -> tuple[Path, str]:
-    """`LAYOUT:TAG` (or `LAYOUT`, tag "latest") → (layout directory, tag)."""
-    if not isinstance(ref, str) or not ref:
-        raise ConfigurationError("an image reference is LAYOUT:TAG, e.g. build/images/data:latest")
-    layout, sep, tag = ref.rpartition(":")
-    if not sep or "/" in tag or not tag:
-        layout, tag = ref, "latest"
-    return Path(layout), tag
 
 
 def dynamic_guest_dir() -> Path:
@@ -255,26 +245,6 @@ def evolve_image(guest: Path, fs_image: Path) -> Snapshot:
                               f"loaded in the guest, e.g. {path}: {why}")
     if sealed != 1:
         raise ImageBuildError("the guest did not seal itself after its warm-up")
-    return snap
-
-
-# ------------------------------------------------------------------------------- use
-_lock = threading.Lock()
-_loaded: dict[tuple[str, str], Snapshot] = {}
-
-
-def image_snapshot(ref: str) -> Snapshot:
-    """The sealed warm snapshot of image `ref` (LAYOUT:TAG), loaded once per process."""
-    layout, tag = parse_image_ref(ref)
-    key = (str(layout.resolve()), tag)
-    with _lock:
-        snap = _loaded.get(key)
-        if snap is None:
-            if not layout.is_dir():
-                raise ConfigurationError(f"image {ref!r}: no OCI layout at {layout}; build it with "
-                                         "`snapcell image build python -r requirements.txt "
-                                         f"-o {ref}`")
-            snap = _loaded[key] = oci.load(layout, tag, mode="map")
     return snap
 
 

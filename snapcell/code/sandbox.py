@@ -96,7 +96,7 @@ class CodeSandbox:
         if image is not None:              # a package image (docs/code-sandboxes.md)
             if self.language.name != "python" or snapshot is not None:
                 raise ConfigurationError("image= is for Python sandboxes, without snapshot=")
-            from .images import image_snapshot
+            from .image_store import image_snapshot
             snapshot = image_snapshot(image)
         self._base = snapshot if snapshot is not None else warm_snapshot(self.language)
         self._sb = MultiUseSandbox.from_snapshot(self._base,
