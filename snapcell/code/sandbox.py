@@ -71,8 +71,8 @@ class CodeSandbox:
     Python sandboxes have a file system: the standard library read-only and a scratch /tmp (the
     working directory). ``run(code, files={"data.csv": b"..."})`` puts files there first and
     ``r.files`` holds the files the run wrote, up to `max_files_out` bytes in all.
-    ``image="LAYOUT:TAG"`` runs Python on a package image (`snapcell image build`): PyPI's
-    musllinux wheels, preloaded and sealed W^X."""
+    ``image="LAYOUT:TAG"`` (or ``"host/repo@sha256:..."``, pulled once) runs Python on a
+    package image (`snapcell image build`): PyPI's musllinux wheels, preloaded and sealed W^X."""
 
     def __init__(self, lang: str, tools: Mapping[str, Any] | None = None, *,
                  timeout: float | None = 5.0, memory_limit: int = 64 * MIB,

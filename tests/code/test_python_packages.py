@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapcell import CodeSandbox
-from snapcell.code import images
+from snapcell.code import image_store, images
 from snapcell.errors import ConfigurationError
 from snapcell.machine.layout import Perm
 from snapcell.sandbox import Snapshot, wx_seal
@@ -119,3 +119,23 @@ def test_bad_image_reference() -> None:
         images.image_snapshot("/nonexistent/layout:tag")
     with pytest.raises(images.ImageBuildError, match="module name"):
         images.build_image("requirements.txt", "x:y", preload=("os; import x",))
+
+
+def test_image_from_a_registry_by_digest(numpy_image: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapcell.snapshot import registry
+
+    from ..test_registry import _start, _stop
+    (tmp_path / "reg").mkdir()
+    reg = _start(tmp_path / "reg")
+    try:
+        layout, tag = images.parse_image_ref(numpy_image)
+        digest = registry.push(str(layout), f"{reg.host}/images/np:{tag}", ref=tag, insecure=True)
+        monkeypatch.setenv(image_store.CACHE_ENV, str(tmp_path / "cache"))
+        ref = f"{reg.host}/images/np@{digest}"
+        snap = image_store.image_snapshot(ref, insecure=True)
+        assert snap.digest == digest and wx_seal.is_sealed(snap)
+        with CodeSandbox("python", image=ref) as box:       # the process's copy of the pull
+            assert box.run(NUMPY_SUM).value == 499500
+    finally:
+        _stop(reg)
