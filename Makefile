@@ -25,8 +25,20 @@ PY_IMAGE    := build/python/stdlib_image.S
 # bzip2, liblzma and SQLite for _bz2, _lzma and _sqlite3 (built static with CPython)
 CPY_DBLIB_SRCS := $(addsuffix /.snapcell-sha256,$(addprefix build/third_party/,bzip2 xz-utils sqlite3))
 CPY_DBLIBS  := $(addprefix --lib $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a)
+# The dynamic Python guest (docs/code-sandboxes.md, "Packages and images"): the same CPython
+# linked as a dynamic musl 1.2.5 executable that loads PyPI's musllinux wheels unchanged, with
+# musl's dynamic linker beside it (the host loads that file as the guest's interpreter).
+MUSL        := build/musl
+MUSL_STAMP  := $(MUSL)/.inputs-sha256
+PY_DYN      := build/guests/python-dyn.elf build/guests/ld-musl-x86_64.so.1 build/guests/python-dyn.img
+CTYPES_SO   := _ctypes.cpython-311-x86_64-linux-musl.so
+# The default data image (docs/code-sandboxes.md, "Packages and images"): the wheels pinned by
+# images/data/requirements.lock, warmed with the modules of images/data/preload.txt imported;
+# rebuilt when either or the dynamic guest changes.
+DATA_IMAGE  := build/images/data/.lock-sha256
+DATA_PRELOAD = $(shell cat images/data/preload.txt)
 
-.PHONY: all setup guests code-guests native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
+.PHONY: all setup guests code-guests python-dyn data-image native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
 
 all: demo
 
@@ -35,9 +47,19 @@ setup: .venv/.snapcell-installed
 .venv/.snapcell-installed: pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 
-guests: setup $(GUESTS) $(CODE_GUESTS)
+guests: setup $(GUESTS) $(CODE_GUESTS) $(PY_DYN)
 
 code-guests: setup $(CODE_GUESTS)
+
+python-dyn: setup $(PY_DYN)
+
+data-image: setup $(DATA_IMAGE)
+
+$(DATA_IMAGE): images/data/requirements.lock images/data/preload.txt $(PY_DYN) snapcell/code/images.py
+	rm -rf build/images/data
+	$(PY) -m snapcell image build python -r images/data/requirements.lock \
+	  --preload $(DATA_PRELOAD) -o build/images/data:latest
+	sha256sum images/data/requirements.lock | cut -d' ' -f1 > $@
 
 native-interpreters: $(NATIVE)
 
@@ -66,6 +88,7 @@ build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK
 
 $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
               $(CPY_DBLIB_SRCS) \
+              build/third_party/libffi/.snapcell-sha256 \
               scripts/build_cpython.sh $(wildcard third_party/patches/cpython-*.patch)
 	JOBS=2 bash scripts/build_cpython.sh
 	touch $@
@@ -78,6 +101,29 @@ build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(S
 	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c $(PY_IMAGE) \
 	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
 	  --lib $(CPY)/obj/libpython3.11.a \
+	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
+	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) -o $@
+
+$(MUSL_STAMP): build/third_party/musl/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
+              scripts/build_musl.sh
+	JOBS=2 bash scripts/build_musl.sh
+	touch $@
+
+build/guests/python-dyn.img: $(CPY_STAMP) $(MUSL_STAMP) scripts/build_python_image.py \
+             snapcell/guest/fsimage.py guests/python/_snapcell_runner.py guests/python/_snapcell_dynamic.py
+	$(CPY)/obj/python scripts/build_python_image.py build/python-dyn --name base \
+	  --lib-dynload $(CPY)/obj/$(CTYPES_SO) --usr-lib $(MUSL)/lib/libz.so.1
+	cp build/python-dyn/base.img $@
+
+build/guests/ld-musl-x86_64.so.1: $(MUSL_STAMP)
+	mkdir -p build/guests && cp $(MUSL)/lib/libc.so $@
+
+build/guests/python-dyn.elf: guests/python/python_guest.c guests/python/libregion.S \
+             guests/python/image_slot.S $(CODEBOX) $(CPY_STAMP) $(MUSL_STAMP) $(SDK) | setup
+	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c \
+	  guests/python/libregion.S guests/python/image_slot.S --dynamic $(MUSL) \
+	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
+	  --whole-lib $(CPY)/obj/libpython3.11.a \
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
 	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) -o $@
 
@@ -97,10 +143,10 @@ build/native/qjs: guests/js/qjs_native.c $(QJS_DIR)/.snapcell-sha256
 build/guests/%.elf: guests/%.c $(SDK) | setup
 	$(PY) -m snapcell guest build $< -o $@
 
-demo: guests
-	$(PY) -m snapcell demo build/guests/simpleguest.elf
+demo: guests $(DATA_IMAGE)
+	$(PY) -m snapcell demo build/guests/simpleguest.elf --image build/images/data:latest
 
-test: guests build/native/lua benchmarks/c_floor
+test: guests $(DATA_IMAGE) build/native/lua benchmarks/c_floor
 	$(PY) -m pytest -q tests
 
 # Mutation fuzzing of guest output messages and snapshot files (FUZZ_SECONDS per target).

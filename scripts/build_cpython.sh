@@ -18,18 +18,20 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SRC=$ROOT/build/third_party/cpython
 ZSRC=$ROOT/build/third_party/zlib
+FSRC=$ROOT/build/third_party/libffi
 OUT=${CPYTHON_BUILD_DIR:-$ROOT/build/cpython}    # another directory: e.g. to time a clean build
 JOBS=${JOBS:-2}
+CTYPES_SO=_ctypes.cpython-311-x86_64-linux-musl.so   # see "libffi and _ctypes" below
 # Modules left out: no musl library to link (nis, _uuid, _dbm/_gdbm, _crypt needs libcrypt
 # features musl lacks), sub-interpreters (one interpreter per sandbox), the fuzzing stub and
 # _testinternalcapi (it needs the frozen getpath, which the bootstrap _freeze_module lacks).
 SKIP="nis _uuid _gdbm _dbm _crypt _xxsubinterpreters _xxtestfuzz ossaudiodev spwd _testinternalcapi"
 
-[ -f "$SRC/.snapcell-sha256" ] && [ -f "$ZSRC/.snapcell-sha256" ] || {
-  echo "build_cpython: sources missing; run scripts/fetch_third_party.py cpython zlib" >&2; exit 1; }
+[ -f "$SRC/.snapcell-sha256" ] && [ -f "$ZSRC/.snapcell-sha256" ] && [ -f "$FSRC/.snapcell-sha256" ] || {
+  echo "build_cpython: sources missing; run scripts/fetch_third_party.py cpython zlib libffi" >&2; exit 1; }
 command -v musl-gcc >/dev/null || { echo "build_cpython: musl-gcc missing (musl-tools)" >&2; exit 1; }
 
-inputs=$(cat "$SRC/.snapcell-sha256" "$ZSRC/.snapcell-sha256" "$0" third_party/patches/cpython-*.patch \
+inputs=$(cat "$SRC/.snapcell-sha256" "$ZSRC/.snapcell-sha256" "$FSRC/.snapcell-sha256" "$0" third_party/patches/cpython-*.patch \
          | sha256sum | cut -d' ' -f1)
 # ---- _bz2, _lzma, _sqlite3 (inputs): the sources of their libraries --------------------------
 DBLIBS="bzip2 xz-utils sqlite3"
@@ -42,7 +44,7 @@ inputs=$( { echo "$inputs"; for d in $DBLIBS; do cat "$ROOT/build/third_party/$d
 # ---- end of the _bz2, _lzma, _sqlite3 inputs --------------------------------------------------
 
 if [ -f "$OUT/.inputs-sha256" ] && [ "$(cat "$OUT/.inputs-sha256")" = "$inputs" ] \
-   && [ -f "$OUT/obj/libpython3.11.a" ] && [ -x "$OUT/obj/python" ]; then
+   && [ -f "$OUT/obj/libpython3.11.a" ] && [ -x "$OUT/obj/python" ] && [ -f "$OUT/obj/$CTYPES_SO" ]; then
   exit 0
 fi
 start=$(date +%s)
@@ -117,5 +119,25 @@ make -s -j"$JOBS" python > make.log 2>&1 || { tail -40 make.log >&2; exit 1; }
 # sysconfig's data module (build/lib.linux-x86_64-3.11/_sysconfigdata_*.py; test.support and
 # sysconfig import it), no extension modules: they are all built in
 make -s pybuilddir.txt >> make.log 2>&1 || { tail -40 make.log >&2; exit 1; }
+
+# ---- libffi and _ctypes (the dynamic Python guest only) --------------------------------------
+# The dynamic guest (docs/code-sandboxes.md, "Packages and images") loads extension modules
+# with musl's dynamic linker; pandas imports ctypes. _ctypes is built here as a shared
+# extension module (obj/$CTYPES_SO, for the dynamic guest's lib-dynload) with libffi linked in
+# static and PIC. --disable-exec-static-tramp: no trampoline table mapped from libffi's own
+# file (the guest maps no code after its W^X seal). The static guest is not affected.
+cp -r "$FSRC" "$OUT/libffi"
+(cd "$OUT/libffi" && CFLAGS="-O2 -fPIC" ./configure --host=x86_64-linux-musl --disable-shared \
+   --enable-static --with-pic --disable-exec-static-tramp --disable-docs \
+   --prefix="$OUT/ffi-prefix" --libdir="$OUT/ffi-prefix/lib" > configure-ffi.log 2>&1 \
+   && make -s -j"$JOBS" > make-ffi.log 2>&1 && make -s install >> make-ffi.log 2>&1) \
+  || { tail -30 "$OUT/libffi/configure-ffi.log" "$OUT/libffi/make-ffi.log" >&2; exit 1; }
+mkdir -p "$OUT/ctypes"
+for f in _ctypes callbacks callproc stgdict cfield; do
+  musl-gcc -c -O2 -fPIC -DPy_BUILD_CORE_MODULE -I"$OUT/ffi-prefix/include" -I"$SRC/Include" \
+    -I"$SRC/Include/internal" -I"$OUT/obj" -o "$OUT/ctypes/$f.o" "$SRC/Modules/_ctypes/$f.c"
+done
+musl-gcc -shared -o "$OUT/obj/$CTYPES_SO" "$OUT"/ctypes/*.o "$OUT/ffi-prefix/lib/libffi.a"
+
 echo "$inputs" > "$OUT/.inputs-sha256"
 echo "build_cpython: built in $(( $(date +%s) - start )) s ($(ls -s --block-size=M python | cut -d' ' -f1) python)"

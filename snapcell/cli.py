@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .cli_image import data_demo, image_group
 from .cli_mcp import mcp_command
 from .cli_options import (
     build_config,
@@ -86,15 +87,26 @@ def guest() -> None:
               help="A third-party source compiled with its warnings silenced (repeatable).")
 @click.option("--lib", "libraries", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Link a static library (.a) into the guest (repeatable).")
+@click.option("--whole-lib", "whole_libraries", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="With --dynamic: link a static library whole, every symbol exported (repeatable).")
+@click.option("--dynamic", "dynamic", default="", type=click.Path(file_okay=False),
+              help="Link a dynamic guest against the musl build at this prefix (its dynamic "
+                   "linker is the guest's interpreter).")
 @click.option("--static-lib", is_flag=True,
               help="Compile SOURCES (as third-party code) into a static library instead of a guest.")
 @click.option("-j", "--jobs", default=0, show_default=True, help="Parallel compile jobs (0 = CPUs).")
 def guest_build(sources: tuple[str, ...], output: str, debug: bool, includes: tuple[str, ...],
                 defines: tuple[str, ...], third_party: tuple[str, ...], libraries: tuple[str, ...],
-                static_lib: bool, jobs: int) -> None:
-    """Compile C SOURCES with the guest SDK and musl into a static guest ELF."""
+                whole_libraries: tuple[str, ...], dynamic: str, static_lib: bool,
+                jobs: int) -> None:
+    """Compile C SOURCES with the guest SDK and musl into a guest ELF (static, or dynamic with
+    --dynamic)."""
+    if whole_libraries and not dynamic:
+        raise click.UsageError("--whole-lib needs --dynamic")
     options = BuildOptions(include_dirs=includes, defines=defines, third_party=third_party,
-                           libraries=libraries, jobs=jobs)
+                           libraries=libraries, jobs=jobs, dynamic=dynamic,
+                           whole_libraries=whole_libraries)
     if static_lib:
         if third_party or libraries:
             raise click.UsageError("--static-lib takes SOURCES only (no --third-party/--lib)")
@@ -224,7 +236,12 @@ def _median_us(fn: Any, n: int) -> float:
                 default="build/guests/simpleguest.elf")
 @click.option("--sandboxes", default=200, show_default=True,
               help="How many sandboxes to create from the snapshot.")
-def demo(elf: str, sandboxes: int) -> None:
+@click.option("--image", "image", default=None, metavar="LAYOUT:TAG",
+              help="Also run Python on this package image (a pandas summary and a chart PNG "
+                   "written to --out) and a JS snippet.")
+@click.option("--out", "out_dir", default="build/demo", show_default=True,
+              help="Where the data demo writes its chart.")
+def demo(elf: str, sandboxes: int, image: str | None, out_dir: str) -> None:
     """The main job: evolve a guest once, make typed calls and host round trips, snapshot it,
     create many ready sandboxes straight from the snapshot, restore, and print timings."""
     printed: list[str] = []
@@ -294,6 +311,8 @@ def demo(elf: str, sandboxes: int) -> None:
     timings.add_row("from_snapshot → call → close, pooled",
                     f"{_median_us(pooled_round, sandboxes):.1f} µs")
     console.print(timings)
+    if image is not None:
+        data_demo(console, image, out_dir)
 
 
 def _median_us_before(fn: Any, before: Any, n: int) -> float:
@@ -323,6 +342,7 @@ def bench(quick: bool, as_json: bool, out: str) -> None:
 
 
 main.add_command(snapshot_group)
+main.add_command(image_group)
 main.add_command(run_command)
 main.add_command(serve_command)
 main.add_command(mcp_command)

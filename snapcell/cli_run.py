@@ -76,9 +76,11 @@ def _save_files(out: Path, files: dict[str, bytes]) -> None:
               help="Python: copy the local file PATH to /tmp/NAME in the sandbox (repeatable).")
 @click.option("--save-files", "save_dir", type=click.Path(file_okay=False),
               help="Python: write the files the code wrote under /tmp into this directory.")
+@click.option("--image", "image", metavar="LAYOUT:TAG",
+              help="Python: run on this package image (`snapcell image build`).")
 def run_command(code: str | None, lang: str | None, path: str | None, tools: tuple[str, ...],
                 as_json: bool, timeout: float, memory_limit: int, puts: tuple[str, ...],
-                save_dir: str | None) -> None:
+                save_dir: str | None, image: str | None) -> None:
     """Run CODE (or -f FILE) in a fresh code sandbox. Exit status 0 on success, 1 when the code
     failed, 2 on a usage error."""
     if (code is None) == (path is None):
@@ -91,6 +93,8 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
     else:
         assert code is not None
         source, filename = code, ""
+    if lang is None and image is not None:
+        lang = "python"
     if lang is None:
         raise click.UsageError("--lang js|lua|python is required (no known file extension)")
     if timeout <= 0:
@@ -99,7 +103,7 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
     files = dict(_put(p) for p in puts) if puts else None
     try:
         with CodeSandbox(lang, tools=funcs, timeout=timeout, memory_limit=memory_limit << 20,
-                         filename=filename or None) as box:
+                         filename=filename or None, image=image) as box:
             result = box.run(source, files=files)
     except SnapcellError as e:
         raise click.UsageError(str(e)) from None

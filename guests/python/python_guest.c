@@ -31,6 +31,7 @@ extern const unsigned char sc_python_image[], sc_python_image_end[];
 /* ---- memory limit -------------------------------------------------------------------------- */
 
 static size_t mem_used, mem_limit = (size_t)-1;
+static size_t mem_warm;                     /* in use by the warm interpreter (end of init) */
 static PyMemAllocatorEx raw_alloc;          /* the allocator we wrap (malloc) */
 static PyObjectArenaAllocator arena_alloc;  /* pymalloc's arenas (mmap) */
 
@@ -466,7 +467,9 @@ static sc_value Run(const sc_value *args)
     for (uint32_t i = 0; tools && i < req.ntools; i++)
         PyTuple_SET_ITEM(tools, i, PyUnicode_FromStringAndSize(req.tools[i], req.tool_lens[i]));
     PyObject *res = NULL;
-    mem_limit = req.memory_limit ? (size_t)req.memory_limit : (size_t)-1;
+    /* the limit is the run's own: beyond what the warm interpreter (and an image's preloaded
+     * packages) already hold */
+    mem_limit = req.memory_limit ? mem_warm + (size_t)req.memory_limit : (size_t)-1;
     if (code && tools)
         res = PyObject_CallFunction(runner_run, "OsO", code, req.filename, tools);
     mem_limit = (size_t)-1;
@@ -612,5 +615,6 @@ void snapcell_main(void)
     Py_DECREF(warm);
     Py_DECREF(mod);
     sc_fs_tmp_clear();
+    mem_warm = mem_used;
     sc_register("Run", Run, SC_BYTES, 1, SC_BYTES);
 }

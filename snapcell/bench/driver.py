@@ -30,6 +30,7 @@ from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snap
 from ..types import I32
 from .heavy import bench_after_heavy_run
 from .heavy import ratios as heavy_ratios
+from .packages import package_benchmarks
 from .snapshots import config_for_total
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -375,18 +376,23 @@ def _tool_add(a: int, b: int) -> int:
     return a + b
 
 
-def _code_memory(counts: tuple[int, ...], lang: str = "js") -> dict[str, Stats]:
-    """Host memory per idle code sandbox of `lang` (after one run), beyond its dirty pages."""
+def _code_memory(counts: tuple[int, ...], lang: str = "js",
+                 image: str | None = None) -> dict[str, Stats]:
+    """Host memory per idle code sandbox of `lang` (on package image `image`, if given) after
+    one run, beyond its dirty pages."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * max(counts) + 256)), hard))
-    warm_snapshot(lang)
+    if image is None:
+        warm_snapshot(lang)
+    else:
+        CodeSandbox(lang, image=image).close()       # load the image first
     out: dict[str, Stats] = {}
     for n in counts:
         before = _memory_bytes()
         boxes = []
         for _ in range(n):
-            box = CodeSandbox(lang)
+            box = CodeSandbox(lang, image=image)
             box.run("1 + 1")
             boxes.append(box)
         after = _memory_bytes()
@@ -430,6 +436,7 @@ def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
             lambda: subprocess.run([node, "-e", "1 + 1"], check=True, capture_output=True), k, 1)
     r["code_memory_js"] = _code_memory((1, 100) if quick else (1, 100, 1000))
     _python_benchmarks(r, quick)
+    package_benchmarks(r, quick, _time, _code_memory)
 
 
 PYTHON_SNIPPET = ROOT / "benchmarks" / "python_snippet.py"

@@ -72,13 +72,15 @@ class CodeSandbox:
 
     Python sandboxes have a file system: the standard library read-only and a scratch /tmp (the
     working directory). ``run(code, files={"data.csv": b"..."})`` puts files there first and
-    ``r.files`` holds the files the run wrote, up to `max_files_out` bytes in all."""
+    ``r.files`` holds the files the run wrote, up to `max_files_out` bytes in all.
+    ``image="LAYOUT:TAG"`` (or ``"host/repo@sha256:..."``, pulled once) runs Python on a
+    package image (`snapcell image build`): PyPI's musllinux wheels, preloaded and sealed W^X."""
 
     def __init__(self, lang: str, tools: Mapping[str, Any] | None = None, *,
                  timeout: float | None = 5.0, memory_limit: int = 64 * MIB,
                  max_output: int = 1 * MIB, keep_state: bool = False,
                  snapshot: Snapshot | None = None, filename: str | None = None,
-                 max_files_out: int = 1 * MIB) -> None:
+                 max_files_out: int = 1 * MIB, image: str | None = None) -> None:
         self.language: Language = language(lang)
         self.max_files_out = _positive("max_files_out", max_files_out, MAX_FILES_OUT)
         self.timeout = _timeout(timeout)
@@ -94,6 +96,11 @@ class CodeSandbox:
                                         object_keywords=not self.language.keywords)
         if snapshot is not None and not isinstance(snapshot, Snapshot):
             raise TypeError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
+        if image is not None:              # a package image (docs/code-sandboxes.md)
+            if self.language.name != "python" or snapshot is not None:
+                raise ConfigurationError("image= is for Python sandboxes, without snapshot=")
+            from .image_store import image_snapshot
+            snapshot = image_snapshot(image)
         self._base = snapshot if snapshot is not None else warm_snapshot(self.language)
         self._sb = MultiUseSandbox.from_snapshot(self._base,
                                                  host_functions=tool_host_functions(self._dispatch))

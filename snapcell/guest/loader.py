@@ -18,7 +18,7 @@ from . import abi
 from .elf import GuestBinary
 
 # auxv keys (<elf.h>)
-AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_ENTRY = 0, 3, 4, 5, 6, 9
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_ENTRY = 0, 3, 4, 5, 6, 7, 9
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_SECURE, AT_RANDOM = 11, 12, 13, 14, 23, 25
 
 ABI_HEADER_SIZE = 0x48
@@ -95,7 +95,10 @@ def initial_stack(guest: GuestBinary, layout: MemoryLayout, random16: bytes) -> 
     argv0, rnd = blob_addr, blob_addr + 16
     auxv = [(AT_PHDR, guest.phdr_addr), (AT_PHENT, guest.phentsize), (AT_PHNUM, guest.phnum),
             (AT_PAGESZ, PAGE), (AT_ENTRY, guest.entry), (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0),
-            (AT_EGID, 0), (AT_SECURE, 0), (AT_RANDOM, rnd), (AT_NULL, 0)]
+            (AT_EGID, 0), (AT_SECURE, 0), (AT_RANDOM, rnd)]
+    if guest.interp_base:                      # a dynamic guest: where its interpreter is
+        auxv.append((AT_BASE, guest.interp_base))
+    auxv.append((AT_NULL, 0))
     words = [1, argv0, 0, 0] + [x for kv in auxv for x in kv]
     vec = struct.pack(f"<{len(words)}Q", *words)
     rsp = (blob_addr - len(vec)) & ~0xF        # 16-byte aligned at _start, as the kernel does
@@ -119,4 +122,4 @@ def build_guest_image(guest: GuestBinary, layout: MemoryLayout) -> GuestImage:
     except BaseException:
         image.close()
         raise
-    return GuestImage(image, guest.entry, rsp)
+    return GuestImage(image, guest.start, rsp)

@@ -39,7 +39,7 @@ CONFIG_CAP = 1 << 20
 MAX_MEMORY_BLOB = MAX_MEMORY - GUEST_BASE      # 1 GiB of guest memory, minus the system area
 MAX_LAYER_BLOB = MAX_MEMORY_BLOB + (16 << 20)  # its pages plus the largest extent table
 
-MAX_SEGMENTS = 64
+MAX_SEGMENTS = 1024                   # a sealed dynamic guest has two per loaded library
 MAX_LAYERS = 64                       # memory layers of one snapshot (saves flatten far sooner)
 MAX_HOST_FUNCTIONS = 4096
 MAX_FEATURE_WORDS = 64

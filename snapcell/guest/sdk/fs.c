@@ -613,6 +613,22 @@ static FS_NOSSP long file_pread(struct fdesc *d, char *buf, size_t n, uint64_t o
     return (long)n;
 }
 
+/* The bytes of the read-only image file open as fd (for file-backed mmap, libmap.c): 0 with
+ * *data and *size set; -EBADF when fd is not open, -EACCES when it is not an image file (files
+ * under /tmp, directories and the standard streams cannot be mapped). */
+FS_NOSSP long sc_fs_image_file(long fd, const void **data, uint64_t *size)
+{
+    struct fdesc *d = mounted ? get_fd(fd) : NULL;
+    if (!d)
+        return -EBADF;
+    if (d->kind != FD_IMG_FILE || (d->flags & O_ACCMODE) == O_WRONLY)
+        return -EACCES;
+    struct img_ent e = ent(d->idx);
+    *data = img + e.a;
+    *size = e.b;
+    return 0;
+}
+
 static FS_NOSSP long file_pwrite(struct fdesc *d, const char *buf, size_t n, uint64_t off)
 {
     if (d->kind != FD_TMP_FILE)
@@ -1191,8 +1207,9 @@ int sc_fs_mount(const void *image, size_t size, size_t tmp_limit, const char *di
         return -1;
     uint32_t count = rd32(p + 12);
     uint64_t toff = rd64(p + 16), coff = rd64(p + 24), soff = rd64(p + 32), doff = rd64(p + 40);
-    if (rd64(p + 48) != size || count == 0 || count > (1u << 24))
+    if (rd64(p + 48) > size || count == 0 || count > (1u << 24))
         return -1;
+    size = rd64(p + 48);        /* the image may be shorter than the room it was given */
     if (toff != IMG_HDR || coff != toff + (uint64_t)count * IMG_ENT || coff > soff || soff > doff
         || doff > size)
         return -1;

@@ -23,15 +23,20 @@
  * The heap arena [heap address, heap address + heap size) of the ABI page, as a bitmap of
  * 4 KiB pages (bit set = page handed out). Allocation is first fit from the lowest free page.
  *
- * Zeroing policy: pages are zeroed WHEN THEY ARE HANDED OUT (mmap, mremap growth), so the
- * runtime does not depend on the initial contents of the arena; munmap does not touch the
- * pages. madvise(MADV_DONTNEED) zeroes the (allocated) pages of its range immediately.
+ * Zeroing policy: pages are zeroed WHEN THEY ARE HANDED OUT (mmap, mremap growth), except
+ * pages never handed out before (still zero from the guest's image: arena_fresh); munmap does
+ * not touch the pages. madvise(MADV_DONTNEED) zeroes the (allocated) pages of its range.
  * PROT_* flags are ignored: every arena page is readable and writable (never executable).
+ * A dynamic guest's file-backed and MAP_FIXED mappings go to its library region (libmap.c).
  */
 static uint64_t arena_map[ARENA_WORDS];
 static uintptr_t arena_base;
 static size_t arena_npages;
 static size_t arena_hint;     /* every page below this index is in use */
+/* Every page at or above this index was never handed out, so it still holds the zeros of the
+ * guest's initial image and needs no zeroing (a large reservation that is hardly used, like
+ * OpenBLAS's 128 MiB buffer, then costs nothing). The native test's arena is not zeroed. */
+static size_t arena_fresh;
 static int arena_state;       /* 0: not set up yet, 1: ready, -1: unusable (bad ABI page) */
 
 static SC_NOSSP void arena_setup(uintptr_t addr, uint64_t size)
@@ -48,6 +53,11 @@ static SC_NOSSP void arena_setup(uintptr_t addr, uint64_t size)
     arena_base = start;
     arena_npages = pages;
     arena_hint = 0;
+#ifdef SC_ARENA_NATIVE_TEST
+    arena_fresh = pages;
+#else
+    arena_fresh = 0;
+#endif
     memset(arena_map, 0, sizeof arena_map);
     arena_state = 1;
 }
@@ -152,6 +162,15 @@ static SC_NOSSP long arena_alloc(size_t n)
 
 static SC_NOSSP void *page_ptr(size_t i) { return (void *)(arena_base + i * PAGE); }
 
+/* Zero pages [i, i + n) being handed out: only those handed out before (see arena_fresh). */
+static SC_NOSSP void zero_pages(size_t i, size_t n)
+{
+    if (i < arena_fresh)
+        memset(page_ptr(i), 0, (i + n < arena_fresh ? n : arena_fresh - i) * PAGE);
+    if (i + n > arena_fresh)
+        arena_fresh = i + n;
+}
+
 /* Pages of [addr, addr + len) (len rounded up to pages) if that range lies inside the arena.
  * addr must be page aligned and len > 0. */
 static SC_NOSSP int arena_range(uint64_t addr, uint64_t len, size_t *first, size_t *count)
@@ -173,6 +192,11 @@ SC_NOSSP long sc__sys_mmap(uint64_t addr, uint64_t len, uint64_t prot, uint64_t 
     (void)addr; /* a hint only: ignored */
     (void)prot; /* all arena pages are RW, NX */
     (void)fd;   /* ignored for MAP_ANONYMOUS, as on Linux */
+#ifndef SC_ARENA_NATIVE_TEST
+    /* a dynamic guest's shared objects: the library region (libmap.c) */
+    if (sc__lib_present() && ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) || !(flags & MAP_ANONYMOUS)))
+        return sc__lib_mmap(addr, len, prot, flags, fd, off);
+#endif
     if (len == 0 || (off & (PAGE - 1)))
         return -EINVAL;
     if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
@@ -187,7 +211,7 @@ SC_NOSSP long sc__sys_mmap(uint64_t addr, uint64_t len, uint64_t prot, uint64_t 
     long idx = arena_alloc(n);
     if (idx < 0)
         return -ENOMEM;
-    memset(page_ptr((size_t)idx), 0, n * PAGE);
+    zero_pages((size_t)idx, n);
     return (long)(uintptr_t)page_ptr((size_t)idx);
 }
 
@@ -196,6 +220,10 @@ SC_NOSSP long sc__sys_munmap(uint64_t addr, uint64_t len)
     size_t i, n;
     if ((addr & (PAGE - 1)) || len == 0)
         return -EINVAL;
+#ifndef SC_ARENA_NATIVE_TEST
+    if (sc__lib_owns(addr))
+        return sc__lib_munmap(addr, len);
+#endif
     if (!arena_ready() || !arena_range(addr, len, &i, &n))
         return -EINVAL; /* only arena memory can be unmapped */
     arena_release(i, n); /* pages not handed out are ignored, as Linux does */
@@ -221,7 +249,7 @@ SC_NOSSP long sc__sys_mremap(uint64_t old, uint64_t old_len, uint64_t new_len, u
     }
     if (i + m <= arena_npages && run_len(i + n, m - n, 0) == m - n) {   /* grow in place */
         arena_claim(i + n, m - n);
-        memset(page_ptr(i + n), 0, (m - n) * PAGE);
+        zero_pages(i + n, m - n);
         return (long)old;
     }
     if (!(flags & MREMAP_MAYMOVE))
@@ -229,8 +257,8 @@ SC_NOSSP long sc__sys_mremap(uint64_t old, uint64_t old_len, uint64_t new_len, u
     long idx = arena_alloc(m);                      /* the old pages are still claimed */
     if (idx < 0)
         return -ENOMEM;
+    zero_pages((size_t)idx + n, m - n);
     memcpy(page_ptr((size_t)idx), page_ptr(i), n * PAGE);
-    memset(page_ptr((size_t)idx + n), 0, (m - n) * PAGE);
     arena_release(i, n);
     return (long)(uintptr_t)page_ptr((size_t)idx);
 }

@@ -2,6 +2,7 @@
  * snapcell guest SDK runtime: what its files share (internal: not for guest authors).
  *
  *   memory.c    the heap arena of the ABI page: mmap, munmap, mremap, madvise, brk
+ *   libmap.c    a dynamic guest's library region: file-backed and MAP_FIXED mmap, mprotect
  *   syscalls.c  __sc_syscall (entered from entry.S), forwarding to the host, sleep, signals,
  *               the in-guest file system hook (fs.c)
  *   messages.c  values, bounded MessagePack reading, results, aborts, per-call copies
@@ -42,6 +43,15 @@ long sc__sys_brk(void);
 #ifdef SC_ARENA_NATIVE_TEST
 void sc_arena_test_setup(void *addr, uint64_t size);
 #endif
+
+/* ---- libmap.c: a dynamic guest's library region (not in the native arena test) ------------ */
+
+int sc__lib_present(void);
+int sc__lib_owns(uint64_t addr);
+long sc__lib_mmap(uint64_t addr, uint64_t len, uint64_t prot, uint64_t flags, uint64_t fd,
+                  uint64_t off);
+long sc__lib_munmap(uint64_t addr, uint64_t len);
+long sc__lib_mprotect(uint64_t addr, uint64_t len, uint64_t prot);
 
 #ifndef SC_ARENA_NATIVE_TEST
 #include "snapcell.h"

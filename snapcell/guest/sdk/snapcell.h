@@ -151,4 +151,9 @@ const char *sc_type_name(sc_type t);
 }
 #endif
 
+/* Dynamic guests (libmap.c): refuse every new executable mapping from now on, the guest's
+ * side of the W^X seal (docs/security.md); and whether that was done. */
+void sc_lib_seal(void);
+int sc_lib_is_sealed(void);
+
 #endif /* SNAPCELL_H */

@@ -19,7 +19,7 @@
 #define SC_FS_MAX_NODES 512     /* files + directories under /tmp */
 #define SC_FS_MAX_FDS 128       /* open descriptors (0-2 are the standard streams) */
 
-/* Mount `image` (size bytes) read-only at / with an empty /tmp holding at most tmp_limit bytes
+/* Mount `image` (at most size bytes: its header gives its length) read-only at / with an empty /tmp holding at most tmp_limit bytes
  * of file data; the working directory becomes `cwd` (e.g. "/tmp"). 0, or -1 when the image is
  * malformed (nothing is mounted then). */
 int sc_fs_mount(const void *image, size_t size, size_t tmp_limit, const char *cwd);
@@ -41,5 +41,9 @@ void sc_fs_tmp_clear_dirty(void);
 /* Bytes of file data held under /tmp now, and the limit. */
 size_t sc_fs_tmp_used(void);
 size_t sc_fs_tmp_limit(void);
+
+/* The bytes of the read-only image file open as `fd`: 0 with *data and *size set, -EBADF
+ * (not open) or -EACCES (not an image file). Used by file-backed mmap (libmap.c). */
+long sc_fs_image_file(long fd, const void **data, uint64_t *size);
 
 #endif

@@ -117,7 +117,11 @@ __sc_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
     case SYS_madvise:
         return sc__sys_madvise(u0, u1, u2);
     case SYS_mprotect:
+#ifndef SC_ARENA_NATIVE_TEST
+        return sc__lib_mprotect(u0, u1, u2);
+#else
         return 0;
+#endif
     case SYS_set_tid_address:
         return 1;
     case SYS_rt_sigprocmask:

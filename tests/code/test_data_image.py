@@ -1,0 +1,66 @@
+"""The default data image (`make data-image`, docs/code-sandboxes.md "Packages and images"):
+what model-written data code imports first, loaded from PyPI's musllinux wheels in a real KVM
+guest. The image must have been built (the test fails, naming the make target, otherwise)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapcell import CodeSandbox
+
+LAYOUT = Path(__file__).resolve().parents[2] / "build" / "images" / "data"
+IMAGE = f"{LAYOUT}:latest"
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[CodeSandbox]:
+    assert (LAYOUT / "index.json").is_file(), "the data image is not built: run `make data-image`"
+    with CodeSandbox("python", image=IMAGE, timeout=60.0, memory_limit=128 << 20) as b:
+        yield b
+
+
+def test_every_package_imports(box: CodeSandbox) -> None:
+    r = box.run("import numpy, pandas, matplotlib, scipy, dateutil, pytz, yaml, tabulate, bs4, "
+                "pydantic, requests\nsorted(m.__name__ for m in (numpy, pandas, matplotlib, "
+                "scipy, yaml, bs4, pydantic, requests))")
+    assert r.error is None, r.error
+    assert r.value == sorted(["numpy", "pandas", "matplotlib", "scipy", "yaml", "bs4",
+                              "pydantic", "requests"])
+
+
+def test_pandas_groupby(box: CodeSandbox) -> None:
+    r = box.run("import numpy as np, pandas as pd\n"
+                "df = pd.DataFrame({'k': np.arange(1000) % 4, 'v': np.arange(1000.0)})\n"
+                "df.groupby('k').v.sum().to_dict()")
+    assert r.error is None, r.error
+    assert r.value == {i: float(sum(range(i, 1000, 4))) for i in range(4)}
+
+
+def test_matplotlib_png(box: CodeSandbox) -> None:
+    r = box.run("import matplotlib, matplotlib.pyplot as plt\n"
+                "fig, ax = plt.subplots(figsize=(3, 2))\nax.plot([1, 3, 2])\n"
+                "fig.savefig('chart.png', dpi=50)\nplt.close(fig)\nmatplotlib.get_backend()")
+    assert r.error is None, r.error
+    assert r.value.lower() == "agg"
+    assert r.files["chart.png"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scipy_linear_algebra_and_optimisation(box: CodeSandbox) -> None:
+    r = box.run("import numpy as np, scipy.linalg as la, scipy.optimize as o\n"
+                "w = la.eigh(np.diag([3.0, 1.0, 2.0]), eigvals_only=True)\n"
+                "[w.round(6).tolist(), round(float(o.minimize(lambda x: (x[0] - 3) ** 2, [0.0]).x[0]), 4)]")
+    assert r.error is None, r.error
+    assert r.value == [[1.0, 2.0, 3.0], 3.0]
+
+
+def test_pure_python_packages(box: CodeSandbox) -> None:
+    r = box.run("import yaml, tabulate, bs4, pydantic, dateutil.parser, pytz\n"
+                "class P(pydantic.BaseModel):\n    x: int\n"
+                "[yaml.safe_load('a: [1, 2]'), tabulate.tabulate([[1, 2]]).count('-') > 0,\n"
+                " bs4.BeautifulSoup('<p>hi</p>', 'html.parser').p.text, P(x='3').x,\n"
+                " dateutil.parser.parse('2026-12-07T10:00').day, str(pytz.timezone('UTC'))]")
+    assert r.error is None, r.error
+    assert r.value == [{"a": [1, 2]}, True, "hi", 3, 7, "UTC"]
