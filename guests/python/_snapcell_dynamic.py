@@ -80,7 +80,30 @@ WARM_ERROR = None        # the warm-up's failure (a traceback), checked by the i
 LOAD_ERRORS = {}         # extension modules that could not be loaded: path -> why
 
 
+# numpy's names for its AVX-512 dispatch targets (2.x levels, and 1.x names: a name this numpy
+# does not dispatch only gives an ImportWarning)
+_NUMPY_AVX512 = ("X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX "
+                 "AVX512_CLX AVX512_CNL")
+
+
+def _pin_dispatch(features) -> None:
+    """Keep the libraries that pick a code path from CPUID when they load (numpy, OpenBLAS)
+    within the image's CPU baseline, so the warm snapshot holds no path a baseline host lacks
+    (docs/security.md, "CPU baselines"): under PVM the guest sees the host's CPUID, and a
+    snapshot built on an AVX-512 host would otherwise keep AVX-512 kernels. A baseline without
+    AVX state needs nothing from numpy: the guest's CPUID then says the OS has no XSAVE."""
+    if features is None:
+        return
+    have = set(features)
+    if "avx512f" not in have:
+        os.environ.setdefault("NPY_DISABLE_CPU_FEATURES", _NUMPY_AVX512)
+    os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX" if "avx512f" in have else
+                          "Haswell" if "avx2" in have else
+                          "Nehalem" if "sse4_2" in have else "Prescott")
+
+
 def _warm_up(cfg: dict) -> None:
+    _pin_dispatch(cfg.get("cpu_features"))
     if _DYNLOAD not in sys.path:
         sys.path.append(_DYNLOAD)
     os.environ.setdefault("MPLBACKEND", "Agg")

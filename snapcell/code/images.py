@@ -28,6 +28,7 @@ from ..errors import ConfigurationError, SnapcellError
 from ..guest.elf import GuestBinary
 from ..guest.fsimage import build_image as fs_build_image
 from ..guest.fsimage import read_image
+from ..machine.baselines import resolve
 from ..machine.layout import MAX_MEMORY, PAGE
 from ..sandbox import SandboxConfiguration, Snapshot, UninitializedSandbox
 from ..sandbox.wx_seal import EXEC_MAP_SYMBOL, seal
@@ -187,7 +188,9 @@ def build_image(requirements: str | os.PathLike[str], ref: str, preload: tuple[s
     with tempfile.TemporaryDirectory(prefix="snapcell-image-") as tmp:
         wheels = download_wheels(Path(requirements), Path(tmp) / "wheels")
         config: dict[str, object] = {"name": f"{layout}:{tag}", "preload": list(preload),
-                                     "packages": [f"{w.name}=={w.version}" for w in wheels]}
+                                     "packages": [f"{w.name}=={w.version}" for w in wheels],
+                                     # the warm-up keeps CPU dispatch within the baseline
+                                     "cpu_features": sorted(resolve(LAYOUT.cpu_baseline).features)}
         image = build_image_bytes(base, wheels, config)
         img_path = Path(tmp) / "python.img"
         img_path.write_bytes(image)

@@ -64,3 +64,15 @@ def test_pure_python_packages(box: CodeSandbox) -> None:
                 " dateutil.parser.parse('2026-12-07T10:00').day, str(pytz.timezone('UTC'))]")
     assert r.error is None, r.error
     assert r.value == [{"a": [1, 2]}, True, "hi", 3, 7, "UTC"]
+
+
+def test_cpu_dispatch_stays_within_the_baseline(box: CodeSandbox) -> None:
+    """The image is built under the portable baseline (x86-64-v3): numpy and OpenBLAS were told
+    so before they chose their kernels at warm-up, so the warm snapshot holds no AVX-512 path
+    whatever host built it (docs/security.md, "CPU baselines")."""
+    r = box.run("import os, numpy\nfrom numpy._core._multiarray_umath import __cpu_features__ as f\n"
+                "[os.environ.get('OPENBLAS_CORETYPE'), 'X86_V4' in "
+                "os.environ.get('NPY_DISABLE_CPU_FEATURES', ''), f.get('AVX512F', False), "
+                "f.get('AVX2', False)]")
+    assert r.error is None, r.error
+    assert r.value == ["Haswell", True, False, True]
