@@ -60,7 +60,7 @@ def server(kvm_ok: None, simpleguest: str, tmp_path_factory: pytest.TempPathFact
     proc, url = _start_server(
         ["--snapshot", f"simple={tmp / 'layout'}#v1", "--host-functions",
          "tests.conftest:make_host_functions", "--api-key-file", str(keys), "--pool-size", "2",
-         "--max-queue", "8", "--max-body", "300000", "--max-timeout", "2",
+         "--max-queue", "8", "--max-body", "300000", "--max-timeout", "2", "--call-timeout", "0.5",
          "--cache-dir", str(tmp / "cache"), "--header-timeout", str(HEADER_TIMEOUT),
          "--body-timeout", str(BODY_TIMEOUT), "--keep-alive-timeout", str(KEEP_ALIVE),
          "--max-connections", str(MAX_CONNECTIONS)], env)
@@ -369,7 +369,11 @@ def test_fuzz_every_route_never_answers_5xx(server: Hardened) -> None:
                 raw_path=path.encode("ascii")), content=body)
         except httpx.HTTPError:
             pytest.fail(f"{method} {path!r}: the connection failed for body {body[:200]!r}")
-        assert r.status_code < 500, (method, path, body[:300], r.status_code, r.text[:300])
+        # (a 504 `timeout` is the documented answer to a call that outlives its limit, e.g.
+        # Spin: the service did its job, it did not fail)
+        timed_out = r.status_code == 504 and error_of(r)["type"] == "timeout"
+        assert r.status_code < 500 or timed_out, (method, path, body[:300], r.status_code,
+                                                  r.text[:300])
         if r.status_code >= 400:
             assert r.headers["content-type"] == "application/json", r.text[:300]
             err = error_of(r)
