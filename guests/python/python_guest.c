@@ -312,13 +312,15 @@ static PyObject *m_call_tool(PyObject *self, PyObject *args)
     return Py_BuildValue("(ON)", Py_True, value);
 }
 
-/* _snapcell.memory() -> (bytes in use, limit) */
+/* _snapcell.memory() -> (bytes the run has in use, the run's limit): both beyond what the warm
+ * interpreter holds, as the limit is counted (-1: no limit) */
 static PyObject *m_memory(PyObject *self, PyObject *noargs)
 {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("(nn)", (Py_ssize_t)mem_used,
-                         mem_limit == (size_t)-1 ? (Py_ssize_t)-1 : (Py_ssize_t)mem_limit);
+    size_t own = mem_used > mem_warm ? mem_used - mem_warm : 0;
+    return Py_BuildValue("(nn)", (Py_ssize_t)own,
+                         mem_limit == (size_t)-1 ? (Py_ssize_t)-1 : (Py_ssize_t)(mem_limit - mem_warm));
 }
 
 static PyMethodDef methods[] = {
