@@ -127,6 +127,34 @@ def _flush_display(value):
     return bundle is not None
 
 
+def _open_figures(show):
+    """Figures the run left open in matplotlib.pyplot become PNG bundles when `show` (as a
+    notebook shows them at the end of a cell), and are closed either way. Nothing happens unless
+    the code imported pyplot."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    try:
+        numbers = plt.get_fignums()
+    except Exception:
+        return
+    for n in numbers:
+        try:
+            if show:
+                fig = plt.figure(n)
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png")
+                _displays.append({"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                                  "text/plain": repr(fig)})
+        except Exception:
+            pass
+        finally:
+            try:
+                plt.close(n)
+            except Exception:
+                pass
+
+
 def _clear_display():
     _displays.clear()
     try:
@@ -338,7 +366,9 @@ def _run(code, filename, ns):
         value = None                                      # sys.exit() / sys.exit(0)
     except BaseException as e:  # noqa: B036  (KeyboardInterrupt and all: the code's failure)
         _displays.clear()
+        _open_figures(False)
         return (False, _describe(e, filename))
+    _open_figures(True)
     if _displays or (value is not None and not isinstance(value, _PLAIN)):
         if _flush_display(value):
             value = None            # a rich value is returned as its display bundle

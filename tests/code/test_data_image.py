@@ -76,3 +76,19 @@ def test_cpu_dispatch_stays_within_the_baseline(box: CodeSandbox) -> None:
                 "f.get('AVX2', False)]")
     assert r.error is None, r.error
     assert r.value == ["Haswell", True, False, True]
+
+
+def test_open_figures_come_back_as_png_bundles(box: CodeSandbox) -> None:
+    """A figure left open at the end of a run is shown as a notebook shows it: a PNG bundle in
+    r.display; then it is closed (the next run shows nothing), and a failed run shows none."""
+    import base64
+    r = box.run("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('t')\n'drawn'")
+    assert r.error is None, r.error
+    assert r.value == "drawn" and len(r.display) == 1
+    png = base64.b64decode(r.display[0]["image/png"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert "Figure" in r.display[0]["text/plain"]
+    r = box.run("import matplotlib.pyplot as plt\nplt.get_fignums()")
+    assert r.error is None and r.value == [] and r.display == []
+    r = box.run("import matplotlib.pyplot as plt\nplt.figure()\nraise ValueError('no')")
+    assert r.error is not None and r.error.type == "ValueError" and r.display == []
