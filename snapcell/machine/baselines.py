@@ -131,10 +131,11 @@ class CpuBaseline:
         if self.vendor is not None and self.vendor != host.vendor:
             out.append(f"CPU vendor {self.vendor} (this host's vendor is {host.vendor})")
         if self.legacy is not None:
-            lacking = [d for d in self.legacy.missing_on(host.legacy) if not d.startswith("CPU vendor")]
-            out += [_legacy_words(d) for d in lacking]
-            return out
-        if self.features - host.features:
+            have = dict(host.legacy.words)
+            for word, bits in self.legacy.words:
+                if bits & ~have.get(word, 0):
+                    out.append(_word_names(word, bits & ~have.get(word, 0)))
+        elif self.features - host.features:
             out.append(describe_features(self.features - host.features))
         if self.xcr0 & ~host.xcr0:
             out.append(f"XSAVE state {describe_xcr0(self.xcr0 & ~host.xcr0)}")
@@ -179,23 +180,17 @@ class CpuBaseline:
         return out
 
 
-def _legacy_words(d: str) -> str:
-    """A format-1/2 difference ('0x7.0.ecx bits 0x100') in words where the bits are known."""
-    m = re.fullmatch(r"(0x[0-9a-f]+)\.(\d+)\.(e[a-d]x) bits (0x[0-9a-f]+)", d)
-    if m:
-        leaf, sub, reg, bits = int(m[1], 16), int(m[2]), m[3], int(m[4], 16)
-        names = {n for n, f in feature_table().items()
-                 if (f.leaf, f.subleaf, f.register) == (leaf, sub, reg) and bits >> f.bit & 1}
-        known = sum(1 << feature_table()[n].bit for n in names)
-        rest = bits & ~known
-        text = describe_features(names)
-        if rest:
-            text += (", " if text else "") + f"CPUID {leaf:#x}.{sub}:{reg.upper()} bits {rest:#x}"
-        return text
-    m = re.fullmatch(r"XCR0 components (0x[0-9a-f]+)", d)
-    if m:
-        return f"XSAVE state {describe_xcr0(int(m[1], 16))}"
-    return d
+def _word_names(word: str, bits: int) -> str:
+    """Bits of a recorded CPUID word ('0x7.0.ecx') in words where they are known: 'GFNI'."""
+    leaf_text, sub_text, reg = word.split(".")
+    leaf, sub = int(leaf_text, 16), int(sub_text)
+    names = {n for n, f in feature_table().items()
+             if (f.leaf, f.subleaf, f.register) == (leaf, sub, reg) and bits >> f.bit & 1}
+    rest = bits & ~sum(1 << feature_table()[n].bit for n in names)
+    text = describe_features(names)
+    if rest:
+        text += (", " if text else "") + f"CPUID {leaf:#x}.{sub}:{reg.upper()} bits {rest:#x}"
+    return text
 
 
 # ------------------------------------------------------------------------------ named levels

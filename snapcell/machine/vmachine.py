@@ -15,7 +15,7 @@ import threading
 
 from ..kvm import Kvm, ioctls
 from ..kvm.structs import kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xsave
-from .baselines import CpuBaseline
+from .baselines import CpuBaseline, host_cpu
 from .cpu import (
     CR4_OSXSAVE,
     ERROR_CODE_VECTORS,
@@ -77,6 +77,7 @@ class Machine:
         # CPUID for life (pools keep machines per `baseline_key`)
         self.baseline_key = baseline.key if baseline is not None else None
         self.cpu_setup: tuple[int, bool] | None = None     # (XCR0, CR4.OSXSAVE) applied
+        self.baseline: CpuBaseline | None = None            # the baseline they came from
         self.memory_size = memory_size
         self.process = _process[0]     # KVM serves a VM only to the process that created it
         self.vm = kvm.create_vm()
@@ -151,15 +152,19 @@ class Machine:
             raise self.ioctl_failure("reset", e) from None
         return warm
 
-    def use_baseline(self, baseline: CpuBaseline, host_xcr0: int) -> None:
+    def use_baseline(self, baseline: CpuBaseline) -> None:
         """Set the guest's CR4.OSXSAVE and XCR0 for `baseline` (skipped when unchanged; call
-        before `reset`, which loads the control registers). CR4.OSXSAVE is set only when the
-        baseline has AVX state: CPUID.1:ECX.OSXSAVE follows it even under PVM, so dispatching
-        code takes no AVX path under a baseline without AVX. XCR0 limits the XSAVE state the
+        before `reset`, which loads the control registers through the sync-regs area).
+        CR4.OSXSAVE is set only when the baseline has AVX state: CPUID.1:ECX.OSXSAVE follows it
+        even under PVM, so dispatching code takes no AVX path under a baseline without AVX. XCR0 limits the XSAVE state the
         guest may use where the hypervisor applies it (VT-x/SVM; PVM keeps the host's)."""
+        if baseline is self.baseline:          # the common case: the pooled VM's last snapshot's
+            return
+        host_xcr0 = host_cpu(self.kvm).xcr0
         xcr0 = baseline.xcr0 & host_xcr0 if baseline.legacy is None else host_xcr0
         setup = (xcr0, baseline.avx_state and baseline.legacy is None)
         if setup == self.cpu_setup:
+            self.baseline = baseline
             return
         assert self.vcpu is not None
         if setup[1]:
@@ -168,11 +173,10 @@ class Machine:
             self.base_sregs.cr4 &= ~CR4_OSXSAVE
         self._base_sregs_bytes = bytes(self.base_sregs)
         try:
-            self.vcpu.set_sregs(self.base_sregs)
             self.vcpu.set_xcr0(xcr0 if setup[1] else xcr0 & 0x3)
         except OSError as e:
             raise self.ioctl_failure("CPU baseline set-up", e) from None
-        self.cpu_setup = setup
+        self.cpu_setup, self.baseline = setup, baseline
 
     # ---------------------------------------------------------------- memory
     def load_images(self, system: MemoryImage, guest: MemoryImage) -> bool:

@@ -31,7 +31,7 @@ from ..guest.codec import RESULT_BOOL, RESULT_INT, RESULT_VOID, CallCodec, Codec
 from ..guest.functions import Signature, parse_function_table
 from ..kvm import ioctls
 from ..machine import Machine, MachineFailure, MachinePool
-from ..machine.baselines import CpuBaseline, host_cpu
+from ..machine.baselines import CpuBaseline
 from ..machine.layout import AddressSpace, MemoryLayout
 from ..machine.memory import GuestMapping, MemoryImage, ResetStats
 from ..machine.vmachine import EXIT_AT as _EXIT_AT
@@ -161,7 +161,7 @@ class Core:
     def _reset_on(self, machine: Machine, system: MemoryImage, guest: MemoryImage, lstar: int,
                   regs: bytes, fs_base: int, gs_base: int, xsave: Any) -> None:
         if self.baseline is not None:
-            machine.use_baseline(self.baseline, host_cpu(machine.kvm).xcr0)
+            machine.use_baseline(self.baseline)
         machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
 
     @property
