@@ -156,8 +156,9 @@ class Machine:
         """Set the guest's CR4.OSXSAVE and XCR0 for `baseline` (skipped when unchanged; call
         before `reset`, which loads the control registers through the sync-regs area).
         CR4.OSXSAVE is set only when the baseline has AVX state: CPUID.1:ECX.OSXSAVE follows it
-        even under PVM, so dispatching code takes no AVX path under a baseline without AVX. XCR0 limits the XSAVE state the
-        guest may use where the hypervisor applies it (VT-x/SVM; PVM keeps the host's)."""
+        even under PVM, so dispatching code takes no AVX path under a baseline without AVX.
+        XCR0 limits the XSAVE state the guest may use where the hypervisor applies it
+        (VT-x/SVM; PVM keeps the host's)."""
         if baseline is self.baseline:          # the common case: the pooled VM's last snapshot's
             return
         host_xcr0 = host_cpu(self.kvm).xcr0
