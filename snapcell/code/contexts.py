@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,7 @@ class ContextStore:
         self._lock = threading.Lock()
         self._bases: dict[tuple[str, str], Snapshot] = {}   # (shard, manifest digest) → base
         self._base_of_lang: dict[str, str] = {}
+        self._tag_of_lang: dict[str, str] = {}     # language → its interpreter image's tag
         self._garbage: dict[str, int] = {}   # shard → superseded checkpoints and deletions
 
     # ---------------------------------------------------------------- bases
@@ -130,6 +131,7 @@ class ContextStore:
             if digest is not None:
                 return digest, self._bases[("", digest)]
             tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
+            self._tag_of_lang[spec.name] = tag
             try:
                 snap = Snapshot.checked_load(self.layout, tag)
             except SnapshotNotFound:
@@ -164,7 +166,7 @@ class ContextStore:
             assert known.digest is not None
             return rel, known.digest
         _, main = self.base_for(spec.name)
-        tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
+        tag = self._tag_of_lang[spec.name]       # (base_for hashed the guest once)
         path = str(self.root / rel)
         try:
             snap = Snapshot.checked_load(path, tag)
@@ -190,14 +192,19 @@ class ContextStore:
     def _path(self, cid: str, tenant: str) -> Path:
         return self._dir(tenant) / f"{cid}.json"
 
-    def _all_records(self) -> list[ContextRecord]:
+    @staticmethod
+    def _read(paths: Iterable[Path]) -> list[ContextRecord]:
+        """The records of `paths` that read and parse (others are being written or deleted)."""
         out = []
-        for p in self.records.glob("*/ctx_*.json"):
+        for p in paths:
             try:
                 out.append(ContextRecord(**json.loads(p.read_bytes())))
             except (OSError, ValueError, TypeError):
                 continue
         return out
+
+    def _all_records(self) -> list[ContextRecord]:
+        return self._read(self.records.glob("*/ctx_*.json"))
 
     def record(self, cid: str, tenant: str) -> ContextRecord:
         """The record of context `cid` of `tenant`; ContextNotFound otherwise."""
@@ -221,15 +228,8 @@ class ContextStore:
 
     def of_tenant(self, tenant: str) -> list[ContextRecord]:
         """The records of `tenant`'s contexts."""
-        out = []
-        for p in self._dir(tenant).glob("ctx_*.json"):
-            try:
-                rec = ContextRecord(**json.loads(p.read_bytes()))
-            except (OSError, ValueError, TypeError):
-                continue
-            if rec.tenant == tenant:
-                out.append(rec)
-        return sorted(out, key=lambda r: r.created)
+        return sorted((r for r in self._read(self._dir(tenant).glob("ctx_*.json"))
+                       if r.tenant == tenant), key=lambda r: r.created)
 
     def usage(self, tenant: str) -> tuple[int, int]:
         """(contexts, bytes on disk) of `tenant`."""
@@ -310,7 +310,7 @@ class ContextStore:
         then its record."""
         rebased = dataclasses.replace(snap, digest=None,
                                       delta=MemoryDelta(weakref.ref(base), extents))
-        n, used = self.usage(rec.tenant)
+        _, used = self.usage(rec.tenant)
         new_tag = _tag(rec.id, rec.version + 1)
         layout = str(self.root / rec.layout)
         digest = rebased.save(layout, new_tag, max_depth=2)
@@ -464,11 +464,16 @@ class CodeContext:
             return
         snap = self._box.snapshot()
         base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
-        size = snap.image.size
-        own = snap.delta.extents if snap.delta is not None else ((0, size),)
-        extents = layers.merge(self._extents + tuple(own), size)
+        extents = self._merged_extents(snap)
         self.store._save(self.rec, snap, extents, base)         # noqa: SLF001
         self._extents, self._loaded, self._dirty = extents, self.rec.version, False
+
+    def _merged_extents(self, snap: Snapshot) -> layers.Extents:
+        """Where `snap` may differ from the interpreter image: what the stored checkpoint
+        already differs in, plus what changed since it."""
+        size = snap.image.size
+        own = snap.delta.extents if snap.delta is not None else ((0, size),)
+        return layers.merge(self._extents + tuple(own), size)
 
     def pause(self) -> None:
         """Checkpoint and release the micro-VM (the next run resumes from the store)."""
@@ -499,9 +504,7 @@ class CodeContext:
         rec = ContextRecord(id=cid, tenant=self.rec.tenant, lang=self.rec.lang, created=now,
                             used=now, base=base, layout=shard)
         child = CodeContext(self.store, rec, timeout=self.timeout)
-        size = snap.image.size
-        own = snap.delta.extents if snap.delta is not None else ((0, size),)
-        extents = layers.merge(self._extents + tuple(own), size)
+        extents = self._merged_extents(snap)
         self.store._write(rec)                                  # noqa: SLF001
         try:
             self.store._save(rec, snap, extents, self.store._base(rec.layout, rec.base))   # noqa: SLF001

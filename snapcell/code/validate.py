@@ -25,7 +25,7 @@ MAX_ERROR_TYPE = 256           # characters of an error's type name
 MAX_ERROR_TEXT = 1 << 20       # bytes of an error's message, and of its stack trace
 MAX_LINE = (1 << 31) - 1
 _SCALARS = (type(None), bool, int, float, str, bytes)
-_KEYS = (type(None), bool, int, float, str, bytes)
+_KEYS = _SCALARS
 
 
 class Invalid(ValueError):

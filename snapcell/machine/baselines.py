@@ -120,7 +120,7 @@ class CpuBaseline:
         """Whether the guest may hold AVX state (then it sees CR4.OSXSAVE set)."""
         return bool(self.xcr0 & XCR0_AVX)
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[object, ...]:
         """What a machine's CPU set-up depends on (machines are pooled per key)."""
         return (self.features, self.xcr0, self.legacy is not None)

@@ -15,7 +15,7 @@ import threading
 
 from ..kvm import Kvm, ioctls
 from ..kvm.structs import kvm_regs, kvm_run, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xsave
-from .baselines import CpuBaseline, host_cpu
+from .baselines import XCR0_X87_SSE, CpuBaseline, host_cpu
 from .cpu import (
     CR4_OSXSAVE,
     ERROR_CODE_VECTORS,
@@ -174,7 +174,7 @@ class Machine:
             self.base_sregs.cr4 &= ~CR4_OSXSAVE
         self._base_sregs_bytes = bytes(self.base_sregs)
         try:
-            self.vcpu.set_xcr0(xcr0 if setup[1] else xcr0 & 0x3)
+            self.vcpu.set_xcr0(xcr0 if setup[1] else xcr0 & XCR0_X87_SSE)
         except OSError as e:
             raise self.ioctl_failure("CPU baseline set-up", e) from None
         self.cpu_setup, self.baseline = setup, baseline
@@ -481,7 +481,9 @@ class MachinePool:
         pool's bounds are closed."""
         if machine.memory is None or machine.vcpu is None:
             return
-        if machine.tainted or self._total >= self.max_idle_total:   # (re-checked below)
+        key = (machine.memory_size, machine.baseline_key)
+        if machine.tainted or self._total >= self.max_idle_total \
+                or len(self._idle.get(key, ())) >= self.max_idle_per_size:   # (re-checked below)
             machine.close()
             return
         try:
@@ -490,7 +492,7 @@ class MachinePool:
             machine.close()
             return
         with self._lock:
-            idle = self._idle.setdefault((machine.memory_size, machine.baseline_key), [])
+            idle = self._idle.setdefault(key, [])
             if len(idle) < self.max_idle_per_size and self._total < self.max_idle_total:
                 idle.append(machine)
                 self._total += 1

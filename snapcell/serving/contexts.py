@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,14 +82,20 @@ class ContextService:
             await self._pause(cid)
         self._pool.shutdown(wait=True)
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _queued(self, start: Callable[[], Awaitable[T]]) -> T:
+        """Await what `start()` begins as one of at most `max_queue` waiters (beyond:
+        PoolFull, and nothing is begun)."""
         if self._waiting >= self.max_queue:
             raise PoolFull("too many context requests waiting; retry later")
         self._waiting += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await start()
         finally:
             self._waiting -= 1
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await self._queued(lambda: loop.run_in_executor(self._pool, fn, *args))
 
     # ---------------------------------------------------------------- lookup
     async def _get(self, cid: str, tenant: str) -> _Live:
@@ -108,13 +114,7 @@ class ContextService:
         `max_queue` requests wait, beyond that `PoolFull`)."""
         while True:
             live = await self._get(cid, tenant)
-            if self._waiting >= self.max_queue:
-                raise PoolFull("too many context requests waiting; retry later")
-            self._waiting += 1
-            try:
-                await live.lock.acquire()
-            finally:
-                self._waiting -= 1
+            await self._queued(live.lock.acquire)
             if self._live.get(cid) is live:
                 break
             live.lock.release()         # paused or deleted meanwhile: look it up again

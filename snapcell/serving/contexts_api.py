@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from ..code.contexts import CodeContext, ContextLimitExceeded, ContextNotFound
 from ..errors import ArgumentError, ConfigurationError
@@ -72,7 +73,7 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
     @router.get("")
     async def listing(request: Request) -> dict[str, Any]:
         """The caller's contexts."""
-        return {"contexts": contexts.listing(tenant_of(request))}
+        return {"contexts": await asyncio.to_thread(contexts.listing, tenant_of(request))}
 
     @router.get("/{cid}")
     async def get(cid: str, request: Request) -> dict[str, Any]:
@@ -88,8 +89,9 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
             await contexts.delete(cid, tenant_of(request))
         return Response(status_code=204)
 
-    @router.post("/{cid}/run", openapi_extra={"requestBody": CONTEXT_RUN_BODY})
-    async def run(cid: str, request: Request) -> Response:
+    @router.post("/{cid}/run", openapi_extra={"requestBody": CONTEXT_RUN_BODY},
+                 response_model=None)
+    async def run(cid: str, request: Request) -> Response | dict[str, Any]:
         """Run code in the context's state → value, stdout, stderr, error, files, display,
         duration_ms (with `Accept: text/event-stream`: stdout/stderr events while it runs,
         then a result event)."""
@@ -103,8 +105,8 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
             raise ArgumentError("files must be an object of file name → text")
         timeout = service.timeout(body.get("timeout"))
         if wants_stream(request):
-            with _api_errors():
-                contexts.describe(cid, tenant)          # 404 before the stream starts
+            with _api_errors():                         # 404 before the stream starts
+                await asyncio.to_thread(contexts.describe, cid, tenant)
 
             async def start(on_output: OnOutput) -> Any:
                 with _api_errors():
@@ -113,7 +115,7 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
             return event_stream(start, result_json)
         with _api_errors():
             r = await contexts.run(cid, tenant, code, files=files, timeout=timeout)
-        return JSONResponse(result_json(r))
+        return result_json(r)           # (rendered by the app's SafeJSONResponse)
 
     async def simple(cid: str, request: Request, op: Callable[[CodeContext], T]) -> T:
         with _api_errors():

@@ -7,6 +7,7 @@ same machinery as `/v1/run` and `/v1/contexts`, with the same limits."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
@@ -97,7 +98,7 @@ def build_server(pool: CodePool, contexts: ContextService, tenant_of: TenantOf,
             limit = timeout_of(timeout)
             r: Any
             if context_id:
-                desc = contexts.describe(context_id, who)
+                desc = await asyncio.to_thread(contexts.describe, context_id, who)
                 if desc["lang"] != lang:
                     raise ToolError(f"context {context_id} runs {desc['lang']}, not {language}")
                 r = await contexts.run(context_id, who, code, timeout=limit)
