@@ -22,6 +22,7 @@ CPY         := build/cpython
 CPY_SRC     := build/third_party/cpython
 CPY_STAMP   := $(CPY)/.inputs-sha256
 PY_IMAGE    := build/python/stdlib_image.S
+PY_SOCKETS  := guests/python/sockets.c guests/python/sockets.h
 # bzip2, liblzma and SQLite for _bz2, _lzma and _sqlite3 (built static with CPython)
 CPY_DBLIB_SRCS := $(addsuffix /.snapcell-sha256,$(addprefix build/third_party/,bzip2 xz-utils sqlite3))
 CPY_DBLIBS  := $(addprefix --lib $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a)
@@ -97,8 +98,9 @@ $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.p
              guests/python/_snapcell_runner.py guests/python/_snapcell_sandbox.py
 	$(CPY)/obj/python scripts/build_python_image.py build/python
 
-build/guests/python.elf: guests/python/python_guest.c $(CODEBOX) $(PY_IMAGE) $(SDK) | setup
-	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c $(PY_IMAGE) \
+build/guests/python.elf: guests/python/python_guest.c $(PY_SOCKETS) $(CODEBOX) $(PY_IMAGE) $(SDK) | setup
+	$(PY) -m snapcell guest build guests/python/python_guest.c guests/python/sockets.c \
+	  guests/common/codebox.c $(PY_IMAGE) \
 	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
 	  --lib $(CPY)/obj/libpython3.11.a \
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
@@ -110,7 +112,8 @@ $(MUSL_STAMP): build/third_party/musl/.snapcell-sha256 build/third_party/zlib/.s
 	touch $@
 
 build/guests/python-dyn.img: $(CPY_STAMP) $(MUSL_STAMP) scripts/build_python_image.py \
-             snapcell/guest/fsimage.py guests/python/_snapcell_runner.py guests/python/_snapcell_dynamic.py
+             snapcell/guest/fsimage.py guests/python/_snapcell_runner.py guests/python/_snapcell_dynamic.py \
+             guests/python/_snapcell_sandbox.py
 	$(CPY)/obj/python scripts/build_python_image.py build/python-dyn --name base \
 	  --lib-dynload $(CPY)/obj/$(CTYPES_SO) --usr-lib $(MUSL)/lib/libz.so.1
 	cp build/python-dyn/base.img $@
@@ -118,9 +121,10 @@ build/guests/python-dyn.img: $(CPY_STAMP) $(MUSL_STAMP) scripts/build_python_ima
 build/guests/ld-musl-x86_64.so.1: $(MUSL_STAMP)
 	mkdir -p build/guests && cp $(MUSL)/lib/libc.so $@
 
-build/guests/python-dyn.elf: guests/python/python_guest.c guests/python/libregion.S \
+build/guests/python-dyn.elf: guests/python/python_guest.c $(PY_SOCKETS) guests/python/libregion.S \
              guests/python/image_slot.S $(CODEBOX) $(CPY_STAMP) $(MUSL_STAMP) $(SDK) | setup
-	$(PY) -m snapcell guest build guests/python/python_guest.c guests/common/codebox.c \
+	$(PY) -m snapcell guest build guests/python/python_guest.c guests/python/sockets.c \
+	  guests/common/codebox.c \
 	  guests/python/libregion.S guests/python/image_slot.S --dynamic $(MUSL) \
 	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
 	  --whole-lib $(CPY)/obj/libpython3.11.a \

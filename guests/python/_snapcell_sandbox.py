@@ -6,12 +6,13 @@ the other modules when the code first imports them (`_PatchOnImport`, first on s
 importing asyncio and its dependencies while the guest initialises would put them in the warm
 snapshot but make every run's restore slower (~80 µs on `1 + 1`), so asyncio is imported on
 first use (~0.13 s in the guest).
-- asyncio runs on `SandboxEventLoop`, a selector loop without a self-pipe over `NoFdSelector`
-  (the guest has no sockets or pipes to wait on): waiting for the next timer sleeps on the
-  host's clock (time.sleep: the SDK polls clock_gettime, so the run's time limit still applies).
+- asyncio runs on `SandboxEventLoop`, a selector loop without a self-pipe over `SandboxSelector`
+  (poll() over sockets; with none open, waiting for the next timer sleeps on the host's clock:
+  time.sleep polls clock_gettime, so the run's time limit still applies).
 - Processes (os.system/fork/popen/posix_spawn/exec*, subprocess.Popen), threads and pipes fail
   at once with the language's usual exception type and a message naming the sandbox.
-- Sockets and name resolution fail with a message naming the sandbox's network policy.
+- Sockets are real (guests/python/sockets.c tunnels them through the host under the network
+  policy); names are resolved by the host, and refusals are PermissionErrors naming the policy.
 - `platform` answers from uname() without opening the interpreter's executable.
 - `teach(exc)`: the hint the run's reported error gets for a module not in the image or a path
   outside the sandbox's file system.
@@ -26,8 +27,9 @@ NO_PROCESSES = ("the sandbox has no processes: {what} cannot run; do the work in
                 "run (or call a tool the host provides)")
 NO_THREADS = ("can't start new thread: the sandbox runs one thread; use asyncio tasks for "
               "concurrency")
-NO_NETWORK = ("the sandbox has no network unless its policy allows a destination; pass data in "
-              "with files= or fetch it through a tool the host provides")
+NO_NETWORK = ("the sandbox has no network: its network policy allows no destination "
+              "(CodeSandbox(network=NetworkPolicy(allow=[...])) allows some); pass data in with "
+              "files= or fetch it through a tool the host provides")
 NOT_IN_IMAGE = ("{name} is not in this image: the sandbox has the Python standard library "
                 "only, nothing installed with pip, and no C extension beyond those built in; "
                 "use the standard library, or a tool the host provides")
@@ -81,25 +83,102 @@ def _patch_threading(threading):
 
 
 # ---- the network -------------------------------------------------------------------------------
+# Sockets are real descriptors: the guest's socket system calls are served by guests/python/
+# sockets.c through host calls, decided by the host under the sandbox's network policy. What is
+# left for Python: names are resolved by the host (net.getaddrinfo), and the errno the socket
+# layer reports gets the host's message back (the policy's refusal, the exceeded bound).
 
-def _wrap_resolver(socket, fn):
-    def resolve(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except socket.gaierror as e:
-            raise socket.gaierror(e.errno, f"{e.strerror}: {NO_NETWORK}") from None
-        except OSError as e:
-            if e.errno != errno.ENOSYS:
-                raise
-            raise OSError(errno.ENOSYS, NO_NETWORK) from None
-    resolve.__name__ = fn.__name__
-    resolve.__doc__ = fn.__doc__
-    return resolve
+_SERVICES = {"http": 80, "https": 443}
+
+
+def _host_message(e):
+    """`e` (an OSError from a socket call) with the host's explanation, when it has one."""
+    import _snapcell
+    info = _snapcell.net_error()
+    if info is None or info[0] != e.errno:
+        return e
+    no, kind, msg = info
+    if msg.startswith("[Errno ") and "] " in msg:
+        msg = msg.split("] ", 1)[1]
+    if no != errno.EACCES:
+        return type(e)(no, msg)
+    if "has no network" in msg:
+        msg = NO_NETWORK
+    err = PermissionError(msg)       # the policy's refusal reads as it is, errno kept
+    err.errno = no
+    return err
+
+
+def _refusal(kind, msg):
+    if "has no network" in msg:
+        msg = NO_NETWORK
+    if kind == "PermissionError":
+        err = PermissionError(msg)
+        err.errno = errno.EACCES
+        return err
+    import socket
+    return socket.gaierror(socket.EAI_NONAME, msg)
+
+
+def _numeric(host):
+    import ipaddress
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
 
 
 def _patch_socket(socket):
+    orig_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        """socket.getaddrinfo: names are resolved by the host under the network policy."""
+        if isinstance(port, str):
+            port = int(port) if port.isdigit() else _SERVICES.get(port, port)
+        elif isinstance(port, bytes):
+            port = int(port) if port.isdigit() else _SERVICES.get(port.decode(), port)
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        if host is None or not isinstance(host, str) or _numeric(host) \
+                or flags & socket.AI_NUMERICHOST or not (port is None or isinstance(port, int)):
+            return orig_getaddrinfo(host, port, family, type, proto, flags)
+        import _snapcell
+        reply = _snapcell.call_tool("net.getaddrinfo", (host, port or None))
+        if not reply[0]:
+            raise _refusal(reply[1], reply[2])
+        out = []
+        for a in reply[1]:
+            fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+            if family not in (0, fam) or type not in (0, socket.SOCK_STREAM) \
+                    or proto not in (0, socket.IPPROTO_TCP):
+                continue
+            sa = (a, port or 0) if fam == socket.AF_INET else (a, port or 0, 0, 0)
+            out.append((socket.AddressFamily(fam), socket.SocketKind.SOCK_STREAM,
+                        socket.IPPROTO_TCP, "", sa))
+        if not out:
+            raise socket.gaierror(socket.EAI_FAMILY, f"{host}: no TCP address of the family asked")
+        return out
+
+    def gethostbyname(host):
+        """socket.gethostbyname through the host's resolver."""
+        return host if _numeric(host) else getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+
+    def gethostbyname_ex(host):
+        """socket.gethostbyname_ex through the host's resolver."""
+        return host, [], [i[4][0] for i in getaddrinfo(host, None, socket.AF_INET)]
+
+    def _resolved(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) \
+                and len(address) >= 2 and isinstance(address[0], (str, bytes)):
+            host = address[0].decode() if isinstance(address[0], bytes) else address[0]
+            if host and not _numeric(host):
+                info = getaddrinfo(host, address[1], sock.family, socket.SOCK_STREAM)
+                return (info[0][4][0],) + tuple(address[1:])
+        return address
+
     class SandboxSocket(socket.socket):
-        """socket.socket: an ENOSYS from the guest (no socket calls) names the network policy."""
+        """socket.socket: host names resolved by the host; errors carry the host's message."""
 
         __slots__ = ()
 
@@ -107,18 +186,51 @@ def _patch_socket(socket):
             try:
                 super().__init__(*args, **kwargs)
             except OSError as e:
-                if e.errno != errno.ENOSYS:
-                    raise
-                raise OSError(errno.ENOSYS, NO_NETWORK) from None
+                raise _host_message(e) from None
+
+        def connect(self, address):
+            try:
+                super().connect(_resolved(self, address))
+            except OSError as e:
+                raise _host_message(e) from None
+
+        def connect_ex(self, address):
+            return super().connect_ex(_resolved(self, address))
+
+        def send(self, *args):
+            try:
+                return super().send(*args)
+            except OSError as e:
+                raise _host_message(e) from None
+
+        def sendall(self, *args):
+            try:
+                return super().sendall(*args)
+            except OSError as e:
+                raise _host_message(e) from None
+
+        def recv(self, *args):
+            try:
+                return super().recv(*args)
+            except OSError as e:
+                raise _host_message(e) from None
+
+        def recv_into(self, *args):
+            try:
+                return super().recv_into(*args)
+            except OSError as e:
+                raise _host_message(e) from None
 
     SandboxSocket.__name__ = SandboxSocket.__qualname__ = "socket"
     SandboxSocket.__module__ = "socket"
     socket.socket = socket.SocketType = SandboxSocket
-    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
-        setattr(socket, name, _wrap_resolver(socket, getattr(socket, name)))
+    socket.getaddrinfo = getaddrinfo
+    socket.gethostbyname = gethostbyname
+    socket.gethostbyname_ex = gethostbyname_ex
 
     def socketpair(*args, **kwargs):
-        raise OSError(errno.ENOSYS, NO_NETWORK)
+        raise OSError(errno.ENOSYS, "the sandbox has no socket pairs (no other process or "
+                      "thread to share one with)")
     socket.socketpair = socketpair
 
 
@@ -137,38 +249,34 @@ def _patch_platform(platform):
 # ---- asyncio -----------------------------------------------------------------------------------
 
 def _patch_selectors(selectors):
-    class NoFdSelector(selectors.BaseSelector):
-        """A selector over nothing: the guest has no descriptor that can become ready (no
-        sockets, no pipes; regular files always are). select() sleeps until the loop's next
-        timer (time.sleep: the SDK polls the host's clock)."""
+    import stat
 
-        def __init__(self):
-            self._map = {}
+    class SandboxSelector(selectors.PollSelector):
+        """poll() over the guest's sockets (guests/python/sockets.c asks the host). With nothing
+        registered, select() sleeps until the loop's next timer (time.sleep: the SDK polls the
+        host's clock); only sockets can be watched (the sandbox has no pipes)."""
 
         def register(self, fileobj, events, data=None):
-            raise OSError(errno.EPERM, "the sandbox has no sockets or pipes for asyncio to "
-                          "watch; " + NO_NETWORK)
-
-        def unregister(self, fileobj):
-            raise KeyError(f"{fileobj!r} is not registered")
+            fd = selectors._fileobj_to_fd(fileobj)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise OSError(errno.EPERM, "the sandbox has no pipes or devices for asyncio to "
+                              "watch; only sockets can be")
+            return super().register(fileobj, events, data)
 
         def select(self, timeout=None):
+            if self._fd_to_key:
+                return super().select(timeout)
             if timeout is None:
                 raise RuntimeError("the event loop is waiting with no timer and nothing that can "
-                                   "wake it (the sandbox has no sockets, pipes, threads or "
-                                   "signals): an awaited future is never resolved")
+                                   "wake it (no socket is open; the sandbox has no pipes, "
+                                   "threads or signals): an awaited future is never resolved")
             if timeout > 0:
                 import time
                 time.sleep(timeout)
             return []
 
-        def close(self):
-            self._map.clear()
-
-        def get_map(self):
-            return self._map
-
-    selectors.NoFdSelector = selectors.DefaultSelector = NoFdSelector
+    selectors.SandboxSelector = selectors.NoFdSelector = SandboxSelector
+    selectors.DefaultSelector = SandboxSelector
 
 
 def _patch_asyncio(asyncio):
@@ -176,11 +284,19 @@ def _patch_asyncio(asyncio):
     unix = asyncio.unix_events
 
     class SandboxEventLoop(unix.SelectorEventLoop):
-        """asyncio's selector loop over NoFdSelector, with no self-pipe (one thread: nothing
-        wakes the loop from outside)."""
+        """asyncio's selector loop over SandboxSelector, with no self-pipe (one thread: nothing
+        wakes the loop from outside); names are resolved at once (no executor thread)."""
 
         def __init__(self, selector=None):
-            super().__init__(selector or selectors.NoFdSelector())
+            super().__init__(selector or selectors.SandboxSelector())
+
+        async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+            import socket
+            return socket.getaddrinfo(host, port, family, type, proto, flags)
+
+        async def getnameinfo(self, sockaddr, flags=0):
+            import socket
+            return socket.getnameinfo(sockaddr, flags)
 
         def _make_self_pipe(self):
             self._ssock = self._csock = None

@@ -23,6 +23,7 @@
 #include "codebox.h"
 #include "snapcell.h"
 #include "snapcell_fs.h"
+#include "sockets.h"
 
 extern const unsigned char sc_python_image[], sc_python_image_end[];
 
@@ -323,10 +324,24 @@ static PyObject *m_memory(PyObject *self, PyObject *noargs)
                          mem_limit == (size_t)-1 ? (Py_ssize_t)-1 : (Py_ssize_t)(mem_limit - mem_warm));
 }
 
+/* _snapcell.net_error() -> (errno, type, message) of the last failed network host call, or None
+ * (sockets.c: the socket layer reports errno; Python puts the host's message back) */
+static PyObject *m_net_error(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    const char *t, *m;
+    int e = ns_last_error(&t, &m);
+    if (!e)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(iss)", e, t, m);
+}
+
 static PyMethodDef methods[] = {
     {"write", m_write, METH_VARARGS, "Append text to the captured stdout (1) or stderr (2)."},
     {"call_tool", m_call_tool, METH_VARARGS, "Call a host tool."},
     {"memory", m_memory, METH_NOARGS, "Heap bytes in use and the limit."},
+    {"net_error", m_net_error, METH_NOARGS, "The last network host call's error, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -460,6 +475,7 @@ static sc_value Run(const sc_value *args)
         reseed_pending = 0;
     }
     cb_output_begin(req.max_output);
+    ns_run_begin();
     if (req.has_files && files_in(&req, why, sizeof why))
         return sc_error(1, "bad Run request: %s", why);
     sc_fs_tmp_clear_dirty();
@@ -618,5 +634,6 @@ void snapcell_main(void)
     Py_DECREF(mod);
     sc_fs_tmp_clear();
     mem_warm = mem_used;
+    ns_install();
     sc_register("Run", Run, SC_BYTES, 1, SC_BYTES);
 }

@@ -75,6 +75,9 @@ class EgressSession:
         self.bytes_in = 0
         self.refusals = 0
         self.handles: dict[int, Closeable] = {}
+        self.names: dict[str, str] = {}
+        """Address → the name it was resolved for (net.getaddrinfo), this run: a connection to
+        it is decided for that name, the address pinned (never resolved again)."""
         self._next_handle = itertools.count(3)
 
     # ------------------------------------------------------------------ a run's life
@@ -84,6 +87,7 @@ class EgressSession:
         self.run_id = f"{self.label or 'run'}-{next(_run_ids)}"
         self.deadline = deadline
         self.requests = self.bytes_out = self.bytes_in = self.refusals = 0
+        self.names = {}
 
     def end(self) -> None:
         """A run ended (or the sandbox was restored or closed): close everything it opened."""
@@ -100,16 +104,21 @@ class EgressSession:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     # ------------------------------------------------------------------ decisions and budget
-    def destination(self, host: str, port: int) -> Destination:
+    def destination(self, host: str, port: int, resolver: Resolver | None = None,
+                    count: bool = True) -> Destination:
         """Decide a new connection or request under the policy and count it; EgressRefused or
-        EgressLimitExceeded when it may not happen (nothing has been sent then)."""
+        EgressLimitExceeded when it may not happen (nothing has been sent then). `resolver`
+        replaces the sandbox's for this decision; `count=False` decides without counting a
+        request (a name lookup)."""
         try:
-            dest = self.policy.resolve(host, port, self.resolver)
+            dest = self.policy.resolve(host, port, resolver or self.resolver)
         except EgressRefused:
             self.refusals += 1
             self._observe("refused", f"{host}:{port}", 0)
             log.info("egress refused run=%s destination=%s:%s", self.run_id, host, port)
             raise
+        if not count:
+            return dest
         if self.requests >= self.policy.max_requests:
             self.refusals += 1
             self._observe("refused", dest.label, 0)

@@ -144,6 +144,15 @@ SC_NORETURN void sc_abort(int32_t code, const char *fmt, ...) SC_PRINTF(2, 3);
 typedef void (*sc_reseed_hook)(const uint8_t seed[32], uint64_t generation);
 int sc_on_reseed(sc_reseed_hook hook);
 
+/* A guest's own system calls, served in the guest before the SDK's (e.g. sockets tunnelled
+ * through host calls: guests/python/sockets.c). The hook sees every system call first and
+ * returns 1 with *ret set (the result, -errno on failure) when it served it, 0 to leave it to
+ * the SDK. It runs in the system call handler: only after snapcell_main() started it may call
+ * sc_call_host (never for calls the SDK's own start-up makes). NULL removes it. */
+typedef int (*sc_syscall_hook)(long nr, long a0, long a1, long a2, long a3, long a4, long a5,
+                               long *ret);
+void sc_set_syscall_hook(sc_syscall_hook hook);
+
 /* The wire name of a type ("i32", ...), or "?" for an invalid value. */
 const char *sc_type_name(sc_type t);
 

@@ -94,6 +94,13 @@ static SC_NOSSP long sys_sleep(long clock, long flags, const struct timespec *re
 }
 #endif
 
+/* sc_set_syscall_hook (snapcell.h): the guest's own system calls, consulted first */
+typedef int (*guest_hook_fn)(long, long, long, long, long, long, long, long *);
+static guest_hook_fn guest_hook;
+
+void sc_set_syscall_hook(guest_hook_fn hook);
+void sc_set_syscall_hook(guest_hook_fn hook) { guest_hook = hook; }
+
 /*
  * The C system call handler, called by __sc_syscall_entry (entry.S) with the Linux syscall
  * number and its six arguments; returns the value for rax (-errno on failure).
@@ -105,6 +112,11 @@ __attribute__((used)) SC_NOSSP long
 __sc_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 {
     uint64_t u0 = (uint64_t)a0, u1 = (uint64_t)a1, u2 = (uint64_t)a2, u3 = (uint64_t)a3;
+    if (guest_hook) {
+        long r;
+        if (guest_hook(nr, a0, a1, a2, a3, a4, a5, &r))
+            return r;
+    }
     switch (nr) {
     case SYS_brk:
         return sc__sys_brk();

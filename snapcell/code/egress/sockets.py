@@ -1,0 +1,330 @@
+"""Tunnelled TCP: the host side of a Python code sandbox's sockets (guests/python/sockets.c).
+
+The guest's socket system calls become reserved operations on the `CodeTool` channel:
+
+- ``net.socket()`` — whether the sandbox has a network at all (asked once per run);
+- ``net.getaddrinfo(host, port)`` → ``[address]``: the name decided under the policy and resolved
+  by the host; the address is remembered for this run, so a connection to it is decided for that
+  name with the address pinned (never resolved again: no DNS rebinding between check and use);
+- ``net.connect(host, port, timeout)`` → ``[handle, pending]``: decided by
+  `EgressSession.destination` *before* any socket exists, then a non-blocking connection to
+  `Destination.address`;
+- ``net.send(handle, data, timeout)`` → bytes sent; ``net.recv(handle, n, timeout)`` → bytes
+  (empty at the end of the stream); ``net.poll([[handle, events], ...], timeout, read_ahead)``
+  → ``[[revents, extra], ...]`` where `extra` is the data read ahead from a readable socket (or
+  the outcome of a pending connection); ``net.shutdown(handle, how)``; ``net.close(handle)``.
+
+A `timeout` of 0 never waits (the guest's socket is non-blocking), None waits as long as the
+run and the connection may; every wait ends at the run's deadline and at the connection's
+`connection_seconds`. Arguments are untrusted: a wrong one is an `OSError` with an errno
+(EINVAL, EBADF...), which the guest raises as Python's own error; refusals and exceeded bounds
+are `PermissionError`s naming the policy.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import select
+import socket
+import time
+from typing import Any
+
+from .policy import EgressRefused, parse_address
+from .session import EgressSession, op
+
+MAX_CHUNK = 256 << 10
+"""Bytes per send or recv (and per read-ahead): a reply fits the code sandbox's 1 MiB input
+buffer with room to spare (tests/unit/test_egress_sockets.py checks it against LAYOUT)."""
+MAX_POLL = 256
+MAX_NAMES = 1024
+_IN, _OUT = select.POLLIN, select.POLLOUT
+_ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class Connection:
+    """One tunnelled connection: the host's socket, its destination and its deadline."""
+
+    __slots__ = ("sock", "dest", "session", "expires", "pending", "closed")
+
+    def __init__(self, sock: socket.socket, session: EgressSession, label: str) -> None:
+        self.sock = sock
+        self.session = session
+        self.dest = label
+        self.expires = time.monotonic() + session.policy.connection_seconds
+        self.pending = False
+        self.closed = False
+
+    def close(self) -> None:
+        """Close the socket and log the egress (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.close()
+        finally:
+            self.session.finished(self.dest)
+
+
+# ---------------------------------------------------------------------------- arguments
+def _args(args: list[Any], n: int, name: str) -> list[Any]:
+    if len(args) != n:
+        raise OSError(errno.EINVAL, f"net.{name} takes {n} arguments, got {len(args)}")
+    return args
+
+
+def _timeout(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+        raise OSError(errno.EINVAL, f"timeout must be None or a number of seconds >= 0, got {v!r}")
+    return float(v)
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise OSError(errno.EINVAL, f"{what} must be an int in {lo}..{hi}, got {v!r}"[:200])
+    return v
+
+
+def _conn(session: EgressSession, h: Any) -> Connection:
+    c = session.get(h)
+    if not isinstance(c, Connection):
+        raise OSError(errno.EBADF, "bad connection handle")
+    return c
+
+
+# ---------------------------------------------------------------------------- waiting
+def _bound(session: EgressSession, conns: list[Connection], timeout: float | None
+           ) -> tuple[float, str]:
+    """How long a wait may last, and what ends it: 'timeout' (the guest's), 'run' (the run's
+    deadline) or 'connection' (a connection's connection_seconds)."""
+    now = time.monotonic()
+    limits = [(math.inf if timeout is None else timeout, "timeout")]
+    remaining = session.remaining()
+    if remaining is not None:
+        limits.append((remaining, "run"))
+    if conns:
+        limits.append((min(c.expires for c in conns) - now, "connection"))
+    seconds, why = min(limits, key=lambda x: x[0])
+    return max(seconds, 0.0), why
+
+
+def _expired(why: str, c: Connection | None = None) -> OSError:
+    if why == "run":
+        return OSError(errno.ETIMEDOUT, "the run's time limit passed while waiting on the network")
+    where = f" to {c.dest}" if c is not None else ""
+    return OSError(errno.ETIMEDOUT, f"the connection{where} reached the network policy's "
+                                    "connection_seconds")
+
+
+def _wait(c: Connection, events: int, timeout: float | None) -> None:
+    """Wait until `c` is ready for `events`; ETIMEDOUT when a bound ends the wait first."""
+    seconds, why = _bound(c.session, [c], timeout)
+    p = select.poll()
+    p.register(c.sock, events)
+    if not p.poll(_ms(seconds)):
+        raise _expired(why, c) if why != "timeout" else OSError(errno.ETIMEDOUT, "timed out")
+
+
+def _ms(seconds: float) -> int:
+    return min(math.ceil(seconds * 1000), 2**31 - 1)
+
+
+# ---------------------------------------------------------------------------- operations
+@op("socket")
+def net_socket(session: EgressSession, args: list[Any]) -> bool:
+    """Whether the sandbox has a network (the session exists only when it does)."""
+    return True
+
+
+@op("getaddrinfo")
+def net_getaddrinfo(session: EgressSession, args: list[Any]) -> list[str]:
+    """[address]: `host` decided under the policy (for `port`; None: 443, else 80) and resolved by
+    the host. The address is remembered for this run."""
+    host, port = _args(args, 2, "getaddrinfo")
+    if not isinstance(host, str) or not 0 < len(host) <= 255:
+        raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
+    ports = (443, 80) if port is None else (_int(port, "port", 1, 65535),)
+    if parse_address(host) is not None:
+        session.destination(host, ports[0], count=False)
+        return [str(parse_address(host))]
+    refused: EgressRefused | None = None
+    for p in ports:
+        try:
+            dest = session.destination(host, p, count=False)
+        except EgressRefused as e:
+            refused = refused or e
+            continue
+        if len(session.names) < MAX_NAMES:
+            session.names[dest.address] = dest.host
+        return [dest.address]
+    assert refused is not None
+    raise refused
+
+
+@op("connect")
+def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
+    """[handle, pending]: a connection to `host` (an address; a name is resolved by the host),
+    decided before anything is sent. `timeout` 0: return at once, pending if not yet made."""
+    host, port, timeout = _args(args, 3, "connect")
+    if not isinstance(host, str) or not 0 < len(host) <= 255:
+        raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
+    port = _int(port, "port", 1, 65535)
+    timeout = _timeout(timeout)
+    ip = parse_address(host)
+    name = session.names.get(str(ip)) if ip is not None else None
+    if name is not None:        # resolved by net.getaddrinfo: decided for the name, address pinned
+        pinned = str(ip)
+        dest = session.destination(name, port, resolver=lambda _h, _p: [pinned])
+    else:
+        dest = session.destination(host, port)
+    addr = parse_address(dest.address)
+    assert addr is not None
+    sock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    c = Connection(sock, session, dest.label)
+    try:
+        sock.setblocking(False)
+        err = sock.connect_ex((dest.address, port))
+        if err == errno.EINPROGRESS:
+            seconds, why = _bound(session, [c], timeout)
+            p = select.poll()
+            p.register(sock, _OUT)
+            if p.poll(_ms(seconds)):
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            elif timeout != 0:
+                raise _expired(why, c) if why != "timeout" else \
+                    OSError(errno.ETIMEDOUT, f"connection to {dest.label} timed out")
+            else:
+                c.pending = True
+                err = 0
+        if err not in (0, errno.EISCONN):
+            raise OSError(err, f"{os.strerror(err)} ({dest.label})")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        c.closed = True
+        sock.close()
+        raise
+    return [session.add(c), c.pending]
+
+
+@op("send")
+def net_send(session: EgressSession, args: list[Any]) -> int:
+    """Bytes of `data` sent (timeout 0: what fits now, EAGAIN when nothing does; None: all)."""
+    h, data, timeout = _args(args, 3, "send")
+    c = _conn(session, h)
+    if not isinstance(data, bytes) or len(data) > MAX_CHUNK:
+        raise OSError(errno.EINVAL, f"data must be bytes, at most {MAX_CHUNK} per call")
+    timeout = _timeout(timeout)
+    if c.pending:
+        raise OSError(errno.EAGAIN if timeout == 0 else errno.ENOTCONN, "not connected yet")
+    if session.bytes_out + len(data) > session.policy.max_bytes_out:
+        session.sent(c.dest, len(data))             # raises EgressLimitExceeded
+    view, total = memoryview(data), 0
+    try:
+        while total < len(data):
+            try:
+                total += c.sock.send(view[total:])
+            except BlockingIOError:
+                if timeout == 0:
+                    break
+                _wait(c, _OUT, timeout)
+                continue
+            if timeout == 0:
+                break
+    finally:
+        if total:
+            session.sent(c.dest, total)
+    if total == 0 and data:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    return total
+
+
+@op("recv")
+def net_recv(session: EgressSession, args: list[Any]) -> bytes:
+    """Up to `n` bytes (b'' at the end of the stream; timeout 0: EAGAIN when none is there)."""
+    h, n, timeout = _args(args, 3, "recv")
+    c = _conn(session, h)
+    n = _int(n, "n", 1, MAX_CHUNK)
+    timeout = _timeout(timeout)
+    if c.pending:
+        raise OSError(errno.EAGAIN if timeout == 0 else errno.ENOTCONN, "not connected yet")
+    while True:
+        try:
+            data = c.sock.recv(n)
+            break
+        except BlockingIOError:
+            if timeout == 0:
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable") from None
+            _wait(c, _IN, timeout)
+    if data:
+        session.received(c.dest, len(data))
+    return data
+
+
+@op("poll")
+def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
+    """[[revents, extra], ...] for [[handle, events], ...]: waits until one is ready or `timeout`
+    passes. `extra`: up to `read_ahead` bytes read from a readable socket (b'': end of stream;
+    an int: the errno it failed with), or a pending connection's outcome (0 or an errno)."""
+    items, timeout, ahead = _args(args, 3, "poll")
+    if not isinstance(items, list) or len(items) > MAX_POLL:
+        raise OSError(errno.EINVAL, f"poll takes a list of at most {MAX_POLL} [handle, events]")
+    timeout = _timeout(timeout)
+    ahead = _int(ahead, "read_ahead", 0, MAX_CHUNK)
+    asked: list[tuple[Connection, int]] = []
+    for item in items:
+        if not isinstance(item, list) or len(item) != 2:
+            raise OSError(errno.EINVAL, "poll items are [handle, events]")
+        c = _conn(session, item[0])
+        ev = _int(item[1], "events", 0, 0xFFFF) & (_IN | _OUT)
+        asked.append((c, _OUT if c.pending else ev))
+    p = select.poll()
+    for c, ev in asked:
+        p.register(c.sock, ev)
+    seconds, why = _bound(session, [c for c, _ in asked], timeout)
+    ready = dict(p.poll(_ms(seconds)))
+    if not ready and why == "run":
+        raise _expired(why)
+    now = time.monotonic()
+    out: list[list[Any]] = []
+    for c, ev in asked:
+        rev = ready.get(c.sock.fileno(), 0)
+        extra: Any = None
+        if not rev and now >= c.expires:
+            rev, extra = select.POLLERR, errno.ETIMEDOUT       # past connection_seconds
+        elif c.pending and rev:
+            c.pending = False
+            extra = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        elif rev & (_IN | _ERR) and ev & _IN and ahead:
+            try:
+                extra = c.sock.recv(ahead)
+            except BlockingIOError:
+                rev &= ~_IN
+            except OSError as e:
+                extra = e.errno or errno.EIO
+            else:
+                if extra:
+                    session.received(c.dest, len(extra))
+        out.append([rev, extra])
+    return out
+
+
+@op("shutdown")
+def net_shutdown(session: EgressSession, args: list[Any]) -> None:
+    """Half-close the connection (`how`: socket.SHUT_RD/WR/RDWR)."""
+    h, how = _args(args, 2, "shutdown")
+    c = _conn(session, h)
+    c.sock.shutdown(_int(how, "how", 0, 2))
+
+
+@op("close")
+def net_close(session: EgressSession, args: list[Any]) -> None:
+    """Close the connection (nothing when the handle is not held)."""
+    (h,) = _args(args, 1, "close")
+    session.drop(h)
+
+
+__all__ = ["MAX_CHUNK", "Connection"]
