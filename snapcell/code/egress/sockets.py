@@ -324,7 +324,7 @@ def net_shutdown(session: EgressSession, args: list[Any]) -> None:
 def net_close(session: EgressSession, args: list[Any]) -> None:
     """Close the connection (nothing when the handle is not held)."""
     (h,) = _args(args, 1, "close")
-    session.drop(h)
+    session.drop(_int(h, "handle", 0, 2**63 - 1))
 
 
 __all__ = ["MAX_CHUNK", "Connection"]
