@@ -7,8 +7,8 @@
  * getsockopt/setsockopt, getsockname/getpeername, shutdown, fcntl, ioctl, fstat and close.
  * Descriptors NS_BASE.. are sockets (the in-guest file system's are below). Every operation
  * that touches the network is a `CodeTool` call with a reserved name (net.connect, net.send,
- * net.recv, net.poll, net.close, net.shutdown), decided and performed by the host under the
- * sandbox's network policy; the guest never sees a host descriptor, only handle numbers that
+ * net.recv, net.poll, net.shutdown), decided and performed by the host under the sandbox's
+ * network policy; a close rides on the next net.connect or net.poll (or the run's end); the guest never sees a host descriptor, only handle numbers that
  * are valid during one run.
  *
  * So CPython's own `_socket`, `select`, `ssl` (its socket BIO reads and writes the descriptor)
@@ -56,6 +56,10 @@ struct ns {
 };
 
 static struct ns socks[NS_MAX];
+/* Closed sockets' handles, told to the host with the next net.connect or net.poll (a close
+ * costs no host call of its own; the host closes whatever is left when the run ends). */
+static int64_t closing[NS_MAX];
+static int nclosing;
 static int net_state;           /* per run: 0 unknown, 1 the sandbox has a network, -errno not */
 static cb_buf args;
 static int last_errno;
@@ -132,9 +136,19 @@ static long check_network(void)
     return net_state == 1 ? 0 : net_state;
 }
 
+/* Append the pending closes to `args` (as the operation's last argument). */
+static void add_closes(void)
+{
+    cb_array(&args, (uint32_t)nclosing);
+    for (int i = 0; i < nclosing; i++)
+        cb_int(&args, closing[i]);
+    nclosing = 0;
+}
+
 void ns_run_begin(void)
 {
     net_state = 0;
+    nclosing = 0;
     for (int i = 0; i < NS_MAX; i++) {          /* the host closed every handle at the run's end */
         struct ns *s = &socks[i];
         if (s->state == NS_CONNECTING || s->state == NS_CONNECTED) {
@@ -176,12 +190,9 @@ static long ns_socket(long domain, long type, long proto)
 static long ns_close(long fd)
 {
     struct ns *s = get(fd);
-    if ((s->state == NS_CONNECTING || s->state == NS_CONNECTED) && s->handle) {
-        const char *v, *vend;
-        begin(1);
-        cb_int(&args, s->handle);
-        host("close", &v, &vend);
-    }
+    if ((s->state == NS_CONNECTING || s->state == NS_CONNECTED) && s->handle
+        && nclosing < NS_MAX)
+        closing[nclosing++] = s->handle;
     s->state = NS_FREE;
     s->roff = s->rlen = 0;
     return 0;
@@ -211,13 +222,14 @@ static long ns_connect(struct ns *s, const struct sockaddr *sa, socklen_t len)
         return sa->sa_family == AF_INET || sa->sa_family == AF_INET6 ? -EINVAL : -EAFNOSUPPORT;
     }
     const char *v, *vend;
-    begin(3);
+    begin(4);
     cb_str(&args, text, strlen(text));
     cb_int(&args, port);
     if (s->nonblock)
         cb_double(&args, 0.0);
     else
         cb_nil(&args);
+    add_closes();
     long r = host("connect", &v, &vend);
     if (r)
         return r;
@@ -432,7 +444,7 @@ static long ns_poll(struct pollfd *fds, unsigned long nfds, long timeout_ms)
     if (ready || !ask)
         return ready;
     const char *v, *vend;
-    begin(3);
+    begin(4);
     cb_array(&args, (uint32_t)ask);
     for (unsigned long i = 0; i < nfds; i++) {
         struct ns *s = get(fds[i].fd);
@@ -447,6 +459,7 @@ static long ns_poll(struct pollfd *fds, unsigned long nfds, long timeout_ms)
     else
         cb_double(&args, (double)timeout_ms / 1000.0);
     cb_int(&args, NS_CHUNK);
+    add_closes();
     long r = host("poll", &v, &vend);
     if (r)
         return r;

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -268,3 +269,27 @@ def test_a_recv_reply_fits_the_input_buffer() -> None:
     from snapcell.code.egress.sockets import MAX_CHUNK
     from snapcell.code.warm import LAYOUT
     assert MAX_CHUNK + 4096 <= LAYOUT.input_size
+
+
+DATA_IMAGE = Path(__file__).resolve().parents[2] / "build" / "images" / "data"
+
+
+def test_requests_and_urllib3_in_the_data_image(server: int,
+                                                witnesses: dict[str, socket.socket]) -> None:
+    assert (DATA_IMAGE / "index.json").is_file(), "the data image is not built: run " \
+                                                  "`make data-image`"
+    other = witnesses["other"].getsockname()[1]
+    with CodeSandbox("python", image=f"{DATA_IMAGE}:latest", network=_policy(server),
+                     resolver=RESOLVER, timeout=30.0, memory_limit=128 << 20) as b:
+        assert _ok(b, "import requests, urllib3\n"
+                      f"s = requests.Session()\nr = s.get('http://api.test:{server}/r')\n"
+                      f"p = s.post('http://127.0.0.1:{server}/p', data=b'hello')\n"
+                      f"u = urllib3.PoolManager().request('GET', 'http://api.test:{server}/u')\n"
+                      "[r.status_code, r.text, p.content, u.data]") \
+            == [200, "hello /r", b"olleh", b"hello /u"]
+        r = b.run(f"import requests\nrequests.get('http://127.0.0.1:{server}/redirect?"
+                  f"http://127.0.0.2:{other}/')")
+        assert r.error is not None and r.error.type == "ConnectionError"
+        assert f"connection to 127.0.0.2:{other} refused by the sandbox's network policy" \
+            in r.error.message
+        _no_connection(witnesses["other"])

@@ -6,13 +6,15 @@ The guest's socket system calls become reserved operations on the `CodeTool` cha
 - ``net.getaddrinfo(host, port)`` → ``[address]``: the name decided under the policy and resolved
   by the host; the address is remembered for this run, so a connection to it is decided for that
   name with the address pinned (never resolved again: no DNS rebinding between check and use);
-- ``net.connect(host, port, timeout)`` → ``[handle, pending]``: decided by
+- ``net.connect(host, port, timeout[, closed])`` → ``[handle, pending]``: decided by
   `EgressSession.destination` *before* any socket exists, then a non-blocking connection to
   `Destination.address`;
 - ``net.send(handle, data, timeout)`` → bytes sent; ``net.recv(handle, n, timeout)`` → bytes
   (empty at the end of the stream); ``net.poll([[handle, events], ...], timeout, read_ahead)``
   → ``[[revents, extra], ...]`` where `extra` is the data read ahead from a readable socket (or
   the outcome of a pending connection); ``net.shutdown(handle, how)``; ``net.close(handle)``.
+  The guest closes lazily: net.connect and net.poll may carry, last, a list of the handles it
+  closed since (closed first); the run's end closes the rest.
 
 A `timeout` of 0 never waits (the guest's socket is non-blocking), None waits as long as the
 run and the connection may; every wait ends at the run's deadline and at the connection's
@@ -72,6 +74,19 @@ def _args(args: list[Any], n: int, name: str) -> list[Any]:
     if len(args) != n:
         raise OSError(errno.EINVAL, f"net.{name} takes {n} arguments, got {len(args)}")
     return args
+
+
+def _closing(session: EgressSession, args: list[Any], n: int, name: str) -> list[Any]:
+    """The first `n` arguments of an operation that may carry, last, the handles the guest
+    closed since its previous call (closed here first)."""
+    if len(args) == n + 1:
+        closes = args[-1]
+        if not isinstance(closes, list) or len(closes) > MAX_POLL:
+            raise OSError(errno.EINVAL, f"net.{name}: the closed handles must be a list")
+        for h in closes:
+            session.drop(_int(h, "handle", 0, 2**63 - 1))
+        args = args[:n]
+    return _args(args, n, name)
 
 
 def _timeout(v: Any) -> float | None:
@@ -168,7 +183,7 @@ def net_getaddrinfo(session: EgressSession, args: list[Any]) -> list[str]:
 def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
     """[handle, pending]: a connection to `host` (an address; a name is resolved by the host),
     decided before anything is sent. `timeout` 0: return at once, pending if not yet made."""
-    host, port, timeout = _args(args, 3, "connect")
+    host, port, timeout = _closing(session, args, 3, "connect")
     if not isinstance(host, str) or not 0 < len(host) <= 255:
         raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
     port = _int(port, "port", 1, 65535)
@@ -269,7 +284,7 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
     """[[revents, extra], ...] for [[handle, events], ...]: waits until one is ready or `timeout`
     passes. `extra`: up to `read_ahead` bytes read from a readable socket (b'': end of stream;
     an int: the errno it failed with), or a pending connection's outcome (0 or an errno)."""
-    items, timeout, ahead = _args(args, 3, "poll")
+    items, timeout, ahead = _closing(session, args, 3, "poll")
     if not isinstance(items, list) or len(items) > MAX_POLL:
         raise OSError(errno.EINVAL, f"poll takes a list of at most {MAX_POLL} [handle, events]")
     timeout = _timeout(timeout)
