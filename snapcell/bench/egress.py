@@ -64,7 +64,7 @@ def egress_benchmarks(r: dict[str, Any], quick: bool,
         loop = GET_LOOP.format(port=port, n=n, blocks=5)
         guest: list[int] = []
         native: list[int] = []
-        policy = NetworkPolicy(allow=[f"127.0.0.1:{port}"], max_requests=1000)
+        policy = NetworkPolicy(allow=(f"127.0.0.1:{port}",), max_requests=1000)
         with CodeSandbox("python", network=policy, timeout=60.0) as box:
             for _ in range(blocks):
                 res = box.run(loop + "out")
