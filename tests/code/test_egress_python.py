@@ -293,3 +293,12 @@ def test_requests_and_urllib3_in_the_data_image(server: int,
         assert f"connection to 127.0.0.2:{other} refused by the sandbox's network policy" \
             in r.error.message
         _no_connection(witnesses["other"])
+
+
+def test_a_policy_restricting_methods_refuses_sockets(witnesses: dict[str, socket.socket]) -> None:
+    port = witnesses["port"].getsockname()[1]
+    session = EgressSession(NetworkPolicy(allow=[f"127.0.0.1:{port}"], methods=["GET"]))
+    session.begin(None)
+    with pytest.raises(PermissionError, match="restricts HTTP methods"):
+        session.handle("net.connect", ["127.0.0.1", port, None])
+    _no_connection(witnesses["port"])

@@ -186,6 +186,11 @@ def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
     host, port, timeout = _closing(session, args, 3, "connect")
     if not isinstance(host, str) or not 0 < len(host) <= 255:
         raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
+    if session.policy.methods is not None:
+        raise EgressRefused("the sandbox's network policy restricts HTTP methods ("
+                            f"{', '.join(sorted(session.policy.methods))}), which the host "
+                            "cannot check on a connection the code opens itself (TLS runs in "
+                            "the sandbox): sockets are refused")
     port = _int(port, "port", 1, 65535)
     timeout = _timeout(timeout)
     ip = parse_address(host)
