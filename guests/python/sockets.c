@@ -677,6 +677,10 @@ static int hook(long nr, long a0, long a1, long a2, long a3, long a4, long a5, l
         return 1;
     case SYS_write:
     case SYS_sendto:
+        if (!a1 && a2) {
+            *ret = -EFAULT;
+            return 1;
+        }
         one.iov_base = (void *)a1;
         one.iov_len = (size_t)a2;
         *ret = ns_send(s, &one, 1, nr == SYS_sendto ? (int)a3 : 0);
@@ -686,11 +690,16 @@ static int hook(long nr, long a0, long a1, long a2, long a3, long a4, long a5, l
         return 1;
     case SYS_sendmsg: {
         const struct msghdr *m = (const struct msghdr *)a1;
-        *ret = m->msg_iovlen > 1024 ? -EMSGSIZE : ns_send(s, m->msg_iov, m->msg_iovlen, (int)a2);
+        *ret = !m || (m->msg_iovlen && !m->msg_iov) ? -EFAULT : m->msg_iovlen > 1024 ? -EMSGSIZE
+               : ns_send(s, m->msg_iov, m->msg_iovlen, (int)a2);
         return 1;
     }
     case SYS_read:
     case SYS_recvfrom:
+        if (!a1 && a2) {
+            *ret = -EFAULT;
+            return 1;
+        }
         one.iov_base = (void *)a1;
         one.iov_len = (size_t)a2;
         *ret = ns_recv(s, &one, 1, nr == SYS_recvfrom ? (int)a3 : 0);
@@ -702,6 +711,10 @@ static int hook(long nr, long a0, long a1, long a2, long a3, long a4, long a5, l
         return 1;
     case SYS_recvmsg: {
         struct msghdr *m = (struct msghdr *)a1;
+        if (!m || (m->msg_iovlen && !m->msg_iov)) {
+            *ret = -EFAULT;
+            return 1;
+        }
         *ret = m->msg_iovlen > 1024 ? -EMSGSIZE : ns_recv(s, m->msg_iov, m->msg_iovlen, (int)a2);
         m->msg_namelen = 0;
         m->msg_controllen = 0;
@@ -767,6 +780,10 @@ static int hook(long nr, long a0, long a1, long a2, long a3, long a4, long a5, l
         return 1;
     case SYS_fstat: {
         struct stat *st = (struct stat *)a1;
+        if (!st) {
+            *ret = -EFAULT;
+            return 1;
+        }
         memset(st, 0, sizeof *st);
         st->st_mode = S_IFSOCK | 0777;
         st->st_blksize = 4096;

@@ -163,17 +163,32 @@ def test_a_handshake_that_never_ends_times_out(box: CodeSandbox, pki: dict[str, 
     assert r.error is not None and r.error.type in ("TimeoutError", "timeout"), r.error
 
 
-def test_requests_over_https_in_the_data_image(pki: dict[str, Any], https: int) -> None:
+@pytest.fixture(scope="module")
+def data_box(https: int) -> Iterator[CodeSandbox]:
     assert (DATA_IMAGE / "index.json").is_file(), "the data image is not built: run " \
                                                   "`make data-image`"
     policy = NetworkPolicy(allow=[f"127.0.0.1:{https}", f"api.test:{https}"])
     with CodeSandbox("python", image=f"{DATA_IMAGE}:latest", network=policy,
                      resolver=static_resolver({"api.test": ["127.0.0.1"]}), timeout=30.0,
                      memory_limit=128 << 20) as b:
-        r = b.run(f"import requests\nr = requests.get('https://api.test:{https}/rq', "
-                  "verify='ca.pem')\n[r.status_code, r.text]", files={"ca.pem": pki["ca"]})
-        assert r.error is None, r.error
-        assert r.value == [200, "hello /rq"]
+        yield b
+
+
+def test_requests_over_https_in_the_data_image(data_box: CodeSandbox, pki: dict[str, Any],
+                                               https: int) -> None:
+    assert _run(data_box, pki, f"import requests\nr = requests.get('https://api.test:{https}/rq', "
+                "verify='ca.pem')\n[r.status_code, r.text]") == [200, "hello /rq"]
+
+
+def test_httpx_sync_and_async_in_the_data_image(data_box: CodeSandbox, pki: dict[str, Any],
+                                                https: int) -> None:
+    assert _run(data_box, pki, CTX + "import asyncio, httpx\n"
+                f"sync = httpx.get('https://api.test:{https}/hx', verify=ctx).text\n"
+                "async def main():\n"
+                "    async with httpx.AsyncClient(verify=ctx) as c:\n"
+                f"        r = await c.post('https://api.test:{https}/', content=b'abc')\n"
+                "        return r.text\n"
+                "[sync, asyncio.run(main())]") == ["hello /hx", "cba"]
 
 
 def test_the_server_fixture_speaks_tls(pki: dict[str, Any], https: int) -> None:
