@@ -491,6 +491,7 @@ static sc_value Run(const sc_value *args)
     if (code && tools)
         res = PyObject_CallFunction(runner_run, "OsO", code, req.filename, tools);
     mem_limit = (size_t)-1;
+    ns_run_end();
     Py_XDECREF(code);
     Py_XDECREF(tools);
     /* res = (True, value) | (False, (type, message, stack, line)) */

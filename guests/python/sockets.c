@@ -8,7 +8,7 @@
  * Descriptors NS_BASE.. are sockets (the in-guest file system's are below). Every operation
  * that touches the network is a `CodeTool` call with a reserved name (net.connect, net.send,
  * net.recv, net.poll, net.shutdown), decided and performed by the host under the sandbox's
- * network policy; a close rides on the next net.connect or net.poll (or the run's end); the guest never sees a host descriptor, only handle numbers that
+ * network policy; a close, and bytes written (up to NS_WPEND), ride on the next host call; the guest never sees a host descriptor, only handle numbers that
  * are valid during one run.
  *
  * So CPython's own `_socket`, `select`, `ssl` (its socket BIO reads and writes the descriptor)
@@ -53,13 +53,19 @@ struct ns {
     socklen_t peerlen;
     char *rbuf;                 /* read-ahead: rbuf[roff..rlen) */
     size_t roff, rlen, rcap;
+    char *wbuf;                 /* written, not yet handed to the host */
+    size_t wlen, wcap;
 };
 
 static struct ns socks[NS_MAX];
-/* Closed sockets' handles, told to the host with the next net.connect or net.poll (a close
- * costs no host call of its own; the host closes whatever is left when the run ends). */
+/* What waits for the next host call (every one carries it, first): closed sockets' handles
+ * (a close costs no host call of its own; the host closes whatever is left when the run ends)
+ * and bytes written (up to NS_WPEND in all: a request's send and the poll for its answer are
+ * one host call). A close with bytes waiting, and the run's end, hand them over at once. */
+#define NS_WPEND (128u << 10)
 static int64_t closing[NS_MAX];
 static int nclosing;
+static size_t wpending;
 static int net_state;           /* per run: 0 unknown, 1 the sandbox has a network, -errno not */
 static cb_buf args;
 static int last_errno;
@@ -94,6 +100,26 @@ static long host(const char *op, const char **v, const char **vend)
     char name[32] = "net.";
     strncat(name, op, sizeof name - 5);
     last_errno = 0;
+    uint32_t n = (uint32_t)nclosing;
+    for (int i = 0; i < NS_MAX; i++)
+        n += socks[i].state != NS_FREE && socks[i].wlen;
+    cb_array(&args, n);
+    for (int i = 0; i < nclosing; i++) {
+        cb_array(&args, 2);
+        cb_int(&args, closing[i]);
+        cb_nil(&args);
+    }
+    for (int i = 0; i < NS_MAX; i++) {
+        struct ns *s = &socks[i];
+        if (s->state != NS_FREE && s->wlen) {
+            cb_array(&args, 2);
+            cb_int(&args, s->handle);
+            cb_bin(&args, s->wbuf, s->wlen);
+            s->wlen = 0;
+        }
+    }
+    nclosing = 0;
+    wpending = 0;
     if (args.oom)
         return -ENOMEM;
     if (cb_call_tool(name, strlen(name), &args, v, vend, &et, &em) == 0)
@@ -111,10 +137,11 @@ int ns_last_error(const char **type, const char **message)
     return last_errno;
 }
 
+/* Start the arguments of an operation taking `n` (host() appends what waits, last). */
 static void begin(uint32_t n)
 {
     cb_reset(&args);
-    cb_array(&args, n);
+    cb_array(&args, n + 1);
 }
 
 static struct ns *get(long fd)
@@ -136,26 +163,33 @@ static long check_network(void)
     return net_state == 1 ? 0 : net_state;
 }
 
-/* Append the pending closes to `args` (as the operation's last argument). */
-static void add_closes(void)
-{
-    cb_array(&args, (uint32_t)nclosing);
-    for (int i = 0; i < nclosing; i++)
-        cb_int(&args, closing[i]);
-    nclosing = 0;
-}
-
 void ns_run_begin(void)
 {
     net_state = 0;
     nclosing = 0;
+    wpending = 0;
     for (int i = 0; i < NS_MAX; i++) {          /* the host closed every handle at the run's end */
         struct ns *s = &socks[i];
+        s->wlen = 0;
         if (s->state == NS_CONNECTING || s->state == NS_CONNECTED) {
             s->state = NS_DEAD;
             s->handle = 0;
         }
     }
+}
+
+/* Hand over the bytes still waiting (a net.flush), before the run ends. */
+static void flush(void)
+{
+    const char *v, *vend;
+    begin(0);
+    host("flush", &v, &vend);
+}
+
+void ns_run_end(void)
+{
+    if (wpending)
+        flush();
 }
 
 /* ---- sockets ------------------------------------------------------------------------------ */
@@ -173,11 +207,13 @@ static long ns_socket(long domain, long type, long proto)
         struct ns *s = &socks[i];
         if (s->state != NS_FREE)
             continue;
-        char *keep = s->rbuf;
-        size_t cap = s->rcap;
+        char *keep = s->rbuf, *wkeep = s->wbuf;
+        size_t cap = s->rcap, wcap = s->wcap;
         memset(s, 0, sizeof *s);
         s->rbuf = keep;
         s->rcap = cap;
+        s->wbuf = wkeep;
+        s->wcap = wcap;
         s->state = NS_NEW;
         s->family = (int)domain;
         s->nonblock = (type & SOCK_NONBLOCK) != 0;
@@ -190,6 +226,8 @@ static long ns_socket(long domain, long type, long proto)
 static long ns_close(long fd)
 {
     struct ns *s = get(fd);
+    if (s->wlen)
+        flush();
     if ((s->state == NS_CONNECTING || s->state == NS_CONNECTED) && s->handle
         && nclosing < NS_MAX)
         closing[nclosing++] = s->handle;
@@ -222,14 +260,13 @@ static long ns_connect(struct ns *s, const struct sockaddr *sa, socklen_t len)
         return sa->sa_family == AF_INET || sa->sa_family == AF_INET6 ? -EINVAL : -EAFNOSUPPORT;
     }
     const char *v, *vend;
-    begin(4);
+    begin(3);
     cb_str(&args, text, strlen(text));
     cb_int(&args, port);
     if (s->nonblock)
         cb_double(&args, 0.0);
     else
         cb_nil(&args);
-    add_closes();
     long r = host("connect", &v, &vend);
     if (r)
         return r;
@@ -256,7 +293,24 @@ static long ns_send(struct ns *s, const struct iovec *iov, size_t niov, int flag
     if (s->shut_wr)
         return -EPIPE;
     int nonblock = s->nonblock || (flags & MSG_DONTWAIT);
-    size_t total = 0, vi = 0, voff = 0;
+    size_t total = 0, vi = 0, voff = 0, want = 0;
+    for (size_t i = 0; i < niov; i++)
+        want += iov[i].iov_len;
+    if (want && want <= NS_WPEND - wpending) {      /* kept for the next host call */
+        if (s->wcap - s->wlen < want) {
+            char *q = realloc(s->wbuf, s->wlen + want);
+            if (!q)
+                return -ENOMEM;
+            s->wbuf = q;
+            s->wcap = s->wlen + want;
+        }
+        for (size_t i = 0; i < niov; i++) {
+            memcpy(s->wbuf + s->wlen, iov[i].iov_base, iov[i].iov_len);
+            s->wlen += iov[i].iov_len;
+        }
+        wpending += want;
+        return (long)want;
+    }
     for (;;) {
         size_t n = 0;
         while (vi < niov && n < NS_CHUNK) {
@@ -444,7 +498,7 @@ static long ns_poll(struct pollfd *fds, unsigned long nfds, long timeout_ms)
     if (ready || !ask)
         return ready;
     const char *v, *vend;
-    begin(4);
+    begin(3);
     cb_array(&args, (uint32_t)ask);
     for (unsigned long i = 0; i < nfds; i++) {
         struct ns *s = get(fds[i].fd);
@@ -459,7 +513,6 @@ static long ns_poll(struct pollfd *fds, unsigned long nfds, long timeout_ms)
     else
         cb_double(&args, (double)timeout_ms / 1000.0);
     cb_int(&args, NS_CHUNK);
-    add_closes();
     long r = host("poll", &v, &vend);
     if (r)
         return r;

@@ -7,6 +7,8 @@ void ns_install(void);
 /* A run starts: ask the host again whether there is a network; sockets left from an earlier
  * run are dead (the host closed their connections when it ended). */
 void ns_run_begin(void);
+/* A run ends: hand the bytes still waiting to the host. */
+void ns_run_end(void);
 /* The errno of the last host call that failed (0: none), with the host's exception type and
  * message (static storage). */
 int ns_last_error(const char **type, const char **message);

@@ -249,13 +249,16 @@ def test_no_policy_no_network_with_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["net.connect", [1, 2, 3]], ["net.connect", ["127.0.0.1", 0, None]],
-    ["net.connect", ["127.0.0.1", 80, -1]], ["net.connect", ["x" * 300, 80, None]],
-    ["net.connect", []], ["net.recv", [3, 1 << 30, 0]], ["net.recv", [99, 10, 0]],
-    ["net.send", [3, "text", 0]], ["net.poll", [[[3, 1]] * 1000, 0, 0]],
-    ["net.poll", [[["x", 1]], None, 0]], ["net.poll", [[], float("nan"), 0]],
-    ["net.getaddrinfo", [None, 80]], ["net.close", ["3"]], ["net.shutdown", [3, 7]],
-    ["net.nosuch", []],
+    ["net.connect", [1, 2, 3, []]], ["net.connect", ["127.0.0.1", 0, None, []]],
+    ["net.connect", ["127.0.0.1", 80, -1, []]], ["net.connect", ["x" * 300, 80, None, []]],
+    ["net.connect", []], ["net.connect", ["127.0.0.1", 9, None]],
+    ["net.connect", ["127.0.0.1", 9, None, [[3, b"x"]]]],
+    ["net.connect", ["127.0.0.1", 9, None, [[3]]]], ["net.flush", [[["3", None]]]],
+    ["net.recv", [3, 1 << 30, 0, []]], ["net.recv", [99, 10, 0, []]],
+    ["net.send", [3, "text", 0, []]], ["net.poll", [[[3, 1]] * 1000, 0, 0, []]],
+    ["net.poll", [[["x", 1]], None, 0, []]], ["net.poll", [[], float("nan"), 0, []]],
+    ["net.getaddrinfo", [None, 80]], ["net.close", [["3"], []]],
+    ["net.shutdown", [3, 7, []]], ["net.nosuch", []],
 ])
 def test_bad_arguments_from_the_guest_are_errors_with_an_errno(args: list[Any]) -> None:
     session = EgressSession(NetworkPolicy(allow=["127.0.0.1:9"]))
@@ -300,5 +303,5 @@ def test_a_policy_restricting_methods_refuses_sockets(witnesses: dict[str, socke
     session = EgressSession(NetworkPolicy(allow=[f"127.0.0.1:{port}"], methods=["GET"]))
     session.begin(None)
     with pytest.raises(PermissionError, match="restricts HTTP methods"):
-        session.handle("net.connect", ["127.0.0.1", port, None])
+        session.handle("net.connect", ["127.0.0.1", port, None, []])
     _no_connection(witnesses["port"])

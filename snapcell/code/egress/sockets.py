@@ -6,16 +6,20 @@ The guest's socket system calls become reserved operations on the `CodeTool` cha
 - ``net.getaddrinfo(host, port)`` → ``[address]``: the name decided under the policy and resolved
   by the host; the address is remembered for this run, so a connection to it is decided for that
   name with the address pinned (never resolved again: no DNS rebinding between check and use);
-- ``net.connect(host, port, timeout[, closed])`` → ``[handle, pending]``: decided by
+- ``net.connect(host, port, timeout)`` → ``[handle, pending]``: decided by
   `EgressSession.destination` *before* any socket exists, then a non-blocking connection to
   `Destination.address`;
 - ``net.send(handle, data, timeout)`` → bytes sent; ``net.recv(handle, n, timeout)`` → bytes
   (empty at the end of the stream); ``net.poll([[handle, events], ...], timeout, read_ahead)``
   → ``[[revents, extra], ...]`` where `extra` is the data read ahead from a readable socket (or
-  the outcome of a pending connection); ``net.shutdown(handle, how)``; ``net.close(handle)``.
-  The guest closes lazily: net.connect and net.poll may carry, last, a list of the handles it
-  closed since (closed first); the run's end closes the rest.
+  the outcome of a pending connection); ``net.shutdown(handle, how)``; ``net.close(handle)``;
+  ``net.flush()``.
 
+Every operation carries, as its last argument, what the guest left waiting since its previous
+call, done first: ``[[handle, None], ...]`` closes and ``[[handle, data], ...]`` bytes written
+(the guest keeps up to 128 KiB of writes for the next call, so a request and the poll for its
+answer cost one host call; a failure to send them is reported by that connection's next
+operation).
 A `timeout` of 0 never waits (the guest's socket is non-blocking), None waits as long as the
 run and the connection may; every wait ends at the run's deadline and at the connection's
 `connection_seconds`. Arguments are untrusted: a wrong one is an `OSError` with an errno
@@ -33,7 +37,7 @@ import socket
 import time
 from typing import Any
 
-from .policy import EgressRefused, parse_address
+from .policy import EgressLimitExceeded, EgressRefused, parse_address
 from .session import EgressSession, op
 
 MAX_CHUNK = 256 << 10
@@ -48,7 +52,7 @@ _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 class Connection:
     """One tunnelled connection: the host's socket, its destination and its deadline."""
 
-    __slots__ = ("sock", "dest", "session", "expires", "pending", "closed")
+    __slots__ = ("sock", "dest", "session", "expires", "pending", "closed", "error")
 
     def __init__(self, sock: socket.socket, session: EgressSession, label: str) -> None:
         self.sock = sock
@@ -57,6 +61,7 @@ class Connection:
         self.expires = time.monotonic() + session.policy.connection_seconds
         self.pending = False
         self.closed = False
+        self.error = 0                  # a send the guest left waiting failed with this errno
 
     def close(self) -> None:
         """Close the socket and log the egress (once)."""
@@ -76,17 +81,38 @@ def _args(args: list[Any], n: int, name: str) -> list[Any]:
     return args
 
 
-def _closing(session: EgressSession, args: list[Any], n: int, name: str) -> list[Any]:
-    """The first `n` arguments of an operation that may carry, last, the handles the guest
-    closed since its previous call (closed here first)."""
-    if len(args) == n + 1:
-        closes = args[-1]
-        if not isinstance(closes, list) or len(closes) > MAX_POLL:
-            raise OSError(errno.EINVAL, f"net.{name}: the closed handles must be a list")
-        for h in closes:
+def _waiting(session: EgressSession, args: list[Any], n: int, name: str) -> list[Any]:
+    """The `n` arguments of an operation, after doing what the guest left waiting, passed last:
+    ``[[handle, None], ...]`` closes, ``[[handle, data], ...]`` sends (all of it, bounded like
+    any wait; a failure is kept on the connection and reported by its next operation)."""
+    if len(args) != n + 1 or not isinstance(args[-1], list) or len(args[-1]) > 2 * MAX_POLL:
+        raise OSError(errno.EINVAL, f"net.{name} takes {n} arguments and the list of what "
+                                    "waits")
+    total = 0
+    for item in args[-1]:
+        if not isinstance(item, list) or len(item) != 2:
+            raise OSError(errno.EINVAL, "what waits is a list of [handle, data or None]")
+        h, data = item
+        if data is None:
             session.drop(_int(h, "handle", 0, 2**63 - 1))
-        args = args[:n]
-    return _args(args, n, name)
+            continue
+        c = _conn(session, h)
+        if not isinstance(data, bytes) or not data or (total := total + len(data)) > MAX_CHUNK:
+            raise OSError(errno.EINVAL, f"data waiting must be bytes, at most {MAX_CHUNK} in all")
+        if c.error:
+            continue
+        try:
+            _send(session, c, data, None)
+        except OSError as e:
+            if isinstance(e, EgressRefused | EgressLimitExceeded):
+                raise
+            c.error = e.errno or errno.EIO
+    return _args(args[:n], n, name)
+
+
+def _failed(c: Connection) -> None:
+    if c.error:
+        raise OSError(c.error, os.strerror(c.error))
 
 
 def _timeout(v: Any) -> float | None:
@@ -151,7 +177,14 @@ def _ms(seconds: float) -> int:
 @op("socket")
 def net_socket(session: EgressSession, args: list[Any]) -> bool:
     """Whether the sandbox has a network (the session exists only when it does)."""
+    _waiting(session, args, 0, "socket")
     return True
+
+
+@op("flush")
+def net_flush(session: EgressSession, args: list[Any]) -> None:
+    """Do what the guest left waiting (before a close with data written, and at a run's end)."""
+    _waiting(session, args, 0, "flush")
 
 
 @op("getaddrinfo")
@@ -183,7 +216,7 @@ def net_getaddrinfo(session: EgressSession, args: list[Any]) -> list[str]:
 def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
     """[handle, pending]: a connection to `host` (an address; a name is resolved by the host),
     decided before anything is sent. `timeout` 0: return at once, pending if not yet made."""
-    host, port, timeout = _closing(session, args, 3, "connect")
+    host, port, timeout = _waiting(session, args, 3, "connect")
     if not isinstance(host, str) or not 0 < len(host) <= 255:
         raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
     if session.policy.methods is not None:
@@ -230,16 +263,9 @@ def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
     return [session.add(c), c.pending]
 
 
-@op("send")
-def net_send(session: EgressSession, args: list[Any]) -> int:
-    """Bytes of `data` sent (timeout 0: what fits now, EAGAIN when nothing does; None: all)."""
-    h, data, timeout = _args(args, 3, "send")
-    c = _conn(session, h)
-    if not isinstance(data, bytes) or len(data) > MAX_CHUNK:
-        raise OSError(errno.EINVAL, f"data must be bytes, at most {MAX_CHUNK} per call")
-    timeout = _timeout(timeout)
-    if c.pending:
-        raise OSError(errno.EAGAIN if timeout == 0 else errno.ENOTCONN, "not connected yet")
+def _send(session: EgressSession, c: Connection, data: bytes, timeout: float | None) -> int:
+    """Send `data` (timeout 0: what fits now, EAGAIN when nothing does; otherwise all of it,
+    each wait bounded); bytes counted against the policy before they leave."""
     if session.bytes_out + len(data) > session.policy.max_bytes_out:
         session.sent(c.dest, len(data))             # raises EgressLimitExceeded
     view, total = memoryview(data), 0
@@ -262,15 +288,30 @@ def net_send(session: EgressSession, args: list[Any]) -> int:
     return total
 
 
+@op("send")
+def net_send(session: EgressSession, args: list[Any]) -> int:
+    """Bytes of `data` sent (timeout 0: what fits now, EAGAIN when nothing does; None: all)."""
+    h, data, timeout = _waiting(session, args, 3, "send")
+    c = _conn(session, h)
+    if not isinstance(data, bytes) or len(data) > MAX_CHUNK:
+        raise OSError(errno.EINVAL, f"data must be bytes, at most {MAX_CHUNK} per call")
+    timeout = _timeout(timeout)
+    if c.pending:
+        raise OSError(errno.EAGAIN if timeout == 0 else errno.ENOTCONN, "not connected yet")
+    _failed(c)
+    return _send(session, c, data, timeout)
+
+
 @op("recv")
 def net_recv(session: EgressSession, args: list[Any]) -> bytes:
     """Up to `n` bytes (b'' at the end of the stream; timeout 0: EAGAIN when none is there)."""
-    h, n, timeout = _args(args, 3, "recv")
+    h, n, timeout = _waiting(session, args, 3, "recv")
     c = _conn(session, h)
     n = _int(n, "n", 1, MAX_CHUNK)
     timeout = _timeout(timeout)
     if c.pending:
         raise OSError(errno.EAGAIN if timeout == 0 else errno.ENOTCONN, "not connected yet")
+    _failed(c)
     while True:
         try:
             data = c.sock.recv(n)
@@ -289,7 +330,7 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
     """[[revents, extra], ...] for [[handle, events], ...]: waits until one is ready or `timeout`
     passes. `extra`: up to `read_ahead` bytes read from a readable socket (b'': end of stream;
     an int: the errno it failed with), or a pending connection's outcome (0 or an errno)."""
-    items, timeout, ahead = _closing(session, args, 3, "poll")
+    items, timeout, ahead = _waiting(session, args, 3, "poll")
     if not isinstance(items, list) or len(items) > MAX_POLL:
         raise OSError(errno.EINVAL, f"poll takes a list of at most {MAX_POLL} [handle, events]")
     timeout = _timeout(timeout)
@@ -305,6 +346,8 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
     for c, ev in asked:
         p.register(c.sock, ev)
     seconds, why = _bound(session, [c for c, _ in asked], timeout)
+    if any(c.error for c, _ in asked):
+        seconds, why = 0.0, "timeout"           # a failed send to report at once
     ready = dict(p.poll(_ms(seconds)))
     if not ready and why == "run":
         raise _expired(why)
@@ -313,7 +356,9 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
     for c, ev in asked:
         rev = ready.get(c.sock.fileno(), 0)
         extra: Any = None
-        if not rev and now >= c.expires:
+        if c.error:
+            rev, extra = select.POLLERR, c.error
+        elif not rev and now >= c.expires:
             rev, extra = select.POLLERR, errno.ETIMEDOUT       # past connection_seconds
         elif c.pending and rev:
             c.pending = False
@@ -335,7 +380,7 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
 @op("shutdown")
 def net_shutdown(session: EgressSession, args: list[Any]) -> None:
     """Half-close the connection (`how`: socket.SHUT_RD/WR/RDWR)."""
-    h, how = _args(args, 2, "shutdown")
+    h, how = _waiting(session, args, 2, "shutdown")
     c = _conn(session, h)
     c.sock.shutdown(_int(how, "how", 0, 2))
 
@@ -343,7 +388,7 @@ def net_shutdown(session: EgressSession, args: list[Any]) -> None:
 @op("close")
 def net_close(session: EgressSession, args: list[Any]) -> None:
     """Close the connection (nothing when the handle is not held)."""
-    (h,) = _args(args, 1, "close")
+    (h,) = _waiting(session, args, 1, "close")
     session.drop(_int(h, "handle", 0, 2**63 - 1))
 
 
