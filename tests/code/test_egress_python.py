@@ -305,3 +305,25 @@ def test_a_policy_restricting_methods_refuses_sockets(witnesses: dict[str, socke
     with pytest.raises(PermissionError, match="restricts HTTP methods"):
         session.handle("net.connect", ["127.0.0.1", port, None, []])
     _no_connection(witnesses["port"])
+
+
+def test_bytes_written_reach_the_server_without_a_read_after_them() -> None:
+    """Writes wait in the guest for the next host call: a close, and the run's end, hand them
+    over (nothing written is lost when no read follows)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        with CodeSandbox("python", network=NetworkPolicy(allow=[f"127.0.0.1:{port}"]),
+                         timeout=10.0) as b:
+            _ok(b, f"import socket\na = socket.create_connection(('127.0.0.1', {port}))\n"
+                   "a.sendall(b'closed')\na.close()\n"
+                   f"b = socket.create_connection(('127.0.0.1', {port}))\nb.sendall(b'open')")
+            got = []
+            for _ in range(2):
+                conn = listener.accept()[0]
+                with conn:
+                    conn.settimeout(10)
+                    got.append(b"".join(iter(lambda c=conn: c.recv(100), b"")))
+            assert sorted(got) == [b"closed", b"open"]
