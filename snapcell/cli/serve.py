@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from . import cli_options
-from .errors import SnapcellError
-from .sandbox import HostFunctions
+from ..errors import SnapcellError
+from ..sandbox import HostFunctions
+from . import options as cli_options
 
 
 def load_host_functions(spec: str) -> HostFunctions:
@@ -106,10 +106,10 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
     MCP, metrics."""
     try:
-        from .serving.contexts import ContextOptions
-        from .serving.protocol import ConnectionLimits
-        from .serving.server import serve
-        from .serving.service import ServeOptions
+        from ..serving.contexts import ContextOptions
+        from ..serving.protocol import ConnectionLimits
+        from ..serving.server import serve
+        from ..serving.service import ServeOptions
     except ImportError as e:
         raise click.ClickException(f"snapcell serve needs the 'serve' extra "
                                    f"(pip install 'snapcell[serve]'): {e}") from None

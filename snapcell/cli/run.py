@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from .cli_options import _import_target
-from .code import CodeSandbox
-from .errors import SnapcellError
+from ..code import CodeSandbox
+from ..errors import SnapcellError
+from .options import _import_target
 
 EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
