@@ -12,7 +12,6 @@ saves it into an OCI layout under a tag: the format push/pull, diff layers, Dask
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import py_compile
@@ -30,6 +29,7 @@ from ..guest.fsimage import build_image as fs_build_image
 from ..guest.fsimage import read_image
 from ..machine.baselines import resolve
 from ..machine.layout import MAX_MEMORY, PAGE
+from ..paths import sha256_file
 from ..sandbox import SandboxConfiguration, Snapshot, UninitializedSandbox
 from ..sandbox.wx_seal import EXEC_MAP_SYMBOL, seal
 from ..snapshot import oci
@@ -99,18 +99,10 @@ def download_wheels(requirements: Path, dest: Path) -> list[Wheel]:
             raise ImageBuildError(f"{p.name}: not a wheel file name")
         if m["plat"] != "any" and PLATFORM not in m["plat"].split("."):
             raise ImageBuildError(f"{p.name}: not a {PLATFORM} wheel")
-        wheels.append(Wheel(m["name"], m["version"], p, _sha256(p)))
+        wheels.append(Wheel(m["name"], m["version"], p, sha256_file(p)))
     if not wheels:
         raise ImageBuildError(f"{requirements}: no packages")
     return wheels
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def lock_text(wheels: list[Wheel]) -> str:
