@@ -520,6 +520,9 @@ static void install_prelude(JSValueConst global)
     JSValue sc = JS_NewObject(ctx);
     JS_SetPropertyStr(ctx, sc, "now", JS_NewCFunction(ctx, js_now, "now", 0));
     JS_SetPropertyStr(ctx, sc, "randomBytes", JS_NewCFunction(ctx, js_random_bytes, "randomBytes", 1));
+    JSValue net_fetch = JS_NewString(ctx, "net.fetch");       /* the host's fetch (egress/) */
+    JS_SetPropertyStr(ctx, sc, "fetch", JS_NewCFunctionData(ctx, js_tool, 5, 0, 1, &net_fetch));
+    JS_FreeValue(ctx, net_fetch);
     JSValue argv[2] = {JS_DupValue(ctx, global), sc};
     timer_control = JS_IsException(fn) ? JS_EXCEPTION : JS_Call(ctx, fn, JS_UNDEFINED, 2, argv);
     JS_FreeValue(ctx, argv[0]);

@@ -15,6 +15,7 @@ from .policy import (
     system_resolver,
 )
 from .session import OP_PREFIX, OPS, EgressObserver, EgressSession, op
+from . import fetch as _fetch  # noqa: E402,F401,I001  (registers net.fetch)
 
 __all__ = ["NO_NETWORK", "OPS", "OP_PREFIX", "Destination", "EgressLimitExceeded", "EgressObserver",
            "EgressRefused", "EgressSession", "NetworkPolicy", "Resolver", "Rule", "op",
