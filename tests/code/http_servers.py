@@ -104,7 +104,7 @@ def http_server(ctx: ssl.SSLContext | None = None) -> Iterator[Server]:
 
 
 @dataclass
-class TestCA:
+class LocalCA:
     """A CA and a server certificate for `localhost` and 127.0.0.1."""
 
     ca_pem: str
@@ -112,9 +112,9 @@ class TestCA:
     tmp: Path = field(repr=False)
 
 
-def make_ca(tmp: Path) -> TestCA:
+def make_ca(tmp: Path) -> LocalCA:
     """A fresh CA (EC P-256) and a server context whose certificate it signs."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "snapcell test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
@@ -140,7 +140,7 @@ def make_ca(tmp: Path) -> TestCA:
         serialization.NoEncryption()))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
-    return TestCA(ca.public_bytes(serialization.Encoding.PEM).decode(), ctx, tmp)
+    return LocalCA(ca.public_bytes(serialization.Encoding.PEM).decode(), ctx, tmp)
 
 
 class Listener:

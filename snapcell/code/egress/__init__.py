@@ -2,6 +2,7 @@
 `EgressSession` that serves a sandbox's reserved ``net.*`` operations under it. No policy, no
 network (the default)."""
 
+from . import fetch as _fetch  # noqa: F401  (registers net.fetch)
 from .policy import (
     NO_NETWORK,
     Destination,
@@ -15,7 +16,6 @@ from .policy import (
     system_resolver,
 )
 from .session import OP_PREFIX, OPS, EgressObserver, EgressSession, op
-from . import fetch as _fetch  # noqa: E402,F401,I001  (registers net.fetch)
 
 __all__ = ["NO_NETWORK", "OPS", "OP_PREFIX", "Destination", "EgressLimitExceeded", "EgressObserver",
            "EgressRefused", "EgressSession", "NetworkPolicy", "Resolver", "Rule", "op",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import http.client
 import itertools
 import os
 import re
@@ -32,7 +31,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_ import create_urllib3_context
 
 from ..warm import LAYOUT
-from .policy import EgressLimitExceeded, EgressRefused
+from .policy import EgressLimitExceeded
 from .session import EgressSession, op
 
 MAX_REDIRECTS = 20
@@ -123,8 +122,10 @@ def _request(args: Any) -> _Request:
     method, url = _method(args[0]), _url(args[1])
     headers = header_pairs(args[2] if len(args) > 2 else None)
     body = args[3] if len(args) > 3 else None
+    if type(body) is str:                   # Lua strings that are valid UTF-8 arrive as text
+        body = body.encode()
     if body is not None and type(body) is not bytes:
-        raise TypeError("fetch: the body must be bytes or null")
+        raise TypeError("fetch: the body must be bytes, a string or null")
     if body is not None and method in ("GET", "HEAD"):
         raise TypeError(f"fetch: a {method} request cannot have a body")
     opts = args[4] if len(args) > 4 and args[4] is not None else {}
