@@ -6,7 +6,10 @@ attempted. No packet leaves loopback."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from .http_servers import Listener, LocalCA, Server, http_server, make_ca
 
 REFUSED = "connection to {} refused by the sandbox's network policy{} (allowed: {})"
 UNNAMED = ": that address is not named by a rule"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +231,20 @@ def test_the_loopback_guard() -> None:
         assert lst.accepted >= 1
     finally:
         lst.close()
+
+
+def test_cli_allow_net(server: Server, other: Listener) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "snapcell", "run", "--lang", "js", *args],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    p = run("--allow-net", f"127.0.0.1:{server.port}",
+            f"(await fetch('{server.url}/text')).text()")
+    assert p.returncode == 0 and p.stdout == '"h\\u00e9llo w\\u00f6rld"\n', p.stderr
+    p = run("--allow-net", f"127.0.0.1:{server.port}", f"await fetch('http://127.0.0.2:{other.port}/')")
+    assert p.returncode == 1 and REFUSED.format(f"127.0.0.2:{other.port}", UNNAMED,
+                                                f"127.0.0.1:{server.port}") in p.stderr
+    p = run("--allow-net", "bad:rule:x", "1")
+    assert p.returncode == 2 and "network rule 'bad:rule:x'" in p.stderr
+    assert other.accepted == 0
