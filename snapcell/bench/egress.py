@@ -80,7 +80,7 @@ def bench_fetch(quick: bool) -> dict[str, Any]:
         code = f"await (await fetch('{url}')).text()"
         ours: list[int] = []
         theirs: list[int] = []
-        with CodeSandbox("js", network=NetworkPolicy(allow=[f"127.0.0.1:{port}"])) as box:
+        with CodeSandbox("js", network=NetworkPolicy(allow=(f"127.0.0.1:{port}",))) as box:
             def our_block(k: int) -> list[int]:
                 out = []
                 for _ in range(k):
