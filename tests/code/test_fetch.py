@@ -182,12 +182,15 @@ def test_a_hung_server_ends_at_the_runs_limit_and_nothing_stays_open() -> None:
                           "{signal: AbortSignal.timeout(100)}) } catch (x) { e = x }; "
                           "[e.name, e instanceof DOMException]")
             assert got == ["TimeoutError", True]
+            got = js(box, f"let e; try {{ await fetch('https://127.0.0.1:{hung.port}/', "
+                          "{signal: AbortSignal.timeout(100)}) } catch (x) { e = x }; e.name")
+            assert got == "TimeoutError"             # a TLS handshake that never ends
             r = box.run(f"await fetch('http://127.0.0.1:{hung.port}/')")
             assert r.error is not None and r.error.type == "TimeoutError", r.error
-            assert hung.accepted == 2
-            for conn in hung._held:              # the host closed both connections
-                conn.settimeout(5)
-                assert conn.recv(1 << 16).startswith(b"GET /") and conn.recv(10) == b""
+            assert hung.accepted == 3
+            for conn, first in zip(hung._held, [b"GET /", b"\x16\x03", b"GET /"], strict=True):
+                conn.settimeout(5)              # the host closed every connection
+                assert conn.recv(1 << 16).startswith(first) and conn.recv(10) == b""
             assert js(box, "1 + 1") == 2
     finally:
         hung.close()
@@ -239,12 +242,12 @@ def test_cli_allow_net(server: Server, other: Listener) -> None:
                               capture_output=True, text=True, timeout=60, cwd=ROOT,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
-    p = run("--allow-net", f"127.0.0.1:{server.port}",
-            f"(await fetch('{server.url}/text')).text()")
-    assert p.returncode == 0 and p.stdout == '"h\\u00e9llo w\\u00f6rld"\n', p.stderr
-    p = run("--allow-net", f"127.0.0.1:{server.port}", f"await fetch('http://127.0.0.2:{other.port}/')")
-    assert p.returncode == 1 and REFUSED.format(f"127.0.0.2:{other.port}", UNNAMED,
-                                                f"127.0.0.1:{server.port}") in p.stderr
+    p = run("--allow-net", f"127.0.0.1:{server.port}", "--allow-net", "api.example.com",
+            f"console.log(await (await fetch('{server.url}/text')).text()); "
+            f"await fetch('http://127.0.0.2:{other.port}/')")
+    assert p.returncode == 1 and p.stdout == "héllo wörld\n", p.stderr
+    assert REFUSED.format(f"127.0.0.2:{other.port}", UNNAMED,
+                          f"127.0.0.1:{server.port}, api.example.com") in p.stderr
     p = run("--allow-net", "bad:rule:x", "1")
     assert p.returncode == 2 and "network rule 'bad:rule:x'" in p.stderr
     assert other.accepted == 0

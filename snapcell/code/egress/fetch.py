@@ -192,25 +192,25 @@ def parse_target(url: str) -> Target:
 
 # ---------------------------------------------------------------------- bounding time
 class _Watchdog:
-    """One daemon thread that shuts down the socket of a request past its deadline, so no read
-    (headers dripped a byte at a time included) outlives the run's time limit."""
+    """One daemon thread that shuts down the connection of a request past its deadline, so no
+    read (a TLS handshake or headers dripped a byte at a time included) outlives it."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._armed: dict[int, socket.socket] = {}
+        self._armed: dict[int, HTTPConnection] = {}
         self._ids = itertools.count()
         self._pid = -1
 
-    def arm(self, deadline: float, sock: socket.socket) -> int:
-        """Shut `sock` down at `deadline` (time.monotonic()) unless disarmed first."""
+    def arm(self, deadline: float, conn: HTTPConnection) -> int:
+        """Shut `conn`'s socket down at `deadline` (time.monotonic()) unless disarmed first."""
         with self._cv:
             if self._pid != os.getpid():     # first use, or a forked child: no thread yet
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="snapcell-fetch-watchdog",
                                  daemon=True).start()
             key = next(self._ids)
-            self._armed[key] = sock
+            self._armed[key] = conn
             heapq.heappush(self._heap, (deadline, key))
             self._cv.notify()
         return key
@@ -233,11 +233,12 @@ class _Watchdog:
                     self._cv.wait(wait)
                     continue
                 _, key = heapq.heappop(self._heap)
-                sock = self._armed.pop(key)
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                sock = self._armed.pop(key).sock      # set before the TLS handshake
+                if sock is not None:
+                    try:        # the plain socket's shutdown: the reading thread sees EOF
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
 
 _watchdog = _Watchdog()
@@ -287,9 +288,8 @@ def _hop(session: EgressSession, req: _Request, t: Target, deadline: float,
                                    ssl_context=tls_context(policy.ca_bundle))
         else:
             conn = HTTPConnection(dest.address, t.port, timeout=remaining)
+        key = _watchdog.arm(deadline, conn)
         conn.connect()
-        if conn.sock is not None:
-            key = _watchdog.arm(deadline, conn.sock)
         conn.request(req.method, t.path, body=body, headers=headers, preload_content=False,
                      decode_content=True)
         resp = conn.getresponse()
