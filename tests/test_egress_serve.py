@@ -60,11 +60,14 @@ def test_tenant_policy_within_the_cap_and_metrics(served: Server, web: HttpServe
     assert "at most 3 connections or requests per run" in r.json()["error"]["message"], r.text
     r = run(served, BOB, f"await fetch('http://127.0.0.1:{web.port + 1}/')", [f"127.0.0.1:{web.port}"])
     assert "refused by the sandbox's network policy" in r.json()["error"]["message"]
+    r = run(served, BOB, f"await fetch('{web.url}/text', {{method: 'PUT', body: 'x'}})",
+            {"allow": [f"127.0.0.1:{web.port}"], "methods": ["GET"]})
+    assert "HTTP method PUT refused" in r.json()["error"]["message"]
     r = run(served, BOB, fetch)                   # asked for nothing: no network
     assert "this sandbox has no network" in r.json()["error"]["message"]
     assert served.metric("snapcell_egress_requests_total", tenant="alice") == 4
     assert served.metric("snapcell_egress_refusals_total", tenant="alice") == 1
-    assert served.metric("snapcell_egress_refusals_total", tenant="bob") == 1
+    assert served.metric("snapcell_egress_refusals_total", tenant="bob") == 2
     assert served.metric("snapcell_egress_bytes_total", tenant="alice", direction="in") >= 4 * 13
 
 

@@ -259,7 +259,7 @@ def _hop(session: EgressSession, req: _Request, t: Target, deadline: float,
          why: str) -> dict[str, Any]:
     """Decide, connect, send, read one response (redirects not followed)."""
     policy = session.policy
-    policy.check_method(req.method)
+    session.check_method(req.method, f"{t.host}:{t.port}")
     dest = session.destination(t.host, t.port)        # refused before any connection
     given: dict[str, tuple[str, str]] = {"user-agent": ("User-Agent", USER_AGENT),
                                          "accept": ("Accept", "*/*")}
