@@ -84,8 +84,8 @@ const bytes = new Uint8Array(await (await fetch('{server.url}/echo', {{method: '
 
 def test_js_fetch_over_tls_with_the_policys_ca(ca: LocalCA) -> None:
     with http_server(ca.context) as s:
-        rules = [f"localhost:{s.port}", f"127.0.0.1:{s.port}"]
-        resolver = static_resolver({"localhost": ["127.0.0.1"]})
+        rules = [f"localhost:{s.port}", f"other.test:{s.port}", f"127.0.0.1:{s.port}"]
+        resolver = static_resolver({"localhost": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
         with CodeSandbox("js", network=NetworkPolicy(allow=rules, ca_bundle=ca.ca_pem),
                          resolver=resolver) as box:
             got = js(box, f"""
@@ -93,6 +93,9 @@ const r = await fetch('https://localhost:{s.port}/echo', {{method: 'POST', body:
 const j = await r.json();
 [r.status, j.body, j.headers.host, (await fetch('https://127.0.0.1:{s.port}/text')).status]""")
             assert got == [200, "plain", f"localhost:{s.port}", 200]
+            # the certificate names localhost and 127.0.0.1, not other.test
+            name, msg = caught(box, f"fetch('https://other.test:{s.port}/text')")
+            assert name == "TypeError" and "TLS certificate does not match the host" in msg, msg
         # without the CA, the system's CAs do not trust the server
         with CodeSandbox("js", network=NetworkPolicy(allow=rules), resolver=resolver) as box:
             name, msg = caught(box, f"fetch('https://localhost:{s.port}/text')")

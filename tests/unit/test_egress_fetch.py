@@ -55,7 +55,9 @@ def test_targets() -> None:
     assert (t.scheme, t.host, t.port, t.path) == ("http", "example.com", 8080, "/a%20b/%C3%BC?q=1")
     assert t.authority == "example.com:8080"
     assert parse_target("https://[::1]/").authority == "[::1]"
-    for bad in ["ftp://x/", "http:///x", "http://u:p@x/", "http://x:99999/", "http://x:0/"]:
+    assert parse_target("http://Bücher.example./").host == "xn--bcher-kva.example"
+    for bad in ["ftp://x/", "http:///x", "http://u:p@x/", "http://x:99999/", "http://x:0/",
+                "http://a..b/", "http://-x-/"]:
         with pytest.raises(TypeError):
             parse_target(bad)
 

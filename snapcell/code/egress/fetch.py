@@ -29,9 +29,11 @@ from urllib.parse import quote, urljoin, urlsplit
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.util.ssl_match_hostname import CertificateError
 
+from ...errors import ConfigurationError
 from ..warm import LAYOUT
-from .policy import EgressLimitExceeded
+from .policy import EgressLimitExceeded, normalise_host, parse_address
 from .session import EgressSession, op
 
 MAX_REDIRECTS = 20
@@ -177,6 +179,11 @@ def parse_target(url: str) -> Target:
     host = parts.hostname or ""
     if not host:
         raise TypeError(f"fetch: the URL {url[:200]!r} has no host")
+    if parse_address(host) is None:
+        try:
+            host = normalise_host(host)              # IDNA: the name on the wire and in TLS
+        except ConfigurationError:
+            raise TypeError(f"fetch: {host[:100]!r} is not a valid host name") from None
     if port is None:
         port = 443 if scheme == "https" else 80
     if port == 0:
@@ -328,6 +335,8 @@ def _reason(e: BaseException) -> str:
     """A short account of a network failure."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {e.verify_message or e}"
+    if isinstance(e, CertificateError):
+        return f"the TLS certificate does not match the host: {e}"
     if isinstance(e, (ssl.SSLError, urllib3.exceptions.SSLError)):
         return f"TLS failed: {e}"
     if isinstance(e, ConnectionRefusedError):
