@@ -6,10 +6,11 @@
  *
  * Built-ins: the ECMAScript standard library, console.log/info/debug (stdout) and
  * console.warn/error (stderr), captured with a per-run cap, tools as global functions, and a
- * Math.random reseeded on every new sandbox. There is no file, process or network API.
+ * Math.random reseeded on every new sandbox. There is no file or process API.
  * guests/js/prelude.js (embedded as build/js/prelude.h) adds the web APIs agents expect
- * (timers, TextEncoder/TextDecoder, atob/btoa, URL, structuredClone, crypto, console.table)
- * and en-US-only locale formatting; the event loop below drives its timers.
+ * (timers, TextEncoder/TextDecoder, atob/btoa, URL, structuredClone, crypto, console.table,
+ * fetch: a request the host makes under the sandbox's network policy) and en-US-only locale
+ * formatting; the event loop below drives its timers.
  */
 #include <math.h>
 #include <stdio.h>
