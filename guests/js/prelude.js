@@ -537,8 +537,9 @@
         };
         const METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH"];
         class Request extends BodyMixin(Object) {
-            constructor(input, init = {}) {
+            constructor(input, init) {
                 super();
+                if (init === undefined || init === null) init = {};
                 const src = input instanceof Request ? input : null;
                 const url = src ? src.url : new URL(String(input)).href;
                 let method = init.method !== undefined ? String(init.method) : src ? src.method : "GET";
@@ -574,8 +575,9 @@
         }
         const REDIRECT_STATUS = [301, 302, 303, 307, 308];
         class Response extends BodyMixin(Object) {
-            constructor(body = null, init = {}) {
+            constructor(body = null, init) {
                 super();
+                if (init === undefined || init === null) init = {};
                 const status = init.status !== undefined ? Number(init.status) : 200;
                 if (!(status >= 200 && status <= 599 && Number.isInteger(status)))
                     throw new RangeError(`Response: status ${init.status} is not in the range 200-599`);

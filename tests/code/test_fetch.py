@@ -65,7 +65,7 @@ def test_js_fetch_get_post_headers_and_status(server: Server) -> None:
 const r = await fetch('{server.url}/echo?x=1', {{method: 'post', body: JSON.stringify({{a: 1}}),
     headers: {{'Content-Type': 'application/json', 'X-Test': ' yes '}}}});
 const j = await r.json();
-const t = await fetch(new Request('{server.url}/text'));
+const t = await fetch(new Request('{server.url}/text'), null);
 const missing = await fetch('{server.url}/status/404');
 const head = await fetch('{server.url}/text', {{method: 'HEAD'}});
 const bytes = new Uint8Array(await (await fetch('{server.url}/echo', {{method: 'PUT',
