@@ -721,6 +721,11 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         _code_benchmarks(r, quick)
 
+    @step("egress: fetch")
+    def _() -> None:
+        from .egress import bench_fetch
+        r.update(bench_fetch(quick))
+
     @step("code runs after a heavy run")
     def _() -> None:
         r.update(bench_after_heavy_run(quick))
@@ -876,6 +881,8 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
     out.update(heavy_ratios(r))
+    from .egress import ratios as egress_ratios
+    out.update(egress_ratios(r))
     return out
 
 
