@@ -28,8 +28,8 @@ from ..errors import ExecutionCancelled, SnapcellError
 from ..guest.elf import GuestBinary
 from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
 from ..types import I32
-from .egress import egress_benchmarks
-from .egress import ratios as egress_ratios
+from .egress_python import egress_benchmarks as python_egress_benchmarks
+from .egress_python import ratios as python_egress_ratios
 from .heavy import bench_after_heavy_run
 from .heavy import ratios as heavy_ratios
 from .packages import package_benchmarks
@@ -439,7 +439,7 @@ def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
     r["code_memory_js"] = _code_memory((1, 100) if quick else (1, 100, 1000))
     _python_benchmarks(r, quick)
     package_benchmarks(r, quick, _time, _code_memory)
-    egress_benchmarks(r, quick, _stats)
+    python_egress_benchmarks(r, quick, _stats)
 
 
 PYTHON_SNIPPET = ROOT / "benchmarks" / "python_snippet.py"
@@ -724,6 +724,11 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         _code_benchmarks(r, quick)
 
+    @step("egress: fetch")
+    def _() -> None:
+        from .egress import bench_fetch
+        r.update(bench_fetch(quick))
+
     @step("code runs after a heavy run")
     def _() -> None:
         r.update(bench_after_heavy_run(quick))
@@ -879,7 +884,9 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
     out.update(heavy_ratios(r))
+    from .egress import ratios as egress_ratios
     out.update(egress_ratios(r))
+    out.update(python_egress_ratios(r))
     return out
 
 

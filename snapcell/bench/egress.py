@@ -1,95 +1,116 @@
-"""Benchmarks of network egress (issue 25, docs/benchmarks.md): one small HTTP GET to a loopback
-server from Python in a warm code sandbox (its socket tunnelled through the host) against native
-`python3` doing the same in a warm process, measured in the same run, blocks interleaved."""
+"""Benchmarks of egress (issue 25): a JS ``fetch`` of one small GET to a loopback server — a whole
+run of a warm code sandbox — against native node's ``fetch`` doing the same in a warm node
+process, in interleaved blocks of the same run (docs/benchmarks.md). The server answers every
+request with ``Connection: close``, so both clients open a connection per request (a snapcell
+run closes what it opened when it ends)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+import time
 from typing import Any
 
 from ..code import CodeSandbox
 from ..code.egress import NetworkPolicy
 
-SERVER = """
-import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-class H(BaseHTTPRequestHandler):
+SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     def do_GET(self):
         self.send_response(200)
-        self.send_header('Content-Length', '13')
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "2")
+        self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(b'hello, world\\n')
+        self.wfile.write(b"ok")
     def log_message(self, *a):
         pass
-s = HTTPServer(('127.0.0.1', 0), H)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 """
-GET = """
-import http.client, time
-def get():
-    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)
-    c.request('GET', '/')
-    body = c.getresponse().read()
-    c.close()
-    return body
-"""
-GET_LOOP = GET + """
-for _ in range(5):
-    get()
-out = []
-for _ in range({blocks}):
-    t = time.perf_counter_ns()
-    for _ in range({n}):
-        get()
-    out.append((time.perf_counter_ns() - t) // {n})
+NODE = r"""
+const url = process.argv[1];
+const rl = require("readline").createInterface({ input: process.stdin });
+rl.on("line", async (line) => {
+    const out = [];
+    for (let i = 0; i < Number(line); i++) {
+        const t = process.hrtime.bigint();
+        const r = await fetch(url);
+        if ((await r.text()) !== "ok") throw new Error("bad body");
+        out.push(Number(process.hrtime.bigint() - t));
+    }
+    process.stdout.write(JSON.stringify(out) + "\n");
+});
 """
 
 
-def egress_benchmarks(r: dict[str, Any], quick: bool,
-                      stats: Callable[[list[int]], Any]) -> None:
-    """Rows: `code_egress_python_http_get` (one GET from http.client — a new connection each —
-    inside a warm Python sandbox; each sample is the mean of `n` GETs timed in the guest, as
-    reading the clock is itself a VM exit), `peer_python3_http_get` (the same loop in a native
-    python3 process, the blocks alternating) and `code_run_python_http_get` (restore + a run
-    making one GET, importing http.client included)."""
+def _stats(ns: list[int]) -> dict[str, float]:
+    s = sorted(ns)
+    return {"n": len(s), "median_us": statistics.median(s) / 1000,
+            "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] / 1000, "min_us": s[0] / 1000}
+
+
+def bench_fetch(quick: bool) -> dict[str, Any]:
+    """Rows `code_run_js_fetch_small_get` and `peer_node_fetch_small_get` (empty without node)."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        return {}
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    peer = None
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        blocks, n = (4, 25) if quick else (10, 50)
-        loop = GET_LOOP.format(port=port, n=n, blocks=5)
-        guest: list[int] = []
-        native: list[int] = []
-        policy = NetworkPolicy(allow=(f"127.0.0.1:{port}",), max_requests=1000)
-        with CodeSandbox("python", network=policy, timeout=60.0) as box:
+        url = f"http://127.0.0.1:{port}/"
+        peer = subprocess.Popen([node, "-e", NODE, url], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert peer.stdin is not None and peer.stdout is not None
+        stdin, stdout = peer.stdin, peer.stdout
+
+        def node_block(k: int) -> list[int]:
+            stdin.write(f"{k}\n")
+            stdin.flush()
+            return list(json.loads(stdout.readline()))
+
+        code = f"await (await fetch('{url}')).text()"
+        ours: list[int] = []
+        theirs: list[int] = []
+        with CodeSandbox("js", network=NetworkPolicy(allow=(f"127.0.0.1:{port}",))) as box:
+            def our_block(k: int) -> list[int]:
+                out = []
+                for _ in range(k):
+                    t = time.perf_counter_ns()
+                    r = box.run(code)
+                    out.append(time.perf_counter_ns() - t)
+                    if r.value != "ok":
+                        raise RuntimeError(f"fetch benchmark: {r.error}")
+                return out
+            our_block(50)
+            node_block(50)                                   # warm-up of both
+            block, blocks = 50, (4 if quick else 20)
             for _ in range(blocks):
-                res = box.run(loop + "out")
-                assert res.error is None, res.error
-                guest += res.value
-                p = subprocess.run([sys.executable, "-c", loop + "print(out)"], check=True,
-                                   capture_output=True, text=True)
-                native += json.loads(p.stdout)
-            one = GET.format(port=port) + "get()"
-            runs = []
-            for _ in range(blocks * 5):
-                res = box.run(one)
-                assert res.error is None, res.error
-                runs.append(int(res.duration * 1e9))
-        r["code_egress_python_http_get"] = stats(guest)
-        r["peer_python3_http_get"] = stats(native)
-        r["code_run_python_http_get"] = stats(runs)
+                ours += our_block(block)
+                theirs += node_block(block)
+        out: dict[str, Any] = {}
+        out["code_run_js_fetch_small_get"] = _stats(ours)
+        out["peer_node_fetch_small_get"] = _stats(theirs)
+        return out
     finally:
-        server.kill()
-        server.wait()
+        for p in (peer, server):
+            if p is not None:
+                p.kill()
+                p.wait()
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:
-    """Egress row: GET in the sandbox / in native python3 (target ≤ 1.5)."""
-    if "code_egress_python_http_get" not in r or "peer_python3_http_get" not in r:
-        return {}
-    return {"egress python: HTTP GET in the sandbox / native python3 (target <= 1.5)":
-            r["code_egress_python_http_get"]["median_us"] / r["peer_python3_http_get"]["median_us"]}
+    """JS fetch (a whole sandbox run) / node's fetch in a warm process (target ≤ 1.5)."""
+    if "code_run_js_fetch_small_get" in r and "peer_node_fetch_small_get" in r:
+        return {"js: fetch run (small GET, loopback) / node fetch in a warm process":
+                r["code_run_js_fetch_small_get"]["median_us"]
+                / r["peer_node_fetch_small_get"]["median_us"]}
+    return {}

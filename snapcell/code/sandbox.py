@@ -18,7 +18,7 @@ from ..errors import (
 )
 from ..guest.abi import FRAME_HEADER
 from ..sandbox import MultiUseSandbox, SandboxStatus, Snapshot
-from .egress import EgressSession, NetworkPolicy, Resolver
+from .egress import EgressObserver, EgressSession, NetworkPolicy, Resolver
 from .languages import Language, language
 from .protocol import ToolDispatcher, check_files, check_tools, decode_response, encode_request
 from .result import CodeError, RunResult
@@ -79,14 +79,16 @@ class CodeSandbox:
 
     No network unless ``network=NetworkPolicy(allow=[...])`` allows destinations (see
     docs/code-sandboxes.md); the host decides every connection, resolving names with `resolver`
-    (the host's resolver by default), and closes what a run opened when it ends."""
+    (the host's resolver by default), and closes what a run opened when it ends;
+    `network_observer(event, destination, nbytes)` sees every egress event (for metrics)."""
 
     def __init__(self, lang: str, tools: Mapping[str, Any] | None = None, *,
                  timeout: float | None = 5.0, memory_limit: int = 64 * MIB,
                  max_output: int = 1 * MIB, keep_state: bool = False,
                  snapshot: Snapshot | None = None, filename: str | None = None,
                  max_files_out: int = 1 * MIB, image: str | None = None,
-                 network: NetworkPolicy | None = None, resolver: Resolver | None = None) -> None:
+                 network: NetworkPolicy | None = None, resolver: Resolver | None = None,
+                 network_observer: EgressObserver | None = None) -> None:
         self.language: Language = language(lang)
         self.max_files_out = _positive("max_files_out", max_files_out, MAX_FILES_OUT)
         self.timeout = _timeout(timeout)
@@ -101,7 +103,8 @@ class CodeSandbox:
         if network is not None and not isinstance(network, NetworkPolicy):
             raise ConfigurationError(f"network must be a NetworkPolicy, got "
                                      f"{type(network).__name__}")
-        self._network = EgressSession(network, resolver, label=self.language.name) \
+        self._network = EgressSession(network, resolver, network_observer,
+                                      label=self.language.name) \
             if network is not None and network.enabled else None
         self._dispatch = ToolDispatcher(self._tools, LAYOUT.input_size - 64,
                                         object_keywords=not self.language.keywords,

@@ -4,7 +4,6 @@ every call bounded by the run's deadline."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import queue
@@ -13,13 +12,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from ..errors import ArgumentError
 from .egress import OP_PREFIX, EgressSession
 from .validate import Invalid, decode_tool_call
+
+if TYPE_CHECKING:                    # asyncio: imported when a worker thread first starts
+    import asyncio
 
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 MAX_TOOLS = 64
@@ -102,11 +104,13 @@ class _Worker:
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        import asyncio
         self.fork = _forks[0]
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self._serve, name="snapcell-tool", daemon=True).start()
 
     def _serve(self) -> None:
+        import asyncio
         asyncio.set_event_loop(self.loop)
         try:
             while (job := self.jobs.get()) is not None:

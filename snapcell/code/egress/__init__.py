@@ -2,6 +2,7 @@
 `EgressSession` that serves a sandbox's reserved ``net.*`` operations under it. No policy, no
 network (the default)."""
 
+from . import fetch as _fetch  # noqa: F401  (registers net.fetch)
 from . import sockets  # noqa: F401  (registers the net.* socket operations)
 from .policy import (
     NO_NETWORK,

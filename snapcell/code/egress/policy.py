@@ -233,7 +233,7 @@ class NetworkPolicy:
     itself carry TLS the host cannot read, so a policy with `methods` refuses them.
     `ca_bundle` (PEM text) is trusted, beside the system's CAs, by requests the host makes."""
 
-    allow: tuple[str, ...] = ()
+    allow: Sequence[str] = ()
     methods: frozenset[str] | None = None
     max_requests: int = _LIMITS["max_requests"][0]                # type: ignore[assignment]
     max_bytes_out: int = _LIMITS["max_bytes_out"][0]              # type: ignore[assignment]

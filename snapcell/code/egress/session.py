@@ -128,6 +128,16 @@ class EgressSession:
         self._observe("request", dest.label, 0)
         return dest
 
+    def check_method(self, method: str, dest: str) -> None:
+        """Refuse (and count) an HTTP method the policy does not allow, for a request to
+        `dest`."""
+        try:
+            self.policy.check_method(method)
+        except EgressRefused:
+            self.refusals += 1
+            self._observe("refused", dest, 0)
+            raise
+
     def sent(self, dest: str, n: int) -> None:
         """Count `n` bytes about to be sent; EgressLimitExceeded past the policy's bound."""
         if self.bytes_out + n > self.policy.max_bytes_out:
