@@ -878,10 +878,10 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
             / r["dask_map_calls_2_workers_chunked"]["median_us"])
     if "peer_fork_per_call" in r:
         out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
+    out.update(interpreter_ratios(r))
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
     out.update(heavy_ratios(r))
-    out.update(interpreter_ratios(r))
     return out
 
 
