@@ -15,6 +15,12 @@ LUA_CORE    := lapi lauxlib lbaselib lcode lcorolib lctype ldblib ldebug ldo ldu
                lstrlib ltable ltablib ltm lundump lutf8lib lvm lzio
 LUA_SRCS     = $(addprefix $(LUA_DIR)/,$(addsuffix .c,$(LUA_CORE)))
 CODEBOX     := guests/common/codebox.c guests/common/codebox.h
+# mimalloc (docs/benchmarks.md, "Interpreters"): the Lua and Python guests take their small
+# blocks from it (musl's mallocng makes a system call for many small frees and mallocs, and
+# each costs ~20 µs in a guest); large blocks stay with musl's malloc.
+MIMALLOC    := build/lib/libmimalloc.a
+MIMALLOC_SRC := build/third_party/mimalloc
+MIMALLOC_INC := build/mimalloc/include
 # The Python guest: CPython 3.11 + zlib built static with musl once (~6 min on 2 cores, cached
 # by input hash under build/cpython/), its standard library as a read-only file system image
 # linked into the guest (docs/code-sandboxes.md, "Python").
@@ -74,6 +80,14 @@ build/lib/libquickjs.a: $(QJS_DIR)/.snapcell-sha256
 build/lib/liblua.a: $(LUA_DIR)/.snapcell-sha256
 	$(PY) -m snapcell guest build --static-lib $(LUA_SRCS) -o $@
 
+# mimalloc's static.c (the mi_* functions; malloc stays musl's), its options patched: no
+# decommits (madvise calls, and the clock reads that time them: host exits)
+$(MIMALLOC): $(MIMALLOC_SRC)/.snapcell-sha256 third_party/patches/mimalloc-options.patch
+	rm -rf build/mimalloc && cp -r $(MIMALLOC_SRC) build/mimalloc
+	patch -s -d build/mimalloc -p1 < third_party/patches/mimalloc-options.patch
+	$(PY) -m snapcell guest build --static-lib -D NDEBUG -D MI_STAT=0 \
+	  -I $(MIMALLOC_INC) build/mimalloc/src/static.c -o $@
+
 # the JS guest's prelude (web APIs, timers) as a C byte array
 build/js/prelude.h: guests/js/prelude.js
 	mkdir -p build/js
@@ -83,9 +97,9 @@ build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h $(CODEBOX) build/li
 	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c -I guests/common \
 	  -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
 
-build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(SDK) | setup
+build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(MIMALLOC) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c -I guests/common \
-	  -I $(LUA_DIR) --lib build/lib/liblua.a -o $@
+	  -I $(LUA_DIR) -I $(MIMALLOC_INC) --lib build/lib/liblua.a --lib $(MIMALLOC) -o $@
 
 $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
               $(CPY_DBLIB_SRCS) \
@@ -98,13 +112,13 @@ $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.p
              guests/python/_snapcell_runner.py guests/python/_snapcell_sandbox.py
 	$(CPY)/obj/python scripts/build_python_image.py build/python
 
-build/guests/python.elf: guests/python/python_guest.c $(PY_SOCKETS) $(CODEBOX) $(PY_IMAGE) $(SDK) | setup
+build/guests/python.elf: guests/python/python_guest.c $(PY_SOCKETS) $(CODEBOX) $(PY_IMAGE) $(MIMALLOC) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/python/python_guest.c guests/python/sockets.c \
 	  guests/common/codebox.c $(PY_IMAGE) \
-	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
+	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include -I $(MIMALLOC_INC) \
 	  --lib $(CPY)/obj/libpython3.11.a \
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
-	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) -o $@
+	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) --lib $(MIMALLOC) -o $@
 
 $(MUSL_STAMP): build/third_party/musl/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
               scripts/build_musl.sh

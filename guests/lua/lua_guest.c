@@ -18,6 +18,7 @@
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
+#include "mimalloc.h"
 #include "snapcell.h"
 
 static lua_State *L;
@@ -29,19 +30,43 @@ static const char *RANDOMSEED_KEY = "snapcell.randomseed";
 
 /* ---- allocator with a limit --------------------------------------------------------------- */
 
+/* Blocks of up to SMALL_MAX bytes come from mimalloc, which keeps its memory (no system call
+ * once warm), larger ones from musl's malloc (one mmap each): musl's mallocng alone maps and
+ * unmaps small groups all the time, at ~20 µs a system call in a guest; mimalloc alone needs
+ * 32 MiB-aligned address space for every large block (docs/benchmarks.md, "Interpreters").
+ * Lua always passes a block's size, so its size alone says which allocator holds it. */
+#define SMALL_MAX ((size_t)128 << 10)      /* mimalloc's small and medium sizes */
+
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;
     if (ptr == NULL)
         osize = 0;
+    int was_small = osize <= SMALL_MAX;
     if (nsize == 0) {
-        free(ptr);
+        if (was_small)
+            mi_free(ptr);
+        else
+            free(ptr);
         mem_used -= osize;
         return NULL;
     }
     if (nsize > osize && (nsize - osize > mem_limit || mem_used + (nsize - osize) > mem_limit))
         return NULL;
-    void *p = realloc(ptr, nsize);
+    int small = nsize <= SMALL_MAX;
+    void *p;
+    if (ptr != NULL && was_small != small) {          /* crossing SMALL_MAX: move the block */
+        p = small ? mi_malloc(nsize) : malloc(nsize);
+        if (p) {
+            memcpy(p, ptr, osize < nsize ? osize : nsize);
+            if (was_small)
+                mi_free(ptr);
+            else
+                free(ptr);
+        }
+    } else {
+        p = small ? mi_realloc(ptr, nsize) : realloc(ptr, nsize);
+    }
     if (p)
         mem_used = mem_used - osize + nsize;
     return p;

@@ -14,6 +14,7 @@ import dataclasses  # noqa: F401
 import datetime  # noqa: F401
 import decimal  # noqa: F401
 import functools  # noqa: F401
+import heapq  # noqa: F401  (Counter.most_common(n) imports it on first use)
 import io
 import itertools  # noqa: F401
 import json

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "codebox.h"
+#include "mimalloc.h"
 #include "snapcell.h"
 #include "snapcell_fs.h"
 #include "sockets.h"
@@ -46,18 +47,60 @@ static int mem_take(size_t n)
 
 static void mem_give(size_t n) { mem_used = n > mem_used ? 0 : mem_used - n; }
 
+/* Where the raw domain's memory comes from (docs/benchmarks.md, "Interpreters"): blocks of up
+ * to SMALL_MAX bytes from mimalloc, which keeps its memory (no system call once warm), larger
+ * ones from musl's malloc (one mmap each). musl's mallocng alone maps, unmaps and madvises its
+ * small groups all the time, ~100 system calls per run of an ordinary snippet at ~20 µs each in
+ * a guest; mimalloc alone needs 32 MiB-aligned address space for every large block, which the
+ * heap arena (no mmap address hints) cannot give near the memory limit. */
+#define SMALL_MAX ((size_t)128 << 10)      /* mimalloc's small and medium sizes */
+
+static size_t h_usable(void *p)
+{
+    return mi_is_in_heap_region(p) ? mi_usable_size(p) : malloc_usable_size(p);
+}
+
+static void h_free(void *p)
+{
+    if (mi_is_in_heap_region(p))
+        mi_free(p);
+    else
+        raw_alloc.free(raw_alloc.ctx, p);
+}
+
+static void *h_malloc(size_t n)
+{
+    return n <= SMALL_MAX ? mi_malloc(n) : raw_alloc.malloc(raw_alloc.ctx, n);
+}
+
+static void *h_realloc(void *old, size_t n)
+{
+    if (!old)
+        return h_malloc(n);
+    int small = mi_is_in_heap_region(old);
+    if (small == (n <= SMALL_MAX))
+        return small ? mi_realloc(old, n) : raw_alloc.realloc(raw_alloc.ctx, old, n);
+    void *p = h_malloc(n);                 /* crossing SMALL_MAX: move to the other allocator */
+    if (p) {
+        size_t keep = h_usable(old);
+        memcpy(p, old, keep < n ? keep : n);
+        h_free(old);
+    }
+    return p;
+}
+
 static void *c_malloc(void *ctx, size_t n)
 {
     (void)ctx;
     if (!mem_take(n))
         return NULL;
-    void *p = raw_alloc.malloc(raw_alloc.ctx, n);
+    void *p = h_malloc(n);
     if (!p) {
         mem_give(n);
         return NULL;
     }
     mem_give(n);
-    mem_used += malloc_usable_size(p);
+    mem_used += h_usable(p);
     return p;
 }
 
@@ -68,35 +111,36 @@ static void *c_calloc(void *ctx, size_t k, size_t n)
         return NULL;
     if (!mem_take(k * n))
         return NULL;
-    void *p = raw_alloc.calloc(raw_alloc.ctx, k, n);
+    void *p = k * n <= SMALL_MAX ? mi_calloc(k, n) : raw_alloc.calloc(raw_alloc.ctx, k, n);
     mem_give(k * n);
     if (p)
-        mem_used += malloc_usable_size(p);
+        mem_used += h_usable(p);
     return p;
 }
 
 static void *c_realloc(void *ctx, void *old, size_t n)
 {
     (void)ctx;
-    size_t before = old ? malloc_usable_size(old) : 0;
+    size_t before = old ? h_usable(old) : 0;
     if (n > before && !mem_take(n - before))
         return NULL;
-    void *p = raw_alloc.realloc(raw_alloc.ctx, old, n);
+    void *p = h_realloc(old, n);
     if (n > before)
         mem_give(n - before);
     if (!p)
         return NULL;
     mem_give(before);
-    mem_used += malloc_usable_size(p);
+    mem_used += h_usable(p);
     return p;
 }
 
 static void c_free(void *ctx, void *p)
 {
     (void)ctx;
-    if (p)
-        mem_give(malloc_usable_size(p));
-    raw_alloc.free(raw_alloc.ctx, p);
+    if (p) {
+        mem_give(h_usable(p));
+        h_free(p);
+    }
 }
 
 static void *c_arena_alloc(void *ctx, size_t n)

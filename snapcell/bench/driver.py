@@ -32,6 +32,7 @@ from .egress_python import egress_benchmarks as python_egress_benchmarks
 from .egress_python import ratios as python_egress_ratios
 from .heavy import bench_after_heavy_run
 from .heavy import ratios as heavy_ratios
+from .interpreters import bench_interpreters, interpreter_ratios
 from .packages import package_benchmarks
 from .snapshots import config_for_total
 
@@ -733,6 +734,10 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         r.update(bench_after_heavy_run(quick))
 
+    @step("interpreters' own speed")
+    def _() -> None:
+        r.update(bench_interpreters(quick))
+
     @step("dask scale-out")
     def _() -> None:
         try:
@@ -881,6 +886,7 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
             / r["dask_map_calls_2_workers_chunked"]["median_us"])
     if "peer_fork_per_call" in r:
         out["from_snapshot pooled / fork per call"] = pooled / r["peer_fork_per_call"]["median_us"]
+    out.update(interpreter_ratios(r))
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
     out.update(heavy_ratios(r))
