@@ -136,14 +136,14 @@ build/guests/ld-musl-x86_64.so.1: $(MUSL_STAMP)
 	mkdir -p build/guests && cp $(MUSL)/lib/libc.so $@
 
 build/guests/python-dyn.elf: guests/python/python_guest.c $(PY_SOCKETS) guests/python/libregion.S \
-             guests/python/image_slot.S $(CODEBOX) $(CPY_STAMP) $(MUSL_STAMP) $(SDK) | setup
+             guests/python/image_slot.S $(CODEBOX) $(CPY_STAMP) $(MUSL_STAMP) $(MIMALLOC) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/python/python_guest.c guests/python/sockets.c \
 	  guests/common/codebox.c \
 	  guests/python/libregion.S guests/python/image_slot.S --dynamic $(MUSL) \
-	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include \
+	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include -I $(MIMALLOC_INC) \
 	  --whole-lib $(CPY)/obj/libpython3.11.a \
 	  --lib $(CPY)/obj/Modules/expat/libexpat.a --lib $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
-	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) -o $@
+	  --lib $(CPY)/prefix/lib/libz.a $(CPY_DBLIBS) --lib $(MIMALLOC) -o $@
 
 # CPython's own Lib/test modules inside a sandbox and natively (docs/code-sandboxes.md)
 cpython-referee: code-guests
