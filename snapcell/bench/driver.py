@@ -572,8 +572,11 @@ def _peers(n: int) -> dict[str, Stats]:
 
 
 def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
-                   console: Console | None = None, guest: str | None = None) -> dict[str, Any]:
-    """Measure everything and write `results.json`, `results.md` and `results.png`."""
+                   console: Console | None = None, guest: str | None = None,
+                   peers: bool = True) -> dict[str, Any]:
+    """Measure everything and write `results.json`, `results.md` and the figures
+    (`results_*.png`, snapcell/bench/plots.py). `peers=False` skips the real peers (which are
+    installed on demand otherwise: snapcell/bench/peers.py)."""
     guest_path = guest or str(GUEST)
     if not os.path.exists(guest_path):
         raise SnapcellError(f"{guest_path} not found; run `make guests` first")
@@ -721,6 +724,18 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         _code_benchmarks(r, quick)
 
+    # issue 27: fresh runs split, and the real peers measured beside snapcell's rows
+    @step("fresh runs split")
+    def _() -> None:
+        from .fresh_runs import bench_fresh_runs
+        r.update(bench_fresh_runs(200 if quick else 2000, _python_floor(snap, hf)))
+
+    @step("real peers (installed on demand)")
+    def _() -> None:
+        if peers:
+            from .peers import bench_real_peers
+            r.update(bench_real_peers(quick, _time_interleaved))
+
     @step("code runs after a heavy run")
     def _() -> None:
         r.update(bench_after_heavy_run(quick))
@@ -754,7 +769,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     _write(report, Path(out_dir))
     if console is not None:
         console.print(_table(report))
-        console.print(f"written to {out_dir}/results.{{json,md,png}}")
+        console.print(f"written to {out_dir}/results.{{json,md}} and results_*.png")
     return report
 
 
@@ -876,6 +891,8 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
     out.update(heavy_ratios(r))
+    from .peers import peer_ratios
+    out.update(peer_ratios(r))
     return out
 
 
@@ -908,6 +925,10 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 text += f" [{v['failures']:.0f} failed]"
             if "items_per_s" in v:
                 text += f" ({v['items_per_s']:.0f} items/s)"
+            if "unavailable" in v:
+                text = f"unavailable: {v['unavailable']}"
+            if "isolation" in v:
+                text += f" [{v['isolation']}]"
             rows.append((name, text, p99t, str(v["n"])))
     return rows
 
@@ -935,22 +956,6 @@ def _write(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(_markdown(report))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is in the dev/bench extras
-        return
-    res = report["results"]
-    names = [k for k, v in res.items() if isinstance(v, dict) and "median_us" in v]
-    med = [res[k]["median_us"] for k in names]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(names) + 1.5))
-    colors = ["#ee5253" if k.startswith(("c_floor", "peer_")) else "#2e86de" for k in names]
-    ax.barh(names, med, color=colors)
-    ax.set_xscale("log")
-    ax.set_xlabel("median, µs (log scale); red = C floor and peers")
-    ax.invert_yaxis()
-    ax.set_title("snapcell on this machine")
-    fig.tight_layout()
-    fig.savefig(out / "results.png", dpi=100)
-    plt.close(fig)
+    from .plots import write_plots
+    write_plots(report, out)
+

@@ -19,8 +19,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from .peers_install import CACHE, DATA, ROOT, PeerUnavailable, config, debian_binary, node, \
-    npm_modules, npm_version
+from .peers_install import (
+    DATA,
+    ROOT,
+    PeerUnavailable,
+    config,
+    debian_binary,
+    node,
+    npm_modules,
+    npm_version,
+)
 
 HARDWARE_VM = "hardware VM"
 SNIPPETS = {"js": DATA / "snippet.js", "python": ROOT / "benchmarks" / "python_snippet.py"}
@@ -320,6 +328,7 @@ def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
                 for name, b in _snapcell_http(stack).items():
                     batches[name] = b
                     meta[name] = {"lang": "js", "question": "http"}
+                meta["snapcell_http_healthz"]["isolation"] = "none"     # no sandbox step
             except (PeerUnavailable, RuntimeError, SnapcellError) as e:
                 for name in ("snapcell_http_healthz", "snapcell_http_v1_run_js"):
                     out[name] = unavailable(str(e))
@@ -343,7 +352,7 @@ def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
         if version and "unavailable" not in out[name]:
             out[name]["version"] = version
     for name, m in meta.items():
-        out.setdefault(name, unavailable("not measured")).update(isolation=HARDWARE_VM, **m)
+        out.setdefault(name, unavailable("not measured")).update({"isolation": HARDWARE_VM, **m})
     return out
 
 

@@ -98,7 +98,7 @@ def debian_binary(package: str, install: bool = True) -> Path:
     build/peers/debian/PACKAGE."""
     pin = config()["debian"][package]
     dest = CACHE / "debian" / package
-    binary = dest / pin["binary"]
+    binary = dest / str(pin["binary"])
     stamp = dest / ".snapcell-sha256"
     if stamp.exists() and stamp.read_text() == pin["sha256"] and binary.exists():
         return binary
