@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -899,9 +900,10 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, v in report["results"].items():
-        if name in ("memory", "code_memory_js", "code_memory_python"):
+        if name == "memory" or name.startswith("code_memory_"):
             what = {"memory": "memory per sandbox", "code_memory_js": "memory per idle JS code sandbox",
-                    "code_memory_python": "memory per idle Python code sandbox"}[name]
+                    "code_memory_python": "memory per idle Python code sandbox"}.get(
+                        name, f"memory per idle sandbox ({name})")
             for count, m in v.items():
                 total = f", {m['total_mib']:.0f} MiB in all" if "total_mib" in m else ""
                 rows.append((f"{what} ({count} alive{total}): overhead / dirty MiB",
@@ -937,10 +939,10 @@ def _table(report: dict[str, Any]) -> Table:
     t = Table(title="snapcell benchmarks (this machine, one run; µs unless marked)")
     for col in ("metric", "median", "p99", "n"):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    for row in _rows(report):
-        t.add_row(*row)
+    for row in _rows(report):       # (escaped: "[none]" and other isolation kinds are not markup)
+        t.add_row(*(escape(c) for c in row))
     for name, v in report["ratios"].items():
-        t.add_row(f"ratio: {name}", f"{v:.2f}×", "", "")
+        t.add_row(escape(f"ratio: {name}"), f"{v:.2f}×", "", "")
     return t
 
 

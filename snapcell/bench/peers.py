@@ -234,7 +234,8 @@ class _Peers:
                 return process_batch(_bwrap_python(debian_binary("bubblewrap", self.install)))
             exe = NATIVE / what
             if not exe.exists():
-                raise PeerUnavailable(f"build/native/{what} is not built (make {exe.relative_to(ROOT)})")
+                raise PeerUnavailable(f"build/native/{what} is not built "
+                                      f"(make build/native/{what})")
             return process_batch([str(exe), "1 + 1"] if what == "qjs"
                                  else [str(exe), "-e", "print(1 + 1)"])
         if peer == "http":
@@ -301,12 +302,13 @@ def unavailable(reason: str) -> dict[str, Any]:
 
 def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
                      install: bool = True, rows: tuple[str, ...] | None = None,
-                     snapcell: bool = True) -> dict[str, Any]:
+                     snapcell: bool = True, samples: int | None = None) -> dict[str, Any]:
     """The peers of peers.toml (or those named in `rows`) and snapcell's rows on the same
     questions, interleaved block by block (`interleave` is the driver's _time_interleaved);
     Pyodide's new interpreter (seconds each) separately, a few samples. Peers are installed
     when missing unless `install` is false. Each row notes its isolation kind, question and
-    language, and for a peer its version or why it is unavailable."""
+    language, and for a peer its version or why it is unavailable. `samples` overrides the
+    number of samples per row (tests)."""
     from ..errors import SnapcellError
     specs = {k: v for k, v in config()["row"].items() if rows is None or k in rows}
     out: dict[str, Any] = {}
@@ -332,7 +334,7 @@ def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
             except (PeerUnavailable, RuntimeError, SnapcellError) as e:
                 for name in ("snapcell_http_healthz", "snapcell_http_v1_run_js"):
                     out[name] = unavailable(str(e))
-        n = 40 if quick else 300
+        n = samples or (40 if quick else 300)
         for name, b in few.items():
             try:
                 out[name] = _stats(b(1 if quick else 3))

@@ -20,6 +20,16 @@ def _measured(r: Rows, name: str) -> bool:
     return isinstance(v, dict) and bool(v.get("n")) and not math.isnan(v.get("median_us", math.nan))
 
 
+def _duration(v: float, unit: str) -> str:
+    """`v` (in `unit`, µs or ms) written in the unit a reader expects for it."""
+    us = v * 1000 if unit == "ms" else v
+    if us >= 1e6:
+        return f"{us / 1e6:.2f} s"
+    if us >= 1e4:
+        return f"{us / 1000:.1f} ms"
+    return f"{us:.1f} µs"
+
+
 def _hbars(ax: Any, labels: list[str], values: list[float], colors: list[str],
            notes: list[str], unit: str, log: bool = False) -> None:
     """Horizontal bars, top to bottom, each with its value (and note) written beside it."""
@@ -31,9 +41,9 @@ def _hbars(ax: Any, labels: list[str], values: list[float], colors: list[str],
         ax.set_xscale("log")
     top = max(values, default=1.0)
     for i, (v, note) in enumerate(zip(values, notes, strict=True)):
-        ax.text(v if v > 0 else (1 if log else 0), i, f" {v:,.1f} {unit}{note}",
-                va="center", fontsize=7)
-    ax.set_xlim(right=top * (8 if log else 1.45))
+        text = _duration(v, unit) if unit in ("µs", "ms") else f"{v:,.2f} {unit}"
+        ax.text(v if v > 0 else (1 if log else 0), i, f" {text}{note}", va="center", fontsize=7)
+    ax.set_xlim(right=top * (25 if log else 1.45))
     ax.set_xlabel(unit + (" (log scale)" if log else ""))
 
 
@@ -87,31 +97,37 @@ def fresh_runs_figure(r: Rows, plt: Any) -> Any:
     heights = [0.38 * len(_question_rows(r, q, lang)) + 1.0 for q, lang in panels]
     if split:
         heights.append(2.2)
-    fig, axes = plt.subplots(len(heights), 1, figsize=(10, sum(heights) + 1.2),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(len(heights), 1, figsize=(11, sum(heights) + 1.2),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False,
+                             layout="constrained")
     for ax, (q, lang) in zip(axes[:, 0], panels, strict=False):
         title = {"new box": "new box + run `1+1`", "warm snippet": "warm call, realistic snippet"}
         _peer_panel(ax, r, _question_rows(r, q, lang), f"{lang}: {title[q]}")
     if split:
         ax = axes[-1, 0]
-        parts = (("restore", "#2e86de"), ("marshalling", "#f39c12"),
-                 ("kvm_run", "#8e44ad"))
+        colors = {"restore": "#2e86de", "marshalling (host)": "#f39c12",
+                  "KVM_RUN entry + exit": "#95a5a6", "guest work": "#8e44ad"}
         for i, lang in enumerate(split):
+            med = {p: r[f"fresh_run_{lang}_{p}"]["median_us"]
+                   for p in ("restore", "marshalling", "kvm_run", "guest_work", "total")}
+            parts = {"restore": med["restore"], "marshalling (host)": med["marshalling"],
+                     "KVM_RUN entry + exit": max(0.0, med["kvm_run"] - med["guest_work"]),
+                     "guest work": med["guest_work"]}
             left = 0.0
-            for part, color in parts:
-                v = r[f"fresh_run_{lang}_{part}"]["median_us"]
-                ax.barh(i, v, left=left, color=color, label=part if i == 0 else None)
+            for part, v in parts.items():
+                ax.barh(i, v, left=left, color=colors[part], label=part if i == 0 else None)
                 left += v
-            guest = r[f"fresh_run_{lang}_guest_work"]["median_us"]
-            ax.text(left, i, f" total {r[f'fresh_run_{lang}_total']['median_us']:.0f} µs "
-                             f"(guest work {guest:.0f} µs)", va="center", fontsize=7)
+            ax.text(left, i, f" total {med['total']:.0f} µs (medians of the parts)",
+                    va="center", fontsize=7)
+        ax.set_xlim(right=ax.get_xlim()[1] * 1.4)
         ax.set_yticks(range(len(split)), [f"{lang} restore + run" for lang in split], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("µs (medians of each part)")
+        ax.set_xlabel("µs")
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_title("snapcell fresh run split", fontsize=10)
+        ax.set_title("snapcell: restore + run `1+1`, split", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLORS.values()]
-    fig.legend(handles, list(KIND_COLORS), title="isolation", fontsize=7, loc="upper right")
+    fig.legend(handles, list(KIND_COLORS), title="isolation", fontsize=8,
+               loc="outside right upper")
     fig.suptitle("Fresh runs against the peers (medians, same run)")
     return fig
 
@@ -132,6 +148,7 @@ def http_figure(r: Rows, plt: Any) -> Any:
         ax.plot(xs, [r[k]["median_us"] / 1000 for _, k in clients], "o-", label="median")
         ax.plot(xs, [r[k]["p99_us"] / 1000 for _, k in clients], "s--", label="p99")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(c) for c in xs])
         ax.set_xlabel("concurrent keep-alive clients")
         ax.set_ylabel("ms per request")
         for c, k in clients:
@@ -152,9 +169,12 @@ def http_figure(r: Rows, plt: Any) -> Any:
 def memory_figure(r: Rows, plt: Any) -> Any:
     """Host memory per idle sandbox: its private (dirty) pages and the rest."""
     bars: list[tuple[str, float, float]] = []
-    for key, what in (("memory", "simpleguest"), ("code_memory_js", "JS code sandbox"),
-                      ("code_memory_python", "Python code sandbox")):
-        for count, m in (r.get(key) or {}).items():
+    names = {"memory": "simpleguest", "code_memory_js": "JS code sandbox",
+             "code_memory_python": "Python code sandbox",
+             "code_memory_python_image": "Python on a package image"}
+    for key in [k for k in r if k == "memory" or k.startswith("code_memory_")]:
+        what = names.get(key, key)
+        for count, m in r[key].items():
             bars.append((f"{what}, {count} alive", m["dirty_mib_per_sandbox"],
                          m["overhead_mib_per_sandbox"]))
     if not bars:
