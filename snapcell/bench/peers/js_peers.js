@@ -1,9 +1,10 @@
 // A peer of `snapcell bench`, run as a child process by snapcell/bench/peers.py:
 //   node js_peers.js PEER SNIPPET_JS SNIPPET_PY
 // with NODE_PATH pointing at the installed npm packages. It prints one JSON line
-// {"rows": [...]} (and "version" when the package cannot tell it) when ready, then serves batches like the C floor does:
-// a line "ROW K" on stdin runs ROW K times and answers one line of K times in ns, each taken
-// around one run in this process with process.hrtime.bigint (as snapcell times its own rows).
+// {"rows": [...]} when ready (with "version" when the package cannot tell it), then serves
+// batches like the C floor does: a line "ROW K" on stdin runs ROW K times and answers one line
+// of K times in ns, each taken around one run in this process with process.hrtime.bigint (as
+// snapcell times its own rows).
 "use strict";
 const fs = require("fs");
 const readline = require("readline");
