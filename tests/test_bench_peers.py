@@ -25,8 +25,8 @@ PEER_ROWS = ("peer_bubblewrap_python3_process", "peer_python3_worker_same_interp
 
 @pytest.fixture(scope="module")
 def peer_rows() -> dict[str, dict]:
-    return bench_real_peers(True, driver._time_interleaved, rows=PEER_ROWS, snapcell=False,
-                            samples=10)
+    return bench_real_peers(True, driver._time_interleaved, driver._stats, rows=PEER_ROWS,
+                            snapcell=False, samples=10)
 
 
 def test_real_peers_are_installed_measured_and_labelled(peer_rows: dict[str, dict]) -> None:
@@ -69,8 +69,9 @@ def test_an_unusable_peer_is_a_reason_not_a_row_dropped(monkeypatch: pytest.Monk
     with pytest.raises(PeerUnavailable, match="exited 3"):
         process_batch([sys.executable, "-c", "import sys; sys.exit(3)"])
     monkeypatch.setattr(peers, "NATIVE", tmp_path)                  # no native lua here
-    got = bench_real_peers(True, driver._time_interleaved, snapcell=False,
-                           rows=("peer_lua_native_process", "peer_python3_c_process"), samples=1)
+    got = bench_real_peers(True, driver._time_interleaved, driver._stats, snapcell=False,
+                           rows=("peer_lua_native_process", "peer_python3_c_process"),
+                           samples=1)
     assert got["peer_lua_native_process"]["unavailable"] == (
         "build/native/lua is not built (make build/native/lua)")
     assert got["peer_lua_native_process"]["isolation"] == "process"

@@ -735,7 +735,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         if peers:
             from .peers import bench_real_peers
-            r.update(bench_real_peers(quick, _time_interleaved))
+            r.update(bench_real_peers(quick, _time_interleaved, _stats))
 
     @step("code runs after a heavy run")
     def _() -> None:

@@ -182,23 +182,31 @@ def _bwrap_python(bwrap: Path) -> list[str]:
 
 
 class _Peers:
-    """Starts what the rows need, each at most once, and remembers why one is unavailable."""
+    """Starts what the rows need, each at most once, and remembers why one is unavailable (so
+    that a failed `npm ci` is tried once, not once per row)."""
 
     def __init__(self, stack: ExitStack, install: bool) -> None:
         self.stack, self.install = stack, install
-        self.served: dict[str, ServedPeer] = {}
+        self.made: dict[str, Any] = {}
         self.failed: dict[str, str] = {}
         self.versions: dict[str, str] = {}
-        self._modules: Path | None = None
-        self._ports: dict[str, int] | None = None
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        if key in self.failed:
+            raise PeerUnavailable(self.failed[key])
+        if key not in self.made:
+            try:
+                self.made[key] = make()
+            except PeerUnavailable as e:
+                self.failed[key] = str(e)
+                raise
+        return self.made[key]
 
     def modules(self) -> Path:
-        if self._modules is None:
-            self._modules = npm_modules(self.install)
-        return self._modules
+        return Path(self._once("npm", lambda: npm_modules(self.install)))
 
     def driver(self, peer: str) -> ServedPeer:
-        if peer not in self.served:
+        def start() -> ServedPeer:
             if peer == "python3":
                 if not SYSTEM_PYTHON.exists():
                     raise PeerUnavailable(f"no {SYSTEM_PYTHON} (Debian's python3)")
@@ -213,17 +221,19 @@ class _Peers:
                 sp = ServedPeer([node(), str(DATA / "js_peers.js"), peer,
                                  str(SNIPPETS["js"]), str(SNIPPETS["python"])], env)
             self.stack.callback(sp.close)
-            self.served[peer] = sp
             if sp.version:
                 self.versions[peer] = sp.version
-        return self.served[peer]
+            return sp
+        served: ServedPeer = self._once(f"driver {peer}", start)
+        return served
 
     def workerd_port(self, which: str) -> int:
-        if self._ports is None:
+        def start() -> dict[str, int]:
             modules = self.modules()
             self.versions["http"] = npm_version(modules, "workerd")
-            self._ports = self.stack.enter_context(workerd(modules))
-        return self._ports[which]
+            ports: dict[str, int] = self.stack.enter_context(workerd(modules))
+            return ports
+        return int(self._once("workerd", start)[which])
 
     def batch(self, spec: dict[str, Any]) -> Batch:
         peer, what = spec["peer"], spec["what"]
@@ -301,11 +311,13 @@ def unavailable(reason: str) -> dict[str, Any]:
 
 
 def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
-                     install: bool = True, rows: tuple[str, ...] | None = None,
-                     snapcell: bool = True, samples: int | None = None) -> dict[str, Any]:
+                     stats: Callable[[list[int]], dict[str, float]], install: bool = True,
+                     rows: tuple[str, ...] | None = None, snapcell: bool = True,
+                     samples: int | None = None) -> dict[str, Any]:
     """The peers of peers.toml (or those named in `rows`) and snapcell's rows on the same
     questions, interleaved block by block (`interleave` is the driver's _time_interleaved);
-    Pyodide's new interpreter (seconds each) separately, a few samples. Peers are installed
+    Pyodide's new interpreter (seconds each) separately, a few samples (`stats`: the driver's
+    _stats). Peers are installed
     when missing unless `install` is false. Each row notes its isolation kind, question and
     language, and for a peer its version or why it is unavailable. `samples` overrides the
     number of samples per row (tests)."""
@@ -337,7 +349,7 @@ def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
         n = samples or (40 if quick else 300)
         for name, b in few.items():
             try:
-                out[name] = _stats(b(1 if quick else 3))
+                out[name] = stats(b(1 if quick else 3))
             except PeerUnavailable as e:
                 out[name] = unavailable(str(e))
         if batches or fns:
@@ -356,11 +368,6 @@ def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
     for name, m in meta.items():
         out.setdefault(name, unavailable("not measured")).update({"isolation": HARDWARE_VM, **m})
     return out
-
-
-def _stats(samples_ns: list[int]) -> dict[str, float]:
-    from .driver import _stats as stats
-    return stats(samples_ns)
 
 
 # (snapcell row, peer row) pairs whose ratio the report gives: issue 27's comparisons

@@ -16,6 +16,7 @@ import time
 
 
 def run(code: str) -> object:
+    """Run `code` in fresh globals with stdout captured; the value of its last expression."""
     tree = ast.parse(code)
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     ns: dict = {"__name__": "__main__"}
@@ -28,6 +29,7 @@ def run(code: str) -> object:
 
 
 def main() -> None:
+    """Serve batches of the rows until stdin closes."""
     with open(sys.argv[1]) as f:
         snippet = f.read()
 
