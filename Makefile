@@ -38,7 +38,7 @@ CTYPES_SO   := _ctypes.cpython-311-x86_64-linux-musl.so
 DATA_IMAGE  := build/images/data/.lock-sha256
 DATA_PRELOAD = $(shell cat images/data/preload.txt)
 
-.PHONY: all setup guests code-guests python-dyn data-image native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee
+.PHONY: all setup guests code-guests python-dyn data-image native-interpreters demo test test-fast bench lint typecheck clean goldens soak fuzz cpython-referee package-referee
 
 all: demo
 
@@ -146,7 +146,24 @@ build/guests/%.elf: guests/%.c $(SDK) | setup
 demo: guests $(DATA_IMAGE)
 	$(PY) -m snapcell demo build/guests/simpleguest.elf --image build/images/data:latest
 
-test: guests $(DATA_IMAGE) build/native/lua benchmarks/c_floor
+# numpy's and pandas' own tests in a sandbox on the data image and natively under the same musl
+# (scripts/package_referee.py): the native interpreter is the guest's CPython linked as a plain
+# dynamic musl program, and the wheels of both locks unpacked under build/referee.
+$(CPY)/obj/python-musl-dyn: $(CPY_STAMP) $(MUSL_STAMP)
+	$(MUSL)/bin/musl-gcc -no-pie -o $@ $(CPY)/obj/Programs/python.o -Wl,--export-dynamic \
+	  -Wl,--whole-archive $(CPY)/obj/libpython3.11.a -Wl,--no-whole-archive \
+	  $(CPY)/obj/Modules/expat/libexpat.a $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
+	  $(CPY)/prefix/lib/libz.a $(addprefix $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a) \
+	  -lm -Wl,--dynamic-linker=$(abspath $(MUSL))/lib/libc.so
+build/referee/.ready: images/data/requirements.lock images/referee/requirements.lock \
+                      scripts/package_referee.py | setup
+	$(PY) scripts/package_referee.py --prepare
+	touch $@
+package-referee: $(DATA_IMAGE) $(CPY)/obj/python-musl-dyn build/referee/.ready
+	$(PY) scripts/package_referee.py
+
+test: guests $(DATA_IMAGE) build/native/lua benchmarks/c_floor $(CPY)/obj/python-musl-dyn \
+      build/referee/.ready
 	$(PY) -m pytest -q tests
 
 # Mutation fuzzing of guest output messages and snapshot files (FUZZ_SECONDS per target).

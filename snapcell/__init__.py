@@ -8,7 +8,6 @@ from .shadowing import check_not_shadowed as _check_not_shadowed
 
 _check_not_shadowed(_Path(__file__).parent)
 
-from . import debug as _debug  # noqa: F401  (registers the gdb debugger with the sandbox layer)
 from . import errors, types
 from .code import CodeError, CodeSandbox, RunResult
 from .errors import *  # noqa: F401,F403
@@ -22,11 +21,21 @@ from .sandbox import (
     Snapshot,
     UninitializedSandbox,
 )
+from .sandbox.debughook import register_debugger as _register_debugger
 from .snapshot import OciSnapshotStore
 
 # The composition root: the in-memory Snapshot (sandbox layer) delegates persistence to the OCI
-# store (snapshot layer), which depends on it — wired here, in one visible place.
+# store (snapshot layer), which depends on it, and a sandbox with a debug port gets the gdb server
+# (debug layer) — wired here, in one visible place. The debugger is imported when first asked for.
 Snapshot.use_store(OciSnapshotStore())
+
+
+def _gdb_debugger(core: Any, port: int, guest_sha256: str) -> Any:
+    from .debug.sandbox_target import SandboxDebugger
+    return SandboxDebugger(core, port, guest_sha256)
+
+
+_register_debugger(_gdb_debugger)
 
 if TYPE_CHECKING:
     from .serving import PoolMetrics, SandboxPool

@@ -9,19 +9,20 @@ SNAPCELL_ALLOW_SHADOWING=1 to run the shadowing copy anyway."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from importlib import metadata
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 ALLOW_ENV = "SNAPCELL_ALLOW_SHADOWING"
 
 
 def installed_package_dir() -> Path | None:
     """Where the installed `snapcell` distribution's package lives (the checkout's `snapcell/`
-    for an editable install), or None when snapcell is not installed."""
+    for an editable install), or None when snapcell is not installed. (Asked only when the
+    package was found through the current or the script's directory.)"""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
     try:
         dist = metadata.distribution("snapcell")
     except metadata.PackageNotFoundError:

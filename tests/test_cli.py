@@ -1,6 +1,6 @@
 """The CLI stands alone: `snapcell call` with host functions, output modes, time limits and
 layout options; `snapcell debug` with a real gdb; and a corpus of wrong inputs for every verb of
-`snapcell/cli.py`, each answered by a message that names the argument and the fix, exit status
+`snapcell/cli/`, each answered by a message that names the argument and the fix, exit status
 2 for usage errors and 1 for failures, and never a traceback."""
 
 from __future__ import annotations

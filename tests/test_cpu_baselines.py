@@ -149,7 +149,7 @@ def test_bad_baselines_are_configuration_errors(tmp_path: Path) -> None:
 
 
 def test_cli_save_and_inspect_show_the_baseline(kvm_ok: None, probe: str, tmp_path: Path) -> None:
-    from snapcell.cli_snapshot import snapshot_group
+    from snapcell.cli.snapshot import snapshot_group
     runner = CliRunner()
     r = runner.invoke(snapshot_group, ["save", probe, str(tmp_path), "--tag", "v2",
                                        "--cpu-baseline", "x86-64-v2"])

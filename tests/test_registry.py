@@ -335,7 +335,7 @@ def test_tls_and_basic_auth(secure_registry: Registry, layout: Path, tmp_path: P
 
 
 def test_cli_push_pull(registry: Registry, layout: Path, tmp_path: Path) -> None:
-    from snapcell.cli_snapshot import snapshot_group
+    from snapcell.cli.snapshot import snapshot_group
     runner = CliRunner()
     repo = f"{registry.host}/snapcell/cli:base"
     r = runner.invoke(snapshot_group, ["push", str(layout), repo, "--insecure"])

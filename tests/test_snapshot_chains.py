@@ -411,7 +411,7 @@ def test_resume_in_a_fresh_process(layout: Path) -> None:
 
 # ------------------------------------------------------------------------------ CLI
 def test_cli_tree_flatten_rm_gc(layout: Path, tmp_path: Path, simpleguest: str) -> None:
-    from snapcell.cli_snapshot import snapshot_group
+    from snapcell.cli.snapshot import snapshot_group
     grow_chain(layout, 2)
     runner = CliRunner()
 

@@ -478,7 +478,7 @@ def test_goldens_are_small() -> None:
 @pytest.fixture
 def cli() -> Iterator[Callable[..., Any]]:
     """Invoke `snapcell snapshot ...` in-process."""
-    from snapcell.cli_snapshot import snapshot_group
+    from snapcell.cli.snapshot import snapshot_group
     runner = CliRunner()
 
     def run(*args: str, code: int = 0) -> Any:

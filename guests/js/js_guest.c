@@ -6,10 +6,11 @@
  *
  * Built-ins: the ECMAScript standard library, console.log/info/debug (stdout) and
  * console.warn/error (stderr), captured with a per-run cap, tools as global functions, and a
- * Math.random reseeded on every new sandbox. There is no file, process or network API.
+ * Math.random reseeded on every new sandbox. There is no file or process API.
  * guests/js/prelude.js (embedded as build/js/prelude.h) adds the web APIs agents expect
- * (timers, TextEncoder/TextDecoder, atob/btoa, URL, structuredClone, crypto, console.table)
- * and en-US-only locale formatting; the event loop below drives its timers.
+ * (timers, TextEncoder/TextDecoder, atob/btoa, URL, structuredClone, crypto, console.table,
+ * fetch: a request the host makes under the sandbox's network policy) and en-US-only locale
+ * formatting; the event loop below drives its timers.
  */
 #include <math.h>
 #include <stdio.h>
@@ -520,6 +521,9 @@ static void install_prelude(JSValueConst global)
     JSValue sc = JS_NewObject(ctx);
     JS_SetPropertyStr(ctx, sc, "now", JS_NewCFunction(ctx, js_now, "now", 0));
     JS_SetPropertyStr(ctx, sc, "randomBytes", JS_NewCFunction(ctx, js_random_bytes, "randomBytes", 1));
+    JSValue net_fetch = JS_NewString(ctx, "net.fetch");       /* the host's fetch (egress/) */
+    JS_SetPropertyStr(ctx, sc, "fetch", JS_NewCFunctionData(ctx, js_tool, 5, 0, 1, &net_fetch));
+    JS_FreeValue(ctx, net_fetch);
     JSValue argv[2] = {JS_DupValue(ctx, global), sc};
     timer_control = JS_IsException(fn) ? JS_EXCEPTION : JS_Call(ctx, fn, JS_UNDEFINED, 2, argv);
     JS_FreeValue(ctx, argv[0]);

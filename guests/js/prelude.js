@@ -445,5 +445,264 @@
     });
     define(global, "Intl", Intl);
 
+    // ---- fetch: the host performs the request under the sandbox's network policy ----------
+    // sc.fetch(method, url, [[name, value]...], body bytes | null, {redirect, timeout}) is the
+    // reserved host operation net.fetch (snapcell/code/egress/fetch.py); it blocks, so fetch()
+    // calls it from a job and settles its promise from there.
+    {   // a block: the section's names stay its own
+        const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+        const headerName = (n) => {
+            n = String(n);
+            if (!TOKEN.test(n)) throw new TypeError(`Headers: '${n}' is not a valid HTTP header name`);
+            return n.toLowerCase();
+        };
+        const headerValue = (v) => {
+            v = String(v).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, "");
+            if (/[\0\r\n]|[^\0-\xff]/.test(v)) throw new TypeError(`Headers: invalid header value '${v}'`);
+            return v;
+        };
+        class Headers {
+            constructor(init) {
+                define(this, "_list", []);                  // [[lower-case name, value]...]
+                if (init === undefined || init === null) return;
+                if (init instanceof Headers) { this._list = init._list.map(p => [p[0], p[1]]); return; }
+                if (typeof init !== "object") throw new TypeError("Headers: init must be an object or a list of pairs");
+                const pairs = Symbol.iterator in init ? Array.from(init, p => Array.from(p)) : Object.entries(init);
+                for (const p of pairs) {
+                    if (p.length !== 2) throw new TypeError("Headers: each header needs a name and a value");
+                    this.append(p[0], p[1]);
+                }
+            }
+            append(n, v) { this._list.push([headerName(n), headerValue(v)]); }
+            delete(n) { n = headerName(n); this._list = this._list.filter(p => p[0] !== n); }
+            get(n) {
+                n = headerName(n);
+                const vs = this._list.filter(p => p[0] === n).map(p => p[1]);
+                return vs.length ? vs.join(", ") : null;
+            }
+            getSetCookie() { return this._list.filter(p => p[0] === "set-cookie").map(p => p[1]); }
+            has(n) { n = headerName(n); return this._list.some(p => p[0] === n); }
+            set(n, v) {
+                n = headerName(n); v = headerValue(v);
+                const i = this._list.findIndex(p => p[0] === n);
+                if (i < 0) this._list.push([n, v]);
+                else { this._list[i][1] = v; this._list = this._list.filter((p, j) => j <= i || p[0] !== n); }
+            }
+            // sorted by name, values of one name combined (set-cookie kept apart), as WHATWG iterates
+            entries() {
+                const names = [...new Set(this._list.map(p => p[0]))].sort();
+                const out = [];
+                for (const n of names) {
+                    if (n === "set-cookie") for (const v of this.getSetCookie()) out.push([n, v]);
+                    else out.push([n, this.get(n)]);
+                }
+                return out[Symbol.iterator]();
+            }
+            keys() { return Array.from(this.entries(), p => p[0])[Symbol.iterator](); }
+            values() { return Array.from(this.entries(), p => p[1])[Symbol.iterator](); }
+            forEach(fn, thisArg) { for (const [n, v] of this.entries()) fn.call(thisArg, v, n, this); }
+            [Symbol.iterator]() { return this.entries(); }
+            get [Symbol.toStringTag]() { return "Headers"; }
+        }
+
+        const utf8 = new TextEncoder(), utf8d = new TextDecoder();
+        const bytesText = (b) => {              // ASCII fast path: TextDecoder works byte by byte
+            for (let i = 0; i < b.length; i++) if (b[i] > 127) return utf8d.decode(b);
+            let s = "";
+            for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode.apply(null, b.subarray(i, i + 8192));
+            return s;
+        };
+        // A body and its default Content-Type (WHATWG "extract a body").
+        function extractBody(body) {
+            if (body === undefined || body === null) return [null, null];
+            if (typeof body === "string") return [utf8.encode(body), "text/plain;charset=UTF-8"];
+            if (body instanceof URLSearchParams)
+                return [utf8.encode(body.toString()), "application/x-www-form-urlencoded;charset=UTF-8"];
+            if (body instanceof ArrayBuffer) return [new Uint8Array(body.slice(0)), null];
+            if (ArrayBuffer.isView(body))
+                return [new Uint8Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)), null];
+            return [utf8.encode(String(body)), "text/plain;charset=UTF-8"];
+        }
+        const BodyMixin = (Base) => class extends Base {
+            get bodyUsed() { return this._used; }
+            _consume() {
+                if (this._used) return Promise.reject(new TypeError("Body is unusable: the body has already been read"));
+                this._used = this._bytes !== null;
+                return Promise.resolve(this._bytes || new Uint8Array(0));
+            }
+            arrayBuffer() { return this._consume().then(b => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)); }
+            bytes() { return this._consume().then(b => new Uint8Array(b)); }
+            text() { return this._consume().then(bytesText); }
+            json() { return this.text().then(JSON.parse); }
+        };
+        const METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH"];
+        class Request extends BodyMixin(Object) {
+            constructor(input, init) {
+                super();
+                if (init === undefined || init === null) init = {};
+                const src = input instanceof Request ? input : null;
+                const url = src ? src.url : new URL(String(input)).href;
+                let method = init.method !== undefined ? String(init.method) : src ? src.method : "GET";
+                if (!TOKEN.test(method)) throw new TypeError(`Request: '${method}' is not a valid HTTP method`);
+                if (METHODS.includes(method.toUpperCase())) method = method.toUpperCase();
+                if (["CONNECT", "TRACE", "TRACK"].includes(method.toUpperCase()))
+                    throw new TypeError(`Request: the method ${method} is not allowed`);
+                const headers = new Headers(init.headers !== undefined ? init.headers : src ? src.headers : undefined);
+                let bytes = src ? src._bytes : null;
+                if (init.body !== undefined && init.body !== null) {
+                    const [b, type] = extractBody(init.body);
+                    bytes = b;
+                    if (type && !headers.has("content-type")) headers.set("content-type", type);
+                }
+                if (bytes !== null && (method === "GET" || method === "HEAD"))
+                    throw new TypeError(`Request with ${method} method cannot have a body`);
+                const redirect = init.redirect !== undefined ? String(init.redirect) : src ? src.redirect : "follow";
+                if (!["follow", "manual", "error"].includes(redirect))
+                    throw new TypeError(`Request: redirect must be 'follow', 'manual' or 'error', got '${redirect}'`);
+                define(this, "_used", false);
+                define(this, "_bytes", bytes);
+                define(this, "url", url);
+                define(this, "method", method);
+                define(this, "headers", headers);
+                define(this, "redirect", redirect);
+                define(this, "signal", init.signal !== undefined ? init.signal : src ? src.signal : new AbortSignal());
+            }
+            clone() {
+                if (this._used) throw new TypeError("Request.clone: the body has already been read");
+                return new Request(this);
+            }
+            get [Symbol.toStringTag]() { return "Request"; }
+        }
+        const REDIRECT_STATUS = [301, 302, 303, 307, 308];
+        class Response extends BodyMixin(Object) {
+            constructor(body = null, init) {
+                super();
+                if (init === undefined || init === null) init = {};
+                const status = init.status !== undefined ? Number(init.status) : 200;
+                if (!(status >= 200 && status <= 599 && Number.isInteger(status)))
+                    throw new RangeError(`Response: status ${init.status} is not in the range 200-599`);
+                const headers = new Headers(init.headers);
+                const [bytes, type] = extractBody(body);
+                if (type && !headers.has("content-type")) headers.set("content-type", type);
+                define(this, "_used", false);
+                define(this, "_bytes", bytes);
+                define(this, "status", status);
+                define(this, "statusText", init.statusText !== undefined ? String(init.statusText) : "");
+                define(this, "headers", headers);
+                define(this, "url", "");
+                define(this, "redirected", false);
+                define(this, "type", "default");
+            }
+            get ok() { return this.status >= 200 && this.status < 300; }
+            clone() {
+                if (this._used) throw new TypeError("Response.clone: the body has already been read");
+                const r = new Response(null, this);
+                r._bytes = this._bytes;
+                for (const k of ["url", "redirected", "type"]) r[k] = this[k];
+                return r;
+            }
+            static json(data, init = {}) {
+                const headers = new Headers(init.headers);
+                if (!headers.has("content-type")) headers.set("content-type", "application/json");
+                return new Response(JSON.stringify(data), { ...init, headers });
+            }
+            static error() {
+                const r = new Response(null, { status: 200 });
+                r.status = 0; r.type = "error";
+                return r;
+            }
+            static redirect(url, status = 302) {
+                if (!REDIRECT_STATUS.includes(status)) throw new RangeError(`Response.redirect: invalid status ${status}`);
+                return new Response(null, { status, headers: { location: new URL(String(url)).href } });
+            }
+            get [Symbol.toStringTag]() { return "Response"; }
+        }
+
+        // AbortSignal: abort() before the request starts rejects it; AbortSignal.timeout(ms) bounds
+        // the request on the host (it holds no timer, so it never keeps a run waiting).
+        class AbortSignal {
+            constructor() {
+                define(this, "_aborted", false);
+                define(this, "_reason", undefined);
+                define(this, "_deadline", null);
+                define(this, "_listeners", []);
+                this.onabort = null;
+            }
+            get aborted() {
+                if (!this._aborted && this._deadline !== null && sc.now() >= this._deadline)
+                    this._abort(new DOMException("The operation was aborted due to timeout", "TimeoutError"));
+                return this._aborted;
+            }
+            get reason() { this.aborted; return this._reason; }
+            throwIfAborted() { if (this.aborted) throw this._reason; }
+            addEventListener(type, fn) { if (type === "abort" && typeof fn === "function") this._listeners.push(fn); }
+            removeEventListener(type, fn) { this._listeners = this._listeners.filter(f => f !== fn); }
+            _abort(reason) {
+                if (this._aborted) return;
+                this._aborted = true;
+                this._reason = reason === undefined ? new DOMException("This operation was aborted", "AbortError") : reason;
+                const ev = { type: "abort", target: this };
+                if (typeof this.onabort === "function") this.onabort(ev);
+                for (const fn of this._listeners) fn(ev);
+            }
+            static abort(reason) { const s = new AbortSignal(); s._abort(reason); return s; }
+            static timeout(ms) {
+                ms = Number(ms);
+                if (!(ms >= 0)) throw new TypeError("AbortSignal.timeout: ms must be a non-negative number");
+                const s = new AbortSignal(); s._deadline = sc.now() + ms;
+                return s;
+            }
+            static any(signals) {
+                const s = new AbortSignal();
+                for (const x of signals) {
+                    if (x.aborted) { s._abort(x.reason); break; }
+                    if (x._deadline !== null) s._deadline = s._deadline === null ? x._deadline : Math.min(s._deadline, x._deadline);
+                    x.addEventListener("abort", () => s._abort(x.reason));
+                }
+                return s;
+            }
+            get [Symbol.toStringTag]() { return "AbortSignal"; }
+        }
+        class AbortController {
+            constructor() { define(this, "signal", new AbortSignal()); }
+            abort(reason) { this.signal._abort(reason); }
+        }
+
+        function netError(e, signal) {
+            if (signal && signal._deadline !== null && e.name === "TimeoutError" && signal.aborted) return signal.reason;
+            const m = String(e.message).replace(/^net\.fetch: /, "");
+            return new TypeError(m);
+        }
+        define(global, "fetch", function fetch(input, init) {
+            return new Promise((resolve, reject) => {
+                const req = new Request(input, init);
+                if (req.signal.aborted) throw req.signal.reason;
+                if (req._used) throw new TypeError("fetch: the request's body has already been read");
+                queueMicrotask(() => {
+                    const signal = req.signal;
+                    if (signal.aborted) return reject(signal.reason);
+                    const timeout = signal._deadline === null ? null : Math.max(0, signal._deadline - sc.now()) / 1000;
+                    let r;
+                    try {
+                        r = sc.fetch(req.method, req.url, req.headers._list, req._bytes,
+                            { redirect: req.redirect, timeout });
+                    } catch (e) {
+                        return reject(netError(e, signal));
+                    }
+                    const res = new Response(null, { status: 200, headers: r.headers });
+                    res._bytes = r.body;
+                    res.status = r.status; res.statusText = r.statusText;
+                    res.url = r.url; res.redirected = r.redirected; res.type = "basic";
+                    resolve(res);
+                });
+            });
+        });
+        define(global, "Headers", Headers);
+        define(global, "Request", Request);
+        define(global, "Response", Response);
+        define(global, "AbortController", AbortController);
+        define(global, "AbortSignal", AbortSignal);
+    }
+
     return control;
 })

@@ -6,8 +6,9 @@
  *
  * Libraries: base (without dofile/loadfile; `load` accepts source text only, never bytecode),
  * coroutine, table, string, math (math.random reseeded on every new sandbox), utf8, and os
- * reduced to clock/date/time/difftime. No io, package or debug: there is no file, process or
- * network API. `print` writes to the captured stdout (capped per run).
+ * reduced to clock/date/time/difftime. No io, package or debug: there is no file or process
+ * API; `http.request` (LuaSocket-like) asks the host to make an HTTP(S) request under the
+ * sandbox's network policy. `print` writes to the captured stdout (capped per run).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -380,6 +381,27 @@ static const char *const prelude =
     "  if select('#', ...) > 0 then return _load(chunk, name, 't', ...) end\n"
     "  return _load(chunk, name, 't')\n"
     "end\n"
+    "-- http.request: the host performs it under the sandbox's network policy (net.fetch)\n"
+    "local fetch = __snapcell_fetch\n"
+    "__snapcell_fetch = nil\n"
+    "http = {}\n"
+    "function http.request(url, opts)\n"
+    "  local method, hs, body = 'GET', {}, nil\n"
+    "  if type(opts) == 'string' then\n"
+    "    method, body = 'POST', opts\n"
+    "    hs[1] = {'content-type', 'application/x-www-form-urlencoded'}\n"
+    "  elseif type(opts) == 'table' then\n"
+    "    method, body = opts.method or (opts.body and 'POST' or 'GET'), opts.body\n"
+    "    for k, v in pairs(opts.headers or {}) do hs[#hs + 1] = {tostring(k), tostring(v)} end\n"
+    "  elseif opts ~= nil then\n"
+    "    error('http.request: the second argument is a body (string) or {method=, headers=, body=}', 2)\n"
+    "  end\n"
+    "  local ok, r = pcall(fetch, tostring(method), tostring(url), #hs > 0 and hs or nil, body)\n"
+    "  if not ok then return nil, (tostring(r):gsub('^net%.fetch: %w+: ', '')) end\n"
+    "  local h = {}\n"
+    "  for _, p in ipairs(r.headers) do h[p[1]] = h[p[1]] and h[p[1]] .. ', ' .. p[2] or p[2] end\n"
+    "  return r.body, r.status, h, 'HTTP/1.1 ' .. r.status .. ' ' .. r.statusText\n"
+    "end\n"
     "-- warm up\n"
     "local t = {} for i = 1, 64 do t[i] = tostring(i) end\n"
     "string.format('%d %s %5.2f', 1, 'x', 2.5) ; ('abc'):find('b') ; table.sort(t)\n";
@@ -405,6 +427,9 @@ void snapcell_main(void)
     lua_getfield(L, -1, "randomseed");
     lua_setfield(L, LUA_REGISTRYINDEX, RANDOMSEED_KEY);
     lua_pop(L, 1);
+    lua_pushliteral(L, "net.fetch");           /* http.request's host operation (egress/) */
+    lua_pushcclosure(L, l_tool, 1);
+    lua_setglobal(L, "__snapcell_fetch");
     if (luaL_dostring(L, prelude) != LUA_OK)
         sc_abort(1, "Lua prelude failed: %s", lua_tostring(L, -1));
     lua_settop(L, 0);

@@ -725,6 +725,11 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         _code_benchmarks(r, quick)
 
+    @step("egress: fetch")
+    def _() -> None:
+        from .egress import bench_fetch
+        r.update(bench_fetch(quick))
+
     # issue 27: fresh runs split, and the real peers measured beside snapcell's rows
     @step("fresh runs split")
     def _() -> None:
@@ -892,6 +897,8 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     from .baselines import baseline_ratios
     out.update(baseline_ratios(r))
     out.update(heavy_ratios(r))
+    from .egress import ratios as egress_ratios
+    out.update(egress_ratios(r))
     from .peers import peer_ratios
     out.update(peer_ratios(r))
     return out

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from ..errors import ConfigurationError
+from ..paths import cache_root
 from ..sandbox import Snapshot
 from ..snapshot import oci, registry
 
@@ -33,8 +34,8 @@ _loaded: dict[tuple[str, str], Snapshot] = {}
 
 def image_cache() -> Path:
     """The directory pulled images are kept in ($SNAPCELL_IMAGE_CACHE, else
-    ~/.cache/snapcell/images)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "snapcell" / "images")
+    $XDG_CACHE_HOME/snapcell/images or ~/.cache/snapcell/images)."""
+    return Path(os.environ.get(CACHE_ENV) or cache_root() / "images")
 
 
 def _pulled(ref: str, insecure: bool) -> tuple[Path, str]:

@@ -12,7 +12,6 @@ saves it into an OCI layout under a tag: the format push/pull, diff layers, Dask
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import py_compile
@@ -30,11 +29,13 @@ from ..guest.fsimage import build_image as fs_build_image
 from ..guest.fsimage import read_image
 from ..machine.baselines import resolve
 from ..machine.layout import MAX_MEMORY, PAGE
+from ..paths import sha256_file
 from ..sandbox import SandboxConfiguration, Snapshot, UninitializedSandbox
 from ..sandbox.wx_seal import EXEC_MAP_SYMBOL, seal
 from ..snapshot import oci
 from .image_store import image_snapshot, parse_image_ref
 from .languages import _REPO_GUESTS, GUEST_DIR_ENV
+from .sdists import SdistError, build_pure_wheel
 from .warm import LAYOUT, tool_host_functions
 
 PLATFORM = "musllinux_1_2_x86_64"
@@ -43,6 +44,7 @@ PREFIX = "/usr/lib/python3.11"
 SITE = PREFIX + "/site-packages"
 DYNAMIC_GUEST = "python-dyn.elf"          # with python-dyn.img (its standard library image)
 MAX_HEAP = 512 << 20
+MAX_SDISTS = 16                           # pure-Python sdists one image may build into wheels
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-"
                     r"(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
 _MISSING = re.compile(r"(?:No matching distribution found for|Could not find a version that "
@@ -80,37 +82,36 @@ def download_wheels(requirements: Path, dest: Path) -> list[Wheel]:
     if not requirements.is_file():
         raise ImageBuildError(f"requirements file {requirements} not found")
     dest.mkdir(parents=True, exist_ok=True)
+    built = dest / "from-sdist"       # pure-Python packages PyPI has only as sdists (sdists.py)
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
            "--only-binary=:all:", "--platform", PLATFORM, "--python-version", PYTHON_VERSION,
-           "--implementation", "cp", "--abi", "cp311", "-r", str(requirements), "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        missing = _MISSING.search(proc.stderr)
-        if missing:
+           "--implementation", "cp", "--abi", "cp311", "--find-links", str(built),
+           "-r", str(requirements), "-d", str(dest)]
+    for _ in range(MAX_SDISTS + 1):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        missing = _MISSING.search(proc.stderr) if proc.returncode != 0 else None
+        if missing is None:
+            break
+        try:
+            build_pure_wheel(missing.group(1), built)
+        except SdistError as e:
             raise ImageBuildError(
                 f"{missing.group(1)}: PyPI has no {PLATFORM} wheel for CPython {PYTHON_VERSION} "
-                "(images hold wheels exactly as PyPI ships them; a package that must be "
-                "compiled for musl cannot be added)")
+                f"(images hold wheels exactly as PyPI ships them, and pure-Python sdists built "
+                f"into wheels; {str(e).split(': ', 1)[-1]})") from None
+    if proc.returncode != 0:
         raise ImageBuildError("pip download failed:\n" + proc.stderr.strip()[-2000:])
     wheels = []
-    for p in sorted(dest.glob("*.whl")):
+    for p in sorted(dest.glob("*.whl")):          # pip copies the built ones here too
         m = _WHEEL.match(p.name)
         if m is None:
             raise ImageBuildError(f"{p.name}: not a wheel file name")
         if m["plat"] != "any" and PLATFORM not in m["plat"].split("."):
             raise ImageBuildError(f"{p.name}: not a {PLATFORM} wheel")
-        wheels.append(Wheel(m["name"], m["version"], p, _sha256(p)))
+        wheels.append(Wheel(m["name"], m["version"], p, sha256_file(p)))
     if not wheels:
         raise ImageBuildError(f"{requirements}: no packages")
     return wheels
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def lock_text(wheels: list[Wheel]) -> str:

@@ -18,6 +18,7 @@ from ..errors import (
 )
 from ..guest.abi import FRAME_HEADER
 from ..sandbox import MultiUseSandbox, SandboxStatus, Snapshot
+from .egress import EgressObserver, EgressSession, NetworkPolicy, Resolver
 from .languages import Language, language
 from .protocol import ToolDispatcher, check_files, check_tools, decode_response, encode_request
 from .result import CodeError, RunResult
@@ -74,13 +75,20 @@ class CodeSandbox:
     working directory). ``run(code, files={"data.csv": b"..."})`` puts files there first and
     ``r.files`` holds the files the run wrote, up to `max_files_out` bytes in all.
     ``image="LAYOUT:TAG"`` (or ``"host/repo@sha256:..."``, pulled once) runs Python on a
-    package image (`snapcell image build`): PyPI's musllinux wheels, preloaded and sealed W^X."""
+    package image (`snapcell image build`): PyPI's musllinux wheels, preloaded and sealed W^X.
+
+    No network unless ``network=NetworkPolicy(allow=[...])`` allows destinations (see
+    docs/code-sandboxes.md); the host decides every connection, resolving names with `resolver`
+    (the host's resolver by default), and closes what a run opened when it ends;
+    `network_observer(event, destination, nbytes)` sees every egress event (for metrics)."""
 
     def __init__(self, lang: str, tools: Mapping[str, Any] | None = None, *,
                  timeout: float | None = 5.0, memory_limit: int = 64 * MIB,
                  max_output: int = 1 * MIB, keep_state: bool = False,
                  snapshot: Snapshot | None = None, filename: str | None = None,
-                 max_files_out: int = 1 * MIB, image: str | None = None) -> None:
+                 max_files_out: int = 1 * MIB, image: str | None = None,
+                 network: NetworkPolicy | None = None, resolver: Resolver | None = None,
+                 network_observer: EgressObserver | None = None) -> None:
         self.language: Language = language(lang)
         self.max_files_out = _positive("max_files_out", max_files_out, MAX_FILES_OUT)
         self.timeout = _timeout(timeout)
@@ -92,8 +100,15 @@ class CodeSandbox:
             raise ConfigurationError("filename must be a non-empty string of under 100 bytes")
         self._tools = check_tools(tools)
         self._tool_names = sorted(self._tools)
+        if network is not None and not isinstance(network, NetworkPolicy):
+            raise ConfigurationError(f"network must be a NetworkPolicy, got "
+                                     f"{type(network).__name__}")
+        self._network = EgressSession(network, resolver, network_observer,
+                                      label=self.language.name) \
+            if network is not None and network.enabled else None
         self._dispatch = ToolDispatcher(self._tools, LAYOUT.input_size - 64,
-                                        object_keywords=not self.language.keywords)
+                                        object_keywords=not self.language.keywords,
+                                        network=self._network)
         if snapshot is not None and not isinstance(snapshot, Snapshot):
             raise TypeError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
         if image is not None:              # a package image (docs/code-sandboxes.md)
@@ -111,6 +126,11 @@ class CodeSandbox:
     def tools(self) -> dict[str, Any]:
         """The tools (name → callable) the code can call."""
         return dict(self._tools)
+
+    @property
+    def network(self) -> NetworkPolicy | None:
+        """The network policy (None: no network)."""
+        return None if self._network is None else self._network.policy
 
     @property
     def tool_calls(self) -> int:
@@ -143,9 +163,11 @@ class CodeSandbox:
         self._dirty = True
         start = time.perf_counter()
         dispatch = self._dispatch
-        if self._tools:
-            dispatch.begin(None if limit is None else time.monotonic() + limit,
-                           sb.interrupt_handle().kill)
+        deadline = None if limit is None else time.monotonic() + limit
+        if self._tools or self._network is not None:
+            dispatch.begin(deadline, sb.interrupt_handle().kill)
+        if self._network is not None:
+            self._network.begin(deadline)
         try:
             raw = sb.call("Run", request, timeout=limit)
         except ExecutionCancelled as e:
@@ -159,6 +181,9 @@ class CodeSandbox:
             return RunResult(error=CodeError("InternalError", e.message, "", 0,
                                              self.language.name),
                              duration=time.perf_counter() - start)
+        finally:
+            if self._network is not None:
+                self._network.end()       # nothing a run opened outlives it
         try:
             result = decode_response(raw, self.language.name, self.max_output,
                                      None if in_files is None else self.max_files_out)
@@ -200,6 +225,8 @@ class CodeSandbox:
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
         """Release the micro-VM (and the tools' worker thread). Idempotent."""
+        if self._network is not None:
+            self._network.end()
         self._dispatch.close()
         self._sb.close()
 

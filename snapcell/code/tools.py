@@ -4,7 +4,6 @@ every call bounded by the run's deadline."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import queue
@@ -13,12 +12,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from ..errors import ArgumentError
+from .egress import OP_PREFIX, EgressSession
 from .validate import Invalid, decode_tool_call
+
+if TYPE_CHECKING:                    # asyncio: imported when a worker thread first starts
+    import asyncio
 
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 MAX_TOOLS = 64
@@ -101,11 +104,13 @@ class _Worker:
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        import asyncio
         self.fork = _forks[0]
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self._serve, name="snapcell-tool", daemon=True).start()
 
     def _serve(self) -> None:
+        import asyncio
         asyncio.set_event_loop(self.loop)
         try:
             while (job := self.jobs.get()) is not None:
@@ -154,8 +159,9 @@ class ToolDispatcher:
     `async` tool's task is cancelled, `expired` is set and `cancel()` ends the run."""
 
     def __init__(self, tools: dict[str, Tool], max_reply: int,
-                 object_keywords: bool = False) -> None:
+                 object_keywords: bool = False, network: EgressSession | None = None) -> None:
         self.tools = tools
+        self.network = network
         self.max_reply = max_reply
         self.object_keywords = object_keywords
         self.calls = 0
@@ -176,6 +182,8 @@ class ToolDispatcher:
             name, args, kwargs = decode_tool_call(request)
         except Invalid as e:
             return _error("ToolError", f"malformed tool call: {e}")
+        if name.startswith(OP_PREFIX):       # reserved: never an identifier, so never a tool
+            return self._network(name, args)
         fn = self.tools.get(name)
         if fn is None:
             return _error("ToolError", f"no tool named {name!r}")
@@ -200,6 +208,19 @@ class ToolDispatcher:
         if len(reply) > self.max_reply:
             return _error("ToolError", f"the tool's result takes {len(reply)} bytes; at most "
                                        f"{self.max_reply} fit")
+        return reply
+
+    def _network(self, name: str, args: list[Any]) -> bytes:
+        """A ``net.*`` operation of the egress session (egress/), on the calling thread: each
+        operation bounds its own waits by the run's deadline."""
+        if self.network is None:
+            return _error("PermissionError", "this sandbox has no network: its network policy "
+                                             "allows no destination")
+        try:
+            value = self.network.handle(name, args)
+        except Exception as e:       # the code sees it as the builtin error it derives from
+            return _error(_builtin_name(e), str(e))
+        reply: bytes = msgpack.packb([0, value], use_bin_type=True)
         return reply
 
     def _invoke(self, fn: Tool, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -231,6 +252,15 @@ class ToolDispatcher:
         if self._worker is not None:
             self._worker.jobs.put(None)
             self._worker = None
+
+
+def _builtin_name(e: BaseException) -> str:
+    """The name of the first built-in exception class `e` derives from (EgressRefused →
+    PermissionError), so the guest raises its own language's error."""
+    for cls in type(e).__mro__:
+        if cls.__module__ == "builtins":
+            return cls.__name__
+    return "OSError"
 
 
 def _error(type_: str, message: str) -> bytes:

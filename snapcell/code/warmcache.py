@@ -30,6 +30,7 @@ from ..errors import SnapcellError
 from ..guest.abi import ABI_VERSION
 from ..machine.baselines import resolve
 from ..machine.features import hypervisor_name
+from ..paths import cache_root, sha256_file
 from ..sandbox import SandboxConfiguration, Snapshot
 from ..sandbox.config import LAYOUT_FIELDS
 from ..snapshot.schema import FORMAT_VERSION
@@ -46,8 +47,7 @@ def cache_dir() -> Path | None:
     explicit = os.environ.get(CACHE_ENV)
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "snapcell" / "warm"
+    return cache_root() / "warm"
 
 
 def guest_sha256(path: Path, directory: Path) -> str:
@@ -64,11 +64,7 @@ def guest_sha256(path: Path, directory: Path) -> str:
     known = index.get(ident)
     if known is not None and len(known) == 64:
         return known
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     index[ident] = digest
     _write_atomic(index_path, json.dumps(dict(list(index.items())[-256:])).encode())
     return digest

@@ -36,7 +36,6 @@ from ..machine.exits import TrapFrame
 from ..machine.layout import Perm
 from ..machine.memory import GuestMapping
 from ..sandbox.core import Core
-from ..sandbox.debughook import DebugHook, register_debugger
 from .server import DebugSession
 from .target import DebugAccessError, ResumeAction, StopEvent, StopReason
 from .x86_64 import signal_for_vector
@@ -335,10 +334,4 @@ class SandboxDebugger:
         """End the current call (it fails with ExecutionCancelled and poisons the sandbox)."""
         self._killed = True
 
-
-def _factory(core: Core, port: int, guest_sha256: str) -> DebugHook:
-    return SandboxDebugger(core, port, guest_sha256)
-
-
-register_debugger(_factory)
 _ = (FRAME_HEADER, Perm)

@@ -15,14 +15,14 @@ import io
 import os
 import struct
 from dataclasses import dataclass, field
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+from typing import TYPE_CHECKING
 
 from ..errors import GuestLoadError
 from ..machine.layout import GUEST_BASE, MAX_MEMORY, PAGE, Perm, Segment, page_up
 from .abi import SYSCALL_ENTRY_SYMBOL
+
+if TYPE_CHECKING:                     # pyelftools is imported when an ELF is parsed, not before
+    from elftools.elf.elffile import ELFFile
 
 MAX_GUEST_FILE = 256 << 20
 MAX_INTERP_FILE = 4 << 20
@@ -111,6 +111,7 @@ class GuestBinary:
             raise GuestLoadError(f"interpreter larger than {MAX_INTERP_FILE} bytes")
         if fs_image is not None and len(fs_image) > MAX_IMAGE_FILE:
             raise GuestLoadError(f"file system image larger than {MAX_IMAGE_FILE} bytes")
+        from elftools.common.exceptions import ELFError
         try:
             return _parse(bytes(data), None if interpreter is None else bytes(interpreter),
                           None if fs_image is None else bytes(fs_image))
@@ -166,6 +167,7 @@ _STT_NOTYPE, _STT_OBJECT, _STT_FUNC = 0, 1, 2
 def _symbols(elf: ELFFile, data: bytes) -> dict[str, int]:
     """Name → address of the function, object and untyped symbols of .symtab, read with struct
     (pyelftools' per-symbol objects are ~10x slower on a libc-sized table)."""
+    from elftools.elf.sections import SymbolTableSection
     out: dict[str, int] = {}
     for sec in elf.iter_sections():
         if not isinstance(sec, SymbolTableSection) or sec["sh_entsize"] != _SYM.size:
@@ -189,6 +191,7 @@ def _symbols(elf: ELFFile, data: bytes) -> dict[str, int]:
 
 
 def _elf(data: bytes, what: str, etype: str) -> ELFFile:
+    from elftools.elf.elffile import ELFFile
     elf = ELFFile(io.BytesIO(data))
     if elf.elfclass != 64 or not elf.little_endian:
         raise GuestLoadError(f"{what} must be a 64-bit little-endian ELF")

@@ -152,19 +152,24 @@ def system_regions(layout: MemoryLayout) -> list[Region]:
 
 def segment_regions(segments: list[Segment]) -> list[Region]:
     """Page-granular regions for ELF segments; a page shared by two segments gets the union
-    of their permissions."""
-    pages: dict[int, int] = {}
-    for seg in segments:
-        perm = int(seg.perm | Perm.USER)
-        for p in range(page_down(seg.vaddr), page_up(seg.vaddr + seg.memsz), PAGE):
-            pages[p] = pages.get(p, 0) | perm
+    of their permissions. Swept over the segments' page boundaries (a guest's few segments span
+    thousands of pages)."""
+    spans = [(page_down(s.vaddr), page_up(s.vaddr + s.memsz), int(s.perm | Perm.USER))
+             for s in segments]
+    cuts = sorted({b for lo, hi, _ in spans for b in (lo, hi)})
     regions: list[Region] = []
-    for p, perm in sorted(pages.items()):          # coalesce runs of equal permission
+    for lo, hi in zip(cuts, cuts[1:]):
+        perm = 0
+        for a, b, p in spans:
+            if a < hi and lo < b:
+                perm |= p
+        if not perm:
+            continue
         last = regions[-1] if regions else None
-        if last is not None and last.end == p and last.perm == perm:
-            regions[-1] = Region("elf", last.start, last.size + PAGE, last.perm)
+        if last is not None and last.end == lo and last.perm == perm:   # coalesce equal runs
+            regions[-1] = Region("elf", last.start, hi - last.start, last.perm)
         else:
-            regions.append(Region("elf", p, PAGE, Perm(perm)))
+            regions.append(Region("elf", lo, hi - lo, Perm(perm)))
     return regions
 
 

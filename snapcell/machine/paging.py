@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 
 from .layout import MAX_MEMORY, PAGE, PAGE_TABLES_ADDR, Perm, Region
 
@@ -12,6 +14,8 @@ PTE_P, PTE_RW, PTE_US, PTE_NX = 1 << 0, 1 << 1, 1 << 2, 1 << 63
 # or PVM's shadow MMU on its behalf, would otherwise write them into the page tables on first
 # use, making those system pages private to the sandbox and a cost of every reset.
 PTE_A, PTE_D = 1 << 5, 1 << 6
+
+assert sys.byteorder == "little" and array("Q").itemsize == 8     # entries are written natively
 
 PML4_ADDR = PAGE_TABLES_ADDR
 PDPT_ADDR = PAGE_TABLES_ADDR + PAGE
@@ -59,6 +63,6 @@ def build_page_tables(regions: list[Region], memory_size: int) -> list[tuple[int
         # one region's entries at once: `addr | flags` for each of its pages (no Perm
         # arithmetic per page: a 160 MiB guest has ~43,000 of them)
         first, count = r.start // PAGE, (r.end - r.start + PAGE - 1) // PAGE
-        pts[first * 8:(first + count) * 8] = struct.pack(
-            f"<{count}Q", *range(first * PAGE | flags, (first + count) * PAGE | flags, PAGE))
+        pts[first * 8:(first + count) * 8] = array(
+            "Q", range(first * PAGE | flags, (first + count) * PAGE | flags, PAGE))
     return [(PML4_ADDR, pml4), (PDPT_ADDR, pdpt), (PD_ADDR, pd), (PT_BASE, bytes(pts))]

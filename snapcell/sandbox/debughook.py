@@ -1,6 +1,6 @@
 """The seam between a sandbox's call loop and a debugger (which lives in the higher `debug`
-layer and registers a factory here when it is imported — the root package imports it — so the
-sandbox layer never imports it, not even lazily)."""
+layer; the root package registers a factory here that imports it on first use), so the sandbox
+layer never imports it, not even lazily."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ _factory: DebugFactory | None = None
 
 
 def register_debugger(factory: DebugFactory) -> None:
-    """Called by `snapcell.debug` on import."""
+    """Called once by the root package (snapcell/__init__.py)."""
     global _factory
     _factory = factory
 

@@ -53,7 +53,8 @@ CALL_BODY = {"content": {"application/json": {"schema": {
 MAP_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["items"], "properties": {
         "items": {"type": "array", "items": {"type": "array"}},
-        "timeout": {"type": "number"}}, "additionalProperties": False}}}}
+        "timeout": {"type": "number"},
+        "network": {"type": ["object", "array"]}}, "additionalProperties": False}}}}
 SESSION_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["snapshot"], "properties": {"snapshot": {"type": "string"}},
     "additionalProperties": False}}}}
@@ -257,8 +258,8 @@ def create_app(service: Service) -> FastAPI:
     async def run(request: Request) -> dict[str, Any]:
         """Run code in a fresh code sandbox ({"lang", "code", "files", "timeout"} → value,
         stdout, stderr, error). 501 until a code-sandbox backend is installed."""
-        tenant_of(request)
-        body = await _json_object(request, {"lang", "code", "files", "timeout"})
+        tenant = tenant_of(request)
+        body = await _json_object(request, {"lang", "code", "files", "timeout", "network"})
         if service.cluster is None and service.code.backend is None:
             from .code import unavailable
             raise unavailable()
@@ -269,17 +270,22 @@ def create_app(service: Service) -> FastAPI:
                                       and all(isinstance(v, str) for v in files.values())):
             raise ArgumentError("files must be an object of file name → text")
         timeout = service.timeout(body.get("timeout"))
+        network = service.egress.for_run(tenant, body.get("network"))     # serving/egress.py
+        if network is not None and service.cluster is not None:
+            raise ArgumentError("network is not available with --dask")
         if service.cluster is not None and not files:
             from .code import CodeResult
             r = CodeResult.of(await _until_disconnect(request, service.cluster.run(
                 lang, code, timeout=timeout)))
         elif wants_stream(request):         # server-sent events: output while it runs
             return event_stream(lambda on_output: service.code.run(  # type: ignore[return-value]
-                code, lang=lang, files=files, timeout=timeout, on_output=on_output),
+                code, lang=lang, files=files, timeout=timeout, on_output=on_output,
+                network=network),
                 lambda r: r.to_json())
         else:
             r = await _until_disconnect(request, service.code.run(code, lang=lang, files=files,
-                                                                   timeout=timeout))
+                                                                   timeout=timeout,
+                                                                   network=network))
         return r.to_json()
 
     return app

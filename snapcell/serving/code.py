@@ -130,15 +130,17 @@ class CodeSandboxBackend:
         self.languages: tuple[str, ...] = tuple(built)
 
     def open(self, lang: str, *, files: Mapping[str, str] | None,
-             timeout: float | None) -> CodeBox:
-        """A fresh code sandbox for `lang`."""
+             timeout: float | None, network: Any = None) -> CodeBox:
+        """A fresh code sandbox for `lang` (`network`: a serving.egress.TenantNetwork)."""
         import inspect
 
         from ..code import CodeSandbox
         from ..code.streaming import StreamingCodeSandbox
         if files and "files" not in inspect.signature(CodeSandbox.run).parameters:
             raise ArgumentError("files are not supported by this build's code sandboxes")
-        return _Box(StreamingCodeSandbox(lang, timeout=timeout), files)
+        net = {} if network is None else {"network": network.policy,
+                                          "network_observer": network.observer}
+        return _Box(StreamingCodeSandbox(lang, timeout=timeout, **net), files)
 
 
 _UNSET: Any = object()
@@ -191,11 +193,13 @@ class CodePool:
     async def run(self, code: str, *, lang: str | None = None,
                   files: Mapping[str, str] | None = None,
                   timeout: float | None = None,
-                  on_output: Callable[[str, str], None] | None = None) -> CodeResult:
+                  on_output: Callable[[str, str], None] | None = None,
+                  network: Any = None) -> CodeResult:
         """Run `code` in a fresh `lang` sandbox (default: the backend's first language);
         `CodeSandboxUnavailable` without a backend. `on_output(stream, text)` (called on a
         worker thread) receives stdout and stderr while the code runs, when the backend
-        streams (else once, at the end)."""
+        streams (else once, at the end). `network` (serving.egress.TenantNetwork) lets the
+        code reach what its policy allows."""
         backend = self.backend
         if backend is None:
             raise unavailable()
@@ -218,7 +222,8 @@ class CodePool:
         box: list[CodeBox] = []
 
         def work() -> CodeResult:
-            b = backend.open(lang, files=files, timeout=timeout)
+            net = {} if network is None else {"network": network}
+            b = backend.open(lang, files=files, timeout=timeout, **net)
             box.append(b)
             try:
                 if on_output is not None and getattr(b, "streams", False):

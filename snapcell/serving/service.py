@@ -9,12 +9,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..code.egress import NetworkPolicy
 from ..errors import ArgumentError, ConfigurationError
 from ..sandbox import HostFunctions
 from .auth import ApiKeys
 from .catalog import Catalog, PoolSettings
 from .code import CodePool
 from .contexts import ContextOptions
+from .egress import Egress
 from .metrics import PoolMetrics
 from .pool import check_timeout
 from .sessions import SessionManager
@@ -48,6 +50,7 @@ class ServeOptions:
     code_concurrency: int = 2
     dask: str | None = None             # scheduler address: calls and runs go to that cluster
     contexts: ContextOptions = field(default_factory=ContextOptions)
+    egress_cap: NetworkPolicy | None = None     # what tenants' code may reach; None: nothing
 
 
 class Service:
@@ -75,6 +78,7 @@ class Service:
                                        max_queue=options.max_queue)
         self.code = CodePool(concurrency=options.code_concurrency, max_queue=options.max_queue)
         self.cluster: Any = None         # a snapcell.dask.DaskBackend with --dask
+        self.egress = Egress(options.egress_cap, self.metrics.registry)
         self._sweeper: asyncio.Task[Any] | None = None
 
     def timeout(self, requested: Any) -> float:

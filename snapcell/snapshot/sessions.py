@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from ..errors import SnapshotReferenceError
+from ..paths import cache_root
 from ..sandbox.snapshot import Snapshot
 from . import oci, registry
 
@@ -37,8 +38,7 @@ def is_registry_target(target: str | os.PathLike[str]) -> bool:
 def session_directory(reference: str) -> str:
     """The default local layout that caches a registry session's chain."""
     ref = registry.parse_reference(reference)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "snapcell", "sessions", _SAFE.sub("_", ref.host),
+    return os.path.join(cache_root(), "sessions", _SAFE.sub("_", ref.host),
                         *(_SAFE.sub("_", p) for p in ref.repository.split("/")))
 
 

@@ -19,6 +19,8 @@ import os
 import secrets
 import stat
 
+from ..paths import cache_root
+
 ENV = "SNAPCELL_VERIFIED_DIR"
 
 
@@ -26,8 +28,7 @@ def _directory() -> str | None:
     configured = os.environ.get(ENV)
     if configured is not None:
         return configured or None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "snapcell", "verified")
+    return str(cache_root() / "verified")
 
 
 def _open_dir(create: bool) -> int | None:

@@ -94,7 +94,7 @@ def test_serve_host_functions_from_a_file_path(tmp_path: Path, monkeypatch: Any)
     import click
     import pytest
 
-    from snapcell.cli_serve import load_host_functions
+    from snapcell.cli.serve import load_host_functions
     from snapcell.sandbox import HostFunctions
     (tmp_path / "f.py").write_text(TOOLS_PY)
     monkeypatch.chdir(tmp_path)

@@ -129,8 +129,11 @@ def test_lua_refuses_bytecode() -> None:
 
 def test_js_has_no_bytecode_loader_or_host_objects() -> None:
     with CodeSandbox("js") as box:
-        r = box.run("[typeof std, typeof os, typeof require, typeof process, typeof fetch, typeof bjson]")
-        assert r.value == ["undefined"] * 6
+        r = box.run("[typeof std, typeof os, typeof require, typeof process, typeof bjson]")
+        assert r.value == ["undefined"] * 5
+        # fetch exists, and without a network policy it rejects (tests/code/test_fetch.py)
+        r = box.run("await fetch('http://127.0.0.1/')")
+        assert r.error is not None and r.error.type == "TypeError" and "no network" in r.error.message
 
 
 def test_state_left_for_the_next_run_is_gone(lang: str) -> None:

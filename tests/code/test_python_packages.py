@@ -27,12 +27,14 @@ def base_snapshot() -> Snapshot:
 
 @pytest.fixture(scope="session")
 def numpy_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An image with numpy (downloaded from PyPI by pip), numpy preloaded."""
+    """An image with numpy (downloaded from PyPI by pip), numpy preloaded, and docopt (PyPI has
+    only its sdist: built into a pure-Python wheel)."""
     d = tmp_path_factory.mktemp("img")
     req = d / "requirements.txt"
-    req.write_text("numpy==2.4.6\n")
+    req.write_text("numpy==2.4.6\ndocopt==0.6.2\n")
     built = images.build_image(req, f"{d / 'layout'}:np", preload=("numpy",))
-    assert built.lock.read_text().count("--hash=sha256:") == 1
+    lock = built.lock.read_text()
+    assert lock.count("--hash=sha256:") == 2 and "docopt==0.6.2 --hash=sha256:" in lock
     return built.ref
 
 
@@ -46,6 +48,13 @@ def test_numpy_wheel_imports_and_computes(numpy_image: str) -> None:
         assert r.error is None and r.value < 1e-9
         r = box.run("import sys; sorted(m for m in sys.modules if m.startswith('numpy'))[:1]")
         assert r.value == ["numpy"]          # preloaded: the run did not import it
+
+
+def test_a_pure_python_sdist_is_built_into_the_image(numpy_image: str) -> None:
+    with CodeSandbox("python", image=numpy_image) as box:
+        r = box.run("from docopt import docopt\n"
+                    "docopt('Usage: prog [--n=<k>]', argv=['--n=3'])['--n']")
+    assert r.value == "3", r
 
 
 def test_ctypes_in_the_dynamic_guest(base_snapshot: Snapshot) -> None:

@@ -51,6 +51,33 @@ def test_layout_rejects() -> None:
         MemoryLayout.compute(GUEST_BASE - PAGE, PAGE, PAGE, PAGE, PAGE)
 
 
+def _regions_page_by_page(segments: list[Segment]) -> list[tuple[int, int, int]]:
+    """The reference: every page's union of permissions, coalesced."""
+    from snapcell.machine.layout import page_down, page_up
+    perms: dict[int, int] = {}
+    for seg in segments:
+        for p in range(page_down(seg.vaddr), page_up(seg.vaddr + seg.memsz), PAGE):
+            perms[p] = perms.get(p, 0) | int(seg.perm | Perm.USER)
+    out: list[tuple[int, int, int]] = []
+    for p, perm in sorted(perms.items()):
+        if out and out[-1][0] + out[-1][1] == p and out[-1][2] == perm:
+            out[-1] = (out[-1][0], out[-1][1] + PAGE, perm)
+        else:
+            out.append((p, PAGE, perm))
+    return out
+
+
+perm_st = st.sampled_from([Perm.R, Perm.R | Perm.W, Perm.R | Perm.X, Perm.R | Perm.W | Perm.X])
+
+
+@given(st.lists(st.tuples(st.integers(0, 40 * PAGE), st.integers(0, 12 * PAGE), perm_st),
+                max_size=6))
+def test_segment_regions_match_page_by_page(segs: list[tuple[int, int, Perm]]) -> None:
+    segments = [Segment(GUEST_BASE + v, n, p) for v, n, p in segs]
+    got = [(r.start, r.size, int(r.perm)) for r in segment_regions(segments)]
+    assert got == _regions_page_by_page(segments)
+
+
 def test_page_tables_permissions() -> None:
     lay = MemoryLayout.compute(GUEST_BASE + 4 * PAGE, PAGE, PAGE, 4 * PAGE, 4 * PAGE)
     segs = segment_regions([Segment(GUEST_BASE, PAGE, Perm.R | Perm.X),

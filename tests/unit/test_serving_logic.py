@@ -318,7 +318,7 @@ def test_code_seam_cancellation_kills_the_box() -> None:
 def test_serve_snapshot_specs_and_host_functions() -> None:
     import click
 
-    from snapcell.cli_serve import _snapshot_specs, load_host_functions
+    from snapcell.cli.serve import _snapshot_specs, load_host_functions
     from snapcell.sandbox import HostFunctions
     layouts, registry = _snapshot_specs(("a=dir/x#v1", "b=dir/y", "c=oci://127.0.0.1:5000/r/c:v2"))
     assert layouts == [("a", "dir/x", "v1"), ("b", "dir/y", "latest")]

@@ -24,12 +24,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
-from .cli_options import load_host_functions
-from .errors import SnapcellError, SnapshotError
-from .guest.functions import Signature
-from .guest.values import ValueType, parse_text
-from .sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
-from .snapshot import collect, oci, registry
+from ..errors import SnapcellError, SnapshotError
+from ..guest.functions import Signature
+from ..guest.values import ValueType, parse_text
+from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, UninitializedSandbox
+from ..snapshot import collect, oci, registry
+from .options import load_host_functions
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)

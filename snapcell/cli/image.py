@@ -8,7 +8,7 @@ import time
 import click
 from rich.console import Console
 
-from .errors import SnapcellError
+from ..errors import SnapcellError
 
 
 @click.group("image")
@@ -28,7 +28,7 @@ def build_cmd(language: str, requirements: str, preload: str, ref: str) -> None:
     """Build a package image: resolve and download the requirements' musllinux_1_2_x86_64
     wheels with pip, pin them in LAYOUT/TAG.lock, warm the dynamic Python guest on them with
     the --preload modules imported, seal it W^X and save it as LAYOUT:TAG."""
-    from .code.images import build_image
+    from ..code.images import build_image
     mods = tuple(m.strip() for m in preload.split(",") if m.strip())
     start = time.perf_counter()
     try:
@@ -61,7 +61,7 @@ def data_demo(console: Console, ref: str, out_dir: str) -> None:
     OUT_DIR/sales.png) from a Python sandbox on the package image `ref`, and a JS run."""
     from pathlib import Path
 
-    from .code import CodeSandbox
+    from ..code import CodeSandbox
     with CodeSandbox("python", image=ref, timeout=30.0) as box:
         first = time.perf_counter()
         box.run(DEMO_CODE)                    # the first run also faults the image's pages in

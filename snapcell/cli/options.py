@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import ConfigurationError, HostFunctionError
-from .guest.functions import Signature
-from .guest.values import ValueType, check_value, parse_text
-from .sandbox import HostFunctions, SandboxConfiguration
-from .sandbox.config import LAYOUT_FIELDS
+from ..errors import ConfigurationError, HostFunctionError
+from ..guest.functions import Signature
+from ..guest.values import ValueType, check_value, parse_text
+from ..sandbox import HostFunctions, SandboxConfiguration
+from ..sandbox.config import LAYOUT_FIELDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.I)
@@ -202,3 +202,8 @@ def write_result(name: str, ret: ValueType, value: object, *, as_json: bool, raw
             sys.stdout.flush()
     elif value is not None:
         click.echo(_text(value))
+
+
+HOST_FUNCTIONS_HELP = ("Host functions for the guest: MODULE:ATTR naming a HostFunctions object or "
+                       "a factory returning one (MODULE importable from the current directory, "
+                       "or a path to a .py file). Default: HostFunctions() (HostPrint only).")

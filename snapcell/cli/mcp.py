@@ -24,8 +24,8 @@ def mcp_command(context_store: str | None, timeout: float, max_timeout: float,
     try:
         import anyio
 
-        from .serving.contexts import ContextOptions
-        from .serving.mcp import serve_stdio
+        from ..serving.contexts import ContextOptions
+        from ..serving.mcp import serve_stdio
     except ImportError as e:
         raise click.ClickException(f"snapcell mcp needs the 'mcp' extra "
                                    f"(pip install 'snapcell[mcp]'): {e}") from None

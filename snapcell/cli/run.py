@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
-from .cli_options import _import_target
-from .code import CodeSandbox
-from .errors import SnapcellError
+from ..code import CodeSandbox
+from ..code.egress import NetworkPolicy
+from ..errors import SnapcellError
+from .options import _import_target
 
 EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
@@ -78,9 +79,12 @@ def _save_files(out: Path, files: dict[str, bytes]) -> None:
               help="Python: write the files the code wrote under /tmp into this directory.")
 @click.option("--image", "image", metavar="LAYOUT:TAG",
               help="Python: run on this package image (`snapcell image build`).")
+@click.option("--allow-net", "allow_net", multiple=True, metavar="RULE",
+              help="Allow network destinations: api.example.com, *.example.org:443, "
+                   "127.0.0.1:8080 (repeatable; default: no network).")
 def run_command(code: str | None, lang: str | None, path: str | None, tools: tuple[str, ...],
                 as_json: bool, timeout: float, memory_limit: int, puts: tuple[str, ...],
-                save_dir: str | None, image: str | None) -> None:
+                save_dir: str | None, image: str | None, allow_net: tuple[str, ...]) -> None:
     """Run CODE (or -f FILE) in a fresh code sandbox. Exit status 0 on success, 1 when the code
     failed, 2 on a usage error."""
     if (code is None) == (path is None):
@@ -102,8 +106,9 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
     funcs = dict(load_tool(t) for t in tools)
     files = dict(_put(p) for p in puts) if puts else None
     try:
+        network = NetworkPolicy(allow=allow_net) if allow_net else None
         with CodeSandbox(lang, tools=funcs, timeout=timeout, memory_limit=memory_limit << 20,
-                         filename=filename or None, image=image) as box:
+                         filename=filename or None, image=image, network=network) as box:
             result = box.run(source, files=files)
     except SnapcellError as e:
         raise click.UsageError(str(e)) from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from . import cli_options
-from .errors import SnapcellError
-from .sandbox import HostFunctions
+from ..errors import SnapcellError
+from ..sandbox import HostFunctions
+from . import options as cli_options
 
 
 def load_host_functions(spec: str) -> HostFunctions:
@@ -92,6 +94,9 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--context-idle-seconds", default=60.0, show_default=True,
               type=click.FloatRange(min=0.01),
               help="Idle time after which a context's micro-VM is released (it stays in the store).")
+@click.option("--egress-cap", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="POLICY.json", help="The most code sandboxes' network policies may allow "
+              "(a NetworkPolicy as JSON: {\"allow\": [rules], ...}); default: no network.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -102,19 +107,25 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   header_timeout: float, body_timeout: float, keep_alive_timeout: float,
                   max_connections: int, context_store: str | None, max_contexts: int,
                   context_max_bytes: int, context_expiry: float, context_idle_seconds: float,
-                  log_level: str) -> None:
+                  egress_cap: str | None, log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
     MCP, metrics."""
     try:
-        from .serving.contexts import ContextOptions
-        from .serving.protocol import ConnectionLimits
-        from .serving.server import serve
-        from .serving.service import ServeOptions
+        from ..serving.contexts import ContextOptions
+        from ..serving.egress import load_cap
+        from ..serving.protocol import ConnectionLimits
+        from ..serving.server import serve
+        from ..serving.service import ServeOptions
     except ImportError as e:
         raise click.ClickException(f"snapcell serve needs the 'serve' extra "
                                    f"(pip install 'snapcell[serve]'): {e}") from None
     layouts, registry = _snapshot_specs(snapshots)
-    extra = {"cache_dir": cache_dir} if cache_dir else {}
+    extra: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
+    if egress_cap is not None:
+        try:
+            extra["egress_cap"] = load_cap(egress_cap)
+        except SnapcellError as e:
+            raise click.UsageError(str(e)) from None
     options = ServeOptions(
         layouts=tuple(layouts), registry_names=tuple(registry), allow_registries=allow_registry,
         insecure_registries=insecure_registry, registry_timeout=registry_timeout,
@@ -126,7 +137,7 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         contexts=ContextOptions(store=context_store, max_contexts=max_contexts,
                                 max_bytes=context_max_bytes, idle_expiry=context_expiry,
                                 idle_seconds=context_idle_seconds),
-        **extra)  # type: ignore[arg-type]
+        **extra)
     try:
         serve(options, host, port, log_level,
               ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
