@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -576,8 +577,11 @@ def _peers(n: int) -> dict[str, Stats]:
 
 
 def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
-                   console: Console | None = None, guest: str | None = None) -> dict[str, Any]:
-    """Measure everything and write `results.json`, `results.md` and `results.png`."""
+                   console: Console | None = None, guest: str | None = None,
+                   peers: bool = True) -> dict[str, Any]:
+    """Measure everything and write `results.json`, `results.md` and the figures
+    (`results_*.png`, snapcell/bench/plots.py). `peers=False` skips the real peers (which are
+    installed on demand otherwise: snapcell/bench/peers.py)."""
     guest_path = guest or str(GUEST)
     if not os.path.exists(guest_path):
         raise SnapcellError(f"{guest_path} not found; run `make guests` first")
@@ -730,6 +734,18 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
         from .egress import bench_fetch
         r.update(bench_fetch(quick))
 
+    # issue 27: fresh runs split, and the real peers measured beside snapcell's rows
+    @step("fresh runs split")
+    def _() -> None:
+        from .fresh_runs import bench_fresh_runs
+        r.update(bench_fresh_runs(200 if quick else 2000, _python_floor(snap, hf)))
+
+    @step("real peers (installed on demand)")
+    def _() -> None:
+        if peers:
+            from .peers import bench_real_peers
+            r.update(bench_real_peers(quick, _time_interleaved, _stats))
+
     @step("code runs after a heavy run")
     def _() -> None:
         r.update(bench_after_heavy_run(quick))
@@ -767,7 +783,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     _write(report, Path(out_dir))
     if console is not None:
         console.print(_table(report))
-        console.print(f"written to {out_dir}/results.{{json,md,png}}")
+        console.print(f"written to {out_dir}/results.{{json,md}} and results_*.png")
     return report
 
 
@@ -893,15 +909,18 @@ def _ratios(r: dict[str, Any]) -> dict[str, float]:
     from .egress import ratios as egress_ratios
     out.update(egress_ratios(r))
     out.update(python_egress_ratios(r))
+    from .peers import peer_ratios
+    out.update(peer_ratios(r))
     return out
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, v in report["results"].items():
-        if name in ("memory", "code_memory_js", "code_memory_python"):
+        if name == "memory" or name.startswith("code_memory_"):
             what = {"memory": "memory per sandbox", "code_memory_js": "memory per idle JS code sandbox",
-                    "code_memory_python": "memory per idle Python code sandbox"}[name]
+                    "code_memory_python": "memory per idle Python code sandbox"}.get(
+                        name, f"memory per idle sandbox ({name})")
             for count, m in v.items():
                 total = f", {m['total_mib']:.0f} MiB in all" if "total_mib" in m else ""
                 rows.append((f"{what} ({count} alive{total}): overhead / dirty MiB",
@@ -925,6 +944,10 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 text += f" [{v['failures']:.0f} failed]"
             if "items_per_s" in v:
                 text += f" ({v['items_per_s']:.0f} items/s)"
+            if "unavailable" in v:
+                text = f"unavailable: {v['unavailable']}"
+            if "isolation" in v:
+                text += f" [{v['isolation']}]"
             rows.append((name, text, p99t, str(v["n"])))
     return rows
 
@@ -933,10 +956,10 @@ def _table(report: dict[str, Any]) -> Table:
     t = Table(title="snapcell benchmarks (this machine, one run; µs unless marked)")
     for col in ("metric", "median", "p99", "n"):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    for row in _rows(report):
-        t.add_row(*row)
+    for row in _rows(report):       # (escaped: "[none]" and other isolation kinds are not markup)
+        t.add_row(*(escape(c) for c in row))
     for name, v in report["ratios"].items():
-        t.add_row(f"ratio: {name}", f"{v:.2f}×", "", "")
+        t.add_row(escape(f"ratio: {name}"), f"{v:.2f}×", "", "")
     return t
 
 
@@ -952,22 +975,6 @@ def _write(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(_markdown(report))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is in the dev/bench extras
-        return
-    res = report["results"]
-    names = [k for k, v in res.items() if isinstance(v, dict) and "median_us" in v]
-    med = [res[k]["median_us"] for k in names]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(names) + 1.5))
-    colors = ["#ee5253" if k.startswith(("c_floor", "peer_")) else "#2e86de" for k in names]
-    ax.barh(names, med, color=colors)
-    ax.set_xscale("log")
-    ax.set_xlabel("median, µs (log scale); red = C floor and peers")
-    ax.invert_yaxis()
-    ax.set_title("snapcell on this machine")
-    fig.tight_layout()
-    fig.savefig(out / "results.png", dpi=100)
-    plt.close(fig)
+    from .plots import write_plots
+    write_plots(report, out)
+
