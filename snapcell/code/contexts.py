@@ -38,12 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArgumentError, SessionNotFound, SnapcellError, SnapshotNotFound
+from ..errors import (
+    ArgumentError,
+    SessionNotFound,
+    SnapcellError,
+    SnapshotFormatError,
+    SnapshotNotFound,
+)
 from ..sandbox import Snapshot
 from ..sandbox.snapshot import MemoryDelta
-from ..snapshot import collect, layers, oci
+from ..snapshot import collect, content, layers, oci
 from ..snapshot.files import Reader
-from ..snapshot.validate import resolve
+from ..snapshot.schema import check_xsave
+from ..snapshot.validate import host_gates, no_raw_os_errors, resolve
 from .languages import Language, language
 from .protocol import check_files
 from .result import RunResult
@@ -116,12 +123,17 @@ class ContextStore:
         self.records.mkdir(parents=True, exist_ok=True)
         self.limits = limits
         self._lock = threading.Lock()
-        self._bases: dict[tuple[str, str], Snapshot] = {}   # (shard, manifest digest) → base
+        self._bases: dict[str, Snapshot] = {}       # manifest digest → interpreter image
+        self._in_layouts: set[tuple[str, str]] = set()   # (shard or "", digest) registered
         self._base_of_lang: dict[str, str] = {}
         self._tag_of_lang: dict[str, str] = {}     # language → its interpreter image's tag
         self._garbage: dict[str, int] = {}   # shard → superseded checkpoints and deletions
 
     # ---------------------------------------------------------------- bases
+    # A process holds ONE image of each interpreter (by manifest digest), whichever layouts
+    # hold it: the shards' copies are the same manifest, so their chains are registered on
+    # that one snapshot (`_known_in`). Checkpoints of every shard then resume onto the same
+    # image, and pooled micro-VMs that served any context keep it mapped.
     def base_for(self, lang: str) -> tuple[str, Snapshot]:
         """(manifest digest, snapshot) of `lang`'s interpreter image in the layout, saved
         there from the warm snapshot the first time."""
@@ -129,7 +141,7 @@ class ContextStore:
         with self._lock:
             digest = self._base_of_lang.get(spec.name)
             if digest is not None:
-                return digest, self._bases[("", digest)]
+                return digest, self._bases[digest]
             tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
             self._tag_of_lang[spec.name] = tag
             try:
@@ -137,19 +149,42 @@ class ContextStore:
             except SnapshotNotFound:
                 warm_snapshot(spec).save(self.layout, tag, max_depth=1)
                 snap = Snapshot.checked_load(self.layout, tag)
-            assert snap.digest is not None
-            self._bases[("", snap.digest)] = snap
-            self._base_of_lang[spec.name] = snap.digest
-            return snap.digest, snap
+            digest = snap.digest
+            assert digest is not None
+            snap = self._bases.setdefault(digest, snap)
+            self._in_layouts.add(("", digest))
+            self._base_of_lang[spec.name] = digest
+            return digest, snap
 
     def _base(self, shard: str, digest: str) -> Snapshot:
-        """The interpreter image `digest` of `shard` (its checkpoints are diffs on it)."""
+        """The interpreter image `digest`, known to be saved in `shard` (its checkpoints are
+        diffs on it)."""
         with self._lock:
-            snap = self._bases.get((shard, digest))
-            if snap is None:
-                snap = Snapshot.checked_load(str(self.root / shard), digest)
-                self._bases[(shard, digest)] = snap
-            return snap
+            snap = self._bases.get(digest)
+            if snap is not None and (shard, digest) in self._in_layouts:
+                return snap
+        if snap is None:
+            snap = Snapshot.checked_load(str(self.root / shard), digest)
+            with self._lock:
+                snap = self._bases.setdefault(digest, snap)
+        else:
+            self._known_in(snap, shard)
+        with self._lock:
+            self._in_layouts.add((shard, digest))
+        return snap
+
+    @no_raw_os_errors("reading the context store")
+    def _known_in(self, snap: Snapshot, shard: str) -> None:
+        """Register `snap`'s chain in `shard`, which holds the same manifest (validated, its
+        layer files present), without loading its memory again."""
+        assert snap.digest is not None
+        with Reader(str(self.root / shard)) as r:
+            e = r.entry(resolve(r.entries, snap.digest))
+            for i, desc in enumerate(e.manifest.layers):
+                os.close(r.open_blob(desc, f"memory layer {i}"))
+            content.remember(snap, content.layout_key(r.root),
+                             content.Chain(e.digest, e.manifest.layers, e.config.parent,
+                                           e.manifest.version))
 
     # ---------------------------------------------------------------- shards
     # Checkpoints live in SHARDS layouts, each with its own copy of the interpreter images
@@ -158,26 +193,20 @@ class ContextStore:
     def _shard_for(self, cid: str, lang: str) -> tuple[str, str]:
         """(shard, manifest digest of `lang`'s interpreter image there) for a new context."""
         rel = f"shards/{int(cid[4:8], 16) % SHARDS:02x}"
-        spec = language(lang)
-        key = (rel, "lang:" + spec.name)
+        digest, main = self.base_for(lang)
         with self._lock:
-            known = self._bases.get(key)
-        if known is not None:
-            assert known.digest is not None
-            return rel, known.digest
-        _, main = self.base_for(spec.name)
-        tag = self._tag_of_lang[spec.name]       # (base_for hashed the guest once)
+            if (rel, digest) in self._in_layouts:
+                return rel, digest
+        tag = self._tag_of_lang[language(lang).name]       # (base_for hashed the guest once)
         path = str(self.root / rel)
         try:
-            snap = Snapshot.checked_load(path, tag)
+            self._known_in(main, rel)
         except SnapshotNotFound:
             main.save(path, tag, max_depth=1)
-            snap = Snapshot.checked_load(path, tag)
-        assert snap.digest is not None
+            self._known_in(main, rel)
         with self._lock:
-            self._bases[key] = snap
-            self._bases.setdefault((rel, snap.digest), snap)
-        return rel, snap.digest
+            self._in_layouts.add((rel, digest))
+        return rel, digest
 
     def shards(self) -> list[str]:
         """Every shard layout (relative to the store)."""
@@ -330,6 +359,33 @@ class ContextStore:
         # (the old tag: `collect` removes it with its layer)
         self._garbage[rec.layout] = self._garbage.get(rec.layout, 0) + 1
 
+    @no_raw_os_errors("resuming the context")
+    def _checkpoint(self, rec: ContextRecord, base: Snapshot
+                    ) -> tuple[Snapshot, int, layers.Extents]:
+        """The checkpoint `rec` names, without its memory image: (its state with the
+        interpreter image `base` as memory, a descriptor of its layer file, the layer's
+        extents). The caller reads the layer's pages over `base` and closes the descriptor.
+        Validated as a load is (layout, manifest, config, host gates, the layer's table), and
+        the checkpoint must be one layer on `base`'s chain in the shard."""
+        with Reader(str(self.root / rec.layout)) as r:
+            e = r.entry(resolve(r.entries, rec.digest or ""))
+            host = host_gates(e.config)
+            assert e.config.cpu.xsave is not None
+            check_xsave(e.config.cpu.xsave, (host.xcr0,))
+            chain = content.chain_of(base, content.layout_key(r.root))
+            descs = e.manifest.layers
+            if chain is None or e.manifest.version != 2 or tuple(descs[:-1]) != chain.layers:
+                raise SnapshotFormatError(f"context {rec.id}'s checkpoint {rec.digest} is not "
+                                          "one layer on its interpreter image")
+            fd = r.open_blob(descs[-1], "memory layer")
+            try:
+                table = layers.read_table(fd, descs[-1].size, e.config.memory_size,
+                                          "memory layer")
+            except BaseException:
+                os.close(fd)
+                raise
+        return e.config.to_snapshot(base.image, e.digest), fd, table.extents
+
     def _untag(self, shard: str, tag: str) -> None:
         try:
             collect.rm(str(self.root / shard), [tag])
@@ -358,18 +414,6 @@ def _tag(cid: str, version: int) -> str:
     """The layout tag of checkpoint `version` of a context (each checkpoint gets its own, so a
     record always names a tagged, complete checkpoint)."""
     return f"{cid}.v{version}"
-
-
-def _layer_extents(layout: str, digest: str) -> tuple[tuple[int, int], ...]:
-    """The extents of the top layer of snapshot `digest`: where it differs from its base."""
-    with Reader(layout) as r:
-        e = r.entry(resolve(r.entries, digest))
-        desc = e.manifest.layers[-1]
-        fd = r.open_blob(desc, "memory layer")
-        try:
-            return layers.read_table(fd, desc.size, e.config.memory_size, "memory layer").extents
-        finally:
-            os.close(fd)
 
 
 def _top_layer_size(layout: str, digest: str) -> int:
@@ -413,28 +457,38 @@ class CodeContext:
     # ---------------------------------------------------------------- the micro-VM
     def _ensure(self) -> StreamingCodeSandbox:
         """The live sandbox, resumed from the newest checkpoint when it is newer than what the
-        sandbox holds (another process ran the context meanwhile)."""
+        sandbox holds (another process ran the context meanwhile). A resume starts a sandbox
+        from the interpreter image (mapped once per process and shard, so a pooled micro-VM
+        that served it keeps it mapped) with the checkpoint's CPU state, then reads the
+        checkpoint's pages into it (`MultiUseSandbox.load_pages`): it costs the context's
+        changed pages, never a copy or re-mapping of the image."""
         stored = self.store.record(self.rec.id, self.rec.tenant)
         if self._box is not None and stored.version == self._loaded:
             return self._box
         self.rec = stored
-        base = self.store._base(stored.layout, stored.base)     # noqa: SLF001
-        extents: tuple[tuple[int, int], ...] = ()
-        if stored.digest is None:
-            snap = base
-        else:
-            # mapped copy-on-write from the layer files (written once, never changed):
-            # resuming reads only the pages the context touches, not the interpreter image
-            layout = str(self.store.root / stored.layout)
-            snap = Snapshot.checked_load(layout, stored.digest, mode="map")
-            extents = _layer_extents(layout, stored.digest)
         if self._box is not None:
             self._box.close()
             self._box = None
-        self._box = StreamingCodeSandbox(stored.lang, snapshot=snap, keep_state=True,
-                                         timeout=self.timeout)
+        base = self.store._base(stored.layout, stored.base)     # noqa: SLF001
+        extents: layers.Extents = ()
+        if stored.digest is None:
+            box = StreamingCodeSandbox(stored.lang, snapshot=base, keep_state=True,
+                                       timeout=self.timeout)
+        else:
+            state, fd, extents = self.store._checkpoint(stored, base)     # noqa: SLF001
+            try:
+                box = StreamingCodeSandbox(stored.lang, snapshot=state, keep_state=True,
+                                           timeout=self.timeout)
+                try:
+                    box.load_pages(fd, extents, base)
+                except BaseException:
+                    box.close()
+                    raise
+            finally:
+                os.close(fd)
+        self._box = box
         self._extents, self._loaded, self._dirty = extents, stored.version, False
-        return self._box
+        return box
 
     def run(self, code: str, *, files: Mapping[str, bytes | str] | None = None,
             timeout: Any = None, on_output: Callable[[str, str], None] | None = None

@@ -7,9 +7,10 @@ output to `on_output` when the run ends."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..sandbox import Snapshot
 from .result import RunResult
 from .sandbox import CodeSandbox
 
@@ -70,6 +71,14 @@ class StreamingCodeSandbox(CodeSandbox):
                 if text:
                     on_output(stream, text)
         return r
+
+    def load_pages(self, fd: int, extents: Sequence[tuple[int, int]], base: Snapshot) -> None:
+        """Make the state the one this sandbox was started from (a checkpoint's CPU state on
+        the interpreter image `base`) with the `extents` of a diff layer's data in file `fd`
+        read over it (`MultiUseSandbox.load_pages`); `base` becomes the snapshot a failed run
+        goes back to, and `snapshot()` holds the pages read."""
+        self._sb.load_pages(fd, extents)
+        self._base, self._dirty = base, True
 
     def __enter__(self) -> "StreamingCodeSandbox":
         return self

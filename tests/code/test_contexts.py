@@ -125,3 +125,50 @@ def test_a_context_deleted_elsewhere_is_not_brought_back(tmp_path: Path) -> None
     with pytest.raises(ContextNotFound):
         ContextStore(tmp_path).open(ctx.id, "t")
     ctx.close()
+
+
+def test_a_resumed_context_forks_times_out_and_checkpoints(tmp_path: Path) -> None:
+    ctx = ContextStore(tmp_path).create("python", "t")
+    ctx.run("k = [1, 2, 3]\nbig = bytes(300_000)")
+    ctx.pause()
+    other = ContextStore(tmp_path)        # another process: resumes by reading the pages
+    child = other.open(ctx.id, "t").fork()        # (no run since the resume)
+    assert child.run("k + [len(big)]").value == [1, 2, 3, 300_000]
+    again = other.open(ctx.id, "t")
+    again.run("k.append(4)")
+    r = again.run("while True: pass", timeout=0.2)
+    assert r.error is not None and r.error.type == "TimeoutError"
+    assert again.run("k").value == [1, 2, 3]      # the checkpoint, not a fresh interpreter
+    again.run("k.append(5)")
+    again.pause()
+    assert ContextStore(tmp_path).open(ctx.id, "t").run("k").value == [1, 2, 3, 5]
+    child.close()
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from snapcell.errors import SnapcellError
+    from snapcell.snapshot.files import Reader
+    from snapcell.snapshot.validate import resolve
+    store = ContextStore(tmp_path)
+    ctx = store.create("lua", "t")
+    ctx.run("v = 7")
+    ctx.pause()
+    with Reader(str(store.root / ctx.rec.layout)) as r:
+        layer = r.entry(resolve(r.entries, str(ctx.rec.digest))).manifest.layers[-1]
+    blob = store.root / ctx.rec.layout / "blobs" / "sha256" / layer.digest.split(":")[1]
+    blob.chmod(0o600)
+    blob.write_bytes(blob.read_bytes()[: layer.size // 2])
+    with pytest.raises(SnapcellError):
+        ContextStore(tmp_path).open(ctx.id, "t").run("return v")
+
+
+def test_load_pages_refuses_extents_outside_the_guest(tmp_path: Path) -> None:
+    from snapcell.code.streaming import StreamingCodeSandbox
+    f = tmp_path / "pages"
+    f.write_bytes(bytes(8192))
+    with StreamingCodeSandbox("lua") as box, open(f, "rb") as fh:
+        for bad in [(1, 4096), (0, 100), (1 << 40, 4096), (-4096, 4096)]:
+            with pytest.raises(ValueError):
+                box._sb.load_pages(fh.fileno(), [bad])
+        with pytest.raises(OSError):          # the file ends before the extents do
+            box._sb.load_pages(fh.fileno(), [(0, 4096 * 3)])
