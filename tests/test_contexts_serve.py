@@ -108,6 +108,30 @@ def test_pause_in_one_process_resume_in_another(shared: tuple[Path, Path]) -> No
         b.stop()
 
 
+def test_two_processes_never_run_one_context_at_once(shared: tuple[Path, Path]) -> None:
+    """Runs of one context sent to two replicas at the same time: each replica takes it in
+    turn (the other's checkpoint hands it over), so no run is lost or sees a stale state."""
+    import concurrent.futures
+    store, keys = shared
+    a, b = Replica(store, keys), Replica(store, keys)
+    try:
+        with a.client() as ca:
+            cid = ca.post("/v1/contexts", json={"lang": "python"}).json()["id"]
+            run(ca, cid, "n = 0")
+
+        def turns(rep: Replica) -> list[object]:
+            with rep.client() as c:
+                return [run(c, cid, "n += 1\nn")["value"] for _ in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            got = [v for f in [pool.submit(turns, r) for r in (a, b, a, b)] for v in f.result()]
+        assert sorted(got) == list(range(1, 17)), got       # each increment seen once
+        with b.client() as cb:
+            assert run(cb, cid, "n")["value"] == 16
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_tenants_cannot_see_each_others_contexts(shared: tuple[Path, Path]) -> None:
     store, keys = shared
     a = Replica(store, keys)

@@ -25,6 +25,7 @@ What a crash loses: the runs after the context's last checkpoint (docs/serving.m
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -66,6 +67,11 @@ _BASE_TAG = "base-{lang}-{sha}"
 
 class ContextNotFound(SessionNotFound):
     """No such context (or it belongs to another tenant)."""
+
+
+class ContextBusy(SnapcellError):
+    """Another process (or `CodeContext` object) holds the context: it has runs not yet
+    checkpointed, or one in progress."""
 
 
 class ContextLimitExceeded(SnapcellError):
@@ -121,6 +127,8 @@ class ContextStore:
         self.layout = str(self.root / "layout")
         self.records = self.root / "contexts"
         self.records.mkdir(parents=True, exist_ok=True)
+        self.locks = self.root / "locks"
+        self.locks.mkdir(exist_ok=True)
         self.limits = limits
         self._lock = threading.Lock()
         self._bases: dict[str, Snapshot] = {}       # manifest digest → interpreter image
@@ -427,8 +435,10 @@ class CodeContext:
     from one thread at a time (the service serialises each context's requests)."""
 
     def __init__(self, store: ContextStore, rec: ContextRecord, *,
-                 timeout: float | None = 5.0) -> None:
+                 timeout: float | None = 5.0, lock_wait: float = 10.0) -> None:
         self.store, self.rec, self.timeout = store, rec, timeout
+        self.lock_wait = lock_wait
+        self._held: int | None = None      # the descriptor holding the context's file lock
         self._box: StreamingCodeSandbox | None = None
         self._extents: tuple[tuple[int, int], ...] = ()   # of the loaded checkpoint vs base
         self._loaded = -1                                 # version the box holds
@@ -454,6 +464,52 @@ class CodeContext:
         """The JSON view of the context."""
         return {**self.rec.describe(), "state": "live" if self.live else "paused"}
 
+    # ---------------------------------------------------------------- hand-over
+    # One holder at a time, across processes: an exclusive flock on ``locks/<id>.lock``, taken
+    # before a run (or a fork or reset) and kept while the context has runs not checkpointed.
+    # A checkpoint, pause or close hands it over; the next holder resumes the checkpoint (its
+    # record is the newest: the previous holder wrote it before letting go). A holder that
+    # dies lets go with its descriptors.
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the context (runs here; no other may)."""
+        return self._held is not None
+
+    def try_hold(self) -> bool:
+        """Take the context if no other process or object holds it; whether this one does."""
+        if self._held is not None:
+            return True
+        fd = os.open(self.store.locks / f"{self.rec.id}.lock",
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held = fd
+        return True
+
+    def hold(self, wait: float | None = None) -> None:
+        """Take the context, waiting up to `wait` seconds (default `lock_wait`) for its holder
+        to hand it over; ContextBusy after that."""
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
+        while not self.try_hold():
+            if time.monotonic() >= deadline:
+                raise ContextBusy(f"context {self.rec.id} is in use elsewhere (runs not yet "
+                                  "checkpointed); retry later")
+            time.sleep(0.005)
+
+    def hand_over(self) -> None:
+        """Let other processes take the context, when nothing here is unsaved (a no-op while
+        runs wait for their checkpoint)."""
+        fd = self._held
+        if fd is not None and not self._dirty:
+            self._held = None
+            os.close(fd)
+
     # ---------------------------------------------------------------- the micro-VM
     def _ensure(self) -> StreamingCodeSandbox:
         """The live sandbox, resumed from the newest checkpoint when it is newer than what the
@@ -461,7 +517,16 @@ class CodeContext:
         from the interpreter image (mapped once per process and shard, so a pooled micro-VM
         that served it keeps it mapped) with the checkpoint's CPU state, then reads the
         checkpoint's pages into it (`MultiUseSandbox.load_pages`): it costs the context's
-        changed pages, never a copy or re-mapping of the image."""
+        changed pages, never a copy or re-mapping of the image. Takes the context first
+        (`hold`)."""
+        self.hold()
+        try:
+            return self._load()
+        except BaseException:
+            self.hand_over()
+            raise
+
+    def _load(self) -> StreamingCodeSandbox:
         stored = self.store.record(self.rec.id, self.rec.tenant)
         if self._box is not None and stored.version == self._loaded:
             return self._box
@@ -495,14 +560,21 @@ class CodeContext:
             ) -> RunResult:
         """Run `code` in the context's state (`files` under /tmp first, Python). A run cut by
         its time limit or a crash resets the context to its last checkpoint. `on_output(stream,
-        text)` receives stdout and stderr while the code runs (`StreamingCodeSandbox`)."""
+        text)` receives stdout and stderr while the code runs (`StreamingCodeSandbox`). The
+        context stays held (`hold`) until its next checkpoint."""
         box = self._ensure()
         options: dict[str, Any] = {"timeout": self.timeout if timeout is None else timeout}
         if files is not None:
             options["files"] = files
-        r = box.run(code, on_output=on_output, **options)
+        try:
+            r = box.run(code, on_output=on_output, **options)
+        except BaseException:
+            self.hand_over()          # (refused arguments: nothing ran)
+            raise
         if r.error is not None and r.error.type in ("TimeoutError", "InternalError"):
-            self._loaded = -1                 # the interpreter was reset: back to the checkpoint
+            # the interpreter was reset: back to the checkpoint (runs since it are lost)
+            self._loaded, self._dirty = -1, False
+            self.hand_over()
         else:
             self._dirty = True
         return r
@@ -513,14 +585,17 @@ class CodeContext:
         return self._dirty
 
     def checkpoint(self) -> None:
-        """Save the state to the store (one diff layer on the interpreter image)."""
+        """Save the state to the store (one diff layer on the interpreter image) and hand the
+        context over (`hold`)."""
         if self._box is None or not self._dirty:
+            self.hand_over()
             return
         snap = self._box.snapshot()
         base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
         extents = self._merged_extents(snap)
         self.store._save(self.rec, snap, extents, base)         # noqa: SLF001
         self._extents, self._loaded, self._dirty = extents, self.rec.version, False
+        self.hand_over()
 
     def _merged_extents(self, snap: Snapshot) -> layers.Extents:
         """Where `snap` may differ from the interpreter image: what the stored checkpoint
@@ -530,28 +605,33 @@ class CodeContext:
         return layers.merge(self._extents + tuple(own), size)
 
     def pause(self) -> None:
-        """Checkpoint and release the micro-VM (the next run resumes from the store)."""
+        """Checkpoint and release the micro-VM (the next run resumes from the store); the
+        context is handed over even when the checkpoint fails (its runs since the last one are
+        then lost)."""
         try:
             self.checkpoint()
         finally:
-            if self._box is not None:
-                self._box.close()
-                self._box = None
+            self.close()
 
     def reset(self) -> None:
         """Back to a fresh interpreter (saved at once)."""
         base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
         self._ensure()
         assert self._box is not None
-        self._box.restore(base)
-        self._extents, self._dirty = (), True
-        self.checkpoint()
+        try:
+            self._box.restore(base)
+            self._extents, self._dirty = (), True
+            self.checkpoint()
+        finally:
+            self.hand_over()
 
     def fork(self) -> "CodeContext":
         """A new context of the same tenant with this one's state (checkpointed)."""
         self.store._check_room(self.rec.tenant)                 # noqa: SLF001
-        box = self._ensure()
-        snap = box.snapshot()
+        try:
+            snap = self._ensure().snapshot()
+        finally:
+            self.hand_over()
         now = time.time()
         cid = "ctx_" + secrets.token_hex(12)
         shard, base = self.store._shard_for(cid, self.rec.lang)        # noqa: SLF001
@@ -578,8 +658,13 @@ class CodeContext:
         `FileNotFoundError` when there is none."""
         self._files_only()
         check_files({path: b""})
-        r = self._ensure().run(f"open({'/tmp/' + path!r}, 'rb').read()")
+        try:
+            r = self._ensure().run(f"open({'/tmp/' + path!r}, 'rb').read()")
+        except BaseException:
+            self.hand_over()
+            raise
         if r.error is not None:
+            self.hand_over()
             if r.error.type in ("FileNotFoundError", "IsADirectoryError", "NotADirectoryError"):
                 raise FileNotFoundError(path)
             raise ArgumentError(f"cannot read {path!r}: {r.error.type}: {r.error.message}")
@@ -599,7 +684,10 @@ class CodeContext:
             box._sb.interrupt_handle().kill()       # noqa: SLF001
 
     def close(self) -> None:
-        """Release the micro-VM without checkpointing."""
+        """Release the micro-VM without checkpointing (runs since the last checkpoint are
+        lost) and hand the context over."""
+        self._dirty, self._loaded = False, -1
         if self._box is not None:
             self._box.close()
             self._box = None
+        self.hand_over()

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..code.contexts import CodeContext, ContextLimits, ContextNotFound, ContextStore
+from ..code.contexts import CodeContext, ContextBusy, ContextLimits, ContextNotFound, ContextStore
 from ..code.result import RunResult
 from ..errors import PoolFull
 
@@ -40,6 +40,7 @@ class ContextOptions:
     idle_seconds: float = 60.0           # pause (release the micro-VM) after this
     checkpoint_delay: float = 0.2        # checkpoint once a context is quiet this long
     workers: int = 4
+    busy_wait: float = 10.0              # wait this long for another process to hand over
 
 
 class _Live:
@@ -111,7 +112,9 @@ class ContextService:
     @contextlib.asynccontextmanager
     async def using(self, cid: str, tenant: str) -> AsyncIterator[CodeContext]:
         """The context, held for one request (its requests run one at a time; at most
-        `max_queue` requests wait, beyond that `PoolFull`)."""
+        `max_queue` requests wait, beyond that `PoolFull`) and taken from any other process
+        that holds it (`CodeContext.hold`: waiting up to `busy_wait` seconds for its
+        checkpoint, beyond that `ContextBusy`)."""
         while True:
             live = await self._get(cid, tenant)
             await self._queued(live.lock.acquire)
@@ -122,6 +125,7 @@ class ContextService:
             if live.pending is not None:
                 live.pending.cancel()
                 live.pending = None
+            await self._take(live.ctx)
             live.used = time.monotonic()
             try:
                 yield live.ctx
@@ -129,8 +133,20 @@ class ContextService:
                 live.used = time.monotonic()
                 if live.ctx.dirty:
                     live.pending = asyncio.ensure_future(self._checkpoint_later(live))
+                else:
+                    live.ctx.hand_over()
         finally:
             live.lock.release()
+
+    async def _take(self, ctx: CodeContext) -> None:
+        """Hold `ctx` across processes, polling while another process has runs of it not yet
+        checkpointed (its checkpoint hands it over)."""
+        deadline = time.monotonic() + self.options.busy_wait
+        while not ctx.try_hold():
+            if time.monotonic() >= deadline:
+                raise ContextBusy(f"context {ctx.id} is in use by another server process; "
+                                  "retry later")
+            await asyncio.sleep(0.01)
 
     async def _checkpoint_later(self, live: _Live) -> None:
         await asyncio.sleep(self.options.checkpoint_delay)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..code.contexts import CodeContext, ContextLimitExceeded, ContextNotFound
+from ..code.contexts import CodeContext, ContextBusy, ContextLimitExceeded, ContextNotFound
 from ..errors import ArgumentError, ConfigurationError
 from .code import CodeResult
 from .contexts import ContextService
@@ -39,6 +39,8 @@ def _api_errors() -> Iterator[None]:
         raise ApiError(404, "unknown_context", str(e)) from None
     except ContextLimitExceeded as e:
         raise ApiError(409, "context_limit", str(e)) from None
+    except ContextBusy as e:                 # another server process has runs to checkpoint
+        raise ApiError(409, "context_busy", str(e)) from None
     except ConfigurationError as e:          # unknown language, interpreter not built
         raise ApiError(400, "bad_request", str(e)) from None
     except FileNotFoundError as e:

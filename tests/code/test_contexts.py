@@ -172,3 +172,22 @@ def test_load_pages_refuses_extents_outside_the_guest(tmp_path: Path) -> None:
                 box._sb.load_pages(fh.fileno(), [bad])
         with pytest.raises(OSError):          # the file ends before the extents do
             box._sb.load_pages(fh.fileno(), [(0, 4096 * 3)])
+
+
+def test_one_holder_at_a_time_and_the_checkpoint_hands_over(tmp_path: Path) -> None:
+    from snapcell.code.contexts import ContextBusy
+    a = ContextStore(tmp_path).create("lua", "t")
+    a.run("v = 1")                         # runs not checkpointed: a holds the context
+    b = ContextStore(tmp_path).open(a.id, "t")
+    b.lock_wait = 0.05
+    with pytest.raises(ContextBusy):
+        b.run("return v")
+    assert not b.held and a.held
+    a.checkpoint()                         # hands over
+    assert not a.held
+    assert b.run("v = v + 1; return v").value == 2 and b.held
+    with pytest.raises(ContextBusy):
+        a.hold(wait=0.05)
+    b.close()                              # lets go (its run since the checkpoint is lost)
+    assert a.run("return v").value == 1
+    a.close()
