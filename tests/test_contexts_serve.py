@@ -291,5 +291,25 @@ def test_idle_contexts_are_paused_and_resume(shared: tuple[Path, Path]) -> None:
             assert desc["state"] == "paused" and desc["version"] >= 1 and desc["bytes"] > 0
             assert run(c, cid, "return #t")["value"] == 3
             assert [x["state"] for x in c.get("/v1/contexts").json()["contexts"]] == ["live"]
+            run(c, cid, "error('no')")
+            m = _metrics(c.get("/metrics").text)
+            assert m[("snapcell_contexts_created_total", (("lang", "lua"),))] == 1
+            assert m[("snapcell_contexts_paused_total", ())] >= 1
+            assert m[("snapcell_contexts_resumed_total", (("lang", "lua"),))] >= 1
+            assert m[("snapcell_contexts_resume_seconds_count", ())] >= 1
+            assert m[("snapcell_contexts_checkpoints_total", (("outcome", "ok"),))] >= 1
+            runs = "snapcell_context_run_seconds_count"
+            assert m[(runs, (("lang", "lua"), ("outcome", "ok")))] == 2
+            assert m[(runs, (("lang", "lua"), ("outcome", "error")))] == 1
+            assert m[("snapcell_contexts_live", ())] == 1
+            assert m[("snapcell_contexts_stored", (("tenant", "alice"),))] == 1
+            assert m[("snapcell_contexts_stored_bytes", (("tenant", "alice"),))] > 0
     finally:
         a.stop()
+
+
+def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) → value of a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}

@@ -240,7 +240,8 @@ class ContextStore:
                 continue
         return out
 
-    def _all_records(self) -> list[ContextRecord]:
+    def all_records(self) -> list[ContextRecord]:
+        """The records of every tenant's contexts."""
         return self._read(self.records.glob("*/ctx_*.json"))
 
     def record(self, cid: str, tenant: str) -> ContextRecord:
@@ -317,7 +318,7 @@ class ContextStore:
             return []
         now = time.time() if now is None else now
         gone = []
-        for rec in self._all_records():
+        for rec in self.all_records():
             if now - rec.used > self.limits.idle_expiry:
                 try:
                     self.delete(rec.id, rec.tenant)
@@ -404,7 +405,7 @@ class ContextStore:
     def stale_tags(self) -> dict[str, list[str]]:
         """Shard → tags of checkpoints no record names any more: older versions of a
         context, and every version of a deleted one."""
-        versions = {rec.id: rec.version for rec in self._all_records()}
+        versions = {rec.id: rec.version for rec in self.all_records()}
         unreadable = {p.stem for p in self.records.glob("*/ctx_*.json")} - set(versions)
         out: dict[str, list[str]] = {}
         for shard in self.shards():
@@ -439,6 +440,8 @@ class CodeContext:
         self.store, self.rec, self.timeout = store, rec, timeout
         self.lock_wait = lock_wait
         self._held: int | None = None      # the descriptor holding the context's file lock
+        self.resumes = 0                   # micro-VMs started from a checkpoint (metrics)
+        self.resume_seconds = 0.0          # ...the last one's time
         self._box: StreamingCodeSandbox | None = None
         self._extents: tuple[tuple[int, int], ...] = ()   # of the loaded checkpoint vs base
         self._loaded = -1                                 # version the box holds
@@ -540,6 +543,7 @@ class CodeContext:
             box = StreamingCodeSandbox(stored.lang, snapshot=base, keep_state=True,
                                        timeout=self.timeout)
         else:
+            start = time.perf_counter()
             state, fd, extents = self.store._checkpoint(stored, base)     # noqa: SLF001
             try:
                 box = StreamingCodeSandbox(stored.lang, snapshot=state, keep_state=True,
@@ -551,6 +555,8 @@ class CodeContext:
                     raise
             finally:
                 os.close(fd)
+            self.resumes += 1
+            self.resume_seconds = time.perf_counter() - start
         self._box = box
         self._extents, self._loaded, self._dirty = extents, stored.version, False
         return box

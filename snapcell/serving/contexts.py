@@ -20,9 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from ..code.contexts import CodeContext, ContextBusy, ContextLimits, ContextNotFound, ContextStore
 from ..code.result import RunResult
 from ..errors import PoolFull
+from .contexts_metrics import ContextMetrics
 
 log = logging.getLogger("snapcell.serving")
 T = TypeVar("T")
@@ -56,7 +59,8 @@ class _Live:
 class ContextService:
     """The contexts of one `snapcell serve` process."""
 
-    def __init__(self, options: ContextOptions, cache_dir: str, max_queue: int = 64) -> None:
+    def __init__(self, options: ContextOptions, cache_dir: str, max_queue: int = 64,
+                 registry: CollectorRegistry | None = None) -> None:
         self.options = options
         directory = options.store or os.path.join(cache_dir, "contexts")
         self.store = ContextStore(directory, ContextLimits(
@@ -68,6 +72,8 @@ class ContextService:
         self._waiting = 0
         self.max_queue = max_queue
         self._sweeper: asyncio.Task[Any] | None = None
+        self.metrics = ContextMetrics(registry if registry is not None else CollectorRegistry(),
+                                      lambda: len(self._live), self.store.all_records)
 
     async def start(self) -> None:
         """Start the sweeper (idle pauses, expiry, garbage collection)."""
@@ -154,7 +160,9 @@ class ContextService:
             live.pending = None
             try:
                 await self._in_thread(live.ctx.checkpoint)
+                self.metrics.checkpoints.labels("ok").inc()
             except Exception as e:      # noqa: BLE001 (the next run retries; never lost silently)
+                self.metrics.checkpoints.labels("failed").inc()
                 log.warning("checkpoint of context %s failed: %s", live.ctx.id, e)
 
     async def _pause(self, cid: str) -> None:
@@ -165,11 +173,16 @@ class ContextService:
             if live.pending is not None:
                 live.pending.cancel()
                 live.pending = None
+            dirty = live.ctx.dirty
             try:
                 await asyncio.get_running_loop().run_in_executor(self._pool, live.ctx.pause)
+                if dirty:
+                    self.metrics.checkpoints.labels("ok").inc()
             except Exception as e:      # noqa: BLE001
+                self.metrics.checkpoints.labels("failed").inc()
                 log.warning("pausing context %s failed: %s", cid, e)
             self._live.pop(cid, None)
+            self.metrics.paused.inc()
 
     async def _sweep(self) -> None:
         period = max(0.05, min(self.options.idle_seconds / 4, 30.0))
@@ -195,6 +208,7 @@ class ContextService:
         """A new context."""
         ctx = await self._in_thread(self.store.create, lang, tenant)
         self._live[ctx.id] = _Live(ctx)
+        self.metrics.created.labels(ctx.lang).inc()
         return ctx
 
     async def apply(self, cid: str, tenant: str, op: Callable[[CodeContext], T]) -> T:
@@ -202,6 +216,7 @@ class ContextService:
         client that went away) kills the run and waits for its end: the context goes back
         to its last checkpoint."""
         async with self.using(cid, tenant) as ctx:
+            resumes = ctx.resumes
             fut = asyncio.get_running_loop().run_in_executor(self._pool, op, ctx)
             try:
                 return await asyncio.shield(fut)
@@ -210,13 +225,20 @@ class ContextService:
                 with contextlib.suppress(BaseException):
                     await fut
                 raise
+            finally:
+                if ctx.resumes != resumes:
+                    self.metrics.resumed.labels(ctx.lang).inc()
+                    self.metrics.resume_seconds.observe(ctx.resume_seconds)
 
     async def run(self, cid: str, tenant: str, code: str, *,
                   files: Mapping[str, str | bytes] | None = None, timeout: float | None = None,
                   on_output: Callable[[str, str], None] | None = None) -> RunResult:
         """Run `code` in context `cid`."""
-        return await self.apply(cid, tenant, lambda c: c.run(code, files=files, timeout=timeout,
-                                                             on_output=on_output))
+        def op(c: CodeContext) -> RunResult:
+            r = c.run(code, files=files, timeout=timeout, on_output=on_output)
+            self.metrics.ran(c.lang, r)
+            return r
+        return await self.apply(cid, tenant, op)
 
     def describe(self, cid: str, tenant: str) -> dict[str, Any]:
         """The JSON view of context `cid`."""

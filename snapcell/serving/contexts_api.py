@@ -135,6 +135,7 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
     async def fork(cid: str, request: Request) -> dict[str, Any]:
         """A new context with this one's state."""
         child = await simple(cid, request, CodeContext.fork)
+        contexts.metrics.created.labels(child.lang).inc()
         return {**child.describe(), "state": "paused"}
 
     @router.post("/{cid}/pause")
