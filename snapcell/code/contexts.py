@@ -596,7 +596,7 @@ class CodeContext:
         if self._box is None or not self._dirty:
             self.hand_over()
             return
-        snap = self._box.snapshot()
+        snap = self._box.diff_snapshot()
         base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
         extents = self._merged_extents(snap)
         self.store._save(self.rec, snap, extents, base)         # noqa: SLF001
@@ -635,7 +635,7 @@ class CodeContext:
         """A new context of the same tenant with this one's state (checkpointed)."""
         self.store._check_room(self.rec.tenant)                 # noqa: SLF001
         try:
-            snap = self._ensure().snapshot()
+            snap = self._ensure().diff_snapshot()
         finally:
             self.hand_over()
         now = time.time()

@@ -80,6 +80,14 @@ class StreamingCodeSandbox(CodeSandbox):
         self._sb.load_pages(fd, extents)
         self._base, self._dirty = base, True
 
+    def diff_snapshot(self) -> Snapshot:
+        """`snapshot()` for saving as a diff: its image stays layered on the image this
+        sandbox maps however scattered the changed pages (never a copy of that image); start
+        sandboxes from `snapshot()`'s instead."""
+        if not self._dirty:
+            return self._base
+        return self._sb.snapshot(max_pieces=1 << 30)
+
     def __enter__(self) -> "StreamingCodeSandbox":
         return self
 

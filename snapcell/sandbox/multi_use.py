@@ -370,18 +370,21 @@ class MultiUseSandbox:
         return self._core.interrupt
 
     # ---------------------------------------------------------------- snapshots
-    def snapshot(self) -> Snapshot:
-        """An immutable snapshot of the current state (the cached one when nothing changed)."""
+    def snapshot(self, *, max_pieces: int | None = None) -> Snapshot:
+        """An immutable snapshot of the current state (the cached one when nothing changed).
+        `max_pieces` bounds the pieces of its image before it is flattened into one copy
+        (default MAX_PIECES, machine/image.py): a snapshot only saved as a diff, never started
+        from, is cheapest with a high bound (no copy of the image it is layered on)."""
         core = self._core
         core.check_ready()
         core.take()
         try:
             core.check_ready()          # (again: another thread may have closed it meanwhile)
-            return self._snapshot_held()
+            return self._snapshot_held(max_pieces)
         finally:
             core.give()
 
-    def _snapshot_held(self) -> Snapshot:
+    def _snapshot_held(self, max_pieces: int | None = None) -> Snapshot:
         core = self._core
         key = (self._version, core.host_functions.version)
         if self._cached is not None and self._cache_key == key:
@@ -403,7 +406,7 @@ class MultiUseSandbox:
                                    else {})
             # O(dirty): the mapped image's pieces overlaid by the dirty runs (one new memfd),
             # flattened into one memfd beyond MAX_PIECES pieces (machine/image.py)
-            image = base.overlaid(chunks, "snapcell-snapshot")
+            image = base.overlaid(chunks, "snapcell-snapshot", max_pieces)
         except OSError as e:         # e.g. the blob of a map-mode snapshot was truncated
             raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
                                   e.errno) from None
