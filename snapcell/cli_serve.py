@@ -92,6 +92,8 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--context-idle-seconds", default=60.0, show_default=True,
               type=click.FloatRange(min=0.01),
               help="Idle time after which a context's micro-VM is released (it stays in the store).")
+@click.option("--context-image", "context_images", multiple=True, metavar="NAME=LAYOUT:TAG",
+              help="A package image Python contexts may run on, offered as NAME (repeatable).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -102,11 +104,11 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   header_timeout: float, body_timeout: float, keep_alive_timeout: float,
                   max_connections: int, context_store: str | None, max_contexts: int,
                   context_max_bytes: int, context_expiry: float, context_idle_seconds: float,
-                  log_level: str) -> None:
+                  context_images: tuple[str, ...], log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
     MCP, metrics."""
     try:
-        from .serving.contexts import ContextOptions
+        from .serving.contexts import ContextOptions, parse_images
         from .serving.protocol import ConnectionLimits
         from .serving.server import serve
         from .serving.service import ServeOptions
@@ -114,6 +116,10 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         raise click.ClickException(f"snapcell serve needs the 'serve' extra "
                                    f"(pip install 'snapcell[serve]'): {e}") from None
     layouts, registry = _snapshot_specs(snapshots)
+    try:
+        images = parse_images(context_images)
+    except SnapcellError as e:
+        raise click.BadParameter(str(e), param_hint="--context-image") from None
     extra = {"cache_dir": cache_dir} if cache_dir else {}
     options = ServeOptions(
         layouts=tuple(layouts), registry_names=tuple(registry), allow_registries=allow_registry,
@@ -125,7 +131,8 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         idle_seconds=idle_seconds, max_sessions=max_sessions, dask=dask_address,
         contexts=ContextOptions(store=context_store, max_contexts=max_contexts,
                                 max_bytes=context_max_bytes, idle_expiry=context_expiry,
-                                idle_seconds=context_idle_seconds),
+                                idle_seconds=context_idle_seconds,
+                                images=images),
         **extra)  # type: ignore[arg-type]
     try:
         serve(options, host, port, log_level,

@@ -161,7 +161,9 @@ def test_tenants_cannot_see_each_others_contexts(shared: tuple[Path, Path]) -> N
 
 def test_context_operations(shared: tuple[Path, Path]) -> None:
     store, keys = shared
-    a = Replica(store, keys, "--max-contexts", "3")
+    data = ROOT / "build" / "images" / "data"
+    assert (data / "index.json").is_file(), "the data image is not built: run `make data-image`"
+    a = Replica(store, keys, "--max-contexts", "3", "--context-image", f"data={data}:latest")
     try:
         with a.client() as c:
             cid = c.post("/v1/contexts", json={"lang": "python"}).json()["id"]
@@ -209,6 +211,15 @@ def test_context_operations(shared: tuple[Path, Path]) -> None:
             assert c.put(f"/v1/contexts/{jid}/files/a", content=b"x").status_code == 400
             assert c.delete(f"/v1/contexts/{jid}").status_code == 204
             assert c.post(f"/v1/contexts/{jid}/run", json={"code": "1"}).status_code == 404
+            # a context on a package image the server offers, by name
+            r = c.post("/v1/contexts", json={"lang": "python", "image": str(data)})
+            assert r.status_code == 400 and "offers: data" in error_of(r)["message"]
+            assert c.post("/v1/contexts", json={"lang": "lua", "image": "data"}).status_code == 400
+            r = c.post("/v1/contexts", json={"lang": "python", "image": "data"})
+            assert r.status_code == 201 and r.json()["image"] == "data", r.text
+            iid = r.json()["id"]
+            assert run(c, iid, "import numpy as np\nint(np.arange(5).sum())")["value"] == 10
+            assert c.get(f"/v1/contexts/{iid}").json()["image"] == "data"
             # /v1/run gains files and display
             r = c.post("/v1/run", json={"lang": "python", "code": "open('o','w').write('z')\n"
                                         "display('hi')", "files": {"i": "1"}})

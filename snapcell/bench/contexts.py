@@ -91,7 +91,7 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
         other = ContextStore(tmp, store.limits)   # another replica, that has served Python
         for cid in ids[:resumes]:                 # from these shards before
             rec = other.record(cid, "bench")
-            other._base(rec.layout, rec.base)     # noqa: SLF001
+            other.base_of(rec)
         for i, cid in enumerate(ids[:resumes]):
             # the same context resumed both ways, in alternating order
             for way in ("pages", "mapped") if i % 2 else ("mapped", "pages"):

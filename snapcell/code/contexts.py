@@ -50,8 +50,9 @@ from ..sandbox import Snapshot
 from ..sandbox.snapshot import MemoryDelta
 from ..snapshot import collect, content, layers, oci
 from ..snapshot.files import Reader
-from ..snapshot.schema import check_xsave
+from ..snapshot.schema import MAX_LAYERS, check_xsave
 from ..snapshot.validate import host_gates, no_raw_os_errors, resolve
+from .image_store import image_snapshot
 from .languages import Language, language
 from .protocol import check_files
 from .result import RunResult
@@ -102,11 +103,14 @@ class ContextRecord:
     base: str = ""                   # manifest digest of the interpreter image
     bytes: int = 0                   # the checkpoint's own layer on disk
     layout: str = ""                 # the shard holding its checkpoints (relative to the store)
+    image: str | None = None         # a package image's reference (None: the language's own)
+    image_name: str | None = None    # ...as shown to its tenant
 
     def describe(self) -> dict[str, Any]:
-        """The JSON view (no tenant)."""
-        return {"id": self.id, "lang": self.lang, "created": self.created, "used": self.used,
-                "version": self.version, "bytes": self.bytes}
+        """The JSON view (no tenant, no image reference)."""
+        return {"id": self.id, "lang": self.lang, "image": self.image_name,
+                "created": self.created, "used": self.used, "version": self.version,
+                "bytes": self.bytes}
 
 
 def _guest_sha(spec: Language) -> str:
@@ -164,15 +168,23 @@ class ContextStore:
             self._base_of_lang[spec.name] = digest
             return digest, snap
 
-    def _base(self, shard: str, digest: str) -> Snapshot:
+    def _base(self, shard: str, digest: str, image: str | None = None) -> Snapshot:
         """The interpreter image `digest`, known to be saved in `shard` (its checkpoints are
-        diffs on it)."""
+        diffs on it): a package image is the process's `image_snapshot(image)` (mapped from
+        its own layout), a language's own is loaded from the shard."""
         with self._lock:
             snap = self._bases.get(digest)
             if snap is not None and (shard, digest) in self._in_layouts:
                 return snap
         if snap is None:
-            snap = Snapshot.checked_load(str(self.root / shard), digest)
+            if image is not None:
+                snap = image_snapshot(image)
+                if snap.digest != digest:
+                    raise SnapshotFormatError(f"the image {image!r} is {snap.digest} here, not "
+                                              f"{digest}, the image the context was made on")
+                self._known_in(snap, shard)
+            else:
+                snap = Snapshot.checked_load(str(self.root / shard), digest)
             with self._lock:
                 snap = self._bases.setdefault(digest, snap)
         else:
@@ -216,9 +228,36 @@ class ContextStore:
             self._in_layouts.add((rel, digest))
         return rel, digest
 
+    def _image_layout(self, image: str) -> tuple[str, str]:
+        """(layout, manifest digest) of package image `image` in the store: the image's own
+        layout ``images/<digest prefix>`` holds it (saved there once: its size on disk) and
+        its contexts' checkpoints."""
+        snap = image_snapshot(image)
+        digest = snap.digest
+        assert digest is not None
+        rel = f"images/{digest[7:31]}"
+        with self._lock:
+            if (rel, digest) in self._in_layouts:
+                return rel, digest
+        try:
+            self._known_in(snap, rel)
+        except SnapshotNotFound:
+            snap.save(str(self.root / rel), f"image-{digest[7:23]}", max_depth=MAX_LAYERS - 1)
+            self._known_in(snap, rel)
+        with self._lock:
+            self._bases.setdefault(digest, snap)
+            self._in_layouts.add((rel, digest))
+        return rel, digest
+
+    def base_of(self, rec: ContextRecord) -> Snapshot:
+        """The interpreter image context `rec`'s checkpoints are diffs on."""
+        return self._base(rec.layout, rec.base, rec.image)
+
     def shards(self) -> list[str]:
-        """Every shard layout (relative to the store)."""
-        return sorted(str(p.relative_to(self.root)) for p in self.root.glob("shards/*")
+        """Every layout holding checkpoints (relative to the store): the shards, and the
+        package images' layouts."""
+        return sorted(str(p.relative_to(self.root))
+                      for p in [*self.root.glob("shards/*"), *self.root.glob("images/*")]
                       if (p / "oci-layout").is_file())
 
     # ---------------------------------------------------------------- records
@@ -284,16 +323,22 @@ class ContextStore:
                                        f"allowed is {self.limits.max_bytes}")
 
     # ---------------------------------------------------------------- contexts
-    def create(self, lang: str, tenant: str = "default", *,
-               timeout: float | None = 5.0) -> "CodeContext":
-        """A new context of `lang` (a fresh interpreter) for `tenant`."""
+    def create(self, lang: str, tenant: str = "default", *, image: str | None = None,
+               image_name: str | None = None, timeout: float | None = 5.0) -> "CodeContext":
+        """A new context of `lang` (a fresh interpreter) for `tenant`; Python contexts may run
+        on a package `image` (`LAYOUT:TAG` or a registry reference pinned by digest, as
+        `CodeSandbox(image=...)`; `image_name` is how `describe` shows it, default `image`)."""
         spec = language(lang)
+        if image is not None and spec.name != "python":
+            raise ArgumentError(f"image is for Python contexts, not {spec.display}")
         self._check_room(tenant)
         now = time.time()
         cid = "ctx_" + secrets.token_hex(12)
-        shard, base = self._shard_for(cid, spec.name)
+        shard, base = (self._image_layout(image) if image is not None
+                       else self._shard_for(cid, spec.name))
         rec = ContextRecord(id=cid, tenant=tenant, lang=spec.name, created=now, used=now,
-                            base=base, layout=shard)
+                            base=base, layout=shard, image=image,
+                            image_name=(image_name or image) if image is not None else None)
         self._write(rec)
         return CodeContext(self, rec, timeout=timeout)
 
@@ -351,7 +396,7 @@ class ContextStore:
         _, used = self.usage(rec.tenant)
         new_tag = _tag(rec.id, rec.version + 1)
         layout = str(self.root / rec.layout)
-        digest = rebased.save(layout, new_tag, max_depth=2)
+        digest = rebased.save(layout, new_tag, max_depth=MAX_LAYERS)
         size = _top_layer_size(layout, digest)
         if used - rec.bytes + size > self.limits.max_bytes:
             self._untag(rec.layout, new_tag)
@@ -537,7 +582,7 @@ class CodeContext:
         if self._box is not None:
             self._box.close()
             self._box = None
-        base = self.store._base(stored.layout, stored.base)     # noqa: SLF001
+        base = self.store.base_of(stored)
         extents: layers.Extents = ()
         if stored.digest is None:
             box = StreamingCodeSandbox(stored.lang, snapshot=base, keep_state=True,
@@ -597,7 +642,7 @@ class CodeContext:
             self.hand_over()
             return
         snap = self._box.diff_snapshot()
-        base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
+        base = self.store.base_of(self.rec)
         extents = self._merged_extents(snap)
         self.store._save(self.rec, snap, extents, base)         # noqa: SLF001
         self._extents, self._loaded, self._dirty = extents, self.rec.version, False
@@ -621,7 +666,7 @@ class CodeContext:
 
     def reset(self) -> None:
         """Back to a fresh interpreter (saved at once)."""
-        base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
+        base = self.store.base_of(self.rec)
         self._ensure()
         assert self._box is not None
         try:
@@ -640,14 +685,16 @@ class CodeContext:
             self.hand_over()
         now = time.time()
         cid = "ctx_" + secrets.token_hex(12)
-        shard, base = self.store._shard_for(cid, self.rec.lang)        # noqa: SLF001
-        rec = ContextRecord(id=cid, tenant=self.rec.tenant, lang=self.rec.lang, created=now,
-                            used=now, base=base, layout=shard)
+        parent = self.rec
+        shard, base = ((parent.layout, parent.base) if parent.image is not None
+                       else self.store._shard_for(cid, parent.lang))         # noqa: SLF001
+        rec = dataclasses.replace(parent, id=cid, created=now, used=now, version=0,
+                                  digest=None, bytes=0, base=base, layout=shard)
         child = CodeContext(self.store, rec, timeout=self.timeout)
         extents = self._merged_extents(snap)
         self.store._write(rec)                                  # noqa: SLF001
         try:
-            self.store._save(rec, snap, extents, self.store._base(rec.layout, rec.base))   # noqa: SLF001
+            self.store._save(rec, snap, extents, self.store.base_of(rec))   # noqa: SLF001
         except BaseException:
             self.store._path(rec.id, rec.tenant).unlink(missing_ok=True)   # noqa: SLF001
             raise

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from ..code.contexts import CodeContext, ContextBusy, ContextLimits, ContextNotFound, ContextStore
 from ..code.result import RunResult
-from ..errors import PoolFull
+from ..errors import ArgumentError, ConfigurationError, PoolFull
 from .contexts_metrics import ContextMetrics
 
 log = logging.getLogger("snapcell.serving")
@@ -44,6 +46,25 @@ class ContextOptions:
     checkpoint_delay: float = 0.2        # checkpoint once a context is quiet this long
     workers: int = 4
     busy_wait: float = 10.0              # wait this long for another process to hand over
+    images: tuple[tuple[str, str], ...] = ()    # (name, LAYOUT:TAG or pinned reference)
+
+
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def parse_images(specs: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """`NAME=REF` options (`--context-image`) → (name, reference) pairs; REF is `LAYOUT:TAG`
+    or a registry reference pinned by digest (checked when a context is created on it)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, ref = spec.partition("=")
+        if not sep or not _IMAGE_NAME.match(name) or not ref:
+            raise ConfigurationError(f"--context-image {spec!r}: expected NAME=LAYOUT:TAG (a "
+                                     "name of letters, digits, '.', '_', '-')")
+        if name in out:
+            raise ConfigurationError(f"--context-image: {name!r} is given twice")
+        out[name] = ref
+    return tuple(out.items())
 
 
 class _Live:
@@ -204,9 +225,21 @@ class ContextService:
                     log.warning("context expiry failed: %s", e)
 
     # ---------------------------------------------------------------- operations
-    async def create(self, lang: str, tenant: str) -> CodeContext:
-        """A new context."""
-        ctx = await self._in_thread(self.store.create, lang, tenant)
+    def image_ref(self, name: str) -> str:
+        """The reference of the package image this service offers as `name` (ArgumentError
+        naming those it offers otherwise)."""
+        for n, ref in self.options.images:
+            if n == name:
+                return ref
+        offered = ", ".join(n for n, _ in self.options.images) or "none"
+        raise ArgumentError(f"unknown image {name[:100]!r}; this server offers: {offered} "
+                            "(or leave image out for the language's own interpreter)")
+
+    async def create(self, lang: str, tenant: str, image: str | None = None) -> CodeContext:
+        """A new context (on the package image this service offers as `image`, if given)."""
+        ref = self.image_ref(image) if image is not None else None
+        ctx = await self._in_thread(functools.partial(
+            self.store.create, lang, tenant, image=ref, image_name=image))
         self._live[ctx.id] = _Live(ctx)
         self.metrics.created.labels(ctx.lang).inc()
         return ctx

@@ -22,7 +22,8 @@ T = TypeVar("T")
 CONTEXT_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["lang"], "properties": {
         "lang": {"type": "string", "description": "python, js or lua"},
-        "image": {"type": "string", "description": "reserved: the language's own interpreter"}},
+        "image": {"type": "string", "description": "Python: a package image this server "
+                  "offers (`snapcell serve --context-image NAME=LAYOUT:TAG`), by name"}},
     "additionalProperties": False}}}}
 CONTEXT_RUN_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["code"], "properties": {
@@ -66,10 +67,11 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
         lang, image = body.get("lang"), body.get("image")
         if not isinstance(lang, str):
             raise ArgumentError("lang must be a string (python, js or lua)")
-        if image is not None and image != lang:
-            raise ArgumentError("image: only the language's own interpreter image is served")
+        if image is not None and not isinstance(image, str):
+            raise ArgumentError("image must be a string: the name of a package image this "
+                                "server offers")
         with _api_errors():
-            ctx = await contexts.create(lang, tenant)
+            ctx = await contexts.create(lang, tenant, None if image == lang else image)
         return ctx.describe()
 
     @router.get("")

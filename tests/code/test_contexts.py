@@ -191,3 +191,29 @@ def test_one_holder_at_a_time_and_the_checkpoint_hands_over(tmp_path: Path) -> N
     b.close()                              # lets go (its run since the checkpoint is lost)
     assert a.run("return v").value == 1
     a.close()
+
+
+def test_a_context_on_a_package_image(tmp_path: Path) -> None:
+    """A Python context on the data image (`make data-image`): its state (numpy arrays) is
+    checkpointed as one layer on the image, saved once into the store, and resumed by
+    another store; forks stay on the image; bad requests change nothing."""
+    from snapcell.errors import ArgumentError, ConfigurationError
+    layout = Path(__file__).resolve().parents[2] / "build" / "images" / "data"
+    assert (layout / "index.json").is_file(), "the data image is not built: run `make data-image`"
+    store = ContextStore(tmp_path)
+    ctx = store.create("python", "t", image=f"{layout}:latest", image_name="data", timeout=60)
+    assert ctx.describe()["image"] == "data"
+    assert ctx.run("import numpy as np\na = np.arange(10) * 3\nint(a.sum())").value == 135
+    ctx.pause()
+    assert ctx.rec.layout.startswith("images/") and 0 < ctx.rec.bytes < 64 << 20
+    other = ContextStore(tmp_path).open(ctx.id, "t", timeout=60)
+    assert other.run("int(a[-1])").value == 27
+    child = other.fork()
+    assert child.rec.image == ctx.rec.image and child.run("a.tolist()[:2]").value == [0, 3]
+    for c in (other, child):
+        c.close()
+    with pytest.raises(ArgumentError, match="Python"):
+        store.create("lua", "t", image=f"{layout}:latest")
+    with pytest.raises(ConfigurationError, match="snapcell image build"):
+        store.create("python", "t", image=str(tmp_path / "none:latest"))
+    assert [r.id for r in store.of_tenant("t")] == [ctx.id, child.id]
