@@ -141,24 +141,28 @@ def _disk(path: str | os.PathLike[str]) -> int:
     return sum(seen.values())
 
 
-def bench_streaming(n: int) -> dict[str, Stats]:
-    """`1 + 1` on one Python sandbox with and without `on_output` (a run that prints
-    nothing), alternately; the host calls (exits beyond the run's own) of each."""
-    from ..code.streaming import StreamingCodeSandbox
-    with StreamingCodeSandbox("python") as box:
-        def quiet() -> None:
-            box.run("1 + 1")
+_QUIET = {"python": "1 + 1", "js": "1 + 1", "lua": "return 1 + 1"}
 
-        def streamed() -> None:
-            box.run("1 + 1", on_output=lambda s, t: None)
-        before = box.tool_calls
-        plain, with_cb = _alternate({"plain": quiet, "streamed": streamed}, n).values()
-        calls = (box.tool_calls - before) / (2 * (n + 20))
+
+def bench_streaming(n: int) -> dict[str, Stats]:
+    """`1 + 1` on one code sandbox per language with and without `on_output` (a run that
+    prints nothing), alternately; the host calls (exits beyond the run's own) of each."""
+    from ..code.streaming import StreamingCodeSandbox
     out: dict[str, Stats] = {}
-    out["code_run_python_1plus1"] = stats(plain, host_calls_per_run=calls)
-    out["code_run_python_1plus1_on_output"] = stats(
-        with_cb, host_calls_per_run=calls,
-        ratio_to_plain=statistics.median(with_cb) / statistics.median(plain))
+    for lang, code in _QUIET.items():
+        with StreamingCodeSandbox(lang) as box:
+            def quiet(box: StreamingCodeSandbox = box, code: str = code) -> None:
+                box.run(code)
+
+            def streamed(box: StreamingCodeSandbox = box, code: str = code) -> None:
+                box.run(code, on_output=lambda s, t: None)
+            before = box.tool_calls
+            plain, with_cb = _alternate({"plain": quiet, "streamed": streamed}, n).values()
+            calls = (box.tool_calls - before) / (2 * (n + 20))
+        out[f"code_run_{lang}_1plus1"] = stats(plain, host_calls_per_run=calls)
+        out[f"code_run_{lang}_1plus1_on_output"] = stats(
+            with_cb, host_calls_per_run=calls,
+            ratio_to_plain=statistics.median(with_cb) / statistics.median(plain))
     return out
 
 
