@@ -355,6 +355,7 @@ class ContextStore:
             self._path(cid, tenant).unlink()
         except FileNotFoundError:
             raise ContextNotFound(f"no context {cid!r}") from None
+        (self.locks / f"{cid}.lock").unlink(missing_ok=True)    # (a holder's checkpoint fails)
         self._untag(rec.layout, _tag(cid, rec.version))
 
     def expire(self, now: float | None = None) -> list[str]:

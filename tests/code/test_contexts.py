@@ -125,6 +125,7 @@ def test_a_context_deleted_elsewhere_is_not_brought_back(tmp_path: Path) -> None
     with pytest.raises(ContextNotFound):
         ContextStore(tmp_path).open(ctx.id, "t")
     ctx.close()
+    assert list((tmp_path / "locks").iterdir()) == []      # its lock file went with it
 
 
 def test_a_resumed_context_forks_times_out_and_checkpoints(tmp_path: Path) -> None:
