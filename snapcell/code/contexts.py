@@ -11,16 +11,21 @@ that serves contexts from it:
   rewrites the context's layer against that image (never a chain of layers), so a context
   costs its changed pages whatever its history (~1 MiB for a small conversation); sharding
   keeps each layout's index small (saves and loads parse it).
-- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, shard, the
-  manifest digest of its last checkpoint, its version (one more per checkpoint), bytes on
+- ``images/<digest prefix>/`` — a package image a Python context runs on (saved once) and the
+  checkpoints of its contexts, one diff layer each on it.
+- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, image, layout,
+  the manifest digest of its last checkpoint, its version (one more per checkpoint), bytes on
   disk, last use. Written atomically after the snapshot, so a record always names a complete
   checkpoint; `collect` drops the tags of superseded checkpoints and the blobs nothing needs.
+- ``locks/<id>.lock`` — the context's hand-over lock (`CodeContext.hold`): one process holds a
+  context from a run until that run's checkpoint, so no two run it at once.
 
 `CodeContext.run` keeps state across runs (`CodeSandbox(keep_state=True)`); `checkpoint()`
 saves it to the store; `pause()` checkpoints and releases the micro-VM; any process resumes a
-paused context with `ContextStore.open(id, tenant)`. A live context notices a newer checkpoint
-written by another process (its record's version) and resumes from it before its next run.
-What a crash loses: the runs after the context's last checkpoint (docs/serving.md)."""
+paused context with `ContextStore.open(id, tenant)`: a micro-VM on the interpreter image with
+the checkpoint's pages read into it. A live context notices a newer checkpoint written by
+another process (its record's version) and resumes from it before its next run. What a crash
+loses: the runs after the context's last checkpoint (docs/serving.md)."""
 
 from __future__ import annotations
 
@@ -43,24 +48,20 @@ from ..errors import (
     ArgumentError,
     SessionNotFound,
     SnapcellError,
-    SnapshotFormatError,
-    SnapshotNotFound,
 )
 from ..sandbox import Snapshot
 from ..sandbox.snapshot import MemoryDelta
-from ..snapshot import collect, content, layers, oci
+from ..snapshot import collect, layers, oci
 from ..snapshot.files import Reader
-from ..snapshot.schema import MAX_LAYERS, check_xsave
-from ..snapshot.validate import host_gates, no_raw_os_errors, resolve
-from .image_store import image_snapshot
-from .languages import Language, language
+from ..snapshot.schema import MAX_LAYERS
+from ..snapshot.validate import resolve
+from .context_images import ContextImages
+from .languages import language
 from .protocol import check_files
 from .result import RunResult
 from .streaming import StreamingCodeSandbox
-from .warm import warm_snapshot
 
 MIB = 1 << 20
-SHARDS = 16
 CONTEXT_ID = re.compile(r"ctx_[0-9a-f]{24}\Z")
 _TAG = re.compile(r"(ctx_[0-9a-f]{24})\.v([0-9]{1,12})\Z")
 _BASE_TAG = "base-{lang}-{sha}"
@@ -113,14 +114,6 @@ class ContextRecord:
                 "bytes": self.bytes}
 
 
-def _guest_sha(spec: Language) -> str:
-    h = hashlib.sha256()
-    with open(spec.guest_path(), "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class ContextStore:
     """Contexts in `directory` (created if missing), shared by every process using it, with
     per-tenant `limits`."""
@@ -128,130 +121,21 @@ class ContextStore:
     def __init__(self, directory: str | os.PathLike[str],
                  limits: ContextLimits = ContextLimits()) -> None:
         self.root = Path(directory)
-        self.layout = str(self.root / "layout")
         self.records = self.root / "contexts"
         self.records.mkdir(parents=True, exist_ok=True)
         self.locks = self.root / "locks"
         self.locks.mkdir(exist_ok=True)
         self.limits = limits
-        self._lock = threading.Lock()
-        self._bases: dict[str, Snapshot] = {}       # manifest digest → interpreter image
-        self._in_layouts: set[tuple[str, str]] = set()   # (shard or "", digest) registered
-        self._base_of_lang: dict[str, str] = {}
-        self._tag_of_lang: dict[str, str] = {}     # language → its interpreter image's tag
+        self.images = ContextImages(self.root)
         self._garbage: dict[str, int] = {}   # shard → superseded checkpoints and deletions
 
-    # ---------------------------------------------------------------- bases
-    # A process holds ONE image of each interpreter (by manifest digest), whichever layouts
-    # hold it: the shards' copies are the same manifest, so their chains are registered on
-    # that one snapshot (`_known_in`). Checkpoints of every shard then resume onto the same
-    # image, and pooled micro-VMs that served any context keep it mapped.
     def base_for(self, lang: str) -> tuple[str, Snapshot]:
-        """(manifest digest, snapshot) of `lang`'s interpreter image in the layout, saved
-        there from the warm snapshot the first time."""
-        spec = language(lang)
-        with self._lock:
-            digest = self._base_of_lang.get(spec.name)
-            if digest is not None:
-                return digest, self._bases[digest]
-            tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
-            self._tag_of_lang[spec.name] = tag
-            try:
-                snap = Snapshot.checked_load(self.layout, tag)
-            except SnapshotNotFound:
-                warm_snapshot(spec).save(self.layout, tag, max_depth=1)
-                snap = Snapshot.checked_load(self.layout, tag)
-            digest = snap.digest
-            assert digest is not None
-            snap = self._bases.setdefault(digest, snap)
-            self._in_layouts.add(("", digest))
-            self._base_of_lang[spec.name] = digest
-            return digest, snap
-
-    def _base(self, shard: str, digest: str, image: str | None = None) -> Snapshot:
-        """The interpreter image `digest`, known to be saved in `shard` (its checkpoints are
-        diffs on it): a package image is the process's `image_snapshot(image)` (mapped from
-        its own layout), a language's own is loaded from the shard."""
-        with self._lock:
-            snap = self._bases.get(digest)
-            if snap is not None and (shard, digest) in self._in_layouts:
-                return snap
-        if snap is None:
-            if image is not None:
-                snap = image_snapshot(image)
-                if snap.digest != digest:
-                    raise SnapshotFormatError(f"the image {image!r} is {snap.digest} here, not "
-                                              f"{digest}, the image the context was made on")
-                self._known_in(snap, shard)
-            else:
-                snap = Snapshot.checked_load(str(self.root / shard), digest)
-            with self._lock:
-                snap = self._bases.setdefault(digest, snap)
-        else:
-            self._known_in(snap, shard)
-        with self._lock:
-            self._in_layouts.add((shard, digest))
-        return snap
-
-    @no_raw_os_errors("reading the context store")
-    def _known_in(self, snap: Snapshot, shard: str) -> None:
-        """Register `snap`'s chain in `shard`, which holds the same manifest (validated, its
-        layer files present), without loading its memory again."""
-        assert snap.digest is not None
-        with Reader(str(self.root / shard)) as r:
-            e = r.entry(resolve(r.entries, snap.digest))
-            for i, desc in enumerate(e.manifest.layers):
-                os.close(r.open_blob(desc, f"memory layer {i}"))
-            content.remember(snap, content.layout_key(r.root),
-                             content.Chain(e.digest, e.manifest.layers, e.config.parent,
-                                           e.manifest.version))
-
-    # ---------------------------------------------------------------- shards
-    # Checkpoints live in SHARDS layouts, each with its own copy of the interpreter images
-    # (saved there from the main layout's once): an index of thousands of tags would make
-    # every save and load parse all of them, and a chain's layers must be in its layout.
-    def _shard_for(self, cid: str, lang: str) -> tuple[str, str]:
-        """(shard, manifest digest of `lang`'s interpreter image there) for a new context."""
-        rel = f"shards/{int(cid[4:8], 16) % SHARDS:02x}"
-        digest, main = self.base_for(lang)
-        with self._lock:
-            if (rel, digest) in self._in_layouts:
-                return rel, digest
-        tag = self._tag_of_lang[language(lang).name]       # (base_for hashed the guest once)
-        path = str(self.root / rel)
-        try:
-            self._known_in(main, rel)
-        except SnapshotNotFound:
-            main.save(path, tag, max_depth=1)
-            self._known_in(main, rel)
-        with self._lock:
-            self._in_layouts.add((rel, digest))
-        return rel, digest
-
-    def _image_layout(self, image: str) -> tuple[str, str]:
-        """(layout, manifest digest) of package image `image` in the store: the image's own
-        layout ``images/<digest prefix>`` holds it (saved there once: its size on disk) and
-        its contexts' checkpoints."""
-        snap = image_snapshot(image)
-        digest = snap.digest
-        assert digest is not None
-        rel = f"images/{digest[7:31]}"
-        with self._lock:
-            if (rel, digest) in self._in_layouts:
-                return rel, digest
-        try:
-            self._known_in(snap, rel)
-        except SnapshotNotFound:
-            snap.save(str(self.root / rel), f"image-{digest[7:23]}", max_depth=MAX_LAYERS - 1)
-            self._known_in(snap, rel)
-        with self._lock:
-            self._bases.setdefault(digest, snap)
-            self._in_layouts.add((rel, digest))
-        return rel, digest
+        """(manifest digest, snapshot) of `lang`'s interpreter image in the store."""
+        return self.images.base_for(lang)
 
     def base_of(self, rec: ContextRecord) -> Snapshot:
         """The interpreter image context `rec`'s checkpoints are diffs on."""
-        return self._base(rec.layout, rec.base, rec.image)
+        return self.images.base(rec.layout, rec.base, rec.image)
 
     def shards(self) -> list[str]:
         """Every layout holding checkpoints (relative to the store): the shards, and the
@@ -334,8 +218,8 @@ class ContextStore:
         self._check_room(tenant)
         now = time.time()
         cid = "ctx_" + secrets.token_hex(12)
-        shard, base = (self._image_layout(image) if image is not None
-                       else self._shard_for(cid, spec.name))
+        shard, base = (self.images.image_layout(image) if image is not None
+                       else self.images.shard_for(cid, spec.name))
         rec = ContextRecord(id=cid, tenant=tenant, lang=spec.name, created=now, used=now,
                             base=base, layout=shard, image=image,
                             image_name=(image_name or image) if image is not None else None)
@@ -413,33 +297,6 @@ class ContextStore:
         self._write(rec)
         # (the old tag: `collect` removes it with its layer)
         self._garbage[rec.layout] = self._garbage.get(rec.layout, 0) + 1
-
-    @no_raw_os_errors("resuming the context")
-    def _checkpoint(self, rec: ContextRecord, base: Snapshot
-                    ) -> tuple[Snapshot, int, layers.Extents]:
-        """The checkpoint `rec` names, without its memory image: (its state with the
-        interpreter image `base` as memory, a descriptor of its layer file, the layer's
-        extents). The caller reads the layer's pages over `base` and closes the descriptor.
-        Validated as a load is (layout, manifest, config, host gates, the layer's table), and
-        the checkpoint must be one layer on `base`'s chain in the shard."""
-        with Reader(str(self.root / rec.layout)) as r:
-            e = r.entry(resolve(r.entries, rec.digest or ""))
-            host = host_gates(e.config)
-            assert e.config.cpu.xsave is not None
-            check_xsave(e.config.cpu.xsave, (host.xcr0,))
-            chain = content.chain_of(base, content.layout_key(r.root))
-            descs = e.manifest.layers
-            if chain is None or e.manifest.version != 2 or tuple(descs[:-1]) != chain.layers:
-                raise SnapshotFormatError(f"context {rec.id}'s checkpoint {rec.digest} is not "
-                                          "one layer on its interpreter image")
-            fd = r.open_blob(descs[-1], "memory layer")
-            try:
-                table = layers.read_table(fd, descs[-1].size, e.config.memory_size,
-                                          "memory layer")
-            except BaseException:
-                os.close(fd)
-                raise
-        return e.config.to_snapshot(base.image, e.digest), fd, table.extents
 
     def _untag(self, shard: str, tag: str) -> None:
         try:
@@ -590,7 +447,7 @@ class CodeContext:
                                        timeout=self.timeout)
         else:
             start = time.perf_counter()
-            state, fd, extents = self.store._checkpoint(stored, base)     # noqa: SLF001
+            state, fd, extents = self.store.images.checkpoint(stored.layout, stored.digest or "", base)
             try:
                 box = StreamingCodeSandbox(stored.lang, snapshot=state, keep_state=True,
                                            timeout=self.timeout)
@@ -688,7 +545,7 @@ class CodeContext:
         cid = "ctx_" + secrets.token_hex(12)
         parent = self.rec
         shard, base = ((parent.layout, parent.base) if parent.image is not None
-                       else self.store._shard_for(cid, parent.lang))         # noqa: SLF001
+                       else self.store.images.shard_for(cid, parent.lang))
         rec = dataclasses.replace(parent, id=cid, created=now, used=now, version=0,
                                   digest=None, bytes=0, base=base, layout=shard)
         child = CodeContext(self.store, rec, timeout=self.timeout)
