@@ -36,7 +36,7 @@ def test_python_output_arrives_while_the_code_runs() -> None:
            "console.error('warn'); console.log('\u00e9t\u00e9'); console.log('tail'); 'v'"),
     ("lua", "print('first') local n = progress() print('second', n)\n"
             "print('\u00e9t\u00e9') print('tail') return 'v'"),
-])
+], ids=["js", "lua"])
 def test_js_and_lua_output_arrives_while_the_code_runs(lang: str, code: str) -> None:
     seen: list[tuple[str, str]] = []
     with StreamingCodeSandbox(lang, tools={"progress": lambda: len(seen)}) as box:
