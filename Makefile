@@ -21,6 +21,7 @@ CODEBOX     := guests/common/codebox.c guests/common/codebox.h
 MIMALLOC    := build/lib/libmimalloc.a
 MIMALLOC_SRC := build/third_party/mimalloc
 MIMALLOC_INC := build/mimalloc/include
+CBSTREAM    := guests/common/cbstream.c guests/common/cbstream.h
 # The Python guest: CPython 3.11 + zlib built static with musl once (~6 min on 2 cores, cached
 # by input hash under build/cpython/), its standard library as a read-only file system image
 # linked into the guest (docs/code-sandboxes.md, "Python").
@@ -93,13 +94,13 @@ build/js/prelude.h: guests/js/prelude.js
 	mkdir -p build/js
 	$(PY) -c "import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'w').write('static const char js_prelude[] = {' + ','.join(map(str, d)) + ',0};\n')" $< $@
 
-build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h $(CODEBOX) build/lib/libquickjs.a $(SDK) | setup
-	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c -I guests/common \
+build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h $(CODEBOX) $(CBSTREAM) build/lib/libquickjs.a $(SDK) | setup
+	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c guests/common/cbstream.c -I guests/common \
 	  -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
 
-build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) build/lib/liblua.a $(MIMALLOC) $(SDK) | setup
-	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c -I guests/common \
-	  -I $(LUA_DIR) -I $(MIMALLOC_INC) --lib build/lib/liblua.a --lib $(MIMALLOC) -o $@
+build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) $(CBSTREAM) build/lib/liblua.a $(MIMALLOC) $(SDK) | setup
+	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c guests/common/cbstream.c \
+	  -I guests/common -I $(LUA_DIR) -I $(MIMALLOC_INC) --lib build/lib/liblua.a --lib $(MIMALLOC) -o $@
 
 $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/.snapcell-sha256 \
               $(CPY_DBLIB_SRCS) \

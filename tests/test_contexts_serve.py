@@ -108,6 +108,30 @@ def test_pause_in_one_process_resume_in_another(shared: tuple[Path, Path]) -> No
         b.stop()
 
 
+def test_two_processes_never_run_one_context_at_once(shared: tuple[Path, Path]) -> None:
+    """Runs of one context sent to two replicas at the same time: each replica takes it in
+    turn (the other's checkpoint hands it over), so no run is lost or sees a stale state."""
+    import concurrent.futures
+    store, keys = shared
+    a, b = Replica(store, keys), Replica(store, keys)
+    try:
+        with a.client() as ca:
+            cid = ca.post("/v1/contexts", json={"lang": "python"}).json()["id"]
+            run(ca, cid, "n = 0")
+
+        def turns(rep: Replica) -> list[object]:
+            with rep.client() as c:
+                return [run(c, cid, "n += 1\nn")["value"] for _ in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            got = [v for f in [pool.submit(turns, r) for r in (a, b, a, b)] for v in f.result()]
+        assert sorted(got) == list(range(1, 17)), got       # each increment seen once
+        with b.client() as cb:
+            assert run(cb, cid, "n")["value"] == 16
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_tenants_cannot_see_each_others_contexts(shared: tuple[Path, Path]) -> None:
     store, keys = shared
     a = Replica(store, keys)
@@ -137,7 +161,9 @@ def test_tenants_cannot_see_each_others_contexts(shared: tuple[Path, Path]) -> N
 
 def test_context_operations(shared: tuple[Path, Path]) -> None:
     store, keys = shared
-    a = Replica(store, keys, "--max-contexts", "3")
+    data = ROOT / "build" / "images" / "data"
+    assert (data / "index.json").is_file(), "the data image is not built: run `make data-image`"
+    a = Replica(store, keys, "--max-contexts", "3", "--context-image", f"data={data}:latest")
     try:
         with a.client() as c:
             cid = c.post("/v1/contexts", json={"lang": "python"}).json()["id"]
@@ -185,6 +211,15 @@ def test_context_operations(shared: tuple[Path, Path]) -> None:
             assert c.put(f"/v1/contexts/{jid}/files/a", content=b"x").status_code == 400
             assert c.delete(f"/v1/contexts/{jid}").status_code == 204
             assert c.post(f"/v1/contexts/{jid}/run", json={"code": "1"}).status_code == 404
+            # a context on a package image the server offers, by name
+            r = c.post("/v1/contexts", json={"lang": "python", "image": str(data)})
+            assert r.status_code == 400 and "offers: data" in error_of(r)["message"]
+            assert c.post("/v1/contexts", json={"lang": "lua", "image": "data"}).status_code == 400
+            r = c.post("/v1/contexts", json={"lang": "python", "image": "data"})
+            assert r.status_code == 201 and r.json()["image"] == "data", r.text
+            iid = r.json()["id"]
+            assert run(c, iid, "import numpy as np\nint(np.arange(5).sum())")["value"] == 10
+            assert c.get(f"/v1/contexts/{iid}").json()["image"] == "data"
             # /v1/run gains files and display
             r = c.post("/v1/run", json={"lang": "python", "code": "open('o','w').write('z')\n"
                                         "display('hi')", "files": {"i": "1"}})
@@ -267,5 +302,25 @@ def test_idle_contexts_are_paused_and_resume(shared: tuple[Path, Path]) -> None:
             assert desc["state"] == "paused" and desc["version"] >= 1 and desc["bytes"] > 0
             assert run(c, cid, "return #t")["value"] == 3
             assert [x["state"] for x in c.get("/v1/contexts").json()["contexts"]] == ["live"]
+            run(c, cid, "error('no')")
+            m = _metrics(c.get("/metrics").text)
+            assert m[("snapcell_contexts_created_total", (("lang", "lua"),))] == 1
+            assert m[("snapcell_contexts_paused_total", ())] >= 1
+            assert m[("snapcell_contexts_resumed_total", (("lang", "lua"),))] >= 1
+            assert m[("snapcell_contexts_resume_seconds_count", ())] >= 1
+            assert m[("snapcell_contexts_checkpoints_total", (("outcome", "ok"),))] >= 1
+            runs = "snapcell_context_run_seconds_count"
+            assert m[(runs, (("lang", "lua"), ("outcome", "ok")))] == 2
+            assert m[(runs, (("lang", "lua"), ("outcome", "error")))] == 1
+            assert m[("snapcell_contexts_live", ())] == 1
+            assert m[("snapcell_contexts_stored", (("tenant", "alice"),))] == 1
+            assert m[("snapcell_contexts_stored_bytes", (("tenant", "alice"),))] > 0
     finally:
         a.stop()
+
+
+def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) → value of a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}

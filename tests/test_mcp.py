@@ -82,6 +82,8 @@ async def conversation(client: Client) -> None:
     assert "no file" in await failure(client, "download_file", context_id=cid, path="none")
     assert "file name" in await failure(client, "upload_file", context_id=cid, path="../x",
                                         content="")
+    assert "unknown image" in await failure(client, "create_context", language="python",
+                                            image="/etc")
     r = await call(client, "run_code", language="python", code="while True: pass", timeout=0.3)
     assert isinstance(r["error"], dict) and r["error"]["type"] == "TimeoutError", r
 

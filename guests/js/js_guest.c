@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "cbstream.h"
 #include "codebox.h"
 #include "quickjs.h"
 #include "snapcell.h"
@@ -261,12 +262,12 @@ static JSValue js_console(JSContext *c, JSValueConst this_val, int argc, JSValue
         const char *s = JS_ToCStringLen(c, &n, argv[i]);
         if (!s)
             return JS_EXCEPTION;
-        int rc = (i ? cb_output_write(magic, " ", 1) : 0) || cb_output_write(magic, s, n);
+        int rc = (i ? cbs_write(magic, " ", 1) : 0) || cbs_write(magic, s, n);
         JS_FreeCString(c, s);
         if (rc)
             goto over;
     }
-    if (cb_output_write(magic, "\n", 1))
+    if (cbs_write(magic, "\n", 1))
         goto over;
     return JS_UNDEFINED;
 over: {
@@ -382,6 +383,7 @@ static cb_buf code_buf;
 
 static sc_value respond(void)
 {
+    cbs_end();
     cb_buf *r = cb_response();
     if (r->oom)
         return sc_error(2, "out of guest memory encoding the response");
@@ -541,6 +543,8 @@ static void install_tools(const cb_request *req)
 {
     JSValue global = JS_GetGlobalObject(ctx);
     for (uint32_t i = 0; i < req->ntools; i++) {
+        if (cbs_is_tool(req->tools[i], req->tool_lens[i]))
+            continue;
         JSValue name = JS_NewStringLen(ctx, req->tools[i], req->tool_lens[i]);
         JSValue fn = JS_NewCFunctionData(ctx, js_tool, 0, 0, 1, &name);
         JS_FreeValue(ctx, name);
@@ -563,6 +567,7 @@ static sc_value Run(const sc_value *args)
     if (code_buf.oom)
         return sc_error(2, "out of guest memory copying the code");
     cb_output_begin(req.max_output);
+    cbs_begin(&req);
     JS_UpdateStackTop(rt);
     install_tools(&req);
     JS_SetMemoryLimit(rt, req.memory_limit ? (size_t)req.memory_limit : BASE_MEMORY_LIMIT);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cbstream.h"
 #include "codebox.h"
 #include "lauxlib.h"
 #include "lua.h"
@@ -228,11 +229,11 @@ static int l_print(lua_State *l)
     for (int i = 1; i <= n; i++) {
         size_t len;
         const char *s = luaL_tolstring(l, i, &len);
-        if ((i > 1 && cb_output_write(1, "\t", 1)) || cb_output_write(1, s, len))
+        if ((i > 1 && cbs_write(1, "\t", 1)) || cbs_write(1, s, len))
             return output_over(l);
         lua_pop(l, 1);
     }
-    if (cb_output_write(1, "\n", 1))
+    if (cbs_write(1, "\n", 1))
         return output_over(l);
     return 0;
 }
@@ -288,6 +289,7 @@ static void reseed_math(const uint8_t seed[32], uint64_t generation)
 
 static sc_value respond(void)
 {
+    cbs_end();
     cb_buf *r = cb_response();
     if (r->oom)
         return sc_error(2, "out of guest memory encoding the response");
@@ -330,11 +332,14 @@ static sc_value Run(const sc_value *args)
     if (cb_parse_request((const char *)args[0].bytes.ptr, args[0].bytes.len, &req, why, sizeof why))
         return sc_error(1, "bad Run request: %s", why);
     cb_output_begin(req.max_output);
+    cbs_begin(&req);
     int base = lua_gettop(L);
     lua_pushnil(L);
     lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
     lua_pushglobaltable(L);
     for (uint32_t i = 0; i < req.ntools; i++) {
+        if (cbs_is_tool(req.tools[i], req.tool_lens[i]))
+            continue;
         lua_pushlstring(L, req.tools[i], req.tool_lens[i]);
         lua_pushvalue(L, -1);
         lua_pushcclosure(L, l_tool, 1);

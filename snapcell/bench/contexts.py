@@ -65,7 +65,6 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
     included); then `resumes` resumes as another replica does (the interpreter image of the
     context's shard loaded, the context's checkpoint not)."""
     from ..code.contexts import ContextLimits, ContextStore
-    from ..snapshot import content
     out: dict[str, Stats] = {}
     with tempfile.TemporaryDirectory(prefix="snapcell-bench-store-") as tmp:
         store = ContextStore(tmp, ContextLimits(max_contexts=contexts, max_bytes=1 << 40))
@@ -88,26 +87,48 @@ def bench_store(contexts: int, resumes: int) -> dict[str, Stats]:
             "n": contexts, "median_us": float("nan"), "p99_us": float("nan"),
             "min_us": float("nan"), "bytes_per_context": per,
             "gib_per_1000_contexts": per * 1000 / (1 << 30)}
-        resume, first = [], []
-        for cid in ids[:resumes]:
-            content.clear()                       # another replica: nothing of it cached
-            other = ContextStore(tmp, store.limits)
-            rec = other.record(cid, "bench")      # ...that has served Python from this
-            other._base(rec.layout, rec.base)     # noqa: SLF001  (context's shard before)
-            t = time.perf_counter()
-            ctx = other.open(cid, "bench")
-            ctx._ensure()                         # noqa: SLF001 (the resume alone)
-            t1 = time.perf_counter()
-            r = ctx.run("len(rows)")
-            t2 = time.perf_counter()
-            if r.value != 50:
-                raise RuntimeError(f"resumed context lost its state: {r}")
-            resume.append(t1 - t)
-            first.append(t2 - t)
-            ctx.close()
-        out["context_resume_from_store"] = stats(resume)
+        resume, first, mapped = [], [], []
+        other = ContextStore(tmp, store.limits)   # another replica, that has served Python
+        for cid in ids[:resumes]:                 # from these shards before
+            rec = other.record(cid, "bench")
+            other.base_of(rec)
+        for i, cid in enumerate(ids[:resumes]):
+            # the same context resumed both ways, in alternating order
+            for way in ("pages", "mapped") if i % 2 else ("mapped", "pages"):
+                t = time.perf_counter()
+                if way == "pages":
+                    ctx = other.open(cid, "bench")
+                    ctx._ensure()                 # noqa: SLF001 (the resume alone)
+                    box: Any = ctx
+                else:
+                    box = _resume_mapped(other, cid)
+                t1 = time.perf_counter()
+                r = box.run("len(rows)")
+                t2 = time.perf_counter()
+                if r.value != 50:
+                    raise RuntimeError(f"resumed context lost its state: {r}")
+                if way == "pages":
+                    resume.append(t1 - t)
+                    first.append(t2 - t)
+                else:
+                    mapped.append(t1 - t)
+                box.close()
+        out["context_resume_from_store_mapped_image"] = stats(mapped)
+        out["context_resume_from_store"] = stats(
+            resume, ratio_to_mapped_image=statistics.median(resume) / statistics.median(mapped))
         out["context_resume_and_first_run"] = stats(first)
     return out
+
+
+def _resume_mapped(store: Any, cid: str) -> Any:
+    """The same-run baseline of a resume (the route before the pages route): the checkpoint
+    loaded as a copy-on-write mapped image of its layers (`Snapshot.checked_load(...,
+    mode="map")`), a sandbox started from it."""
+    from ..code.streaming import StreamingCodeSandbox
+    from ..sandbox import Snapshot
+    rec = store.record(cid, "bench")
+    snap = Snapshot.checked_load(str(store.root / rec.layout), rec.digest, mode="map")
+    return StreamingCodeSandbox(rec.lang, snapshot=snap, keep_state=True)
 
 
 def _disk(path: str | os.PathLike[str]) -> int:
@@ -120,24 +141,28 @@ def _disk(path: str | os.PathLike[str]) -> int:
     return sum(seen.values())
 
 
-def bench_streaming(n: int) -> dict[str, Stats]:
-    """`1 + 1` on one Python sandbox with and without `on_output` (a run that prints
-    nothing), alternately; the host calls (exits beyond the run's own) of each."""
-    from ..code.streaming import StreamingCodeSandbox
-    with StreamingCodeSandbox("python") as box:
-        def quiet() -> None:
-            box.run("1 + 1")
+_QUIET = {"python": "1 + 1", "js": "1 + 1", "lua": "return 1 + 1"}
 
-        def streamed() -> None:
-            box.run("1 + 1", on_output=lambda s, t: None)
-        before = box.tool_calls
-        plain, with_cb = _alternate({"plain": quiet, "streamed": streamed}, n).values()
-        calls = (box.tool_calls - before) / (2 * (n + 20))
+
+def bench_streaming(n: int) -> dict[str, Stats]:
+    """`1 + 1` on one code sandbox per language with and without `on_output` (a run that
+    prints nothing), alternately; the host calls (exits beyond the run's own) of each."""
+    from ..code.streaming import StreamingCodeSandbox
     out: dict[str, Stats] = {}
-    out["code_run_python_1plus1"] = stats(plain, host_calls_per_run=calls)
-    out["code_run_python_1plus1_on_output"] = stats(
-        with_cb, host_calls_per_run=calls,
-        ratio_to_plain=statistics.median(with_cb) / statistics.median(plain))
+    for lang, code in _QUIET.items():
+        with StreamingCodeSandbox(lang) as box:
+            def quiet(box: StreamingCodeSandbox = box, code: str = code) -> None:
+                box.run(code)
+
+            def streamed(box: StreamingCodeSandbox = box, code: str = code) -> None:
+                box.run(code, on_output=lambda s, t: None)
+            before = box.tool_calls
+            plain, with_cb = _alternate({"plain": quiet, "streamed": streamed}, n).values()
+            calls = (box.tool_calls - before) / (2 * (n + 20))
+        out[f"code_run_{lang}_1plus1"] = stats(plain, host_calls_per_run=calls)
+        out[f"code_run_{lang}_1plus1_on_output"] = stats(
+            with_cb, host_calls_per_run=calls,
+            ratio_to_plain=statistics.median(with_cb) / statistics.median(plain))
     return out
 
 

@@ -97,6 +97,8 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--egress-cap", type=click.Path(exists=True, dir_okay=False), default=None,
               metavar="POLICY.json", help="The most code sandboxes' network policies may allow "
               "(a NetworkPolicy as JSON: {\"allow\": [rules], ...}); default: no network.")
+@click.option("--context-image", "context_images", multiple=True, metavar="NAME=LAYOUT:TAG",
+              help="A package image Python contexts may run on, offered as NAME (repeatable).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -107,11 +109,11 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   header_timeout: float, body_timeout: float, keep_alive_timeout: float,
                   max_connections: int, context_store: str | None, max_contexts: int,
                   context_max_bytes: int, context_expiry: float, context_idle_seconds: float,
-                  egress_cap: str | None, log_level: str) -> None:
+                  egress_cap: str | None, context_images: tuple[str, ...], log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
     MCP, metrics."""
     try:
-        from ..serving.contexts import ContextOptions
+        from ..serving.contexts import ContextOptions, parse_images
         from ..serving.egress import load_cap
         from ..serving.protocol import ConnectionLimits
         from ..serving.server import serve
@@ -120,6 +122,10 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         raise click.ClickException(f"snapcell serve needs the 'serve' extra "
                                    f"(pip install 'snapcell[serve]'): {e}") from None
     layouts, registry = _snapshot_specs(snapshots)
+    try:
+        images = parse_images(context_images)
+    except SnapcellError as e:
+        raise click.BadParameter(str(e), param_hint="--context-image") from None
     extra: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
     if egress_cap is not None:
         try:
@@ -136,7 +142,8 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         idle_seconds=idle_seconds, max_sessions=max_sessions, dask=dask_address,
         contexts=ContextOptions(store=context_store, max_contexts=max_contexts,
                                 max_bytes=context_max_bytes, idle_expiry=context_expiry,
-                                idle_seconds=context_idle_seconds),
+                                idle_seconds=context_idle_seconds,
+                                images=images),
         **extra)
     try:
         serve(options, host, port, log_level,

@@ -11,20 +11,26 @@ that serves contexts from it:
   rewrites the context's layer against that image (never a chain of layers), so a context
   costs its changed pages whatever its history (~1 MiB for a small conversation); sharding
   keeps each layout's index small (saves and loads parse it).
-- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, shard, the
-  manifest digest of its last checkpoint, its version (one more per checkpoint), bytes on
+- ``images/<digest prefix>/`` — a package image a Python context runs on (saved once) and the
+  checkpoints of its contexts, one diff layer each on it.
+- ``contexts/<tenant hash>/<id>.json`` — the context's record: tenant, language, image, layout,
+  the manifest digest of its last checkpoint, its version (one more per checkpoint), bytes on
   disk, last use. Written atomically after the snapshot, so a record always names a complete
   checkpoint; `collect` drops the tags of superseded checkpoints and the blobs nothing needs.
+- ``locks/<id>.lock`` — the context's hand-over lock (`CodeContext.hold`): one process holds a
+  context from a run until that run's checkpoint, so no two run it at once.
 
 `CodeContext.run` keeps state across runs (`CodeSandbox(keep_state=True)`); `checkpoint()`
 saves it to the store; `pause()` checkpoints and releases the micro-VM; any process resumes a
-paused context with `ContextStore.open(id, tenant)`. A live context notices a newer checkpoint
-written by another process (its record's version) and resumes from it before its next run.
-What a crash loses: the runs after the context's last checkpoint (docs/serving.md)."""
+paused context with `ContextStore.open(id, tenant)`: a micro-VM on the interpreter image with
+the checkpoint's pages read into it. A live context notices a newer checkpoint written by
+another process (its record's version) and resumes from it before its next run. What a crash
+loses: the runs after the context's last checkpoint (docs/serving.md)."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -38,20 +44,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArgumentError, SessionNotFound, SnapcellError, SnapshotNotFound
+from ..errors import (
+    ArgumentError,
+    SessionNotFound,
+    SnapcellError,
+)
 from ..sandbox import Snapshot
 from ..sandbox.snapshot import MemoryDelta
 from ..snapshot import collect, layers, oci
 from ..snapshot.files import Reader
+from ..snapshot.schema import MAX_LAYERS
 from ..snapshot.validate import resolve
-from .languages import Language, language
+from .context_images import ContextImages
+from .languages import language
 from .protocol import check_files
 from .result import RunResult
 from .streaming import StreamingCodeSandbox
-from .warm import warm_snapshot
 
 MIB = 1 << 20
-SHARDS = 16
 CONTEXT_ID = re.compile(r"ctx_[0-9a-f]{24}\Z")
 _TAG = re.compile(r"(ctx_[0-9a-f]{24})\.v([0-9]{1,12})\Z")
 _BASE_TAG = "base-{lang}-{sha}"
@@ -59,6 +69,11 @@ _BASE_TAG = "base-{lang}-{sha}"
 
 class ContextNotFound(SessionNotFound):
     """No such context (or it belongs to another tenant)."""
+
+
+class ContextBusy(SnapcellError):
+    """Another process (or `CodeContext` object) holds the context: it has runs not yet
+    checkpointed, or one in progress."""
 
 
 class ContextLimitExceeded(SnapcellError):
@@ -89,19 +104,14 @@ class ContextRecord:
     base: str = ""                   # manifest digest of the interpreter image
     bytes: int = 0                   # the checkpoint's own layer on disk
     layout: str = ""                 # the shard holding its checkpoints (relative to the store)
+    image: str | None = None         # a package image's reference (None: the language's own)
+    image_name: str | None = None    # ...as shown to its tenant
 
     def describe(self) -> dict[str, Any]:
-        """The JSON view (no tenant)."""
-        return {"id": self.id, "lang": self.lang, "created": self.created, "used": self.used,
-                "version": self.version, "bytes": self.bytes}
-
-
-def _guest_sha(spec: Language) -> str:
-    h = hashlib.sha256()
-    with open(spec.guest_path(), "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        """The JSON view (no tenant, no image reference)."""
+        return {"id": self.id, "lang": self.lang, "image": self.image_name,
+                "created": self.created, "used": self.used, "version": self.version,
+                "bytes": self.bytes}
 
 
 class ContextStore:
@@ -111,77 +121,27 @@ class ContextStore:
     def __init__(self, directory: str | os.PathLike[str],
                  limits: ContextLimits = ContextLimits()) -> None:
         self.root = Path(directory)
-        self.layout = str(self.root / "layout")
         self.records = self.root / "contexts"
         self.records.mkdir(parents=True, exist_ok=True)
+        self.locks = self.root / "locks"
+        self.locks.mkdir(exist_ok=True)
         self.limits = limits
-        self._lock = threading.Lock()
-        self._bases: dict[tuple[str, str], Snapshot] = {}   # (shard, manifest digest) → base
-        self._base_of_lang: dict[str, str] = {}
-        self._tag_of_lang: dict[str, str] = {}     # language → its interpreter image's tag
+        self.images = ContextImages(self.root)
         self._garbage: dict[str, int] = {}   # shard → superseded checkpoints and deletions
 
-    # ---------------------------------------------------------------- bases
     def base_for(self, lang: str) -> tuple[str, Snapshot]:
-        """(manifest digest, snapshot) of `lang`'s interpreter image in the layout, saved
-        there from the warm snapshot the first time."""
-        spec = language(lang)
-        with self._lock:
-            digest = self._base_of_lang.get(spec.name)
-            if digest is not None:
-                return digest, self._bases[("", digest)]
-            tag = _BASE_TAG.format(lang=spec.name, sha=_guest_sha(spec)[:16])
-            self._tag_of_lang[spec.name] = tag
-            try:
-                snap = Snapshot.checked_load(self.layout, tag)
-            except SnapshotNotFound:
-                warm_snapshot(spec).save(self.layout, tag, max_depth=1)
-                snap = Snapshot.checked_load(self.layout, tag)
-            assert snap.digest is not None
-            self._bases[("", snap.digest)] = snap
-            self._base_of_lang[spec.name] = snap.digest
-            return snap.digest, snap
+        """(manifest digest, snapshot) of `lang`'s interpreter image in the store."""
+        return self.images.base_for(lang)
 
-    def _base(self, shard: str, digest: str) -> Snapshot:
-        """The interpreter image `digest` of `shard` (its checkpoints are diffs on it)."""
-        with self._lock:
-            snap = self._bases.get((shard, digest))
-            if snap is None:
-                snap = Snapshot.checked_load(str(self.root / shard), digest)
-                self._bases[(shard, digest)] = snap
-            return snap
-
-    # ---------------------------------------------------------------- shards
-    # Checkpoints live in SHARDS layouts, each with its own copy of the interpreter images
-    # (saved there from the main layout's once): an index of thousands of tags would make
-    # every save and load parse all of them, and a chain's layers must be in its layout.
-    def _shard_for(self, cid: str, lang: str) -> tuple[str, str]:
-        """(shard, manifest digest of `lang`'s interpreter image there) for a new context."""
-        rel = f"shards/{int(cid[4:8], 16) % SHARDS:02x}"
-        spec = language(lang)
-        key = (rel, "lang:" + spec.name)
-        with self._lock:
-            known = self._bases.get(key)
-        if known is not None:
-            assert known.digest is not None
-            return rel, known.digest
-        _, main = self.base_for(spec.name)
-        tag = self._tag_of_lang[spec.name]       # (base_for hashed the guest once)
-        path = str(self.root / rel)
-        try:
-            snap = Snapshot.checked_load(path, tag)
-        except SnapshotNotFound:
-            main.save(path, tag, max_depth=1)
-            snap = Snapshot.checked_load(path, tag)
-        assert snap.digest is not None
-        with self._lock:
-            self._bases[key] = snap
-            self._bases.setdefault((rel, snap.digest), snap)
-        return rel, snap.digest
+    def base_of(self, rec: ContextRecord) -> Snapshot:
+        """The interpreter image context `rec`'s checkpoints are diffs on."""
+        return self.images.base(rec.layout, rec.base, rec.image)
 
     def shards(self) -> list[str]:
-        """Every shard layout (relative to the store)."""
-        return sorted(str(p.relative_to(self.root)) for p in self.root.glob("shards/*")
+        """Every layout holding checkpoints (relative to the store): the shards, and the
+        package images' layouts."""
+        return sorted(str(p.relative_to(self.root))
+                      for p in [*self.root.glob("shards/*"), *self.root.glob("images/*")]
                       if (p / "oci-layout").is_file())
 
     # ---------------------------------------------------------------- records
@@ -203,7 +163,8 @@ class ContextStore:
                 continue
         return out
 
-    def _all_records(self) -> list[ContextRecord]:
+    def all_records(self) -> list[ContextRecord]:
+        """The records of every tenant's contexts."""
         return self._read(self.records.glob("*/ctx_*.json"))
 
     def record(self, cid: str, tenant: str) -> ContextRecord:
@@ -246,16 +207,22 @@ class ContextStore:
                                        f"allowed is {self.limits.max_bytes}")
 
     # ---------------------------------------------------------------- contexts
-    def create(self, lang: str, tenant: str = "default", *,
-               timeout: float | None = 5.0) -> "CodeContext":
-        """A new context of `lang` (a fresh interpreter) for `tenant`."""
+    def create(self, lang: str, tenant: str = "default", *, image: str | None = None,
+               image_name: str | None = None, timeout: float | None = 5.0) -> "CodeContext":
+        """A new context of `lang` (a fresh interpreter) for `tenant`; Python contexts may run
+        on a package `image` (`LAYOUT:TAG` or a registry reference pinned by digest, as
+        `CodeSandbox(image=...)`; `image_name` is how `describe` shows it, default `image`)."""
         spec = language(lang)
+        if image is not None and spec.name != "python":
+            raise ArgumentError(f"image is for Python contexts, not {spec.display}")
         self._check_room(tenant)
         now = time.time()
         cid = "ctx_" + secrets.token_hex(12)
-        shard, base = self._shard_for(cid, spec.name)
+        shard, base = (self.images.image_layout(image) if image is not None
+                       else self.images.shard_for(cid, spec.name))
         rec = ContextRecord(id=cid, tenant=tenant, lang=spec.name, created=now, used=now,
-                            base=base, layout=shard)
+                            base=base, layout=shard, image=image,
+                            image_name=(image_name or image) if image is not None else None)
         self._write(rec)
         return CodeContext(self, rec, timeout=timeout)
 
@@ -272,6 +239,7 @@ class ContextStore:
             self._path(cid, tenant).unlink()
         except FileNotFoundError:
             raise ContextNotFound(f"no context {cid!r}") from None
+        (self.locks / f"{cid}.lock").unlink(missing_ok=True)    # (a holder's checkpoint fails)
         self._untag(rec.layout, _tag(cid, rec.version))
 
     def expire(self, now: float | None = None) -> list[str]:
@@ -280,7 +248,7 @@ class ContextStore:
             return []
         now = time.time() if now is None else now
         gone = []
-        for rec in self._all_records():
+        for rec in self.all_records():
             if now - rec.used > self.limits.idle_expiry:
                 try:
                     self.delete(rec.id, rec.tenant)
@@ -313,7 +281,7 @@ class ContextStore:
         _, used = self.usage(rec.tenant)
         new_tag = _tag(rec.id, rec.version + 1)
         layout = str(self.root / rec.layout)
-        digest = rebased.save(layout, new_tag, max_depth=2)
+        digest = rebased.save(layout, new_tag, max_depth=MAX_LAYERS)
         size = _top_layer_size(layout, digest)
         if used - rec.bytes + size > self.limits.max_bytes:
             self._untag(rec.layout, new_tag)
@@ -340,7 +308,7 @@ class ContextStore:
     def stale_tags(self) -> dict[str, list[str]]:
         """Shard → tags of checkpoints no record names any more: older versions of a
         context, and every version of a deleted one."""
-        versions = {rec.id: rec.version for rec in self._all_records()}
+        versions = {rec.id: rec.version for rec in self.all_records()}
         unreadable = {p.stem for p in self.records.glob("*/ctx_*.json")} - set(versions)
         out: dict[str, list[str]] = {}
         for shard in self.shards():
@@ -360,18 +328,6 @@ def _tag(cid: str, version: int) -> str:
     return f"{cid}.v{version}"
 
 
-def _layer_extents(layout: str, digest: str) -> tuple[tuple[int, int], ...]:
-    """The extents of the top layer of snapshot `digest`: where it differs from its base."""
-    with Reader(layout) as r:
-        e = r.entry(resolve(r.entries, digest))
-        desc = e.manifest.layers[-1]
-        fd = r.open_blob(desc, "memory layer")
-        try:
-            return layers.read_table(fd, desc.size, e.config.memory_size, "memory layer").extents
-        finally:
-            os.close(fd)
-
-
 def _top_layer_size(layout: str, digest: str) -> int:
     with Reader(layout) as r:
         e = r.entry(resolve(r.entries, digest))
@@ -383,8 +339,12 @@ class CodeContext:
     from one thread at a time (the service serialises each context's requests)."""
 
     def __init__(self, store: ContextStore, rec: ContextRecord, *,
-                 timeout: float | None = 5.0) -> None:
+                 timeout: float | None = 5.0, lock_wait: float = 10.0) -> None:
         self.store, self.rec, self.timeout = store, rec, timeout
+        self.lock_wait = lock_wait
+        self._held: int | None = None      # the descriptor holding the context's file lock
+        self.resumes = 0                   # micro-VMs started from a checkpoint (metrics)
+        self.resume_seconds = 0.0          # ...the last one's time
         self._box: StreamingCodeSandbox | None = None
         self._extents: tuple[tuple[int, int], ...] = ()   # of the loaded checkpoint vs base
         self._loaded = -1                                 # version the box holds
@@ -410,45 +370,120 @@ class CodeContext:
         """The JSON view of the context."""
         return {**self.rec.describe(), "state": "live" if self.live else "paused"}
 
+    # ---------------------------------------------------------------- hand-over
+    # One holder at a time, across processes: an exclusive flock on ``locks/<id>.lock``, taken
+    # before a run (or a fork or reset) and kept while the context has runs not checkpointed.
+    # A checkpoint, pause or close hands it over; the next holder resumes the checkpoint (its
+    # record is the newest: the previous holder wrote it before letting go). A holder that
+    # dies lets go with its descriptors.
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the context (runs here; no other may)."""
+        return self._held is not None
+
+    def try_hold(self) -> bool:
+        """Take the context if no other process or object holds it; whether this one does."""
+        if self._held is not None:
+            return True
+        fd = os.open(self.store.locks / f"{self.rec.id}.lock",
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held = fd
+        return True
+
+    def hold(self, wait: float | None = None) -> None:
+        """Take the context, waiting up to `wait` seconds (default `lock_wait`) for its holder
+        to hand it over; ContextBusy after that."""
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
+        while not self.try_hold():
+            if time.monotonic() >= deadline:
+                raise ContextBusy(f"context {self.rec.id} is in use elsewhere (runs not yet "
+                                  "checkpointed); retry later")
+            time.sleep(0.005)
+
+    def hand_over(self) -> None:
+        """Let other processes take the context, when nothing here is unsaved (a no-op while
+        runs wait for their checkpoint)."""
+        fd = self._held
+        if fd is not None and not self._dirty:
+            self._held = None
+            os.close(fd)
+
     # ---------------------------------------------------------------- the micro-VM
     def _ensure(self) -> StreamingCodeSandbox:
         """The live sandbox, resumed from the newest checkpoint when it is newer than what the
-        sandbox holds (another process ran the context meanwhile)."""
+        sandbox holds (another process ran the context meanwhile). A resume starts a sandbox
+        from the interpreter image (mapped once per process and shard, so a pooled micro-VM
+        that served it keeps it mapped) with the checkpoint's CPU state, then reads the
+        checkpoint's pages into it (`MultiUseSandbox.load_pages`): it costs the context's
+        changed pages, never a copy or re-mapping of the image. Takes the context first
+        (`hold`)."""
+        self.hold()
+        try:
+            return self._load()
+        except BaseException:
+            self.hand_over()
+            raise
+
+    def _load(self) -> StreamingCodeSandbox:
         stored = self.store.record(self.rec.id, self.rec.tenant)
         if self._box is not None and stored.version == self._loaded:
             return self._box
         self.rec = stored
-        base = self.store._base(stored.layout, stored.base)     # noqa: SLF001
-        extents: tuple[tuple[int, int], ...] = ()
-        if stored.digest is None:
-            snap = base
-        else:
-            # mapped copy-on-write from the layer files (written once, never changed):
-            # resuming reads only the pages the context touches, not the interpreter image
-            layout = str(self.store.root / stored.layout)
-            snap = Snapshot.checked_load(layout, stored.digest, mode="map")
-            extents = _layer_extents(layout, stored.digest)
         if self._box is not None:
             self._box.close()
             self._box = None
-        self._box = StreamingCodeSandbox(stored.lang, snapshot=snap, keep_state=True,
-                                         timeout=self.timeout)
+        base = self.store.base_of(stored)
+        extents: layers.Extents = ()
+        if stored.digest is None:
+            box = StreamingCodeSandbox(stored.lang, snapshot=base, keep_state=True,
+                                       timeout=self.timeout)
+        else:
+            start = time.perf_counter()
+            state, fd, extents = self.store.images.checkpoint(stored.layout, stored.digest or "", base)
+            try:
+                box = StreamingCodeSandbox(stored.lang, snapshot=state, keep_state=True,
+                                           timeout=self.timeout)
+                try:
+                    box.load_pages(fd, extents, base)
+                except BaseException:
+                    box.close()
+                    raise
+            finally:
+                os.close(fd)
+            self.resumes += 1
+            self.resume_seconds = time.perf_counter() - start
+        self._box = box
         self._extents, self._loaded, self._dirty = extents, stored.version, False
-        return self._box
+        return box
 
     def run(self, code: str, *, files: Mapping[str, bytes | str] | None = None,
             timeout: Any = None, on_output: Callable[[str, str], None] | None = None
             ) -> RunResult:
         """Run `code` in the context's state (`files` under /tmp first, Python). A run cut by
         its time limit or a crash resets the context to its last checkpoint. `on_output(stream,
-        text)` receives stdout and stderr while the code runs (`StreamingCodeSandbox`)."""
+        text)` receives stdout and stderr while the code runs (`StreamingCodeSandbox`). The
+        context stays held (`hold`) until its next checkpoint."""
         box = self._ensure()
         options: dict[str, Any] = {"timeout": self.timeout if timeout is None else timeout}
         if files is not None:
             options["files"] = files
-        r = box.run(code, on_output=on_output, **options)
+        try:
+            r = box.run(code, on_output=on_output, **options)
+        except BaseException:
+            self.hand_over()          # (refused arguments: nothing ran)
+            raise
         if r.error is not None and r.error.type in ("TimeoutError", "InternalError"):
-            self._loaded = -1                 # the interpreter was reset: back to the checkpoint
+            # the interpreter was reset: back to the checkpoint (runs since it are lost)
+            self._loaded, self._dirty = -1, False
+            self.hand_over()
         else:
             self._dirty = True
         return r
@@ -459,14 +494,17 @@ class CodeContext:
         return self._dirty
 
     def checkpoint(self) -> None:
-        """Save the state to the store (one diff layer on the interpreter image)."""
+        """Save the state to the store (one diff layer on the interpreter image) and hand the
+        context over (`hold`)."""
         if self._box is None or not self._dirty:
+            self.hand_over()
             return
-        snap = self._box.snapshot()
-        base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
+        snap = self._box.diff_snapshot()
+        base = self.store.base_of(self.rec)
         extents = self._merged_extents(snap)
         self.store._save(self.rec, snap, extents, base)         # noqa: SLF001
         self._extents, self._loaded, self._dirty = extents, self.rec.version, False
+        self.hand_over()
 
     def _merged_extents(self, snap: Snapshot) -> layers.Extents:
         """Where `snap` may differ from the interpreter image: what the stored checkpoint
@@ -476,38 +514,45 @@ class CodeContext:
         return layers.merge(self._extents + tuple(own), size)
 
     def pause(self) -> None:
-        """Checkpoint and release the micro-VM (the next run resumes from the store)."""
+        """Checkpoint and release the micro-VM (the next run resumes from the store); the
+        context is handed over even when the checkpoint fails (its runs since the last one are
+        then lost)."""
         try:
             self.checkpoint()
         finally:
-            if self._box is not None:
-                self._box.close()
-                self._box = None
+            self.close()
 
     def reset(self) -> None:
         """Back to a fresh interpreter (saved at once)."""
-        base = self.store._base(self.rec.layout, self.rec.base)                  # noqa: SLF001
+        base = self.store.base_of(self.rec)
         self._ensure()
         assert self._box is not None
-        self._box.restore(base)
-        self._extents, self._dirty = (), True
-        self.checkpoint()
+        try:
+            self._box.restore(base)
+            self._extents, self._dirty = (), True
+            self.checkpoint()
+        finally:
+            self.hand_over()
 
     def fork(self) -> "CodeContext":
         """A new context of the same tenant with this one's state (checkpointed)."""
         self.store._check_room(self.rec.tenant)                 # noqa: SLF001
-        box = self._ensure()
-        snap = box.snapshot()
+        try:
+            snap = self._ensure().diff_snapshot()
+        finally:
+            self.hand_over()
         now = time.time()
         cid = "ctx_" + secrets.token_hex(12)
-        shard, base = self.store._shard_for(cid, self.rec.lang)        # noqa: SLF001
-        rec = ContextRecord(id=cid, tenant=self.rec.tenant, lang=self.rec.lang, created=now,
-                            used=now, base=base, layout=shard)
+        parent = self.rec
+        shard, base = ((parent.layout, parent.base) if parent.image is not None
+                       else self.store.images.shard_for(cid, parent.lang))
+        rec = dataclasses.replace(parent, id=cid, created=now, used=now, version=0,
+                                  digest=None, bytes=0, base=base, layout=shard)
         child = CodeContext(self.store, rec, timeout=self.timeout)
         extents = self._merged_extents(snap)
         self.store._write(rec)                                  # noqa: SLF001
         try:
-            self.store._save(rec, snap, extents, self.store._base(rec.layout, rec.base))   # noqa: SLF001
+            self.store._save(rec, snap, extents, self.store.base_of(rec))   # noqa: SLF001
         except BaseException:
             self.store._path(rec.id, rec.tenant).unlink(missing_ok=True)   # noqa: SLF001
             raise
@@ -524,8 +569,13 @@ class CodeContext:
         `FileNotFoundError` when there is none."""
         self._files_only()
         check_files({path: b""})
-        r = self._ensure().run(f"open({'/tmp/' + path!r}, 'rb').read()")
+        try:
+            r = self._ensure().run(f"open({'/tmp/' + path!r}, 'rb').read()")
+        except BaseException:
+            self.hand_over()
+            raise
         if r.error is not None:
+            self.hand_over()
             if r.error.type in ("FileNotFoundError", "IsADirectoryError", "NotADirectoryError"):
                 raise FileNotFoundError(path)
             raise ArgumentError(f"cannot read {path!r}: {r.error.type}: {r.error.message}")
@@ -545,7 +595,10 @@ class CodeContext:
             box._sb.interrupt_handle().kill()       # noqa: SLF001
 
     def close(self) -> None:
-        """Release the micro-VM without checkpointing."""
+        """Release the micro-VM without checkpointing (runs since the last checkpoint are
+        lost) and hand the context over."""
+        self._dirty, self._loaded = False, -1
         if self._box is not None:
             self._box.close()
             self._box = None
+        self.hand_over()

@@ -3,6 +3,7 @@ restored, and created directly from a snapshot."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -369,18 +370,21 @@ class MultiUseSandbox:
         return self._core.interrupt
 
     # ---------------------------------------------------------------- snapshots
-    def snapshot(self) -> Snapshot:
-        """An immutable snapshot of the current state (the cached one when nothing changed)."""
+    def snapshot(self, *, max_pieces: int | None = None) -> Snapshot:
+        """An immutable snapshot of the current state (the cached one when nothing changed).
+        `max_pieces` bounds the pieces of its image before it is flattened into one copy
+        (default MAX_PIECES, machine/image.py): a snapshot only saved as a diff, never started
+        from, is cheapest with a high bound (no copy of the image it is layered on)."""
         core = self._core
         core.check_ready()
         core.take()
         try:
             core.check_ready()          # (again: another thread may have closed it meanwhile)
-            return self._snapshot_held()
+            return self._snapshot_held(max_pieces)
         finally:
             core.give()
 
-    def _snapshot_held(self) -> Snapshot:
+    def _snapshot_held(self, max_pieces: int | None = None) -> Snapshot:
         core = self._core
         key = (self._version, core.host_functions.version)
         if self._cached is not None and self._cache_key == key:
@@ -402,7 +406,7 @@ class MultiUseSandbox:
                                    else {})
             # O(dirty): the mapped image's pieces overlaid by the dirty runs (one new memfd),
             # flattened into one memfd beyond MAX_PIECES pieces (machine/image.py)
-            image = base.overlaid(chunks, "snapcell-snapshot")
+            image = base.overlaid(chunks, "snapcell-snapshot", max_pieces)
         except OSError as e:         # e.g. the blob of a map-mode snapshot was truncated
             raise SnapshotIOError(f"cannot copy the sandbox's memory into a snapshot: {e}",
                                   e.errno) from None
@@ -423,6 +427,38 @@ class MultiUseSandbox:
         self._cached, self._cache_key = snap, key
         self._snapshot = snap
         return snap
+
+    def load_pages(self, fd: int, extents: Sequence[tuple[int, int]], start: int = 0) -> None:
+        """Read guest memory from file `fd`: the (image offset, length) `extents` (sorted,
+        disjoint, page-aligned, inside the guest image) are stored back to back in the file
+        from offset `start` (a snapshot layer's data). The pages become this sandbox's own
+        (its next `snapshot()` holds them); one `preadv` per batch of extents, so applying a
+        small diff costs its pages, not the image's. Raises OSError when the file ends early
+        (the guest part is then partly written: restore a snapshot before using it)."""
+        core = self._core
+        core.check_ready()
+        core.take()
+        try:
+            core.check_ready()
+            memory = core.machine.memory
+            assert memory is not None
+            view, limit = memory.view, len(memory.view) - GUEST_BASE
+            bufs = []
+            for off, n in extents:
+                if off < 0 or n <= 0 or (off | n) % PAGE or off + n > limit:
+                    raise ValueError(f"extent ({off:#x}, {n:#x}) is unaligned or outside the "
+                                     "guest image")
+                bufs.append(view[GUEST_BASE + off:GUEST_BASE + off + n])
+            pos = start
+            for i in range(0, len(bufs), 512):         # (IOV_MAX is 1024)
+                batch = bufs[i:i + 512]
+                want = sum(len(b) for b in batch)
+                if os.preadv(fd, batch, pos) != want:
+                    raise OSError(errno.EIO, "the layer file ended early")
+                pos += want
+            self._version += 1          # the cached snapshot is not this state any more
+        finally:
+            core.give()
 
     def restore(self, snapshot: Snapshot) -> None:
         """Make this sandbox's state `snapshot`'s (copy-free re-map). Works for snapshots of

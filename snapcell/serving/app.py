@@ -77,7 +77,7 @@ def create_app(service: Service) -> FastAPI:
     """The ASGI application of `service` (limits applied by the BodyLimit middleware)."""
 
     contexts = ContextService(service.options.contexts, service.options.cache_dir,
-                              service.options.max_queue)
+                              service.options.max_queue, service.metrics.registry)
 
     mcp_running: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 

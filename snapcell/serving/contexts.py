@@ -13,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..code.contexts import CodeContext, ContextLimits, ContextNotFound, ContextStore
+from prometheus_client import CollectorRegistry
+
+from ..code.contexts import CodeContext, ContextBusy, ContextLimits, ContextNotFound, ContextStore
 from ..code.result import RunResult
-from ..errors import PoolFull
+from ..errors import ArgumentError, ConfigurationError, PoolFull
+from .contexts_metrics import ContextMetrics
 
 log = logging.getLogger("snapcell.serving")
 T = TypeVar("T")
@@ -40,6 +45,26 @@ class ContextOptions:
     idle_seconds: float = 60.0           # pause (release the micro-VM) after this
     checkpoint_delay: float = 0.2        # checkpoint once a context is quiet this long
     workers: int = 4
+    busy_wait: float = 10.0              # wait this long for another process to hand over
+    images: tuple[tuple[str, str], ...] = ()    # (name, LAYOUT:TAG or pinned reference)
+
+
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def parse_images(specs: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """`NAME=REF` options (`--context-image`) → (name, reference) pairs; REF is `LAYOUT:TAG`
+    or a registry reference pinned by digest (checked when a context is created on it)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, ref = spec.partition("=")
+        if not sep or not _IMAGE_NAME.match(name) or not ref:
+            raise ConfigurationError(f"--context-image {spec!r}: expected NAME=LAYOUT:TAG (a "
+                                     "name of letters, digits, '.', '_', '-')")
+        if name in out:
+            raise ConfigurationError(f"--context-image: {name!r} is given twice")
+        out[name] = ref
+    return tuple(out.items())
 
 
 class _Live:
@@ -55,7 +80,8 @@ class _Live:
 class ContextService:
     """The contexts of one `snapcell serve` process."""
 
-    def __init__(self, options: ContextOptions, cache_dir: str, max_queue: int = 64) -> None:
+    def __init__(self, options: ContextOptions, cache_dir: str, max_queue: int = 64,
+                 registry: CollectorRegistry | None = None) -> None:
         self.options = options
         directory = options.store or os.path.join(cache_dir, "contexts")
         self.store = ContextStore(directory, ContextLimits(
@@ -67,6 +93,8 @@ class ContextService:
         self._waiting = 0
         self.max_queue = max_queue
         self._sweeper: asyncio.Task[Any] | None = None
+        self.metrics = ContextMetrics(registry if registry is not None else CollectorRegistry(),
+                                      lambda: len(self._live), self.store.all_records)
 
     async def start(self) -> None:
         """Start the sweeper (idle pauses, expiry, garbage collection)."""
@@ -111,7 +139,9 @@ class ContextService:
     @contextlib.asynccontextmanager
     async def using(self, cid: str, tenant: str) -> AsyncIterator[CodeContext]:
         """The context, held for one request (its requests run one at a time; at most
-        `max_queue` requests wait, beyond that `PoolFull`)."""
+        `max_queue` requests wait, beyond that `PoolFull`) and taken from any other process
+        that holds it (`CodeContext.hold`: waiting up to `busy_wait` seconds for its
+        checkpoint, beyond that `ContextBusy`)."""
         while True:
             live = await self._get(cid, tenant)
             await self._queued(live.lock.acquire)
@@ -122,6 +152,7 @@ class ContextService:
             if live.pending is not None:
                 live.pending.cancel()
                 live.pending = None
+            await self._take(live.ctx)
             live.used = time.monotonic()
             try:
                 yield live.ctx
@@ -129,8 +160,20 @@ class ContextService:
                 live.used = time.monotonic()
                 if live.ctx.dirty:
                     live.pending = asyncio.ensure_future(self._checkpoint_later(live))
+                else:
+                    live.ctx.hand_over()
         finally:
             live.lock.release()
+
+    async def _take(self, ctx: CodeContext) -> None:
+        """Hold `ctx` across processes, polling while another process has runs of it not yet
+        checkpointed (its checkpoint hands it over)."""
+        deadline = time.monotonic() + self.options.busy_wait
+        while not ctx.try_hold():
+            if time.monotonic() >= deadline:
+                raise ContextBusy(f"context {ctx.id} is in use by another server process; "
+                                  "retry later")
+            await asyncio.sleep(0.01)
 
     async def _checkpoint_later(self, live: _Live) -> None:
         await asyncio.sleep(self.options.checkpoint_delay)
@@ -138,7 +181,9 @@ class ContextService:
             live.pending = None
             try:
                 await self._in_thread(live.ctx.checkpoint)
+                self.metrics.checkpoints.labels("ok").inc()
             except Exception as e:      # noqa: BLE001 (the next run retries; never lost silently)
+                self.metrics.checkpoints.labels("failed").inc()
                 log.warning("checkpoint of context %s failed: %s", live.ctx.id, e)
 
     async def _pause(self, cid: str) -> None:
@@ -149,11 +194,16 @@ class ContextService:
             if live.pending is not None:
                 live.pending.cancel()
                 live.pending = None
+            dirty = live.ctx.dirty
             try:
                 await asyncio.get_running_loop().run_in_executor(self._pool, live.ctx.pause)
+                if dirty:
+                    self.metrics.checkpoints.labels("ok").inc()
             except Exception as e:      # noqa: BLE001
+                self.metrics.checkpoints.labels("failed").inc()
                 log.warning("pausing context %s failed: %s", cid, e)
             self._live.pop(cid, None)
+            self.metrics.paused.inc()
 
     async def _sweep(self) -> None:
         period = max(0.05, min(self.options.idle_seconds / 4, 30.0))
@@ -175,10 +225,23 @@ class ContextService:
                     log.warning("context expiry failed: %s", e)
 
     # ---------------------------------------------------------------- operations
-    async def create(self, lang: str, tenant: str) -> CodeContext:
-        """A new context."""
-        ctx = await self._in_thread(self.store.create, lang, tenant)
+    def image_ref(self, name: str) -> str:
+        """The reference of the package image this service offers as `name` (ArgumentError
+        naming those it offers otherwise)."""
+        for n, ref in self.options.images:
+            if n == name:
+                return ref
+        offered = ", ".join(n for n, _ in self.options.images) or "none"
+        raise ArgumentError(f"unknown image {name[:100]!r}; this server offers: {offered} "
+                            "(or leave image out for the language's own interpreter)")
+
+    async def create(self, lang: str, tenant: str, image: str | None = None) -> CodeContext:
+        """A new context (on the package image this service offers as `image`, if given)."""
+        ref = self.image_ref(image) if image is not None else None
+        ctx = await self._in_thread(functools.partial(
+            self.store.create, lang, tenant, image=ref, image_name=image))
         self._live[ctx.id] = _Live(ctx)
+        self.metrics.created.labels(ctx.lang).inc()
         return ctx
 
     async def apply(self, cid: str, tenant: str, op: Callable[[CodeContext], T]) -> T:
@@ -186,6 +249,7 @@ class ContextService:
         client that went away) kills the run and waits for its end: the context goes back
         to its last checkpoint."""
         async with self.using(cid, tenant) as ctx:
+            resumes = ctx.resumes
             fut = asyncio.get_running_loop().run_in_executor(self._pool, op, ctx)
             try:
                 return await asyncio.shield(fut)
@@ -194,13 +258,20 @@ class ContextService:
                 with contextlib.suppress(BaseException):
                     await fut
                 raise
+            finally:
+                if ctx.resumes != resumes:
+                    self.metrics.resumed.labels(ctx.lang).inc()
+                    self.metrics.resume_seconds.observe(ctx.resume_seconds)
 
     async def run(self, cid: str, tenant: str, code: str, *,
                   files: Mapping[str, str | bytes] | None = None, timeout: float | None = None,
                   on_output: Callable[[str, str], None] | None = None) -> RunResult:
         """Run `code` in context `cid`."""
-        return await self.apply(cid, tenant, lambda c: c.run(code, files=files, timeout=timeout,
-                                                             on_output=on_output))
+        def op(c: CodeContext) -> RunResult:
+            r = c.run(code, files=files, timeout=timeout, on_output=on_output)
+            self.metrics.ran(c.lang, r)
+            return r
+        return await self.apply(cid, tenant, op)
 
     def describe(self, cid: str, tenant: str) -> dict[str, Any]:
         """The JSON view of context `cid`."""

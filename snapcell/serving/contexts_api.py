@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..code.contexts import CodeContext, ContextLimitExceeded, ContextNotFound
+from ..code.contexts import CodeContext, ContextBusy, ContextLimitExceeded, ContextNotFound
 from ..errors import ArgumentError, ConfigurationError
 from .code import CodeResult
 from .contexts import ContextService
@@ -22,7 +22,8 @@ T = TypeVar("T")
 CONTEXT_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["lang"], "properties": {
         "lang": {"type": "string", "description": "python, js or lua"},
-        "image": {"type": "string", "description": "reserved: the language's own interpreter"}},
+        "image": {"type": "string", "description": "Python: a package image this server "
+                  "offers (`snapcell serve --context-image NAME=LAYOUT:TAG`), by name"}},
     "additionalProperties": False}}}}
 CONTEXT_RUN_BODY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["code"], "properties": {
@@ -39,6 +40,8 @@ def _api_errors() -> Iterator[None]:
         raise ApiError(404, "unknown_context", str(e)) from None
     except ContextLimitExceeded as e:
         raise ApiError(409, "context_limit", str(e)) from None
+    except ContextBusy as e:                 # another server process has runs to checkpoint
+        raise ApiError(409, "context_busy", str(e)) from None
     except ConfigurationError as e:          # unknown language, interpreter not built
         raise ApiError(400, "bad_request", str(e)) from None
     except FileNotFoundError as e:
@@ -64,10 +67,11 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
         lang, image = body.get("lang"), body.get("image")
         if not isinstance(lang, str):
             raise ArgumentError("lang must be a string (python, js or lua)")
-        if image is not None and image != lang:
-            raise ArgumentError("image: only the language's own interpreter image is served")
+        if image is not None and not isinstance(image, str):
+            raise ArgumentError("image must be a string: the name of a package image this "
+                                "server offers")
         with _api_errors():
-            ctx = await contexts.create(lang, tenant)
+            ctx = await contexts.create(lang, tenant, None if image == lang else image)
         return ctx.describe()
 
     @router.get("")
@@ -133,6 +137,7 @@ def contexts_router(service: Any, contexts: ContextService, tenant_of: Callable[
     async def fork(cid: str, request: Request) -> dict[str, Any]:
         """A new context with this one's state."""
         child = await simple(cid, request, CodeContext.fork)
+        contexts.metrics.created.labels(child.lang).inc()
         return {**child.describe(), "state": "paused"}
 
     @router.post("/{cid}/pause")

@@ -123,15 +123,19 @@ def _canonical(language: str) -> str:
 def _register_context_tools(server: MCPServer, contexts: ContextService,
                             tenant: Callable[[Context], str],
                             languages: Callable[[], tuple[str, ...]]) -> MCPServer:
+    images = ", ".join(name for name, _ in contexts.options.images)
     @server.tool(description=(
         "Create a code context: a persistent interpreter session (like a Jupyter kernel) for "
         "a multi-step task. Returns {id, lang, ...}; pass the id as context_id to run_code, "
         "upload_file, download_file and reset_context. Contexts survive server restarts and "
-        "are deleted after a long idle period; each API key has a limited number of them."))
-    async def create_context(language: str, ctx: Context = None,  # type: ignore[assignment]
+        "are deleted after a long idle period; each API key has a limited number of them."
+        + (f" For Python, image may name a package image with more installed: {images} "
+           "(omit it for the standard library only)." if images else "")))
+    async def create_context(language: str, image: str | None = None,
+                             ctx: Context = None,  # type: ignore[assignment]
                              ) -> dict[str, Any]:
         with _tool_errors():
-            c = await contexts.create(_canonical(language), tenant(ctx))
+            c = await contexts.create(_canonical(language), tenant(ctx), image)
             return c.describe()
 
     @server.tool(description=(

@@ -125,3 +125,96 @@ def test_a_context_deleted_elsewhere_is_not_brought_back(tmp_path: Path) -> None
     with pytest.raises(ContextNotFound):
         ContextStore(tmp_path).open(ctx.id, "t")
     ctx.close()
+    assert list((tmp_path / "locks").iterdir()) == []      # its lock file went with it
+
+
+def test_a_resumed_context_forks_times_out_and_checkpoints(tmp_path: Path) -> None:
+    ctx = ContextStore(tmp_path).create("python", "t")
+    ctx.run("k = [1, 2, 3]\nbig = bytes(300_000)")
+    ctx.pause()
+    other = ContextStore(tmp_path)        # another process: resumes by reading the pages
+    child = other.open(ctx.id, "t").fork()        # (no run since the resume)
+    assert child.run("k + [len(big)]").value == [1, 2, 3, 300_000]
+    again = other.open(ctx.id, "t")
+    again.run("k.append(4)")
+    r = again.run("while True: pass", timeout=0.2)
+    assert r.error is not None and r.error.type == "TimeoutError"
+    assert again.run("k").value == [1, 2, 3]      # the checkpoint, not a fresh interpreter
+    again.run("k.append(5)")
+    again.pause()
+    assert ContextStore(tmp_path).open(ctx.id, "t").run("k").value == [1, 2, 3, 5]
+    child.close()
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from snapcell.errors import SnapcellError
+    from snapcell.snapshot.files import Reader
+    from snapcell.snapshot.validate import resolve
+    store = ContextStore(tmp_path)
+    ctx = store.create("lua", "t")
+    ctx.run("v = 7")
+    ctx.pause()
+    with Reader(str(store.root / ctx.rec.layout)) as r:
+        layer = r.entry(resolve(r.entries, str(ctx.rec.digest))).manifest.layers[-1]
+    blob = store.root / ctx.rec.layout / "blobs" / "sha256" / layer.digest.split(":")[1]
+    blob.chmod(0o600)
+    blob.write_bytes(blob.read_bytes()[: layer.size // 2])
+    with pytest.raises(SnapcellError):
+        ContextStore(tmp_path).open(ctx.id, "t").run("return v")
+
+
+def test_load_pages_refuses_extents_outside_the_guest(tmp_path: Path) -> None:
+    from snapcell.code.streaming import StreamingCodeSandbox
+    f = tmp_path / "pages"
+    f.write_bytes(bytes(8192))
+    with StreamingCodeSandbox("lua") as box, open(f, "rb") as fh:
+        for bad in [(1, 4096), (0, 100), (1 << 40, 4096), (-4096, 4096)]:
+            with pytest.raises(ValueError):
+                box._sb.load_pages(fh.fileno(), [bad])
+        with pytest.raises(OSError):          # the file ends before the extents do
+            box._sb.load_pages(fh.fileno(), [(0, 4096 * 3)])
+
+
+def test_one_holder_at_a_time_and_the_checkpoint_hands_over(tmp_path: Path) -> None:
+    from snapcell.code.contexts import ContextBusy
+    a = ContextStore(tmp_path).create("lua", "t")
+    a.run("v = 1")                         # runs not checkpointed: a holds the context
+    b = ContextStore(tmp_path).open(a.id, "t")
+    b.lock_wait = 0.05
+    with pytest.raises(ContextBusy):
+        b.run("return v")
+    assert not b.held and a.held
+    a.checkpoint()                         # hands over
+    assert not a.held
+    assert b.run("v = v + 1; return v").value == 2 and b.held
+    with pytest.raises(ContextBusy):
+        a.hold(wait=0.05)
+    b.close()                              # lets go (its run since the checkpoint is lost)
+    assert a.run("return v").value == 1
+    a.close()
+
+
+def test_a_context_on_a_package_image(tmp_path: Path) -> None:
+    """A Python context on the data image (`make data-image`): its state (numpy arrays) is
+    checkpointed as one layer on the image, saved once into the store, and resumed by
+    another store; forks stay on the image; bad requests change nothing."""
+    from snapcell.errors import ArgumentError, ConfigurationError
+    layout = Path(__file__).resolve().parents[2] / "build" / "images" / "data"
+    assert (layout / "index.json").is_file(), "the data image is not built: run `make data-image`"
+    store = ContextStore(tmp_path)
+    ctx = store.create("python", "t", image=f"{layout}:latest", image_name="data", timeout=60)
+    assert ctx.describe()["image"] == "data"
+    assert ctx.run("import numpy as np\na = np.arange(10) * 3\nint(a.sum())").value == 135
+    ctx.pause()
+    assert ctx.rec.layout.startswith("images/") and 0 < ctx.rec.bytes < 64 << 20
+    other = ContextStore(tmp_path).open(ctx.id, "t", timeout=60)
+    assert other.run("int(a[-1])").value == 27
+    child = other.fork()
+    assert child.rec.image == ctx.rec.image and child.run("a.tolist()[:2]").value == [0, 3]
+    for c in (other, child):
+        c.close()
+    with pytest.raises(ArgumentError, match="Python"):
+        store.create("lua", "t", image=f"{layout}:latest")
+    with pytest.raises(ConfigurationError, match="snapcell image build"):
+        store.create("python", "t", image=str(tmp_path / "none:latest"))
+    assert [r.id for r in store.of_tenant("t")] == [ctx.id, child.id]
