@@ -151,24 +151,30 @@ def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:
         proc.wait()
 
 
-async def _load(url: str, clients: int, requests: int) -> Stats:
-    """`clients` keep-alive connections, each sending requests one after another. The client
-    is a minimal HTTP/1.1 writer/reader on asyncio streams (a full client library would cost
-    more CPU per request than the server, on the same cores)."""
+async def _load(url: str, clients: int, requests: int, path: str = "/v1/snapshots/bench/call/Add",
+                body: str | None = '{{"args": [{k}, {i}]}}') -> Stats:
+    """`clients` keep-alive connections, each sending requests one after another (a POST of
+    `body`, formatted with the client number `k` and request number `i`; a GET when None). The
+    client is a minimal HTTP/1.1 writer/reader on asyncio streams (a full client library would
+    cost more CPU per request than the server, on the same cores)."""
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     failures = 0
     per_client = max(1, requests // clients)
+    pids: set[bytes] = set()
 
     async def one(k: int, n: int) -> None:
         nonlocal failures
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             for i in range(n):
-                body = f'{{"args": [{k}, {i}]}}'.encode()
-                req = (b"POST /v1/snapshots/bench/call/Add HTTP/1.1\r\nHost: bench\r\n"
-                       b"Content-Type: application/json\r\nContent-Length: "
-                       + str(len(body)).encode() + b"\r\n\r\n" + body)
+                if body is None:
+                    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
+                else:
+                    data = body.format(k=k, i=i).encode()
+                    req = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: "
+                           + str(len(data)).encode() + b"\r\n\r\n" + data)
                 t = time.perf_counter()
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -177,6 +183,9 @@ async def _load(url: str, clients: int, requests: int) -> Stats:
                 latencies.append(time.perf_counter() - t)
                 if not head.startswith(b"HTTP/1.1 200"):
                     failures += 1
+                w = re.search(rb"(?i)x-snapcell-worker: *(\d+)", head)
+                if w:
+                    pids.add(w.group(1))
         finally:
             writer.close()
     await asyncio.gather(*(one(k, 20) for k in range(min(clients, 4))))       # warm up
@@ -187,3 +196,85 @@ async def _load(url: str, clients: int, requests: int) -> Stats:
     wall = time.perf_counter() - t0
     return stats(latencies, per_s=len(latencies) / wall, failures=float(failures),
                  clients=float(clients))
+
+
+RUN_BODY = '{{"lang": "js", "code": "1+1"}}'
+
+HELLO_APP = """
+import sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
+    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+import socket
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+sock.bind(("127.0.0.1", 0))
+sock.listen(1024)
+print("listening on http://127.0.0.1:%d" % sock.getsockname()[1], flush=True)
+uvicorn.Server(uvicorn.Config(app, http="h11", log_level="warning", lifespan="off")).run(
+    sockets=[sock])
+"""
+
+
+def bench_http_paths(requests: int, rounds: int = 5) -> dict[str, Stats]:
+    """One keep-alive client, interleaved in rounds: `GET /healthz` and `POST /v1/run` `1+1`
+    (JS) of a `snapcell serve`, a bare uvicorn (h11) ASGI hello-world (the floor of the
+    stack), and the sandbox step of that run in this process (a fresh `CodeSandbox("js")` +
+    `run("1+1")` + close, what the service does per run)."""
+    from ..code import CodeSandbox
+    out: dict[str, list[float]] = {"http_healthz": [], "http_uvicorn_hello_floor": [],
+                                   "http_run_js_1plus1": [], "inprocess_run_js_1plus1": []}
+    serve, url = start_serve([])
+    hello = subprocess.Popen([sys.executable, "-c", HELLO_APP], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert hello.stdout is not None
+        m = re.search(r"http://127\.0\.0\.1:\d+", hello.stdout.readline())
+        if m is None:
+            raise RuntimeError("the uvicorn hello-world did not start")
+        hello_url = m.group(0)
+        per = max(50, requests // rounds)
+        CodeSandbox("js").close()
+        for _ in range(rounds):
+            for name, (u, path, body) in {
+                    "http_healthz": (url, "/healthz", None),
+                    "http_uvicorn_hello_floor": (hello_url, "/", None),
+                    "http_run_js_1plus1": (url, "/v1/run", RUN_BODY)}.items():
+                s = asyncio.run(_load(u, 1, per, path, body))
+                out[name].extend([s["median_us"] / 1e6])
+            samples = []
+            for _ in range(per):
+                t = time.perf_counter()
+                box = CodeSandbox("js")
+                box.run("1+1")
+                box.close()
+                samples.append(time.perf_counter() - t)
+            out["inprocess_run_js_1plus1"].append(statistics.median(samples))
+    finally:
+        stop_process(serve)
+        stop_process(hello)
+    return {k: stats(v, rounds=float(rounds)) for k, v in out.items()}
+
+
+def bench_workers(requests: int, clients: int = 64, workers: Sequence[int] = (1, 2),
+                  rounds: int = 3) -> dict[str, Stats]:
+    """`POST /v1/run` `1+1` (JS) at `clients` keep-alive clients against `snapcell serve
+    --workers N` for each N, alternated in `rounds`: requests/s (the load generator shares
+    the cores)."""
+    procs = {n: start_serve(["--workers", str(n)]) for n in workers}
+    rows: dict[int, list[Stats]] = {n: [] for n in workers}
+    try:
+        for _ in range(rounds):
+            for n, (_, url) in procs.items():
+                rows[n].append(asyncio.run(_load(url, clients, requests, "/v1/run", RUN_BODY)))
+    finally:
+        for proc, _ in procs.values():
+            stop_process(proc)
+    out = {}
+    for n, got in rows.items():
+        best = max(got, key=lambda s: s["per_s"])
+        out[f"http_run_js_{clients}_clients_{n}_workers"] = dict(
+            best, per_s_median=statistics.median(s["per_s"] for s in got), rounds=float(rounds))
+    return out

@@ -26,12 +26,14 @@ from .auth import key_from_headers
 from .contexts import ContextService
 from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
+from .fastpath import INTERNAL, FastRoutes
 from .jsonvalues import args_from_json, dumps_safe, parse_body, result_to_json
 from .limits import BodyLimit
 from .service import Service
 from .streaming import event_stream, wants_stream
 
 T = TypeVar("T")
+WATCH_AFTER = 0.002     # seconds into a call from which a client disconnect cancels it
 
 
 class SafeJSONResponse(JSONResponse):
@@ -112,7 +114,7 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # a bug: Starlette re-raises it after this reply, and uvicorn logs it with its traceback
-        return _error(ApiError(500, "internal_error", "internal error (logged by the service)"))
+        return _error(INTERNAL)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,7 +138,7 @@ def create_app(service: Service) -> FastAPI:
 
     # ---------------------------------------------------------------- open endpoints
     @app.get("/healthz", tags=["service"])
-    async def healthz() -> dict[str, Any]:
+    async def healthz(request: Request) -> dict[str, Any]:
         """Liveness and pool state (no API key needed)."""
         return {"status": "ok", "version": __version__, "pools": service.catalog.pools_status(),
                 "sessions": len(service.sessions)}
@@ -282,7 +284,18 @@ def create_app(service: Service) -> FastAPI:
                                                                    timeout=timeout))
         return r.to_json()
 
+    app.state.fast_routes = [
+        ("GET", "/healthz", healthz), ("POST", "/v1/run", run),
+        ("POST", r"/v1/snapshots/(?P<ref>.*)/call/(?P<function>[^/]+)", call)]
     return app
+
+
+def asgi_app(service: Service) -> FastRoutes:
+    """What `snapcell serve` serves: the app of `create_app` behind `FastRoutes`, which takes
+    the hot routes past FastAPI's routing and middleware (fastpath.py)."""
+    app = create_app(service)
+    return FastRoutes(app, max_body=service.options.max_body, render=SafeJSONResponse,
+                      on_error=_error, routes=app.state.fast_routes)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -337,28 +350,37 @@ async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (the pool then kills the
-    guest call and puts the sandbox back clean)."""
-    task = asyncio.ensure_future(work)
+    """Await `work` in this task, cancelling it if the client disconnects first (the pool then
+    kills the guest call and puts the sandbox back clean). The client is watched from
+    WATCH_AFTER seconds on: a short call pays for no watcher task (a disconnect that came
+    earlier is still seen then: the server remembers it)."""
+    current = asyncio.current_task()
+    assert current is not None
     receive = request.receive
+    gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def disconnected() -> None:
+        nonlocal gone
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                gone = True
+                current.cancel()
                 return
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watch.cancel()
-        raise
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise ApiError(499, "client_disconnected", "the client went away; the call was cancelled")
-    watch.cancel()
-    return task.result()
 
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(disconnected())
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:      # ours, not the server's
+            raise ApiError(499, "client_disconnected",
+                           "the client went away; the call was cancelled") from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

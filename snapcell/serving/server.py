@@ -51,14 +51,14 @@ def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     import uvicorn
     from prometheus_client import disable_created_metrics
 
-    from .app import create_app
+    from .app import asgi_app
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
     if not is_loopback(host) and options.api_key_file is None:
         raise ConfigurationError(f"refusing to listen on {host} without --api-key-file: only "
                                  "loopback addresses may be served without API keys")
     limits = limits or ConnectionLimits()
     service = Service(options)
-    app = create_app(service)
+    app = asgi_app(service)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
