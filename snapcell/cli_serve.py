@@ -92,6 +92,9 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
 @click.option("--context-idle-seconds", default=60.0, show_default=True,
               type=click.FloatRange(min=0.01),
               help="Idle time after which a context's micro-VM is released (it stays in the store).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes serving the port (SO_REUSEPORT); any worker serves any "
+                   "session or context.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -102,7 +105,7 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   header_timeout: float, body_timeout: float, keep_alive_timeout: float,
                   max_connections: int, context_store: str | None, max_contexts: int,
                   context_max_bytes: int, context_expiry: float, context_idle_seconds: float,
-                  log_level: str) -> None:
+                  workers: int, log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
     MCP, metrics."""
     try:
@@ -131,6 +134,6 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         serve(options, host, port, log_level,
               ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
                                keep_alive_timeout=keep_alive_timeout,
-                               max_connections=max_connections))
+                               max_connections=max_connections), workers=workers)
     except SnapcellError as e:
         raise click.ClickException(str(e)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -137,11 +138,15 @@ def create_app(service: Service) -> FastAPI:
         mcp_running = mount(app, service, contexts)
 
     # ---------------------------------------------------------------- open endpoints
+    pid = os.getpid()       # (the app is made in the process that serves it)
+
     @app.get("/healthz", tags=["service"])
     async def healthz(request: Request) -> dict[str, Any]:
-        """Liveness and pool state (no API key needed)."""
+        """Liveness and the state of this worker process: its pools and sessions (no API key
+        needed)."""
         return {"status": "ok", "version": __version__, "pools": service.catalog.pools_status(),
-                "sessions": len(service.sessions)}
+                "sessions": len(service.sessions), "worker": service.options.worker,
+                "pid": pid}
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     async def metrics() -> Response:
