@@ -7,7 +7,18 @@ so every call starts from the same state; a sandbox that cannot be restored is c
 replaced. A full queue refuses new calls at once with `PoolFull`. A call's `timeout` covers the
 time queued plus the time in the guest; cancelling the awaiting task (`asyncio` cancellation,
 `wait_for`, a disconnected HTTP client) removes a queued job or kills the running guest call
-through the sandbox's interrupt handle."""
+through the sandbox's interrupt handle.
+
+A short call skips the worker thread: when a sandbox is idle and no call waits, `call` runs
+the guest call on the event loop's own thread (handing a job to a thread and its result back
+costs two thread wake-ups, more than a small call), restores the sandbox and returns. Such a
+call is speculative: it is killed at `inline_budget` seconds, or at its first host-function
+call (before the host function runs), and then runs again from the snapshot on a worker as
+usual — nothing of the first attempt is left (the sandbox was restored, no host function ran)
+and the loop was held for at most about the budget. A function that called a host function,
+or outlived the budget on the worker too (not a scheduling hiccup), then stays off the loop's
+thread for a while (`INLINE_BACKOFF`: 10 ms, doubling at each such re-run in a row up to 5 s),
+so a function that always does costs the loop little. `inline_budget=0` turns this off."""
 
 from __future__ import annotations
 
@@ -20,7 +31,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import ArgumentError, ExecutionTimeout, PoolClosed, PoolFull, SnapcellError
+from ..errors import (
+    ArgumentError,
+    ExecutionCancelled,
+    ExecutionTimeout,
+    PoolClosed,
+    PoolFull,
+    SnapcellError,
+)
 from ..machine.vmachine import forks
 from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus, Snapshot
 from ..sandbox.interrupt import install_signal
@@ -76,6 +94,15 @@ class Job:
 
 
 WAITED = "the call's time limit passed while it waited for a sandbox"
+INLINE_BUDGET = 0.002       # seconds a call may run on the event loop's thread
+INLINE_BACKOFF = (0.01, 5.0)    # seconds off the loop's thread after a re-run: first, most
+RESTORE_WAIT = 0.001        # seconds an inline call waits for a worker restoring its sandbox
+_RERUN = object()           # no inline attempt, or a stopped one: run the call on a worker
+_OVERRAN = object()         # an inline attempt outlived the budget: run it on a worker
+
+
+class _Deferred(Exception):
+    """A host call of an inline attempt: the attempt is killed before the function runs."""
 
 
 def _expire(job: Job) -> None:
@@ -182,7 +209,7 @@ class SandboxPool:
     def __init__(self, snapshot: Snapshot, size: int = 2, host_functions: HostFunctions | None = None,
                  max_queue: int = 64, *, config: SandboxConfiguration | None = None,
                  timeout: float | None = None, metrics: PoolMetrics | None = None,
-                 name: str = "pool") -> None:
+                 name: str = "pool", inline_budget: float = INLINE_BUDGET) -> None:
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
@@ -193,6 +220,23 @@ class SandboxPool:
         self.size = size
         self.max_queue = max_queue
         self.host_functions = host_functions if host_functions is not None else HostFunctions()
+        if isinstance(inline_budget, bool) or not isinstance(inline_budget, (int, float)) \
+                or not inline_budget >= 0:
+            raise ArgumentError(f"inline_budget must be a number of seconds >= 0, got "
+                                f"{inline_budget!r}")
+        self.inline_budget = float(inline_budget)
+        self._inline_thread: int | None = None      # the loop's thread, during an inline call
+        self._inline_sb: MultiUseSandbox | None = None
+        self._inline_deferred = False               # the inline call reached a host call
+        self._inline_off: dict[str, float] = {}     # function → monotonic time inline resumes
+        self._strikes: dict[str, int] = {}          # function → re-runs in a row
+        # the sandboxes' host functions: the given ones, each first checking for an inline
+        # attempt to stop (_guarded)
+        self._guarded = HostFunctions.empty()
+        for fname in self.host_functions:
+            f = self.host_functions.get(fname)
+            assert f is not None
+            self._guarded.register(fname, self._guard(f.fn), signature=f.signature)
         self.config = config
         self.timeout = check_timeout(timeout)
         self.metrics = metrics if metrics is not None else PoolMetrics()
@@ -202,6 +246,11 @@ class SandboxPool:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting = 0
         self._threads: list[threading.Thread] = []
+        # one sandbox per worker, each under its lock while a worker (or the loop's thread, for
+        # an inline call) uses it
+        self._slots: list[MultiUseSandbox | None] = []
+        self._slot_locks: list[threading.Lock] = []
+        self._restoring: list[bool] = []            # the slot's worker is restoring its sandbox
         self._busy = 0
         self._stats = threading.Lock()
         self._killer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -239,8 +288,22 @@ class SandboxPool:
         """A sandbox from the pool's snapshot (or `snapshot`) with the pool's host functions and
         configuration (blocking; used by workers and sessions)."""
         return MultiUseSandbox.from_snapshot(snapshot if snapshot is not None else self.snapshot,
-                                             host_functions=self.host_functions,
+                                             host_functions=self._guarded,
                                              config=self.config)
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, stopping an inline attempt instead when called from one."""
+        get_ident = threading.get_ident
+
+        def host(*args: Any) -> Any:
+            if self._inline_thread == get_ident():
+                sb = self._inline_sb
+                if sb is not None:
+                    self._inline_deferred = True
+                    sb.interrupt_handle().kill()        # from inside the call: no wait
+                raise _Deferred("re-run on a worker")
+            return fn(*args)
+        return host
 
     # ---------------------------------------------------------------- lifetime
     async def start(self) -> None:
@@ -260,7 +323,10 @@ class SandboxPool:
             self._killer = concurrent.futures.ThreadPoolExecutor(2, f"snapcell-{self.name}-kill")
             for i in range(self.size):
                 f: concurrent.futures.Future[None] = concurrent.futures.Future()
-                t = threading.Thread(target=self._worker, args=(f,), daemon=True,
+                self._slots.append(None)
+                self._slot_locks.append(threading.Lock())
+                self._restoring.append(False)
+                t = threading.Thread(target=self._worker, args=(f, i), daemon=True,
                                      name=f"snapcell-{self.name}-{i}")
                 ready.append(f)
                 self._threads.append(t)
@@ -312,12 +378,94 @@ class SandboxPool:
         `ExecutionTimeout` (queued plus running longer than `timeout`) or `PoolClosed`."""
         if not self._started:
             await self.start()
+        value: Any = _RERUN
+        if self.inline_budget and not self._waiting:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            t = check_timeout(timeout) if timeout is not None else self.timeout
+            start_at = time.monotonic()
+            value = self._inline(name, args, t)
+            if value is not _RERUN and value is not _OVERRAN:
+                return value
+            if t is not None:
+                timeout = max(1e-6, t - (time.monotonic() - start_at))
+        if value is _OVERRAN:
+            job = self._submit(name, args, None, timeout)
+            queued = time.monotonic()
+            try:
+                return await job.future
+            except asyncio.CancelledError:
+                self._abandon(job)
+                raise
+            finally:        # outlived the budget on a worker too: not a scheduling hiccup
+                if time.monotonic() - queued >= self.inline_budget:
+                    self._back_off(name)
         job = self._submit(name, args, None, timeout)
         try:
             return await job.future
         except asyncio.CancelledError:
             self._abandon(job)
             raise
+
+    def _inline(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """The call on this (the loop's) thread if a sandbox is idle and `name` is not backing
+        off: its result (or what it raises), or _RERUN / _OVERRAN (nothing of it is left: use
+        a worker)."""
+        if not isinstance(name, str) or self._inline_off.get(name, 0.0) > time.monotonic():
+            return _RERUN
+        self._check_process()
+        for slot, lock in enumerate(self._slot_locks):
+            # a worker that only restores its sandbox is waited for (tens of microseconds)
+            if lock.acquire(False) or (self._restoring[slot] and lock.acquire(timeout=RESTORE_WAIT)):
+                sb = self._slots[slot]
+                if sb is not None:
+                    break
+                lock.release()
+        else:
+            return _RERUN
+        budget = self.inline_budget if timeout is None else min(self.inline_budget, timeout)
+        final = timeout is not None and budget >= timeout       # the budget is its own limit
+        submitted = time.perf_counter()
+        try:
+            self._inline_sb, self._inline_thread = sb, threading.get_ident()
+            self._inline_deferred = False
+            try:
+                value, ok = sb.call(name, *args, timeout=budget), True
+            except ExecutionCancelled as e:     # the budget passed, or a host call came
+                if self._inline_deferred:
+                    value, ok = _RERUN, True
+                elif not (final and isinstance(e, ExecutionTimeout)):
+                    value, ok = _OVERRAN, True
+                else:
+                    value, ok = e, False
+            except BaseException as e:          # the caller's
+                value, ok = e, False
+            finally:
+                self._inline_sb = self._inline_thread = None
+            if value is _RERUN and self._inline_deferred:      # it calls host functions
+                self._back_off(name)
+            elif value is not _OVERRAN:
+                self._strikes.pop(name, None)
+        finally:
+            self._slots[slot] = self._reset(sb)
+            lock.release()
+        if value is not _RERUN and value is not _OVERRAN:
+            self._record_inline(name, submitted, ok, value)
+        if not ok:
+            raise value
+        return value
+
+    def _back_off(self, name: str) -> None:
+        """Keep `name` off the loop's thread for a while: twice as long at each re-run in a row
+        (from INLINE_BACKOFF[0] up to INLINE_BACKOFF[1] seconds)."""
+        n = self._strikes[name] = self._strikes.get(name, 0) + 1
+        first, most = INLINE_BACKOFF
+        self._inline_off[name] = time.monotonic() + min(most, first * 2 ** min(n - 1, 30))
+
+    def _record_inline(self, name: str, submitted: float, ok: bool, value: Any) -> None:
+        job = Job.__new__(Job)
+        job.name, job.submitted = name, submitted
+        self._record(job, ok, value)
 
     async def map(self, name: str, items: Iterable[Sequence[Any]], *, timeout: float | None = None,
                   chunk_size: int | None = None) -> list[Any]:
@@ -419,12 +567,16 @@ class SandboxPool:
                 pass
 
     # ---------------------------------------------------------------- workers
-    def _worker(self, ready: concurrent.futures.Future[None]) -> None:
-        sb: MultiUseSandbox | None = None
-        try:
-            sb = self.new_sandbox()
-        except BaseException as e:
-            ready.set_exception(e)
+    def _worker(self, ready: concurrent.futures.Future[None], slot: int) -> None:
+        lock = self._slot_locks[slot]
+        error: BaseException | None = None
+        with lock:
+            try:
+                self._slots[slot] = self.new_sandbox()
+            except BaseException as e:
+                error = e
+        if error is not None:
+            ready.set_exception(error)
         else:
             ready.set_result(None)
         q = self._queue
@@ -432,19 +584,25 @@ class SandboxPool:
             job = q.get()
             if job is None:
                 break
-            if not start(job, sb):                 # dropped while queued (already released)
-                continue
-            if sb is None:                         # the last creation failed: try again
-                try:
-                    sb = job.sandbox = self.new_sandbox()
-                except BaseException as e:
-                    self._record(job, False, e)
-                    finish(job, False, e)
-            if sb is not None:
-                execute(job, sb, self._record)
-            sb = self._reset(sb)
+            with lock:                             # (held briefly by an inline call)
+                sb = self._slots[slot]
+                if not start(job, sb):             # dropped while queued (already released)
+                    continue
+                if sb is None:                     # the last creation failed: try again
+                    try:
+                        sb = job.sandbox = self.new_sandbox()
+                    except BaseException as e:
+                        self._record(job, False, e)
+                        finish(job, False, e)
+                if sb is not None:
+                    execute(job, sb, self._record)
+                self._restoring[slot] = True
+                self._slots[slot] = self._reset(sb)
+                self._restoring[slot] = False
             with self._stats:
                 self._busy -= 1
+        with lock:
+            sb, self._slots[slot] = self._slots[slot], None
         if sb is not None:
             sb.close()
 
