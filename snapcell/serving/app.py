@@ -18,7 +18,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
@@ -28,8 +27,8 @@ from .contexts import ContextService
 from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
 from .fastpath import INTERNAL, FastRoutes
-from .jsonvalues import args_from_json, dumps_safe, parse_body, result_to_json
-from .limits import BodyLimit
+from .jsonvalues import args_from_json, dumps_safe, parse_body, render, result_to_json
+from .limits import BodyLimit, read_body
 from .service import Service
 from .streaming import event_stream, wants_stream
 
@@ -43,6 +42,9 @@ class SafeJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         """The body of `content`."""
+        fast = render(content)
+        if fast is not None:
+            return fast
         try:
             return super().render(content)
         except (ValueError, UnicodeEncodeError):
@@ -338,11 +340,11 @@ async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
     be an object with only `allowed` fields (an empty body is {}); 400 for anything else, 413
     (from the BodyLimit middleware) when it is too large."""
     try:
-        raw = await request.body()
+        raw = await read_body(request.receive)
     except BodyTooLarge as e:
         raise ApiError(413, "body_too_large", str(e)) from None
-    except ClientDisconnect:        # gone, or cut off by the body deadline (protocol.py)
-        raise ApiError(408, "request_timeout", "the request body did not arrive") from None
+    if raw is None:                 # gone, or cut off by the body deadline (protocol.py)
+        raise ApiError(408, "request_timeout", "the request body did not arrive")
     if not raw.strip():
         return {}
     obj = parse_body(raw)

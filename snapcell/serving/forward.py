@@ -24,7 +24,7 @@ from typing import Any
 import h11
 
 from .errors import BodyTooLarge
-from .limits import BodyLimit
+from .limits import BodyLimit, read_body
 from .sessions import session_owner
 
 log = logging.getLogger("uvicorn.error")
@@ -74,7 +74,7 @@ class SessionRouter:
     # ---------------------------------------------------------------- one session
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            body = await _read_body(receive)
+            body = await read_body(receive)
         except BodyTooLarge as e:
             return await _reply(send, 413, "body_too_large", str(e))
         if body is None:
@@ -155,18 +155,6 @@ class SessionRouter:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
         await send({"type": "http.response.body", "body": out})
-
-
-async def _read_body(receive: Any) -> bytes | None:
-    """The request body (None when the client disconnected first)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _http(path: str, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
