@@ -113,6 +113,7 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         from .serving.protocol import ConnectionLimits
         from .serving.server import serve
         from .serving.service import ServeOptions
+        from .serving.workers import serve_workers
     except ImportError as e:
         raise click.ClickException(f"snapcell serve needs the 'serve' extra "
                                    f"(pip install 'snapcell[serve]'): {e}") from None
@@ -130,10 +131,13 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                                 max_bytes=context_max_bytes, idle_expiry=context_expiry,
                                 idle_seconds=context_idle_seconds),
         **extra)  # type: ignore[arg-type]
+    limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
+                              keep_alive_timeout=keep_alive_timeout,
+                              max_connections=max_connections)
     try:
-        serve(options, host, port, log_level,
-              ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
-                               keep_alive_timeout=keep_alive_timeout,
-                               max_connections=max_connections), workers=workers)
+        if workers > 1:
+            serve_workers(options, host, port, log_level, limits, workers)
+        else:
+            serve(options, host, port, log_level, limits)
     except SnapcellError as e:
         raise click.ClickException(str(e)) from None

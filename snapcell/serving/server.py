@@ -49,23 +49,13 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 
 
 def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log_level: str = "warning", limits: ConnectionLimits | None = None,
-          workers: int = 1) -> None:
+          log_level: str = "warning", limits: ConnectionLimits | None = None) -> None:
     """Serve until SIGINT/SIGTERM. A non-loopback `host` needs API keys. `limits`: read
     deadlines and the connection cap (the open-file soft limit is raised to fit them).
-    `workers` > 1: that many worker processes (workers.py)."""
-    from prometheus_client import disable_created_metrics
-
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
-    if not is_loopback(host) and options.api_key_file is None:
-        raise ConfigurationError(f"refusing to listen on {host} without --api-key-file: only "
-                                 "loopback addresses may be served without API keys")
-    limits = limits or ConnectionLimits()
-    if workers > 1:
-        from .workers import supervise
-        sys.exit(supervise(options, host, port, log_level, limits, workers))
+    Several worker processes: `workers.serve_workers`."""
+    limits = prepare(options, host, limits)
     if options.workers > 1:
-        raise ConfigurationError("ServeOptions.workers is set by `serve(workers=N)`")
+        raise ConfigurationError("ServeOptions.workers is set by `serve_workers`")
     sock = bind(host, port)
     announce(host, sock.getsockname()[1])
     try:
@@ -74,6 +64,17 @@ def serve(options: ServeOptions, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         sock.close()
     if not started:
         sys.exit(1)
+
+
+def prepare(options: ServeOptions, host: str, limits: ConnectionLimits | None) -> ConnectionLimits:
+    """Checks and process-wide settings before serving; the connection limits to use."""
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+    if not is_loopback(host) and options.api_key_file is None:
+        raise ConfigurationError(f"refusing to listen on {host} without --api-key-file: only "
+                                 "loopback addresses may be served without API keys")
+    return limits or ConnectionLimits()
 
 
 def announce(host: str, port: int, workers: int = 1) -> None:

@@ -30,7 +30,7 @@ from dataclasses import replace
 
 from .forward import worker_socket
 from .protocol import ConnectionLimits
-from .server import announce, bind, run
+from .server import announce, bind, prepare, run
 from .service import ServeOptions
 
 log = logging.getLogger("uvicorn.error")
@@ -46,6 +46,13 @@ class _Stop(Exception):
 
 def _stop(signum: int, frame: object) -> None:
     raise _Stop
+
+
+def serve_workers(options: ServeOptions, host: str, port: int, log_level: str = "warning",
+                  limits: ConnectionLimits | None = None, workers: int = 2) -> None:
+    """`server.serve` with `workers` worker processes (see the module): until SIGINT/SIGTERM."""
+    limits = prepare(options, host, limits)
+    sys.exit(supervise(options, host, port, log_level, limits, workers))
 
 
 def supervise(options: ServeOptions, host: str, port: int, log_level: str,
