@@ -234,8 +234,7 @@ def bench_http_paths(requests: int, rounds: int = 5) -> dict[str, Stats]:
     stack), and the sandbox step of that run in this process (a fresh `CodeSandbox("js")` +
     `run("1+1")` + close, what the service does per run)."""
     from ..code import CodeSandbox
-    out: dict[str, list[float]] = {"http_healthz": [], "http_uvicorn_hello_floor": [],
-                                   "http_run_js_1plus1": [], "inprocess_run_js_1plus1": []}
+    medians: dict[str, list[float]] = {"healthz": [], "hello": [], "run": [], "inprocess": []}
     serve, url = start_serve([])
     try:
         hello, hello_url = _listening([sys.executable, "-c", HELLO_APP], "the uvicorn hello-world")
@@ -246,12 +245,10 @@ def bench_http_paths(requests: int, rounds: int = 5) -> dict[str, Stats]:
         per = max(50, requests // rounds)
         CodeSandbox("js").close()
         for _ in range(rounds):
-            for name, (u, path, body) in {
-                    "http_healthz": (url, "/healthz", None),
-                    "http_uvicorn_hello_floor": (hello_url, "/", None),
-                    "http_run_js_1plus1": (url, "/v1/run", RUN_BODY)}.items():
-                s = asyncio.run(_load(u, 1, per, path, body))
-                out[name].extend([s["median_us"] / 1e6])
+            for name, (u, path, body) in {"healthz": (url, "/healthz", None),
+                                          "hello": (hello_url, "/", None),
+                                          "run": (url, "/v1/run", RUN_BODY)}.items():
+                medians[name].append(asyncio.run(_load(u, 1, per, path, body))["median_us"] / 1e6)
             samples = []
             for _ in range(per):
                 t = time.perf_counter()
@@ -259,17 +256,21 @@ def bench_http_paths(requests: int, rounds: int = 5) -> dict[str, Stats]:
                 box.run("1+1")
                 box.close()
                 samples.append(time.perf_counter() - t)
-            out["inprocess_run_js_1plus1"].append(statistics.median(samples))
+            medians["inprocess"].append(statistics.median(samples))
     finally:
         stop_process(serve)
         stop_process(hello)
-    rows = {k: stats(v, rounds=float(rounds)) for k, v in out.items()}
+    out: dict[str, Stats] = {}
+    out["http_healthz"] = stats(medians["healthz"], rounds=float(rounds))
+    out["http_uvicorn_hello_floor"] = stats(medians["hello"], rounds=float(rounds))
+    out["http_run_js_1plus1"] = stats(medians["run"], rounds=float(rounds))
+    out["inprocess_run_js_1plus1"] = stats(medians["inprocess"], rounds=float(rounds))
     # the issue-27 target: run <= healthz + in-process run + 150 us (medians of this run)
-    rows["http_run_js_minus_healthz_and_inprocess"] = {"n": rounds, "p99_us": math.nan,
-                                                       "median_us": (
-        rows["http_run_js_1plus1"]["median_us"] - rows["http_healthz"]["median_us"]
-        - rows["inprocess_run_js_1plus1"]["median_us"])}
-    return rows
+    out["http_run_js_minus_healthz_and_inprocess"] = {"n": rounds, "p99_us": math.nan,
+                                                      "median_us": (
+        out["http_run_js_1plus1"]["median_us"] - out["http_healthz"]["median_us"]
+        - out["inprocess_run_js_1plus1"]["median_us"])}
+    return out
 
 
 def _load_part(job: tuple[str, int, int]) -> tuple[list[float], float, int]:
