@@ -60,3 +60,17 @@ def test_budget_overruns_and_time_limits(kvm_ok: None, snap: Snapshot) -> None:
             async with off:
                 assert await off.call("AddToStatic", 4) == 4
     asyncio.run(main())
+
+
+def test_a_code_run_beyond_the_budget_runs_again_on_a_worker(kvm_ok: None) -> None:
+    from snapcell.serving.code import CodePool
+
+    async def main() -> None:
+        pool = CodePool()
+        assert (await pool.run("6 * 7", lang="js", timeout=10)).value == 42     # warm: inline
+        r = await pool.run("let s = 0; for (let i = 0; i < 3e6; i++) s += i; s", lang="js",
+                           timeout=10)
+        assert r.error is None and r.value == sum(range(3_000_000))
+        r = await pool.run("while (true) {}", lang="js", timeout=0.3)
+        assert r.error["type"] == "TimeoutError" and "0.3 s" in r.error["message"]
+    asyncio.run(main())

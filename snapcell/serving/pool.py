@@ -203,8 +203,10 @@ class SandboxPool:
             await pool.map("Echo", [["a"], ["b"]])
 
     `max_queue` bounds the calls waiting for a sandbox (beyond it: `PoolFull`); `timeout` is the
-    default per-call limit in seconds (None: no limit). `metrics` (shared by several pools) and
-    `name` (the `pool` label) are for the service."""
+    default per-call limit in seconds (None: no limit). `inline_budget`: seconds a call may
+    run on the event loop's thread before it runs again on a worker (0: never; see the
+    module). `metrics` (shared by several pools) and `name` (the `pool` label) are for the
+    service."""
 
     def __init__(self, snapshot: Snapshot, size: int = 2, host_functions: HostFunctions | None = None,
                  max_queue: int = 64, *, config: SandboxConfiguration | None = None,
