@@ -715,6 +715,8 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
         r.update(serving.bench_pool(snap, hf, n // 2))
         r.update(serving.bench_call_many(snap, hf, 10_000, 3 if quick else 5))
         r.update(serving.bench_http(snap, 400 if quick else 3000))
+        r.update(serving.bench_http_paths(500 if quick else 3000))
+        r.update(serving.bench_workers(1000 if quick else 6000, rounds=2 if quick else 3))
 
     @step("code contexts")
     def _() -> None:

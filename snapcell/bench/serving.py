@@ -5,6 +5,7 @@ client concurrencies. Never used by tests to assert timings."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import statistics
@@ -63,6 +64,9 @@ def bench_pool(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
         out["pool_call_noop"] = stats(pooled)
         out["direct_call_noop_same_run"] = stats(direct)
         out["direct_call_and_restore_same_run"] = stats(restored)
+        # the issue-27 target: pool call <= direct call + restore + 30 us (medians)
+        out["pool_call_minus_call_and_restore"] = {"n": n, "p99_us": math.nan, "median_us": (
+            out["pool_call_noop"]["median_us"] - out["direct_call_and_restore_same_run"]["median_us"])}
     asyncio.run(main())
     return out
 
@@ -117,14 +121,9 @@ def start_serve(args: Sequence[str]) -> "tuple[subprocess.Popen[str], str]":
     """A `snapcell serve --port 0 ARGS` process on 127.0.0.1, healthy, and its URL (stop it
     with `stop_process`)."""
     import httpx
-    proc = subprocess.Popen([sys.executable, "-m", "snapcell", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc, url = _listening([sys.executable, "-m", "snapcell", "serve", "--port", "0", *args],
+                           "snapcell serve")
     try:
-        assert proc.stdout is not None
-        m = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
-        if m is None:
-            raise RuntimeError("snapcell serve did not start")
-        url = m.group(0)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -140,6 +139,18 @@ def start_serve(args: Sequence[str]) -> "tuple[subprocess.Popen[str], str]":
         raise
 
 
+def _listening(cmd: Sequence[str], what: str) -> "tuple[subprocess.Popen[str], str]":
+    """Start `cmd`, a server that prints its http://127.0.0.1:PORT address first; (process,
+    URL)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    m = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
+    if m is None:
+        stop_process(proc)
+        raise RuntimeError(f"{what} did not start")
+    return proc, m.group(0)
+
+
 def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:
     """Stop a process this program started (a `snapcell serve`): SIGTERM, then SIGKILL after
     `grace` seconds; waits for it either way."""
@@ -151,10 +162,13 @@ def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:
         proc.wait()
 
 
-async def _load(url: str, clients: int, requests: int) -> Stats:
-    """`clients` keep-alive connections, each sending requests one after another. The client
-    is a minimal HTTP/1.1 writer/reader on asyncio streams (a full client library would cost
-    more CPU per request than the server, on the same cores)."""
+async def _load(url: str, clients: int, requests: int, path: str = "/v1/snapshots/bench/call/Add",
+                body: str | None = '{{"args": [{k}, {i}]}}',
+                samples: list[float] | None = None) -> Stats:
+    """`clients` keep-alive connections, each sending requests one after another (a POST of
+    `body`, formatted with the client number `k` and request number `i`; a GET when None). The
+    client is a minimal HTTP/1.1 writer/reader on asyncio streams (a full client library would
+    cost more CPU per request than the server, on the same cores)."""
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     failures = 0
@@ -165,10 +179,13 @@ async def _load(url: str, clients: int, requests: int) -> Stats:
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             for i in range(n):
-                body = f'{{"args": [{k}, {i}]}}'.encode()
-                req = (b"POST /v1/snapshots/bench/call/Add HTTP/1.1\r\nHost: bench\r\n"
-                       b"Content-Type: application/json\r\nContent-Length: "
-                       + str(len(body)).encode() + b"\r\n\r\n" + body)
+                if body is None:
+                    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
+                else:
+                    data = body.format(k=k, i=i).encode()
+                    req = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: "
+                           + str(len(data)).encode() + b"\r\n\r\n" + data)
                 t = time.perf_counter()
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -185,5 +202,113 @@ async def _load(url: str, clients: int, requests: int) -> Stats:
     t0 = time.perf_counter()
     await asyncio.gather(*(one(k, per_client) for k in range(clients)))
     wall = time.perf_counter() - t0
+    if samples is not None:
+        samples.extend(latencies)
     return stats(latencies, per_s=len(latencies) / wall, failures=float(failures),
                  clients=float(clients))
+
+
+RUN_BODY = '{{"lang": "js", "code": "1+1"}}'
+
+HELLO_APP = """
+import sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
+    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+import socket
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+sock.bind(("127.0.0.1", 0))
+sock.listen(1024)
+print("listening on http://127.0.0.1:%d" % sock.getsockname()[1], flush=True)
+uvicorn.Server(uvicorn.Config(app, http="h11", log_level="warning", lifespan="off")).run(
+    sockets=[sock])
+"""
+
+
+def bench_http_paths(requests: int, rounds: int = 5) -> dict[str, Stats]:
+    """One keep-alive client, interleaved in rounds: `GET /healthz` and `POST /v1/run` `1+1`
+    (JS) of a `snapcell serve`, a bare uvicorn (h11) ASGI hello-world (the floor of the
+    stack), and the sandbox step of that run in this process (a fresh `CodeSandbox("js")` +
+    `run("1+1")` + close, what the service does per run)."""
+    from ..code import CodeSandbox
+    medians: dict[str, list[float]] = {"healthz": [], "hello": [], "run": [], "inprocess": []}
+    serve, url = start_serve([])
+    try:
+        hello, hello_url = _listening([sys.executable, "-c", HELLO_APP], "the uvicorn hello-world")
+    except BaseException:
+        stop_process(serve)
+        raise
+    try:
+        per = max(50, requests // rounds)
+        CodeSandbox("js").close()
+        for _ in range(rounds):
+            for name, (u, path, body) in {"healthz": (url, "/healthz", None),
+                                          "hello": (hello_url, "/", None),
+                                          "run": (url, "/v1/run", RUN_BODY)}.items():
+                medians[name].append(asyncio.run(_load(u, 1, per, path, body))["median_us"] / 1e6)
+            samples = []
+            for _ in range(per):
+                t = time.perf_counter()
+                box = CodeSandbox("js")
+                box.run("1+1")
+                box.close()
+                samples.append(time.perf_counter() - t)
+            medians["inprocess"].append(statistics.median(samples))
+    finally:
+        stop_process(serve)
+        stop_process(hello)
+    out: dict[str, Stats] = {}
+    out["http_healthz"] = stats(medians["healthz"], rounds=float(rounds))
+    out["http_uvicorn_hello_floor"] = stats(medians["hello"], rounds=float(rounds))
+    out["http_run_js_1plus1"] = stats(medians["run"], rounds=float(rounds))
+    out["inprocess_run_js_1plus1"] = stats(medians["inprocess"], rounds=float(rounds))
+    # the issue-27 target: run <= healthz + in-process run + 150 us (medians of this run)
+    out["http_run_js_minus_healthz_and_inprocess"] = {"n": rounds, "p99_us": math.nan,
+                                                      "median_us": (
+        out["http_run_js_1plus1"]["median_us"] - out["http_healthz"]["median_us"]
+        - out["inprocess_run_js_1plus1"]["median_us"])}
+    return out
+
+
+def _load_part(job: tuple[str, int, int]) -> tuple[list[float], float, int]:
+    """One load-generating process's share of `bench_workers`: latencies, requests/s,
+    failures."""
+    url, clients, requests = job
+    samples: list[float] = []
+    s = asyncio.run(_load(url, clients, requests, "/v1/run", RUN_BODY, samples))
+    return samples, s["per_s"], int(s["failures"])
+
+
+def bench_workers(requests: int, clients: int = 64, workers: Sequence[int] = (1, 2),
+                  rounds: int = 3) -> dict[str, Stats]:
+    """`POST /v1/run` `1+1` (JS) at `clients` keep-alive clients against `snapcell serve
+    --workers N` for each N, alternated in `rounds`: requests/s (the load generator shares
+    the cores)."""
+    import concurrent.futures
+    import multiprocessing
+    procs = {n: start_serve(["--workers", str(n)]) for n in workers}
+    rows: dict[int, list[Stats]] = {n: [] for n in workers}
+    # two load-generating processes (a client in Python costs about as much CPU per request
+    # as the server: one process would be the bottleneck)
+    gens = concurrent.futures.ProcessPoolExecutor(2, multiprocessing.get_context("spawn"))
+    try:
+        for _ in range(rounds):
+            for n, (_, url) in procs.items():
+                parts = list(gens.map(_load_part, [(url, clients // 2, requests // 2)] * 2))
+                merged = stats([x for p in parts for x in p[0]])
+                merged["per_s"] = sum(p[1] for p in parts)
+                merged["failures"] = float(sum(p[2] for p in parts))
+                rows[n].append(merged)
+    finally:
+        gens.shutdown()
+        for proc, _ in procs.values():
+            stop_process(proc)
+    out = {}
+    for n, got in rows.items():
+        best = max(got, key=lambda s: s["per_s"])
+        out[f"http_run_js_{clients}_clients_{n}_workers"] = dict(
+            best, per_s_median=statistics.median(s["per_s"] for s in got), rounds=float(rounds))
+    return out

@@ -99,6 +99,9 @@ def _snapshot_specs(specs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]],
               "(a NetworkPolicy as JSON: {\"allow\": [rules], ...}); default: no network.")
 @click.option("--context-image", "context_images", multiple=True, metavar="NAME=LAYOUT:TAG",
               help="A package image Python contexts may run on, offered as NAME (repeatable).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes serving the port (SO_REUSEPORT); any worker serves any "
+                   "session or context.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_registry: tuple[str, ...],
@@ -109,7 +112,8 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                   header_timeout: float, body_timeout: float, keep_alive_timeout: float,
                   max_connections: int, context_store: str | None, max_contexts: int,
                   context_max_bytes: int, context_expiry: float, context_idle_seconds: float,
-                  egress_cap: str | None, context_images: tuple[str, ...], log_level: str) -> None:
+                  egress_cap: str | None, context_images: tuple[str, ...], workers: int,
+                  log_level: str) -> None:
     """Serve snapshots over HTTP (127.0.0.1 by default): calls, batches, sessions, code contexts,
     MCP, metrics."""
     try:
@@ -118,6 +122,7 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
         from ..serving.protocol import ConnectionLimits
         from ..serving.server import serve
         from ..serving.service import ServeOptions
+        from ..serving.workers import serve_workers
     except ImportError as e:
         raise click.ClickException(f"snapcell serve needs the 'serve' extra "
                                    f"(pip install 'snapcell[serve]'): {e}") from None
@@ -145,10 +150,13 @@ def serve_command(host: str, port: int, snapshots: tuple[str, ...], allow_regist
                                 idle_seconds=context_idle_seconds,
                                 images=images),
         **extra)
+    limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
+                              keep_alive_timeout=keep_alive_timeout,
+                              max_connections=max_connections)
     try:
-        serve(options, host, port, log_level,
-              ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
-                               keep_alive_timeout=keep_alive_timeout,
-                               max_connections=max_connections))
+        if workers > 1:
+            serve_workers(options, host, port, log_level, limits, workers)
+        else:
+            serve(options, host, port, log_level, limits)
     except SnapcellError as e:
         raise click.ClickException(str(e)) from None

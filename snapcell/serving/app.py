@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -17,7 +18,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..errors import ArgumentError, SnapcellError, UnknownFunctionError
@@ -26,12 +26,14 @@ from .auth import key_from_headers
 from .contexts import ContextService
 from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
-from .jsonvalues import args_from_json, dumps_safe, parse_body, result_to_json
-from .limits import BodyLimit
+from .fastpath import INTERNAL, FastRoutes
+from .jsonvalues import args_from_json, dumps_safe, parse_body, render, result_to_json
+from .limits import BodyLimit, read_body
 from .service import Service
 from .streaming import event_stream, wants_stream
 
 T = TypeVar("T")
+WATCH_AFTER = 0.002     # seconds into a call from which a client disconnect cancels it
 
 
 class SafeJSONResponse(JSONResponse):
@@ -40,6 +42,9 @@ class SafeJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         """The body of `content`."""
+        fast = render(content)
+        if fast is not None:
+            return fast
         try:
             return super().render(content)
         except (ValueError, UnicodeEncodeError):
@@ -113,7 +118,7 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # a bug: Starlette re-raises it after this reply, and uvicorn logs it with its traceback
-        return _error(ApiError(500, "internal_error", "internal error (logged by the service)"))
+        return _error(INTERNAL)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,11 +141,15 @@ def create_app(service: Service) -> FastAPI:
         mcp_running = mount(app, service, contexts)
 
     # ---------------------------------------------------------------- open endpoints
+    pid = os.getpid()       # (the app is made in the process that serves it)
+
     @app.get("/healthz", tags=["service"])
-    async def healthz() -> dict[str, Any]:
-        """Liveness and pool state (no API key needed)."""
+    async def healthz(request: Request) -> dict[str, Any]:
+        """Liveness and the state of this worker process: its pools and sessions (no API key
+        needed)."""
         return {"status": "ok", "version": __version__, "pools": service.catalog.pools_status(),
-                "sessions": len(service.sessions)}
+                "sessions": len(service.sessions), "worker": service.options.worker,
+                "pid": pid}
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     async def metrics() -> Response:
@@ -288,7 +297,18 @@ def create_app(service: Service) -> FastAPI:
                                                                    network=network))
         return r.to_json()
 
+    app.state.fast_routes = [
+        ("GET", "/healthz", healthz), ("POST", "/v1/run", run),
+        ("POST", r"/v1/snapshots/(?P<ref>.*)/call/(?P<function>[^/]+)", call)]
     return app
+
+
+def asgi_app(service: Service) -> FastRoutes:
+    """What `snapcell serve` serves: the app of `create_app` behind `FastRoutes`, which takes
+    the hot routes past FastAPI's routing and middleware (fastpath.py)."""
+    app = create_app(service)
+    return FastRoutes(app, max_body=service.options.max_body, render=SafeJSONResponse,
+                      on_error=_error, routes=app.state.fast_routes)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -326,11 +346,11 @@ async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
     be an object with only `allowed` fields (an empty body is {}); 400 for anything else, 413
     (from the BodyLimit middleware) when it is too large."""
     try:
-        raw = await request.body()
+        raw = await read_body(request.receive)
     except BodyTooLarge as e:
         raise ApiError(413, "body_too_large", str(e)) from None
-    except ClientDisconnect:        # gone, or cut off by the body deadline (protocol.py)
-        raise ApiError(408, "request_timeout", "the request body did not arrive") from None
+    if raw is None:                 # gone, or cut off by the body deadline (protocol.py)
+        raise ApiError(408, "request_timeout", "the request body did not arrive")
     if not raw.strip():
         return {}
     obj = parse_body(raw)
@@ -343,28 +363,37 @@ async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (the pool then kills the
-    guest call and puts the sandbox back clean)."""
-    task = asyncio.ensure_future(work)
+    """Await `work` in this task, cancelling it if the client disconnects first (the pool then
+    kills the guest call and puts the sandbox back clean). The client is watched from
+    WATCH_AFTER seconds on: a short call pays for no watcher task (a disconnect that came
+    earlier is still seen then: the server remembers it)."""
+    current = asyncio.current_task()
+    assert current is not None
     receive = request.receive
+    gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def disconnected() -> None:
+        nonlocal gone
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                gone = True
+                current.cancel()
                 return
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watch.cancel()
-        raise
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise ApiError(499, "client_disconnected", "the client went away; the call was cancelled")
-    watch.cancel()
-    return task.result()
 
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(disconnected())
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:      # ours, not the server's
+            raise ApiError(499, "client_disconnected",
+                           "the client went away; the call was cancelled") from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -10,8 +10,10 @@ backend (no interpreter guest built, or `register_backend(None)`) every run rais
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -142,6 +144,27 @@ class CodeSandboxBackend:
                                           "network_observer": network.observer}
         return _Box(StreamingCodeSandbox(lang, timeout=timeout, **net), files)
 
+    def inline_ready(self, lang: str) -> bool:
+        """Whether `run_inline` may run `lang` now: its warm snapshot is already in this
+        process (making it may take a second)."""
+        from ..code.warm import warm_source
+        return warm_source(lang) is not None
+
+    def run_inline(self, lang: str, code: str, files: Mapping[str, str] | None,
+                   budget: float) -> CodeResult | None:
+        """Run `code` on the calling thread with `budget` seconds as its time limit; None when
+        the run outlived the budget (it was killed; a fresh sandbox has no state and no tools,
+        so nothing of it remains): run it again with its own time limit. Output goes to the
+        result only (no streaming)."""
+        from ..code import CodeSandbox
+        with CodeSandbox(lang, timeout=budget) as box:
+            r = box.run(code, files=files) if files else box.run(code)
+        err = r.error
+        if err is not None and getattr(err, "type", None) == "TimeoutError" \
+                and r.duration >= budget:
+            return None
+        return CodeResult.of(r)
+
 
 _UNSET: Any = object()
 _backend: CodeBackend | None = _UNSET
@@ -173,15 +196,30 @@ def unavailable() -> CodeSandboxUnavailable:
         "is installed (POST /v1/run and pool.run(code) need one)")
 
 
+INLINE_BUDGET = 0.002       # seconds a run may take on the event loop's thread
+INLINE_BACKOFF = 0.1        # seconds without inline runs of a language after one outlived it
+
+
 class CodePool:
     """Runs code in fresh code sandboxes on worker threads, at most `concurrency` at a time and
-    `max_queue` waiting (beyond: `PoolFull`). `backend` defaults to the registered one."""
+    `max_queue` waiting (beyond: `PoolFull`). `backend` defaults to the registered one.
+
+    A run first tries the event loop's own thread, when the backend can (`inline_ready` and
+    `run_inline`), a worker is free and the request does not stream: handing a short run to a
+    worker thread and its result back costs more than the run (two thread wake-ups). Such a run is killed at
+    `inline_budget` seconds and run again on a worker with what is left of its time limit; when
+    it outlives the budget there too (not a scheduling hiccup), the language stays off the
+    loop's thread for `INLINE_BACKOFF` seconds: a run never holds the loop for much longer than
+    the budget, and code that always outlives it costs the loop at most one budget per
+    back-off. `inline_budget=0` turns this off."""
 
     def __init__(self, backend: CodeBackend | None = None, *, concurrency: int = 2,
-                 max_queue: int = 64) -> None:
+                 max_queue: int = 64, inline_budget: float = INLINE_BUDGET) -> None:
         self._backend = backend
         self.concurrency = concurrency
         self.max_queue = max_queue
+        self.inline_budget = inline_budget
+        self._inline_off: dict[str, float] = {}     # language → monotonic time inline resumes
         self._sem: asyncio.Semaphore | None = None
         self._waiting = 0
 
@@ -212,6 +250,22 @@ class CodePool:
                                 + ", ".join(backend.languages))
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.concurrency)
+        limit = timeout
+        inline = getattr(backend, "run_inline", None)
+        ready = getattr(backend, "inline_ready", None)
+        overran = False
+        if inline is not None and ready is not None and on_output is None \
+                and self.inline_budget > 0 and not self._sem.locked() and ready(lang) \
+                and self._inline_off.get(lang, 0.0) <= (now := time.monotonic()) \
+                and (timeout is None or timeout > self.inline_budget):
+            quick: CodeResult | None = inline(lang, code, files, self.inline_budget)
+            if quick is not None:
+                return quick
+            overran = True
+            if timeout is not None and limit is not None:
+                timeout -= time.monotonic() - now
+                if timeout <= 0:
+                    return CodeResult(None, "", "", _timed_out(limit), duration_ms=limit * 1000)
         if self._sem.locked() and self._waiting >= self.max_queue:
             raise PoolFull("the code pool is full; retry later")
         self._waiting += 1
@@ -237,7 +291,15 @@ class CodePool:
             finally:
                 b.close()
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, work)
+            done: CodeResult = await asyncio.get_running_loop().run_in_executor(None, work)
+            if overran and done.duration_ms >= self.inline_budget * 1000:   # not a hiccup
+                self._inline_off[lang] = time.monotonic() + INLINE_BACKOFF
+                err = done.error
+                if limit is not None and timeout is not None and isinstance(err, dict) \
+                        and err.get("type") == "TimeoutError" \
+                        and done.duration_ms >= timeout * 1000:     # cut at its limit
+                    done = dataclasses.replace(done, error={**err, **_timed_out(limit)})
+            return done
         except asyncio.CancelledError:
             kill = getattr(box[0], "kill", None) if box else None
             if kill is not None:
@@ -245,6 +307,12 @@ class CodePool:
             raise
         finally:
             self._sem.release()
+
+
+def _timed_out(limit: float) -> dict[str, Any]:
+    """The error of a run cut at its time limit, as `CodeSandbox` words it."""
+    return {"type": "TimeoutError", "message": f"the run exceeded its time limit of {limit} s",
+            "stack": "", "line": 0}
 
 
 _shared: CodePool | None = None

@@ -49,6 +49,19 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+async def read_body(receive: Any) -> bytes | None:
+    """A request's whole body from ASGI `receive` (None when the client disconnected first):
+    what Starlette's `Request.body()` does, with less machinery on the hot routes."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
 async def _reply(send: Any, status: int, kind: str, message: str) -> None:
     body = json.dumps({"error": {"type": kind, "status": status, "message": message}}).encode()
     await send({"type": "http.response.start", "status": status,

@@ -7,164 +7,65 @@ so every call starts from the same state; a sandbox that cannot be restored is c
 replaced. A full queue refuses new calls at once with `PoolFull`. A call's `timeout` covers the
 time queued plus the time in the guest; cancelling the awaiting task (`asyncio` cancellation,
 `wait_for`, a disconnected HTTP client) removes a queued job or kills the running guest call
-through the sandbox's interrupt handle."""
+through the sandbox's interrupt handle.
+
+A short call skips the worker thread: when a sandbox is idle and no call waits, `call` runs
+the guest call on the event loop's own thread (handing a job to a thread and its result back
+costs two thread wake-ups, more than a small call), restores the sandbox and returns. Such a
+call is speculative: it is killed at `inline_budget` seconds, or at its first host-function
+call (before the host function runs), and then runs again from the snapshot on a worker as
+usual — nothing of the first attempt is left (the sandbox was restored, no host function ran)
+and the loop was held for at most about the budget. A function that called a host function,
+or outlived the budget on the worker too (not a scheduling hiccup), then stays off the loop's
+thread for a while (`INLINE_BACKOFF`: 10 ms, doubling at each such re-run in a row up to 5 s),
+so a function that always does costs the loop little. `inline_budget=0` turns this off."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import ArgumentError, ExecutionTimeout, PoolClosed, PoolFull, SnapcellError
+from ..errors import (
+    ArgumentError,
+    ExecutionCancelled,
+    ExecutionTimeout,
+    PoolClosed,
+    PoolFull,
+    SnapcellError,
+)
 from ..machine.vmachine import forks
 from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, SandboxStatus, Snapshot
 from ..sandbox.interrupt import install_signal
+from .jobs import (
+    WAITED,
+    Job,
+    JobState,
+    check_timeout,
+    execute,
+    finish,
+    kill,
+    start,
+)
 from .metrics import PoolMetrics
 
-
-class JobState(enum.Enum):
-    """Where a job is: waiting, on a worker, finished, or dropped before it ran."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
+__all__ = ["WAITED", "Job", "JobState", "SandboxPool", "check_timeout", "execute", "finish",
+           "kill", "start"]
 
 
-class Job:
-    """One unit of work for a worker: a call (`args` is a tuple) or a batch (`items` a list)."""
-
-    __slots__ = ("name", "args", "items", "deadline", "future", "loop", "state", "lock",
-                 "sandbox", "finished", "submitted", "timer", "release")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, name: str, args: tuple[Any, ...] | None,
-                 items: Sequence[Sequence[Any]] | None, deadline: float | None) -> None:
-        self.loop = loop
-        self.name = name
-        self.args = args
-        self.items = items
-        self.deadline = deadline
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.state = JobState.QUEUED
-        self.lock = threading.Lock()
-        self.sandbox: MultiUseSandbox | None = None
-        self.finished = False           # set (without the lock) as soon as the guest call ended
-        self.submitted = time.perf_counter()
-        # called once when the job leaves QUEUED (the pool's queue accounting), with "run",
-        # "cancelled" (its caller gave up) or "expired" (its deadline passed)
-        self.release: Callable[[str], None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        if deadline is not None:        # a job still queued at its deadline fails then
-            self.timer = loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, self)
-
-    def run(self, sb: MultiUseSandbox) -> Any:
-        """Run on `sb` (worker thread) with what is left of the deadline."""
-        remaining = None
-        if self.deadline is not None:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise ExecutionTimeout(WAITED)
-        if self.items is not None:
-            return sb.call_many(self.name, self.items, timeout=remaining)
-        assert self.args is not None
-        return sb.call(self.name, *self.args, timeout=remaining)
+INLINE_BUDGET = 0.002       # seconds a call may run on the event loop's thread
+INLINE_BACKOFF = (0.01, 5.0)    # seconds off the loop's thread after a re-run: first, most
+RESTORE_WAIT = 0.001        # seconds an inline call waits for a worker restoring its sandbox
+_RERUN = object()           # no inline attempt, or a stopped one: run the call on a worker
+_OVERRAN = object()         # an inline attempt outlived the budget: run it on a worker
 
 
-WAITED = "the call's time limit passed while it waited for a sandbox"
-
-
-def _expire(job: Job) -> None:
-    """The deadline passed (event loop): a job still queued is dropped and fails now; a running
-    one is the watchdog's to kill."""
-    with job.lock:
-        if job.state is not JobState.QUEUED:
-            return
-        job.state = JobState.CANCELLED
-    if job.release is not None:
-        job.release("expired")
-    if not job.future.done():
-        job.future.set_exception(ExecutionTimeout(WAITED))
-
-
-def _deliver(job: Job, ok: bool, value: Any) -> None:
-    """Resolve the job's future on the event loop (unless its caller gave up)."""
-    if job.timer is not None:
-        job.timer.cancel()
-    fut = job.future
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
-
-
-def execute(job: Job, sb: MultiUseSandbox,
-            record: Callable[[Job, bool, Any], None] | None = None) -> tuple[bool, Any]:
-    """Run a job marked RUNNING on `sb` (worker thread), deliver its outcome, then `record` it
-    (metrics: off the caller's path, but before the worker takes another job)."""
-    try:
-        value = job.run(sb)
-        ok = True
-    except BaseException as e:  # delivered to the caller
-        value, ok = e, False
-    finish(job, ok, value)
-    if record is not None:
-        record(job, ok, value)
-    return ok, value
-
-
-def finish(job: Job, ok: bool, value: Any) -> None:
-    """Mark the job done (after any killer still deciding) and hand the outcome to its loop."""
-    job.finished = True
-    with job.lock:
-        job.state = JobState.DONE
-    try:
-        job.loop.call_soon_threadsafe(_deliver, job, ok, value)
-    except RuntimeError:        # the caller's event loop is closed: nobody waits any more
-        pass
-
-
-def start(job: Job, sb: MultiUseSandbox | None) -> bool:
-    """Mark a job RUNNING on `sb`; False when its caller gave up while it was queued."""
-    with job.lock:
-        if job.state is JobState.CANCELLED:
-            return False
-        job.state = JobState.RUNNING
-        job.sandbox = sb
-    if job.release is not None:
-        job.release("run")
-    return True
-
-
-def kill(job: Job) -> None:
-    """Kill the job's guest call (killer thread). The job's lock is held throughout, so its
-    worker cannot finish the job and start another call that a late kill would hit; kills are
-    retried while the job runs outside a VM entry (before its first one, or between the
-    entries of a batch)."""
-    with job.lock:
-        sb = job.sandbox
-        if job.state is not JobState.RUNNING or sb is None:
-            return
-        handle = sb.interrupt_handle()
-        while not job.finished:
-            if handle.kill():
-                return
-            time.sleep(0.0002)
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    """A positive number of seconds or None; ArgumentError otherwise."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
+class _Deferred(Exception):
+    """A host call of an inline attempt: the attempt is killed before the function runs."""
 
 
 class SandboxPool:
@@ -176,13 +77,15 @@ class SandboxPool:
             await pool.map("Echo", [["a"], ["b"]])
 
     `max_queue` bounds the calls waiting for a sandbox (beyond it: `PoolFull`); `timeout` is the
-    default per-call limit in seconds (None: no limit). `metrics` (shared by several pools) and
-    `name` (the `pool` label) are for the service."""
+    default per-call limit in seconds (None: no limit). `inline_budget`: seconds a call may
+    run on the event loop's thread before it runs again on a worker (0: never; see the
+    module). `metrics` (shared by several pools) and `name` (the `pool` label) are for the
+    service."""
 
     def __init__(self, snapshot: Snapshot, size: int = 2, host_functions: HostFunctions | None = None,
                  max_queue: int = 64, *, config: SandboxConfiguration | None = None,
                  timeout: float | None = None, metrics: PoolMetrics | None = None,
-                 name: str = "pool") -> None:
+                 name: str = "pool", inline_budget: float = INLINE_BUDGET) -> None:
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
@@ -193,6 +96,23 @@ class SandboxPool:
         self.size = size
         self.max_queue = max_queue
         self.host_functions = host_functions if host_functions is not None else HostFunctions()
+        if isinstance(inline_budget, bool) or not isinstance(inline_budget, (int, float)) \
+                or not inline_budget >= 0:
+            raise ArgumentError(f"inline_budget must be a number of seconds >= 0, got "
+                                f"{inline_budget!r}")
+        self.inline_budget = float(inline_budget)
+        self._inline_thread: int | None = None      # the loop's thread, during an inline call
+        self._inline_sb: MultiUseSandbox | None = None
+        self._inline_deferred = False               # the inline call reached a host call
+        self._inline_off: dict[str, float] = {}     # function → monotonic time inline resumes
+        self._strikes: dict[str, int] = {}          # function → re-runs in a row
+        # the sandboxes' host functions: the given ones, each first checking for an inline
+        # attempt to stop (_guarded)
+        self._guarded = HostFunctions.empty()
+        for fname in self.host_functions:
+            f = self.host_functions.get(fname)
+            assert f is not None
+            self._guarded.register(fname, self._guard(f.fn), signature=f.signature)
         self.config = config
         self.timeout = check_timeout(timeout)
         self.metrics = metrics if metrics is not None else PoolMetrics()
@@ -202,6 +122,11 @@ class SandboxPool:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting = 0
         self._threads: list[threading.Thread] = []
+        # one sandbox per worker, each under its lock while a worker (or the loop's thread, for
+        # an inline call) uses it
+        self._slots: list[MultiUseSandbox | None] = []
+        self._slot_locks: list[threading.Lock] = []
+        self._restoring: list[bool] = []            # the slot's worker is restoring its sandbox
         self._busy = 0
         self._stats = threading.Lock()
         self._killer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -239,8 +164,22 @@ class SandboxPool:
         """A sandbox from the pool's snapshot (or `snapshot`) with the pool's host functions and
         configuration (blocking; used by workers and sessions)."""
         return MultiUseSandbox.from_snapshot(snapshot if snapshot is not None else self.snapshot,
-                                             host_functions=self.host_functions,
+                                             host_functions=self._guarded,
                                              config=self.config)
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, stopping an inline attempt instead when called from one."""
+        get_ident = threading.get_ident
+
+        def host(*args: Any) -> Any:
+            if self._inline_thread == get_ident():
+                sb = self._inline_sb
+                if sb is not None:
+                    self._inline_deferred = True
+                    sb.interrupt_handle().kill()        # from inside the call: no wait
+                raise _Deferred("re-run on a worker")
+            return fn(*args)
+        return host
 
     # ---------------------------------------------------------------- lifetime
     async def start(self) -> None:
@@ -260,7 +199,10 @@ class SandboxPool:
             self._killer = concurrent.futures.ThreadPoolExecutor(2, f"snapcell-{self.name}-kill")
             for i in range(self.size):
                 f: concurrent.futures.Future[None] = concurrent.futures.Future()
-                t = threading.Thread(target=self._worker, args=(f,), daemon=True,
+                self._slots.append(None)
+                self._slot_locks.append(threading.Lock())
+                self._restoring.append(False)
+                t = threading.Thread(target=self._worker, args=(f, i), daemon=True,
                                      name=f"snapcell-{self.name}-{i}")
                 ready.append(f)
                 self._threads.append(t)
@@ -312,12 +254,94 @@ class SandboxPool:
         `ExecutionTimeout` (queued plus running longer than `timeout`) or `PoolClosed`."""
         if not self._started:
             await self.start()
+        value: Any = _RERUN
+        if self.inline_budget and not self._waiting:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            t = check_timeout(timeout) if timeout is not None else self.timeout
+            start_at = time.monotonic()
+            value = self._inline(name, args, t)
+            if value is not _RERUN and value is not _OVERRAN:
+                return value
+            if t is not None:
+                timeout = max(1e-6, t - (time.monotonic() - start_at))
+        if value is _OVERRAN:
+            job = self._submit(name, args, None, timeout)
+            queued = time.monotonic()
+            try:
+                return await job.future
+            except asyncio.CancelledError:
+                self._abandon(job)
+                raise
+            finally:        # outlived the budget on a worker too: not a scheduling hiccup
+                if time.monotonic() - queued >= self.inline_budget:
+                    self._back_off(name)
         job = self._submit(name, args, None, timeout)
         try:
             return await job.future
         except asyncio.CancelledError:
             self._abandon(job)
             raise
+
+    def _inline(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """The call on this (the loop's) thread if a sandbox is idle and `name` is not backing
+        off: its result (or what it raises), or _RERUN / _OVERRAN (nothing of it is left: use
+        a worker)."""
+        if not isinstance(name, str) or self._inline_off.get(name, 0.0) > time.monotonic():
+            return _RERUN
+        self._check_process()
+        for slot, lock in enumerate(self._slot_locks):
+            # a worker that only restores its sandbox is waited for (tens of microseconds)
+            if lock.acquire(False) or (self._restoring[slot] and lock.acquire(timeout=RESTORE_WAIT)):
+                sb = self._slots[slot]
+                if sb is not None:
+                    break
+                lock.release()
+        else:
+            return _RERUN
+        budget = self.inline_budget if timeout is None else min(self.inline_budget, timeout)
+        final = timeout is not None and budget >= timeout       # the budget is its own limit
+        submitted = time.perf_counter()
+        try:
+            self._inline_sb, self._inline_thread = sb, threading.get_ident()
+            self._inline_deferred = False
+            try:
+                value, ok = sb.call(name, *args, timeout=budget), True
+            except ExecutionCancelled as e:     # the budget passed, or a host call came
+                if self._inline_deferred:
+                    value, ok = _RERUN, True
+                elif not (final and isinstance(e, ExecutionTimeout)):
+                    value, ok = _OVERRAN, True
+                else:
+                    value, ok = e, False
+            except BaseException as e:          # the caller's
+                value, ok = e, False
+            finally:
+                self._inline_sb = self._inline_thread = None
+            if value is _RERUN and self._inline_deferred:      # it calls host functions
+                self._back_off(name)
+            elif value is not _OVERRAN:
+                self._strikes.pop(name, None)
+        finally:
+            self._slots[slot] = self._reset(sb)
+            lock.release()
+        if value is not _RERUN and value is not _OVERRAN:
+            self._record_inline(name, submitted, ok, value)
+        if not ok:
+            raise value
+        return value
+
+    def _back_off(self, name: str) -> None:
+        """Keep `name` off the loop's thread for a while: twice as long at each re-run in a row
+        (from INLINE_BACKOFF[0] up to INLINE_BACKOFF[1] seconds)."""
+        n = self._strikes[name] = self._strikes.get(name, 0) + 1
+        first, most = INLINE_BACKOFF
+        self._inline_off[name] = time.monotonic() + min(most, first * 2 ** min(n - 1, 30))
+
+    def _record_inline(self, name: str, submitted: float, ok: bool, value: Any) -> None:
+        job = Job.__new__(Job)
+        job.name, job.submitted = name, submitted
+        self._record(job, ok, value)
 
     async def map(self, name: str, items: Iterable[Sequence[Any]], *, timeout: float | None = None,
                   chunk_size: int | None = None) -> list[Any]:
@@ -419,12 +443,16 @@ class SandboxPool:
                 pass
 
     # ---------------------------------------------------------------- workers
-    def _worker(self, ready: concurrent.futures.Future[None]) -> None:
-        sb: MultiUseSandbox | None = None
-        try:
-            sb = self.new_sandbox()
-        except BaseException as e:
-            ready.set_exception(e)
+    def _worker(self, ready: concurrent.futures.Future[None], slot: int) -> None:
+        lock = self._slot_locks[slot]
+        error: BaseException | None = None
+        with lock:
+            try:
+                self._slots[slot] = self.new_sandbox()
+            except BaseException as e:
+                error = e
+        if error is not None:
+            ready.set_exception(error)
         else:
             ready.set_result(None)
         q = self._queue
@@ -432,19 +460,25 @@ class SandboxPool:
             job = q.get()
             if job is None:
                 break
-            if not start(job, sb):                 # dropped while queued (already released)
-                continue
-            if sb is None:                         # the last creation failed: try again
-                try:
-                    sb = job.sandbox = self.new_sandbox()
-                except BaseException as e:
-                    self._record(job, False, e)
-                    finish(job, False, e)
-            if sb is not None:
-                execute(job, sb, self._record)
-            sb = self._reset(sb)
+            with lock:                             # (held briefly by an inline call)
+                sb = self._slots[slot]
+                if not start(job, sb):             # dropped while queued (already released)
+                    continue
+                if sb is None:                     # the last creation failed: try again
+                    try:
+                        sb = job.sandbox = self.new_sandbox()
+                    except BaseException as e:
+                        self._record(job, False, e)
+                        finish(job, False, e)
+                if sb is not None:
+                    execute(job, sb, self._record)
+                self._restoring[slot] = True
+                self._slots[slot] = self._reset(sb)
+                self._restoring[slot] = False
             with self._stats:
                 self._busy -= 1
+        with lock:
+            sb, self._slots[slot] = self._slots[slot], None
         if sb is not None:
             sb.close()
 

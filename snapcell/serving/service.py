@@ -19,7 +19,7 @@ from .contexts import ContextOptions
 from .egress import Egress
 from .metrics import PoolMetrics
 from .pool import check_timeout
-from .sessions import SessionManager
+from .sessions import SessionManager, session_prefix
 
 KIB, MIB = 1 << 10, 1 << 20
 
@@ -51,6 +51,11 @@ class ServeOptions:
     dask: str | None = None             # scheduler address: calls and runs go to that cluster
     contexts: ContextOptions = field(default_factory=ContextOptions)
     egress_cap: NetworkPolicy | None = None     # what tenants' code may reach; None: nothing
+    # set in each process of `serve --workers N` (workers.py): which worker this is, how many
+    # there are, and the private directory of their Unix sockets and shared metrics
+    worker: int = 0
+    workers: int = 1
+    runtime_dir: str | None = None
 
 
 class Service:
@@ -75,11 +80,14 @@ class Service:
                                        max_sessions=options.max_sessions,
                                        max_per_tenant=options.max_sessions_per_tenant,
                                        workers=options.session_workers,
-                                       max_queue=options.max_queue)
+                                       max_queue=options.max_queue,
+                                       id_prefix=session_prefix(options.worker)
+                                       if options.workers > 1 else "")
         self.code = CodePool(concurrency=options.code_concurrency, max_queue=options.max_queue)
         self.cluster: Any = None         # a snapcell.dask.DaskBackend with --dask
         self.egress = Egress(options.egress_cap, self.metrics.registry)
         self._sweeper: asyncio.Task[Any] | None = None
+        self._refresher: asyncio.Task[Any] | None = None
 
     def timeout(self, requested: Any) -> float:
         """The time limit of a request: its own (capped at max_timeout) or the default."""
@@ -108,13 +116,15 @@ class Service:
             served = await self.catalog.resolve(ref)
             await served.ready_pool()
         self._sweeper = asyncio.ensure_future(self.sessions.run_sweeper())
+        self._refresher = asyncio.ensure_future(self.metrics.run_refresher())
 
     async def close(self) -> None:
         """Stop everything."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._refresher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.sessions.close()
         await self.catalog.close()
         if self.cluster is not None:

@@ -30,7 +30,7 @@ class Session:
     """A sandbox of `pool`'s snapshot owned by `tenant`. Use through `SessionManager`."""
 
     def __init__(self, manager: "SessionManager", pool: SandboxPool, tenant: str) -> None:
-        self.id = secrets.token_urlsafe(18)
+        self.id = manager.id_prefix + secrets.token_urlsafe(18)
         self.tenant = tenant
         self.pool = pool
         self.manager = manager
@@ -144,20 +144,36 @@ class Session:
             self.last_used = time.monotonic()
 
 
+def session_prefix(worker: int) -> str:
+    """The start of the ids of sessions owned by worker `worker` of `serve --workers N`
+    ("w<N>." — a dot is not in a token's alphabet)."""
+    return f"w{worker}."
+
+
+def session_owner(session_id: str) -> int | None:
+    """The worker a session id names (`session_prefix`), or None."""
+    head, dot, _ = session_id.partition(".")
+    if not dot or not head.startswith("w") or not head[1:].isdigit() or len(head) > 8:
+        return None
+    return int(head[1:])
+
+
 class SessionManager:
     """Sessions by id, at most `max_sessions` (and `max_per_tenant` per tenant), paused after
     `idle_seconds` by `sweep()` (run periodically by `run_sweeper()`). Session calls run on
-    `workers` threads; beyond `max_queue` waiting calls, new ones get `PoolFull`."""
+    `workers` threads; beyond `max_queue` waiting calls, new ones get `PoolFull`. Ids start
+    with `id_prefix` (the owning worker's `session_prefix` under `serve --workers N`)."""
 
     def __init__(self, *, metrics: PoolMetrics | None = None, idle_seconds: float = 60.0,
                  max_sessions: int = 256, max_per_tenant: int = 32, workers: int = 4,
-                 max_queue: int = 64) -> None:
+                 max_queue: int = 64, id_prefix: str = "") -> None:
         if not idle_seconds > 0:
             raise ArgumentError("idle_seconds must be positive")
         self.metrics = metrics if metrics is not None else PoolMetrics()
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
         self.max_per_tenant = max_per_tenant
+        self.id_prefix = id_prefix          # names the worker process owning the session
         self._sessions: dict[str, Session] = {}
         self.workers = workers
         self.max_queue = max_queue          # session calls that may wait for a worker thread

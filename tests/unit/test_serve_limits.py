@@ -123,3 +123,50 @@ def test_responses_always_render() -> None:
     assert SafeJSONResponse({"a": [1.5, "é"]}).body == '{"a":[1.5,"é"]}'.encode()
     r = SafeJSONResponse({"a": [math.nan, -math.inf], "\ud800": "x\udfff"})
     assert _strict(r.body) == {"a": ["NaN", "-Infinity"], "\ud800": "x\udfff"}
+
+
+def _outcome(parse: Any, raw: bytes) -> Any:
+    try:
+        return ("value", parse(raw))
+    except ApiError as e:
+        return ("error", e.status, e.kind, str(e))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=120)
+       | values.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass"))
+       | st.lists(st.integers(-(10**22), 10**22) | st.floats(), max_size=4).map(
+           lambda v: json.dumps(v).encode()))
+def test_orjson_reads_bodies_as_the_json_module_does(raw: bytes) -> None:
+    from snapcell.serving import jsonvalues
+    assert jsonvalues.orjson is not None            # the serve extra's
+    fast = _outcome(parse_body, raw)
+    saved, jsonvalues.orjson = jsonvalues.orjson, None
+    try:
+        slow = _outcome(parse_body, raw)
+    finally:
+        jsonvalues.orjson = saved
+    if fast[0] == "value" and slow[0] == "value":   # (NaN != NaN: compare the renderings)
+        assert dumps_safe(fast[1]) == dumps_safe(slow[1]) and \
+            [type(x) for x in _leaves(fast[1])] == [type(x) for x in _leaves(slow[1])]
+    else:
+        assert fast == slow
+
+
+def _leaves(v: Any) -> list[Any]:
+    if isinstance(v, list):
+        return [x for item in v for x in _leaves(item)]
+    if isinstance(v, dict):
+        return [x for item in v.values() for x in _leaves(item)]
+    return [v]
+
+
+@given(values | st.lists(st.integers(-(2**70), 2**70), max_size=3))
+def test_orjson_renders_as_the_json_module_does(v: Any) -> None:
+    from snapcell.serving.app import SafeJSONResponse
+    from snapcell.serving.jsonvalues import render
+    fast = render(v)
+    body = SafeJSONResponse(v).body
+    if fast is not None:
+        assert body == fast
+    assert _strict(body) == _strict(dumps_safe(v))
