@@ -254,7 +254,9 @@ class CodePool:
         inline = getattr(backend, "run_inline", None)
         ready = getattr(backend, "inline_ready", None)
         overran = False
-        if inline is not None and ready is not None and on_output is None \
+        # a run with a network policy never goes inline: it does I/O, and an inline attempt cut
+        # at its budget would be run again
+        if inline is not None and ready is not None and on_output is None and network is None \
                 and self.inline_budget > 0 and not self._sem.locked() and ready(lang) \
                 and self._inline_off.get(lang, 0.0) <= (now := time.monotonic()) \
                 and (timeout is None or timeout > self.inline_budget):
