@@ -225,6 +225,15 @@ sorted(os.listdir('.')), os.getcwd()
     assert py.run("import os\nos.listdir('/tmp')").value == []
 
 
+def test_dev_null_reads_empty_and_swallows_writes(py: CodeSandbox) -> None:
+    r = py.run("import os, stat\n"
+               "with open(os.devnull, 'w') as f:\n    n = f.write('x' * 100)\n"
+               "with open(os.devnull, 'rb') as f:\n    d = f.read()\n"
+               "(n, len(d), os.path.exists('/dev/null'), stat.S_ISCHR(os.stat(os.devnull).st_mode),"
+               " open('/dev/null', 'a').write('y'))")
+    assert r.error is None and r.value == [100, 0, True, True, 1], r
+
+
 def test_tmp_is_part_of_snapshots_and_session_state() -> None:
     with CodeSandbox("python", keep_state=True) as box:
         box.run("open('notes.txt', 'w').write('kept')")

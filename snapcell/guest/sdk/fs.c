@@ -90,7 +90,10 @@ struct tmp_node {
     int64_t mtime;
 };
 
-enum { FD_FREE, FD_STD, FD_IMG_FILE, FD_IMG_DIR, FD_TMP_FILE, FD_TMP_DIR };
+enum { FD_FREE, FD_STD, FD_IMG_FILE, FD_IMG_DIR, FD_TMP_FILE, FD_TMP_DIR, FD_NULL };
+
+/* /dev/null: reads see end of file, writes are discarded (code opens it to silence output) */
+#define DEV_NULL "/dev/null"
 
 struct fdesc {
     int kind;
@@ -396,8 +399,18 @@ static FS_NOSSP struct meta tmp_meta(uint32_t i)
 }
 
 /* Metadata of a normalised path: 0 or -ENOENT. */
+static FS_NOSSP void null_meta(struct meta *m)
+{
+    struct meta s = {S_IFCHR | 0666, 1, 0, 0x0103, IMAGE_MTIME * 1000000000LL};
+    *m = s;
+}
+
 static FS_NOSSP int path_meta(const char *path, struct meta *m)
 {
+    if (strcmp(path, DEV_NULL) == 0) {
+        null_meta(m);
+        return 0;
+    }
     if (in_tmp(path) && strcmp(path, TMP) != 0) {
         long i = tmp_lookup(path);
         if (i < 0)
@@ -504,6 +517,13 @@ static FS_NOSSP long do_open(long dirfd, const char *upath, long flags)
     if (fd < 0)
         return fd;
     struct fdesc d = {FD_FREE, 0, 0, (int)(flags & (O_ACCMODE | O_APPEND)), (flags & O_CLOEXEC) != 0};
+    if (strcmp(path, DEV_NULL) == 0) {
+        if (flags & O_DIRECTORY)
+            return -ENOTDIR;
+        d.kind = FD_NULL;
+        fds[fd] = d;
+        return fd;
+    }
     if (in_tmp(path) && strcmp(path, TMP) != 0) {
         long i = tmp_lookup(path);
         if (i >= 0 && (flags & O_CREAT) && (flags & O_EXCL))
@@ -662,6 +682,8 @@ static FS_NOSSP long do_rw(long fd, char *buf, size_t n, int write, int64_t at)
         return -EBADF;
     if (at < -1)
         return -EINVAL;
+    if (d->kind == FD_NULL)
+        return write ? (long)n : 0;
     uint64_t off = at >= 0 ? (uint64_t)at : d->off;
     long r;
     if (write) {
@@ -701,6 +723,8 @@ static FS_NOSSP long do_lseek(long fd, int64_t off, long whence)
     struct fdesc *d = get_fd(fd);
     if (!d)
         return -EBADF;
+    if (d->kind == FD_NULL)
+        return 0;
     int64_t size = 0;
     if (d->kind == FD_IMG_FILE)
         size = (int64_t)ent(d->idx).b;
@@ -733,7 +757,9 @@ static FS_NOSSP int fd_meta(long fd, struct meta *m)
     struct fdesc *d = get_fd(fd);
     if (!d)
         return -EBADF;
-    if (d->kind == FD_IMG_FILE || d->kind == FD_IMG_DIR)
+    if (d->kind == FD_NULL)
+        null_meta(m);
+    else if (d->kind == FD_IMG_FILE || d->kind == FD_IMG_DIR)
         *m = img_meta(d->idx);
     else if (d->idx == UINT32_MAX)
         return path_meta(TMP, m);
