@@ -13,8 +13,9 @@
 # OpenSSL: static libraries only (no shared objects, DSOs, engines or async jobs: a static guest
 # loads no code), the built-in default provider only (no-module, no-legacy), assembler kept (its
 # CPU dispatch is held to the portable baseline by openssl-portable-cpu-dispatch.patch), threads
-# on (CPython's _ssl requires them; the guest runs one thread). OPENSSLDIR is /etc/ssl: the
-# default verify file is /etc/ssl/cert.pem, where the guest's image holds the CA bundle.
+# on (CPython's _ssl requires them; the guest runs one thread). OPENSSLDIR is /usr/lib/ssl, as in
+# Debian's build: the default verify file is /usr/lib/ssl/cert.pem, where the guest's image holds
+# the CA bundle (under /usr, the one read-only tree the guest sees besides /tmp).
 # The bundle is what Debian's ca-certificates package installs: certdata2pem.py run on Mozilla's
 # certdata.txt (the .venv's `cryptography` parses the certificates) plus its extra/*.crt, the
 # .crt files concatenated in name order, as update-ca-certificates does.
@@ -58,7 +59,7 @@ for p in third_party/patches/openssl-*.patch; do
   patch -s -d "$OUT/src" -p1 < "$p"
 done
 (cd "$OUT/src" && CC=musl-gcc ./Configure linux-x86_64 --prefix="$OUT/prefix" --libdir=lib \
-   --openssldir=/etc/ssl no-shared no-module no-dso no-engine no-async no-legacy no-tests \
+   --openssldir=/usr/lib/ssl no-shared no-module no-dso no-engine no-async no-legacy no-tests \
    no-ui-console no-comp no-ssl3 no-weak-ssl-ciphers no-srp no-idea no-seed no-mdc2 no-rc5 \
    no-whirlpool no-gost no-afalgeng no-ktls no-secure-memory -O2 -fno-pie -fstack-clash-protection \
    > "$OUT/configure.log" 2>&1 \

@@ -9,7 +9,7 @@ byte code without comparing source timestamps), less the parts a sandbox cannot 
 ensurepip, the packages' own test suites), plus the few Lib/test modules the CPython referee
 runs (REFEREE_TESTS) with test.support, sysconfig's generated data module, the runner
 guests/python/_snapcell_runner.py, the time zone database under /usr/share/zoneinfo, the CA
-bundle as /etc/ssl/cert.pem and an empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S.
+bundle as /usr/lib/ssl/cert.pem and an empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S.
 
     ... build_python_image.py OUT_DIR --name NAME --site-packages DIR --lib-dynload SO ...
 
@@ -56,7 +56,7 @@ ZONEINFO = Path("/usr/share/zoneinfo")
 # The CA bundle (Debian's ca-certificates, made by scripts/build_openssl.sh) where the guest's
 # OpenSSL looks by default (OPENSSLDIR/cert.pem): ssl.create_default_context() loads it.
 CA_BUNDLE = ROOT / "build" / "openssl" / "ca-certificates.crt"
-CA_PATH = "/etc/ssl/cert.pem"
+CA_PATH = "/usr/lib/ssl/cert.pem"
 TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
               "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck",
               "ssl_cert.pem", "ssl_key.pem", "pycacert.pem", "keycert3.pem")  # test_asyncio.utils

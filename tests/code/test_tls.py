@@ -138,7 +138,7 @@ def test_default_context_loads_the_ca_bundle(py: CodeSandbox) -> None:
                " ctx.verify_mode == ssl.CERT_REQUIRED, ctx.check_hostname]")
     assert r.error is None, r.error and r.error.stack
     count, cafile, required, check_hostname = r.value
-    assert count > 100 and cafile == "/etc/ssl/cert.pem" and required and check_hostname
+    assert count > 100 and cafile == "/usr/lib/ssl/cert.pem" and required and check_hostname
 
 
 def test_tls13_handshake_and_data_in_the_guest(py: CodeSandbox, pki: dict[str, bytes]) -> None:
@@ -186,3 +186,35 @@ def test_openssl_random_differs_in_every_restore_of_a_snapshot() -> None:
     values = [before, after, ra, rb, ra2, rc]
     assert all(isinstance(v, str) and len(v) == 32 for v in values)
     assert len(set(values)) == len(values)
+
+
+# OPENSSL_ia32cap_P after OpenSSL's start-up CPU detection, from a native program linked with the
+# guest's libcrypto.a
+CAPS_PROGRAM = r"""
+#include <stdio.h>
+#include <openssl/crypto.h>
+extern unsigned int OPENSSL_ia32cap_P[4];
+int main(void)
+{
+    OPENSSL_init_crypto(0, NULL);
+    printf("%u %u %u %u\n", OPENSSL_ia32cap_P[0], OPENSSL_ia32cap_P[1], OPENSSL_ia32cap_P[2],
+           OPENSSL_ia32cap_P[3]);
+    return 0;
+}
+"""
+BEYOND_V3_LEAF7_EBX = sum(1 << b for b in (16, 17, 19, 21, 26, 27, 28, 29, 30, 31))
+
+
+def test_openssl_cpu_dispatch_stays_within_the_portable_baseline(tmp_path: Path) -> None:
+    """Even with every capability bit forced on (OPENSSL_ia32cap, as a host with all of them
+    would report), the vector the guest's OpenSSL dispatches on holds no AVX-512, VAES,
+    VPCLMULQDQ, GFNI, SHA or ADX: the warm snapshot keeps it, and a v3 host may lack them."""
+    prefix = Path(__file__).resolve().parents[2] / "build" / "openssl" / "prefix"
+    (tmp_path / "caps.c").write_text(CAPS_PROGRAM)
+    subprocess.run(["musl-gcc", "-static", "-I", str(prefix / "include"), "caps.c",
+                    str(prefix / "lib" / "libcrypto.a"), "-o", "caps"], cwd=tmp_path, check=True)
+    for env in ({}, {"OPENSSL_ia32cap": ":0xffffffffffffffff"}):
+        out = subprocess.run([str(tmp_path / "caps")], env=env, check=True, capture_output=True,
+                             text=True).stdout.split()
+        words = [int(w) for w in out]
+        assert words[2] & BEYOND_V3_LEAF7_EBX == 0 and words[3] == 0, (env, out)
