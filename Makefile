@@ -33,6 +33,9 @@ PY_SOCKETS  := guests/python/sockets.c guests/python/sockets.h
 # bzip2, liblzma and SQLite for _bz2, _lzma and _sqlite3 (built static with CPython)
 CPY_DBLIB_SRCS := $(addsuffix /.snapcell-sha256,$(addprefix build/third_party/,bzip2 xz-utils sqlite3))
 CPY_DBLIBS  := $(addprefix --lib $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a)
+# OpenSSL for _ssl and _hashlib, and the CA bundle of the guest's image (scripts/build_openssl.sh)
+OPENSSL_STAMP := build/openssl/.inputs-sha256
+CPY_DBLIBS  += $(addprefix --lib build/openssl/prefix/lib/,libssl.a libcrypto.a)
 # The dynamic Python guest (docs/code-sandboxes.md, "Packages and images"): the same CPython
 # linked as a dynamic musl 1.2.5 executable that loads PyPI's musllinux wheels unchanged, with
 # musl's dynamic linker beside it (the host loads that file as the guest's interpreter).
@@ -108,6 +111,14 @@ $(CPY_STAMP): build/third_party/cpython/.snapcell-sha256 build/third_party/zlib/
               scripts/build_cpython.sh $(wildcard third_party/patches/cpython-*.patch)
 	JOBS=2 bash scripts/build_cpython.sh
 	touch $@
+
+$(OPENSSL_STAMP): build/third_party/openssl/.snapcell-sha256 \
+                  build/third_party/ca-certificates/.snapcell-sha256 scripts/build_openssl.sh \
+                  $(wildcard third_party/patches/openssl-*.patch)
+	JOBS=2 bash scripts/build_openssl.sh
+	touch $@
+
+$(CPY_STAMP) $(PY_IMAGE) build/guests/python-dyn.img: $(OPENSSL_STAMP)
 
 $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.py \
              guests/python/_snapcell_runner.py guests/python/_snapcell_sandbox.py

@@ -42,6 +42,11 @@ done
 inputs=$( { echo "$inputs"; for d in $DBLIBS; do cat "$ROOT/build/third_party/$d/.snapcell-sha256"; done; } \
          | sha256sum | cut -d' ' -f1)
 # ---- end of the _bz2, _lzma, _sqlite3 inputs --------------------------------------------------
+# ---- _ssl, _hashlib (inputs): OpenSSL, built static with musl by scripts/build_openssl.sh -----
+OSSL=$ROOT/build/openssl
+[ -f "$OSSL/.inputs-sha256" ] || { echo "build_cpython: OpenSSL missing; run scripts/build_openssl.sh" >&2; exit 1; }
+inputs=$( { echo "$inputs"; cat "$OSSL/.inputs-sha256"; } | sha256sum | cut -d' ' -f1)
+# ---- end of the _ssl, _hashlib inputs ---------------------------------------------------------
 
 if [ -f "$OUT/.inputs-sha256" ] && [ "$(cat "$OUT/.inputs-sha256")" = "$inputs" ] \
    && [ -f "$OUT/obj/libpython3.11.a" ] && [ -x "$OUT/obj/python" ] && [ -f "$OUT/obj/$CTYPES_SO" ]; then
@@ -100,6 +105,7 @@ cd "$OUT/obj"
 PKG_CONFIG_LIBDIR="$OUT/prefix/lib/pkgconfig" PKG_CONFIG_PATH="" \
 CFLAGS="$CFLAGS_COMMON" CPPFLAGS="-I$OUT/prefix/include" LDFLAGS="-static -no-pie -L$OUT/prefix/lib" \
   "$OUT/configure" --srcdir="$SRC" --prefix=/usr --disable-shared --without-ensurepip \
+  --with-openssl="$OSSL/prefix" --with-openssl-rpath=no \
   --with-pymalloc > configure.log 2>&1 || { tail -30 configure.log >&2; exit 1; }
 
 # ---- Modules/Setup.local: the static section of Setup.stdlib, built in -----------------------

@@ -8,8 +8,8 @@ every module's source and its byte code in __pycache__ (unchecked-hash .pyc, so 
 byte code without comparing source timestamps), less the parts a sandbox cannot use (GUI, IDLE,
 ensurepip, the packages' own test suites), plus the few Lib/test modules the CPython referee
 runs (REFEREE_TESTS) with test.support, sysconfig's generated data module, the runner
-guests/python/_snapcell_runner.py, the time zone database under /usr/share/zoneinfo and an
-empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S.
+guests/python/_snapcell_runner.py, the time zone database under /usr/share/zoneinfo, the CA
+bundle as /usr/lib/ssl/cert.pem and an empty /tmp. Writes OUT_DIR/stdlib.img and OUT_DIR/stdlib_image.S.
 
     ... build_python_image.py OUT_DIR --name NAME --site-packages DIR --lib-dynload SO ...
 
@@ -53,6 +53,10 @@ REFEREE_TESTS = ("test_json", "test_re", "test_math", "test_datetime", "datetime
 # The time zone database (Debian's tzdata, installed by the set-up) for zoneinfo, less its
 # duplicate right/ and posix/ trees.
 ZONEINFO = Path("/usr/share/zoneinfo")
+# The CA bundle (Debian's ca-certificates, made by scripts/build_openssl.sh) where the guest's
+# OpenSSL looks by default (OPENSSLDIR/cert.pem): ssl.create_default_context() loads it.
+CA_BUNDLE = ROOT / "build" / "openssl" / "ca-certificates.crt"
+CA_PATH = "/usr/lib/ssl/cert.pem"
 TEST_FILES = ("__init__.py", "math_testcases.txt", "ieee754.txt", "cmath_testcases.txt",
               "mathdata", "randv2_32.pck", "randv2_64.pck", "randv3.pck",
               "ssl_cert.pem", "ssl_key.pem", "pycacert.pem", "keycert3.pem")  # test_asyncio.utils
@@ -156,6 +160,9 @@ def main(out_dir: str, name: str = "stdlib", site: str | None = None,
             files[f"/usr/share/zoneinfo/{rel.as_posix()}"] = z.read_bytes()
         elif z.is_symlink() and z.resolve().is_file() and rel.parts[0] not in ("right", "posix"):
             files[f"/usr/share/zoneinfo/{rel.as_posix()}"] = z.resolve().read_bytes()
+    if not CA_BUNDLE.exists():
+        raise SystemExit("build_python_image: no CA bundle (run scripts/build_openssl.sh)")
+    files[CA_PATH] = CA_BUNDLE.read_bytes()
     image = fsimage.build_image(files, dirs=("/tmp", f"{PREFIX}/site-packages"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

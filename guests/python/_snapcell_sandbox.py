@@ -402,8 +402,6 @@ def teach(e):
             return (f"the run's memory limit is {limit / 2**20:.0f} MiB (CodeSandbox("
                     "memory_limit=...), at most 128 MiB; lzma's default preset alone needs "
                     "~94 MiB to compress: pass preset=3 or less)")
-    if type(e).__name__ == "URLError" and "unknown url type: https" in str(e):
-        return NO_NETWORK + " (and there is no ssl module)"    # urllib without _ssl
     if isinstance(e, FileNotFoundError) and isinstance(e.filename, str):
         path = os.path.abspath(e.filename)
         if not any(path == d or path.startswith(d + "/") for d in SANDBOX_DIRS):

@@ -7,8 +7,8 @@
  * real length.
  */
     .globl sc_python_image, sc_python_image_end, sc_image_slot, sc_image_slot_end
-    .set sc_image_slot, 0x11200000
-    .set sc_image_slot_end, 0x11200000 + (448 << 20)
+    .set sc_image_slot, 0x11800000   /* above the library region and musl's dynamic linker */
+    .set sc_image_slot_end, 0x11800000 + (448 << 20)
     .set sc_python_image, sc_image_slot
     .set sc_python_image_end, sc_image_slot_end
     .section .note.GNU-stack, "", @progbits

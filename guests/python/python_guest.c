@@ -417,9 +417,18 @@ static PyObject *runner_run, *runner_reseed;
 static uint8_t pending_seed[32];
 static int reseed_pending;
 
+/* OpenSSL's DRBGs reseed from getrandom() (the host's per-sandbox entropy) at their first use
+ * after this changes (third_party/patches/openssl-restore-fork-id.patch): it counts the
+ * restores this guest has seen, so a sandbox restored from a snapshot never continues the
+ * snapshot's DRBG state, which every other restore of it holds too. */
+static int restores_seen;
+int snapcell_fork_id(void);
+int snapcell_fork_id(void) { return restores_seen; }
+
 static void on_reseed(const uint8_t seed[32], uint64_t generation)
 {
     (void)generation;
+    restores_seen++;
     memcpy(pending_seed, seed, 32);
     reseed_pending = 1;
 }

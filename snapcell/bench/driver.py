@@ -469,6 +469,10 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
         snippet = PYTHON_SNIPPET.read_text()
         r["code_run_python_json_re_snippet"] = _time(functools.partial(box.run, snippet),
                                                      n // 10, 5)
+        # TLS (docs/code-sandboxes.md, "TLS and hashlib"): ssl is not in the warm set
+        r["code_run_python_import_ssl"] = _time(functools.partial(box.run, "import ssl"), 10, 2)
+        r["code_run_python_tls_default_context"] = _time(functools.partial(
+            box.run, "import ssl\nssl.create_default_context()"), 10, 2)
     path = str(language("python").guest_path())
 
     def evolve() -> None:
@@ -484,7 +488,9 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
     system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
     for name, cmd in (("peer_python3_c", [system_python, "-c", "1 + 1"]),
                       ("peer_python3_c_isolated_no_site", [system_python, "-I", "-S", "-c", "1 + 1"]),
-                      ("peer_native_python_static_process", [str(STATIC_PYTHON), "-I", "-c", "1 + 1"])):
+                      ("peer_native_python_static_process", [str(STATIC_PYTHON), "-I", "-c", "1 + 1"]),
+                      ("peer_python3_c_tls_default_context",
+                       [system_python, "-c", "import ssl; ssl.create_default_context()"])):
         if Path(cmd[0]).exists():
             r[name] = _time(functools.partial(subprocess.run, cmd, check=True,
                                               capture_output=True), m, 3)

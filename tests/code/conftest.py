@@ -10,9 +10,6 @@ import pytest
 from snapcell import CodeSandbox
 from snapcell.code import LANGUAGES
 
-# The HTTPS egress tests need the guest's `ssl` (branch tls): delete this line when it lands.
-collect_ignore = ["test_egress_python_tls.py"]
-
 
 @pytest.fixture(scope="session", autouse=True)
 def code_guests_built(kvm_ok: None) -> None:
