@@ -70,6 +70,31 @@ await build({
     charset: "utf8",
     outfile: out,
     plugins: [{
+        // ICU (so V8 and node) fits the hour field of the chosen pattern to the requested length
+        // when the chosen skeleton is not an exact match (UDATPG_MATCH_HOUR_FIELD_LENGTH:
+        // {hour: "numeric", minute: "2-digit"} gives 0:00 in de, not 00:00); formatjs keeps the
+        // pattern's. Two lines, checked to apply exactly once.
+        name: "snapcell-hour-length",
+        setup(b) {
+            b.onLoad({ filter: /intl-datetimeformat[\\/]polyfill-force\.js$/ }, (a) => {
+                let src = readFileSync(a.path, "utf8");
+                const FIELDS = '["weekday","era","year","month","day","dayPeriod","hour","minute",' +
+                    '"second","fractionalSecondDigits","timeZoneName"]';
+                for (const [from, to] of [
+                    ["const props = formatRecordKeys(skeletonFormat);",
+                     "const props = formatRecordKeys(skeletonFormat);\n" +
+                     `const inexact = ${FIELDS}.some((f) => options[f] !== skeletonFormat[f]);`],
+                    ["if (skeletonValue === requestedValue) continue;",
+                     'if (skeletonValue === requestedValue && !(prop === "hour" && inexact)) continue;'],
+                ]) {
+                    if (src.split(from).length !== 2)
+                        throw new Error(`${a.path}: the hour-length patch no longer applies`);
+                    src = src.replace(from, to);
+                }
+                return { contents: src, loader: "js" };
+            });
+        },
+    }, {
         name: "snapcell-virtual",
         setup(b) {
             b.onResolve({ filter: /^snapcell:/ }, (a) => ({ path: a.path, namespace: "snapcell" }));

@@ -79,12 +79,17 @@ export function makeCollator({ IntlObj, define, canonical, honouredBy, gateLocal
                 for (let k = 0; k < 2; k++) {
                     const xa = tb.map.get(exp[k]);
                     out.push([w[xa], 1, (upperFirst ? w[xa + 3] : w[xa + 2]) + 1 + tert, upper]);
-                    if (k === 0 && exp[2] === "*") out.push([0, 999, 0, 0]);
+                    if (k === 0 && exp[2] === "*") out.push([0, 5000, 0, 0]);
                 }
                 continue;
             }
             if (w[at] === 0) out.push([0, 1 + w[at + 1], 0, 0]);           // a combining mark
-            else out.push([w[at], w[at + 1] === 0 ? 1 : 1000 + w[at + 1], tert, upper]);
+            else {
+                // a letter that differs from its base at the secondary level without decomposing
+                // (ø, đ): the base's common weight, then one of its own, as in the DUCET
+                out.push([w[at], 1, tert, upper]);
+                if (w[at + 1] !== 0) out.push([0, 1000 + w[at + 1], 0, 0]);
+            }
         }
         return out;
     }

@@ -22,6 +22,7 @@ const define = (obj, name, value) => Object.defineProperty(obj, name,
 const IntlObj = globalThis.Intl;
 const NumberFormatBase = IntlObj.NumberFormat;
 const DateTimeFormatBase = IntlObj.DateTimeFormat;
+const hasTimeZone = (tz) => DateTimeFormatBase[Symbol.for("@formatjs/intl-datetimeformat/hasTimeZone")](tz);
 
 // The date data of each locale with its skeletons already parsed (build.mjs, precompute.cjs).
 for (const [tag, raw, gregory] of dateData) {
@@ -39,6 +40,29 @@ for (const [tag, raw, gregory] of dateData) {
     DateTimeFormatBase.localeData[data.locale].formats = { gregory: parsed, iso8601: parsed };
     void tag;
 }
+// V8 (so node and browsers) prints U+202F NARROW NO-BREAK SPACE in dates as a plain space
+// ("12:00 AM", "1970 г."); so does the sandbox, for code written against them.
+const fmtDesc = Object.getOwnPropertyDescriptor(DateTimeFormatBase.prototype, "format");
+const plainSpace = (s) => s.replace(/\u202f/g, " ");
+const boundFormats = new WeakMap();
+Object.defineProperty(DateTimeFormatBase.prototype, "format", {
+    configurable: true,
+    get() {
+        let f = boundFormats.get(this);
+        if (f === undefined) {
+            const inner = fmtDesc.get.call(this);
+            f = (date) => plainSpace(inner(date));
+            boundFormats.set(this, f);
+        }
+        return f;
+    },
+});
+const toParts = DateTimeFormatBase.prototype.formatToParts;
+define(DateTimeFormatBase.prototype, "formatToParts", function formatToParts(date) {
+    const parts = toParts.call(this, date);
+    for (const p of parts) p.value = plainSpace(p.value);
+    return parts;
+});
 // Interval formats are not bundled (they would triple the date data): formatRange refuses.
 for (const m of ["formatRange", "formatRangeToParts"])
     define(DateTimeFormatBase.prototype, m, {
@@ -120,6 +144,9 @@ function checkOptions(locales, options, what) {
     const calendar = opt.calendar !== undefined ? String(opt.calendar) : ext.ca;
     if (calendar !== undefined && calendar !== "gregory")
         refuse(what, "calendar", calendar, "only the Gregorian calendar ships ('gregory')");
+    if (opt.timeZone !== undefined && !hasTimeZone(String(opt.timeZone)))
+        refuse(what, "timeZone", String(opt.timeZone), "the sandbox has UTC, Etc/GMT±N and the " +
+            "IANA zones of formatjs' tz data (America/New_York, Europe/Berlin, Asia/Tokyo, ...)");
     const nu = opt.numberingSystem !== undefined ? String(opt.numberingSystem) : ext.nu;
     if (nu !== undefined && nu !== "latn") {
         const locale = list.length ? honouredBy(list[0]) : "en";
