@@ -48,7 +48,8 @@ def test_what_agents_format(box: CodeSandbox) -> None:
         eur: (1234567.891).toLocaleString('de-DE', {style: 'currency', currency: 'EUR'}),
         date: new Date(Date.UTC(2024, 0, 1)).toLocaleDateString('de-DE', {timeZone: 'UTC'}),
         ru: [1, 2, 5].map(n => new Intl.PluralRules('ru').select(n)),
-        umlauts: ['Zebra', 'Äpfel', 'Apfel', 'Öl', 'Ofen', 'über', 'Ufer'].sort(new Intl.Collator('de').compare),
+        umlauts: ['Zebra', 'Äpfel', 'Apfel', 'Öl', 'Ofen', 'über', 'Ufer']
+            .sort(new Intl.Collator('de').compare),
         base: new Intl.Collator('de', {sensitivity: 'base'}).compare('Äpfel', 'apfel'),
         accent: new Intl.Collator('de', {sensitivity: 'accent'}).compare('Äpfel', 'apfel'),
         localeCompare: 'résumé'.localeCompare('resume', 'fr', {sensitivity: 'base'}),
@@ -140,10 +141,16 @@ KNOWN_DIFFERENT = {("pt", "timeStyle"), ("nl", "timeStyle")}
 
 REFEREE_JS = """(cases => cases.map(([kind, loc, opts, values]) => {
     try {
-        if (kind === 'nf') { const f = new Intl.NumberFormat(loc, opts); return values.map(v => f.format(v)); }
-        if (kind === 'dtf') { const f = new Intl.DateTimeFormat(loc, opts); return values.map(v => f.format(v)); }
-        if (kind === 'pr') { const f = new Intl.PluralRules(loc, opts); return values.map(v => f.select(v)); }
-        if (kind === 'sort') return values.map(words => [...words].sort(new Intl.Collator(loc, opts).compare));
+        const make = {__proto__: null, nf: Intl.NumberFormat, dtf: Intl.DateTimeFormat,
+                      pr: Intl.PluralRules}[kind];
+        if (make) {
+            const f = new make(loc, opts);
+            return values.map(v => kind === 'pr' ? f.select(v) : f.format(v));
+        }
+        if (kind === 'sort') {
+            const c = new Intl.Collator(loc, opts);
+            return values.map(words => [...words].sort(c.compare));
+        }
         return values.map(v => new Date(v)[kind](loc, opts));
     } catch (e) { return 'ERR ' + e.name + ': ' + e.message; }
 }))"""
