@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,39 @@ def test_referee_against_node_full_icu(box: CodeSandbox, make: Any) -> None:
     assert not any(isinstance(x, str) and x.startswith("ERR") for x in icu)
     diff = [(c[:3], a, b) for c, a, b in zip(cases, ours, icu, strict=True) if a != b]
     assert diff == []
+
+
+PRUNE_JS = """(() => {
+    delete globalThis.Intl;
+    require(BUNDLE);
+    let seed = 26;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const pick = (a) => a[Math.floor(rnd() * a.length)];
+    const W = {weekday: ['narrow', 'short', 'long'], era: ['short', 'long'], year: ['numeric', '2-digit'],
+               month: ['numeric', '2-digit', 'narrow', 'short', 'long'], day: ['numeric', '2-digit'],
+               dayPeriod: ['short'], hour: ['numeric', '2-digit'], minute: ['numeric', '2-digit'],
+               second: ['numeric', '2-digit'], fractionalSecondDigits: [1, 3],
+               timeZoneName: ['short', 'long', 'shortOffset']};
+    const bags = [];
+    for (let i = 0; i < 3000; i++) {
+        const o = {timeZone: pick(['UTC', 'America/New_York'])};
+        for (const f of Object.keys(W)) if (rnd() < 0.3) o[f] = pick(W[f]);
+        if (rnd() < 0.2) o.hour12 = rnd() < 0.5;
+        bags.push([pick(LOCALES), o, 1719839109000 + i * 259200000]);
+    }
+    const run = () => bags.map(([l, o, t]) => new Intl.DateTimeFormat(l, o).format(t));
+    const pruned = run();
+    Intl.DateTimeFormat[Symbol.for('snapcell.intl.allFormats')] = true;
+    const all = run();
+    return bags.map((b, i) => [b, pruned[i], all[i]]).filter(([, p, a]) => p !== a);
+})()"""
+
+
+def test_pruned_skeleton_matching_equals_formatjs_own() -> None:
+    """The bundle offers formatjs' skeleton matcher only the formats with the requested fields
+    (guests/js/intl/entry.js); over 3,000 random option bags (in node, for speed) it picks
+    what the matcher picks among all of them."""
+    bundle = Path(__file__).resolve().parents[2] / "build" / "js" / "intl.js"
+    assert bundle.exists(), "build the JS guest (make code-guests)"
+    code = PRUNE_JS.replace("BUNDLE", json.dumps(str(bundle))).replace("LOCALES", json.dumps(SHIPPED))
+    assert node_eval(code) == []

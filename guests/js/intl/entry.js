@@ -24,6 +24,37 @@ const NumberFormatBase = IntlObj.NumberFormat;
 const DateTimeFormatBase = IntlObj.DateTimeFormat;
 const hasTimeZone = (tz) => DateTimeFormatBase[Symbol.for("@formatjs/intl-datetimeformat/hasTimeZone")](tz);
 
+// formatjs' skeleton matcher scores every format of the locale (~1,800, most of them date-time
+// combinations) on each new DateTimeFormat, and every object it reads is a page the run writes
+// (QuickJS reference counts). While the sandbox's DateTimeFormat constructor runs, the formats
+// offered are those with exactly the requested fields (all of them if none has): the same best
+// match (tests/code/test_js_intl.py checks it against the unpruned matcher, which setting
+// Intl.DateTimeFormat[Symbol.for("snapcell.intl.allFormats")] = true restores).
+const FIELDS = ["weekday", "era", "year", "month", "day", "dayPeriod", "hour", "minute", "second",
+                "fractionalSecondDigits", "timeZoneName"];
+let requested;          // the field-set key of the DateTimeFormat being built, if any
+const ALL_FORMATS = Symbol.for("snapcell.intl.allFormats");
+function requestKey(options) {
+    const o = options === undefined || options === null ? {} : Object(options);
+    // styles do not match skeletons; a dayPeriod is often best dropped (24-hour locales)
+    if (o.dateStyle !== undefined || o.timeStyle !== undefined || o.dayPeriod !== undefined)
+        return undefined;
+    const present = FIELDS.filter(f => o[f] !== undefined);
+    const dateOrTime = present.filter(f => f !== "era" && f !== "timeZoneName");
+    return (dateOrTime.length ? present : ["year", "month", "day", ...present]).sort().join(",");
+}
+function prunedFormats(all) {
+    const byKey = new Map();
+    for (const f of all) {
+        const key = FIELDS.filter(k => f[k] !== undefined).sort().join(",");
+        if (!byKey.has(key)) byKey.set(key, []);
+        byKey.get(key).push(f);
+    }
+    const offered = () => (requested !== undefined && !IntlObj.DateTimeFormat[ALL_FORMATS] &&
+        byKey.get(requested)) || all;
+    return { get gregory() { return offered(); }, get iso8601() { return offered(); } };
+}
+
 // The date data of each locale with its skeletons already parsed (build.mjs, precompute.cjs).
 for (const [tag, raw, gregory] of dateData) {
     const data = JSON.parse(raw);
@@ -37,7 +68,7 @@ for (const [tag, raw, gregory] of dateData) {
         f.rangePatterns12 = none;
         return f;
     });
-    DateTimeFormatBase.localeData[data.locale].formats = { gregory: parsed, iso8601: parsed };
+    DateTimeFormatBase.localeData[data.locale].formats = prunedFormats(parsed);
     void tag;
 }
 // V8 (so node and browsers) prints U+202F NARROW NO-BREAK SPACE in dates as a plain space
@@ -176,8 +207,14 @@ function wrapConstructor(name, Base, optionsAt = 1) {
     const what = `Intl.${name}`;
     function Ctor(...args) {
         checkOptions(args[0], args[optionsAt], what);
-        return gated(what, () => new.target ? Reflect.construct(Base, args, new.target)
-            : Base(...args))();
+        const saved = requested;
+        requested = Base === DateTimeFormatBase ? requestKey(args[optionsAt]) : undefined;
+        try {
+            return gated(what, () => new.target ? Reflect.construct(Base, args, new.target)
+                : Base(...args))();
+        } finally {
+            requested = saved;
+        }
     }
     Object.defineProperty(Ctor, "name", { value: name });
     Object.defineProperty(Ctor, "length", { value: 0 });
