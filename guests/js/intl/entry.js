@@ -56,7 +56,7 @@ function prunedFormats(all) {
 }
 
 // The date data of each locale with its skeletons already parsed (build.mjs, precompute.cjs).
-for (const [tag, raw, gregory] of dateData) {
+for (const [, raw, gregory] of dateData) {
     const data = JSON.parse(raw);
     DateTimeFormatBase.__addLocaleData(data);
     const [keys, values, records] = JSON.parse(gregory);
@@ -69,7 +69,6 @@ for (const [tag, raw, gregory] of dateData) {
         return f;
     });
     DateTimeFormatBase.localeData[data.locale].formats = prunedFormats(parsed);
-    void tag;
 }
 // V8 (so node and browsers) prints U+202F NARROW NO-BREAK SPACE in dates as a plain space
 // ("12:00 AM", "1970 г."); so does the sandbox, for code written against them.
