@@ -97,9 +97,17 @@ build/js/prelude.h: guests/js/prelude.js
 	mkdir -p build/js
 	$(PY) -c "import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'w').write('static const char js_prelude[] = {' + ','.join(map(str, d)) + ',0};\n')" $< $@
 
-build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h $(CODEBOX) $(CBSTREAM) build/lib/libquickjs.a $(SDK) | setup
-	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c guests/common/cbstream.c -I guests/common \
-	  -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
+# the JS guest's Intl: formatjs polyfills + CLDR data pinned by guests/js/intl/package-lock.json,
+# bundled by esbuild (scripts/build_js_intl.sh, cached by the hash of its inputs)
+JS_INTL_SRCS := $(filter-out guests/js/intl/node_modules/%,$(wildcard guests/js/intl/*)) \
+                scripts/build_js_intl.sh
+build/js/intl.S: $(JS_INTL_SRCS)
+	bash scripts/build_js_intl.sh
+
+build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h build/js/intl.S $(CODEBOX) $(CBSTREAM) \
+                     build/lib/libquickjs.a $(SDK) | setup
+	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c guests/common/cbstream.c \
+	  build/js/intl.S -I guests/common -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
 
 build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) $(CBSTREAM) build/lib/liblua.a $(MIMALLOC) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c guests/common/cbstream.c \

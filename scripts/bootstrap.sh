@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 PKGS=(gcc make musl-tools musl-dev libmsgpuck-dev gdb docker-registry python3-venv iproute2 tzdata patch dpkg-dev)
 missing=()
+# node and npm build the JS guest's Intl bundle (scripts/build_js_intl.sh); a nodejs that ships
+# its own npm (nodesource's) is kept as it is
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -9,8 +9,9 @@
  * Math.random reseeded on every new sandbox. There is no file or process API.
  * guests/js/prelude.js (embedded as build/js/prelude.h) adds the web APIs agents expect
  * (timers, TextEncoder/TextDecoder, atob/btoa, URL, structuredClone, crypto, console.table,
- * fetch: a request the host makes under the sandbox's network policy) and en-US-only locale
- * formatting; the event loop below drives its timers.
+ * fetch: a request the host makes under the sandbox's network policy); the Intl bundle
+ * (guests/js/intl/) adds Intl and the toLocale* methods; the event loop below drives the
+ * prelude's timers.
  */
 #include <math.h>
 #include <stdio.h>
@@ -24,10 +25,14 @@
 #include "snapcell.h"
 #include "prelude.h"                   /* js_prelude[]: guests/js/prelude.js */
 
+/* the Intl bundle (guests/js/intl/, linked from build/js/intl.S), NUL-terminated */
+extern const char js_intl[], js_intl_end[];
+
 #define JS_STACK_LIMIT (1024 * 1024)  /* JS stack (the guest's is larger: see snapcell/code) */
 #define BASE_MEMORY_LIMIT ((size_t)64 << 20)
 
 static JSRuntime *rt;
+static size_t warm_heap;               /* heap of the warm state (Intl data, prelude): not the run's */
 static JSContext *ctx;
 static cb_buf scratch[CB_MAX_DEPTH + 1];     /* tool-argument encoding per nesting depth */
 static int tool_depth;
@@ -517,6 +522,17 @@ static JSValue js_random_bytes(JSContext *c, JSValueConst this_val, int argc, JS
     return JS_NewArrayBufferCopy(c, buf, n);
 }
 
+static void install_intl(void)
+{
+    JSValue v = JS_Eval(ctx, js_intl, (size_t)(js_intl_end - js_intl), "<intl>", JS_EVAL_TYPE_GLOBAL);
+    if (JS_IsException(v)) {
+        JSValue e = JS_GetException(ctx);
+        const char *m = JS_ToCString(ctx, e);
+        sc_abort(1, "the JS Intl bundle failed: %s", m ? m : "?");
+    }
+    JS_FreeValue(ctx, v);
+}
+
 static void install_prelude(JSValueConst global)
 {
     JSValue fn = JS_Eval(ctx, js_prelude, sizeof js_prelude - 1, "<prelude>", JS_EVAL_TYPE_GLOBAL);
@@ -570,7 +586,8 @@ static sc_value Run(const sc_value *args)
     cbs_begin(&req);
     JS_UpdateStackTop(rt);
     install_tools(&req);
-    JS_SetMemoryLimit(rt, req.memory_limit ? (size_t)req.memory_limit : BASE_MEMORY_LIMIT);
+    /* the limit counts the run's own allocations, beyond the warm state's */
+    JS_SetMemoryLimit(rt, warm_heap + (req.memory_limit ? (size_t)req.memory_limit : BASE_MEMORY_LIMIT));
     JSValue v = eval_script(code_buf.p, code_buf.len - 1, req.filename);
     /* encoding the result and errors may need memory beyond the script's limit */
     JS_SetMemoryLimit(rt, (size_t)-1);
@@ -616,11 +633,15 @@ void snapcell_main(void)
     JSValue math = JS_GetPropertyStr(ctx, global, "Math");
     JS_SetPropertyStr(ctx, math, "random", JS_NewCFunction(ctx, js_random, "random", 0));
     JS_FreeValue(ctx, math);
+    install_intl();
     install_prelude(global);
     JS_FreeValue(ctx, global);
     /* warm up: the first evaluation's one-time work lands in the snapshot */
     const char *warm = "JSON.stringify({a:[1,2,{b:'c'}]}); /x+/.test('xx'); [3,1,2].sort(); 'ab'.split('');";
     JS_FreeValue(ctx, JS_Eval(ctx, warm, strlen(warm), "<warmup>", JS_EVAL_TYPE_GLOBAL));
     JS_RunGC(rt);
+    JSMemoryUsage mu;
+    JS_ComputeMemoryUsage(rt, &mu);
+    warm_heap = (size_t)mu.malloc_size;
     sc_register("Run", Run, SC_BYTES, 1, SC_BYTES);
 }

@@ -373,77 +373,8 @@
         console.log(out.join("\n"));
     });
 
-    // ---- locales: en-US without options, everything else a RangeError ----------------------
-    // QuickJS-ng has no Intl; its toLocale* methods ignore locales and options. Rather than
-    // format wrongly in silence, the sandbox formats the default (en-US, no options) like
-    // en-US does and refuses everything else.
-    const EN = new Set(["en", "en-US", "en-us"]);
-    function checkLocale(locales, options, what) {
-        const ok = (locales === undefined || (typeof locales === "string" && EN.has(locales)) ||
-                    (Array.isArray(locales) && locales.length > 0 && EN.has(locales[0]))) &&
-                   (options === undefined || (typeof options === "object" && options !== null &&
-                    Object.keys(options).length === 0));
-        if (!ok)
-            throw new RangeError(`${what}: locale-aware formatting (locales other than en-US, and ` +
-                `options) is not available ${SANDBOX}: there is no Intl; format the value yourself ` +
-                `(toFixed, padStart, getFullYear...)`);
-    }
-    const numProto = Number.prototype;
-    define(numProto, "toLocaleString", function toLocaleString(locales, options) {
-        checkLocale(locales, options, "Number.prototype.toLocaleString");
-        const x = Number(this.valueOf());
-        if (!isFinite(x)) return isNaN(x) ? "NaN" : (x < 0 ? "-∞" : "∞");
-        const [int, frac] = Math.abs(x).toFixed(3).split(".");
-        const f = frac.replace(/0+$/, "");
-        const neg = x < 0 && (int !== "0" || f) ? "-" : "";
-        return neg + int.replace(/\B(?=(\d{3})+(?!\d))/g, ",") + (f ? "." + f : "");
-    });
-    const bigProto = BigInt.prototype;
-    define(bigProto, "toLocaleString", function toLocaleString(locales, options) {
-        checkLocale(locales, options, "BigInt.prototype.toLocaleString");
-        return this.valueOf().toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-    });
-    const dateProto = Date.prototype;
-    const hms = (d) => {
-        const h = d.getHours();
-        return `${h % 12 || 12}:${String(d.getMinutes()).padStart(2, "0")}:${String(d.getSeconds()).padStart(2, "0")} ${h < 12 ? "AM" : "PM"}`;
-    };
-    const mdy = (d) => `${d.getMonth() + 1}/${d.getDate()}/${d.getFullYear()}`;
-    const dateFormat = (name, body) => define(dateProto, name, {
-        [name](locales, options) {
-            checkLocale(locales, options, `Date.prototype.${name}`);
-            if (isNaN(this.getTime())) return "Invalid Date";
-            return body(this);
-        } }[name]);
-    dateFormat("toLocaleString", d => `${mdy(d)}, ${hms(d)}`);
-    dateFormat("toLocaleDateString", mdy);
-    dateFormat("toLocaleTimeString", hms);
-    const strCompare = String.prototype.localeCompare;
-    define(String.prototype, "localeCompare", function localeCompare(that, locales, options) {
-        checkLocale(locales, options, "String.prototype.localeCompare");
-        return strCompare.call(this, that);
-    });
-    for (const m of ["toLocaleUpperCase", "toLocaleLowerCase"]) {
-        const orig = String.prototype[m];
-        define(String.prototype, m, { [m](locales) {
-            checkLocale(locales, undefined, `String.prototype.${m}`);
-            return orig.call(this);
-        } }[m]);
-    }
-    const Intl = {};
-    for (const name of ["NumberFormat", "DateTimeFormat", "Collator", "PluralRules",
-                        "RelativeTimeFormat", "ListFormat", "DisplayNames", "Segmenter", "Locale"]) {
-        const ctor = function () {
-            throw new RangeError(`Intl.${name} is not available ${SANDBOX}: QuickJS-ng has no ` +
-                `Intl; format the value yourself (toFixed, padStart, getFullYear...)`);
-        };
-        Object.defineProperty(ctor, "name", { value: name });
-        define(Intl, name, ctor);
-    }
-    define(Intl, "getCanonicalLocales", function getCanonicalLocales() {
-        throw new RangeError(`Intl is not available ${SANDBOX}`);
-    });
-    define(global, "Intl", Intl);
+    // ---- locales: Intl and the toLocale* methods come from the Intl bundle (guests/js/intl/),
+    // which js_guest.c evaluates before this prelude.
 
     // ---- fetch: the host performs the request under the sandbox's network policy ----------
     // sc.fetch(method, url, [[name, value]...], body bytes | null, {redirect, timeout}) is the

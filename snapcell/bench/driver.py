@@ -374,6 +374,8 @@ def _memory_per_sandbox(snap: Snapshot, counts: tuple[int, ...]) -> dict[str, St
 NATIVE = ROOT / "build" / "native"
 CODE_TRIVIAL = {"js": "1 + 1", "lua": "1 + 1"}
 CODE_TOOL = {"js": "add(1, 2)", "lua": "add(1, 2)"}
+JS_INTL_NUMBER = "(1234567.891).toLocaleString('de-DE', {style: 'currency', currency: 'EUR'})"
+JS_INTL_DATE = "new Date(Date.UTC(2024, 0, 1)).toLocaleDateString('de-DE', {timeZone: 'UTC'})"
 
 
 def _tool_add(a: int, b: int) -> int:
@@ -422,6 +424,10 @@ def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
             trivial, tool = CODE_TRIVIAL[lang], CODE_TOOL[lang]
             r[f"code_run_{lang}_trivial"] = _time(functools.partial(box.run, trivial), n, 200)
             r[f"code_run_{lang}_one_tool_call"] = _time(functools.partial(box.run, tool), n, 200)
+    # the JS guest's Intl: every run touches (copy-on-write) the locale data it formats with
+    with CodeSandbox("js") as box:
+        r["code_run_js_intl_number"] = _time(functools.partial(box.run, JS_INTL_NUMBER), n // 20, 5)
+        r["code_run_js_intl_date"] = _time(functools.partial(box.run, JS_INTL_DATE), n // 20, 5)
     k = 5 if quick else 20
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for lang in ("js", "lua"):
