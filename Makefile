@@ -191,7 +191,7 @@ $(CPY)/obj/python-musl-dyn: $(CPY_STAMP) $(MUSL_STAMP)
 	$(MUSL)/bin/musl-gcc -no-pie -o $@ $(CPY)/obj/Programs/python.o -Wl,--export-dynamic \
 	  -Wl,--whole-archive $(CPY)/obj/libpython3.11.a -Wl,--no-whole-archive \
 	  $(CPY)/obj/Modules/expat/libexpat.a $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a \
-	  $(CPY)/prefix/lib/libz.a $(addprefix $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a) \
+	  $(CPY)/prefix/lib/libz.a $(filter-out --lib,$(CPY_DBLIBS)) \
 	  -lm -Wl,--dynamic-linker=$(abspath $(MUSL))/lib/libc.so
 build/referee/.ready: images/data/requirements.lock images/referee/requirements.lock \
                       scripts/package_referee.py | setup
