@@ -19,22 +19,21 @@ import itertools
 import os
 import re
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
-
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.util.ssl_ import create_urllib3_context
-from urllib3.util.ssl_match_hostname import CertificateError
 
 from ...errors import ConfigurationError
 from ..warm import LAYOUT
 from .policy import EgressLimitExceeded, normalise_host, parse_address
 from .session import EgressSession, op
+
+if TYPE_CHECKING:       # urllib3 and ssl load with the first request (import snapcell stays light)
+    import ssl
+
+    from urllib3.connection import HTTPConnection
 
 MAX_REDIRECTS = 20
 MAX_URL = 8192
@@ -254,6 +253,9 @@ _watchdog = _Watchdog()
 @functools.lru_cache(maxsize=16)
 def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
     """A verifying client context: the system's CAs plus `ca_bundle` (PEM) when given."""
+    import ssl
+
+    from urllib3.util.ssl_ import create_urllib3_context
     ctx = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
     ctx.load_default_certs()
     if ca_bundle:
@@ -286,6 +288,7 @@ def _hop(session: EgressSession, req: _Request, t: Target, deadline: float,
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError(f"fetch of {t.url[:200]}: {why} passed before the request")
+    from urllib3.connection import HTTPConnection, HTTPSConnection
     conn: HTTPConnection | None = None
     key = None
     try:
@@ -333,6 +336,10 @@ def _hop(session: EgressSession, req: _Request, t: Target, deadline: float,
 
 def _reason(e: BaseException) -> str:
     """A short account of a network failure."""
+    import ssl
+
+    import urllib3
+    from urllib3.util.ssl_match_hostname import CertificateError
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {e.verify_message or e}"
     if isinstance(e, CertificateError):
