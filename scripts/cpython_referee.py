@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import referee_common as common  # noqa: E402
+from referee_common import explainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "build" / "cpython" / "obj" / "python"
@@ -87,15 +90,7 @@ RULES = (
 )
 
 
-def explain(test_id: str, detail: str) -> str | None:
-    """The reason a sandbox-only failure is expected, or None when it is not explained."""
-    for prefix, why in KNOWN.items():
-        if test_id.startswith(prefix):
-            return why
-    for needle, why in RULES:
-        if needle in detail:
-            return why
-    return None
+explain = explainer(KNOWN, RULES)
 
 
 def run_native(module: str, timeout: float = 900) -> dict[str, list[str]]:
@@ -111,63 +106,14 @@ def run_native(module: str, timeout: float = 900) -> dict[str, list[str]]:
 
 def run_sandbox(module: str, timeout: float = 900) -> dict[str, list[str]]:
     """The module's outcomes inside one Python code sandbox."""
-    sys.path.insert(0, str(ROOT))
-    from snapcell import CodeSandbox
-
-    with CodeSandbox("python", timeout=timeout, memory_limit=128 << 20,
-                     max_output=2 << 20) as box:
-        r = box.run(DRIVER + f"\nimport json\njson.dumps(_referee({module!r}))")
-    if r.error is not None:
-        raise RuntimeError(f"sandbox {module} failed: {r.error.type}: {r.error.message}\n"
-                           f"{r.error.stack[-3000:]}")
-    out: dict[str, list[str]] = json.loads(r.value)
-    return out
-
-
-def counts(outcomes: dict[str, list[str]]) -> dict[str, int]:
-    """run / pass / fail / error / skip totals."""
-    c = {"run": len(outcomes), "pass": 0, "fail": 0, "error": 0, "skip": 0}
-    for kind, _ in outcomes.values():
-        c[kind] += 1
-    return c
+    return common.sandbox_outcomes(module, DRIVER + f"\nimport json\njson.dumps(_referee({module!r}))",
+                                   timeout=timeout)
 
 
 def compare(module: str) -> dict[str, Any]:
     """Both runs of one module and the tests whose outcome differs."""
-    t0 = time.perf_counter()
-    native = run_native(module)
-    t1 = time.perf_counter()
-    try:
-        sandbox = run_sandbox(module)
-    except RuntimeError as e:            # the module did not even load: one error for all of it
-        sandbox = {f"test.{module} (import)": ["error", str(e)[-600:]]}
-    t2 = time.perf_counter()
-    diff = {tid: {"native": native.get(tid, ["absent", ""]), "sandbox": sandbox.get(tid, ["absent", ""])}
-            for tid in sorted(set(native) | set(sandbox))
-            if native.get(tid, ["absent"])[0] != sandbox.get(tid, ["absent"])[0]}
-    return {"module": module, "native": counts(native), "sandbox": counts(sandbox),
-            "native_s": round(t1 - t0, 2), "sandbox_s": round(t2 - t1, 2), "differences": diff}
-
-
-def main(argv: list[str]) -> None:
-    out_json = None
-    if argv[:1] == ["--json"]:
-        out_json, argv = argv[1], argv[2:]
-    results = [compare(m) for m in (argv or MODULES)]
-    print("| module | sandbox run / pass / fail / error / skip | native run / pass / fail / error / skip |")
-    print("|---|---|---|")
-    for r in results:
-        s, n = r["sandbox"], r["native"]
-        print(f"| {r['module']} | {s['run']} / {s['pass']} / {s['fail']} / {s['error']} / {s['skip']} "
-              f"| {n['run']} / {n['pass']} / {n['fail']} / {n['error']} / {n['skip']} |")
-    for r in results:
-        for tid, d in r["differences"].items():
-            last = d["sandbox"][1].strip().splitlines()[-1] if d["sandbox"][1].strip() else ""
-            why = explain(tid, d["sandbox"][1]) or "NOT EXPLAINED"
-            print(f"- {tid}: native {d['native'][0]}, sandbox {d['sandbox'][0]} ({why}): {last}")
-    if out_json:
-        Path(out_json).write_text(json.dumps(results, indent=1))
+    return common.compare(module, run_native, run_sandbox, f"test.{module} (import)")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    common.main(sys.argv[1:], MODULES, compare, explain)

@@ -5,27 +5,11 @@ full selection is `make package-referee` (docs/code-sandboxes.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .referees import load
 
-
-def _referee() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("package_referee",
-                                                  ROOT / "scripts" / "package_referee.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["package_referee"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-referee = _referee()
+referee = load("package_referee")
 
 
 @pytest.mark.parametrize("module,min_tests", [("numpy/lib/tests/test_arraysetops.py", 100),
@@ -38,9 +22,7 @@ def test_package_test_module_in_sandbox_matches_native(module: str, min_tests: i
     native, sandbox = result["native"], result["sandbox"]
     assert native["run"] >= min_tests and native["fail"] == native["error"] == 0, native
     assert sandbox["run"] == native["run"], (sandbox, native)
-    unexplained = {tid: d for tid, d in result["differences"].items()
-                   if d["native"][0] != "pass" or d["sandbox"][0] in ("pass", "absent")
-                   or referee.explain(tid, d["sandbox"][1]) is None}
+    unexplained = referee.common.unexplained(result, referee.explain)
     assert not unexplained, unexplained
 
 

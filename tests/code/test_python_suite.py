@@ -5,27 +5,11 @@ subprocesses, pipes). The full selection is `make cpython-referee` (docs/code-sa
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .referees import load
 
-
-def _referee() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cpython_referee",
-                                                  ROOT / "scripts" / "cpython_referee.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cpython_referee"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-referee = _referee()
+referee = load("cpython_referee")
 
 
 @pytest.mark.parametrize("module,min_tests", [("test_json", 150), ("test_heapq", 50),
@@ -35,9 +19,7 @@ def test_lib_test_module_in_sandbox_matches_native(module: str, min_tests: int) 
     native, sandbox = result["native"], result["sandbox"]
     assert native["run"] >= min_tests and native["fail"] == native["error"] == 0, native
     assert sandbox["run"] == native["run"], (sandbox, native)
-    unexplained = {tid: d for tid, d in result["differences"].items()
-                   if d["native"][0] != "pass" or d["sandbox"][0] in ("pass", "absent")
-                   or referee.explain(tid, d["sandbox"][1]) is None}
+    unexplained = referee.common.unexplained(result, referee.explain)
     assert not unexplained, unexplained
     assert sandbox["pass"] >= native["pass"] - len(result["differences"])
 
