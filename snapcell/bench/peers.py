@@ -31,7 +31,7 @@ from .peers_install import (
 )
 
 HARDWARE_VM = "hardware VM"
-SNIPPETS = {"js": DATA / "snippet.js", "python": ROOT / "benchmarks" / "python_snippet.py"}
+SNIPPETS = {"js": ROOT / "benchmarks" / "js_snippet.js", "python": ROOT / "benchmarks" / "python_snippet.py"}
 NATIVE = ROOT / "build" / "native"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 NPM_PACKAGE = {"isolated-vm": "isolated-vm", "quickjs-emscripten": "quickjs-emscripten-core",

@@ -13,6 +13,10 @@ const [peer, snippetJsPath, snippetPyPath] = process.argv.slice(2);
 const snippetJs = fs.readFileSync(snippetJsPath, "utf8");
 const snippetPy = fs.readFileSync(snippetPyPath, "utf8");
 const now = process.hrtime.bigint;
+// The snippet prints its report as agent code does; a peer's context gets a console that keeps
+// what a run printed (as snapcell returns a run's output), emptied before each run.
+const CONSOLE = 'globalThis.console = { log: (...a) => { globalThis.__out += a.join(" ") + "\\n"; } };';
+const snippetRun = "globalThis.__out = '';\n" + snippetJs;
 
 function check(value, what) {
   if (value !== 2) throw new Error(`${what} gave ${value}, not 2`);
@@ -22,6 +26,7 @@ async function isolatedVm() {
   const ivm = require("isolated-vm");
   const shared = new ivm.Isolate({ memoryLimit: 64 });
   const warm = shared.createContextSync();
+  warm.evalSync(CONSOLE);
   return {
     rows: {
       // a new isolate (its own heap) with a context, `1+1`, disposed
@@ -39,7 +44,7 @@ async function isolatedVm() {
         ctx.release();
       },
       // the snippet in a long-lived context, its value copied out
-      warm_snippet: () => { warm.evalSync(snippetJs, { copy: true }); },
+      warm_snippet: () => { warm.evalSync(snippetRun, { copy: true }); },
     },
   };
 }
@@ -56,6 +61,7 @@ async function quickjsEmscripten() {
     handle.dispose();
     return value;
   };
+  evalIn(warm, CONSOLE);
   return {
     rows: {
       new_runtime_run: () => {
@@ -70,7 +76,7 @@ async function quickjsEmscripten() {
         check(evalIn(ctx, "1+1"), "quickjs-emscripten");
         ctx.dispose();
       },
-      warm_snippet: () => { evalIn(warm, snippetJs); },
+      warm_snippet: () => { evalIn(warm, snippetRun); },
     },
   };
 }
@@ -78,11 +84,12 @@ async function quickjsEmscripten() {
 async function nodeVm() {
   const vm = require("vm");
   const warm = vm.createContext({});
+  vm.runInContext(CONSOLE, warm);
   return {
     version: process.version,
     rows: {
       new_context_run: () => { check(vm.runInContext("1+1", vm.createContext({})), "node:vm"); },
-      warm_snippet: () => { JSON.stringify(vm.runInContext(snippetJs, warm)); },
+      warm_snippet: () => { JSON.stringify(vm.runInContext(snippetRun, warm)); },
     },
   };
 }
