@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from snapcell import UninitializedSandbox
-from snapcell.bench import driver, peers
+from snapcell.bench import driver, peers, timing
 from snapcell.bench.fresh_runs import PARTS, bench_fresh_runs
 from snapcell.bench.peers import ServedPeer, bench_real_peers, peer_ratios, process_batch
 from snapcell.bench.peers_install import PeerUnavailable, config
@@ -25,7 +25,7 @@ PEER_ROWS = ("peer_bubblewrap_python3_process", "peer_python3_worker_same_interp
 
 @pytest.fixture(scope="module")
 def peer_rows() -> dict[str, dict]:
-    return bench_real_peers(True, driver._time_interleaved, driver._stats, rows=PEER_ROWS,
+    return bench_real_peers(True, timing.interleaved, timing.stats, rows=PEER_ROWS,
                             snapcell=False, samples=10)
 
 
@@ -69,7 +69,7 @@ def test_an_unusable_peer_is_a_reason_not_a_row_dropped(monkeypatch: pytest.Monk
     with pytest.raises(PeerUnavailable, match="exited 3"):
         process_batch([sys.executable, "-c", "import sys; sys.exit(3)"])
     monkeypatch.setattr(peers, "NATIVE", tmp_path)                  # no native lua here
-    got = bench_real_peers(True, driver._time_interleaved, driver._stats, snapcell=False,
+    got = bench_real_peers(True, timing.interleaved, timing.stats, snapcell=False,
                            rows=("peer_lua_native_process", "peer_python3_c_process"),
                            samples=1)
     assert got["peer_lua_native_process"]["unavailable"] == (

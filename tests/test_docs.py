@@ -36,7 +36,7 @@ BENCH_KEY = re.compile(r'(?:r|out)\[(f?)"([^"]*)"\]\s*=')
 
 ROW_LITERAL = re.compile(r'^\s*"([a-z][A-Za-z0-9_]*)": row\(', re.M)   # {"name": row(...)}
 ROW_TUPLE = re.compile(r'\(\s*"([a-z][A-Za-z0-9_]*)", \[')          # for name, cmd in (("name", [...
-ROW_TIMED = re.compile(r'^\s*"([a-z][A-Za-z0-9_]*)": lambda\b', re.M)    # _time_interleaved({"name": lambda
+ROW_TIMED = re.compile(r'^\s*"([a-z][A-Za-z0-9_]*)": lambda\b', re.M)    # interleaved({"name": lambda
 
 
 def benchmark_rows() -> list[re.Pattern[str]]:

@@ -15,7 +15,7 @@ from ..sandbox import HostFunctions, MultiUseSandbox, SandboxConfiguration, Unin
 def bench_baselines(binary: GuestBinary, hf: HostFunctions, n: int,
                     interleave: Callable[..., dict[str, Any]], floor: Any) -> dict[str, Any]:
     """Rows `baseline_{portable,host}_{from_snapshot,restore_call,call}`; `interleave` is the
-    driver's _time_interleaved and `floor` its pinned C floor."""
+    timing.interleaved and `floor` its pinned C floor."""
     boxes: list[MultiUseSandbox] = []
     fns: dict[str, Callable[[], Any]] = {}
     dirty: dict[str, Callable[[], Any]] = {}

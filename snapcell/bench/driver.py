@@ -9,7 +9,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,123 +35,13 @@ from .heavy import ratios as heavy_ratios
 from .interpreters import bench_interpreters, interpreter_ratios
 from .packages import package_benchmarks
 from .snapshots import config_for_total
+from .timing import Stats, interleaved, stats, timed
 
 ROOT = Path(__file__).resolve().parents[2]
 C_FLOOR_SRC = ROOT / "benchmarks" / "c_floor.c"
 C_FLOOR_BIN = ROOT / "benchmarks" / "c_floor"
 GUEST = ROOT / "build" / "guests" / "simpleguest.elf"
 MIB = 1 << 20
-Stats = dict[str, float]
-
-
-def _stats(samples_ns: list[int]) -> Stats:
-    s = sorted(samples_ns)
-    return {"n": len(s), "median_us": statistics.median(s) / 1000,
-            "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] / 1000, "min_us": s[0] / 1000}
-
-
-def _time(fn: Callable[[], Any], n: int, warmup: int = 0,
-          before: Callable[[], Any] | None = None) -> Stats:
-    for _ in range(warmup):
-        if before is not None:
-            before()
-        fn()
-    out = []
-    for _ in range(n):
-        if before is not None:
-            before()
-        t = time.perf_counter_ns()
-        fn()
-        out.append(time.perf_counter_ns() - t)
-    return _stats(out)
-
-
-BLOCK_WARMUP = 5        # untimed runs at the start of every block, for every row alike
-# This machine kind switches speed every fraction of a second (the C floor at ≈ 25, ≈ 29 or
-# 33–36 µs: the host's other tenants). A block of an interleaved step whose floor level is
-# within FASTEST_BAND of the step's fastest blocks (their 5th percentile) ran in the fastest
-# period; rows are also reported over those blocks alone (`*_fastest_period`).
-FASTEST_BAND = 1.06
-
-
-def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, block: int = 100,
-                      warmup: int = 200,
-                      batches: dict[str, Callable[[int], list[int]]] | None = None,
-                      before: dict[str, Callable[[], Any]] | None = None,
-                      fastest: tuple[str, ...] = ()) -> dict[str, Stats]:
-    """Time several functions in alternating blocks of `block` samples, so that machine noise
-    (another process, frequency changes) falls on all of them alike; `n` samples each.
-    `batches` are rows measured elsewhere (the C floor process): `batch(k)` returns k samples
-    in ns, taken when called, so they alternate with the Python rows block by block. Every
-    block of every row starts with BLOCK_WARMUP untimed runs (the caches the other rows left).
-    `before[row]`, when given, runs untimed before each run of that row.
-
-    With batches, the rows named in `fastest` (and the first batch row) are also given as
-    `<row>_fastest_period`: their blocks that ran in the machine's fastest period. A short
-    probe of the first batch row (PROBE samples) follows every block of those rows, so each
-    block lies between two floor measurements; its level is the slower of the two (the first
-    one is the round's floor block for the round's first row). See fastest_period."""
-    before = before or {}
-    for k, fn in fns.items():
-        pre = before.get(k)
-        for _ in range(warmup):
-            if pre is not None:
-                pre()
-            fn()
-    batches = batches or {}
-    samples: dict[str, list[int]] = {k: [] for k in (*batches, *fns)}
-    levels: list[tuple[str, float, list[int]]] = []        # (row, floor level, block samples)
-    floor = next(iter(batches), None)
-    clock = time.perf_counter_ns
-    while min(len(v) for v in samples.values()) < n:
-        level = 0.0
-        for k, batch in batches.items():
-            got = batch(block + BLOCK_WARMUP)[BLOCK_WARMUP:]
-            samples[k].extend(got)
-            if k == floor:
-                level = statistics.median(got)
-                if fastest:
-                    levels.append((k, level, got))
-        for k, fn in fns.items():
-            out, pre = samples[k], before.get(k)
-            for _ in range(BLOCK_WARMUP):
-                if pre is not None:
-                    pre()
-                fn()
-            mark = len(out)
-            for _ in range(block):
-                if pre is not None:
-                    pre()
-                t = clock()
-                fn()
-                out.append(clock() - t)
-            if floor is not None and k in fastest:
-                after = statistics.median(batches[floor](PROBE + BLOCK_WARMUP)[BLOCK_WARMUP:])
-                levels.append((k, max(level, after), out[mark:]))
-                level = after
-    r = {k: _stats(v[:n]) for k, v in samples.items()}
-    if levels:
-        r.update(fastest_period(levels))
-    return r
-
-
-PROBE = 10      # samples of the floor probe after each block of a row with a fastest period
-
-
-def fastest_period(levels: list[tuple[str, float, list[int]]]) -> dict[str, Stats]:
-    """`<row>_fastest_period` for every row in `levels` ((row, floor level, samples) per
-    block): the samples of the blocks whose floor level is within FASTEST_BAND of the 5th
-    percentile of all blocks' levels (see _time_interleaved)."""
-    ordered = sorted(level for _, level, _ in levels)
-    limit = ordered[len(ordered) // 20] * FASTEST_BAND
-    fast: dict[str, list[int]] = {}
-    for row, level, got in levels:
-        kept = fast.setdefault(row, [])
-        if level <= limit:
-            kept.extend(got)
-    return {f"{k}_fastest_period": _stats(v) for k, v in fast.items() if v}
-
-
 def _python_floor(snap: Snapshot, hf: HostFunctions) -> Callable[[], Any]:
     """A bare `fcntl.ioctl(KVM_RUN)` on a sandbox parked after a NoOp call: the guest re-reads
     the NoOp in its input buffer, runs it and exits again — a call with no host work at all."""
@@ -254,7 +143,7 @@ def call_rows(snap: Snapshot, hf: HostFunctions, n: int,
         with pinned_floor() as cf:
             # short blocks (25 samples, a floor probe after each): a period can change
             # within a few milliseconds
-            r = _time_interleaved({"python_floor_kvm_run": _python_floor(snap, hf), **rows}, n,
+            r = interleaved({"python_floor_kvm_run": _python_floor(snap, hf), **rows}, n,
                                   block=25, batches={"c_floor_kvm_run": cf.batch},
                                   before=dirty, fastest=("python_floor_kvm_run", *rows))
     finally:
@@ -314,7 +203,7 @@ def call_phases(snap: Snapshot, hf: HostFunctions, n: int) -> dict[str, Stats]:
                         out.setdefault(f"phase_{row}_{part}", []).append(v)
         finally:
             vmachine._ioctl = core._ioctl = real
-    return {k: _stats(v) for k, v in out.items()}
+    return {k: stats(v) for k, v in out.items()}
 
 
 def _host_functions() -> HostFunctions:
@@ -422,32 +311,32 @@ def _code_benchmarks(r: dict[str, Any], quick: bool) -> None:
     for lang in ("js", "lua"):
         with CodeSandbox(lang, tools={"add": _tool_add}) as box:
             trivial, tool = CODE_TRIVIAL[lang], CODE_TOOL[lang]
-            r[f"code_run_{lang}_trivial"] = _time(functools.partial(box.run, trivial), n, 200)
-            r[f"code_run_{lang}_one_tool_call"] = _time(functools.partial(box.run, tool), n, 200)
+            r[f"code_run_{lang}_trivial"] = timed(functools.partial(box.run, trivial), n, 200)
+            r[f"code_run_{lang}_one_tool_call"] = timed(functools.partial(box.run, tool), n, 200)
     # the JS guest's Intl: every run touches (copy-on-write) the locale data it formats with
     with CodeSandbox("js") as box:
-        r["code_run_js_intl_number"] = _time(functools.partial(box.run, JS_INTL_NUMBER), n // 20, 5)
-        r["code_run_js_intl_date"] = _time(functools.partial(box.run, JS_INTL_DATE), n // 20, 5)
+        r["code_run_js_intl_number"] = timed(functools.partial(box.run, JS_INTL_NUMBER), n // 20, 5)
+        r["code_run_js_intl_date"] = timed(functools.partial(box.run, JS_INTL_DATE), n // 20, 5)
     k = 5 if quick else 20
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for lang in ("js", "lua"):
         cmd = [sys.executable, "-m", "snapcell", "run", "--lang", lang, CODE_TRIVIAL[lang]]
-        r[f"code_cli_snapcell_run_{lang}"] = _time(
+        r[f"code_cli_snapcell_run_{lang}"] = timed(
             functools.partial(subprocess.run, cmd, check=True, capture_output=True, env=env), k, 1)
     m = 50 if quick else 200
     for lang, exe, args in (("js", NATIVE / "qjs", ["1 + 1"]), ("lua", NATIVE / "lua", ["-e", "x = 1 + 1"])):
         if exe.exists():
-            r[f"peer_native_{lang}_process"] = _time(
+            r[f"peer_native_{lang}_process"] = timed(
                 functools.partial(subprocess.run, [str(exe), *args], check=True,
                                   capture_output=True), m, 5)
     node = shutil.which("node") or shutil.which("nodejs")
     if node is not None:
-        r["peer_node_e"] = _time(
+        r["peer_node_e"] = timed(
             lambda: subprocess.run([node, "-e", "1 + 1"], check=True, capture_output=True), k, 1)
     r["code_memory_js"] = _code_memory((1, 100) if quick else (1, 100, 1000))
     _python_benchmarks(r, quick)
-    package_benchmarks(r, quick, _time, _code_memory)
-    python_egress_benchmarks(r, quick, _stats)
+    package_benchmarks(r, quick, timed, _code_memory)
+    python_egress_benchmarks(r, quick, stats)
 
 
 PYTHON_SNIPPET = ROOT / "benchmarks" / "python_snippet.py"
@@ -468,16 +357,16 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
         with CodeSandbox("python", snapshot=snap) as box:
             box.run("1 + 1")
 
-    r["code_python_from_snapshot_run_trivial"] = _time(fresh_box, n // 2, 20)
+    r["code_python_from_snapshot_run_trivial"] = timed(fresh_box, n // 2, 20)
     with CodeSandbox("python", tools={"add": _tool_add}) as box:
-        r["code_run_python_trivial"] = _time(functools.partial(box.run, "1 + 1"), n, 100)
-        r["code_run_python_one_tool_call"] = _time(functools.partial(box.run, "add(1, 2)"), n, 100)
+        r["code_run_python_trivial"] = timed(functools.partial(box.run, "1 + 1"), n, 100)
+        r["code_run_python_one_tool_call"] = timed(functools.partial(box.run, "add(1, 2)"), n, 100)
         snippet = PYTHON_SNIPPET.read_text()
-        r["code_run_python_json_re_snippet"] = _time(functools.partial(box.run, snippet),
+        r["code_run_python_json_re_snippet"] = timed(functools.partial(box.run, snippet),
                                                      n // 10, 5)
         # TLS (docs/code-sandboxes.md, "TLS and hashlib"): ssl is not in the warm set
-        r["code_run_python_import_ssl"] = _time(functools.partial(box.run, "import ssl"), 10, 2)
-        r["code_run_python_tls_default_context"] = _time(functools.partial(
+        r["code_run_python_import_ssl"] = timed(functools.partial(box.run, "import ssl"), 10, 2)
+        r["code_run_python_tls_default_context"] = timed(functools.partial(
             box.run, "import ssl\nssl.create_default_context()"), 10, 2)
     path = str(language("python").guest_path())
 
@@ -485,9 +374,9 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
         with UninitializedSandbox(path, LAYOUT, tool_host_functions()).evolve() as sb:
             sb.snapshot()
 
-    r["code_python_cold_evolve"] = _time(evolve, 3 if quick else 10, 1)
+    r["code_python_cold_evolve"] = timed(evolve, 3 if quick else 10, 1)
     cli = [sys.executable, "-m", "snapcell", "run", "--lang", "python", "1 + 1"]
-    r["code_cli_snapcell_run_python"] = _time(
+    r["code_cli_snapcell_run_python"] = timed(
         functools.partial(subprocess.run, cli, check=True, capture_output=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT))), 5 if quick else 20, 1)
     m = 20 if quick else 100
@@ -498,7 +387,7 @@ def _python_benchmarks(r: dict[str, Any], quick: bool) -> None:
                       ("peer_python3_c_tls_default_context",
                        [system_python, "-c", "import ssl; ssl.create_default_context()"])):
         if Path(cmd[0]).exists():
-            r[name] = _time(functools.partial(subprocess.run, cmd, check=True,
+            r[name] = timed(functools.partial(subprocess.run, cmd, check=True,
                                               capture_output=True), m, 3)
     r["code_memory_python"] = _code_memory((1, 200), "python")
 
@@ -554,7 +443,7 @@ def _kill_latency(snap: Snapshot, n: int) -> Stats:
             t.join()
             samples.append(done[0] - t0)
             sb.restore(snap)
-    return _stats(samples)
+    return stats(samples)
 
 
 def _peers(n: int) -> dict[str, Stats]:
@@ -567,7 +456,7 @@ def _peers(n: int) -> dict[str, Stats]:
             os._exit(7)
         os.waitpid(pid, 0)
 
-    out["peer_fork_per_call"] = _time(fork_call, max(50, n // 20), 5)
+    out["peer_fork_per_call"] = timed(fork_call, max(50, n // 20), 5)
     try:
         import wasmtime
     except ImportError:
@@ -583,8 +472,8 @@ def _peers(n: int) -> dict[str, Stats]:
 
     store = wasmtime.Store(engine)
     add: Any = wasmtime.Instance(store, module, []).exports(store)["add"]
-    out["peer_wasmtime_instantiate_call"] = _time(instantiate_and_call, n // 4, 50)
-    out["peer_wasmtime_call"] = _time(lambda: add(store, 1, 2), n, 200)
+    out["peer_wasmtime_instantiate_call"] = timed(instantiate_and_call, n // 4, 50)
+    out["peer_wasmtime_call"] = timed(lambda: add(store, 1, 2), n, 200)
     return out
 
 
@@ -630,9 +519,9 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     @step("evolve")
     def _() -> None:
         k = 10 if quick else 40
-        r["evolve_from_elf_file"] = _time(lambda: UninitializedSandbox(
+        r["evolve_from_elf_file"] = timed(lambda: UninitializedSandbox(
             guest_path, config=SandboxConfiguration(), host_functions=hf).evolve().close(), k, 2)
-        r["evolve_from_parsed_binary"] = _time(lambda: UninitializedSandbox(
+        r["evolve_from_parsed_binary"] = timed(lambda: UninitializedSandbox(
             binary, config=SandboxConfiguration(), host_functions=hf).evolve().close(), k, 2)
 
     @step("from_snapshot")
@@ -642,11 +531,11 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                 sb.call("NoOp")
 
         # (pooled: measured with the calls, in the same moments as the C floor)
-        r["from_snapshot_first_result_unpooled"] = _time(lambda: first(False), n // 40, 5)
+        r["from_snapshot_first_result_unpooled"] = timed(lambda: first(False), n // 40, 5)
 
     @step("snapshot()")
     def _() -> None:
-        r["snapshot_after_call"] = _time(base.snapshot, n // 20, 5,
+        r["snapshot_after_call"] = timed(base.snapshot, n // 20, 5,
                                          before=lambda: base.call("AddToStatic", 1))
 
     @step("restore 2-256 MiB")
@@ -676,7 +565,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
                 dirty[f"restore_{label}"] = dirty[f"restore_then_call_{label}"] = \
                     functools.partial(sb.call, "AddToStatic", 1)
             with pinned_floor() as cf:
-                r.update(_time_interleaved(out, n // 10, block=20, warmup=50, before=dirty,
+                r.update(interleaved(out, n // 10, block=20, warmup=50, before=dirty,
                                            batches={"c_floor_during_restore": cf.batch},
                                            fastest=tuple(k for k in out if "then" not in k)))
         finally:
@@ -687,7 +576,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         from .baselines import bench_baselines
         with pinned_floor() as cf:
-            r.update(bench_baselines(binary, hf, n // 10, _time_interleaved, cf))
+            r.update(bench_baselines(binary, hf, n // 10, interleaved, cf))
 
     @step("persistence")
     def _() -> None:
@@ -758,7 +647,7 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
     def _() -> None:
         if peers:
             from .peers import bench_real_peers
-            r.update(bench_real_peers(quick, _time_interleaved, _stats))
+            r.update(bench_real_peers(quick, interleaved, stats))
 
     @step("code runs after a heavy run")
     def _() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from ..code import CodeSandbox
 from ..code.egress import NetworkPolicy
+from .timing import stats
 
 SERVER = r"""
 import http.server, sys
@@ -48,12 +48,6 @@ rl.on("line", async (line) => {
     process.stdout.write(JSON.stringify(out) + "\n");
 });
 """
-
-
-def _stats(ns: list[int]) -> dict[str, float]:
-    s = sorted(ns)
-    return {"n": len(s), "median_us": statistics.median(s) / 1000,
-            "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] / 1000, "min_us": s[0] / 1000}
 
 
 def bench_fetch(quick: bool) -> dict[str, Any]:
@@ -97,8 +91,8 @@ def bench_fetch(quick: bool) -> dict[str, Any]:
                 ours += our_block(block)
                 theirs += node_block(block)
         out: dict[str, Any] = {}
-        out["code_run_js_fetch_small_get"] = _stats(ours)
-        out["peer_node_fetch_small_get"] = _stats(theirs)
+        out["code_run_js_fetch_small_get"] = stats(ours)
+        out["peer_node_fetch_small_get"] = stats(theirs)
         return out
     finally:
         for p in (peer, server):

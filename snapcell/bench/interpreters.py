@@ -19,7 +19,6 @@ the call; CPU time keeps the ratios steady on a loaded machine, where wall times
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..code import CodeSandbox
 from ..errors import SnapcellError
+from .timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = {"python": ROOT / "benchmarks" / "python_snippet.py",
@@ -36,7 +36,7 @@ SNIPPETS = {"python": ROOT / "benchmarks" / "python_snippet.py",
 NATIVE = ROOT / "build" / "native"
 STATIC_PYTHON = ROOT / "build" / "cpython" / "obj" / "python"
 DEBIAN_PYTHON = "/usr/bin/python3"
-BLOCK, WARMUP = 10, 3        # samples per block; untimed calls at the start of every block
+BLOCK = 10        # samples per block (each after timing.BLOCK_WARMUP untimed calls)
 
 # The native workers: for every line "k" on stdin, k evaluations of the snippet, answered as k
 # pairs "wall_ns cpu_ns" on one line. Python runs it the way the guest's runner does (parse,
@@ -149,16 +149,9 @@ def _peers(lang: str, path: Path) -> dict[str, NativeWorker]:
     return out
 
 
-def _stats(samples: list[int]) -> dict[str, Any]:
-    s = sorted(samples)
-    return {"n": len(s), "median_us": statistics.median(s) / 1000,
-            "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] / 1000, "min_us": s[0] / 1000,
-            "note": "CPU µs"}
-
-
 def bench_interpreters(quick: bool = False) -> dict[str, dict[str, Any]]:
     """The rows of the module docstring, for every language, `n` samples each, taken in
-    alternating blocks of BLOCK (each block after WARMUP untimed calls)."""
+    alternating blocks of BLOCK (timing.interleaved)."""
     n = 60 if quick else 300
     r: dict[str, dict[str, Any]] = {}
     for lang, path in SNIPPETS.items():
@@ -171,14 +164,11 @@ def bench_interpreters(quick: bool = False) -> dict[str, dict[str, Any]]:
                     f"interp_{lang}_snippet_repl_call": _sandbox_batch(repl, code),
                     f"interp_{lang}_snippet_fresh_call": _sandbox_batch(fresh, code),
                     **{k: w.batch for k, w in peers.items()}}
-                samples: dict[str, list[int]] = {k: [] for k in rows}
-                while min(len(v) for v in samples.values()) < n:
-                    for k, batch in rows.items():
-                        samples[k] += batch(WARMUP + BLOCK)[WARMUP:]
+                got = interleaved({}, n, block=BLOCK, batches=rows)
         finally:
             for w in peers.values():
                 w.close()
-        r.update({k: _stats(v[:n]) for k, v in samples.items()})
+        r.update({k: dict(v, note="CPU µs") for k, v in got.items()})
     return r
 
 

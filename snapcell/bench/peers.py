@@ -315,7 +315,7 @@ def bench_real_peers(quick: bool, interleave: Callable[..., dict[str, Any]],
                      rows: tuple[str, ...] | None = None, snapcell: bool = True,
                      samples: int | None = None) -> dict[str, Any]:
     """The peers of peers.toml (or those named in `rows`) and snapcell's rows on the same
-    questions, interleaved block by block (`interleave` is the driver's _time_interleaved);
+    questions, interleaved block by block (`interleave` is timing.interleaved);
     Pyodide's new interpreter (seconds each) separately, a few samples (`stats`: the driver's
     _stats). Peers are installed
     when missing unless `install` is false. Each row notes its isolation kind, question and

@@ -1,4 +1,4 @@
-"""The benchmark's fastest-period selection (snapcell.bench.driver.fastest_period): a block is
+"""The benchmark's fastest-period selection (snapcell.bench.timing.fastest_period): a block is
 kept exactly when its floor level is within FASTEST_BAND of the 5th percentile of all blocks'
 levels, and a kept block contributes all its samples to its row."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snapcell.bench.driver import FASTEST_BAND, fastest_period
+from snapcell.bench.timing import FASTEST_BAND, fastest_period
 
 BLOCK = st.tuples(st.sampled_from(["floor", "a", "b"]), st.floats(20.0, 60.0),
                   st.lists(st.integers(1, 10**6), min_size=1, max_size=5))
