@@ -35,7 +35,7 @@ from .heavy import ratios as heavy_ratios
 from .interpreters import bench_interpreters, interpreter_ratios
 from .packages import package_benchmarks
 from .snapshots import config_for_total
-from .timing import Stats, interleaved, stats, timed
+from .timing import BatchProcess, Stats, interleaved, stats, timed
 
 ROOT = Path(__file__).resolve().parents[2]
 C_FLOOR_SRC = ROOT / "benchmarks" / "c_floor.c"
@@ -64,39 +64,20 @@ def _c_floor_binary() -> str:
     return str(C_FLOOR_BIN)
 
 
-class CFloor:
+class CFloor(BatchProcess):
     """The C floor as a process serving batches (`c_floor --serve`): `batch(k)` runs k round
     trips there now and returns their times in ns, so the floor can be interleaved with the
     Python rows it is compared with. A context manager; the process ends with it."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([_c_floor_binary(), "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        super().__init__([_c_floor_binary(), "--serve"])
 
     def batch(self, k: int) -> list[int]:
         """k round-trip times (ns) measured by the C process now."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{k}\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        got = [int(x) for x in line.split()]
+        got = self.ints(str(k))
         if len(got) != k:
             raise SnapcellError(f"the C floor process answered {len(got)} samples, not {k}")
         return got
-
-    def __enter__(self) -> "CFloor":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ the call; CPU time keeps the ratios steady on a loaded machine, where wall times
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from ..code import CodeSandbox
 from ..errors import SnapcellError
-from .timing import interleaved
+from .timing import BatchProcess, interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = {"python": ROOT / "benchmarks" / "python_snippet.py",
@@ -87,36 +86,16 @@ end
 """
 
 
-class NativeWorker:
+class NativeWorker(BatchProcess):
     """A native interpreter process serving batches of timed snippet evaluations."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env)
 
     def batch(self, k: int) -> list[int]:
         """k evaluations now; their CPU times in ns."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{k}\n")
-        self.proc.stdin.flush()
-        got = [int(x) for x in self.proc.stdout.readline().split()]
+        got = self.ints(str(k))
         if len(got) != 2 * k:
             raise SnapcellError(f"{self.cmd[0]} answered {len(got) // 2} samples, not {k} "
                                 "(did the snippet fail natively?)")
         return got[1::2]
-
-    def close(self) -> None:
-        """End the process."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def _sandbox_batch(box: CodeSandbox, code: str) -> Callable[[int], list[int]]:

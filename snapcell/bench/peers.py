@@ -29,6 +29,7 @@ from .peers_install import (
     npm_modules,
     npm_version,
 )
+from .timing import BatchProcess
 
 HARDWARE_VM = "hardware VM"
 SNIPPETS = {"js": ROOT / "benchmarks" / "js_snippet.js", "python": ROOT / "benchmarks" / "python_snippet.py"}
@@ -39,15 +40,14 @@ NPM_PACKAGE = {"isolated-vm": "isolated-vm", "quickjs-emscripten": "quickjs-emsc
 Batch = Callable[[int], list[int]]
 
 
-class ServedPeer:
+class ServedPeer(BatchProcess):
     """A driver process (js_peers.js, py_peer.py) serving batches: `batch(row)(k)` runs `row`
     k times there and returns the k times in ns it measured around each run."""
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._err, text=True, bufsize=1, env=env)
-        first = self._line()
+        super().__init__(cmd, env, stderr=self._err)
+        first = self.readline()
         try:
             hello = json.loads(first)
         except ValueError:
@@ -58,10 +58,6 @@ class ServedPeer:
         self.rows: list[str] = hello["rows"]
         self.version: str | None = hello.get("version")
 
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
     def _stderr(self) -> str:
         self._err.seek(0)
         return self._err.read().decode(errors="replace").strip()[-300:]
@@ -69,28 +65,16 @@ class ServedPeer:
     def batch(self, row: str) -> Batch:
         """The batch function of `row`."""
         def run(k: int) -> list[int]:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(f"{row} {k}\n")
-            self.proc.stdin.flush()
-            line = self._line()
-            got = [int(x) for x in line.split()] if line[:1].isdigit() else []
+            got = self.ints(f"{row} {k}")
             if len(got) != k:
-                raise PeerUnavailable(f"{row}: the driver answered {line[:200]!r} "
+                raise PeerUnavailable(f"{row}: the driver answered {len(got)} samples, not {k} "
                                       f"{self._stderr()}")
             return got
         return run
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """End the driver (it ends when its stdin closes)."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        super().close(timeout)
         self._err.close()
 
 

@@ -1,13 +1,14 @@
 """How `snapcell bench` times its rows: samples in ns summarised as median / p99 / min in µs,
 and rows measured in alternating blocks so that machine noise falls on all of them alike
-(docs/benchmarks.md, "Method")."""
+(docs/benchmarks.md, "Method"), and the child processes that time rows themselves."""
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, Self
 
 Stats = dict[str, Any]
 
@@ -120,3 +121,53 @@ def fastest_period(levels: list[tuple[str, float, list[int]]]) -> dict[str, Stat
         if level <= limit:
             kept.extend(got)
     return {f"{k}_fastest_period": stats(v) for k, v in fast.items() if v}
+
+
+class BatchProcess:
+    """A child process that times runs itself and answers each request line with one line (the
+    C floor, the native interpreters, the peers' drivers); it ends when its stdin closes. A
+    context manager."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None,
+                 stderr: IO[bytes] | None = None) -> None:
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=stderr, text=True, bufsize=1, env=env)
+
+    def readline(self) -> str:
+        """The process's next line, stripped ('' when it has ended)."""
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, request: str) -> str:
+        """Send one request line and return the answer line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return self.readline()
+
+    def ints(self, request: str) -> list[int]:
+        """The answer to `request` as integers (empty when it is not a line of them)."""
+        line = self.ask(request)
+        try:
+            return [int(x) for x in line.split()]
+        except ValueError:
+            return []
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close its stdin and wait for it to end (killed after `timeout` seconds)."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
