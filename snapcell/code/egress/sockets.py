@@ -16,10 +16,15 @@ The guest's socket system calls become reserved operations on the `CodeTool` cha
   ``net.flush()``.
 
 Every operation carries, as its last argument, what the guest left waiting since its previous
-call, done first: ``[[handle, None], ...]`` closes and ``[[handle, data], ...]`` bytes written
-(the guest keeps up to 128 KiB of writes for the next call, so a request and the poll for its
-answer cost one host call; a failure to send them is reported by that connection's next
-operation).
+call, done first, in order: ``[handle, None]`` a close, ``[handle, [host, port]]`` a deferred
+connection and ``[handle, data]`` bytes written (the guest keeps up to 128 KiB of writes for the
+next call, so a request and the poll for its answer cost one host call; a failure to send them is
+reported by that connection's next operation). A deferred connection is one the guest made
+without a host call, to a destination the host connected in this run: it is decided and made
+here exactly as by ``net.connect`` (the guest's `handle`, from LAZY_BASE up, names it), and when
+it fails, the failure is that handle's: its next operation raises it, a poll reports it as
+``[POLLERR, [errno, type, message]]``. ``net.connect`` tells the guest how many requests and open
+connections the run has left, so that it defers only what the policy's bounds still admit.
 A `timeout` of 0 never waits (the guest's socket is non-blocking), None waits as long as the
 run and the connection may; every wait ends at the run's deadline and at the connection's
 `connection_seconds`. Arguments are untrusted: a wrong one is an `OSError` with an errno
@@ -38,13 +43,15 @@ import time
 from typing import Any
 
 from .policy import EgressLimitExceeded, EgressRefused, parse_address
-from .session import EgressSession, op
+from .session import EgressSession, builtin_name, op
 
 MAX_CHUNK = 256 << 10
 """Bytes per send or recv (and per read-ahead): a reply fits the code sandbox's 1 MiB input
 buffer with room to spare (tests/unit/test_egress_sockets.py checks it against LAYOUT)."""
 MAX_POLL = 256
 MAX_NAMES = 1024
+LAZY_BASE = 1 << 40
+"""The guest numbers its deferred connections from here (the host's handles are below)."""
 _IN, _OUT = select.POLLIN, select.POLLOUT
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -83,8 +90,9 @@ def _args(args: list[Any], n: int, name: str) -> list[Any]:
 
 def _waiting(session: EgressSession, args: list[Any], n: int, name: str) -> list[Any]:
     """The `n` arguments of an operation, after doing what the guest left waiting, passed last:
-    ``[[handle, None], ...]`` closes, ``[[handle, data], ...]`` sends (all of it, bounded like
-    any wait; a failure is kept on the connection and reported by its next operation)."""
+    ``[handle, None]`` closes, ``[handle, [host, port]]`` deferred connections and
+    ``[handle, data]`` sends (all of it, bounded like any wait; a failure is kept on the
+    connection and reported by its next operation)."""
     if len(args) != n + 1 or not isinstance(args[-1], list) or len(args[-1]) > 2 * MAX_POLL:
         raise OSError(errno.EINVAL, f"net.{name} takes {n} arguments and the list of what "
                                     "waits")
@@ -96,9 +104,14 @@ def _waiting(session: EgressSession, args: list[Any], n: int, name: str) -> list
         if data is None:
             session.drop(_int(h, "handle", 0, 2**63 - 1))
             continue
-        c = _conn(session, h)
+        if isinstance(data, list):
+            _deferred(session, h, data)
+            continue
         if not isinstance(data, bytes) or not data or (total := total + len(data)) > MAX_CHUNK:
             raise OSError(errno.EINVAL, f"data waiting must be bytes, at most {MAX_CHUNK} in all")
+        if type(h) is int and h in session.failed:
+            continue            # its deferred connection failed: its next operation says so
+        c = _conn(session, h)
         if c.error:
             continue
         try:
@@ -108,6 +121,23 @@ def _waiting(session: EgressSession, args: list[Any], n: int, name: str) -> list
                 raise
             c.error = e.errno or errno.EIO
     return _args(args[:n], n, name)
+
+
+def _deferred(session: EgressSession, h: Any, dest: list[Any]) -> None:
+    """Make the connection the guest deferred, numbered `h` by the guest: decided and made as
+    by net.connect (waiting as long as the run and the connection may); a failure is kept for
+    `h` (its next operation raises it)."""
+    h = _int(h, "handle", LAZY_BASE, 2**63 - 1)
+    if h in session.handles or h in session.failed:
+        raise OSError(errno.EINVAL, "a deferred connection's handle is already in use")
+    if len(dest) != 2:
+        raise OSError(errno.EINVAL, "a deferred connection is [host, port]")
+    try:
+        c = _open(session, dest[0], dest[1], None)
+    except OSError as e:
+        session.fail(h, e)
+        return
+    session.add(c, h)
 
 
 def _failed(c: Connection) -> None:
@@ -130,10 +160,17 @@ def _int(v: Any, what: str, lo: int, hi: int) -> int:
 
 
 def _conn(session: EgressSession, h: Any) -> Connection:
+    failure = session.failed.get(h) if type(h) is int else None
+    if failure is not None:     # a deferred connection that failed: this is its next operation
+        raise failure.with_traceback(None)
     c = session.get(h)
     if not isinstance(c, Connection):
         raise OSError(errno.EBADF, "bad connection handle")
     return c
+
+
+def _errno(e: OSError) -> int:
+    return e.errno or (errno.EACCES if isinstance(e, PermissionError) else errno.EIO)
 
 
 # ---------------------------------------------------------------------------- waiting
@@ -214,9 +251,20 @@ def net_getaddrinfo(session: EgressSession, args: list[Any]) -> list[str]:
 
 @op("connect")
 def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
-    """[handle, pending]: a connection to `host` (an address; a name is resolved by the host),
-    decided before anything is sent. `timeout` 0: return at once, pending if not yet made."""
+    """[handle, pending, requests left, connections left]: a connection to `host` (an address; a
+    name is resolved by the host), decided before anything is sent. `timeout` 0: return at once,
+    pending if not yet made. The run's requests and open connections left let the guest defer
+    its next connections to this destination (see the module's docstring)."""
     host, port, timeout = _waiting(session, args, 3, "connect")
+    c = _open(session, host, port, _timeout(timeout))
+    h = session.add(c)
+    policy = session.policy
+    return [h, c.pending, max(policy.max_requests - session.requests, 0),
+            max(policy.max_connections - len(session.handles), 0)]
+
+
+def _open(session: EgressSession, host: Any, port: Any, timeout: float | None) -> Connection:
+    """A connection to `host`:`port`, decided under the policy and counted first."""
     if not isinstance(host, str) or not 0 < len(host) <= 255:
         raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
     if session.policy.methods is not None:
@@ -225,17 +273,15 @@ def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
                             "cannot check on a connection the code opens itself (TLS runs in "
                             "the sandbox): sockets are refused")
     port = _int(port, "port", 1, 65535)
-    timeout = _timeout(timeout)
-    ip = parse_address(host)
-    name = session.names.get(str(ip)) if ip is not None else None
+    name = None
+    if session.names:
+        ip = parse_address(host)
+        name = session.names.get(str(ip)) if ip is not None else None
     if name is not None:        # resolved by net.getaddrinfo: decided for the name, address pinned
-        pinned = str(ip)
-        dest = session.destination(name, port, resolver=lambda _h, _p: [pinned])
+        dest = session.destination(name, port, pinned=host)
     else:
         dest = session.destination(host, port)
-    addr = parse_address(dest.address)
-    assert addr is not None
-    sock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
+    sock = socket.socket(socket.AF_INET6 if ":" in dest.address else socket.AF_INET,
                          socket.SOCK_STREAM)
     c = Connection(sock, session, dest.label)
     try:
@@ -260,7 +306,7 @@ def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
         c.closed = True
         sock.close()
         raise
-    return [session.add(c), c.pending]
+    return c
 
 
 def _send(session: EgressSession, c: Connection, data: bytes, timeout: float | None) -> int:
@@ -336,24 +382,32 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
     timeout = _timeout(timeout)
     ahead = _int(ahead, "read_ahead", 0, MAX_CHUNK)
     asked: list[tuple[Connection, int]] = []
+    failed: dict[int, OSError] = {}         # position → a deferred connection's failure
     for item in items:
         if not isinstance(item, list) or len(item) != 2:
             raise OSError(errno.EINVAL, "poll items are [handle, events]")
-        c = _conn(session, item[0])
         ev = _int(item[1], "events", 0, 0xFFFF) & (_IN | _OUT)
+        failure = session.failed.get(item[0]) if type(item[0]) is int else None
+        if failure is not None:
+            failed[len(failed) + len(asked)] = failure
+            continue
+        c = _conn(session, item[0])
         asked.append((c, _OUT if c.pending else ev))
     p = select.poll()
     for c, ev in asked:
         p.register(c.sock, ev)
     seconds, why = _bound(session, [c for c, _ in asked], timeout)
-    if any(c.error for c, _ in asked):
-        seconds, why = 0.0, "timeout"           # a failed send to report at once
+    if failed or any(c.error for c, _ in asked):
+        seconds, why = 0.0, "timeout"           # a failure to report at once
     ready = dict(p.poll(_ms(seconds)))
     if not ready and why == "run":
         raise _expired(why)
     now = time.monotonic()
     out: list[list[Any]] = []
     for c, ev in asked:
+        while len(out) in failed:
+            e = failed[len(out)]
+            out.append([select.POLLERR, [_errno(e), builtin_name(e), str(e)[:2000]]])
         rev = ready.get(c.sock.fileno(), 0)
         extra: Any = None
         if c.error:
@@ -364,17 +418,34 @@ def net_poll(session: EgressSession, args: list[Any]) -> list[list[Any]]:
             c.pending = False
             extra = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         elif rev & (_IN | _ERR) and ev & _IN and ahead:
-            try:
-                extra = c.sock.recv(ahead)
-            except BlockingIOError:
+            extra = _read_ahead(session, c, ahead)
+            if extra is None:
                 rev &= ~_IN
-            except OSError as e:
-                extra = e.errno or errno.EIO
-            else:
-                if extra:
-                    session.received(c.dest, len(extra))
         out.append([rev, extra])
+    while len(out) in failed:
+        e = failed[len(out)]
+        out.append([select.POLLERR, [_errno(e), builtin_name(e), str(e)[:2000]]])
     return out
+
+
+def _read_ahead(session: EgressSession, c: Connection, n: int) -> bytes | int | None:
+    """Up to `n` bytes from a socket found readable (None: nothing after all; an int: the errno
+    it failed with). What arrived while the first part was read comes too (a reply's headers
+    and body are often two segments: one host call then serves both)."""
+    try:
+        data = c.sock.recv(n)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        return e.errno or errno.EIO
+    if data and len(data) < n:
+        try:
+            data += c.sock.recv(n - len(data))
+        except OSError:
+            pass                # its next recv reports a failure
+    if data:
+        session.received(c.dest, len(data))
+    return data
 
 
 @op("shutdown")
