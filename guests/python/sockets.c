@@ -187,4 +187,10 @@ static int hook(long nr, long a0, long a1, long a2, long a3, long a4, long a5, l
     return 0;
 }
 
+long ns_wait(int fd, int writing, long timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = writing ? POLLOUT : POLLIN};
+    return ns_poll(&p, 1, timeout_ms);
+}
+
 void ns_install(void) { sc_set_syscall_hook(hook); }

@@ -388,3 +388,25 @@ def test_a_deferred_connection_is_decided_by_the_host(witnesses: dict[str, socke
     with pytest.raises(OSError, match="bad connection handle"):
         session.handle("net.recv", [h, 100, None, []])
     _no_connection(witnesses["port"])
+
+
+def test_socket_timeouts_without_reading_the_clock(box: CodeSandbox, server: int) -> None:
+    """A socket with a timeout waits through the host (the guest reads no clock for it): a
+    silent server still times out with socket.timeout's own words, a reply is read in small
+    pieces from what the host read ahead, and a body larger than what the guest keeps for the
+    next host call is sent whole."""
+    assert _ok(box, "import socket, time\n"
+                    f"s = socket.create_connection(('127.0.0.1', {server}), timeout=0.3)\n"
+                    "s.sendall(b'GET /hang HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+                    "t = time.monotonic()\n"
+                    "try:\n    s.recv(10)\n    out = 'no timeout'\n"
+                    "except TimeoutError as e:\n    out = [str(e), time.monotonic() - t >= 0.29]\n"
+                    "s.close()\n"
+                    f"s = socket.create_connection(('127.0.0.1', {server}), timeout=5)\n"
+                    "body = bytes(range(256)) * 1200\n"
+                    "s.sendall(b'POST /p HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n"
+                    "\\r\\n' % len(body) + body)\n"
+                    "f = s.makefile('rb')\n"
+                    "while f.readline() != b'\\r\\n':\n    pass\n"
+                    "got = f.read(len(body))\n"
+                    "[out, got == body[::-1]]") == [["timed out", True], True]
