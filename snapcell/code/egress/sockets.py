@@ -179,13 +179,13 @@ def _bound(session: EgressSession, conns: list[Connection], timeout: float | Non
     """How long a wait may last, and what ends it: 'timeout' (the guest's), 'run' (the run's
     deadline) or 'connection' (a connection's connection_seconds)."""
     now = time.monotonic()
-    limits = [(math.inf if timeout is None else timeout, "timeout")]
-    remaining = session.remaining()
-    if remaining is not None:
-        limits.append((remaining, "run"))
-    if conns:
-        limits.append((min(c.expires for c in conns) - now, "connection"))
-    seconds, why = min(limits, key=lambda x: x[0])
+    seconds, why = math.inf if timeout is None else timeout, "timeout"
+    deadline = session.deadline
+    if deadline is not None and deadline - now < seconds:
+        seconds, why = deadline - now, "run"
+    for c in conns:
+        if c.expires - now < seconds:
+            seconds, why = c.expires - now, "connection"
     return max(seconds, 0.0), why
 
 
@@ -282,10 +282,9 @@ def _open(session: EgressSession, host: Any, port: Any, timeout: float | None) -
     else:
         dest = session.destination(host, port)
     sock = socket.socket(socket.AF_INET6 if ":" in dest.address else socket.AF_INET,
-                         socket.SOCK_STREAM)
+                         socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     c = Connection(sock, session, dest.label)
     try:
-        sock.setblocking(False)
         err = sock.connect_ex((dest.address, port))
         if err == errno.EINPROGRESS:
             seconds, why = _bound(session, [c], timeout)
