@@ -410,3 +410,30 @@ def test_socket_timeouts_without_reading_the_clock(box: CodeSandbox, server: int
                     "while f.readline() != b'\\r\\n':\n    pass\n"
                     "got = f.read(len(body))\n"
                     "[out, got == body[::-1]]") == [["timed out", True], True]
+
+
+def test_deferred_connections_are_made_together() -> None:
+    """The deferred connections one host call carries are under way at once; one that fails
+    does not stop the others, nor the bytes written after them."""
+    with socket.socket() as listener, socket.socket() as gone:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(10)
+        gone.bind(("127.0.0.1", 0))                  # bound, never listening: refused
+        port, refused = listener.getsockname()[1], gone.getsockname()[1]
+        session = EgressSession(NetworkPolicy(allow=[f"127.0.0.1:{port}",
+                                                     f"127.0.0.1:{refused}"]))
+        session.begin(None)
+        a, b, c = 1 << 40, (1 << 40) + 1, (1 << 40) + 2
+        session.handle("net.flush", [[[a, ["127.0.0.1", port]], [b, ["127.0.0.1", refused]],
+                                      [c, ["127.0.0.1", port]], [a, b"to a"], [c, b"to c"]]])
+        with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{refused}"):
+            session.handle("net.recv", [b, 10, None, []])
+        got = []
+        for _ in range(2):
+            conn = listener.accept()[0]
+            with conn:
+                conn.settimeout(10)
+                got.append(conn.recv(10))
+        assert sorted(got) == [b"to a", b"to c"] and session.requests == 3
+        session.end()

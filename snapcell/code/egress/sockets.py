@@ -97,15 +97,21 @@ def _waiting(session: EgressSession, args: list[Any], n: int, name: str) -> list
         raise OSError(errno.EINVAL, f"net.{name} takes {n} arguments and the list of what "
                                     "waits")
     total = 0
-    for item in args[-1]:
-        if not isinstance(item, list) or len(item) != 2:
-            raise OSError(errno.EINVAL, "what waits is a list of [handle, data or None]")
-        h, data = item
+    items = args[-1]
+    if not all(isinstance(item, list) and len(item) == 2 for item in items):
+        raise OSError(errno.EINVAL, "what waits is a list of [handle, data or None]")
+    for i, (h, data) in enumerate(items):
         if data is None:
             session.drop(_int(h, "handle", 0, 2**63 - 1))
             continue
-        if isinstance(data, list):
-            _deferred(session, h, data)
+        if isinstance(data, list):          # a run of deferred connections: made together
+            if i == 0 or not isinstance(items[i - 1][1], list):
+                batch = []
+                for item in items[i:]:
+                    if not isinstance(item[1], list):
+                        break
+                    batch.append((item[0], item[1]))
+                _deferred(session, batch)
             continue
         if not isinstance(data, bytes) or not data or (total := total + len(data)) > MAX_CHUNK:
             raise OSError(errno.EINVAL, f"data waiting must be bytes, at most {MAX_CHUNK} in all")
@@ -123,21 +129,33 @@ def _waiting(session: EgressSession, args: list[Any], n: int, name: str) -> list
     return _args(args[:n], n, name)
 
 
-def _deferred(session: EgressSession, h: Any, dest: list[Any]) -> None:
-    """Make the connection the guest deferred, numbered `h` by the guest: decided and made as
-    by net.connect (waiting as long as the run and the connection may); a failure is kept for
-    `h` (its next operation raises it)."""
-    h = _int(h, "handle", LAZY_BASE, 2**63 - 1)
-    if h in session.handles or h in session.failed:
-        raise OSError(errno.EINVAL, "a deferred connection's handle is already in use")
-    if len(dest) != 2:
-        raise OSError(errno.EINVAL, "a deferred connection is [host, port]")
-    try:
-        c = _open(session, dest[0], dest[1], None)
-    except OSError as e:
-        session.fail(h, e)
-        return
-    session.add(c, h)
+def _deferred(session: EgressSession, batch: list[tuple[Any, Any]]) -> None:
+    """Make the connections the guest deferred, numbered by the guest: decided and made as by
+    net.connect, all under way at once (waiting as long as the run and each connection may); a
+    failure is kept for its handle (its next operation raises it)."""
+    seen: set[int] = set()
+    for h, dest in batch:                   # all checked before any socket exists
+        h = _int(h, "handle", LAZY_BASE, 2**63 - 1)
+        if h in session.handles or h in session.failed or h in seen:
+            raise OSError(errno.EINVAL, "a deferred connection's handle is already in use")
+        if len(dest) != 2:
+            raise OSError(errno.EINVAL, "a deferred connection is [host, port]")
+        seen.add(h)
+    started: list[tuple[int, tuple[Connection, int]]] = []
+    for h, dest in batch:
+        try:
+            started.append((h, _start(session, dest[0], dest[1])))
+        except OSError as e:
+            session.fail(h, e)
+    errors = _wait_connected(session, [s for _, s in started], None)
+    for (h, (c, _)), error in zip(started, errors):
+        if error is None:
+            try:
+                session.add(c, h)
+                continue
+            except OSError as e:
+                error = e
+        session.fail(h, error)
 
 
 def _failed(c: Connection) -> None:
@@ -265,6 +283,16 @@ def net_connect(session: EgressSession, args: list[Any]) -> list[Any]:
 
 def _open(session: EgressSession, host: Any, port: Any, timeout: float | None) -> Connection:
     """A connection to `host`:`port`, decided under the policy and counted first."""
+    started = _start(session, host, port)
+    [error] = _wait_connected(session, [started], timeout)
+    if error is not None:
+        raise error
+    return started[0]
+
+
+def _start(session: EgressSession, host: Any, port: Any) -> tuple[Connection, int]:
+    """Decide and count a connection to `host`:`port`, then start making it: the connection,
+    and connect_ex's errno (EINPROGRESS: under way)."""
     if not isinstance(host, str) or not 0 < len(host) <= 255:
         raise OSError(errno.EINVAL, "host must be a non-empty string of at most 255 characters")
     if session.policy.methods is not None:
@@ -285,27 +313,55 @@ def _open(session: EgressSession, host: Any, port: Any, timeout: float | None) -
                          socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     c = Connection(sock, session, dest.label)
     try:
-        err = sock.connect_ex((dest.address, port))
-        if err == errno.EINPROGRESS:
-            seconds, why = _bound(session, [c], timeout)
-            p = select.poll()
-            p.register(sock, _OUT)
-            if p.poll(_ms(seconds)):
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            elif timeout != 0:
-                raise _expired(why, c) if why != "timeout" else \
-                    OSError(errno.ETIMEDOUT, f"connection to {dest.label} timed out")
-            else:
-                c.pending = True
-                err = 0
-        if err not in (0, errno.EISCONN):
-            raise OSError(err, f"{os.strerror(err)} ({dest.label})")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return c, sock.connect_ex((dest.address, port))
     except BaseException:
         c.closed = True
         sock.close()
         raise
-    return c
+
+
+def _wait_connected(session: EgressSession, started: list[tuple[Connection, int]],
+                    timeout: float | None) -> list[OSError | None]:
+    """Wait for the connections under way, all at once (each wait bounded like any); per
+    connection None (made, or pending when `timeout` is 0) or the error it failed with (its
+    socket closed)."""
+    waiting = {c.sock.fileno(): c for c, err in started if err == errno.EINPROGRESS}
+    ready: set[int] = set()
+    why = "timeout"
+    if waiting:
+        seconds, why = _bound(session, list(waiting.values()), timeout)
+        end = time.monotonic() + seconds
+        p = select.poll()
+        for fd in waiting:
+            p.register(fd, _OUT)
+        while len(ready) < len(waiting):
+            got = p.poll(_ms(max(end - time.monotonic(), 0.0)))
+            if not got:
+                break
+            for fd, _ in got:
+                ready.add(fd)
+                p.unregister(fd)
+    out: list[OSError | None] = []
+    for c, err in started:
+        try:
+            if err == errno.EINPROGRESS:
+                if c.sock.fileno() in ready:
+                    err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                elif timeout != 0:
+                    raise _expired(why, c) if why != "timeout" else \
+                        OSError(errno.ETIMEDOUT, f"connection to {c.dest} timed out")
+                else:
+                    c.pending = True
+                    err = 0
+            if err not in (0, errno.EISCONN):
+                raise OSError(err, f"{os.strerror(err)} ({c.dest})")
+            c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            out.append(None)
+        except OSError as e:
+            c.closed = True
+            c.sock.close()
+            out.append(e)
+    return out
 
 
 def _send(session: EgressSession, c: Connection, data: bytes, timeout: float | None) -> int:
