@@ -29,7 +29,9 @@ CPY         := build/cpython
 CPY_SRC     := build/third_party/cpython
 CPY_STAMP   := $(CPY)/.inputs-sha256
 PY_IMAGE    := build/python/stdlib_image.S
-PY_SOCKETS  := guests/python/sockets.c guests/python/sockets.h
+PY_SOCKETS_C := guests/python/sockets.c guests/python/sockets_table.c guests/python/sockets_ops.c \
+                guests/python/sockets_poll.c
+PY_SOCKETS  := $(PY_SOCKETS_C) guests/python/sockets.h guests/python/sockets_table.h
 # bzip2, liblzma and SQLite for _bz2, _lzma and _sqlite3 (built static with CPython)
 CPY_DBLIB_SRCS := $(addsuffix /.snapcell-sha256,$(addprefix build/third_party/,bzip2 xz-utils sqlite3))
 CPY_DBLIBS  := $(addprefix --lib $(CPY)/prefix/lib/,libsqlite3.a liblzma.a libbz2.a)
@@ -133,7 +135,7 @@ $(PY_IMAGE): $(CPY_STAMP) scripts/build_python_image.py snapcell/guest/fsimage.p
 	$(CPY)/obj/python scripts/build_python_image.py build/python
 
 build/guests/python.elf: guests/python/python_guest.c $(PY_SOCKETS) $(CODEBOX) $(PY_IMAGE) $(MIMALLOC) $(SDK) | setup
-	$(PY) -m snapcell guest build guests/python/python_guest.c guests/python/sockets.c \
+	$(PY) -m snapcell guest build guests/python/python_guest.c $(PY_SOCKETS_C) \
 	  guests/common/codebox.c $(PY_IMAGE) \
 	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include -I $(MIMALLOC_INC) \
 	  --lib $(CPY)/obj/libpython3.11.a \
@@ -157,7 +159,7 @@ build/guests/ld-musl-x86_64.so.1: $(MUSL_STAMP)
 
 build/guests/python-dyn.elf: guests/python/python_guest.c $(PY_SOCKETS) guests/python/libregion.S \
              guests/python/image_slot.S $(CODEBOX) $(CPY_STAMP) $(MUSL_STAMP) $(MIMALLOC) $(SDK) | setup
-	$(PY) -m snapcell guest build guests/python/python_guest.c guests/python/sockets.c \
+	$(PY) -m snapcell guest build guests/python/python_guest.c $(PY_SOCKETS_C) \
 	  guests/common/codebox.c \
 	  guests/python/libregion.S guests/python/image_slot.S --dynamic $(MUSL) \
 	  -I guests/common -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(CPY)/prefix/include -I $(MIMALLOC_INC) \

@@ -177,6 +177,9 @@ def _patch_socket(socket):
                 return (info[0][4][0],) + tuple(address[1:])
         return address
 
+    import _snapcell
+    base = socket.socket
+
     class SandboxSocket(socket.socket):
         """socket.socket: host names resolved by the host; errors carry the host's message."""
 
@@ -197,29 +200,49 @@ def _patch_socket(socket):
         def connect_ex(self, address):
             return super().connect_ex(_resolved(self, address))
 
-        def send(self, *args):
+        def _timed(self, op, writing, *args):
+            """`op` on this socket, with the host's message on failure. With a timeout, the host
+            waits for the socket first (no wait at all when the guest can answer: bytes the host
+            read ahead, room to keep what is written), then `op` runs without one: CPython's own
+            path would read the clock, a VM exit, two or three times per call."""
             try:
-                return super().send(*args)
+                timeout = self.gettimeout()
+                fd = self.fileno()
+                if not timeout or fd < 0:   # blocking or non-blocking: no clock either way
+                    return op(self, *args)
+                super().setblocking(False)
+                try:
+                    if not _snapcell.net_wait(fd, writing, timeout):
+                        raise TimeoutError("timed out")
+                    try:
+                        return op(self, *args)
+                    except BlockingIOError:
+                        pass
+                finally:
+                    super().settimeout(timeout)
+                return op(self, *args)      # not ready after all: CPython's own wait
             except OSError as e:
                 raise _host_message(e) from None
 
-        def sendall(self, *args):
-            try:
-                return super().sendall(*args)
-            except OSError as e:
-                raise _host_message(e) from None
+        def send(self, *args):
+            return self._timed(base.send, True, *args)
+
+        def sendall(self, data, *args):
+            if args or not self.gettimeout():
+                return self._timed(base.sendall, True, data, *args)
+            view = memoryview(data).cast("B")
+            sent = self._timed(base.send, True, view)
+            if sent < len(view):                # the rest: CPython's own wait
+                try:
+                    base.sendall(self, view[sent:])
+                except OSError as e:
+                    raise _host_message(e) from None
 
         def recv(self, *args):
-            try:
-                return super().recv(*args)
-            except OSError as e:
-                raise _host_message(e) from None
+            return self._timed(base.recv, False, *args)
 
         def recv_into(self, *args):
-            try:
-                return super().recv_into(*args)
-            except OSError as e:
-                raise _host_message(e) from None
+            return self._timed(base.recv_into, False, *args)
 
     SandboxSocket.__name__ = SandboxSocket.__qualname__ = "socket"
     SandboxSocket.__module__ = "socket"

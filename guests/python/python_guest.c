@@ -381,11 +381,30 @@ static PyObject *m_net_error(PyObject *self, PyObject *noargs)
     return Py_BuildValue("(iss)", e, t, m);
 }
 
+/* _snapcell.net_wait(fd, writing, timeout) -> whether the socket is ready within `timeout`
+ * seconds; the host waits, so no clock is read (sockets.c; _snapcell_sandbox.py's socket) */
+static PyObject *m_net_wait(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int fd, writing;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "ipd", &fd, &writing, &timeout))
+        return NULL;
+    long ms = timeout < 0 ? -1 : timeout > 86400000.0 ? 86400000000L : (long)ceil(timeout * 1000.0);
+    long r = ns_wait(fd, writing, ms);
+    if (r < 0) {
+        errno = (int)-r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(r > 0);
+}
+
 static PyMethodDef methods[] = {
     {"write", m_write, METH_VARARGS, "Append text to the captured stdout (1) or stderr (2)."},
     {"call_tool", m_call_tool, METH_VARARGS, "Call a host tool."},
     {"memory", m_memory, METH_NOARGS, "Heap bytes in use and the limit."},
     {"net_error", m_net_error, METH_NOARGS, "The last network host call's error, or None."},
+    {"net_wait", m_net_wait, METH_VARARGS, "Wait for a socket, the host waiting."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,6 +18,7 @@ import msgpack
 
 from ..errors import ArgumentError
 from .egress import OP_PREFIX, EgressSession
+from .egress.session import builtin_name
 from .validate import Invalid, decode_tool_call
 
 if TYPE_CHECKING:                    # asyncio: imported when a worker thread first starts
@@ -219,7 +220,7 @@ class ToolDispatcher:
         try:
             value = self.network.handle(name, args)
         except Exception as e:       # the code sees it as the builtin error it derives from
-            return _error(_builtin_name(e), str(e))
+            return _error(builtin_name(e), str(e))
         reply: bytes = msgpack.packb([0, value], use_bin_type=True)
         return reply
 
@@ -252,15 +253,6 @@ class ToolDispatcher:
         if self._worker is not None:
             self._worker.jobs.put(None)
             self._worker = None
-
-
-def _builtin_name(e: BaseException) -> str:
-    """The name of the first built-in exception class `e` derives from (EgressRefused →
-    PermissionError), so the guest raises its own language's error."""
-    for cls in type(e).__mro__:
-        if cls.__module__ == "builtins":
-            return cls.__name__
-    return "OSError"
 
 
 def _error(type_: str, message: str) -> bytes:

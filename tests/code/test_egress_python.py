@@ -259,6 +259,8 @@ def test_no_policy_no_network_with_a_clear_error() -> None:
     ["net.poll", [[["x", 1]], None, 0, []]], ["net.poll", [[], float("nan"), 0, []]],
     ["net.getaddrinfo", [None, 80]], ["net.close", [["3"], []]],
     ["net.shutdown", [3, 7, []]], ["net.nosuch", []],
+    ["net.flush", [[[3, ["127.0.0.1", 9]]]]], ["net.flush", [[[1 << 40, ["127.0.0.1"]]]]],
+    ["net.flush", [[[1 << 40, ["127.0.0.1", 9]], [1 << 40, ["127.0.0.1", 9]]]]],
 ])
 def test_bad_arguments_from_the_guest_are_errors_with_an_errno(args: list[Any]) -> None:
     session = EgressSession(NetworkPolicy(allow=["127.0.0.1:9"]))
@@ -327,3 +329,111 @@ def test_bytes_written_reach_the_server_without_a_read_after_them() -> None:
                     conn.settimeout(10)
                     got.append(b"".join(iter(lambda c=conn: c.recv(100), b"")))
             assert sorted(got) == [b"closed", b"open"]
+
+
+
+def test_deferred_connections_fail_as_the_socket_s_error() -> None:
+    """After a first connection to a destination, the guest defers the next ones to it (the
+    host connects with its next call): a failure then is that socket's error, in words, from
+    a blocking recv and from one with a timeout (poll) alike."""
+    listener = _listener("127.0.0.1")
+    port = listener.getsockname()[1]
+
+    def stop() -> None:
+        listener.close()
+
+    with CodeSandbox("python", network=NetworkPolicy(allow=[f"127.0.0.1:{port}"]),
+                     tools={"stop": stop}, timeout=10.0) as b:
+        r = b.run("import socket\n"
+                  f"a = socket.create_connection(('127.0.0.1', {port}))\na.close()\nstop()\n"
+                  "out = []\n"
+                  "for timeout in (None, 5):\n"
+                  f"    s = socket.create_connection(('127.0.0.1', {port}), timeout=timeout)\n"
+                  "    s.sendall(b'x')\n"
+                  "    try:\n        s.recv(10)\n"
+                  "    except OSError as e:\n        out.append([type(e).__name__, str(e)])\n"
+                  "    s.close()\n"
+                  "out")
+        assert r.error is None, r.error
+        assert [t for t, _ in r.value] == ["ConnectionRefusedError"] * 2, r.value
+        assert all(f"127.0.0.1:{port}" in m for _, m in r.value), r.value
+
+
+def test_deferred_connections_keep_the_policy_s_bounds(server: int) -> None:
+    with CodeSandbox("python", network=_policy(server, max_connections=2, max_requests=3),
+                     timeout=10.0) as b:
+        r = b.run("import socket\n"
+                  f"s = [socket.create_connection(('127.0.0.1', {server})) for _ in range(3)]")
+        assert r.error is not None and "allows at most 2 open connections" in r.error.message
+        r = b.run("import socket\n"
+                  f"for _ in range(4):\n    socket.create_connection(('127.0.0.1', {server})).close()")
+        assert r.error is not None and "allows at most 3 connections or requests per run" \
+            in r.error.message
+
+
+def test_a_deferred_connection_is_decided_by_the_host(witnesses: dict[str, socket.socket]
+                                                      ) -> None:
+    """A guest that defers a connection the policy does not allow gets the refusal, in words,
+    from that socket's next operation; nothing was attempted."""
+    port = witnesses["port"].getsockname()[1]
+    session = EgressSession(NetworkPolicy(allow=["127.0.0.1:9"]))
+    session.begin(None)
+    h = 1 << 40
+    session.handle("net.flush", [[[h, ["127.0.0.1", port]], [h, b"GET / HTTP/1.0\r\n\r\n"]]])
+    with pytest.raises(PermissionError, match=f"connection to 127.0.0.1:{port} refused"):
+        session.handle("net.recv", [h, 100, None, []])
+    [[_, (no, kind, message)]] = session.handle("net.poll", [[[h, 1]], 0, 100, []])
+    assert (no, kind) == (errno.EACCES, "PermissionError") and "refused" in message
+    session.handle("net.close", [h, []])
+    with pytest.raises(OSError, match="bad connection handle"):
+        session.handle("net.recv", [h, 100, None, []])
+    _no_connection(witnesses["port"])
+
+
+def test_socket_timeouts_without_reading_the_clock(box: CodeSandbox, server: int) -> None:
+    """A socket with a timeout waits through the host (the guest reads no clock for it): a
+    silent server still times out with socket.timeout's own words, a reply is read in small
+    pieces from what the host read ahead, and a body larger than what the guest keeps for the
+    next host call is sent whole."""
+    assert _ok(box, "import socket, time\n"
+                    f"s = socket.create_connection(('127.0.0.1', {server}), timeout=0.3)\n"
+                    "s.sendall(b'GET /hang HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+                    "t = time.monotonic()\n"
+                    "try:\n    s.recv(10)\n    out = 'no timeout'\n"
+                    "except TimeoutError as e:\n    out = [str(e), time.monotonic() - t >= 0.29]\n"
+                    "s.close()\n"
+                    f"s = socket.create_connection(('127.0.0.1', {server}), timeout=5)\n"
+                    "body = bytes(range(256)) * 1200\n"
+                    "s.sendall(b'POST /p HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n"
+                    "\\r\\n' % len(body) + body)\n"
+                    "f = s.makefile('rb')\n"
+                    "while f.readline() != b'\\r\\n':\n    pass\n"
+                    "got = f.read(len(body))\n"
+                    "[out, got == body[::-1]]") == [["timed out", True], True]
+
+
+def test_deferred_connections_are_made_together() -> None:
+    """The deferred connections one host call carries are under way at once; one that fails
+    does not stop the others, nor the bytes written after them."""
+    with socket.socket() as listener, socket.socket() as gone:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(10)
+        gone.bind(("127.0.0.1", 0))                  # bound, never listening: refused
+        port, refused = listener.getsockname()[1], gone.getsockname()[1]
+        session = EgressSession(NetworkPolicy(allow=[f"127.0.0.1:{port}",
+                                                     f"127.0.0.1:{refused}"]))
+        session.begin(None)
+        a, b, c = 1 << 40, (1 << 40) + 1, (1 << 40) + 2
+        session.handle("net.flush", [[[a, ["127.0.0.1", port]], [b, ["127.0.0.1", refused]],
+                                      [c, ["127.0.0.1", port]], [a, b"to a"], [c, b"to c"]]])
+        with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{refused}"):
+            session.handle("net.recv", [b, 10, None, []])
+        got = []
+        for _ in range(2):
+            conn = listener.accept()[0]
+            with conn:
+                conn.settimeout(10)
+                got.append(conn.recv(10))
+        assert sorted(got) == [b"to a", b"to c"] and session.requests == 3
+        session.end()

@@ -34,6 +34,11 @@ OPS: dict[str, Op] = {}
 """Reserved operation name → implementation; filled by the modules that implement them."""
 
 _run_ids = itertools.count(1)
+MAX_FAILED = 64
+
+
+def _pinned(address: str) -> Resolver:
+    return lambda _host, _port: [address]
 
 
 class Closeable(Protocol):
@@ -46,6 +51,15 @@ class EgressObserver(Protocol):
     """Receives every egress event (for metrics); the service passes one per tenant."""
 
     def __call__(self, event: str, destination: str, nbytes: int) -> None: ...
+
+
+def builtin_name(e: BaseException) -> str:
+    """The name of the first built-in exception class `e` derives from (EgressRefused →
+    PermissionError), so the guest raises its own language's error."""
+    for cls in type(e).__mro__:
+        if cls.__module__ == "builtins":
+            return cls.__name__
+    return "OSError"
 
 
 def op(name: str) -> Callable[[Op], Op]:
@@ -75,6 +89,10 @@ class EgressSession:
         self.bytes_in = 0
         self.refusals = 0
         self.handles: dict[int, Closeable] = {}
+        self.failed: dict[int, OSError] = {}
+        """Deferred connections that failed, by the guest's handle: their next operation raises
+        the error (at most MAX_FAILED are kept; this run only)."""
+        self._decided: dict[tuple[str, int, str | None], Destination] = {}
         self.names: dict[str, str] = {}
         """Address → the name it was resolved for (net.getaddrinfo), this run: a connection to
         it is decided for that name, the address pinned (never resolved again)."""
@@ -88,11 +106,13 @@ class EgressSession:
         self.deadline = deadline
         self.requests = self.bytes_out = self.bytes_in = self.refusals = 0
         self.names = {}
+        self._decided = {}
 
     def end(self) -> None:
         """A run ended (or the sandbox was restored or closed): close everything it opened."""
         with self.lock:
             handles, self.handles = self.handles, {}
+            self.failed = {}
         for h in handles.values():
             try:
                 h.close()
@@ -105,18 +125,28 @@ class EgressSession:
 
     # ------------------------------------------------------------------ decisions and budget
     def destination(self, host: str, port: int, resolver: Resolver | None = None,
-                    count: bool = True) -> Destination:
+                    count: bool = True, pinned: str | None = None) -> Destination:
         """Decide a new connection or request under the policy and count it; EgressRefused or
         EgressLimitExceeded when it may not happen (nothing has been sent then). `resolver`
-        replaces the sandbox's for this decision; `count=False` decides without counting a
-        request (a name lookup)."""
-        try:
-            dest = self.policy.resolve(host, port, resolver or self.resolver)
-        except EgressRefused:
-            self.refusals += 1
-            self._observe("refused", f"{host}:{port}", 0)
-            log.info("egress refused run=%s destination=%s:%s", self.run_id, host, port)
-            raise
+        replaces the sandbox's for this decision; `pinned`: the name resolves to that address
+        only (one net.getaddrinfo found for it this run); `count=False` decides without
+        counting a request (a name lookup). A decision made with the sandbox's resolver is
+        kept for the rest of the run (so a name resolves once per run, and its address stays
+        the one checked); a refusal is decided again each time."""
+        key = (host, port, pinned)
+        dest = self._decided.get(key) if resolver is None else None
+        if dest is None:
+            if pinned is not None:
+                resolver = _pinned(pinned)
+            try:
+                dest = self.policy.resolve(host, port, resolver or self.resolver)
+            except EgressRefused:
+                self.refusals += 1
+                self._observe("refused", f"{host}:{port}", 0)
+                log.info("egress refused run=%s destination=%s:%s", self.run_id, host, port)
+                raise
+            if resolver is None or pinned is not None:
+                self._decided[key] = dest
         if not count:
             return dest
         if self.requests >= self.policy.max_requests:
@@ -154,17 +184,26 @@ class EgressSession:
             raise EgressLimitExceeded(f"the sandbox's network policy allows at most "
                                       f"{self.policy.max_bytes_in} bytes in per run")
 
-    def add(self, handle: Closeable) -> int:
-        """Keep `handle` open until the run ends; its number for the guest. EgressLimitExceeded
-        (and `handle` closed) past the policy's bound on open connections."""
+    def add(self, handle: Closeable, number: int | None = None) -> int:
+        """Keep `handle` open until the run ends; its number for the guest (`number`: the one
+        the guest chose, for a deferred connection). EgressLimitExceeded (and `handle` closed)
+        past the policy's bound on open connections."""
         with self.lock:
             if len(self.handles) >= self.policy.max_connections:
                 handle.close()
                 raise EgressLimitExceeded(f"the sandbox's network policy allows at most "
                                           f"{self.policy.max_connections} open connections")
-            n = next(self._next_handle)
+            n = next(self._next_handle) if number is None else number
             self.handles[n] = handle
         return n
+
+    def fail(self, number: int, error: OSError) -> None:
+        """Keep `error` as the outcome of the guest's deferred connection `number` (the oldest
+        kept is forgotten past MAX_FAILED: its handle is then unknown)."""
+        with self.lock:
+            if len(self.failed) >= MAX_FAILED:
+                del self.failed[next(iter(self.failed))]
+            self.failed[number] = error
 
     def get(self, n: Any) -> Closeable:
         """The handle numbered `n`; OSError (EBADF) for one this run does not hold."""
@@ -177,6 +216,8 @@ class EgressSession:
         """Close and forget handle `n` (nothing when it is not held)."""
         with self.lock:
             h = self.handles.pop(n, None) if type(n) is int else None
+            if h is None and type(n) is int:
+                self.failed.pop(n, None)
         if h is not None:
             h.close()
 
