@@ -13,14 +13,17 @@
  * (guests/js/intl/) adds Intl and the toLocale* methods; the event loop below drives the
  * prelude's timers.
  */
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
 #include "cbstream.h"
 #include "codebox.h"
+#include "mimalloc.h"
 #include "quickjs.h"
 #include "snapcell.h"
 #include "prelude.h"                   /* js_prelude[]: guests/js/prelude.js */
@@ -36,6 +39,108 @@ static size_t warm_heap;               /* heap of the warm state (Intl data, pre
 static JSContext *ctx;
 static cb_buf scratch[CB_MAX_DEPTH + 1];     /* tool-argument encoding per nesting depth */
 static int tool_depth;
+
+/* ---- the runtime's memory ------------------------------------------------------------------
+ * QuickJS carves blocks of up to 512 bytes out of 4 KiB arenas it takes from these functions,
+ * and takes larger blocks from them directly. Blocks of up to SMALL_MAX bytes (arenas included)
+ * come from mimalloc, larger ones from musl's malloc (one mmap each), as in the Lua and Python
+ * guests: musl's mallocng maps and unmaps small groups all the time (~20 µs a system call in a
+ * guest). After the warm-up the runtime allocates from a fresh mimalloc heap and fresh QuickJS
+ * arenas (seal_warm_heap): a run's allocations then land on a few adjacent pages instead of in
+ * the free slots scattered over the warm heap (the Intl data makes it tens of MiB), so a run
+ * dirties fewer pages and the restore after it copies fewer back. */
+#define SMALL_MAX ((size_t)128 << 10)      /* mimalloc's small and medium sizes */
+
+static unsigned long backing_mallocs;     /* calls of j_malloc (arena refills among them) */
+
+static size_t j_usable(const void *p)
+{
+    return mi_is_in_heap_region(p) ? mi_usable_size(p) : malloc_usable_size((void *)p);
+}
+
+static void j_free(void *opaque, void *p)
+{
+    (void)opaque;
+    if (mi_is_in_heap_region(p))
+        mi_free(p);
+    else
+        free(p);
+}
+
+static void *j_malloc(void *opaque, size_t n)
+{
+    (void)opaque;
+    backing_mallocs++;
+    return n <= SMALL_MAX ? mi_malloc(n) : malloc(n);
+}
+
+static void *j_calloc(void *opaque, size_t k, size_t n)
+{
+    (void)opaque;
+    if (n && k > (size_t)-1 / n)
+        return NULL;
+    return k * n <= SMALL_MAX ? mi_calloc(k, n) : calloc(k, n);
+}
+
+static void *j_realloc(void *opaque, void *old, size_t n)
+{
+    if (!old)
+        return j_malloc(opaque, n);
+    int small = mi_is_in_heap_region(old);
+    if (small == (n <= SMALL_MAX))
+        return small ? mi_realloc(old, n) : realloc(old, n);
+    void *p = j_malloc(opaque, n);           /* crossing SMALL_MAX: move to the other allocator */
+    if (p) {
+        size_t keep = j_usable(old);
+        memcpy(p, old, keep < n ? keep : n);
+        j_free(opaque, old);
+    }
+    return p;
+}
+
+static const JSMallocFunctions j_malloc_functions = {j_calloc, j_malloc, j_free, j_realloc, j_usable};
+
+/* QuickJS's arena block sizes (quickjs.c, arena_block_sizes) and its block header's size */
+static const uint16_t arena_block_sizes[] = {
+    16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128,
+    144, 160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448, 480, 512,
+};
+#define ARENA_BLOCK_HEADER 8
+
+/* Fill every free slot the warm state's QuickJS arenas hold (the filler blocks are never
+ * freed), make a fresh mimalloc heap the default one for everything allocated from now on, and
+ * keep one block of every size class there, so that a run's small blocks come from arenas made
+ * after the warm-up, adjacent and never freed or re-made by a run (a new or an emptied arena
+ * writes the pages of its neighbours in QuickJS's lists). The warm state's blocks stay where
+ * they are and are freed into their own arenas and heap. Returns the bytes filled: the warm
+ * heap's fragmentation, held for good. */
+static size_t seal_warm_heap(void)
+{
+    enum { CLASSES = sizeof arena_block_sizes / sizeof arena_block_sizes[0] };
+    size_t filled = 0;
+    for (size_t i = 0; i < CLASSES; i++) {
+        size_t want = arena_block_sizes[i] - ARENA_BLOCK_HEADER;
+        for (;;) {
+            unsigned long before = backing_mallocs;
+            void *p = js_malloc_rt(rt, want);
+            if (!p)
+                sc_abort(1, "out of memory sealing the warm JS heap");
+            if (backing_mallocs != before) {      /* a new arena: every older one is full */
+                js_free_rt(rt, p);
+                break;
+            }
+            filled += want + ARENA_BLOCK_HEADER;
+        }
+    }
+    mi_heap_t *fresh = mi_heap_new();
+    if (!fresh)
+        sc_abort(1, "mi_heap_new failed");
+    mi_heap_set_default(fresh);
+    for (size_t i = 0; i < CLASSES; i++)
+        if (!js_malloc_rt(rt, arena_block_sizes[i] - ARENA_BLOCK_HEADER))
+            sc_abort(1, "out of memory sealing the warm JS heap");
+    return filled;
+}
 
 /* ---- JS value -> MessagePack -------------------------------------------------------------- */
 
@@ -617,7 +722,7 @@ static const JSCFunctionListEntry console_funcs[] = {
 
 void snapcell_main(void)
 {
-    rt = JS_NewRuntime();
+    rt = JS_NewRuntime2(&j_malloc_functions, NULL);
     if (!rt)
         sc_abort(1, "JS_NewRuntime failed");
     JS_SetMaxStackSize(rt, JS_STACK_LIMIT);
@@ -638,6 +743,14 @@ void snapcell_main(void)
     JS_FreeValue(ctx, global);
     /* warm up: the first evaluation's one-time work lands in the snapshot */
     const char *warm = "JSON.stringify({a:[1,2,{b:'c'}]}); /x+/.test('xx'); [3,1,2].sort(); 'ab'.split('');";
+    JS_FreeValue(ctx, JS_Eval(ctx, warm, strlen(warm), "<warmup>", JS_EVAL_TYPE_GLOBAL));
+    /* room in the shape and atom hash tables (they double when full, rehashing every entry):
+     * a run's few new shapes and atoms must not be the ones that make them grow */
+    const char *room = "{const a = []; for (let i = 0; i < 4096; i++) a.push({['\\u0001' + i]: i});}";
+    JS_FreeValue(ctx, JS_Eval(ctx, room, strlen(room), "<warmup>", JS_EVAL_TYPE_GLOBAL));
+    JS_NewAtom(ctx, "main.js");        /* the default file name: a run finds its atom (kept) */
+    JS_RunGC(rt);
+    seal_warm_heap();
     JS_FreeValue(ctx, JS_Eval(ctx, warm, strlen(warm), "<warmup>", JS_EVAL_TYPE_GLOBAL));
     JS_RunGC(rt);
     JSMemoryUsage mu;
