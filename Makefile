@@ -105,10 +105,9 @@ build/js/intl.S: $(JS_INTL_SRCS)
 	bash scripts/build_js_intl.sh
 
 build/guests/js.elf: guests/js/js_guest.c build/js/prelude.h build/js/intl.S $(CODEBOX) $(CBSTREAM) \
-                     build/lib/libquickjs.a $(MIMALLOC) $(SDK) | setup
+                     build/lib/libquickjs.a $(SDK) | setup
 	$(PY) -m snapcell guest build guests/js/js_guest.c guests/common/codebox.c guests/common/cbstream.c \
-	  build/js/intl.S -I guests/common -I build/js -I $(QJS_DIR) -I $(MIMALLOC_INC) \
-	  --lib build/lib/libquickjs.a --lib $(MIMALLOC) -o $@
+	  build/js/intl.S -I guests/common -I build/js -I $(QJS_DIR) --lib build/lib/libquickjs.a -o $@
 
 build/guests/lua.elf: guests/lua/lua_guest.c $(CODEBOX) $(CBSTREAM) build/lib/liblua.a $(MIMALLOC) $(SDK) | setup
 	$(PY) -m snapcell guest build guests/lua/lua_guest.c guests/common/codebox.c guests/common/cbstream.c \

@@ -23,7 +23,6 @@
 
 #include "cbstream.h"
 #include "codebox.h"
-#include "mimalloc.h"
 #include "quickjs.h"
 #include "snapcell.h"
 #include "prelude.h"                   /* js_prelude[]: guests/js/prelude.js */
@@ -41,62 +40,26 @@ static cb_buf scratch[CB_MAX_DEPTH + 1];     /* tool-argument encoding per nesti
 static int tool_depth;
 
 /* ---- the runtime's memory ------------------------------------------------------------------
- * QuickJS carves blocks of up to 512 bytes out of 4 KiB arenas it takes from these functions,
- * and takes larger blocks from them directly. Blocks of up to SMALL_MAX bytes (arenas included)
- * come from mimalloc, larger ones from musl's malloc (one mmap each), as in the Lua and Python
- * guests: musl's mallocng maps and unmaps small groups all the time (~20 µs a system call in a
- * guest). After the warm-up the runtime allocates from a fresh mimalloc heap and fresh QuickJS
- * arenas (seal_warm_heap): a run's allocations then land on a few adjacent pages instead of in
- * the free slots scattered over the warm heap (the Intl data makes it tens of MiB), so a run
- * dirties fewer pages and the restore after it copies fewer back. */
-#define SMALL_MAX ((size_t)128 << 10)      /* mimalloc's small and medium sizes */
-
-static unsigned long backing_mallocs;     /* calls of j_malloc (arena refills among them) */
-
-static size_t j_usable(const void *p)
-{
-    return mi_is_in_heap_region(p) ? mi_usable_size(p) : malloc_usable_size((void *)p);
-}
-
-static void j_free(void *opaque, void *p)
-{
-    (void)opaque;
-    if (mi_is_in_heap_region(p))
-        mi_free(p);
-    else
-        free(p);
-}
+ * QuickJS carves blocks of up to 512 bytes out of 4 KiB arenas (one per size class at a time)
+ * it takes from musl's malloc, and takes larger blocks from it directly. After the warm-up a
+ * run's small blocks come from arenas made after it (seal_warm_heap): adjacent, instead of the
+ * free slots scattered over the warm heap (tens of MiB with the Intl data), so a run dirties
+ * fewer pages and the restore after it copies fewer back. (mimalloc, as the Lua and Python
+ * guests use it, gave the same pages but its 32 MiB segments took the address space a 64 MiB
+ * typed array needs; musl's malloc makes no system call in a JS run.) */
+static unsigned long backing_mallocs;     /* calls of j_malloc: arena refills among them */
 
 static void *j_malloc(void *opaque, size_t n)
 {
     (void)opaque;
     backing_mallocs++;
-    return n <= SMALL_MAX ? mi_malloc(n) : malloc(n);
+    return malloc(n);
 }
 
-static void *j_calloc(void *opaque, size_t k, size_t n)
-{
-    (void)opaque;
-    if (n && k > (size_t)-1 / n)
-        return NULL;
-    return k * n <= SMALL_MAX ? mi_calloc(k, n) : calloc(k, n);
-}
-
-static void *j_realloc(void *opaque, void *old, size_t n)
-{
-    if (!old)
-        return j_malloc(opaque, n);
-    int small = mi_is_in_heap_region(old);
-    if (small == (n <= SMALL_MAX))
-        return small ? mi_realloc(old, n) : realloc(old, n);
-    void *p = j_malloc(opaque, n);           /* crossing SMALL_MAX: move to the other allocator */
-    if (p) {
-        size_t keep = j_usable(old);
-        memcpy(p, old, keep < n ? keep : n);
-        j_free(opaque, old);
-    }
-    return p;
-}
+static void *j_calloc(void *opaque, size_t k, size_t n) { (void)opaque; return calloc(k, n); }
+static void j_free(void *opaque, void *p) { (void)opaque; free(p); }
+static void *j_realloc(void *opaque, void *p, size_t n) { (void)opaque; return realloc(p, n); }
+static size_t j_usable(const void *p) { return malloc_usable_size((void *)p); }
 
 static const JSMallocFunctions j_malloc_functions = {j_calloc, j_malloc, j_free, j_realloc, j_usable};
 
@@ -108,16 +71,14 @@ static const uint16_t arena_block_sizes[] = {
 #define ARENA_BLOCK_HEADER 8
 
 /* Fill every free slot the warm state's QuickJS arenas hold (the filler blocks are never
- * freed), make a fresh mimalloc heap the default one for everything allocated from now on, and
- * keep one block of every size class there, so that a run's small blocks come from arenas made
- * after the warm-up, adjacent and never freed or re-made by a run (a new or an emptied arena
- * writes the pages of its neighbours in QuickJS's lists). The warm state's blocks stay where
- * they are and are freed into their own arenas and heap. Returns the bytes filled: the warm
- * heap's fragmentation, held for good. */
-static size_t seal_warm_heap(void)
+ * freed), then keep one block of every size class in a new arena, so that a run's small blocks
+ * come from arenas made after the warm-up, adjacent and never freed or re-made by a run (a new
+ * or an emptied arena writes the pages of its neighbours in QuickJS's lists). The warm state's
+ * blocks stay where they are and are freed into their own arenas; the filler holds what was
+ * free in them (the warm heap's fragmentation) for good. */
+static void seal_warm_heap(void)
 {
     enum { CLASSES = sizeof arena_block_sizes / sizeof arena_block_sizes[0] };
-    size_t filled = 0;
     for (size_t i = 0; i < CLASSES; i++) {
         size_t want = arena_block_sizes[i] - ARENA_BLOCK_HEADER;
         for (;;) {
@@ -129,17 +90,11 @@ static size_t seal_warm_heap(void)
                 js_free_rt(rt, p);
                 break;
             }
-            filled += want + ARENA_BLOCK_HEADER;
         }
     }
-    mi_heap_t *fresh = mi_heap_new();
-    if (!fresh)
-        sc_abort(1, "mi_heap_new failed");
-    mi_heap_set_default(fresh);
     for (size_t i = 0; i < CLASSES; i++)
         if (!js_malloc_rt(rt, arena_block_sizes[i] - ARENA_BLOCK_HEADER))
             sc_abort(1, "out of memory sealing the warm JS heap");
-    return filled;
 }
 
 /* ---- JS value -> MessagePack -------------------------------------------------------------- */
