@@ -482,10 +482,12 @@ static JSValue run_jobs(JSValue v)
     return v;
 }
 
+static JSAtom count_atom;               /* "count", held: a run does not look it up again */
+
 static int timers_pending(void)
 {
     int32_t n = 0;
-    JSValue c = JS_GetPropertyStr(ctx, timer_control, "count");
+    JSValue c = JS_GetProperty(ctx, timer_control, count_atom);
     if (JS_ToInt32(ctx, &n, c))
         JS_FreeValue(ctx, JS_GetException(ctx));
     JS_FreeValue(ctx, c);
@@ -617,6 +619,8 @@ static void install_prelude(JSValueConst global)
 
 static void install_tools(const cb_request *req)
 {
+    if (req->ntools == 0)
+        return;                 /* (the global object's reference count is a page written) */
     JSValue global = JS_GetGlobalObject(ctx);
     for (uint32_t i = 0; i < req->ntools; i++) {
         if (cbs_is_tool(req->tools[i], req->tool_lens[i]))
@@ -703,9 +707,12 @@ void snapcell_main(void)
      * a run's few new shapes and atoms must not be the ones that make them grow */
     const char *room = "{const a = []; for (let i = 0; i < 4096; i++) a.push({['\\u0001' + i]: i});}";
     JS_FreeValue(ctx, JS_Eval(ctx, room, strlen(room), "<warmup>", JS_EVAL_TYPE_GLOBAL));
-    JS_NewAtom(ctx, "main.js");        /* the default file name: a run finds its atom (kept) */
     JS_RunGC(rt);
     seal_warm_heap();
+    /* held atoms a run would otherwise look up or make (a new atom writes the atom table):
+     * the default file name's, made here so that it lies among the pages a run writes */
+    JS_NewAtom(ctx, "main.js");
+    count_atom = JS_NewAtom(ctx, "count");
     JS_FreeValue(ctx, JS_Eval(ctx, warm, strlen(warm), "<warmup>", JS_EVAL_TYPE_GLOBAL));
     JS_RunGC(rt);
     JSMemoryUsage mu;
