@@ -255,7 +255,8 @@ def test_a_debugger_makes_resets_scan_everything(big: Snapshot) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with MultiUseSandbox.from_snapshot(big, host_functions=make_host_functions(),
-                                       config=SandboxConfiguration(debug_port=port)) as sb:
+                                       config=SandboxConfiguration(heap_size=96 * MIB,
+                                                                   debug_port=port)) as sb:
         assert sb._core.debugger is not None and sb._core.memory.written_anywhere
         sb.restore(big)
         assert memory_is(sb, big)
