@@ -46,7 +46,7 @@ def test_report_json_table_and_figures(peer_rows: dict[str, dict], kvm_ok: None,
         snap = sb.snapshot()
     split = bench_fresh_runs(5, driver._python_floor(snap, hf), warmup=1, langs=("js",))
     assert {f"fresh_run_js_{p}" for p in PARTS} <= set(split)
-    assert split["fresh_run_js_total"]["exits"] >= 1
+    assert split["fresh_run_js_total"]["exits"] >= 1 and split["fresh_run_js_total"]["dirty_pages"] >= 1
     assert split["fresh_run_js_kvm_run"]["median_us"] <= split["fresh_run_js_run"]["median_us"]
     rows = {**peer_rows, **split,
             "snapcell_new_box_python_run": {**split["fresh_run_js_total"], "lang": "python",

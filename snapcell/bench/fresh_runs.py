@@ -3,7 +3,8 @@ split into the restore, the KVM_RUNs, the guest's work (the KVM_RUNs minus one b
 round trip per exit, measured in the same loop), the host's marshalling (the run's host time
 outside KVM_RUN: the request written, the result read and decoded) and the host page faults
 the restore and the run take (this thread's minor faults: KVM faulting guest pages in is
-counted to the thread that runs the vCPU)."""
+counted to the thread that runs the vCPU), and the pages the run dirtied (the private pages the
+next restore finds: each costs it a copy, docs/benchmarks.md, "Fresh runs")."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def bench_fresh_runs(n: int, floor: Callable[[], Any], warmup: int = 50,
     vmachine._ioctl = core._ioctl = timed         # type: ignore[assignment]  # both KVM_RUN sites
     try:
         samples: dict[str, dict[str, list[int]]] = {
-            lang: {p: [] for p in (*PARTS, "faults", "restore_faults", "exits")} for lang in langs}
+            lang: {p: [] for p in (*PARTS, "faults", "restore_faults", "exits", "dirty_pages")}
+            for lang in langs}
         for i in range(warmup + n):
             for lang, box in boxes.items():
                 box.run("1+1")                     # dirty it: the next run restores first
@@ -57,6 +59,7 @@ def bench_fresh_runs(n: int, floor: Callable[[], Any], warmup: int = 50,
                 t0 = clock()
                 box.reset()
                 t1 = clock()
+                dirty = box._sb._core.last_reset.private       # noqa: SLF001  # what run 1 wrote
                 spans.clear()
                 f0 = faults()
                 value = box.run("1+1").value
@@ -78,7 +81,7 @@ def bench_fresh_runs(n: int, floor: Callable[[], Any], warmup: int = 50,
                                 ("kvm_run", kvm), ("guest_work", kvm - exits * bare),
                                 ("marshalling", t2 - t1 - kvm), ("faults", f1 - f0),
                                 ("restore_faults", f0 - f_restore),
-                                ("exits", exits)):
+                                ("exits", exits), ("dirty_pages", dirty)):
                     s[part].append(v)
     finally:
         vmachine._ioctl = core._ioctl = real
@@ -91,8 +94,9 @@ def bench_fresh_runs(n: int, floor: Callable[[], Any], warmup: int = 50,
                 "n": n, "median_us": statistics.median(got) / 1000,
                 "p99_us": got[min(n - 1, int(n * 0.99))] / 1000, "min_us": got[0] / 1000}
         total = out[f"fresh_run_{lang}_total"]
-        for key in ("faults", "restore_faults", "exits"):
+        for key in ("faults", "restore_faults", "exits", "dirty_pages"):
             total[key] = statistics.median(s[key])
         total["note"] = (f"host page faults: {total['restore_faults']:.0f} in the restore, "
-                         f"{total['faults']:.0f} in the run; {total['exits']:.0f} exits")
+                         f"{total['faults']:.0f} in the run; {total['exits']:.0f} exits; "
+                         f"{total['dirty_pages']:.0f} pages dirtied")
     return out

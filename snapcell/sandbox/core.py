@@ -32,7 +32,7 @@ from ..guest.functions import Signature, parse_function_table
 from ..kvm import ioctls
 from ..machine import Machine, MachineFailure, MachinePool
 from ..machine.baselines import CpuBaseline
-from ..machine.layout import AddressSpace, MemoryLayout
+from ..machine.layout import GUEST_BASE, AddressSpace, MemoryLayout, Perm
 from ..machine.memory import GuestMapping, MemoryImage, ResetStats
 from ..machine.vmachine import EXIT_AT as _EXIT_AT
 from ..machine.vmachine import EXIT_UNPACK as _EXIT_UNPACK
@@ -92,6 +92,19 @@ class SandboxStatus(enum.Enum):
 _CLOSED: SandboxStatus = SandboxStatus.CLOSED    # (typed so that re-checks after a hold pass mypy)
 
 
+def writable_span(space: AddressSpace, size: int) -> tuple[tuple[int, int], ...]:
+    """The guest-part span [a, b) of a `size`-byte guest memory from the first to the last
+    page the guest may write (its page tables' writable user pages; the host writes only there
+    on its behalf), as the one range a reset has to look for private pages in
+    (GuestMapping.restrict_scan): the read-only code and data before it cannot hold any. One
+    range, not each writable region: a scan call costs more than the guard pages between."""
+    spans = [(max(a, GUEST_BASE), min(b, size)) for a, b, perm in space.spans if perm & Perm.W]
+    spans = [(a, b) for a, b in spans if a < b]
+    if not spans:
+        return ()
+    return ((min(a for a, _ in spans), max(b for _, b in spans)),)
+
+
 class Core:
     """One running guest: a machine plus the call protocol."""
 
@@ -114,10 +127,23 @@ class Core:
         self._host_codecs: dict[str, _HostEntry] = {}
         # host-request matchers by their key: (registry version, ((matcher, name), ...))
         self._matchers: dict[int, tuple[int, tuple[tuple[codec.HostMatcher, str], ...]]] = {}
-        self.debugger: DebugHook | None = None
+        self._debugger: DebugHook | None = None
+        self._writable = writable_span(space, machine.memory.size)
         self._busy = threading.Lock()              # held for the duration of a guest call
         self._syscalls: SyscallHost | None = None      # made at the first syscall exit
         self.baseline: CpuBaseline | None = None       # the CPU baseline `reset` applies
+
+    @property
+    def debugger(self) -> DebugHook | None:
+        """The attached debugger, if any. Attaching one makes every later reset of this
+        machine's memory scan the whole guest part: it writes code pages (breakpoints)."""
+        return self._debugger
+
+    @debugger.setter
+    def debugger(self, hook: DebugHook | None) -> None:
+        if hook is not None:
+            self.memory.mark_written_anywhere()
+        self._debugger = hook
 
     @property
     def syscalls(self) -> SyscallHost:
@@ -162,6 +188,8 @@ class Core:
                   regs: bytes, fs_base: int, gs_base: int, xsave: Any) -> None:
         if self.baseline is not None:
             machine.use_baseline(self.baseline)
+        assert machine.memory is not None
+        machine.memory.restrict_scan(self._writable)
         machine.reset(system, guest, lstar, regs, fs_base, gs_base, xsave)
 
     @property
@@ -176,6 +204,8 @@ class Core:
                else Machine(old.kvm, old.memory_size, self.baseline))
         old.close()
         assert new.memory is not None
+        if self._debugger is not None:
+            new.memory.mark_written_anywhere()
         self.machine, self.memory = new, new.memory
         self._syscalls = None
         self.interrupt.retarget(new.run_struct)
