@@ -11,9 +11,7 @@ from typing import Any
 import click
 
 from ..code import CodeSandbox
-from ..code.egress import NetworkPolicy
 from ..errors import SnapcellError
-from .options import _import_target
 
 EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
@@ -28,6 +26,7 @@ def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
         raise click.UsageError(f"--tool {spec!r}: expected module:function or name=module:function "
                                "(the module importable from the current directory, or a path to "
                                "a .py file: ./tools.py:lookup)")
+    from .options import _import_target
     mod = _import_target(module, "--tool", spec)
     fn = getattr(mod, attr, None)
     if fn is None:
@@ -106,7 +105,10 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
     funcs = dict(load_tool(t) for t in tools)
     files = dict(_put(p) for p in puts) if puts else None
     try:
-        network = NetworkPolicy(allow=allow_net) if allow_net else None
+        network = None
+        if allow_net:
+            from ..code.egress import NetworkPolicy
+            network = NetworkPolicy(allow=allow_net)
         with CodeSandbox(lang, tools=funcs, timeout=timeout, memory_limit=memory_limit << 20,
                          filename=filename or None, image=image, network=network) as box:
             result = box.run(source, files=files)
