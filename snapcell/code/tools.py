@@ -21,7 +21,8 @@ from .validate import Invalid, decode_tool_call
 
 OP_PREFIX = "net."
 """Reserved call names (not identifiers, so never a tool): the egress session's operations
-(egress/, imported only by a sandbox that has a network policy)."""
+(`egress.session.OP_PREFIX`, the same string; egress/ is imported only by a sandbox that has a
+network policy, so this module does not import it)."""
 
 
 class NetworkOperations(Protocol):

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..tools import OP_PREFIX as OP_PREFIX  # (defined by the tool channel it reserves)
 from .policy import (
     NO_NETWORK,
     Destination,
@@ -29,6 +28,7 @@ from .policy import (
 )
 
 log = logging.getLogger("snapcell.egress")
+OP_PREFIX = "net."
 Op = Callable[["EgressSession", list[Any]], Any]
 OPS: dict[str, Op] = {}
 """Reserved operation name → implementation; filled by the modules that implement them."""
