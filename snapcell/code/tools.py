@@ -12,24 +12,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from ..errors import ArgumentError
+from .egress import OP_PREFIX, EgressSession
 from .validate import Invalid, decode_tool_call
-
-OP_PREFIX = "net."
-"""Reserved call names (not identifiers, so never a tool): the egress session's operations
-(`egress.session.OP_PREFIX`, the same string; egress/ is imported only by a sandbox that has a
-network policy, so this module does not import it)."""
-
-
-class NetworkOperations(Protocol):
-    """What serves the reserved operations: a code sandbox's `EgressSession` (egress/)."""
-
-    def handle(self, name: str, args: list[Any]) -> Any:
-        """Serve operation `name` with `args`; raises the error the code sees."""
 
 if TYPE_CHECKING:                    # asyncio: imported when a worker thread first starts
     import asyncio
@@ -170,7 +159,7 @@ class ToolDispatcher:
     `async` tool's task is cancelled, `expired` is set and `cancel()` ends the run."""
 
     def __init__(self, tools: dict[str, Tool], max_reply: int,
-                 object_keywords: bool = False, network: NetworkOperations | None = None) -> None:
+                 object_keywords: bool = False, network: EgressSession | None = None) -> None:
         self.tools = tools
         self.network = network
         self.max_reply = max_reply

@@ -1,6 +1,6 @@
 """What `import snapcell` and the `snapcell run` verb import: nothing a plain sandbox run does
-not use (the egress stack, registry client, service, rich...), so a cold `snapcell run` does not
-pay for them (issue 27; the times are in `snapcell bench`, never asserted here)."""
+not use (registry client, service, rich...), so a cold `snapcell run` does not pay for them
+(issue 27; the times are in `snapcell bench`, never asserted here)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 
 # imported on first use by the features that need them
 NOT_ON_THE_RUN_PATH = {
-    "snapcell.code.egress", "snapcell.snapshot.registry", "snapcell.snapshot.sessions",
-    "snapcell.serving", "snapcell.debug", "snapcell.dask", "snapcell.cli.options",
-    "asyncio", "ssl", "urllib3", "socket", "logging", "importlib.resources", "tempfile",
-    "difflib", "rich", "prometheus_client",
+    "snapcell.snapshot.registry", "snapcell.snapshot.sessions", "snapcell.serving",
+    "snapcell.debug", "snapcell.dask", "snapcell.cli.options", "asyncio", "ssl", "urllib3",
+    "importlib.resources", "tempfile", "difflib", "rich", "prometheus_client",
 }
 
 
@@ -32,13 +31,3 @@ def test_run_path_imports_only_what_it_uses(statement: str) -> None:
     loaded = _modules(statement)
     assert "snapcell.code.sandbox" in loaded          # (the statement did import snapcell)
     assert not loaded & NOT_ON_THE_RUN_PATH, sorted(loaded & NOT_ON_THE_RUN_PATH)
-
-
-def test_egress_still_loads_its_operations() -> None:
-    """Importing the egress package (as a sandbox with a network policy does) registers every
-    reserved net.* operation under the tool channel's prefix."""
-    loaded = _modules("from snapcell.code.egress import OPS, OP_PREFIX\n"
-                      "from snapcell.code.tools import OP_PREFIX as P\n"
-                      "assert OP_PREFIX == P and OPS and all(k.startswith(P) for k in OPS)\n"
-                      "assert {'net.fetch', 'net.connect'} <= set(OPS), sorted(OPS)")
-    assert "snapcell.code.egress.fetch" in loaded
