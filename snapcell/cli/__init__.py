@@ -5,8 +5,10 @@ the demo and the benchmarks. One module per verb; each is imported when its verb
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -46,6 +48,17 @@ class SnapcellGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         """Run the sub-command, turning errors into messages."""
         try:
+            return self._invoke(ctx)
+        finally:
+            if _is_the_process():
+                # the process ends with this verb: what is alive now lives until the exit, so
+                # the teardown's garbage collections need not traverse it (gc.freeze; ~10 ms
+                # of a ~150 ms `snapcell run`). Objects are still freed, files closed, by
+                # reference counting.
+                gc.freeze()
+
+    def _invoke(self, ctx: click.Context) -> Any:
+        try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -75,6 +88,14 @@ class SnapcellGroup(click.Group):
         cmd = getattr(importlib.import_module(f"{__name__}.{where[0]}"), where[1])
         assert isinstance(cmd, click.Command)
         return cmd
+
+
+def _is_the_process() -> bool:
+    """Whether the `snapcell` command is this process (the console script or `python -m
+    snapcell`), not a caller of `main` such as a test's CliRunner."""
+    entry = sys.modules.get("__main__")
+    spec = getattr(entry, "__spec__", None)
+    return getattr(spec, "name", None) == "snapcell.__main__" or getattr(entry, "main", None) is main
 
 
 @click.group(cls=SnapcellGroup)

@@ -13,7 +13,6 @@ import click
 from ..code import CodeSandbox
 from ..code.egress import NetworkPolicy
 from ..errors import SnapcellError
-from .options import _import_target
 
 EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
 
@@ -28,6 +27,7 @@ def load_tool(spec: str) -> tuple[str, Callable[..., Any]]:
         raise click.UsageError(f"--tool {spec!r}: expected module:function or name=module:function "
                                "(the module importable from the current directory, or a path to "
                                "a .py file: ./tools.py:lookup)")
+    from .options import _import_target
     mod = _import_target(module, "--tool", spec)
     fn = getattr(mod, attr, None)
     if fn is None:

@@ -20,8 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +97,8 @@ def load_or_build(guest: Path, config: SandboxConfiguration, tool_signature: str
         except SnapcellError:
             _discard(entry)                   # damaged or foreign: rebuilt below
     snap = build()
+    import shutil
+    import tempfile
     try:
         tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=directory))
         snap.save(str(tmp), TAG)
@@ -113,6 +113,7 @@ def load_or_build(guest: Path, config: SandboxConfiguration, tool_signature: str
 
 
 def _discard(entry: Path) -> None:
+    import shutil
     aside = entry.with_name(entry.name + f".bad-{os.getpid()}")
     with contextlib.suppress(OSError):
         os.rename(entry, aside)
@@ -120,6 +121,7 @@ def _discard(entry: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    import tempfile
     with contextlib.suppress(OSError):
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
         with os.fdopen(fd, "wb") as f:

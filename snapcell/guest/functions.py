@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ class Signature:
 
 def unknown_function_message(name: object, functions: Mapping[str, Signature]) -> str:
     """'the guest exports no function 'X'; did you mean 'Y'? It exports: A, B, ...'."""
+    import difflib
     close = difflib.get_close_matches(name, list(functions), n=1) if isinstance(name, str) else []
     maybe = f"; did you mean {close[0]!r}?" if close else "."
     return (f"the guest exports no function {name!r}{maybe} It exports: "

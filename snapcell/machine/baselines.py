@@ -24,7 +24,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from ..kvm import Kvm
@@ -55,7 +55,7 @@ class FeatureBit:
 
 
 def _data(name: str) -> dict[str, Any]:
-    text = resources.files(__package__).joinpath("data", name).read_text("utf-8")
+    text = Path(__file__).with_name("data").joinpath(name).read_text("utf-8")
     d: dict[str, Any] = json.loads(text)
     return d
 

@@ -4,7 +4,6 @@ from this release; positional use warns for one release, then becomes an error).
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -52,6 +51,7 @@ def expect(name: str, value: object, cls: type, fix: str, swapped: dict[type, st
 
 def unknown_field(where: str, name: str, fields: Iterable[str]) -> ConfigurationError:
     """ConfigurationError for an unknown keyword, with the closest field and the list."""
+    import difflib
     fields = list(fields)
     close = difflib.get_close_matches(name, fields, n=1)
     maybe = f"; did you mean {close[0]}=?" if close else ""

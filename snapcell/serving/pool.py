@@ -326,7 +326,7 @@ class SandboxPool:
             self._slots[slot] = self._reset(sb)
             lock.release()
         if value is not _RERUN and value is not _OVERRAN:
-            self._record_inline(name, submitted, ok, value)
+            self._count(name, submitted, ok, value)
         if not ok:
             raise value
         return value
@@ -338,10 +338,6 @@ class SandboxPool:
         first, most = INLINE_BACKOFF
         self._inline_off[name] = time.monotonic() + min(most, first * 2 ** min(n - 1, 30))
 
-    def _record_inline(self, name: str, submitted: float, ok: bool, value: Any) -> None:
-        job = Job.__new__(Job)
-        job.name, job.submitted = name, submitted
-        self._record(job, ok, value)
 
     async def map(self, name: str, items: Iterable[Sequence[Any]], *, timeout: float | None = None,
                   chunk_size: int | None = None) -> list[Any]:
@@ -483,14 +479,18 @@ class SandboxPool:
             sb.close()
 
     def _record(self, job: Job, ok: bool, value: Any) -> None:
-        counter = self._m_fn.get(job.name)
+        self._count(job.name, job.submitted, ok, value)
+
+    def _count(self, name: str, submitted: float, ok: bool, value: Any) -> None:
+        """The metrics of a call of `name` submitted at `submitted` (perf_counter)."""
+        counter = self._m_fn.get(name)
         if counter is None:
-            fn = job.name if job.name in (self.snapshot.functions or ()) else "(unknown)"
+            fn = name if name in (self.snapshot.functions or ()) else "(unknown)"
             counter = self._m_calls.labels(self.name, fn)   # bounded: the guest's functions
-            if fn == job.name:
+            if fn == name:
                 self._m_fn[fn] = counter
         counter.inc()
-        self._m_latency.observe(time.perf_counter() - job.submitted)
+        self._m_latency.observe(time.perf_counter() - submitted)
         if not ok:
             self._m_errors.labels(self.name, type(value).__name__).inc()
 

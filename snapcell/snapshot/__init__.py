@@ -12,10 +12,23 @@ process's chain records and image cache, `collect` rm and gc, `registry` push an
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .collect import gc, rm
 from .oci import entries, flatten, inspect, load, save, verify
-from .registry import parse_reference, pull, push
 from .store import OciSnapshotStore
+
+if TYPE_CHECKING:
+    from .registry import parse_reference, pull, push
+
+
+def __getattr__(name: str) -> Any:
+    """`parse_reference`, `pull` and `push` come from `registry`, imported on first use (loading
+    a snapshot from disk needs no registry client)."""
+    if name in ("parse_reference", "pull", "push"):
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["OciSnapshotStore", "entries", "flatten", "gc", "inspect", "load", "parse_reference",
            "pull", "push", "rm", "save", "verify"]
