@@ -11,7 +11,6 @@ from typing import Any
 import click
 
 from ..code import CodeSandbox
-from ..code.egress import NetworkPolicy
 from ..errors import SnapcellError
 
 EXTENSIONS = {".js": "js", ".mjs": "js", ".lua": "lua", ".py": "python"}
@@ -106,7 +105,10 @@ def run_command(code: str | None, lang: str | None, path: str | None, tools: tup
     funcs = dict(load_tool(t) for t in tools)
     files = dict(_put(p) for p in puts) if puts else None
     try:
-        network = NetworkPolicy(allow=allow_net) if allow_net else None
+        network = None
+        if allow_net:
+            from ..code.egress import NetworkPolicy
+            network = NetworkPolicy(allow=allow_net)
         with CodeSandbox(lang, tools=funcs, timeout=timeout, memory_limit=memory_limit << 20,
                          filename=filename or None, image=image, network=network) as box:
             result = box.run(source, files=files)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ArgumentError,
@@ -18,7 +18,6 @@ from ..errors import (
 )
 from ..guest.abi import FRAME_HEADER
 from ..sandbox import MultiUseSandbox, SandboxStatus, Snapshot
-from .egress import EgressObserver, EgressSession, NetworkPolicy, Resolver
 from .languages import Language, language
 from .protocol import ToolDispatcher, check_files, check_tools, decode_response, encode_request
 from .result import CodeError, RunResult
@@ -31,6 +30,9 @@ from .warm import (
     tool_host_functions,
     warm_snapshot,
 )
+
+if TYPE_CHECKING:                      # egress: imported by a sandbox given a network policy
+    from .egress import EgressObserver, EgressSession, NetworkPolicy, Resolver
 
 _NO_TIMEOUT: Any = object()
 
@@ -100,12 +102,15 @@ class CodeSandbox:
             raise ConfigurationError("filename must be a non-empty string of under 100 bytes")
         self._tools = check_tools(tools)
         self._tool_names = sorted(self._tools)
-        if network is not None and not isinstance(network, NetworkPolicy):
-            raise ConfigurationError(f"network must be a NetworkPolicy, got "
-                                     f"{type(network).__name__}")
-        self._network = EgressSession(network, resolver, network_observer,
-                                      label=self.language.name) \
-            if network is not None and network.enabled else None
+        self._network: EgressSession | None = None
+        if network is not None:
+            from .egress import EgressSession, NetworkPolicy
+            if not isinstance(network, NetworkPolicy):
+                raise ConfigurationError(f"network must be a NetworkPolicy, got "
+                                         f"{type(network).__name__}")
+            if network.enabled:
+                self._network = EgressSession(network, resolver, network_observer,
+                                              label=self.language.name)
         self._dispatch = ToolDispatcher(self._tools, LAYOUT.input_size - 64,
                                         object_keywords=not self.language.keywords,
                                         network=self._network)

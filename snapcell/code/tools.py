@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..errors import ArgumentError
-from .egress import OP_PREFIX, EgressSession
-from .egress.session import builtin_name
+from .netops import OP_PREFIX, NetworkOperations, RunTimeLimitPassed, builtin_name
 from .validate import Invalid, decode_tool_call
 
 if TYPE_CHECKING:                    # asyncio: imported when a worker thread first starts
@@ -160,7 +159,7 @@ class ToolDispatcher:
     `async` tool's task is cancelled, `expired` is set and `cancel()` ends the run."""
 
     def __init__(self, tools: dict[str, Tool], max_reply: int,
-                 object_keywords: bool = False, network: EgressSession | None = None) -> None:
+                 object_keywords: bool = False, network: NetworkOperations | None = None) -> None:
         self.tools = tools
         self.network = network
         self.max_reply = max_reply
@@ -195,10 +194,7 @@ class ToolDispatcher:
         try:
             value = self._invoke(fn, args, kwargs)
         except ToolTimeout:
-            self.expired = True
-            if self._cancel is not None:
-                self._cancel()
-            return _error("TimeoutError", f"the run's time limit passed while tool {name!r} ran")
+            return self._expire(f"the run's time limit passed while tool {name!r} ran")
         except Exception as e:   # the code sees the tool's failure as an exception
             return _error(type(e).__name__, str(e))
         try:
@@ -219,10 +215,19 @@ class ToolDispatcher:
                                              "allows no destination")
         try:
             value = self.network.handle(name, args)
+        except RunTimeLimitPassed as e:
+            return self._expire(str(e))
         except Exception as e:       # the code sees it as the builtin error it derives from
             return _error(builtin_name(e), str(e))
         reply: bytes = msgpack.packb([0, value], use_bin_type=True)
         return reply
+
+    def _expire(self, message: str) -> bytes:
+        """The run's deadline passed during a host call: end the run (its TimeoutError)."""
+        self.expired = True
+        if self._cancel is not None:
+            self._cancel()
+        return _error("TimeoutError", message)
 
     def _invoke(self, fn: Tool, args: list[Any], kwargs: dict[str, Any]) -> Any:
         deadline = self._deadline

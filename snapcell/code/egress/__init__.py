@@ -2,6 +2,7 @@
 `EgressSession` that serves a sandbox's reserved ``net.*`` operations under it. No policy, no
 network (the default)."""
 
+from ..netops import OP_PREFIX
 from . import fetch as _fetch  # noqa: F401  (registers net.fetch)
 from . import sockets  # noqa: F401  (registers the net.* socket operations)
 from .policy import (
@@ -16,7 +17,7 @@ from .policy import (
     static_resolver,
     system_resolver,
 )
-from .session import OP_PREFIX, OPS, EgressObserver, EgressSession, op
+from .session import OPS, EgressObserver, EgressSession, op
 
 __all__ = ["NO_NETWORK", "OPS", "OP_PREFIX", "Destination", "EgressLimitExceeded", "EgressObserver",
            "EgressRefused", "EgressSession", "NetworkPolicy", "Resolver", "Rule", "op",

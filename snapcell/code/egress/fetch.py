@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
 from ...errors import ConfigurationError
+from ..netops import RunTimeLimitPassed
 from ..warm import LAYOUT
 from .policy import EgressLimitExceeded, normalise_host, parse_address
 from .session import EgressSession, op
@@ -287,7 +288,7 @@ def _hop(session: EgressSession, req: _Request, t: Target, deadline: float,
                                                     for k, v in headers.items()))
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError(f"fetch of {t.url[:200]}: {why} passed before the request")
+        raise _timeout(why)(f"fetch of {t.url[:200]}: {why} passed before the request")
     from urllib3.connection import HTTPConnection, HTTPSConnection
     conn: HTTPConnection | None = None
     key = None
@@ -320,7 +321,7 @@ def _hop(session: EgressSession, req: _Request, t: Target, deadline: float,
         raise
     except Exception as e:      # noqa: BLE001  (network, TLS, protocol: an error in the code)
         if time.monotonic() >= deadline - 0.001:
-            raise TimeoutError(f"fetch of {t.url[:200]}: {why} passed during the request") \
+            raise _timeout(why)(f"fetch of {t.url[:200]}: {why} passed during the request") \
                 from None
         raise FetchError(f"fetch of {t.url[:200]} failed: {_reason(e)}") from None
     finally:
@@ -354,6 +355,14 @@ def _reason(e: BaseException) -> str:
     return text[:300]
 
 
+RUN_LIMIT = "the run's time limit"
+
+
+def _timeout(why: str) -> type[TimeoutError]:
+    """The error of a request that ran out of time: the run's own limit ends the run."""
+    return RunTimeLimitPassed if why == RUN_LIMIT else TimeoutError
+
+
 # ---------------------------------------------------------------------- the operation
 @op("fetch")
 def fetch(session: EgressSession, args: list[Any]) -> dict[str, Any]:
@@ -366,7 +375,7 @@ def fetch(session: EgressSession, args: list[Any]) -> dict[str, Any]:
                f"the network policy's connection_seconds ({session.policy.connection_seconds} s)")]
     remaining = session.remaining()
     if remaining is not None:
-        limits.append((now + remaining, "the run's time limit"))
+        limits.append((now + remaining, RUN_LIMIT))
     if req.timeout is not None:
         limits.append((now + req.timeout, f"the request's timeout ({req.timeout:g} s)"))
     deadline, why = min(limits)

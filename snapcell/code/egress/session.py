@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..netops import OP_PREFIX
 from .policy import (
     NO_NETWORK,
     Destination,
@@ -28,7 +29,6 @@ from .policy import (
 )
 
 log = logging.getLogger("snapcell.egress")
-OP_PREFIX = "net."
 Op = Callable[["EgressSession", list[Any]], Any]
 OPS: dict[str, Op] = {}
 """Reserved operation name → implementation; filled by the modules that implement them."""
@@ -51,15 +51,6 @@ class EgressObserver(Protocol):
     """Receives every egress event (for metrics); the service passes one per tenant."""
 
     def __call__(self, event: str, destination: str, nbytes: int) -> None: ...
-
-
-def builtin_name(e: BaseException) -> str:
-    """The name of the first built-in exception class `e` derives from (EgressRefused →
-    PermissionError), so the guest raises its own language's error."""
-    for cls in type(e).__mro__:
-        if cls.__module__ == "builtins":
-            return cls.__name__
-    return "OSError"
 
 
 def op(name: str) -> Callable[[Op], Op]:

@@ -42,8 +42,9 @@ import socket
 import time
 from typing import Any
 
+from ..netops import builtin_name
 from .policy import EgressLimitExceeded, EgressRefused, parse_address
-from .session import EgressSession, builtin_name, op
+from .session import EgressSession, op
 
 MAX_CHUNK = 256 << 10
 """Bytes per send or recv (and per read-ahead): a reply fits the code sandbox's 1 MiB input
