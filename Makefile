@@ -6,7 +6,7 @@ SDK     := $(wildcard snapcell/guest/sdk/*)
 # Interpreter guests (docs/code-sandboxes.md): third-party sources fetched by sha256 pin, built
 # once into static libraries, linked with our glue. Everything is cached under build/.
 CODE_GUESTS := build/guests/js.elf build/guests/lua.elf build/guests/python.elf
-NATIVE      := build/native/qjs build/native/lua
+NATIVE      := build/native/qjs build/native/lua build/cpython/obj/python-mimalloc
 QJS_DIR     := build/third_party/quickjs-ng
 LUA_DIR     := build/third_party/lua
 QJS_SRCS     = $(addprefix $(QJS_DIR)/,quickjs.c libregexp.c libunicode.c dtoa.c)
@@ -176,6 +176,14 @@ build/native/lua: $(LUA_DIR)/.snapcell-sha256
 	mkdir -p build/native
 	cc -O2 -w -DLUA_USE_LINUX -o $@ $(LUA_SRCS) $(LUA_DIR)/lua.c -lm -ldl
 
+# The guest's static CPython natively with the guest's allocator (mimalloc) for its raw domain:
+# the bench's split of the Python gap into the build and the VM (benchmarks/python_mimalloc.c)
+$(CPY)/obj/python-mimalloc: benchmarks/python_mimalloc.c $(CPY_STAMP) $(MIMALLOC)
+	musl-gcc -static -no-pie -O2 -Wall -I $(CPY_SRC)/Include -I $(CPY)/obj -I $(MIMALLOC_INC) \
+	  -o $@ $< $(CPY)/obj/libpython3.11.a $(CPY)/obj/Modules/expat/libexpat.a \
+	  $(CPY)/obj/Modules/_decimal/libmpdec/libmpdec.a $(CPY)/prefix/lib/libz.a \
+	  $(filter-out --lib,$(CPY_DBLIBS)) $(MIMALLOC) -lm
+
 build/native/qjs: guests/js/qjs_native.c $(QJS_DIR)/.snapcell-sha256
 	mkdir -p build/native
 	cc -O2 -w -D_GNU_SOURCE -I $(QJS_DIR) -o $@ guests/js/qjs_native.c $(QJS_SRCS) -lm -lpthread
@@ -203,6 +211,7 @@ package-referee: $(DATA_IMAGE) $(CPY)/obj/python-musl-dyn build/referee/.ready
 	$(PY) scripts/package_referee.py
 
 test: guests $(DATA_IMAGE) build/native/lua benchmarks/c_floor $(CPY)/obj/python-musl-dyn \
+      $(CPY)/obj/python-mimalloc \
       build/referee/.ready
 	$(PY) -m pytest -q tests
 

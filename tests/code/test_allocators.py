@@ -20,11 +20,14 @@ from snapcell.bench.interpreters import (
     NATIVE,
     PY_WORKER,
     SNIPPETS,
+    STATIC_PYTHON,
     NativeWorker,
     interpreter_ratios,
 )
 
 MIB = 1 << 20
+# the guest's static CPython natively, with mimalloc as the guest has it (benchmarks/python_mimalloc.c)
+MIMALLOC_PYTHON = STATIC_PYTHON.parent / "python-mimalloc"
 
 # grow a block from a few bytes past 128 KiB and back, checking every byte on the way
 CROSSING = {
@@ -98,17 +101,19 @@ def test_the_bench_snippets_give_the_same_value_natively(kvm_ok: None) -> None:
         inside = box.run(SNIPPETS["python"].read_text()).value
     code = (f"exec(open({str(SNIPPETS['python'])!r}).read().rsplit(chr(10) + 'result', 1)[0]"
             " + chr(10) + 'import json; print(json.dumps(result))')")
-    native = subprocess.run([DEBIAN_PYTHON, "-I", "-c", code], capture_output=True, text=True,
-                            check=True).stdout.splitlines()[-1]
-    assert json.loads(json.dumps(inside)) == json.loads(native)
+    for exe in (DEBIAN_PYTHON, str(MIMALLOC_PYTHON)):
+        native = subprocess.run([exe, "-I", "-c", code], capture_output=True, text=True,
+                                check=True).stdout.splitlines()[-1]
+        assert json.loads(json.dumps(inside)) == json.loads(native), exe
 
 
-@pytest.mark.parametrize("lang", ["python", "lua"])
+@pytest.mark.parametrize("lang", ["python", "python-mimalloc", "lua"])
 def test_native_workers_answer_batches(lang: str) -> None:
     """(The JS worker, `qjs_native --serve`, is built by `make bench`, not by `make test`.)"""
-    path = SNIPPETS[lang]
-    if lang == "python":
-        w = NativeWorker([DEBIAN_PYTHON, "-I", "-c", PY_WORKER, str(path), "clear"])
+    path = SNIPPETS[lang.split("-")[0]]
+    if lang.startswith("python"):
+        exe = DEBIAN_PYTHON if lang == "python" else str(MIMALLOC_PYTHON)
+        w = NativeWorker([exe, "-I", "-c", PY_WORKER, str(path), "clear"])
     else:
         w = NativeWorker([str(NATIVE / "lua"), "-e", LUA_WORKER],
                          env=dict(os.environ, SNAPCELL_SNIPPET=str(path)))
