@@ -9,12 +9,15 @@ the call; CPU time keeps the ratios steady on a loaded machine, where wall times
   REPL: nothing restored between calls), the issue's "warm call";
 - `interp_{lang}_snippet_fresh_call`: the default sandbox (restore to the warm snapshot, then
   run);
+- `interp_{lang}_trivial_repl_call`: `run("1 + 1")` in the same REPL sandbox: the fixed cost of
+  a call (one exit, the run protocol), which a REPL call pays on top of the interpreter's work;
 - `peer_{lang}_native_snippet_call`: a native process evaluating the snippet again and again,
   timing each evaluation itself: Debian's /usr/bin/python3 (the issue's peer), the native
   QuickJS-ng and Lua builds of the same sources (build/native/, `make native-interpreters`).
   Python also has `peer_python_native_snippet_call_cleared_re` (the regex cache cleared after
   each call, as a restore does) and `peer_python_static_build_snippet_call` (the guest's own
-  static musl build, natively: the build's share of a gap, apart from the guest's)."""
+  static musl build with mimalloc, natively: the build's share of a gap, apart from the
+  guest's)."""
 
 from __future__ import annotations
 
@@ -33,7 +36,11 @@ SNIPPETS = {"python": ROOT / "benchmarks" / "python_snippet.py",
             "js": ROOT / "benchmarks" / "js_snippet.js",
             "lua": ROOT / "benchmarks" / "lua_snippet.lua"}
 NATIVE = ROOT / "build" / "native"
-STATIC_PYTHON = ROOT / "build" / "cpython" / "obj" / "python"
+# a call that does (almost) nothing: the fixed per-call cost inside a REPL call's time
+TRIVIAL = {"python": "1 + 1", "js": "1 + 1", "lua": "return 1 + 1"}
+# the guest's own static musl CPython, natively, with mimalloc as its allocator as in the guest
+# (benchmarks/python_mimalloc.c; `make native-interpreters`)
+STATIC_PYTHON = ROOT / "build" / "cpython" / "obj" / "python-mimalloc"
 DEBIAN_PYTHON = "/usr/bin/python3"
 BLOCK = 10        # samples per block (each after timing.BLOCK_WARMUP untimed calls)
 
@@ -142,6 +149,7 @@ def bench_interpreters(quick: bool = False) -> dict[str, dict[str, Any]]:
                 rows: dict[str, Callable[[int], list[int]]] = {
                     f"interp_{lang}_snippet_repl_call": _sandbox_batch(repl, code),
                     f"interp_{lang}_snippet_fresh_call": _sandbox_batch(fresh, code),
+                    f"interp_{lang}_trivial_repl_call": _sandbox_batch(repl, TRIVIAL[lang]),
                     **{k: w.batch for k, w in peers.items()}}
                 got = interleaved({}, n, block=BLOCK, batches=rows)
         finally:
