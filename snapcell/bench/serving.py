@@ -8,6 +8,7 @@ import asyncio
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -206,6 +207,54 @@ async def _load(url: str, clients: int, requests: int, path: str = "/v1/snapshot
         samples.extend(latencies)
     return stats(latencies, per_s=len(latencies) / wall, failures=float(failures),
                  clients=float(clients))
+
+
+WRK_SCRIPT = """
+wrk.method = %(method)s
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+done = function(s, lat, req)
+  local e = s.errors
+  io.write(string.format('{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, '
+    .. '"min_us": %%d, "errors": %%d, "non2xx": %%d}\\n', s.requests, s.duration,
+    lat:percentile(50), lat:percentile(99), lat.min, e.connect + e.read + e.write + e.timeout,
+    e.status))
+end
+"""
+
+
+def wrk_available() -> str | None:
+    """Why the HTTP rows cannot be measured here (no `wrk`), or None."""
+    return None if shutil.which("wrk") else "no wrk (scripts/bootstrap.sh installs Debian's)"
+
+
+def wrk(url: str, path: str, *, clients: int, seconds: int,
+        body: str | None = None) -> Stats:
+    """`clients` keep-alive connections sending requests one after another for `seconds`,
+    from wrk (Debian's, a C program on one thread: at these rates it costs the server's cores
+    a few per cent, where a Python client cost as much CPU per request as the server): latency
+    per request (median, p99, min, µs) and requests/s. A GET when `body` is None, else a POST
+    of it as JSON. Responses other than 2xx/3xx count as failures."""
+    import json
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="snapcell-wrk-") as f:
+        f.write(WRK_SCRIPT % {"method": '"GET"' if body is None else '"POST"',
+                              "body": "nil" if body is None else _lua_string(body)})
+        f.flush()
+        done = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s",
+                               "-s", f.name, url + path], capture_output=True, text=True,
+                              check=False, timeout=seconds + 60)
+    line = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    if not line or not line[0].startswith("{"):
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    r = json.loads(line[0])
+    return {"n": r["requests"], "median_us": float(r["p50_us"]), "p99_us": float(r["p99_us"]),
+            "min_us": float(r["min_us"]), "per_s": r["requests"] / (r["duration_us"] / 1e6),
+            "failures": float(r["errors"] + r["non2xx"]), "clients": float(clients)}
+
+
+def _lua_string(s: str) -> str:
+    return '"' + "".join(c if c.isalnum() or c in " {}:,+-_." else f"\\{ord(c):03d}"
+                         for c in s) + '"'
 
 
 RUN_BODY = '{{"lang": "js", "code": "1+1"}}'

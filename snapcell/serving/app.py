@@ -143,9 +143,17 @@ def create_app(service: Service) -> FastAPI:
     # ---------------------------------------------------------------- open endpoints
     pid = os.getpid()       # (the app is made in the process that serves it)
 
-    @app.get("/healthz", tags=["service"])
-    async def healthz(request: Request) -> dict[str, Any]:
-        """Liveness and the state of this worker process: its pools and sessions (no API key
+    alive = render({"status": "ok", "worker": service.options.worker, "pid": pid}) or b""
+
+    @app.get("/healthz", tags=["service"], response_class=Response)
+    async def healthz(request: Request) -> Response:
+        """Liveness of the worker process that answered (no API key needed): a fixed body,
+        `{"status": "ok", "worker": i, "pid": p}`, answered before any routing."""
+        return Response(alive, media_type="application/json")
+
+    @app.get("/status", tags=["service"])
+    async def status(request: Request) -> dict[str, Any]:
+        """The state of the worker process that answered: its pools and sessions (no API key
         needed)."""
         return {"status": "ok", "version": __version__, "pools": service.catalog.pools_status(),
                 "sessions": len(service.sessions), "worker": service.options.worker,
@@ -297,8 +305,9 @@ def create_app(service: Service) -> FastAPI:
                                                                    network=network))
         return r.to_json()
 
+    app.state.static_routes = {"/healthz": alive}
     app.state.fast_routes = [
-        ("GET", "/healthz", healthz), ("POST", "/v1/run", run),
+        ("POST", "/v1/run", run),
         ("POST", r"/v1/snapshots/(?P<ref>.*)/call/(?P<function>[^/]+)", call)]
     return app
 
@@ -308,7 +317,8 @@ def asgi_app(service: Service) -> FastRoutes:
     the hot routes past FastAPI's routing and middleware (fastpath.py)."""
     app = create_app(service)
     return FastRoutes(app, max_body=service.options.max_body, render=SafeJSONResponse,
-                      on_error=_error, routes=app.state.fast_routes)
+                      on_error=_error, routes=app.state.fast_routes,
+                      static=app.state.static_routes)
 
 
 def _error(exc: Exception) -> JSONResponse:

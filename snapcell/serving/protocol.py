@@ -1,5 +1,6 @@
-"""The HTTP/1.1 protocol of `snapcell serve`: uvicorn's h11 protocol with the read deadlines
-and the connection cap uvicorn lacks (docs/serving.md, "Connection limits and hostile clients").
+"""The HTTP/1.1 protocol of `snapcell serve`: uvicorn's httptools protocol (llhttp) with the
+read deadlines, the limit on request heads and the connection cap uvicorn lacks (docs/serving.md,
+"Connection limits and hostile clients"); a response leaves in one send (`CorkedTransport`).
 
 Per connection, one deadline at a time, each a fixed point in time that arriving bytes do not
 push back (so trickling a byte a second gains nothing):
@@ -32,9 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("uvicorn.error")     # configured by uvicorn.Config
 
@@ -45,6 +45,7 @@ FD_RESERVE = 1024           # descriptors kept for everything but connections (V
 ACCEPT_BATCH = 128          # connections asyncio accepts per event-loop pass (uvicorn's backlog)
 ACCEPT_PASSES = 4           # passes a refused connection's descriptor may live for
 LISTEN_BACKLOG = 2048       # the kernel's queue of connections not yet accepted
+MAX_HEAD = 16 * 1024        # bytes of a request head (its target and header lines); beyond: 400
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class ConnectionLimits:
 
 def error_response(status: int, reason: str, kind: str, message: str) -> bytes:
     """A complete HTTP/1.1 response with the service's JSON error body, closing the
-    connection (written straight to the transport, outside h11's state machine)."""
+    connection (written straight to the transport, outside the parser's state machine)."""
     body = json.dumps({"error": {"type": kind, "status": status, "message": message}}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n")
@@ -137,8 +138,10 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """H11Protocol with read deadlines and a connection cap (`limits`, set by `protocol_class`)."""
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, in C) with read deadlines, a limit on request
+    heads and a connection cap (`limits`, set by `protocol_class`); its writes of one
+    event-loop pass leave in one send (`CorkedTransport`)."""
 
     limits = ConnectionLimits()
 
@@ -147,6 +150,9 @@ class GuardedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._seen_cycle: Any = None
+        self._in_head = False           # a request head has begun and is not complete
+        self._head_bytes = 0
+        self._refusal: str | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -171,17 +177,50 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel()
         super().connection_lost(exc)
 
-    # ------------------------------------------------------------------ uvicorn hooks
-    def handle_events(self) -> None:
-        super().handle_events()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.parser is None or self.transport.is_closing():
+            return
+        if self._in_head:           # a head spread over reads: what the parser holds so far
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refusal = f"the request head is larger than {MAX_HEAD // 1024} KiB"
+                self.send_400_response(self._refusal)
+                return
         self._update()
 
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD:
+            self._refusal = f"the request head is larger than {MAX_HEAD // 1024} KiB"
+            raise ValueError(self._refusal)     # stops the parser: data_received answers 400
+
+    # ------------------------------------------------------------------ uvicorn hooks
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._update()
 
     def send_400_response(self, msg: str) -> None:
-        """A malformed request (h11 refused it): a JSON 400, then close."""
+        """A malformed request (the parser refused it): a JSON 400, then close."""
+        msg = self._refusal or msg
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True                   # its handler's writes go nowhere
@@ -199,7 +238,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport is None or self.transport.is_closing():
             self._cancel()
             return
-        if cycle is not self._seen_cycle:               # a new request head arrived
+        if cycle is not self._seen_cycle:               # a new request head was completed
             self._seen_cycle = cycle
             self._cancel()
         if cycle is not None and not cycle.response_complete:
@@ -212,9 +251,9 @@ class GuardedH11Protocol(H11Protocol):
         if cycle is None:
             return                                      # still the first head: "head" runs
         # between requests: idle, or the head of the next request arriving
-        if self._phase == "idle" and self.conn.their_state is h11.IDLE \
-                and self.conn.trailing_data[0]:
-            self._arm("head", self._head_seconds())
+        if self._in_head:
+            if self._phase != "head":
+                self._arm("head", self._head_seconds())
         elif self._phase not in ("idle", "head"):
             self._arm("idle", self.limits.keep_alive_timeout)
 
@@ -248,8 +287,7 @@ class GuardedH11Protocol(H11Protocol):
                 return
             cycle.disconnected = True                   # the handler's reads see a disconnect
             cycle.message_event.set()
-        started = phase == "body" or self.conn.trailing_data[0]
-        if started:                                     # a silent connection is just closed
+        if phase == "body" or self._in_head:            # a silent connection is just closed
             what = "request body" if phase == "body" else "request head"
             limit = self.limits.body_timeout if phase == "body" else self.limits.header_timeout
             transport.write(error_response(408, "Request Timeout", "request_timeout",
@@ -257,9 +295,9 @@ class GuardedH11Protocol(H11Protocol):
         transport.close()
 
 
-def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
-    """A GuardedH11Protocol subclass with these limits (uvicorn's `http=` setting)."""
-    return type("SnapcellH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+def protocol_class(limits: ConnectionLimits) -> type[GuardedProtocol]:
+    """A GuardedProtocol subclass with these limits (uvicorn's `http=` setting)."""
+    return type("SnapcellHttpProtocol", (GuardedProtocol,), {"limits": limits})
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ def run(options: ServeOptions, sockets: list[socket.socket], log_level: str,
                             runtime_dir=options.runtime_dir, max_body=options.max_body,
                             timeout=options.max_timeout + 30)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                            loop="uvloop", http="httptools", proxy_headers=False,
+                            server_header=False,
                             timeout_graceful_shutdown=5,
                             timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)))
     # after Config, which sets up the uvicorn loggers raise_nofile writes to
