@@ -26,7 +26,7 @@ from .auth import key_from_headers
 from .contexts import ContextService
 from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
-from .fastpath import INTERNAL, FastRoutes
+from .fastpath import INTERNAL, FastRoutes, running_loop
 from .jsonvalues import args_from_json, dumps_safe, parse_body, render, result_to_json
 from .limits import BodyLimit, read_body
 from .service import Service
@@ -377,7 +377,8 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     kills the guest call and puts the sandbox back clean). The client is watched from
     WATCH_AFTER seconds on: a short call pays for no watcher task (a disconnect that came
     earlier is still seen then: the server remembers it)."""
-    current = asyncio.current_task()
+    loop = running_loop()
+    current = asyncio.current_task(loop)
     assert current is not None
     receive = request.receive
     gone = False
@@ -395,7 +396,7 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     def watch() -> None:
         nonlocal watcher
         watcher = asyncio.ensure_future(disconnected())
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+    timer = loop.call_later(WATCH_AFTER, watch)
     try:
         return await work
     except asyncio.CancelledError:
