@@ -53,7 +53,9 @@ class FastRoutes:
                  routes: list[tuple[str, str, Endpoint]],
                  static: dict[str, bytes] | None = None) -> None:
         self.app = app
-        # GET path → a fixed JSON body, sent with nothing else done (`/healthz`)
+        # GET path → a fixed JSON body, sent with nothing else done (`/healthz`); the
+        # protocol answers them before any ASGI cycle (protocol.py), this where it does not
+        self.static_bodies = dict(static or {})
         self._static = {path: (
             {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"application/json"),

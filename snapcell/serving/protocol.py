@@ -151,9 +151,11 @@ class GuardedProtocol(HttpToolsProtocol):
     event-loop pass leave in one send (`CorkedTransport`)."""
 
     limits = ConnectionLimits()
+    static: dict[bytes, bytes] = {}     # GET target → JSON body answered here (`/healthz`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._answered = False          # the request being parsed was answered by `static`
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._seen_cycle: Any = None
@@ -212,7 +214,41 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        body = self.static.get(self.url)
+        if body is not None and self.parser.get_method() == b"GET" and self.app is not _refuse \
+                and not self.pipeline \
+                and (self.cycle is None or self.cycle.response_complete) \
+                and self.parser.get_http_version() == "1.1":
+            self._answer(body)
+            return
         super().on_headers_complete()
+
+    def _answer(self, body: bytes) -> None:
+        """Answer a GET of a static route here, with no ASGI cycle: a fixed body, in order (no
+        response of this connection is pending), as uvicorn would have framed it."""
+        self._answered = True
+        self._cancel()
+        out = [b"HTTP/1.1 200 OK\r\n"]
+        for name, value in self.server_state.default_headers:      # date
+            out += [name, b": ", value, b"\r\n"]
+        out.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        keep = self.parser.should_keep_alive()
+        out += [b"\r\n" if keep else b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(out))
+        self.transport.flush()  # type: ignore[attr-defined]
+        self.server_state.total_requests += 1
+        if not keep:
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._answered:
+            self._answered = False
+            return
+        super().on_message_complete()
 
     def _count_head(self, n: int) -> None:
         self._head_bytes += n
@@ -256,9 +292,8 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 self._cancel()                          # the handler works
             return
-        if cycle is None:
-            return                                      # still the first head: "head" runs
-        # between requests: idle, or the head of the next request arriving
+        # no request in progress: a head arriving (the first one's deadline runs from the
+        # connection's start), or idle after a response
         if self._in_head:
             if self._phase != "head":
                 self._arm("head", self._head_seconds())
@@ -303,9 +338,12 @@ class GuardedProtocol(HttpToolsProtocol):
         transport.close()
 
 
-def protocol_class(limits: ConnectionLimits) -> type[GuardedProtocol]:
-    """A GuardedProtocol subclass with these limits (uvicorn's `http=` setting)."""
-    return type("SnapcellHttpProtocol", (GuardedProtocol,), {"limits": limits})
+def protocol_class(limits: ConnectionLimits,
+                   static: dict[str, bytes] | None = None) -> type[GuardedProtocol]:
+    """A GuardedProtocol subclass with these limits and static routes (path → JSON body of a
+    GET, answered without the app), for uvicorn's `http=` setting."""
+    return type("SnapcellHttpProtocol", (GuardedProtocol,), {
+        "limits": limits, "static": {k.encode("ascii"): v for k, v in (static or {}).items()}})
 
 
 @dataclass(frozen=True)
