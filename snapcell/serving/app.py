@@ -26,9 +26,10 @@ from .auth import key_from_headers
 from .contexts import ContextService
 from .contexts_api import contexts_router
 from .errors import ApiError, BodyTooLarge, error_body
-from .fastpath import INTERNAL, FastRoutes, running_loop
+from .fastpath import INTERNAL, FastRoutes
 from .jsonvalues import args_from_json, dumps_safe, parse_body, render, result_to_json
 from .limits import BodyLimit, read_body
+from .loops import running_loop
 from .service import Service
 from .streaming import event_stream, wants_stream
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
 from .jsonvalues import nonfinite
+from .loops import running_loop
 
 
 class CodeBox(Protocol):
@@ -176,8 +177,9 @@ class CodeSandboxBackend:
     def run_inline(self, lang: str, code: str, files: Mapping[str, str] | None,
                    budget: float) -> CodeResult | None:
         """Run `code` on the calling thread with `budget` seconds as its time limit, on this
-        backend's warm sandbox of `lang` (it starts every run from the language's warm
-        snapshot: a run sees nothing of the one before); None when the run outlived the
+        backend's warm sandbox of `lang` (restored to the language's warm snapshot after every
+        run — on an event loop in its next pass, after the response left — so a run sees
+        nothing of the one before); None when the run outlived the
         budget (it was killed, and its sandbox restored; the caller gives only runs without
         host calls that reach outside, `RunEffects.blocking_host_calls`, so nothing of it
         remains): run it again with its own time limit. Output goes to the result only (no
@@ -192,13 +194,25 @@ class CodeSandboxBackend:
         except BaseException:
             box.close()
             raise
-        if self._warm.setdefault(lang, box) is not box:
-            box.close()
+        try:        # on an event loop: restore it after this pass (the response goes first)
+            running_loop().call_soon(self._put_back, lang, box)
+        except RuntimeError:
+            self._put_back(lang, box)
         err = r.error
         if err is not None and getattr(err, "type", None) == "TimeoutError" \
                 and r.duration >= budget:
             return None
         return CodeResult.of(r)
+
+    def _put_back(self, lang: str, box: Any) -> None:
+        """Restore `box` to the warm snapshot now (off the next run's path) and keep it."""
+        try:
+            box.reset()
+        except BaseException:
+            box.close()
+            raise
+        if self._warm.setdefault(lang, box) is not box:
+            box.close()
 
     def close(self) -> None:
         """Release the warm sandboxes of `run_inline` (the next inline run makes new ones)."""

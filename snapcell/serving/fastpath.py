@@ -13,10 +13,8 @@ publishes these routes in the OpenAPI document."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,17 +31,6 @@ Endpoint = Callable[..., Awaitable[Any]]
 Render = Callable[[Any], Response]
 OnError = Callable[[Exception], Response]
 INTERNAL = ApiError(500, "internal_error", "internal error (logged by the service)")
-_here = threading.local()
-
-
-def running_loop() -> asyncio.AbstractEventLoop:
-    """The event loop running in this thread: `asyncio.get_running_loop()` without its system
-    call (Python 3.11's checks the process id with getpid() at every call, as does
-    `asyncio.current_task()` without a loop: two system calls a request on the hot routes)."""
-    loop: asyncio.AbstractEventLoop | None = getattr(_here, "loop", None)
-    if loop is None or not loop.is_running():   # one loop runs in a thread at a time
-        loop = _here.loop = asyncio.get_running_loop()
-    return loop
 
 
 class FastRoutes:
