@@ -154,6 +154,7 @@ class CodeSandboxBackend:
             built.append(name)
         self.languages: tuple[str, ...] = tuple(built)
         self._warm: dict[str, Any] = {}          # language → idle CodeSandbox of run_inline
+        self._untidy: set[str] = set()           # languages whose box a _tidy will restore
 
     def open(self, lang: str, *, files: Mapping[str, str] | None,
              timeout: float | None, network: Any = None) -> CodeBox:
@@ -177,13 +178,13 @@ class CodeSandboxBackend:
     def run_inline(self, lang: str, code: str, files: Mapping[str, str] | None,
                    budget: float) -> CodeResult | None:
         """Run `code` on the calling thread with `budget` seconds as its time limit, on this
-        backend's warm sandbox of `lang` (restored to the language's warm snapshot after every
-        run — on an event loop in its next pass, after the response left — so a run sees
-        nothing of the one before); None when the run outlived the
-        budget (it was killed, and its sandbox restored; the caller gives only runs without
-        host calls that reach outside, `RunEffects.blocking_host_calls`, so nothing of it
-        remains): run it again with its own time limit. Output goes to the result only (no
-        streaming)."""
+        backend's warm sandbox of `lang`, which every run finds restored to the language's warm
+        snapshot (on an event loop the restore is done in the loop's next pass, after the
+        response left; else by the next run first), so a run sees nothing of the one before.
+        None when the run outlived the budget (it was killed and its sandbox restored; the
+        caller gives only runs without host calls that reach outside,
+        `RunEffects.blocking_host_calls`, so nothing of it remains): run it again with its own
+        time limit. Output goes to the result only (no streaming)."""
         box = self._warm.pop(lang, None)        # taken while in use (another thread makes its own)
         if box is None:
             from ..code import CodeSandbox
@@ -194,25 +195,36 @@ class CodeSandboxBackend:
         except BaseException:
             box.close()
             raise
-        try:        # on an event loop: restore it after this pass (the response goes first)
-            running_loop().call_soon(self._put_back, lang, box)
-        except RuntimeError:
-            self._put_back(lang, box)
+        self._keep(lang, box)       # the next run restores it first, unless _tidy did
+        if lang not in self._untidy:
+            try:    # on an event loop: restore it after this pass (the response goes first)
+                running_loop().call_soon(self._tidy, lang)
+                self._untidy.add(lang)
+            except RuntimeError:
+                pass
         err = r.error
         if err is not None and getattr(err, "type", None) == "TimeoutError" \
                 and r.duration >= budget:
             return None
         return CodeResult.of(r)
 
-    def _put_back(self, lang: str, box: Any) -> None:
-        """Restore `box` to the warm snapshot now (off the next run's path) and keep it."""
+    def _keep(self, lang: str, box: Any) -> None:
+        if self._warm.setdefault(lang, box) is not box:
+            box.close()
+
+    def _tidy(self, lang: str) -> None:
+        """Restore the warm box of `lang` to the warm snapshot now, off the next run's path
+        (runs that came first restored it themselves)."""
+        self._untidy.discard(lang)
+        box = self._warm.pop(lang, None)
+        if box is None:
+            return
         try:
             box.reset()
         except BaseException:
             box.close()
             raise
-        if self._warm.setdefault(lang, box) is not box:
-            box.close()
+        self._keep(lang, box)
 
     def close(self) -> None:
         """Release the warm sandboxes of `run_inline` (the next inline run makes new ones)."""
