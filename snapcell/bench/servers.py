@@ -44,7 +44,7 @@ def _listening(cmd: Sequence[str], what: str) -> "tuple[subprocess.Popen[str], s
     return proc, m.group(0)
 
 
-def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:
+def stop_process(proc: "subprocess.Popen[str]", grace: float = 20) -> None:
     """Stop a process this program started (a `snapcell serve`): SIGTERM, then SIGKILL after
     `grace` seconds; waits for it either way."""
     proc.terminate()
