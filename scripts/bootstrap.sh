@@ -9,8 +9,13 @@ missing=()
 # node and npm build the JS guest's Intl bundle (scripts/build_js_intl.sh); a nodejs that ships
 # its own npm (nodesource's) is kept as it is
 command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
+# the bench's HTTP load generator (a C program: a Python client costs the server's cores as much
+# CPU per request as the server), pinned to bookworm's build
+PKGS+=(wrk=4.1.0-3+b2)
 for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  want=""; [[ $p == *=* ]] && want=${p#*=}       # name=version: that version exactly
+  dpkg-query -W -f='${Status} ${Version}' "${p%%=*}" 2>/dev/null \
+    | grep -q "^install ok installed ${want}" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"

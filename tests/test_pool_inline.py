@@ -74,3 +74,25 @@ def test_a_code_run_beyond_the_budget_runs_again_on_a_worker(kvm_ok: None) -> No
         r = await pool.run("while (true) {}", lang="js", timeout=0.3)
         assert r.error["type"] == "TimeoutError" and "0.3 s" in r.error["message"]
     asyncio.run(main())
+
+
+def test_inline_code_runs_reuse_a_warm_box_and_keep_no_state(kvm_ok: None) -> None:
+    """Short runs use one warm sandbox per language on the loop's thread, and each run starts
+    from the warm snapshot: nothing one run leaves (a global, a file) is seen by the next."""
+    from snapcell.serving.code import CodePool, CodeSandboxBackend
+
+    async def main() -> None:
+        backend = CodeSandboxBackend()
+        pool = CodePool(backend)
+        try:
+            assert (await pool.run("1 + 1", lang="js")).value == 2    # warm snapshot made
+            assert (await pool.run("globalThis.leak = 41; leak + 1", lang="js")).value == 42
+            box = backend._warm["js"]                                  # noqa: SLF001
+            assert (await pool.run("typeof leak", lang="js")).value == "undefined"
+            assert backend._warm["js"] is box                          # noqa: SLF001
+            r = await pool.run("open('/tmp/x', 'w').write('secret')", lang="python")
+            r = await pool.run("import os; os.path.exists('/tmp/x')", lang="python")
+            assert r.error is None and r.value is False
+        finally:
+            backend.close()
+    asyncio.run(main())

@@ -379,16 +379,16 @@ def test_client_disconnect_cancels_the_guest_call(server: Server) -> None:
     cancelled = server.metric("snapcell_pool_cancelled_total", pool="simple")
     killed = server.metric("snapcell_pool_errors_total", pool="simple", kind="ExecutionCancelled")
     with server.client() as c:
-        assert c.get("/healthz").json()["pools"]["simple"]["idle"] == 2
+        assert c.get("/status").json()["pools"]["simple"]["idle"] == 2
     s = _raw_request(server, "/v1/snapshots/simple/call/Spin", b'{"timeout": 50}')
     deadline = time.monotonic() + 10
     with server.client() as c:
-        while c.get("/healthz").json()["pools"]["simple"]["idle"] != 1:
+        while c.get("/status").json()["pools"]["simple"]["idle"] != 1:
             assert time.monotonic() < deadline, "the call never started"
             time.sleep(0.02)
         s.close()                                         # the client goes away mid-call
         deadline = time.monotonic() + 10
-        while c.get("/healthz").json()["pools"]["simple"]["idle"] != 2:
+        while c.get("/status").json()["pools"]["simple"]["idle"] != 2:
             assert time.monotonic() < deadline, "the sandbox did not come back"
             time.sleep(0.02)
         assert server.metric("snapcell_pool_cancelled_total", pool="simple") == cancelled + 1
@@ -422,7 +422,7 @@ def test_run_code(server: Server) -> None:
 def test_openapi_metrics_and_health(server: Server) -> None:
     with server.client() as c:
         paths = c.get("/openapi.json").json()["paths"]
-        for p in ("/v1/snapshots/{ref}/call/{function}", "/v1/sessions", "/v1/run", "/healthz",
+        for p in ("/v1/snapshots/{ref}/call/{function}", "/v1/sessions", "/v1/run", "/healthz", "/status",
                   "/metrics", "/v1/sessions/{session_id}/call/{function}"):
             assert p in paths, sorted(paths)
         text = c.get("/metrics").text
@@ -431,7 +431,10 @@ def test_openapi_metrics_and_health(server: Server) -> None:
                      "snapcell_sessions"):
             assert name in text
         h = c.get("/healthz").json()
-        assert h["status"] == "ok" and h["pools"]["simple"]["size"] == 2
+        assert h == {"status": "ok", "worker": 0, "pid": server.proc.pid}
+        st = c.get("/status").json()
+        assert st["status"] == "ok" and st["pools"]["simple"]["size"] == 2
+        assert c.post("/healthz").status_code == 405        # only GET is the static answer
 
 
 def test_listens_on_loopback_only(server: Server) -> None:

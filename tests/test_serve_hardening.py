@@ -231,6 +231,43 @@ def test_malformed_http_gets_a_json_400(server: Hardened) -> None:
         assert json_error(read_until_closed(s), 400)["type"] == "bad_http"
 
 
+@pytest.mark.parametrize("spread", [False, True], ids=["one-send", "spread-over-sends"])
+def test_a_request_head_over_16_KiB_gets_a_json_400(server: Hardened, spread: bool) -> None:
+    head = b"GET /v1/snapshots HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (17 * 1024)
+    with server.connect() as s:
+        if spread:                      # the head never completes: what the server holds counts
+            for i in range(0, len(head), 4096):
+                s.sendall(head[i:i + 4096])
+                time.sleep(0.02)
+        else:
+            s.sendall(head + b"\r\n\r\n")
+        err = json_error(read_until_closed(s), 400)
+        assert err["type"] == "bad_http" and "16 KiB" in err["message"]
+    with server.connect() as s:         # just under the limit is served
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (15 * 1024)
+                  + b"\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(s).startswith(b"HTTP/1.1 200 ")
+
+
+def test_healthz_in_order_with_pipelined_requests_and_then_idle(server: Hardened) -> None:
+    """`/healthz` is answered by the protocol without the app: on a kept-alive connection, in
+    order behind a pending call, and the idle deadline then closes the connection."""
+    with server.connect() as s:
+        body = b'{"args": [2, 3]}'
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + call_request(body) + body
+                  + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = read_until_closed(s)          # the idle deadline (KEEP_ALIVE s) closes it
+    answers = got.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200", b"200"], got
+    assert b'"status":"ok"' in answers[0] and b'"result":5' in answers[1] \
+        and b'"status":"ok"' in answers[2]
+    with server.connect() as s:             # a head begun after a static answer gets its 408
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/snapshots HTTP/1.1\r\n")
+        got = read_until_closed(s)
+    assert got.startswith(b"HTTP/1.1 200 ") and json_error(
+        b"HTTP/1.1 " + got.split(b"HTTP/1.1 ")[2], 408)["type"] == "request_timeout"
+
+
 def test_listens_on_loopback_only(server: Hardened) -> None:
     _loopback_only(server)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,44 @@ def test_a_dead_worker_is_replaced_and_stop_leaves_nothing(
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _running_with(marker: str) -> list[int]:
+    """The pids of processes whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_stop_during_start_up_leaves_no_worker(kvm_ok: None, tmp_path: Path) -> None:
+    """SIGTERM as soon as the supervisor tells its address — while it forks the workers —
+    stops every worker: none is forked without being recorded, so none outlives it."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    for i in range(4):
+        marker = str(tmp_path / f"cache{i}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snapcell", "serve", "--port", "0", "--workers", "2",
+             "--cache-dir", marker], cwd=root, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True)
+        left: list[int] = []
+        try:
+            assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+            time.sleep(0.01 * i)            # at different points of the forks
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            deadline = time.monotonic() + 10
+            while (left := _running_with(marker)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            for pid in _running_with(marker):   # (ours: they hold this test's marker)
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+        assert left == [], f"worker(s) {left} outlived the supervisor"

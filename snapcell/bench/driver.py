@@ -605,9 +605,9 @@ def run_benchmarks(quick: bool = False, out_dir: str = "benchmarks/results",
         from . import serving
         r.update(serving.bench_pool(snap, hf, n // 2))
         r.update(serving.bench_call_many(snap, hf, 10_000, 3 if quick else 5))
-        r.update(serving.bench_http(snap, 400 if quick else 3000))
-        r.update(serving.bench_http_paths(500 if quick else 3000))
-        r.update(serving.bench_workers(1000 if quick else 6000, rounds=2 if quick else 3))
+        r.update(serving.bench_http(snap, 1 if quick else 3))
+        r.update(serving.bench_http_paths(1 if quick else 2, rounds=3 if quick else 7))
+        r.update(serving.bench_workers(2 if quick else 3, rounds=2 if quick else 5))
 
     @step("code contexts")
     def _() -> None:

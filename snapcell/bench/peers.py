@@ -265,7 +265,7 @@ def _snapcell_rows(stack: ExitStack) -> dict[str, tuple[Callable[[], Any], dict[
 def _snapcell_http(stack: ExitStack) -> dict[str, Batch]:
     """`snapcell serve` (default settings, its own cache) with the peers' HTTP client:
     `GET /healthz` and `POST /v1/run` of `1+1` in JS."""
-    from .serving import start_serve, stop_process
+    from .servers import start_serve, stop_process
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="snapcell-bench-peers-"))
     proc, url = start_serve(["--cache-dir", os.path.join(tmp, "cache")])
     stack.callback(stop_process, proc)

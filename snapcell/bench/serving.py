@@ -5,19 +5,22 @@ client concurrencies. Never used by tests to assert timings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
-import re
+import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from ..sandbox import HostFunctions, MultiUseSandbox, Snapshot
 from ..serving.pool import SandboxPool
 from ..types import I32
+from .servers import start_serve as start_serve  # re-exported: contexts.py, tests
+from .servers import stop_process as stop_process
 
 Stats = dict[str, float]
 
@@ -96,12 +99,14 @@ def bench_call_many(snap: Snapshot, hf: HostFunctions, calls: int = 10_000,
     return out
 
 
-def bench_http(snap: Snapshot, requests: int, concurrencies: Sequence[int] = (1, 16, 64),
+def bench_http(snap: Snapshot, seconds: int, concurrencies: Sequence[int] = (1, 16, 64),
                pool_size: int = 2) -> dict[str, Stats]:
     """HTTP `call` of `Add` through a `snapcell serve` process on 127.0.0.1 (pool of
-    `pool_size`), `requests` requests at each client concurrency; latency per request and
-    requests/s. The load generator (httpx, asyncio) runs in this process: both share the
-    machine's cores."""
+    `pool_size`), `seconds` at each client concurrency from wrk; latency per request and
+    requests/s."""
+    why = wrk_available()
+    if why is not None:
+        return {f"http_call_add_{c}_clients": unavailable(why) for c in concurrencies}
     out: dict[str, Stats] = {}
     with tempfile.TemporaryDirectory(prefix="snapcell-bench-serve-") as tmp:
         snap.save(os.path.join(tmp, "layout"), "bench")
@@ -110,205 +115,178 @@ def bench_http(snap: Snapshot, requests: int, concurrencies: Sequence[int] = (1,
              "snapcell.bench.serving:host_functions", "--pool-size", str(pool_size),
              "--max-queue", "1024", "--cache-dir", os.path.join(tmp, "cache")])
         try:
+            path, body = "/v1/snapshots/bench/call/Add", '{"args": [2, 3]}'
+            wrk(url, path, clients=4, seconds=1, body=body)                 # warm-up
             for c in concurrencies:
-                out[f"http_call_add_{c}_clients"] = asyncio.run(_load(url, c, requests))
+                out[f"http_call_add_{c}_clients"] = wrk(url, path, clients=c, seconds=seconds,
+                                                        body=body)
         finally:
             stop_process(proc)
     return out
 
 
-def start_serve(args: Sequence[str]) -> "tuple[subprocess.Popen[str], str]":
-    """A `snapcell serve --port 0 ARGS` process on 127.0.0.1, healthy, and its URL (stop it
-    with `stop_process`)."""
-    import httpx
-    proc, url = _listening([sys.executable, "-m", "snapcell", "serve", "--port", "0", *args],
-                           "snapcell serve")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("snapcell serve did not become healthy")
-            time.sleep(0.05)
-    except BaseException:
-        stop_process(proc)
-        raise
-
-
-def _listening(cmd: Sequence[str], what: str) -> "tuple[subprocess.Popen[str], str]":
-    """Start `cmd`, a server that prints its http://127.0.0.1:PORT address first; (process,
-    URL)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    m = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
-    if m is None:
-        stop_process(proc)
-        raise RuntimeError(f"{what} did not start")
-    return proc, m.group(0)
-
-
-def stop_process(proc: "subprocess.Popen[str]", grace: float = 10) -> None:
-    """Stop a process this program started (a `snapcell serve`): SIGTERM, then SIGKILL after
-    `grace` seconds; waits for it either way."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-async def _load(url: str, clients: int, requests: int, path: str = "/v1/snapshots/bench/call/Add",
-                body: str | None = '{{"args": [{k}, {i}]}}',
-                samples: list[float] | None = None) -> Stats:
-    """`clients` keep-alive connections, each sending requests one after another (a POST of
-    `body`, formatted with the client number `k` and request number `i`; a GET when None). The
-    client is a minimal HTTP/1.1 writer/reader on asyncio streams (a full client library would
-    cost more CPU per request than the server, on the same cores)."""
-    host, port = url.removeprefix("http://").split(":")
-    latencies: list[float] = []
-    failures = 0
-    per_client = max(1, requests // clients)
-
-    async def one(k: int, n: int) -> None:
-        nonlocal failures
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            for i in range(n):
-                if body is None:
-                    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
-                else:
-                    data = body.format(k=k, i=i).encode()
-                    req = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n"
-                           b"Content-Type: application/json\r\nContent-Length: "
-                           + str(len(data)).encode() + b"\r\n\r\n" + data)
-                t = time.perf_counter()
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"(?i)content-length: *(\d+)", head)
-                await reader.readexactly(int(m.group(1)) if m else 0)
-                latencies.append(time.perf_counter() - t)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    failures += 1
-        finally:
-            writer.close()
-    await asyncio.gather(*(one(k, 20) for k in range(min(clients, 4))))       # warm up
-    latencies.clear()
-    failures = 0
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(k, per_client) for k in range(clients)))
-    wall = time.perf_counter() - t0
-    if samples is not None:
-        samples.extend(latencies)
-    return stats(latencies, per_s=len(latencies) / wall, failures=float(failures),
-                 clients=float(clients))
-
-
-RUN_BODY = '{{"lang": "js", "code": "1+1"}}'
-
-HELLO_APP = """
-import sys, uvicorn
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
-    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-import socket
-sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-sock.bind(("127.0.0.1", 0))
-sock.listen(1024)
-print("listening on http://127.0.0.1:%d" % sock.getsockname()[1], flush=True)
-uvicorn.Server(uvicorn.Config(app, http="h11", log_level="warning", lifespan="off")).run(
-    sockets=[sock])
+WRK_SCRIPT = """
+wrk.method = %(method)s
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+done = function(s, lat, req)
+  local e = s.errors
+  io.write(string.format('{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, '
+    .. '"min_us": %%d, "errors": %%d, "non2xx": %%d}\\n', s.requests, s.duration,
+    lat:percentile(50), lat:percentile(99), lat.min, e.connect + e.read + e.write + e.timeout,
+    e.status))
+end
 """
 
 
-def bench_http_paths(requests: int, rounds: int = 5) -> dict[str, Stats]:
-    """One keep-alive client, interleaved in rounds: `GET /healthz` and `POST /v1/run` `1+1`
-    (JS) of a `snapcell serve`, a bare uvicorn (h11) ASGI hello-world (the floor of the
-    stack), and the sandbox step of that run in this process (a fresh `CodeSandbox("js")` +
-    `run("1+1")` + close, what the service does per run)."""
+def wrk_available() -> str | None:
+    """Why the HTTP rows cannot be measured here (no `wrk`), or None."""
+    return None if shutil.which("wrk") else "no wrk (scripts/bootstrap.sh installs Debian's)"
+
+
+def wrk(url: str, path: str, *, clients: int, seconds: int,
+        body: str | None = None) -> Stats:
+    """`clients` keep-alive connections sending requests one after another for `seconds`,
+    from wrk (Debian's, a C program on one thread: at these rates it costs the server's cores
+    a few per cent, where a Python client cost as much CPU per request as the server): latency
+    per request (median, p99, min, µs) and requests/s. A GET when `body` is None, else a POST
+    of it as JSON. Responses other than 2xx/3xx count as failures."""
+    import json
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="snapcell-wrk-") as f:
+        f.write(WRK_SCRIPT % {"method": '"GET"' if body is None else '"POST"',
+                              "body": "nil" if body is None else _lua_string(body)})
+        f.flush()
+        done = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s",
+                               "-s", f.name, url + path], capture_output=True, text=True,
+                              check=False, timeout=seconds + 60)
+    line = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    if not line or not line[0].startswith("{"):
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    r = json.loads(line[0])
+    return {"n": r["requests"], "median_us": float(r["p50_us"]), "p99_us": float(r["p99_us"]),
+            "min_us": float(r["min_us"]), "per_s": r["requests"] / (r["duration_us"] / 1e6),
+            "failures": float(r["errors"] + r["non2xx"]), "clients": float(clients)}
+
+
+def _lua_string(s: str) -> str:
+    return '"' + "".join(c if c.isalnum() or c in " {}:,+-_." else f"\\{ord(c):03d}"
+                         for c in s) + '"'
+
+
+def unavailable(why: str) -> dict[str, Any]:
+    """A row that could not be measured here (`why` says why)."""
+    return {"n": 0, "median_us": math.nan, "p99_us": math.nan, "min_us": math.nan,
+            "unavailable": why}
+
+
+RUN_BODY = '{"lang": "js", "code": "1+1"}'
+
+
+def bench_http_paths(seconds: int, rounds: int = 5, install: bool = True) -> dict[str, Stats]:
+    """Issue 27's one-client rows, interleaved in rounds, each HTTP row `seconds` of wrk on one
+    keep-alive connection: `GET /healthz` and `POST /v1/run` `1+1` (JS) of a `snapcell serve`;
+    workerd's static trivial worker (`GET /`, the peer; installed on demand like the other
+    peers, snapcell/bench/peers.py); and the sandbox step of that run in this process: a warm
+    `CodeSandbox("js")`'s `run("1+1")` (restore included: what the service does per run) and
+    a new box + run + close. Each row is the median of its rounds' medians; the ratios and
+    the margin are medians of per-round values (load drifts less within a round)."""
     from ..code import CodeSandbox
-    medians: dict[str, list[float]] = {"healthz": [], "hello": [], "run": [], "inprocess": []}
-    serve, url = start_serve([])
-    try:
-        hello, hello_url = _listening([sys.executable, "-c", HELLO_APP], "the uvicorn hello-world")
-    except BaseException:
-        stop_process(serve)
-        raise
-    try:
-        per = max(50, requests // rounds)
-        CodeSandbox("js").close()
+    from .peers import workerd
+    from .peers_install import PeerUnavailable, npm_modules
+    why = wrk_available()
+    names = ("http_workerd_static_trivial_worker", "http_healthz", "http_run_js_1plus1",
+             "inprocess_warm_run_js_1plus1", "inprocess_new_box_run_js_1plus1")
+    if why is not None:
+        return {name: unavailable(why) for name in names}
+    rows: dict[str, list[float]] = {name: [] for name in names}
+    peer_missing = "not measured"
+    with contextlib.ExitStack() as stack:
+        urls: dict[str, tuple[str, str, str | None]] = {}
+        try:
+            ports = stack.enter_context(workerd(npm_modules(install)))
+            urls[names[0]] = (f"http://127.0.0.1:{ports['trivial']}", "/", None)
+        except PeerUnavailable as e:
+            peer_missing = str(e)
+        serve, url = start_serve([])
+        stack.callback(stop_process, serve)
+        urls[names[1]] = (url, "/healthz", None)
+        urls[names[2]] = (url, "/v1/run", RUN_BODY)
+        warm = stack.enter_context(CodeSandbox("js", timeout=0.002))
+        for u, path, body in urls.values():
+            wrk(u, path, clients=1, seconds=1, body=body)                   # warm-up
         for _ in range(rounds):
-            for name, (u, path, body) in {"healthz": (url, "/healthz", None),
-                                          "hello": (hello_url, "/", None),
-                                          "run": (url, "/v1/run", RUN_BODY)}.items():
-                medians[name].append(asyncio.run(_load(u, 1, per, path, body))["median_us"] / 1e6)
-            samples = []
-            for _ in range(per):
-                t = time.perf_counter()
-                box = CodeSandbox("js")
-                box.run("1+1")
-                box.close()
-                samples.append(time.perf_counter() - t)
-            medians["inprocess"].append(statistics.median(samples))
-    finally:
-        stop_process(serve)
-        stop_process(hello)
-    out: dict[str, Stats] = {}
-    out["http_healthz"] = stats(medians["healthz"], rounds=float(rounds))
-    out["http_uvicorn_hello_floor"] = stats(medians["hello"], rounds=float(rounds))
-    out["http_run_js_1plus1"] = stats(medians["run"], rounds=float(rounds))
-    out["inprocess_run_js_1plus1"] = stats(medians["inprocess"], rounds=float(rounds))
-    # the issue-27 target: run <= healthz + in-process run + 150 us (medians of this run)
-    out["http_run_js_minus_healthz_and_inprocess"] = {"n": rounds, "p99_us": math.nan,
-                                                      "median_us": (
-        out["http_run_js_1plus1"]["median_us"] - out["http_healthz"]["median_us"]
-        - out["inprocess_run_js_1plus1"]["median_us"])}
+            for name, (u, path, body) in urls.items():
+                rows[name].append(wrk(u, path, clients=1, seconds=seconds, body=body)["median_us"])
+            rows[names[3]].append(_median_us(lambda: warm.run("1+1"), 300))
+            rows[names[4]].append(_median_us(lambda: _new_box_run(CodeSandbox), 300))
+    out: dict[str, Stats] = {name: stats([v / 1e6 for v in got], rounds=float(rounds))
+                             for name, got in rows.items() if got}
+    if not rows[names[0]]:
+        out[names[0]] = unavailable(peer_missing)
+    else:   # the issue-27 target: healthz <= workerd's static trivial worker
+        out["http_healthz_over_workerd"] = _derived(
+            [h / w for h, w in zip(rows[names[1]], rows[names[0]])], "ratio")
+    # the issue-27 target: run <= healthz + in-process run + 150 us (per round, then median)
+    for step, label in ((names[4], "new_box"), (names[3], "warm")):
+        out[f"http_run_js_minus_healthz_and_inprocess_{label}"] = _derived(
+            [r - h - i for r, h, i in zip(rows[names[2]], rows[names[1]], rows[step])], "us")
     return out
 
 
-def _load_part(job: tuple[str, int, int]) -> tuple[list[float], float, int]:
-    """One load-generating process's share of `bench_workers`: latencies, requests/s,
-    failures."""
-    url, clients, requests = job
-    samples: list[float] = []
-    s = asyncio.run(_load(url, clients, requests, "/v1/run", RUN_BODY, samples))
-    return samples, s["per_s"], int(s["failures"])
+def _new_box_run(box_class: Any) -> None:
+    with box_class("js") as box:
+        box.run("1+1")
 
 
-def bench_workers(requests: int, clients: int = 64, workers: Sequence[int] = (1, 2),
+def _median_us(fn: Any, n: int) -> float:
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e6
+
+
+def _derived(values: list[float], unit: str) -> dict[str, Any]:
+    """A row computed from other rows round by round: the median and range of `values`
+    (`unit` "us": µs in median_us; "ratio": in `ratio`)."""
+    if unit == "us":
+        return {"n": len(values), "median_us": statistics.median(values),
+                "p99_us": max(values), "min_us": min(values)}
+    ratio = statistics.median(values)
+    return {"n": len(values), "median_us": math.nan, "p99_us": math.nan, "min_us": math.nan,
+            "ratio": ratio, "ratio_min": min(values), "ratio_max": max(values),
+            "note": f"ratio {ratio:.2f}, rounds {min(values):.2f}-{max(values):.2f}"}
+
+
+def bench_workers(seconds: int, clients: int = 64, workers: Sequence[int] = (1, 2),
                   rounds: int = 3) -> dict[str, Stats]:
-    """`POST /v1/run` `1+1` (JS) at `clients` keep-alive clients against `snapcell serve
-    --workers N` for each N, alternated in `rounds`: requests/s (the load generator shares
-    the cores)."""
-    import concurrent.futures
-    import multiprocessing
-    procs = {n: start_serve(["--workers", str(n)]) for n in workers}
+    """`POST /v1/run` `1+1` (JS) from `clients` keep-alive connections (wrk, one thread: a
+    few per cent of a core at these rates) against `snapcell serve --workers N` for each N,
+    alternated for `rounds`, `seconds` each: requests/s of the best and the median round, and
+    the median of the per-round ratios of the last N to the first."""
+    why = wrk_available()
+    if why is not None:
+        return {f"http_run_js_{clients}_clients_{n}_workers": unavailable(why) for n in workers}
     rows: dict[int, list[Stats]] = {n: [] for n in workers}
-    # two load-generating processes (a client in Python costs about as much CPU per request
-    # as the server: one process would be the bottleneck)
-    gens = concurrent.futures.ProcessPoolExecutor(2, multiprocessing.get_context("spawn"))
-    try:
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for n in workers:
+            proc, urls[n] = start_serve(["--workers", str(n)])
+            stack.callback(stop_process, proc)
+        for url in urls.values():       # every worker's warm snapshot made, connections spread
+            wrk(url, "/v1/run", clients=clients, seconds=2, body=RUN_BODY)
         for _ in range(rounds):
-            for n, (_, url) in procs.items():
-                parts = list(gens.map(_load_part, [(url, clients // 2, requests // 2)] * 2))
-                merged = stats([x for p in parts for x in p[0]])
-                merged["per_s"] = sum(p[1] for p in parts)
-                merged["failures"] = float(sum(p[2] for p in parts))
-                rows[n].append(merged)
-    finally:
-        gens.shutdown()
-        for proc, _ in procs.values():
-            stop_process(proc)
-    out = {}
+            for n, url in urls.items():
+                rows[n].append(wrk(url, "/v1/run", clients=clients, seconds=seconds,
+                                   body=RUN_BODY))
+    out: dict[str, Stats] = {}
     for n, got in rows.items():
         best = max(got, key=lambda s: s["per_s"])
         out[f"http_run_js_{clients}_clients_{n}_workers"] = dict(
             best, per_s_median=statistics.median(s["per_s"] for s in got), rounds=float(rounds))
+    first, last = workers[0], workers[-1]
+    # the issue-27 target: two workers >= 1.8x one worker's requests/s
+    out[f"http_run_js_{clients}_clients_workers_{last}_over_{first}"] = _derived(
+        [b["per_s"] / a["per_s"] for a, b in zip(rows[first], rows[last])], "ratio")
     return out

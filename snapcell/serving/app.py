@@ -29,6 +29,7 @@ from .errors import ApiError, BodyTooLarge, error_body
 from .fastpath import INTERNAL, FastRoutes
 from .jsonvalues import args_from_json, dumps_safe, parse_body, render, result_to_json
 from .limits import BodyLimit, read_body
+from .loops import running_loop
 from .service import Service
 from .streaming import event_stream, wants_stream
 
@@ -143,9 +144,17 @@ def create_app(service: Service) -> FastAPI:
     # ---------------------------------------------------------------- open endpoints
     pid = os.getpid()       # (the app is made in the process that serves it)
 
-    @app.get("/healthz", tags=["service"])
-    async def healthz(request: Request) -> dict[str, Any]:
-        """Liveness and the state of this worker process: its pools and sessions (no API key
+    alive = render({"status": "ok", "worker": service.options.worker, "pid": pid}) or b""
+
+    @app.get("/healthz", tags=["service"], response_class=Response)
+    async def healthz(request: Request) -> Response:
+        """Liveness of the worker process that answered (no API key needed): a fixed body,
+        `{"status": "ok", "worker": i, "pid": p}`, answered before any routing."""
+        return Response(alive, media_type="application/json")
+
+    @app.get("/status", tags=["service"])
+    async def status(request: Request) -> dict[str, Any]:
+        """The state of the worker process that answered: its pools and sessions (no API key
         needed)."""
         return {"status": "ok", "version": __version__, "pools": service.catalog.pools_status(),
                 "sessions": len(service.sessions), "worker": service.options.worker,
@@ -297,8 +306,9 @@ def create_app(service: Service) -> FastAPI:
                                                                    network=network))
         return r.to_json()
 
+    app.state.static_routes = {"/healthz": alive}
     app.state.fast_routes = [
-        ("GET", "/healthz", healthz), ("POST", "/v1/run", run),
+        ("POST", "/v1/run", run),
         ("POST", r"/v1/snapshots/(?P<ref>.*)/call/(?P<function>[^/]+)", call)]
     return app
 
@@ -308,7 +318,8 @@ def asgi_app(service: Service) -> FastRoutes:
     the hot routes past FastAPI's routing and middleware (fastpath.py)."""
     app = create_app(service)
     return FastRoutes(app, max_body=service.options.max_body, render=SafeJSONResponse,
-                      on_error=_error, routes=app.state.fast_routes)
+                      on_error=_error, routes=app.state.fast_routes,
+                      static=app.state.static_routes)
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -367,7 +378,8 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     kills the guest call and puts the sandbox back clean). The client is watched from
     WATCH_AFTER seconds on: a short call pays for no watcher task (a disconnect that came
     earlier is still seen then: the server remembers it)."""
-    current = asyncio.current_task()
+    loop = running_loop()
+    current = asyncio.current_task(loop)
     assert current is not None
     receive = request.receive
     gone = False
@@ -385,7 +397,7 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     def watch() -> None:
         nonlocal watcher
         watcher = asyncio.ensure_future(disconnected())
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+    timer = loop.call_later(WATCH_AFTER, watch)
     try:
         return await work
     except asyncio.CancelledError:

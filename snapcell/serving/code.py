@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ..errors import ArgumentError, CodeSandboxUnavailable, PoolFull
 from .jsonvalues import nonfinite
+from .loops import running_loop
 
 
 class CodeBox(Protocol):
@@ -114,6 +115,28 @@ class _Box:
         self._box.close()
 
 
+@dataclass(frozen=True)
+class RunEffects:
+    """What a run may do outside its sandbox, through host calls: stream its output to a
+    caller (`on_output`), reach the network (`network`, a serving.egress.TenantNetwork), call
+    tools (the names of the tools its sandbox offers; the service's runs have none)."""
+
+    on_output: Callable[[str, str], None] | None = None
+    network: Any = None
+    tools: tuple[str, ...] = ()
+
+    @property
+    def blocking_host_calls(self) -> tuple[str, ...]:
+        """The kinds of host call of this run whose effect reaches outside the sandbox and may
+        block ("output", "network", "tools"). A run with any never runs on the event loop's
+        thread (`CodePool`): such a call could hold the loop for as long as the other side
+        takes, and an attempt cut at the inline budget would be run again after its effect
+        happened. Output a run collects into its result is not among them."""
+        return tuple(kind for kind, present in (("output", self.on_output is not None),
+                                                ("network", self.network is not None),
+                                                ("tools", bool(self.tools))) if present)
+
+
 class CodeSandboxBackend:
     """snapcell's code sandboxes (`snapcell.code`) as the service's backend: one fresh
     `CodeSandbox` per run (from the language's warm snapshot), for every language whose
@@ -130,6 +153,8 @@ class CodeSandboxBackend:
                 continue
             built.append(name)
         self.languages: tuple[str, ...] = tuple(built)
+        self._warm: dict[str, Any] = {}          # language → idle CodeSandbox of run_inline
+        self._untidy: set[str] = set()           # languages whose box a _tidy will restore
 
     def open(self, lang: str, *, files: Mapping[str, str] | None,
              timeout: float | None, network: Any = None) -> CodeBox:
@@ -152,18 +177,59 @@ class CodeSandboxBackend:
 
     def run_inline(self, lang: str, code: str, files: Mapping[str, str] | None,
                    budget: float) -> CodeResult | None:
-        """Run `code` on the calling thread with `budget` seconds as its time limit; None when
-        the run outlived the budget (it was killed; a fresh sandbox has no state and no tools,
-        so nothing of it remains): run it again with its own time limit. Output goes to the
-        result only (no streaming)."""
-        from ..code import CodeSandbox
-        with CodeSandbox(lang, timeout=budget) as box:
-            r = box.run(code, files=files) if files else box.run(code)
+        """Run `code` on the calling thread with `budget` seconds as its time limit, on this
+        backend's warm sandbox of `lang`, which every run finds restored to the language's warm
+        snapshot (on an event loop the restore is done in the loop's next pass, after the
+        response left; else by the next run first), so a run sees nothing of the one before.
+        None when the run outlived the budget (it was killed and its sandbox restored; the
+        caller gives only runs without host calls that reach outside,
+        `RunEffects.blocking_host_calls`, so nothing of it remains): run it again with its own
+        time limit. Output goes to the result only (no streaming)."""
+        box = self._warm.pop(lang, None)        # taken while in use (another thread makes its own)
+        if box is None:
+            from ..code import CodeSandbox
+            box = CodeSandbox(lang, timeout=budget)
+        try:
+            r = box.run(code, files=files, timeout=budget) if files \
+                else box.run(code, timeout=budget)
+        except BaseException:
+            box.close()
+            raise
+        self._keep(lang, box)       # the next run restores it first, unless _tidy did
+        if lang not in self._untidy:
+            try:    # on an event loop: restore it after this pass (the response goes first)
+                running_loop().call_soon(self._tidy, lang)
+                self._untidy.add(lang)
+            except RuntimeError:
+                pass
         err = r.error
         if err is not None and getattr(err, "type", None) == "TimeoutError" \
                 and r.duration >= budget:
             return None
         return CodeResult.of(r)
+
+    def _keep(self, lang: str, box: Any) -> None:
+        if self._warm.setdefault(lang, box) is not box:
+            box.close()
+
+    def _tidy(self, lang: str) -> None:
+        """Restore the warm box of `lang` to the warm snapshot now, off the next run's path
+        (runs that came first restored it themselves)."""
+        self._untidy.discard(lang)
+        box = self._warm.pop(lang, None)
+        if box is None:
+            return
+        try:
+            box.reset()
+        except BaseException:
+            box.close()
+            raise
+        self._keep(lang, box)
+
+    def close(self) -> None:
+        """Release the warm sandboxes of `run_inline` (the next inline run makes new ones)."""
+        while self._warm:
+            self._warm.popitem()[1].close()
 
 
 _UNSET: Any = object()
@@ -205,7 +271,8 @@ class CodePool:
     `max_queue` waiting (beyond: `PoolFull`). `backend` defaults to the registered one.
 
     A run first tries the event loop's own thread, when the backend can (`inline_ready` and
-    `run_inline`), a worker is free and the request does not stream: handing a short run to a
+    `run_inline`), a worker is free and the run makes no host call that reaches outside its
+    sandbox (`RunEffects.blocking_host_calls`: streamed output, network, tools): handing a short run to a
     worker thread and its result back costs more than the run (two thread wake-ups). Such a run is killed at
     `inline_budget` seconds and run again on a worker with what is left of its time limit; when
     it outlives the budget there too (not a scheduling hiccup), the language stays off the
@@ -254,9 +321,8 @@ class CodePool:
         inline = getattr(backend, "run_inline", None)
         ready = getattr(backend, "inline_ready", None)
         overran = False
-        # a run with a network policy never goes inline: it does I/O, and an inline attempt cut
-        # at its budget would be run again
-        if inline is not None and ready is not None and on_output is None and network is None \
+        if inline is not None and ready is not None \
+                and not RunEffects(on_output=on_output, network=network).blocking_host_calls \
                 and self.inline_budget > 0 and not self._sem.locked() and ready(lang) \
                 and self._inline_off.get(lang, 0.0) <= (now := time.monotonic()) \
                 and (timeout is None or timeout > self.inline_budget):

@@ -4,11 +4,12 @@ FastAPI routes a request through its middleware stack, a linear match against ev
 dependency solving and (for a returned dict) response validation: several hundred
 microseconds a request, more than the sandbox step of a small call. `FastRoutes` is a pure
 ASGI middleware placed in front of that stack: a request whose method and path match one of
-its few routes (`GET /healthz`, `POST /v1/run`, `POST /v1/snapshots/{ref}/call/{function}`)
+its few routes (`POST /v1/run`, `POST /v1/snapshots/{ref}/call/{function}`)
 is handed straight to the same endpoint function the FastAPI route calls, under the same
 request-body limits (`BodyLimit`), and its errors are rendered by the same error handler;
-every other request (other methods, other paths, `/docs`, `/openapi.json`) goes on to FastAPI,
-which still publishes these routes in the OpenAPI document."""
+a GET of a static route (`/healthz`) is answered with its fixed body at once; every other
+request (other methods, other paths, `/docs`, `/openapi.json`) goes on to FastAPI, which still
+publishes these routes in the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -36,8 +37,17 @@ class FastRoutes:
     """Wrap an ASGI `app`: requests matching a registered route skip it (see the module)."""
 
     def __init__(self, app: Any, *, max_body: int, render: Render, on_error: OnError,
-                 routes: list[tuple[str, str, Endpoint]]) -> None:
+                 routes: list[tuple[str, str, Endpoint]],
+                 static: dict[str, bytes] | None = None) -> None:
         self.app = app
+        # GET path → a fixed JSON body, sent with nothing else done (`/healthz`); the
+        # protocol answers them before any ASGI cycle (protocol.py), this where it does not
+        self.static_bodies = dict(static or {})
+        self._static = {path: (
+            {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode("ascii"))]},
+            {"type": "http.response.body", "body": body}) for path, body in (static or {}).items()}
         self._render = render
         self._on_error = on_error
         self._limited = BodyLimit(self._handle, max_body)
@@ -51,6 +61,11 @@ class FastRoutes:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
+            fixed = self._static.get(path) if scope["method"] == "GET" else None
+            if fixed is not None:
+                await send(fixed[0])
+                await send(fixed[1])
+                return
             for pattern, endpoint in self._routes.get(scope["method"], ()):
                 if pattern == path:
                     scope["snapcell.fast"] = (endpoint, {})

@@ -1,5 +1,6 @@
-"""The HTTP/1.1 protocol of `snapcell serve`: uvicorn's h11 protocol with the read deadlines
-and the connection cap uvicorn lacks (docs/serving.md, "Connection limits and hostile clients").
+"""The HTTP/1.1 protocol of `snapcell serve`: uvicorn's httptools protocol (llhttp) with the
+read deadlines, the limit on request heads and the connection cap uvicorn lacks (docs/serving.md,
+"Connection limits and hostile clients"); a response leaves in one send (`CorkedTransport`).
 
 Per connection, one deadline at a time, each a fixed point in time that arriving bytes do not
 push back (so trickling a byte a second gains nothing):
@@ -32,9 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("uvicorn.error")     # configured by uvicorn.Config
 
@@ -45,6 +45,7 @@ FD_RESERVE = 1024           # descriptors kept for everything but connections (V
 ACCEPT_BATCH = 128          # connections asyncio accepts per event-loop pass (uvicorn's backlog)
 ACCEPT_PASSES = 4           # passes a refused connection's descriptor may live for
 LISTEN_BACKLOG = 2048       # the kernel's queue of connections not yet accepted
+MAX_HEAD = 16 * 1024        # bytes of a request head (its target and header lines); beyond: 400
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class ConnectionLimits:
 
 def error_response(status: int, reason: str, kind: str, message: str) -> bytes:
     """A complete HTTP/1.1 response with the service's JSON error body, closing the
-    connection (written straight to the transport, outside h11's state machine)."""
+    connection (written straight to the transport, outside the parser's state machine)."""
     body = json.dumps({"error": {"type": kind, "status": status, "message": message}}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n")
@@ -105,55 +106,69 @@ _refusals = _RateLimitedLog()
 
 
 class CorkedTransport:
-    """A transport whose writes within one event-loop pass leave as one `send`: a response's
-    head and body (uvicorn writes them separately) in one system call instead of two, which
-    is most of what a small response costs the server. `close()` sends what is held first."""
+    """A transport that holds a response head announcing its body's length until the body's
+    first write, and sends both with one `send` (uvicorn writes them separately): one system
+    call and one wake-up of the client instead of two, most of what a small response costs.
+    What is held also leaves at `flush()` (the protocol calls it at the end of each response:
+    the response to a HEAD request has no body write) and at `close()`. Every other write
+    leaves at once, so a head without a length (a streamed response) is never held."""
 
-    __slots__ = ("_transport", "_loop", "_held")
+    __slots__ = ("_transport", "_held")
 
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: Any) -> None:
         self._transport = transport
-        self._loop = loop
-        self._held: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        """Send `data` at the end of this event-loop pass, with the pass's other writes."""
+        """Send `data`, or hold it if it is a response head with a Content-Length."""
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif data[:5] == b"HTTP/" and b"\r\ncontent-length:" in data:
+            self._held = data
+            return
         if data:
-            if not self._held:
-                self._loop.call_soon(self._flush)
-            self._held.append(data)
+            self._transport.write(data)
 
-    def _flush(self) -> None:
-        held, self._held = self._held, []
-        if held and not self._transport.is_closing():
-            self._transport.write(b"".join(held))
+    def flush(self) -> None:
+        """Send what is held."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def close(self) -> None:
         """Send what is held, then close."""
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """H11Protocol with read deadlines and a connection cap (`limits`, set by `protocol_class`)."""
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, in C) with read deadlines, a limit on request
+    heads and a connection cap (`limits`, set by `protocol_class`); its writes of one
+    event-loop pass leave in one send (`CorkedTransport`)."""
 
     limits = ConnectionLimits()
+    static: dict[bytes, bytes] = {}     # GET target → JSON body answered here (`/healthz`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._answered = False          # the request being parsed was answered by `static`
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._seen_cycle: Any = None
+        self._in_head = False           # a request head has begun and is not complete
+        self._head_bytes = 0
+        self._refusal: str | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         cap = self.limits.max_connections
         open_now = len(self.connections)
         super().connection_made(transport)
-        self.transport = CorkedTransport(transport, self.loop)  # type: ignore[assignment]
+        self.transport = CorkedTransport(transport)  # type: ignore[assignment]
         if open_now >= cap + REFUSING_SLOTS:
             _refusals.warn("closing a new connection at once: %d connections open "
                            "(--max-connections %d)", open_now, cap)
@@ -171,17 +186,85 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel()
         super().connection_lost(exc)
 
-    # ------------------------------------------------------------------ uvicorn hooks
-    def handle_events(self) -> None:
-        super().handle_events()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.parser is None or self.transport.is_closing():
+            return
+        if self._in_head:           # a head spread over reads: what the parser holds so far
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refusal = f"the request head is larger than {MAX_HEAD // 1024} KiB"
+                self.send_400_response(self._refusal)
+                return
         self._update()
 
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        body = self.static.get(self.url)
+        if body is not None and self.parser.get_method() == b"GET" and self.app is not _refuse \
+                and not self.pipeline \
+                and (self.cycle is None or self.cycle.response_complete) \
+                and self.parser.get_http_version() == "1.1":
+            self._answer(body)
+            return
+        super().on_headers_complete()
+
+    def _answer(self, body: bytes) -> None:
+        """Answer a GET of a static route here, with no ASGI cycle: a fixed body, in order (no
+        response of this connection is pending), as uvicorn would have framed it."""
+        self._answered = True
+        self._cancel()
+        out = [b"HTTP/1.1 200 OK\r\n"]
+        for name, value in self.server_state.default_headers:      # date
+            out += [name, b": ", value, b"\r\n"]
+        out.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        keep = self.parser.should_keep_alive()
+        out += [b"\r\n" if keep else b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(out))
+        self.transport.flush()  # type: ignore[attr-defined]
+        self.server_state.total_requests += 1
+        if not keep:
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._answered:
+            self._answered = False
+            return
+        super().on_message_complete()
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD:
+            self._refusal = f"the request head is larger than {MAX_HEAD // 1024} KiB"
+            raise ValueError(self._refusal)     # stops the parser: data_received answers 400
+
+    # ------------------------------------------------------------------ uvicorn hooks
     def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
         self._update()
 
     def send_400_response(self, msg: str) -> None:
-        """A malformed request (h11 refused it): a JSON 400, then close."""
+        """A malformed request (the parser refused it): a JSON 400, then close."""
+        msg = self._refusal or msg
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True                   # its handler's writes go nowhere
@@ -199,7 +282,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport is None or self.transport.is_closing():
             self._cancel()
             return
-        if cycle is not self._seen_cycle:               # a new request head arrived
+        if cycle is not self._seen_cycle:               # a new request head was completed
             self._seen_cycle = cycle
             self._cancel()
         if cycle is not None and not cycle.response_complete:
@@ -209,12 +292,11 @@ class GuardedH11Protocol(H11Protocol):
             else:
                 self._cancel()                          # the handler works
             return
-        if cycle is None:
-            return                                      # still the first head: "head" runs
-        # between requests: idle, or the head of the next request arriving
-        if self._phase == "idle" and self.conn.their_state is h11.IDLE \
-                and self.conn.trailing_data[0]:
-            self._arm("head", self._head_seconds())
+        # no request in progress: a head arriving (the first one's deadline runs from the
+        # connection's start), or idle after a response
+        if self._in_head:
+            if self._phase != "head":
+                self._arm("head", self._head_seconds())
         elif self._phase not in ("idle", "head"):
             self._arm("idle", self.limits.keep_alive_timeout)
 
@@ -248,8 +330,7 @@ class GuardedH11Protocol(H11Protocol):
                 return
             cycle.disconnected = True                   # the handler's reads see a disconnect
             cycle.message_event.set()
-        started = phase == "body" or self.conn.trailing_data[0]
-        if started:                                     # a silent connection is just closed
+        if phase == "body" or self._in_head:            # a silent connection is just closed
             what = "request body" if phase == "body" else "request head"
             limit = self.limits.body_timeout if phase == "body" else self.limits.header_timeout
             transport.write(error_response(408, "Request Timeout", "request_timeout",
@@ -257,9 +338,12 @@ class GuardedH11Protocol(H11Protocol):
         transport.close()
 
 
-def protocol_class(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
-    """A GuardedH11Protocol subclass with these limits (uvicorn's `http=` setting)."""
-    return type("SnapcellH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+def protocol_class(limits: ConnectionLimits,
+                   static: dict[str, bytes] | None = None) -> type[GuardedProtocol]:
+    """A GuardedProtocol subclass with these limits and static routes (path → JSON body of a
+    GET, answered without the app), for uvicorn's `http=` setting."""
+    return type("SnapcellHttpProtocol", (GuardedProtocol,), {
+        "limits": limits, "static": {k.encode("ascii"): v for k, v in (static or {}).items()}})
 
 
 @dataclass(frozen=True)

@@ -93,17 +93,20 @@ def run(options: ServeOptions, sockets: list[socket.socket], log_level: str,
     from .app import asgi_app
     service = Service(options)
     app: Any = asgi_app(service)
+    static = app.static_bodies
     if options.workers > 1 and options.runtime_dir is not None:
         from .forward import SessionRouter
         app = SessionRouter(app, worker=options.worker, workers=options.workers,
                             runtime_dir=options.runtime_dir, max_body=options.max_body,
                             timeout=options.max_timeout + 30)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                            loop="uvloop", http="httptools", proxy_headers=False,
+                            server_header=False,
                             timeout_graceful_shutdown=5,
                             timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)))
     # after Config, which sets up the uvicorn loggers raise_nofile writes to
     limits, config.backlog = raise_nofile(limits)
-    config.http = protocol_class(limits)
+    config.http = protocol_class(limits, static)
     server = Server(config)
     server.run(sockets=sockets)
     return bool(server.started)

@@ -26,7 +26,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 from .forward import worker_socket
 from .protocol import ConnectionLimits
@@ -78,8 +80,8 @@ def supervise(options: ServeOptions, host: str, port: int, log_level: str,
             unix.append(u)
         announce(host, actual, workers)
         for i in range(workers):
-            children[_spawn(i, options, tcp, unix, runtime, metrics, log_level, limits)] = (
-                i, time.monotonic())
+            _spawn_recorded(children, i, partial(_spawn, i, options, tcp, unix, runtime, metrics,
+                                                 log_level, limits))
         while children:
             pid, code = os.wait()
             worker, started = children.pop(pid)
@@ -92,8 +94,8 @@ def supervise(options: ServeOptions, host: str, port: int, log_level: str,
                         os.waitstatus_to_exitcode(code))
             if time.monotonic() - started < RESTART_PAUSE:
                 time.sleep(RESTART_PAUSE)
-            children[_spawn(worker, options, tcp, unix, runtime, metrics, log_level, limits)] = (
-                worker, time.monotonic())
+            _spawn_recorded(children, worker, partial(_spawn, worker, options, tcp, unix, runtime,
+                                                      metrics, log_level, limits))
     except _Stop:
         pass
     finally:
@@ -106,6 +108,21 @@ def supervise(options: ServeOptions, host: str, port: int, log_level: str,
         for s, h in old.items():
             signal.signal(s, h)
     return status
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _spawn_recorded(children: dict[int, tuple[int, float]], worker: int,
+                    spawn: Callable[[], int]) -> None:
+    """`spawn()` (a `_spawn`) with the stop signals held until the new worker is in
+    `children`: a SIGTERM that came between the fork and the record would leave a worker
+    nobody stops."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        children[spawn()] = (worker, time.monotonic())
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _spawn(worker: int, options: ServeOptions, tcp: list[socket.socket],
@@ -121,6 +138,7 @@ def _spawn(worker: int, options: ServeOptions, tcp: list[socket.socket],
     try:                                    # the worker: never returns
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # held by _spawn_recorded
         for i, sock in enumerate(tcp + unix):
             if i not in (worker, len(tcp) + worker):
                 sock.close()

@@ -314,6 +314,45 @@ def test_code_seam_cancellation_kills_the_box() -> None:
     assert "kill" in backend.events
 
 
+class _InlineBackend(_RecordingBackend):
+    """A backend that can run inline: records which runs took the event loop's thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline: list[str] = []
+
+    def open(self, lang: str, *, files: Any, timeout: Any, network: Any = None) -> Any:
+        return super().open(lang, files=files, timeout=timeout)
+
+    def inline_ready(self, lang: str) -> bool:
+        return True
+
+    def run_inline(self, lang: str, code: str, files: Any, budget: float) -> Any:
+        from snapcell.serving.code import CodeResult
+        self.inline.append(code)
+        return CodeResult(1, "", "", None)
+
+
+def test_only_runs_without_blocking_host_calls_go_inline() -> None:
+    """The inline rule is a property of the run (RunEffects), not a case of the network: a run
+    that may stream its output, reach the network or call tools is never run on the loop."""
+    from snapcell.serving.code import CodePool, RunEffects
+    assert RunEffects().blocking_host_calls == ()
+    assert RunEffects(on_output=print, network=object(), tools=("search",)).blocking_host_calls \
+        == ("output", "network", "tools")
+    backend = _InlineBackend()
+    pool = CodePool(backend)
+
+    async def main() -> None:
+        await pool.run("plain", lang="js")
+        await pool.run("streamed", lang="js", on_output=lambda stream, text: None)
+        await pool.run("networked", lang="js", network=object())
+    asyncio.run(main())
+    assert backend.inline == ["plain"]
+    assert [code for code in backend.events if code.startswith("run")] == [
+        "run streamed", "run networked"]
+
+
 # ------------------------------------------------------------------------------ CLI parsing
 def test_serve_snapshot_specs_and_host_functions() -> None:
     import click
