@@ -137,8 +137,8 @@ class GuestMapping:
     """Host view of one VM's guest-physical memory: a contiguous host range of `size` bytes whose
     low part [0, GUEST_BASE) privately maps the host-built *system image* and whose high part
     [GUEST_BASE, size) privately maps a *guest image* (copy-on-write, MAP_PRIVATE). KVM sees the
-    whole range as one memory slot; re-mapping either part with MAP_FIXED swaps contents without
-    re-registering the slot."""
+    range through memory slots (slots.py); re-mapping either part with MAP_FIXED swaps contents
+    without re-registering them."""
 
     def __init__(self, size: int) -> None:
         if size <= GUEST_BASE or size % PAGE:
