@@ -58,14 +58,17 @@ def package_benchmarks(r: dict[str, Any], quick: bool,
 
 
 def _timed_run(box: CodeSandbox, code: str, count: int, time_fn: Callable[..., Any]) -> Any:
-    """Restore + run `code` timed `count` times; the row also notes the guest pages each
-    restore copied back (what the run dirtied: the main cost of a restore, docs/benchmarks.md)
-    and the KVM memory slots the machine holds (machine/slots.py)."""
+    """Restore + run `code` timed `count` times; the row also notes the restore's own median,
+    the guest pages each restore copies back (what the run dirtied: with the scan, the cost of
+    a restore, docs/benchmarks.md) and the KVM memory slots the machine holds
+    (machine/slots.py)."""
     if box.run(code).error is not None:
         raise RuntimeError(f"{code!r} failed on {box!r}")
-    row = time_fn(functools.partial(box.run, code), count, 5)
+    run = functools.partial(box.run, code)
+    row = time_fn(run, count, 5)
+    # the restore alone (after a run: what each restore + run above starts with)
+    row["restore_median_us"] = time_fn(box.reset, count, 2, before=run)["median_us"]
     core = box._sb._core                                   # noqa: SLF001
-    box.reset()
     row["pages_per_restore"] = core.memory.last_reset.private
     row["kvm_slots"] = 0 if core.machine.slots.whole else core.machine.slots.count
     return row

@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import os
 import struct
+import time
 
 from ..kvm import libc
 from .image import MemoryImage
@@ -129,6 +130,7 @@ def _scan_private(start: int, end: int, scan: _PagemapScan | None = None) -> lis
     return out
 
 
+_clock = time.perf_counter_ns
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -205,8 +207,10 @@ class GuestMapping:
         copy, drop, stats = self.warm.plan(runs)
         if copy:
             src, off = guest.read_view(), base + GUEST_BASE
+            t = _clock()
             for a, b in copy:
                 view[a - base:b - base] = src[a - off:b - off]
+            self.warm.charge(_clock() - t, stats.copied)
         self._drop(drop)
         self.last_reset = stats
         return stats
