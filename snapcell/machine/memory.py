@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import os
 import struct
+import time
 
 from ..kvm import libc
 from .image import MemoryImage
@@ -129,6 +130,7 @@ def _scan_private(start: int, end: int, scan: _PagemapScan | None = None) -> lis
     return out
 
 
+_clock = time.perf_counter_ns
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -137,8 +139,8 @@ class GuestMapping:
     """Host view of one VM's guest-physical memory: a contiguous host range of `size` bytes whose
     low part [0, GUEST_BASE) privately maps the host-built *system image* and whose high part
     [GUEST_BASE, size) privately maps a *guest image* (copy-on-write, MAP_PRIVATE). KVM sees the
-    whole range as one memory slot; re-mapping either part with MAP_FIXED swaps contents without
-    re-registering the slot."""
+    range through memory slots (slots.py); re-mapping either part with MAP_FIXED swaps contents
+    without re-registering them."""
 
     def __init__(self, size: int) -> None:
         if size <= GUEST_BASE or size % PAGE:
@@ -235,8 +237,10 @@ class GuestMapping:
         copy, drop, stats = self.warm.plan(self._private_runs())
         if copy:
             src, off = guest.read_view(), base + GUEST_BASE
+            t = _clock()
             for a, b in copy:
                 view[a - base:b - base] = src[a - off:b - off]
+            self.warm.charge(_clock() - t, stats.copied)
         self._drop(drop)
         self.last_reset = stats
         return stats

@@ -1,4 +1,5 @@
-"""`Machine`: one micro-VM — a VM with one memory slot and one vCPU configured for a CPL3 guest.
+"""`Machine`: one micro-VM — a VM with its memory slots (registered as the guest touches its
+memory, slots.py) and one vCPU configured for a CPL3 guest.
 
 The machine knows nothing of calls or messages: it runs the vCPU until the guest writes a byte
 to a port, and decodes exceptions caught by the CPL0 stubs into `TrapFrame`s. Its memory is a
@@ -29,6 +30,7 @@ from .cpu import (
 from .exits import MachineFailure, TrapFrame
 from .layout import ABI_PAGE_ADDR, IST1_BOTTOM, IST1_TOP, KSTACK_BOTTOM, KSTACK_TOP, PAGE
 from .memory import GuestMapping, MemoryImage
+from .slots import DemandSlots
 
 _FRAME = struct.Struct("<5Q")
 # kvm_run from exit_reason (offset 8): exit_reason u32, 20 bytes up to the exit union at 32, then
@@ -66,10 +68,12 @@ _DIRTY_ALL = _DIRTY_BOTH | ioctls.KVM_SYNC_X86_EVENTS
 _SYNC_FS_BASE = _SYNC_SREGS + kvm_sregs.fs.offset + kvm_segment.base.offset
 _SYNC_GS_BASE = _SYNC_SREGS + kvm_sregs.gs.offset + kvm_segment.base.offset
 _KVM_EXIT_IO = ioctls.KVM_EXIT_IO
+_PAGE_FAULT_PORT = TRAP_PORT_BASE + 14
 
 
 class Machine:
-    """A VM + vCPU with `memory_size` bytes of guest memory (one KVM slot at guest address 0)."""
+    """A VM + vCPU with `memory_size` bytes of guest memory at guest address 0 (KVM slots
+    registered chunk by chunk as the guest touches them: `DemandSlots`)."""
 
     def __init__(self, kvm: Kvm, memory_size: int, baseline: CpuBaseline | None = None) -> None:
         self.kvm = kvm
@@ -85,7 +89,8 @@ class Machine:
         self.memory: GuestMapping | None = None
         try:
             self.memory = GuestMapping(memory_size)
-            self.vm.set_user_memory_region(0, 0, memory_size, self.memory.addr)
+            self.slots = DemandSlots(self.vm.set_user_memory_region, self.memory.addr,
+                                     memory_size)
             self.vcpu = self.vm.create_vcpu(0)
             self.vcpu.set_cpuid2(baseline.cpuid_for(kvm.supported_cpuid()) if baseline is not None
                                  else kvm.supported_cpuid())
@@ -201,6 +206,7 @@ class Machine:
                 memory.copy_from(system, KSTACK_BOTTOM, IST1_TOP - KSTACK_BOTTOM)
         else:
             memory.map_system(system)
+            self.slots.write_pd(memory.view)      # chunks without a slot: not present
             self.system_image = system
         self.stacks_written = False
         if guest_mapped:
@@ -350,11 +356,20 @@ class Machine:
     def exit_port(self, reason: int, io: int) -> int:
         """The port of a one-byte `out` exit (`run`'s second half: `reason` and the io word as
         read from kvm_run); MachineFailure, tainting the machine, for any other exit."""
-        if reason == _KVM_EXIT_IO and io & _IO_ONE_BYTE_OUT_MASK == _IO_ONE_BYTE_OUT:
+        while reason == _KVM_EXIT_IO and io & _IO_ONE_BYTE_OUT_MASK == _IO_ONE_BYTE_OUT:
             port: int = io >> 16 & 0xFFFF
-            if port >= TRAP_PORT_BASE:           # a CPL0 stub: the CPU wrote a frame on the
-                self.stacks_written = True       # kernel or IST stack (reset copies them back)
-            return port
+            if port < TRAP_PORT_BASE:
+                return port
+            self.stacks_written = True       # a CPL0 stub: the CPU wrote a frame on the kernel
+            # or IST stack (reset copies them back). The guest's first touch of a chunk of
+            # memory without a KVM slot: register it and resume the guest (slots.py).
+            if port != _PAGE_FAULT_PORT or not self._fault_in():
+                return port
+            try:
+                _ioctl(self.fd, _KVM_RUN)
+            except BaseException as e:
+                raise self.run_failed(e) from None
+            reason, io = _EXIT_IO.unpack_from(self.run_bytes, _EXIT_OFFSET)
         # Anything else may leave an operation half done inside KVM (an `in` or `ins` is
         # completed on the next KVM_RUN of this vCPU, into whatever state is loaded then).
         self.tainted = True
@@ -368,6 +383,18 @@ class Machine:
                                  f"{run_io.size}, count {run_io.count}; the ABI takes one "
                                  "one-byte `out` per exit")
         raise MachineFailure(*self.describe_exit(reason))
+
+    def _fault_in(self) -> bool:
+        """At the #PF stub's exit: True when the fault was the guest's first touch of a chunk
+        without a KVM slot, now registered and mapped in the page directory."""
+        assert self.vcpu is not None and self.memory is not None
+        try:
+            if not self.slots.fault_in(int(self.vcpu.get_sregs(self._sregs).cr2)):
+                return False
+        except OSError as e:
+            raise self.ioctl_failure("memory slot registration", e) from None
+        self.slots.write_pd(self.memory.view)
+        return True
 
     def describe_exit(self, reason: int) -> tuple[str, str]:
         """Name and detail of a non-IO exit."""

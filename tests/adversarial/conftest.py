@@ -5,7 +5,11 @@ A *fingerprint* is what a sandbox computes and holds after one `Probe` call: Pro
 checksum, taken inside the guest, of everything an earlier tenant could have left in reach:
 uninitialised stack and heap, the ABI page, vector registers, MXCSR, x87 control word, FS/GS
 base, RFLAGS) and a sha256, taken by the host, of the vCPU's registers, FS/GS base, XSAVE area
-and every byte of guest memory — the system part included."""
+and every byte of guest memory — the system part included, but for the page directory's
+present bits, which say which chunks of memory the machine has given a KVM slot so far
+(machine/slots.py: the guest cannot read them; `page_directory_ok` checks them), and the kernel
+stack, which holds the frame of the last page fault by which the guest first touched such a
+chunk (`system_part_pristine` checks both right after every reset)."""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ import pytest
 
 from snapcell import HostFunctions, MultiUseSandbox, SandboxConfiguration, Snapshot, UninitializedSandbox
 from snapcell.guest.abi import ABI_GENERATION, ABI_SEED, ABI_SEED_SIZE
-from snapcell.machine.layout import GUEST_BASE
+from snapcell.machine.layout import GUEST_BASE, KSTACK_BOTTOM, KSTACK_TOP
 from snapcell.machine.memory import GuestMapping
+from snapcell.machine.paging import PD_ADDR
+from snapcell.machine.vmachine import Machine
 from snapcell.sandbox.pool import default_pool
 from snapcell.types import I32
 from tests.conftest import guest_path
@@ -48,8 +54,11 @@ def fingerprint(sb: MultiUseSandbox) -> Fingerprint:
     h.update(bytes(memoryview(m.get_xsave()).cast("B")))
     assert m.memory is not None
     view = m.memory.view              # all of it but the per-sandbox generation + seed
+    assert page_directory_ok(m)
     h.update(view[:ABI_GENERATION])
-    h.update(view[ABI_SEED + ABI_SEED_SIZE:])
+    h.update(view[ABI_SEED + ABI_SEED_SIZE:KSTACK_BOTTOM])
+    h.update(view[KSTACK_TOP:PD_ADDR])
+    h.update(view[PD_ADDR + len(m.slots.pd):])
     return Fingerprint(probe, h.hexdigest())
 
 
@@ -60,7 +69,22 @@ def system_part_pristine(sb: MultiUseSandbox) -> bool:
     assert m.memory is not None and m.system_image is not None
     have, want = bytearray(m.memory.view[:GUEST_BASE]), bytearray(m.system_image.read_view())
     have[ABI_GENERATION:ABI_SEED + ABI_SEED_SIZE] = want[ABI_GENERATION:ABI_SEED + ABI_SEED_SIZE]
+    pd = slice(PD_ADDR, PD_ADDR + len(m.slots.pd))
+    if not page_directory_ok(m):
+        return False
+    have[pd] = want[pd]
     return have == want
+
+
+def page_directory_ok(m: Machine) -> bool:
+    """Whether the machine's page directory is the system image's with exactly the entries of
+    the chunks that have no KVM slot yet cleared (machine/slots.py)."""
+    assert m.memory is not None and m.system_image is not None
+    n = len(m.slots.pd)
+    have = bytes(m.memory.view[PD_ADDR:PD_ADDR + n])
+    want = bytes(m.system_image.read_view()[PD_ADDR:PD_ADDR + n])
+    return have == bytes(m.slots.pd) and all(
+        have[i:i + 8] in (want[i:i + 8], bytes(8)) for i in range(0, n, 8))
 
 
 @pytest.fixture(scope="package", autouse=True)

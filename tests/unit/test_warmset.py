@@ -110,3 +110,20 @@ def test_trim_drops_only_the_extra() -> None:
     # after a trim, the next growth counts as new again (not "written twice")
     copy, drop, _ = w.plan(big)
     assert set_of(drop) == set(range(5, 15))
+
+
+def test_extra_is_dropped_once_its_copies_cost_a_fault() -> None:
+    """Ski rental on the measured copy time: the extra goes once the resets have spent on
+    copying it what faulting its pages in again would cost, long before `decay` resets."""
+    w = WarmSet(growth=64, floor=4, decay=1000, fault_ns=1000)
+    heavy = runs_of(set(range(20)))
+    assert w.plan(heavy)[:2] == (heavy, [])            # kept, beyond the floor: extra
+    assert w.extra_pages == 20
+    resets = 0
+    while w.extra:
+        w.charge(2000, 20)                              # 100 ns a page: 2,000 ns of rent each
+        copy, drop, _ = w.plan(heavy)
+        resets += 1
+        assert set_of(copy) | set_of(drop) == set(range(20))
+    assert resets == 10 and set_of(drop) == set(range(20))    # 20 pages x 1,000 ns of rent
+    assert w.plan(heavy)[1] == []                       # written again soon after: kept again
