@@ -254,6 +254,30 @@ def test_resets_look_for_private_pages_only_where_the_guest_can_write(big: Snaps
         light(sb)
 
 
+def test_pages_a_layer_brings_back_below_the_span_are_reset(big: Snapshot, tmp_path: Path) -> None:
+    """`load_pages` (a context's checkpoint, a snapshot layer) writes where its extents say:
+    one below the guest's writable span makes the resets of that VM scan everything, so the
+    next user of the pooled VM sees the snapshot's memory; a file too short for its extents is
+    refused before anything is written."""
+    layer = tmp_path / "layer"
+    layer.write_bytes(b"\xcc" * 4096)
+    default_pool().clear()              # a machine no host wrote anywhere before (the flag stays)
+    with MultiUseSandbox.from_snapshot(big, host_functions=make_host_functions()) as sb, \
+            open(layer, "rb") as fh:
+        core = sb._core
+        ((lo, _),) = core._writable
+        code = min(a for a, b, perm in core.space.spans if perm & Perm.X and a >= GUEST_BASE)
+        with pytest.raises(OSError, match="ends before"):
+            sb.load_pages(fh.fileno(), [(code - GUEST_BASE, 8192)])
+        assert memory_is(sb, big) and not core.memory.written_anywhere
+        sb.load_pages(fh.fileno(), [(code - GUEST_BASE, 4096)])
+        assert core.memory.written_anywhere and not memory_is(sb, big)
+        machine = core.machine
+    with MultiUseSandbox.from_snapshot(big, host_functions=make_host_functions()) as nxt:
+        assert nxt._core.machine is machine and memory_is(nxt, big)
+        light(nxt)
+
+
 def test_a_debugger_makes_resets_scan_everything(big: Snapshot) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import fcntl
 import struct
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from ..errors import (
@@ -144,6 +144,14 @@ class Core:
         if hook is not None:
             self.memory.mark_written_anywhere()
         self._debugger = hook
+
+    def host_writes(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """The host is about to write guest memory at these guest-address ranges [a, b) (pages
+        a snapshot layer brings back): if one lies outside the span the guest may write, every
+        later reset of this machine's memory scans the whole guest part, so that the reset
+        finds those pages (GuestMapping.restrict_scan)."""
+        if any(not any(lo <= a and b <= hi for lo, hi in self._writable) for a, b in ranges):
+            self.memory.mark_written_anywhere()
 
     @property
     def syscalls(self) -> SyscallHost:

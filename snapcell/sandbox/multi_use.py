@@ -433,8 +433,9 @@ class MultiUseSandbox:
         disjoint, page-aligned, inside the guest image) are stored back to back in the file
         from offset `start` (a snapshot layer's data). The pages become this sandbox's own
         (its next `snapshot()` holds them); one `preadv` per batch of extents, so applying a
-        small diff costs its pages, not the image's. Raises OSError when the file ends early
-        (the guest part is then partly written: restore a snapshot before using it)."""
+        small diff costs its pages, not the image's. Raises OSError, changing nothing, when the
+        file is shorter than the extents (should it shrink while being read, the guest part is
+        partly written: restore a snapshot before using it)."""
         core = self._core
         core.check_ready()
         core.take()
@@ -449,6 +450,10 @@ class MultiUseSandbox:
                     raise ValueError(f"extent ({off:#x}, {n:#x}) is unaligned or outside the "
                                      "guest image")
                 bufs.append(view[GUEST_BASE + off:GUEST_BASE + off + n])
+            total = sum(n for _, n in extents)
+            if os.fstat(fd).st_size < start + total:      # refused before anything changes
+                raise OSError(errno.EIO, f"the layer file ends before its {total} bytes of pages")
+            core.host_writes([(GUEST_BASE + off, GUEST_BASE + off + n) for off, n in extents])
             pos = start
             for i in range(0, len(bufs), 512):         # (IOV_MAX is 1024)
                 batch = bufs[i:i + 512]

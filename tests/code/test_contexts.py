@@ -173,6 +173,7 @@ def test_load_pages_refuses_extents_outside_the_guest(tmp_path: Path) -> None:
                 box._sb.load_pages(fh.fileno(), [bad])
         with pytest.raises(OSError):          # the file ends before the extents do
             box._sb.load_pages(fh.fileno(), [(0, 4096 * 3)])
+        assert box.run("return 1 + 1").value == 2     # refused: nothing was written
 
 
 def test_one_holder_at_a_time_and_the_checkpoint_hands_over(tmp_path: Path) -> None:
