@@ -10,12 +10,11 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from typing import Any
 
 from ..code import CodeSandbox
 from ..code.egress import NetworkPolicy
-from .timing import stats
+from .timing import batch_of, interleaved
 
 SERVER = r"""
 import http.server, sys
@@ -72,27 +71,17 @@ def bench_fetch(quick: bool) -> dict[str, Any]:
             return list(json.loads(stdout.readline()))
 
         code = f"await (await fetch('{url}')).text()"
-        ours: list[int] = []
-        theirs: list[int] = []
         with CodeSandbox("js", network=NetworkPolicy(allow=(f"127.0.0.1:{port}",))) as box:
-            def our_block(k: int) -> list[int]:
-                out = []
-                for _ in range(k):
-                    t = time.perf_counter_ns()
-                    r = box.run(code)
-                    out.append(time.perf_counter_ns() - t)
-                    if r.value != "ok":
-                        raise RuntimeError(f"fetch benchmark: {r.error}")
-                return out
-            our_block(50)
-            node_block(50)                                   # warm-up of both
-            block, blocks = 50, (4 if quick else 20)
-            for _ in range(blocks):
-                ours += our_block(block)
-                theirs += node_block(block)
+            def fetch_once() -> None:
+                r = box.run(code)
+                if r.value != "ok":
+                    raise RuntimeError(f"fetch benchmark: {r.error}")
+            block = 50
+            got = interleaved({}, block * (4 if quick else 20), block=block,
+                              batches={"sandbox": batch_of(fetch_once), "node": node_block})
         out: dict[str, Any] = {}
-        out["code_run_js_fetch_small_get"] = stats(ours)
-        out["peer_node_fetch_small_get"] = stats(theirs)
+        out["code_run_js_fetch_small_get"] = got["sandbox"]
+        out["peer_node_fetch_small_get"] = got["node"]
         return out
     finally:
         for p in (peer, server):

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..code import CodeSandbox
 from ..errors import SnapcellError
-from .timing import BatchProcess, interleaved
+from .timing import BatchProcess, batch_of, interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = {"python": ROOT / "benchmarks" / "python_snippet.py",
@@ -106,16 +106,11 @@ class NativeWorker(BatchProcess):
 
 
 def _sandbox_batch(box: CodeSandbox, code: str) -> Callable[[int], list[int]]:
-    def batch(k: int) -> list[int]:
-        out = []
-        for _ in range(k):
-            c = time.thread_time_ns()
-            r = box.run(code)
-            out.append(time.thread_time_ns() - c)
-            if r.error is not None:
-                raise SnapcellError(f"the bench snippet failed in the sandbox: {r.error}")
-        return out
-    return batch
+    def run() -> None:
+        r = box.run(code)
+        if r.error is not None:
+            raise SnapcellError(f"the bench snippet failed in the sandbox: {r.error}")
+    return batch_of(run, time.thread_time_ns)
 
 
 def _peers(lang: str, path: Path) -> dict[str, NativeWorker]:

@@ -123,6 +123,20 @@ def fastest_period(levels: list[tuple[str, float, list[int]]]) -> dict[str, Stat
     return {f"{k}_fastest_period": stats(v) for k, v in fast.items() if v}
 
 
+def batch_of(fn: Callable[[], Any],
+             clock: Callable[[], int] = time.perf_counter_ns) -> Callable[[int], list[int]]:
+    """A batch function for `interleaved`: `k` calls of `fn` now, each timed with `clock`
+    (wall time by default; `time.thread_time_ns` for CPU time), in ns."""
+    def batch(k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            t = clock()
+            fn()
+            out.append(clock() - t)
+        return out
+    return batch
+
+
 class BatchProcess:
     """A child process that times runs itself and answers each request line with one line (the
     C floor, the native interpreters, the peers' drivers); it ends when its stdin closes. A
